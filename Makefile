@@ -1,0 +1,75 @@
+# knunu: every target creates .venv itself when needed. `make` alone lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON    ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+INSTALLER ?= uv
+UV_VERSION := 0.13.9
+STAMP     := $(VENV)/.knunu-installed-$(INSTALLER)
+CONFIG    ?=
+CLUSTER   ?= local
+CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
+WORKSPACE ?=
+
+.PHONY: help setup analysis simulate process train fit cluster test lint format bench clean distclean
+
+help: ## list the targets (default)
+	@echo "knunu make targets:"
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
+	@echo "variables: CONFIG=<yaml> CLUSTER=local|slurm|htcondor WORKSPACE=<pyhf json> INSTALLER=uv|pip"
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(INSTALLER),pip)
+	$(BIN)/python -m pip install --quiet --only-binary=pythia8mc -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+else
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --only-binary pythia8mc -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps -e .
+endif
+	@rm -f $(VENV)/.knunu-installed-*
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install knunu with the locked dependencies
+
+analysis: $(STAMP) ## run the default analysis end to end on a local Dask cluster
+	$(BIN)/knunu run --cluster $(CLUSTER) $(CONFIG_ARG)
+
+simulate: $(STAMP) ## generate MC and pseudo-data ntuples
+	$(BIN)/knunu simulate --cluster $(CLUSTER) $(CONFIG_ARG)
+
+process: $(STAMP) ## run the ITA/HTA processors into histograms
+	$(BIN)/knunu process --cluster $(CLUSTER) $(CONFIG_ARG)
+
+train: $(STAMP) ## train the BDTs
+	$(BIN)/knunu train --cluster $(CLUSTER) $(CONFIG_ARG)
+
+fit: $(STAMP) ## fit a workspace (WORKSPACE=file, default: the run's or the configured one)
+	$(BIN)/knunu fit $(CONFIG_ARG) $(if $(WORKSPACE),--workspace $(WORKSPACE),)
+
+cluster: $(STAMP) ## start the CLUSTER backend, run a check task, print its addresses
+	$(BIN)/knunu cluster --cluster $(CLUSTER) $(CONFIG_ARG)
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP) ## run the benchmarks against their peers (results in benchmarks/results)
+	$(BIN)/python benchmarks/bench_fit.py
+
+clean: ## remove run outputs, build files and caches (keeps .venv)
+	rm -rf runs build dist *.egg-info benchmarks/results .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean ## also remove .venv
+	rm -rf $(VENV)

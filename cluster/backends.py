@@ -1,0 +1,180 @@
+"""The backend registry and :func:`get_client`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import dask.config
+import yaml
+from distributed import Client, LocalCluster
+
+from knunu.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+_defaults = yaml.safe_load(resources.files("knunu.configs").joinpath("cluster.yaml").read_text())
+dask.config.update_defaults(_defaults)
+
+
+class Backend(NamedTuple):
+    """A cluster backend: how to build the cluster object from its settings."""
+
+    name: str
+    description: str
+    make: Callable[[dict[str, Any]], Any]
+
+
+def _local(settings: dict[str, Any]) -> LocalCluster:
+    return LocalCluster(
+        n_workers=settings["n_workers"],
+        threads_per_worker=settings["threads_per_worker"],
+        processes=settings["processes"],
+        memory_limit=settings["memory_limit"],
+        host=settings["host"],
+        dashboard_address=settings["dashboard_address"],
+    )
+
+
+def _jobqueue(cls_name: str, own_keys: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
+    """Factory for a dask-jobqueue cluster class with knunu's safety defaults."""
+
+    def make(settings: dict[str, Any]) -> Any:
+        import dask_jobqueue
+        from distributed.security import Security
+
+        cls = getattr(dask_jobqueue, cls_name)
+        kwargs = {k: settings[k] for k in own_keys if settings.get(k) is not None}
+        worker_args = []
+        if settings.get("lifetime"):
+            worker_args += ["--lifetime", str(settings["lifetime"]), "--lifetime-restart"]
+            if settings.get("lifetime_stagger"):
+                worker_args += ["--lifetime-stagger", str(settings["lifetime_stagger"])]
+        kwargs["worker_extra_args"] = worker_args
+        kwargs["scheduler_options"] = {"dashboard_address": settings["dashboard_address"]}
+        if settings.get("interface"):
+            kwargs["scheduler_options"]["interface"] = settings["interface"]
+        if settings.get("tls"):
+            shared = Path(settings["shared_temp_directory"]).expanduser()
+            shared.mkdir(parents=True, exist_ok=True, mode=0o700)
+            kwargs["security"] = Security.temporary()
+            kwargs["protocol"] = "tls://"
+            kwargs["shared_temp_directory"] = str(shared)
+        return cls(**kwargs)
+
+    return make
+
+
+_COMMON = (
+    "cores",
+    "processes",
+    "memory",
+    "walltime",
+    "job_extra_directives",
+    "interface",
+    "log_directory",
+)
+
+#: Registry of backends by name.
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("local", "LocalCluster on this machine, bound to 127.0.0.1", _local),
+        Backend(
+            "slurm",
+            "SLURM batch jobs through dask-jobqueue",
+            _jobqueue("SLURMCluster", (*_COMMON, "queue")),
+        ),
+        Backend(
+            "htcondor",
+            "HTCondor batch jobs through dask-jobqueue",
+            _jobqueue("HTCondorCluster", (*_COMMON, "disk")),
+        ),
+    )
+}
+
+
+def cluster_settings(backend: str, **overrides: Any) -> dict[str, Any]:
+    """Resolved settings of a backend: dask config under ``knunu.cluster.<backend>`` + overrides.
+
+    Raises:
+        ClusterError: unknown backend or unknown override key.
+
+    >>> cluster_settings("local")["host"]
+    '127.0.0.1'
+    """
+    if backend not in BACKENDS:
+        raise ClusterError(f"unknown cluster backend {backend!r} (known: {', '.join(BACKENDS)})")
+    settings = dict(dask.config.get(f"knunu.cluster.{backend}"))
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ClusterError(f"cluster backend {backend!r}: unknown setting(s) {', '.join(unknown)}")
+    settings.update(overrides)
+    return settings
+
+
+@contextlib.contextmanager
+def get_client(backend: str = "local", **overrides: Any) -> Iterator[Client]:
+    """A ``distributed.Client`` on a fresh cluster of the named backend, closed on exit.
+
+    Args:
+        backend: A key of :data:`BACKENDS`.
+        **overrides: Settings that replace the dask-config values.
+
+    Yields:
+        The connected client.
+    """
+    settings = cluster_settings(backend, **overrides)
+    try:
+        cluster = BACKENDS[backend].make(settings)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ClusterError(f"cluster backend {backend!r} failed to start: {exc}") from exc
+    try:
+        if backend != "local":
+            if settings.get("maximum_jobs"):
+                cluster.adapt(
+                    minimum_jobs=settings["minimum_jobs"], maximum_jobs=settings["maximum_jobs"]
+                )
+            elif settings.get("minimum_jobs"):
+                cluster.scale(jobs=settings["minimum_jobs"])
+        client = Client(cluster, security=getattr(cluster, "security", None))
+        try:
+            log.info("cluster %s up, dashboard at %s", backend, client.dashboard_link)
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def cluster_check(backend: str, n_workers: int = 2, timeout: float = 120.0) -> str:
+    """Start a cluster, wait for ``n_workers``, run one task per worker, describe it.
+
+    Returns:
+        A short human-readable report (addresses, workers, time to ready).
+    """
+    overrides: dict[str, Any] = (
+        {"n_workers": n_workers} if backend == "local" else {"minimum_jobs": n_workers}
+    )
+    start = time.perf_counter()
+    with get_client(backend, **overrides) as client:
+        try:
+            client.wait_for_workers(n_workers, timeout=timeout)
+        except TimeoutError as exc:
+            raise ClusterError(
+                f"cluster backend {backend!r}: fewer than {n_workers} workers after {timeout:.0f} s"
+            ) from exc
+        ready = time.perf_counter() - start
+        results = client.gather(client.map(lambda i: i * i, range(n_workers), pure=False))
+        if results != [i * i for i in range(n_workers)]:
+            raise ClusterError(f"cluster backend {backend!r}: check task gave wrong results")
+        info = client.scheduler_info()
+        return (
+            f"backend {backend}: {len(info['workers'])} workers ready in {ready:.1f} s\n"
+            f"scheduler {info['address']}\ndashboard {client.dashboard_link}"
+        )

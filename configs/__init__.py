@@ -1,0 +1,1 @@
+"""Packaged default configuration (YAML data, read through importlib.resources)."""

@@ -1,0 +1,466 @@
+"""Fast, robust inference on a pyhf model: a compiled likelihood and the results built on it.
+
+pyhf builds the model (and stays the reference for its value); jax compiles the negative
+log-likelihood, its gradient, the expected Fisher information and the exact Hessian, in float64.
+Minimisation is Fisher scoring (Newton steps with the expected information, which is positive
+definite) with a projected backtracking line search inside the parameter bounds; if it does not
+converge, exact-Hessian Newton and then scipy's L-BFGS-B take over. Every fit checks its own
+convergence (estimated distance to minimum, EDM) and raises :class:`~knunu.errors.FitError`
+rather than return an unconverged result.
+
+Asymptotic formulae follow Cowan, Cranmer, Gross, Vitells, EPJC 71 (2011) 1554, as in pyhf.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+import pyhf
+import scipy.optimize
+from scipy.stats import norm
+
+from knunu.errors import FitError
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402  (after enabling float64)
+
+log = logging.getLogger(__name__)
+
+#: Convergence: estimated distance to minimum, 0.5 g^T F^-1 g, in units of NLL.
+EDM_TOLERANCE = 1e-10
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One maximum-likelihood fit.
+
+    Attributes:
+        x: best-fit parameters (all, fixed ones included), in the model's order.
+        nll: negative log-likelihood at ``x``.
+        edm: estimated distance to the minimum at ``x``.
+        iterations: minimiser iterations.
+        method: the strategy that converged.
+        fixed: indices that were held fixed.
+    """
+
+    x: np.ndarray
+    nll: float
+    edm: float
+    iterations: int
+    method: str
+    fixed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Uncertainties:
+    """Hesse uncertainties at a fit's minimum."""
+
+    error: np.ndarray
+    covariance: np.ndarray
+
+    @property
+    def correlation(self) -> np.ndarray:
+        """The correlation matrix."""
+        d = np.sqrt(np.clip(np.diag(self.covariance), 1e-300, None))
+        return self.covariance / np.outer(d, d)
+
+
+@dataclass
+class Likelihood:
+    """The compiled negative log-likelihood of a pyhf model.
+
+    Build the model with pyhf's jax backend (:func:`from_workspace` does it).
+
+    Args:
+        model: A ``pyhf.pdf.Model`` built under the jax backend.
+        data: Observed main data followed by auxiliary data, as ``workspace.data(model)``.
+    """
+
+    model: Any
+    data: np.ndarray
+    _fn: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        model = self.model
+        cfg = model.config
+        self.data = np.asarray(self.data, dtype=float)
+        self.npars = cfg.npars
+        self.poi = cfg.poi_index
+        self.bounds = np.asarray(cfg.suggested_bounds(), dtype=float)
+        self.init = np.asarray(cfg.suggested_init(), dtype=float)
+        self.suggested_fixed = tuple(i for i, f in enumerate(cfg.suggested_fixed()) if f)
+        self.labels = tuple(_labels(cfg))
+        self.nmain = cfg.nmaindata
+        self.prior_width = _prior_widths(cfg)
+
+        def nll(x: jnp.ndarray, data: jnp.ndarray) -> jnp.ndarray:
+            return -model.logpdf(x, data)[0]
+
+        def expected_main(x: jnp.ndarray) -> jnp.ndarray:
+            return model.expected_actualdata(x)
+
+        def constraint_nll(x: jnp.ndarray, aux: jnp.ndarray) -> jnp.ndarray:
+            return -jnp.sum(model.constraint_logpdf(aux, x))
+
+        grad_c = jax.grad(constraint_nll)
+
+        def fisher(x: jnp.ndarray, data: jnp.ndarray) -> jnp.ndarray:
+            # Expected information of the Poisson part plus the constraint curvature. HistFactory
+            # constraints are one parameter each, so a Hessian-vector product with ones is the
+            # diagonal of their Hessian.
+            lam = expected_main(x)
+            jac = jax.jacfwd(expected_main)(x)
+            main = jac.T @ (jac / lam[:, None])
+            aux = data[self.nmain :]
+            diag = jax.jvp(lambda y: grad_c(y, aux), (x,), (jnp.ones_like(x),))[1]
+            return main + jnp.diag(diag)
+
+        self._fn = {
+            "nll": jax.jit(_jax_backend(nll)),
+            "vg": jax.jit(_jax_backend(jax.value_and_grad(nll))),
+            "fisher": jax.jit(_jax_backend(fisher)),
+            "hessian": jax.jit(_jax_backend(jax.jacfwd(jax.grad(nll)))),
+            "expected": jax.jit(_jax_backend(lambda x: model.expected_data(x))),
+        }
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_workspace(cls, workspace: pyhf.Workspace, **model_kwargs: Any) -> Likelihood:
+        """Compile the likelihood of a workspace's model and observed data."""
+        pyhf.set_backend("jax")
+        model = workspace.model(**model_kwargs)
+        return cls(model, np.asarray(workspace.data(model), dtype=float))
+
+    def with_data(self, data: np.ndarray) -> Likelihood:
+        """The same model with other data (compiled functions are shared)."""
+        other = object.__new__(Likelihood)
+        other.__dict__.update(self.__dict__)
+        other.data = np.asarray(data, dtype=float)
+        return other
+
+    # ------------------------------------------------------------------ evaluation
+    def nll(self, x: np.ndarray) -> float:
+        """Negative log-likelihood at ``x``."""
+        return float(self._fn["nll"](jnp.asarray(x), self.data))
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """NLL and its gradient at ``x``."""
+        v, g = self._fn["vg"](jnp.asarray(x), self.data)
+        return float(v), np.asarray(g)
+
+    def hessian(self, x: np.ndarray) -> np.ndarray:
+        """Exact Hessian of the NLL at ``x``."""
+        return np.asarray(self._fn["hessian"](jnp.asarray(x), self.data))
+
+    def expected_data(self, x: np.ndarray) -> np.ndarray:
+        """Expected main + auxiliary data at ``x``."""
+        return np.asarray(self._fn["expected"](jnp.asarray(x)))
+
+    # ------------------------------------------------------------------ minimisation
+    def fit(
+        self,
+        fixed: Mapping[int, float] | None = None,
+        init: np.ndarray | None = None,
+        *,
+        maxiter: int = 200,
+    ) -> FitResult:
+        """Minimise the NLL, holding ``fixed`` parameters (index -> value) and pyhf's fixed ones.
+
+        Args:
+            fixed: Parameters to hold, by index.
+            init: Starting point (default: pyhf's suggested init).
+            maxiter: Iterations per strategy.
+
+        Raises:
+            FitError: no strategy converged.
+        """
+        fixed = dict(fixed or {})
+        x0 = np.array(self.init if init is None else init, dtype=float)
+        for i in self.suggested_fixed:
+            fixed.setdefault(i, float(self.init[i]))
+        for i, value in fixed.items():
+            x0[i] = value
+        free = np.ones(self.npars, dtype=bool)
+        free[list(fixed)] = False
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        x0 = np.where(free, np.clip(x0, lo, hi), x0)
+
+        result = None
+        for method in ("fisher", "newton", "lbfgsb"):
+            try:
+                result = self._minimise(method, x0, free, maxiter)
+            except (np.linalg.LinAlgError, FloatingPointError) as exc:
+                log.debug("fit strategy %s failed: %s", method, exc)
+                continue
+            if result.edm < EDM_TOLERANCE:
+                return FitResult(
+                    result.x,
+                    result.nll,
+                    result.edm,
+                    result.iterations,
+                    method,
+                    tuple(sorted(fixed)),
+                )
+            log.debug("fit strategy %s stopped at EDM %.2g", method, result.edm)
+            x0 = result.x if np.isfinite(result.nll) else x0
+        edm = result.edm if result is not None else float("nan")
+        raise FitError(f"fit did not converge (EDM {edm:.3g} after every strategy)")
+
+    def _edm(self, g: np.ndarray, matrix: np.ndarray, free: np.ndarray, x: np.ndarray) -> float:
+        gf = _kkt_gradient(g, x, self.bounds, free)
+        active = free & (gf != 0)
+        if not active.any():
+            return 0.0
+        sub = matrix[np.ix_(active, active)]
+        return float(0.5 * gf[active] @ np.linalg.solve(sub, gf[active]))
+
+    def _minimise(self, method: str, x0: np.ndarray, free: np.ndarray, maxiter: int) -> FitResult:
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        if method == "lbfgsb":
+            idx = np.flatnonzero(free)
+
+            def fg(y: np.ndarray) -> tuple[float, np.ndarray]:
+                x = x0.copy()
+                x[idx] = y
+                v, g = self.value_and_grad(x)
+                return v, g[idx]
+
+            res = scipy.optimize.minimize(
+                fg,
+                x0[idx],
+                jac=True,
+                method="L-BFGS-B",
+                bounds=self.bounds[idx],
+                options={"maxiter": 50 * maxiter, "ftol": 1e-15, "gtol": 1e-10},
+            )
+            x = x0.copy()
+            x[idx] = res.x
+            v, g = self.value_and_grad(x)
+            edm = self._edm(g, self.hessian(x), free, x)
+            return FitResult(x, v, edm, int(res.nit), method)
+
+        curvature = self._fn["fisher"] if method == "fisher" else self._fn["hessian"]
+        x = x0.copy()
+        v, g = self.value_and_grad(x)
+        edm = math.inf
+        for it in range(1, maxiter + 1):
+            matrix = np.asarray(curvature(jnp.asarray(x), self.data))
+            gf = _kkt_gradient(g, x, self.bounds, free)
+            active = free & (gf != 0)
+            if not active.any():
+                return FitResult(x, v, 0.0, it, method)
+            sub = matrix[np.ix_(active, active)]
+            step_a = np.linalg.solve(sub, gf[active])
+            edm = float(0.5 * gf[active] @ step_a)
+            if not np.isfinite(edm) or edm < 0:
+                raise np.linalg.LinAlgError("curvature not positive definite")
+            if edm < EDM_TOLERANCE:
+                return FitResult(x, v, edm, it, method)
+            step = np.zeros_like(x)
+            step[active] = step_a
+            alpha = 1.0
+            while True:
+                xn = np.clip(x - alpha * step, lo, hi)
+                vn, gn = self.value_and_grad(xn)
+                if np.isfinite(vn) and vn <= v + 1e-4 * alpha * min(-edm, 0.0) + 1e-12:
+                    break
+                alpha *= 0.5
+                if alpha < 1e-6:
+                    return FitResult(x, v, edm, it, method)
+            x, v, g = xn, vn, gn
+        return FitResult(x, v, edm, maxiter, method)
+
+    def uncertainties(self, result: FitResult) -> Uncertainties:
+        """Hesse uncertainties: the inverse exact Hessian over the free parameters."""
+        free = np.ones(self.npars, dtype=bool)
+        free[list(result.fixed)] = False
+        hess = self.hessian(result.x)[np.ix_(free, free)]
+        try:
+            cov_free = np.linalg.inv(hess)
+        except np.linalg.LinAlgError as exc:
+            raise FitError("Hessian is singular at the minimum") from exc
+        cov = np.zeros((self.npars, self.npars))
+        cov[np.ix_(free, free)] = cov_free
+        return Uncertainties(np.sqrt(np.clip(np.diag(cov), 0.0, None)), cov)
+
+    # ------------------------------------------------------------------ profile likelihood
+    def profile(self, index: int, value: float, init: np.ndarray | None = None) -> FitResult:
+        """Fit with parameter ``index`` held at ``value``."""
+        return self.fit({index: value}, init)
+
+    def minos(
+        self, best: FitResult, index: int | None = None, sigma: float | None = None
+    ) -> tuple[float, float]:
+        """MINOS interval of one parameter: where the profiled NLL rises by 0.5.
+
+        Returns:
+            (lower, upper) offsets from the best-fit value (lower <= 0 <= upper); a side that
+            reaches the parameter bound before the NLL rises by 0.5 returns the bound's offset.
+        """
+        index = self.poi if index is None else index
+        center = float(best.x[index])
+        if sigma is None:
+            sigma = float(self.uncertainties(best).error[index])
+        lo_b, hi_b = self.bounds[index]
+        target = best.nll + 0.5
+        out = []
+        for direction in (-1.0, 1.0):
+            start = best.x
+            bound = lo_b if direction < 0 else hi_b
+
+            def rise(value: float, _start: list[np.ndarray] = [start]) -> float:  # noqa: B006
+                res = self.profile(index, value, _start[0])
+                _start[0] = res.x
+                return res.nll - target
+
+            edge = center
+            step = sigma
+            while True:
+                trial = center + direction * step
+                if (trial - bound) * direction >= 0:
+                    trial = bound
+                if rise(trial) > 0:
+                    break
+                if trial == bound:
+                    edge = None
+                    break
+                edge, step = trial, 2 * step
+            if edge is None:
+                out.append(bound - center)
+                continue
+            a, b = sorted((edge, trial))
+            root = scipy.optimize.brentq(rise, a, b, xtol=1e-5)
+            out.append(root - center)
+        return out[0], out[1]
+
+    # ------------------------------------------------------------------ toys
+    def sample(self, x: np.ndarray, n: int, seed: int) -> np.ndarray:
+        """Pseudo-experiments from the model at ``x``, shape ``(n, ndata)``.
+
+        Main data are Poisson; auxiliary data come from the constraint terms (Gaussian with the
+        prior width around the parameter, Poisson for shapesys-type constraints).
+        """
+        rng = np.random.default_rng(seed)
+        expected = self.expected_data(x)
+        main = rng.poisson(expected[: self.nmain], size=(n, self.nmain)).astype(float)
+        aux = np.empty((n, len(expected) - self.nmain))
+        cfg = self.model.config
+        col = 0
+        for name in cfg.auxdata_order:
+            pset = cfg.param_set(name)
+            width = pset.n_parameters
+            mean = expected[self.nmain + col : self.nmain + col + width]
+            if pset.pdf_type == "poisson":
+                aux[:, col : col + width] = rng.poisson(mean, size=(n, width))
+            else:
+                sigma = np.asarray(pset.width(), dtype=float)
+                aux[:, col : col + width] = rng.normal(mean, sigma, size=(n, width))
+            col += width
+        return np.hstack([main, aux])
+
+
+def _jax_backend(func: Any) -> Any:
+    """Trace ``func`` under pyhf's jax backend, then restore the previous global backend.
+
+    pyhf evaluates a model with whatever backend is global when it is called.
+    """
+
+    def traced(*args: Any) -> Any:
+        tensorlib, optimizer = pyhf.get_backend()
+        pyhf.set_backend("jax", optimizer)
+        try:
+            return func(*args)
+        finally:
+            pyhf.set_backend(tensorlib, optimizer)
+
+    return traced
+
+
+def _kkt_gradient(g: np.ndarray, x: np.ndarray, bounds: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Gradient on the free parameters, zeroed where a bound is active.
+
+    A component is zeroed when the parameter sits on a bound and the gradient pushes it
+    outward: the constrained minimum is there.
+    """
+    gf = np.where(free, g, 0.0)
+    at_lo = (x <= bounds[:, 0]) & (gf > 0)
+    at_hi = (x >= bounds[:, 1]) & (gf < 0)
+    return np.where(at_lo | at_hi, 0.0, gf)
+
+
+def _labels(cfg: Any) -> list[str]:
+    out: list[str] = []
+    for name in cfg.par_order:
+        n = cfg.param_set(name).n_parameters
+        out += [name] if n == 1 else [f"{name}[{i}]" for i in range(n)]
+    return out
+
+
+def _prior_widths(cfg: Any) -> np.ndarray:
+    """Prior width of each parameter (nan for unconstrained ones)."""
+    widths = np.full(cfg.npars, np.nan)
+    for name in cfg.par_order:
+        pset = cfg.param_set(name)
+        if getattr(pset, "constrained", False):
+            widths[cfg.par_slice(name)] = np.asarray(pset.width(), dtype=float)
+    return widths
+
+
+# ---------------------------------------------------------------------- test statistics
+def q_mu(lh: Likelihood, mu: float, best: FitResult, init: np.ndarray | None = None) -> float:
+    """Profile-likelihood ratio 2 (NLL(mu) - NLL(mu_hat)), clipped at 0."""
+    cond = lh.profile(lh.poi, mu, best.x if init is None else init)
+    return max(0.0, 2.0 * (cond.nll - best.nll))
+
+
+def significance(lh: Likelihood, best: FitResult, mu0: float = 0.0) -> float:
+    """Asymptotic significance of the best fit against ``mu = mu0``.
+
+    Signed: negative if mu_hat < mu0. Against 0 this is sqrt(q0) (discovery); against 1 it is
+    the tension with the SM.
+    """
+    q = q_mu(lh, mu0, best)
+    sign = 1.0 if best.x[lh.poi] >= mu0 else -1.0
+    return sign * math.sqrt(q)
+
+
+def asimov_data(lh: Likelihood, mu: float) -> np.ndarray:
+    """Asimov data at ``mu``: nuisances from the conditional fit to the observed data, as pyhf."""
+    cond = lh.profile(lh.poi, mu)
+    return lh.expected_data(cond.x)
+
+
+def cls(lh: Likelihood, mu: float, best: FitResult, asimov: Likelihood, best_a: FitResult) -> float:
+    """Asymptotic CLs of ``mu`` with the q~mu test statistic (POI bounded below by 0)."""
+    qmu = 0.0 if best.x[lh.poi] > mu else q_mu(lh, mu, best)
+    qmu_a = q_mu(asimov, mu, best_a)
+    sq, sqa = math.sqrt(qmu), math.sqrt(max(qmu_a, 1e-12))
+    teststat = sq - sqa if qmu <= qmu_a else (qmu - qmu_a) / (2.0 * sqa)
+    clsb = norm.sf(teststat + sqa)
+    clb = norm.sf(teststat)
+    return float(clsb / clb)
+
+
+def upper_limit(lh: Likelihood, best: FitResult, level: float = 0.9) -> float:
+    """Observed asymptotic CLs upper limit on the POI at confidence ``level``."""
+    asimov = lh.with_data(asimov_data(lh, 0.0))
+    best_a = asimov.fit()
+    alpha = 1.0 - level
+    lo = max(float(best.x[lh.poi]), lh.bounds[lh.poi][0] + 1e-6)
+    hi_bound = lh.bounds[lh.poi][1]
+
+    def f(mu: float) -> float:
+        return cls(lh, mu, best, asimov, best_a) - alpha
+
+    hi = lo + 1.0
+    while f(hi) > 0:
+        if hi >= hi_bound:
+            raise FitError(f"CLs upper limit above the POI bound {hi_bound}")
+        lo, hi = hi, min(hi + 2.0 * (hi - lo + 1.0), hi_bound)
+    return float(scipy.optimize.brentq(f, lo, hi, xtol=1e-4))

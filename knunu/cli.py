@@ -1,0 +1,179 @@
+"""The ``knunu`` command line: one subcommand per pipeline stage.
+
+Every :class:`~knunu.errors.KnunuError` becomes one line on stderr and exit code 2;
+a stage that is not built yet says so and exits 3. Nothing here invents a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from knunu import __version__
+from knunu.config import load_config
+from knunu.errors import KnunuError, NotBuiltError
+
+log = logging.getLogger("knunu.cli")
+
+EXIT_OK, EXIT_ERROR, EXIT_NOT_BUILT = 0, 2, 3
+
+
+class Stage(NamedTuple):
+    """A pipeline stage as the CLI knows it."""
+
+    name: str
+    help: str
+    issue: str | None  # where the unbuilt stage is tracked; None once built
+
+
+#: The registry of stages, in pipeline order (``knunu run`` walks it).
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "simulate",
+            "generate Belle II-like MC and pseudo-data as basf2-style ntuples",
+            "issue 3 (Belle II-like simulation)",
+        ),
+        Stage(
+            "process",
+            "run the ITA/HTA coffea processors into histograms",
+            "issues 4 and 5 (ITA and HTA processors)",
+        ),
+        Stage(
+            "train",
+            "train the BDTs (BDT1, BDT2, BDTc, BDTh) with xgboost",
+            "issue 4 (ITA BDTs) and issue 5 (BDTh)",
+        ),
+        Stage("fit", "build the pyhf workspaces and run inference", None),
+    )
+}
+
+
+def _not_built(stage: str) -> None:
+    raise NotBuiltError(f"knunu {stage}: not built yet (tracked in {STAGES[stage].issue})")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulation stage (not built yet)."""
+    load_config(args.config)
+    _not_built("simulate")
+    return EXIT_OK  # pragma: no cover
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Processing stage (not built yet)."""
+    load_config(args.config)
+    _not_built("process")
+    return EXIT_OK  # pragma: no cover
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Training stage (not built yet)."""
+    load_config(args.config)
+    _not_built("train")
+    return EXIT_OK  # pragma: no cover
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a workspace: the one given, the config's, or the run's own."""
+    from knunu.fits.report import fit_workspace_file
+
+    config = load_config(args.config)
+    workspace = args.workspace or config["fit"]["workspace"]
+    if workspace is None:
+        _not_built("process")  # the run's own workspace needs the processors' histograms
+    out_dir = Path(args.output or config["output_dir"]) / "fit"
+    summary = fit_workspace_file(
+        workspace, out_dir, analyses=args.analysis, cls_level=config["fit"]["cls_level"]
+    )
+    print(summary.markdown)
+    print(f"\nresults written to {summary.directory}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run every stage in order: the built ones run, the others are reported as not built."""
+    from knunu.pipeline import run_analysis
+
+    config = load_config(args.config)
+    if args.cluster:
+        config["cluster"] = args.cluster
+    report = run_analysis(config, STAGES)
+    print(report)
+    return EXIT_OK
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Start a Dask cluster from the registry, run a check task, print where it is."""
+    from knunu.cluster import cluster_check
+
+    config = load_config(args.config)
+    backend = args.cluster or config["cluster"]
+    print(cluster_check(backend, n_workers=args.workers))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="knunu",
+        description="Belle II B+ -> K+ nu nubar (ITA + HTA) as a distributed columnar analysis.",
+    )
+    parser.add_argument("--version", action="version", version=f"knunu {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("-c", "--config", help="analysis YAML merged over the packaged default")
+        p.add_argument("--cluster", metavar="NAME", help="Dask backend: local, slurm, htcondor")
+        p.set_defaults(func=func)
+        return p
+
+    add("simulate", cmd_simulate, STAGES["simulate"].help)
+    add("process", cmd_process, STAGES["process"].help)
+    add("train", cmd_train, STAGES["train"].help)
+    fit = add("fit", cmd_fit, STAGES["fit"].help)
+    fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
+    fit.add_argument(
+        "--analysis",
+        action="append",
+        choices=["combined", "ita", "hta"],
+        help="which model(s) of the workspace to fit (repeatable; default: all it holds)",
+    )
+    fit.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
+    add("run", cmd_run, "run the whole analysis end to end (what `make analysis` calls)")
+    clu = add(
+        "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"
+    )
+    clu.add_argument("--workers", type=int, default=2, help="number of workers to ask for")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``knunu`` command."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except NotBuiltError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except KnunuError as exc:
+        print(f"knunu: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("knunu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The one exceptions module of knunu.
+
+Every error knunu raises on purpose derives from :class:`KnunuError`; the CLI turns any of
+them into one line on stderr and exit code 2. Messages name the file and the problem.
+"""
+
+from __future__ import annotations
+
+
+class KnunuError(Exception):
+    """Base class of every error knunu raises on purpose."""
+
+
+class ConfigError(KnunuError):
+    """A configuration file is missing, unreadable or fails its schema."""
+
+
+class InputError(KnunuError):
+    """An input file (ntuple, histogram file, model) is missing or malformed."""
+
+
+class WorkspaceError(InputError):
+    """A pyhf workspace file is missing, not JSON, or fails the HistFactory schema."""
+
+
+class FitError(KnunuError):
+    """A fit did not converge after every fallback strategy."""
+
+
+class ClusterError(KnunuError):
+    """A Dask cluster backend is unknown or could not be started."""
+
+
+class NotBuiltError(KnunuError):
+    """A pipeline stage that is not implemented yet was asked for."""

@@ -1,0 +1,141 @@
+"""Run directories: everything one analysis run made, with a manifest, written atomically.
+
+Outputs are written to a temporary file beside their destination and renamed into place, so
+an interrupted run never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Distributions whose versions every manifest records.
+TRACKED_DISTRIBUTIONS = (
+    "knunu",
+    "numpy",
+    "awkward",
+    "uproot",
+    "coffea",
+    "dask",
+    "distributed",
+    "dask-jobqueue",
+    "hist",
+    "xgboost-cpu",
+    "pyhf",
+    "jax",
+    "scipy",
+    "iminuit",
+    "pythia8mc",
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path that is renamed to ``path`` only if the block succeeds.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_path(d / "out.txt") as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> (d / "out.txt").read_text()
+    'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (sorted keys, indented) and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write text atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the tracked distributions (``"absent"`` if not installed)."""
+    out = {"python": platform.python_version()}
+    for dist in TRACKED_DISTRIBUTIONS:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+class RunDir:
+    """A run directory and its manifest (``manifest.json``).
+
+    Args:
+        path: The directory; created if needed.
+        config: The validated configuration of the run (recorded with its seed).
+    """
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest: dict[str, Any] = {
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "config": {k: v for k, v in config.items() if not k.startswith("_")},
+            "config_source": config.get("_source"),
+            "seed": config.get("seed"),
+            "versions": versions(),
+            "inputs": {},
+            "outputs": {},
+            "stages": {},
+        }
+
+    def record_input(self, path: str | Path) -> None:
+        """Record an input file with its hash."""
+        self.manifest["inputs"][str(Path(path).resolve())] = sha256(path)
+
+    def record_output(self, path: str | Path) -> None:
+        """Record an output file (inside the run directory) with its hash."""
+        path = Path(path)
+        key = str(path.relative_to(self.path)) if path.is_relative_to(self.path) else str(path)
+        self.manifest["outputs"][key] = sha256(path)
+
+    def record_stage(self, stage: str, status: str, **info: Any) -> None:
+        """Record what a stage did: ``status`` is ``done``, ``skipped`` or ``not built``."""
+        self.manifest["stages"][stage] = {"status": status, **info}
+
+    def write_manifest(self) -> Path:
+        """Write ``manifest.json`` atomically."""
+        return write_json(self.path / self.MANIFEST, self.manifest)

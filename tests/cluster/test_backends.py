@@ -1,0 +1,54 @@
+"""Cluster backends: registry, dask-config settings, loopback-only local clusters."""
+
+from __future__ import annotations
+
+import dask.config
+import pytest
+
+from knunu.cluster import BACKENDS, cluster_settings, get_client
+from knunu.errors import ClusterError
+
+
+def test_registry_has_the_three_backends():
+    assert set(BACKENDS) == {"local", "slurm", "htcondor"}
+
+
+def test_settings_come_from_dask_config_and_overrides():
+    assert cluster_settings("local")["n_workers"] == 2
+    with dask.config.set({"knunu.cluster.local.n_workers": 5}):
+        assert cluster_settings("local")["n_workers"] == 5
+        assert cluster_settings("local", n_workers=1)["n_workers"] == 1
+
+
+def test_unknown_backend_and_setting_are_errors():
+    with pytest.raises(ClusterError, match="unknown cluster backend 'pbs'"):
+        cluster_settings("pbs")
+    with pytest.raises(ClusterError, match="unknown setting"):
+        cluster_settings("local", n_wrokers=3)
+
+
+@pytest.mark.slow
+def test_local_cluster_binds_to_loopback():
+    with get_client("local", n_workers=2) as client:
+        client.wait_for_workers(2, timeout=120)
+        info = client.scheduler_info()
+        assert info["address"].startswith("tcp://127.0.0.1:")
+        assert all(addr.startswith("tcp://127.0.0.1:") for addr in info["workers"])
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+
+
+@pytest.mark.slow
+def test_slurm_job_script_has_lifetime_and_tls():
+    settings = cluster_settings("slurm", interface="lo", walltime="00:30:00", queue="debug")
+    cluster = BACKENDS["slurm"].make(settings)
+    try:
+        script = cluster.job_script()
+        assert "#SBATCH -t 00:30:00" in script
+        assert "#SBATCH -p debug" in script
+        assert "--lifetime 55m" in script
+        assert "--lifetime-stagger 4m" in script
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert "tls" in script.lower()
+    finally:
+        cluster.close()
