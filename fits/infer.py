@@ -169,6 +169,7 @@ class Likelihood:
         init: np.ndarray | None = None,
         *,
         maxiter: int = 200,
+        curvature: np.ndarray | None = None,
     ) -> FitResult:
         """Minimise the NLL, holding ``fixed`` parameters (index -> value) and pyhf's fixed ones.
 
@@ -176,6 +177,9 @@ class Likelihood:
             fixed: Parameters to hold, by index.
             init: Starting point (default: pyhf's suggested init).
             maxiter: Iterations per strategy.
+            curvature: A fixed curvature matrix (e.g. the Fisher information at a nearby best
+                fit). When given, a chord strategy (Newton steps with this matrix, one gradient
+                per step) runs first: cheap for many fits near one minimum (impacts, toys).
 
         Raises:
             FitError: no strategy converged.
@@ -192,9 +196,14 @@ class Likelihood:
         x0 = np.where(free, np.clip(x0, lo, hi), x0)
 
         result = None
-        for method in ("fisher", "newton", "lbfgsb"):
+        methods = (
+            ("chord", "fisher", "newton", "lbfgsb")
+            if curvature is not None
+            else ("fisher", "newton", "lbfgsb")
+        )
+        for method in methods:
             try:
-                result = self._minimise(method, x0, free, maxiter)
+                result = self._minimise(method, x0, free, maxiter, curvature)
             except (np.linalg.LinAlgError, FloatingPointError) as exc:
                 log.debug("fit strategy %s failed: %s", method, exc)
                 continue
@@ -220,7 +229,14 @@ class Likelihood:
         sub = matrix[np.ix_(active, active)]
         return float(0.5 * gf[active] @ np.linalg.solve(sub, gf[active]))
 
-    def _minimise(self, method: str, x0: np.ndarray, free: np.ndarray, maxiter: int) -> FitResult:
+    def _minimise(
+        self,
+        method: str,
+        x0: np.ndarray,
+        free: np.ndarray,
+        maxiter: int,
+        fixed_matrix: np.ndarray | None = None,
+    ) -> FitResult:
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         if method == "lbfgsb":
             idx = np.flatnonzero(free)
@@ -245,7 +261,14 @@ class Likelihood:
             edm = self._edm(g, self.hessian(x), free, x)
             return FitResult(x, v, edm, int(res.nit), method)
 
-        curvature = self._fn["fisher"] if method == "fisher" else self._fn["hessian"]
+        if method == "chord":
+            maxiter = min(maxiter, 60)
+
+            def curvature(_x: Any, _data: Any) -> np.ndarray:
+                return fixed_matrix
+
+        else:
+            curvature = self._fn["fisher"] if method == "fisher" else self._fn["hessian"]
         x = x0.copy()
         v, g = self.value_and_grad(x)
         edm = math.inf
@@ -275,6 +298,10 @@ class Likelihood:
                     return FitResult(x, v, edm, it, method)
             x, v, g = xn, vn, gn
         return FitResult(x, v, edm, maxiter, method)
+
+    def fisher(self, x: np.ndarray) -> np.ndarray:
+        """Expected Fisher information (plus constraint curvature) at ``x``."""
+        return np.asarray(self._fn["fisher"](jnp.asarray(x), self.data))
 
     def uncertainties(self, result: FitResult) -> Uncertainties:
         """Hesse uncertainties: the inverse exact Hessian over the free parameters."""
@@ -464,3 +491,91 @@ def upper_limit(lh: Likelihood, best: FitResult, level: float = 0.9) -> float:
             raise FitError(f"CLs upper limit above the POI bound {hi_bound}")
         lo, hi = hi, min(hi + 2.0 * (hi - lo + 1.0), hi_bound)
     return float(scipy.optimize.brentq(f, lo, hi, xtol=1e-4))
+
+
+# ---------------------------------------------------------------------- impacts
+@dataclass(frozen=True)
+class Impact:
+    """Post-fit impact of one nuisance parameter on the POI.
+
+    ``up``/``down`` are the POI shifts when the parameter is held at its best-fit value plus /
+    minus its post-fit uncertainty and everything else is refitted.
+    """
+
+    name: str
+    bestfit: float
+    error: float
+    up: float
+    down: float
+
+    @property
+    def size(self) -> float:
+        """The larger absolute shift."""
+        return max(abs(self.up), abs(self.down))
+
+
+def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact, ...]:
+    """Post-fit impacts of every free nuisance parameter, ranked by size (real refits).
+
+    Each refit starts from the best fit and uses the Fisher information there as a fixed
+    curvature (chord steps), falling back to the full strategies when that does not converge.
+    """
+    matrix = lh.fisher(best.x)
+    mu_hat = float(best.x[lh.poi])
+    out = []
+    for i in range(lh.npars):
+        if i == lh.poi or i in best.fixed:
+            continue
+        shifts = []
+        for sign in (1.0, -1.0):
+            value = float(np.clip(best.x[i] + sign * unc.error[i], *lh.bounds[i]))
+            res = lh.fit({i: value}, best.x, curvature=matrix)
+            shifts.append(float(res.x[lh.poi]) - mu_hat)
+        out.append(Impact(lh.labels[i], float(best.x[i]), float(unc.error[i]), *shifts))
+    return tuple(sorted(out, key=lambda imp: imp.size, reverse=True))
+
+
+# ---------------------------------------------------------------------- goodness of fit
+@dataclass(frozen=True)
+class GoodnessOfFit:
+    """Saturated-model goodness of fit from pseudo-experiments.
+
+    The test statistic is the Poisson deviance of the main data at the best fit,
+    2 sum(lambda - n + n log(n / lambda)): twice the NLL difference to the saturated model.
+    """
+
+    deviance: float
+    p_value: float
+    n_toys: int
+    toy_deviances: np.ndarray
+
+
+def deviance(lh: Likelihood, x: np.ndarray, data: np.ndarray) -> float:
+    """Poisson deviance of the main data at ``x`` (0 for a perfect description)."""
+    lam = lh.expected_data(x)[: lh.nmain]
+    n = np.asarray(data[: lh.nmain], dtype=float)
+    log_term = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0) / lam), 0.0)
+    return float(2.0 * np.sum(lam - n + log_term))
+
+
+def goodness_of_fit(lh: Likelihood, best: FitResult, n_toys: int, seed: int) -> GoodnessOfFit:
+    """p-value of the saturated-model test from ``n_toys`` pseudo-experiments.
+
+    Toys are drawn from the best-fit model (main and auxiliary data) and each is refitted.
+
+    Raises:
+        FitError: a toy fit fails every strategy (nothing is dropped silently).
+    """
+    observed = deviance(lh, best.x, lh.data)
+    toys = lh.sample(best.x, n_toys, seed)
+    matrix = lh.fisher(best.x)
+    values = np.empty(n_toys)
+    for k, toy in enumerate(toys):
+        toy_lh = lh.with_data(toy)
+        try:
+            res = toy_lh.fit(init=best.x, curvature=matrix)
+        except FitError as exc:
+            raise FitError(f"goodness-of-fit toy {k} (seed {seed}): {exc}") from exc
+        values[k] = deviance(lh, res.x, toy)
+    p_value = float(np.mean(values >= observed)) if n_toys else float("nan")
+    return GoodnessOfFit(observed, p_value, n_toys, values)
