@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from knunu.fits.infer import Likelihood, significance, upper_limit
+from knunu.fits.infer import Likelihood, goodness_of_fit, impacts, significance, upper_limit
 from knunu.fits.workspace import analyses_in, load_workspace, published_workspace_path, select
 from knunu.rundir import sha256, write_json, write_text
 
@@ -46,6 +46,9 @@ class AnalysisResult:
     nll: float
     fit_method: str
     seconds: float
+    gof_p_value: float | None = None
+    gof_toys: int = 0
+    impacts: tuple[tuple[str, float, float], ...] = ()  # (name, up, down), largest first
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,25 @@ class FitSummary:
     is_published: bool
 
 
-def analyse(lh: Likelihood, analysis: str, cls_level: float = 0.9) -> AnalysisResult:
-    """Run the standard inference on one compiled likelihood."""
+def analyse(
+    lh: Likelihood,
+    analysis: str,
+    cls_level: float = 0.9,
+    *,
+    with_impacts: bool = False,
+    toys: int = 0,
+    seed: int = 0,
+) -> AnalysisResult:
+    """Run the standard inference on one compiled likelihood.
+
+    Args:
+        lh: The compiled likelihood.
+        analysis: Its name in the results.
+        cls_level: Confidence level of the CLs upper limit.
+        with_impacts: Also rank every nuisance parameter by its post-fit impact on mu.
+        toys: Pseudo-experiments for the saturated-model goodness of fit (0: none).
+        seed: Seed of the pseudo-experiments.
+    """
     start = time.perf_counter()
     best = lh.fit()
     unc = lh.uncertainties(best)
@@ -69,6 +89,8 @@ def analyse(lh: Likelihood, analysis: str, cls_level: float = 0.9) -> AnalysisRe
     stat = 1.0 / math.sqrt(float(lh.hessian(best.x)[poi, poi]))
     down, up = lh.minos(best, sigma=total)
     mu = float(best.x[poi])
+    ranked = impacts(lh, best, unc) if with_impacts else ()
+    gof = goodness_of_fit(lh, best, toys, seed) if toys else None
     return AnalysisResult(
         analysis=analysis,
         n_parameters=lh.npars,
@@ -86,6 +108,9 @@ def analyse(lh: Likelihood, analysis: str, cls_level: float = 0.9) -> AnalysisRe
         nll=best.nll,
         fit_method=best.method,
         seconds=time.perf_counter() - start,
+        gof_p_value=gof.p_value if gof else None,
+        gof_toys=toys,
+        impacts=tuple((i.name, i.up, i.down) for i in ranked),
     )
 
 
@@ -107,6 +132,17 @@ def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
                 f"| {r.analysis} (published) | {p['mu']:.2f} | {p['minos'][0]:+.2f} / "
                 f"{p['minos'][1]:+.2f} | | | | {p['z_bkg']:.2f} | {p['z_sm']:.2f} | |"
             )
+    for r in results:
+        if r.gof_p_value is not None:
+            lines.append(
+                f"\n{r.analysis}: goodness of fit (saturated model, {r.gof_toys} toys): "
+                f"p = {r.gof_p_value:.2f}"
+            )
+        if r.impacts:
+            lines.append(f"\n{r.analysis}: largest post-fit impacts on mu (up / down)")
+            lines.extend(
+                f"  {name:45s} {up:+.3f} / {down:+.3f}" for name, up, down in r.impacts[:8]
+            )
     if published:
         lines.append(
             "\nPublished centres come from Minuit at pyhf's default tolerance, which stops about "
@@ -121,6 +157,10 @@ def fit_workspace_file(
     out_dir: str | Path,
     analyses: list[str] | None = None,
     cls_level: float = 0.9,
+    *,
+    with_impacts: bool = False,
+    toys: int = 0,
+    seed: int = 0,
 ) -> FitSummary:
     """Fit every requested analysis of a workspace file and write the results.
 
@@ -131,6 +171,9 @@ def fit_workspace_file(
         out_dir: Where the results go.
         analyses: ``combined``, ``ita``, ``hta``; default: all the workspace holds.
         cls_level: Confidence level of the CLs upper limit.
+        with_impacts: Rank every nuisance parameter by its impact on mu.
+        toys: Goodness-of-fit pseudo-experiments per model (0: none).
+        seed: Seed of the pseudo-experiments.
     """
     path = Path(path)
     workspace = load_workspace(path)
@@ -139,7 +182,9 @@ def fit_workspace_file(
     results = []
     for analysis in wanted:
         lh = Likelihood.from_workspace(select(workspace, analysis))
-        results.append(analyse(lh, analysis, cls_level))
+        results.append(
+            analyse(lh, analysis, cls_level, with_impacts=with_impacts, toys=toys, seed=seed)
+        )
         log.info("%s: mu = %.3f", analysis, results[-1].mu)
     out = Path(out_dir)
     table = markdown_table(tuple(results), is_published)
@@ -158,4 +203,8 @@ def fit_workspace_file(
 def load_results(path: str | Path) -> list[AnalysisResult]:
     """Read ``results.json`` back into :class:`AnalysisResult` objects."""
     data = json.loads(Path(path).read_text())
-    return [AnalysisResult(**r) for r in data["results"]]
+    out = []
+    for r in data["results"]:
+        r["impacts"] = tuple(tuple(i) for i in r.get("impacts", ()))
+        out.append(AnalysisResult(**r))
+    return out

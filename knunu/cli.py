@@ -89,7 +89,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         _not_built("process")  # the run's own workspace needs the processors' histograms
     out_dir = Path(args.output or config["output_dir"]) / "fit"
     summary = fit_workspace_file(
-        workspace, out_dir, analyses=args.analysis, cls_level=config["fit"]["cls_level"]
+        workspace,
+        out_dir,
+        analyses=args.analysis,
+        cls_level=config["fit"]["cls_level"],
+        with_impacts=args.impacts,
+        toys=config["fit"]["gof_toys"] if args.toys is None else args.toys,
+        seed=config["seed"],
     )
     print(summary.markdown)
     print(f"\nresults written to {summary.directory}")
@@ -147,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         choices=["combined", "ita", "hta"],
         help="which model(s) of the workspace to fit (repeatable; default: all it holds)",
+    )
+    fit.add_argument("--impacts", action="store_true", help="rank every nuisance by impact on mu")
+    fit.add_argument(
+        "--toys", type=int, metavar="N", help="goodness-of-fit toys (default: fit.gof_toys)"
     )
     fit.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
     add("run", cmd_run, "run the whole analysis end to end (what `make analysis` calls)")

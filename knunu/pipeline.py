@@ -40,7 +40,14 @@ def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
         workspace = str(published_workspace_path())
         label = "the published Belle II likelihood (this run has no histograms of its own yet)"
     run.record_input(workspace)
-    summary = fit_workspace_file(workspace, run.path / "fit", cls_level=config["fit"]["cls_level"])
+    summary = fit_workspace_file(
+        workspace,
+        run.path / "fit",
+        cls_level=config["fit"]["cls_level"],
+        with_impacts=True,
+        toys=config["fit"]["gof_toys"],
+        seed=config["seed"],
+    )
     for f in ("results.json", "results.md"):
         run.record_output(run.path / "fit" / f)
     run.record_stage("fit", "done", workspace=str(Path(workspace).resolve()))

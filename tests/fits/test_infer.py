@@ -7,7 +7,15 @@ import pyhf
 import pytest
 
 from knunu.errors import WorkspaceError
-from knunu.fits.infer import Likelihood, asimov_data, cls, upper_limit
+from knunu.fits.infer import (
+    Likelihood,
+    asimov_data,
+    cls,
+    deviance,
+    goodness_of_fit,
+    impacts,
+    upper_limit,
+)
 from knunu.fits.workspace import analyses_in, load_workspace, select
 
 
@@ -92,3 +100,51 @@ def test_malformed_workspace_is_one_line(tmp_path, run_cli, content, problem):
     proc = run_cli("fit", "--workspace", str(f))
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"knunu: error: {info.value}"
+
+
+def test_impacts_are_real_refits():
+    ws = _workspace(
+        signal=(5.0, 10.0, 8.0),
+        bkg=(50.0, 60.0, 40.0),
+        unc=(5.0, 12.0, 2.0),
+        obs=(62.0, 66.0, 55.0),
+    )
+    lh = Likelihood.from_workspace(ws)
+    best = lh.fit()
+    unc = lh.uncertainties(best)
+    ranked = impacts(lh, best, unc)
+    assert [i.size for i in ranked] == sorted((i.size for i in ranked), reverse=True)
+    assert len(ranked) == lh.npars - 1
+    for imp in ranked:
+        i = lh.labels.index(imp.name)
+        ref = lh.fit({i: best.x[i] + unc.error[i]}).x[lh.poi] - best.x[lh.poi]
+        assert imp.up == pytest.approx(ref, abs=1e-6)
+        # more background (gamma up) means less signal
+        assert imp.up < 0 < imp.down
+
+
+def test_goodness_of_fit_follows_its_definition():
+    ws = _workspace()
+    lh = Likelihood.from_workspace(ws)
+    best = lh.fit()
+    lam = lh.expected_data(best.x)[: lh.nmain]
+    n = lh.data[: lh.nmain]
+    assert deviance(lh, best.x, lh.data) == pytest.approx(
+        2 * np.sum(lam - n + n * np.log(n / lam)), rel=1e-12
+    )
+    # data equal to the expectation have zero deviance
+    assert deviance(lh, best.x, lh.expected_data(best.x)) == pytest.approx(0.0, abs=1e-12)
+    gof = goodness_of_fit(lh, best, 300, seed=11)
+    assert gof.p_value == np.mean(gof.toy_deviances >= gof.deviance)
+    assert 0.0 < gof.p_value < 1.0
+    # reproducible with the same seed
+    again = goodness_of_fit(lh, best, 300, seed=11)
+    np.testing.assert_array_equal(gof.toy_deviances, again.toy_deviances)
+
+
+def test_goodness_of_fit_flags_a_bad_model():
+    # Observed counts far above the model's reach: the p-value collapses.
+    ws = _workspace(signal=(0.1, 0.1), bkg=(50.0, 60.0), unc=(0.5, 0.6), obs=(50.0, 140.0))
+    lh = Likelihood.from_workspace(ws)
+    gof = goodness_of_fit(lh, lh.fit(), 200, seed=2)
+    assert gof.p_value < 0.01
