@@ -1,0 +1,233 @@
+"""Histograms -> HistFactory specs for the ITA and HTA, and their correlated combination.
+
+The histogram-file contract (what the processors write, one ROOT file, uproot-readable):
+
+- keys ``{histogram}_{sample}_{variation}``; ``variation`` is ``nominal`` or
+  ``<catalogue variation>_up`` / ``_down``; the observed data are sample ``data``, ``nominal``;
+- ``ita_on`` and ``ita_off``: 2D, eta(BDT2) edges {0.92, 0.94, 0.96, 0.98, 1.00} x q2rec edges
+  {-1, 4, 8, 25} GeV^2; ``hta``: 1D, 6 bins of eta(BDTh);
+- Weight storage: sum of weights and sum of squared weights (MC statistical uncertainty).
+
+Fit channels follow the published layout: on resonance eta > 0.94 as 9 bins (eta-major) and
+0.92-0.94 as 3 bins, off resonance the same (continuum and tau pairs only), HTA 6 bins.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyhf
+import uproot
+
+from knunu.errors import InputError, WorkspaceError
+from knunu.fits.catalogue import ANALYSES, Systematic
+
+log = logging.getLogger(__name__)
+
+ITA_SAMPLES = ("signal", "charged", "mixed", "uubar", "ddbar", "ssbar", "ccbar", "taupair")
+ITA_OFFRES_SAMPLES = ("uubar", "ddbar", "ssbar", "ccbar", "taupair")
+HTA_SAMPLES = ("signal", "bbbar", "uds", "ccbar")
+POI = "mu"
+SIGNAL = "signal"
+
+
+class ChannelLayout(NamedTuple):
+    """How one fit channel is cut out of a processor histogram."""
+
+    analysis: str
+    histogram: str
+    eta_rows: tuple[int, ...] | None  # rows of the first (eta) axis, None: the whole 1D histogram
+    samples: tuple[str, ...]
+
+
+#: The fit channels, in workspace order.
+CHANNELS: dict[str, ChannelLayout] = {
+    "ita_on_sr": ChannelLayout("ita", "ita_on", (1, 2, 3), ITA_SAMPLES),
+    "ita_on_cr": ChannelLayout("ita", "ita_on", (0,), ITA_SAMPLES),
+    "ita_off_sr": ChannelLayout("ita", "ita_off", (1, 2, 3), ITA_OFFRES_SAMPLES),
+    "ita_off_cr": ChannelLayout("ita", "ita_off", (0,), ITA_OFFRES_SAMPLES),
+    "hta_sr": ChannelLayout("hta", "hta", None, HTA_SAMPLES),
+}
+
+
+class HistogramFile:
+    """Read access to a processors' histogram file, with one-line errors naming file and key."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._file = uproot.open(self.path)
+        except FileNotFoundError:
+            raise InputError(f"{self.path}: file not found") from None
+        except Exception as exc:  # uproot raises several types for a file that is not ROOT
+            raise InputError(f"{self.path}: not a readable ROOT file ({exc})") from None
+        self.keys = {k.split(";")[0] for k in self._file.keys(cycle=True)}
+
+    def get(self, histogram: str, sample: str, variation: str) -> tuple[np.ndarray, np.ndarray]:
+        """Values and variances of ``{histogram}_{sample}_{variation}`` (no flow bins)."""
+        key = f"{histogram}_{sample}_{variation}"
+        if key not in self.keys:
+            raise InputError(f"{self.path}: histogram '{key}' is missing")
+        obj = self._file[key]
+        values = np.asarray(obj.values(flow=False), dtype=float)
+        variances = obj.variances(flow=False)
+        variances = values.copy() if variances is None else np.asarray(variances, dtype=float)
+        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(variances))):
+            raise InputError(f"{self.path}: histogram '{key}' holds NaN or inf")
+        return values, variances
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+def _cut(values: np.ndarray, layout: ChannelLayout) -> list[float]:
+    if layout.eta_rows is None:
+        return [float(v) for v in values.ravel()]
+    return [float(v) for v in values[list(layout.eta_rows), :].ravel()]
+
+
+def _relative_effect(nominal: np.ndarray, *others: np.ndarray) -> float:
+    scale = np.where(nominal > 0, nominal, 1.0)
+    return float(max(np.max(np.abs(o - nominal) / scale) for o in others))
+
+
+def build_spec(
+    hfile: HistogramFile,
+    analysis: str,
+    catalogue: tuple[Systematic, ...],
+    prune_threshold: float = 0.0,
+) -> dict[str, Any]:
+    """The HistFactory spec of one analysis, validated against pyhf's schema.
+
+    Args:
+        hfile: The processors' histograms.
+        analysis: ``ita`` or ``hta``.
+        catalogue: The systematics catalogue.
+        prune_threshold: Modifiers whose largest relative effect on a sample's bins is below
+            this are left out (each pruned one is logged).
+
+    Raises:
+        InputError: a histogram the catalogue asks for is missing or not finite.
+        WorkspaceError: the spec fails pyhf's schema.
+    """
+    if analysis not in ANALYSES:
+        raise WorkspaceError(f"unknown analysis {analysis!r}")
+    channels, observations = [], []
+    for cname, layout in CHANNELS.items():
+        if layout.analysis != analysis:
+            continue
+        samples = []
+        for sample in layout.samples:
+            nom_full, var_full = hfile.get(layout.histogram, sample, "nominal")
+            nominal = np.asarray(_cut(nom_full, layout))
+            modifiers: list[dict[str, Any]] = []
+            if sample == SIGNAL:
+                modifiers.append({"name": POI, "type": "normfactor", "data": None})
+            modifiers.append(
+                {
+                    "name": f"staterror_{cname}_{sample}",
+                    "type": "staterror",
+                    "data": _cut(np.sqrt(var_full), layout),
+                }
+            )
+            for row in catalogue:
+                if sample not in row.samples.get(analysis, ()):
+                    continue
+                if row.channels is not None and cname not in row.channels:
+                    continue
+                modifiers += _modifier(hfile, row, layout, sample, nominal, prune_threshold, cname)
+            samples.append({"name": sample, "data": nominal.tolist(), "modifiers": modifiers})
+        data_values, _ = hfile.get(layout.histogram, "data", "nominal")
+        channels.append({"name": cname, "samples": samples})
+        observations.append({"name": cname, "data": _cut(data_values, layout)})
+    spec = {
+        "channels": channels,
+        "observations": observations,
+        "measurements": [{"name": "knunu", "config": {"poi": POI, "parameters": []}}],
+        "version": "1.0.0",
+    }
+    try:
+        pyhf.Workspace(spec)
+    except pyhf.exceptions.InvalidSpecification as exc:
+        raise WorkspaceError(f"{analysis} spec from {hfile.path} is invalid: {exc}") from None
+    return spec
+
+
+def _modifier(
+    hfile: HistogramFile,
+    row: Systematic,
+    layout: ChannelLayout,
+    sample: str,
+    nominal: np.ndarray,
+    threshold: float,
+    cname: str,
+) -> list[dict[str, Any]]:
+    if row.type == "normsys":
+        assert row.size is not None  # guaranteed by the schema
+        if row.size < threshold:
+            log.info("pruned %s on %s/%s: size %.2g", row.name, cname, sample, row.size)
+            return []
+        return [
+            {
+                "name": row.name,
+                "type": "normsys",
+                "data": {"hi": 1.0 + row.size, "lo": 1.0 - row.size},
+            }
+        ]
+    up = np.asarray(_cut(hfile.get(layout.histogram, sample, f"{row.variation}_up")[0], layout))
+    down = np.asarray(_cut(hfile.get(layout.histogram, sample, f"{row.variation}_down")[0], layout))
+    effect = _relative_effect(nominal, up, down)
+    if effect < threshold:
+        log.info("pruned %s on %s/%s: largest effect %.2g", row.name, cname, sample, effect)
+        return []
+    return [
+        {
+            "name": row.name,
+            "type": "histosys",
+            "data": {"hi_data": up.tolist(), "lo_data": down.tolist()},
+        }
+    ]
+
+
+def combine(specs: dict[str, dict[str, Any]], catalogue: tuple[Systematic, ...]) -> dict[str, Any]:
+    """One spec from per-analysis specs: correlated parameters shared, the rest renamed.
+
+    Uncorrelated catalogue parameters become ``<analysis>_<name>`` (staterror names are
+    already unique per channel and sample); ``mu`` and the correlated names stay shared.
+
+    Raises:
+        WorkspaceError: channel names clash, or the combined spec fails pyhf's schema.
+    """
+    shared = {POI} | {r.name for r in catalogue if r.correlated}
+    channels, observations = [], []
+    for analysis, spec in specs.items():
+        for channel in spec["channels"]:
+            samples = []
+            for sample in channel["samples"]:
+                mods = [
+                    m
+                    if m["name"] in shared or m["type"] == "staterror"
+                    else {**m, "name": f"{analysis}_{m['name']}"}
+                    for m in sample["modifiers"]
+                ]
+                samples.append({**sample, "modifiers": mods})
+            channels.append({"name": channel["name"], "samples": samples})
+        observations += spec["observations"]
+    names = [c["name"] for c in channels]
+    if len(set(names)) != len(names):
+        raise WorkspaceError(f"channel names clash in the combination: {sorted(names)}")
+    combined = {
+        "channels": channels,
+        "observations": observations,
+        "measurements": [{"name": "knunu", "config": {"poi": POI, "parameters": []}}],
+        "version": "1.0.0",
+    }
+    try:
+        pyhf.Workspace(combined)
+    except pyhf.exceptions.InvalidSpecification as exc:
+        raise WorkspaceError(f"combined spec is invalid: {exc}") from None
+    return combined
