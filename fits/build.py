@@ -231,3 +231,25 @@ def combine(specs: dict[str, dict[str, Any]], catalogue: tuple[Systematic, ...])
     except pyhf.exceptions.InvalidSpecification as exc:
         raise WorkspaceError(f"combined spec is invalid: {exc}") from None
     return combined
+
+
+def write_workspaces(
+    histograms: str | Path,
+    out_dir: str | Path,
+    catalogue: tuple[Systematic, ...],
+    prune_threshold: float = 0.0,
+) -> dict[str, Path]:
+    """Build the ITA, HTA and combined workspaces from a histogram file and write them as JSON.
+
+    Returns:
+        Paths by name (``ita``, ``hta``, ``combined``), written atomically into ``out_dir``.
+    """
+    from knunu.rundir import write_json
+
+    hfile = HistogramFile(histograms)
+    try:
+        specs = {a: build_spec(hfile, a, catalogue, prune_threshold) for a in ANALYSES}
+    finally:
+        hfile.close()
+    specs["combined"] = combine({a: specs[a] for a in ANALYSES}, catalogue)
+    return {name: write_json(Path(out_dir) / f"{name}.json", spec) for name, spec in specs.items()}

@@ -8,8 +8,19 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from knunu.fits.infer import Likelihood, goodness_of_fit, impacts, significance, upper_limit
+from knunu.fits import plots
+from knunu.fits.infer import (
+    FitResult,
+    Impact,
+    Likelihood,
+    Uncertainties,
+    goodness_of_fit,
+    impacts,
+    significance,
+    upper_limit,
+)
 from knunu.fits.workspace import analyses_in, load_workspace, published_workspace_path, select
 from knunu.rundir import sha256, write_json, write_text
 
@@ -61,6 +72,15 @@ class FitSummary:
     is_published: bool
 
 
+class Inference(NamedTuple):
+    """An :class:`AnalysisResult` with the fit objects behind it (for plots)."""
+
+    result: AnalysisResult
+    best: FitResult
+    uncertainties: Uncertainties
+    impacts: tuple[Impact, ...]
+
+
 def analyse(
     lh: Likelihood,
     analysis: str,
@@ -69,7 +89,7 @@ def analyse(
     with_impacts: bool = False,
     toys: int = 0,
     seed: int = 0,
-) -> AnalysisResult:
+) -> Inference:
     """Run the standard inference on one compiled likelihood.
 
     Args:
@@ -91,7 +111,7 @@ def analyse(
     mu = float(best.x[poi])
     ranked = impacts(lh, best, unc) if with_impacts else ()
     gof = goodness_of_fit(lh, best, toys, seed) if toys else None
-    return AnalysisResult(
+    result = AnalysisResult(
         analysis=analysis,
         n_parameters=lh.npars,
         mu=mu,
@@ -112,6 +132,7 @@ def analyse(
         gof_toys=toys,
         impacts=tuple((i.name, i.up, i.down) for i in ranked),
     )
+    return Inference(result, best, unc, ranked)
 
 
 def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
@@ -161,6 +182,7 @@ def fit_workspace_file(
     with_impacts: bool = False,
     toys: int = 0,
     seed: int = 0,
+    make_plots: bool = True,
 ) -> FitSummary:
     """Fit every requested analysis of a workspace file and write the results.
 
@@ -174,6 +196,7 @@ def fit_workspace_file(
         with_impacts: Rank every nuisance parameter by its impact on mu.
         toys: Goodness-of-fit pseudo-experiments per model (0: none).
         seed: Seed of the pseudo-experiments.
+        make_plots: Also write pre/post-fit, pulls, impacts and correlation plots (PNG).
     """
     path = Path(path)
     workspace = load_workspace(path)
@@ -182,9 +205,12 @@ def fit_workspace_file(
     results = []
     for analysis in wanted:
         lh = Likelihood.from_workspace(select(workspace, analysis))
-        results.append(
-            analyse(lh, analysis, cls_level, with_impacts=with_impacts, toys=toys, seed=seed)
+        inference = analyse(
+            lh, analysis, cls_level, with_impacts=with_impacts, toys=toys, seed=seed
         )
+        results.append(inference.result)
+        if make_plots:
+            write_plots(lh, inference, Path(out_dir) / "plots" / analysis)
         log.info("%s: mu = %.3f", analysis, results[-1].mu)
     out = Path(out_dir)
     table = markdown_table(tuple(results), is_published)
@@ -198,6 +224,23 @@ def fit_workspace_file(
     )
     write_text(out / "results.md", f"# Fit of {path.name}\n\n{table}\n")
     return FitSummary(tuple(results), table, out, is_published)
+
+
+def write_plots(lh: Likelihood, inference: Inference, directory: Path) -> list[Path]:
+    """Pre- and post-fit distributions per channel, pulls, impacts and correlations as PNG."""
+    best, unc = inference.best, inference.uncertainties
+    written = []
+    for channel in lh.model.config.channels:
+        for stage, x in (("prefit", lh.init), ("postfit", best.x)):
+            fig = plots.stacked(lh, x, channel, f"{channel} ({stage})")
+            written.append(plots.save(fig, directory / f"{channel}_{stage}.png"))
+    written.append(plots.save(plots.pulls(lh, best.x, unc), directory / "pulls.png"))
+    written.append(plots.save(plots.correlation(lh, unc), directory / "correlation.png"))
+    if inference.impacts:
+        written.append(
+            plots.save(plots.impact_ranking(inference.impacts), directory / "impacts.png")
+        )
+    return written
 
 
 def load_results(path: str | Path) -> list[AnalysisResult]:

@@ -80,17 +80,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit a workspace: the one given, the config's, or the run's own."""
+    """Fit a workspace: the one given, the config's, or the run's own from its histograms."""
+    from knunu.fits.build import write_workspaces
+    from knunu.fits.catalogue import load_catalogue
     from knunu.fits.report import fit_workspace_file
 
     config = load_config(args.config)
+    run_dir = Path(args.output or config["output_dir"])
     workspace = args.workspace or config["fit"]["workspace"]
     if workspace is None:
-        _not_built("process")  # the run's own workspace needs the processors' histograms
-    out_dir = Path(args.output or config["output_dir"]) / "fit"
+        histograms = Path(args.histograms or run_dir / "histograms.root")
+        if args.histograms is None and not histograms.exists() and STAGES["process"].issue:
+            _not_built("process")  # the run's own workspace needs the processors' histograms
+        paths = write_workspaces(
+            histograms, run_dir / "workspaces", load_catalogue(), config["fit"]["prune_threshold"]
+        )
+        workspace = paths["combined"]
     summary = fit_workspace_file(
         workspace,
-        out_dir,
+        run_dir / "fit",
         analyses=args.analysis,
         cls_level=config["fit"]["cls_level"],
         with_impacts=args.impacts,
@@ -148,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", cmd_train, STAGES["train"].help)
     fit = add("fit", cmd_fit, STAGES["fit"].help)
     fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
+    fit.add_argument(
+        "--histograms", metavar="FILE", help="processors' histogram file to build workspaces from"
+    )
     fit.add_argument(
         "--analysis",
         action="append",

@@ -1,0 +1,127 @@
+"""Fit plots with mplhep: stacked pre/post-fit distributions, pulls, impacts, correlations.
+
+Every function returns a ``matplotlib.figure.Figure`` (no pyplot state, no GUI backend);
+saving is the caller's business (:func:`save`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import mplhep
+import numpy as np
+from matplotlib.figure import Figure
+
+from knunu.fits.infer import Impact, Likelihood, Uncertainties
+from knunu.rundir import atomic_path
+
+mpl.rcParams["figure.max_open_warning"] = 0
+
+
+def channel_yields(lh: Likelihood, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Expected yields per channel and sample at parameters ``x``."""
+    cfg = lh.model.config
+    by_sample = np.asarray(lh.model.main_model.expected_data(x, return_by_sample=True))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for channel in cfg.channels:
+        sl = cfg.channel_slices[channel]
+        out[channel] = {s: by_sample[i][sl] for i, s in enumerate(cfg.samples)}
+    return out
+
+
+def stacked(lh: Likelihood, x: np.ndarray, channel: str, title: str = "") -> Figure:
+    """Stacked expected yields of one channel with the observed data and a data/model panel."""
+    cfg = lh.model.config
+    yields = {s: y for s, y in channel_yields(lh, x)[channel].items() if np.any(y != 0)}
+    data = lh.data[: lh.nmain][cfg.channel_slices[channel]]
+    nbins = len(data)
+    edges = np.arange(nbins + 1)
+    fig = Figure(figsize=(7, 6))
+    ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0})
+    order = sorted(yields, key=lambda s: yields[s].sum())
+    mplhep.histplot(
+        [yields[s] for s in order], edges, ax=ax, stack=True, histtype="fill", label=order
+    )
+    total = np.sum([yields[s] for s in order], axis=0)
+    mplhep.histplot(
+        data, edges, ax=ax, histtype="errorbar", yerr=np.sqrt(data), color="k", label="data"
+    )
+    ax.set_ylabel("events / bin")
+    ax.set_title(title or channel)
+    ax.legend(fontsize="small", ncol=2)
+    ratio = np.divide(data, total, out=np.ones_like(total), where=total > 0)
+    err = np.divide(np.sqrt(data), total, out=np.zeros_like(total), where=total > 0)
+    rax.errorbar(edges[:-1] + 0.5, ratio, yerr=err, fmt="ko")
+    rax.axhline(1.0, color="grey", ls="--")
+    rax.set_ylabel("data / model")
+    rax.set_xlabel("bin")
+    rax.set_ylim(0.5, 1.5)
+    return fig
+
+
+def pulls(lh: Likelihood, x: np.ndarray, unc: Uncertainties, max_rows: int = 60) -> Figure:
+    """Pulls (theta_hat - theta_0) / prior width of the constrained nuisance parameters.
+
+    Post-fit errors are drawn in the same units; the largest |pull| comes first.
+    """
+    init = lh.init
+    width = lh.prior_width
+    idx = [i for i in range(lh.npars) if i != lh.poi and np.isfinite(width[i])]
+    pull = np.array([(x[i] - init[i]) / width[i] for i in idx])
+    err = np.array([unc.error[i] / width[i] for i in idx])
+    order = np.argsort(-np.abs(pull))[:max_rows][::-1]
+    fig = Figure(figsize=(7, 0.2 * len(order) + 1.5))
+    ax = fig.subplots()
+    ypos = np.arange(len(order))
+    ax.axvspan(-1, 1, color="yellow", alpha=0.3)
+    ax.axvline(0, color="grey", ls="--")
+    ax.errorbar(pull[order], ypos, xerr=err[order], fmt="ko", ms=3)
+    ax.set_yticks(ypos, [lh.labels[idx[k]] for k in order], fontsize=6)
+    ax.set_xlabel(r"$(\hat\theta - \theta_0) / \Delta\theta$")
+    ax.set_xlim(-3, 3)
+    fig.tight_layout()
+    return fig
+
+
+def impact_ranking(ranked: Sequence[Impact], top: int = 20) -> Figure:
+    """Horizontal bars of the largest post-fit impacts on the POI."""
+    shown = list(ranked[:top])[::-1]
+    fig = Figure(figsize=(7, 0.3 * len(shown) + 1.5))
+    ax = fig.subplots()
+    ypos = np.arange(len(shown))
+    ax.barh(ypos, [i.up for i in shown], color="tab:red", alpha=0.6, label=r"$+1\sigma$")
+    ax.barh(ypos, [i.down for i in shown], color="tab:blue", alpha=0.6, label=r"$-1\sigma$")
+    ax.set_yticks(ypos, [i.name for i in shown], fontsize=7)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(r"$\Delta\mu$")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def correlation(lh: Likelihood, unc: Uncertainties, top: int = 25) -> Figure:
+    """Correlation matrix of the POI and the parameters most correlated with it."""
+    corr = unc.correlation
+    poi = lh.poi
+    ranked = np.argsort(-np.abs(corr[poi]))
+    keep = [poi, *[i for i in ranked if i != poi and unc.error[i] > 0][: top - 1]]
+    sub = corr[np.ix_(keep, keep)]
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
+    image = ax.imshow(sub, cmap="RdBu_r", vmin=-1, vmax=1)
+    labels = [lh.labels[i] for i in keep]
+    ax.set_xticks(range(len(keep)), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(keep)), labels, fontsize=6)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Save a figure atomically (PNG by the suffix)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
+    return path

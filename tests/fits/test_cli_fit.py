@@ -1,0 +1,48 @@
+"""`knunu fit` from a histogram file: workspaces, results and plots land in the run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pyhf
+import pytest
+
+from knunu.fits.catalogue import load_catalogue
+from knunu.fits.report import load_results
+
+from .histfile import write_histogram_file
+
+pytestmark = pytest.mark.slow
+
+
+def test_fit_from_histograms_returns_injected_mu(tmp_path, run_cli):
+    hpath = tmp_path / "histograms.root"
+    write_histogram_file(hpath, load_catalogue(), mu=3.0)
+    run = tmp_path / "run"
+    proc = run_cli("fit", "--histograms", str(hpath), "--toys", "0", "-o", str(run))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("ita", "hta", "combined"):
+        spec = json.loads((run / "workspaces" / f"{name}.json").read_text())
+        pyhf.Workspace(spec)  # valid against pyhf's schema
+    results = {r.analysis: r for r in load_results(run / "fit" / "results.json")}
+    assert set(results) == {"combined", "ita", "hta"}
+    for r in results.values():
+        assert r.mu == pytest.approx(3.0, abs=1e-4)  # Asimov data at mu = 3
+        assert r.minos_down < 0 < r.minos_up
+    # the combination is more precise than either analysis alone
+    assert results["combined"].mu_hesse < min(results["ita"].mu_hesse, results["hta"].mu_hesse)
+    plots = {p.name for p in (run / "fit" / "plots" / "combined").iterdir()}
+    assert {"ita_on_sr_prefit.png", "hta_sr_postfit.png", "pulls.png", "correlation.png"} <= plots
+
+
+def test_fit_without_histograms_says_process_is_not_built(tmp_path, run_cli):
+    proc = run_cli("fit", "-o", str(tmp_path / "empty"))
+    assert proc.returncode == 3
+    assert "knunu process: not built yet" in proc.stderr
+
+
+def test_fit_with_a_missing_histogram_file_is_one_line(tmp_path, run_cli):
+    missing = tmp_path / "nope.root"
+    proc = run_cli("fit", "--histograms", str(missing))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"knunu: error: {missing}: file not found"
