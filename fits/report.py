@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from knunu.fits import plots
 from knunu.fits.infer import (
     FitResult,
@@ -60,6 +62,7 @@ class AnalysisResult:
     gof_p_value: float | None = None
     gof_toys: int = 0
     impacts: tuple[tuple[str, float, float], ...] = ()  # (name, up, down), largest first
+    pulls: tuple[tuple[str, float, float], ...] = ()  # (name, pull, post-fit error / prior)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,11 @@ def analyse(
         gof_p_value=gof.p_value if gof else None,
         gof_toys=toys,
         impacts=tuple((i.name, i.up, i.down) for i in ranked),
+        pulls=tuple(
+            (lh.labels[i], float((best.x[i] - lh.init[i]) / w), float(unc.error[i] / w))
+            for i, w in enumerate(lh.prior_width)
+            if np.isfinite(w) and i not in best.fixed
+        ),
     )
     return Inference(result, best, unc, ranked)
 
@@ -249,5 +257,6 @@ def load_results(path: str | Path) -> list[AnalysisResult]:
     out = []
     for r in data["results"]:
         r["impacts"] = tuple(tuple(i) for i in r.get("impacts", ()))
+        r["pulls"] = tuple(tuple(p) for p in r.get("pulls", ()))
         out.append(AnalysisResult(**r))
     return out

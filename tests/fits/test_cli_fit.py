@@ -46,3 +46,25 @@ def test_fit_with_a_missing_histogram_file_is_one_line(tmp_path, run_cli):
     proc = run_cli("fit", "--histograms", str(missing))
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"knunu: error: {missing}: file not found"
+
+
+def test_asimov_pulls_are_zero(tmp_path, run_cli):
+    hpath = tmp_path / "histograms.root"
+    write_histogram_file(hpath, load_catalogue(), mu=1.0)
+    proc = run_cli(
+        "fit",
+        "--histograms",
+        str(hpath),
+        "--toys",
+        "0",
+        "--analysis",
+        "hta",
+        "-o",
+        str(tmp_path / "run"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    (result,) = load_results(tmp_path / "run" / "fit" / "results.json")
+    assert len(result.pulls) > 10
+    for name, pull, constraint in result.pulls:
+        assert abs(pull) < 1e-4, name
+        assert 0 < constraint <= 1.0 + 1e-6, name  # data can only shrink a prior
