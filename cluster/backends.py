@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -59,15 +62,57 @@ def _jobqueue(cls_name: str, own_keys: tuple[str, ...]) -> Callable[[dict[str, A
         kwargs["scheduler_options"] = {"dashboard_address": settings["dashboard_address"]}
         if settings.get("interface"):
             kwargs["scheduler_options"]["interface"] = settings["interface"]
+        tls_dir = None
         if settings.get("tls"):
-            shared = Path(settings["shared_temp_directory"]).expanduser()
-            shared.mkdir(parents=True, exist_ok=True, mode=0o700)
-            kwargs["security"] = Security.temporary()
+            tls_dir = _write_temporary_certificates(settings["shared_temp_directory"])
+            kwargs["security"] = Security(
+                tls_ca_file=str(tls_dir / "ca.pem"),
+                **{
+                    f"tls_{role}_{kind}": str(tls_dir / f"{kind}.pem")
+                    for role in ("scheduler", "worker", "client")
+                    for kind in ("cert", "key")
+                },
+                require_encryption=True,
+            )
             kwargs["protocol"] = "tls://"
-            kwargs["shared_temp_directory"] = str(shared)
-        return cls(**kwargs)
+        try:
+            cluster = cls(**kwargs)
+        except BaseException:
+            if tls_dir is not None:
+                shutil.rmtree(tls_dir, ignore_errors=True)
+            raise
+        if tls_dir is not None:
+            # delete the key material with the cluster object, at the latest at interpreter exit
+            cluster.knunu_cleanup = weakref.finalize(cluster, shutil.rmtree, tls_dir, True)
+        return cluster
 
     return make
+
+
+def _write_temporary_certificates(shared: str) -> Path:
+    """Write a fresh self-signed CA/cert/key into a private directory under ``shared``.
+
+    The material is distributed's ``Security.temporary``; ``shared`` must be visible to the
+    batch workers; files are mode 0600.
+
+    dask-jobqueue would write them itself but leaves the files open; knunu writes, closes and,
+    when the cluster closes, deletes them.
+    """
+    from distributed.security import Security
+
+    base = Path(shared).expanduser()
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory = Path(tempfile.mkdtemp(prefix="tls-", dir=base))
+    temporary = Security.temporary()
+    for name, pem in (
+        ("ca.pem", temporary.tls_ca_file),
+        ("cert.pem", temporary.tls_scheduler_cert),
+        ("key.pem", temporary.tls_scheduler_key),
+    ):
+        path = directory / name
+        path.touch(mode=0o600)
+        path.write_text(pem)
+    return directory
 
 
 _COMMON = (
@@ -150,6 +195,9 @@ def get_client(backend: str = "local", **overrides: Any) -> Iterator[Client]:
             client.close()
     finally:
         cluster.close()
+        cleanup = getattr(cluster, "knunu_cleanup", None)
+        if cleanup is not None:
+            cleanup()
 
 
 def cluster_check(backend: str, n_workers: int = 2, timeout: float = 120.0) -> str:

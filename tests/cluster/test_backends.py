@@ -52,3 +52,6 @@ def test_slurm_job_script_has_lifetime_and_tls():
         assert "tls" in script.lower()
     finally:
         cluster.close()
+        tls_dir = cluster.knunu_cleanup.peek()[2][0]
+        cluster.knunu_cleanup()
+    assert not tls_dir.exists()

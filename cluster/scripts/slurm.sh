@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Single-node SLURM (Debian's slurm-wlm + munge) on loopback, for knunu's tests and laptops.
+#   slurm.sh up      install if needed, write the config, start munged/slurmctld/slurmd, wait
+#   slurm.sh down    stop exactly the daemons this script started (pid files)
+#   slurm.sh env     print the SLURM_CONF export line
+# Scratch state lives in $KNUNU_SLURM_DIR (default /tmp/knunu-slurm), never in the repository.
+set -euo pipefail
+
+DIR=${KNUNU_SLURM_DIR:-/tmp/knunu-slurm}
+CONF=$DIR/slurm.conf
+READY_TIMEOUT=${KNUNU_SLURM_TIMEOUT:-60}
+log() { echo "slurm.sh: $*" >&2; }
+
+install() {
+    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
+        && command -v sbatch >/dev/null; then
+        return
+    fi
+    log "installing slurm-wlm and munge (Debian packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+}
+
+write_conf() {
+    local host cpus mem
+    host=$(hostname -s)
+    # CPUs and memory from slurmd -C (nproc follows OMP_NUM_THREADS, which Dask sets to 1).
+    local probe
+    probe=$(slurmd -C | head -1)
+    cpus=$(sed -E 's/.*CPUs=([0-9]+).*/\1/' <<<"$probe")
+    mem=$(sed -E 's/.*RealMemory=([0-9]+).*/\1/' <<<"$probe")
+    mem=$((mem * 9 / 10))
+    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
+    cat >"$CONF" <<CONF
+ClusterName=knunu
+SlurmctldHost=${host}(127.0.0.1)
+SlurmUser=root
+AuthType=auth/munge
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+MailProg=/bin/true
+ReturnToService=2
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/slurmctld.pid
+SlurmdPidFile=$DIR/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+SlurmctldPort=6817
+SlurmdPort=6818
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=$((cpus * 2)) RealMemory=${mem} State=UNKNOWN
+PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
+CONF
+}
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+up() {
+    install
+    mkdir -p "$DIR"
+    if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid"; then
+        log "already running ($DIR)"
+        return
+    fi
+    write_conf
+    export SLURM_CONF=$CONF
+    if ! pgrep -x munged >/dev/null; then
+        mkdir -p /run/munge && chown munge: /run/munge
+        [ -f /etc/munge/munge.key ] || { /usr/sbin/mungekey --create >/dev/null 2>&1 || true; }
+        chown munge: /etc/munge/munge.key 2>/dev/null || true
+        runuser -u munge -- /usr/sbin/munged
+        pgrep -x munged >"$DIR/munged.pid"
+        touch "$DIR/munged.started-here"
+    fi
+    slurmctld -c -f "$CONF"
+    slurmd -f "$CONF"
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until sinfo -h -o '%T' 2>/dev/null | grep -qx idle; do
+        if ((SECONDS > deadline)); then
+            log "not ready after ${READY_TIMEOUT}s; see $DIR/log"
+            down
+            exit 1
+        fi
+        sleep 0.5
+    done
+    timeout "$READY_TIMEOUT" srun -N1 -n1 hostname >/dev/null
+    log "ready: SLURM_CONF=$CONF"
+}
+
+stop_pidfile() {
+    local f=$1
+    if alive "$f"; then
+        kill "$(cat "$f")" 2>/dev/null || true
+        for _ in $(seq 50); do alive "$f" || break; sleep 0.1; done
+        alive "$f" && kill -9 "$(cat "$f")" 2>/dev/null || true
+    fi
+    rm -f "$f"
+}
+
+down() {
+    export SLURM_CONF=$CONF
+    if [ -f "$CONF" ] && alive "$DIR/slurmctld.pid"; then
+        scancel --full --quiet -u root 2>/dev/null || true
+    fi
+    stop_pidfile "$DIR/slurmd.pid"
+    stop_pidfile "$DIR/slurmctld.pid"
+    if [ -f "$DIR/munged.started-here" ]; then
+        stop_pidfile "$DIR/munged.pid"
+        rm -f "$DIR/munged.started-here"
+    fi
+    log "stopped"
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    env) echo "export SLURM_CONF=$CONF" ;;
+    *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,68 @@
+"""knunu.cluster against a real SLURM: workers through sbatch, a killed job, TLS."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from distributed import Client
+from distributed.security import Security
+
+from knunu.cluster import get_client
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SETTINGS = {"interface": "lo", "queue": "debug", "walltime": "00:20:00", "memory": "2GB"}
+
+
+def _jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.2)
+    return x * x
+
+
+def test_workers_come_from_sbatch_and_compute(slurm):
+    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+        client.wait_for_workers(2, timeout=120)
+        assert len(_jobs()) == 2
+        info = client.scheduler_info()
+        assert info["address"].startswith("tls://127.0.0.1:")
+        assert all(w.startswith("tls://127.0.0.1:") for w in info["workers"])
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert sum(client.gather(client.map(_slow_square, range(20)))) == sum(
+            x * x for x in range(20)
+        )
+    deadline = time.time() + 60
+    while _jobs() and time.time() < deadline:
+        time.sleep(0.5)
+    assert _jobs() == []  # closing the client cancels the batch jobs
+
+
+def test_scancel_of_a_worker_mid_run_loses_nothing(slurm):
+    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+        client.wait_for_workers(2, timeout=120)
+        futures = client.map(_slow_square, range(60), pure=False)
+        time.sleep(1.5)
+        victim = _jobs()[0]
+        subprocess.run(["scancel", victim], check=True)
+        assert client.gather(futures) == [x * x for x in range(60)]
+
+
+def test_client_without_our_certificate_is_refused(slurm):
+    with get_client("slurm", minimum_jobs=1, **SETTINGS) as client:
+        client.wait_for_workers(1, timeout=120)
+        address = client.scheduler.address
+        assert address.startswith("tls://")
+        # plain TCP to the TLS listener
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout=5)
+        # TLS with a certificate from another CA: the scheduler rejects the handshake
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address, security=Security.temporary(), timeout=5)
+        # ... while our own client is connected and works
+        assert client.submit(sum, [1, 2]).result() == 3
