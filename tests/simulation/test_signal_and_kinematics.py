@@ -1,0 +1,61 @@
+"""Signal spectrum and kinematics: the numbers of the notes and Lorentz invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knunu.simulation import kinematics as kin
+from knunu.simulation import signal
+
+
+def test_sm_spectrum_integral_and_fractions():
+    total = signal.branching_fraction()
+    assert total == pytest.approx(4.97e-6, rel=2e-3)
+    fractions = [signal.branching_fraction(a, b) / total for a, b in ((0, 4), (4, 8))]
+    assert fractions[0] == pytest.approx(0.236, abs=0.002)
+    assert fractions[1] == pytest.approx(0.229, abs=0.002)
+    assert signal.form_factor(0.0) == pytest.approx(0.332, abs=5e-4)
+    assert signal.form_factor(16.0) == pytest.approx(1.08, abs=5e-3)
+
+
+def test_sampled_q2_follows_the_spectrum():
+    q2 = signal.sample_q2(400_000, np.random.default_rng(5))
+    assert q2.min() >= 0
+    assert q2.max() <= signal.Q2_MAX
+    assert np.mean(q2 < 4) == pytest.approx(0.236, abs=0.003)
+    assert np.mean(q2 > 8) == pytest.approx(0.535, abs=0.003)
+
+
+def test_beams_give_the_upsilon4s_and_the_belle2_boost():
+    total = kin.beam_four_momenta(kin.ON_RESONANCE.e_her, kin.ON_RESONANCE.e_ler)
+    sqrt_s = kin.mass(total)
+    assert sqrt_s == pytest.approx(10.58, abs=0.005)
+    beta_gamma = np.linalg.norm(total[1:]) / sqrt_s
+    assert beta_gamma == pytest.approx(0.287, abs=0.002)
+    off = kin.mass(kin.beam_four_momenta(kin.OFF_RESONANCE.e_her, kin.OFF_RESONANCE.e_ler))
+    assert sqrt_s - off == pytest.approx(0.06, abs=0.002)
+    spread = kin.mass(kin.sample_beams(kin.ON_RESONANCE, 100_000, np.random.default_rng(1)))
+    # s ~ 4 E_her E_ler: d(sqrt s)/sqrt s = 1/2 (+) of the relative beam spreads (about 5 MeV)
+    b = kin.ON_RESONANCE
+    expected = 0.5 * sqrt_s * np.hypot(b.spread_her / b.e_her, b.spread_ler / b.e_ler)
+    assert np.std(spread) == pytest.approx(expected, rel=0.02)
+
+
+def test_boost_round_trip_and_invariant_mass():
+    rng = np.random.default_rng(2)
+    p3 = rng.normal(0, 1, (1000, 3))
+    p4 = np.concatenate([np.sqrt(np.sum(p3**2, axis=1) + 0.1396**2)[:, None], p3], axis=1)
+    beta = rng.uniform(-0.5, 0.5, (1000, 3)) / np.sqrt(3)
+    there = kin.boost(p4, beta)
+    np.testing.assert_allclose(kin.mass(there), 0.1396, rtol=1e-9)
+    np.testing.assert_allclose(kin.boost(there, -beta), p4, atol=1e-12)
+
+
+def test_two_body_decay_conserves_four_momentum():
+    rng = np.random.default_rng(3)
+    dirs = kin.isotropic_directions(500, rng)
+    d1, d2 = kin.two_body(10.58, 5.27934, 5.27934, dirs)
+    np.testing.assert_allclose(d1 + d2, np.tile([10.58, 0, 0, 0], (500, 1)), atol=1e-12)
+    # B momentum in the CM is about 0.33 GeV at the Upsilon(4S)
+    assert np.linalg.norm(d1[0, 1:]) == pytest.approx(0.33, abs=0.02)
