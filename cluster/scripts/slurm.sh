@@ -2,6 +2,7 @@
 # Single-node SLURM (Debian's slurm-wlm + munge) on loopback, for knunu's tests and laptops.
 #   slurm.sh up      install if needed, write the config, start munged/slurmctld/slurmd, wait
 #   slurm.sh down    stop exactly the daemons this script started (pid files)
+#   slurm.sh status  exit 0 if this script's daemons are running
 #   slurm.sh env     print the SLURM_CONF export line
 # Scratch state lives in $KNUNU_SLURM_DIR (default /tmp/knunu-slurm), never in the repository.
 set -euo pipefail
@@ -121,6 +122,7 @@ down() {
 case "${1:-}" in
     up) up ;;
     down) down ;;
+    status) alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
 esac

@@ -16,8 +16,9 @@ SCRIPTS = Path(str(resources.files("knunu.cluster").joinpath("scripts")))
 def slurm():
     """A single-node SLURM on loopback; stopped afterwards if this session started it."""
     state = Path(os.environ.get("KNUNU_SLURM_DIR", "/tmp/knunu-slurm"))
-    was_running = (state / "slurmctld.pid").exists()
-    subprocess.run(["bash", str(SCRIPTS / "slurm.sh"), "up"], check=True, timeout=600)
+    script = str(SCRIPTS / "slurm.sh")
+    was_running = subprocess.run(["bash", script, "status"], check=False).returncode == 0
+    subprocess.run(["bash", script, "up"], check=True, timeout=600)
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(state / "slurm.conf")
     yield state
@@ -26,4 +27,4 @@ def slurm():
     else:
         os.environ["SLURM_CONF"] = previous
     if not was_running:
-        subprocess.run(["bash", str(SCRIPTS / "slurm.sh"), "down"], check=True, timeout=120)
+        subprocess.run(["bash", script, "down"], check=True, timeout=120)
