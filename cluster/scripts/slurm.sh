@@ -72,12 +72,19 @@ up() {
     fi
     write_conf
     export SLURM_CONF=$CONF
-    if ! pgrep -x munged >/dev/null; then
+    if ! alive /run/munge/munged.pid || [ ! -S /run/munge/munge.socket.2 ]; then
         mkdir -p /run/munge && chown munge: /run/munge
         [ -f /etc/munge/munge.key ] || { /usr/sbin/mungekey --create >/dev/null 2>&1 || true; }
         chown munge: /etc/munge/munge.key 2>/dev/null || true
+        rm -f /run/munge/munged.pid
         runuser -u munge -- /usr/sbin/munged
-        pgrep -x munged >"$DIR/munged.pid"
+        # munged daemonises and writes its own pid file; wait for it (bounded)
+        for _ in $(seq 100); do
+            alive /run/munge/munged.pid && [ -S /run/munge/munge.socket.2 ] && break
+            sleep 0.05
+        done
+        alive /run/munge/munged.pid || { log "munged did not start (see /var/log/munge)"; exit 1; }
+        cp /run/munge/munged.pid "$DIR/munged.pid"
         touch "$DIR/munged.started-here"
     fi
     slurmctld -c -f "$CONF"
@@ -112,6 +119,9 @@ down() {
     fi
     stop_pidfile "$DIR/slurmd.pid"
     stop_pidfile "$DIR/slurmctld.pid"
+    # a daemon that died before writing its pid file is still ours if it runs our config
+    pkill -f "^slurmd -f $CONF\$" 2>/dev/null || true
+    pkill -f "^slurmctld -c -f $CONF\$" 2>/dev/null || true
     if [ -f "$DIR/munged.started-here" ]; then
         stop_pidfile "$DIR/munged.pid"
         rm -f "$DIR/munged.started-here"
