@@ -1,0 +1,94 @@
+"""Detector response: acceptance, resolution, particle ID rates, invisibles, reproducibility."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from knunu.simulation import detector as det
+from knunu.simulation.generators import Generator, Particles
+from knunu.simulation.kinematics import ON_RESONANCE, mass
+
+
+@pytest.fixture(scope="module")
+def ccbar():
+    return Generator("ccbar", seed=31).generate(1500)
+
+
+def _single_particles(pdg: int, n: int, p: float, rng) -> Particles:
+    cos_t = rng.uniform(-0.5, 0.8, n)
+    phi = rng.uniform(0, 2 * np.pi, n)
+    sin_t = np.sqrt(1 - cos_t**2)
+    p3 = p * np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], axis=1)
+    m = {321: 0.493677, 211: 0.13957, 22: 0.0, 130: 0.497611, 12: 0.0}[abs(pdg)]
+    p4 = np.concatenate([np.sqrt(p**2 + m**2) * np.ones((n, 1)), p3], axis=1)
+    charge = np.full(n, 1.0 if pdg in (321, 211) else 0.0)
+    return Particles(np.arange(n + 1), np.full(n, pdg, np.int32), p4, charge)
+
+
+def test_kaon_id_efficiency_and_pion_misid():
+    rng = np.random.default_rng(1)
+    cfg = det.DetectorConfig(beam_photons_mean=0.0)
+    kaons = det.simulate_detector(_single_particles(321, 100_000, 1.5, rng), ON_RESONANCE, cfg, rng)
+    pions = det.simulate_detector(_single_particles(211, 200_000, 1.5, rng), ON_RESONANCE, cfg, rng)
+    eff = np.mean(kaons.tracks.kaon_id > det.KAON_ID_CUT)
+    misid = np.mean(pions.tracks.kaon_id > det.KAON_ID_CUT)
+    assert eff == pytest.approx(0.68, abs=0.005)
+    assert misid == pytest.approx(0.012, abs=0.001)
+    assert np.all((kaons.tracks.kaon_id >= 0) & (kaons.tracks.kaon_id <= 1))
+
+
+def test_tracks_respect_acceptance_and_resolution(ccbar):
+    rng = np.random.default_rng(2)
+    cfg = det.DetectorConfig()
+    seen = det.simulate_detector(ccbar, ON_RESONANCE, cfg, rng)
+    p4 = seen.tracks.p4_lab
+    theta = np.degrees(np.arctan2(np.hypot(p4[:, 1], p4[:, 2]), p4[:, 3]))
+    assert theta.min() > 16.0  # resolution may move a track a hair, never far
+    assert theta.max() < 151.0
+    assert set(np.unique(np.abs(seen.tracks.true_pdg))) <= {11, 13, 211, 321, 2212}
+    # the CM boost back to the lab: sqrt(s) of the beams is the Upsilon(4S)
+    assert np.mean(seen.sqrt_s) == pytest.approx(10.58, abs=0.002)
+    # resolution: 1.5 GeV kaons measured with sigma(pT)/pT ~ 0.3 %
+    rng = np.random.default_rng(3)
+    kaons = det.simulate_detector(_single_particles(321, 20_000, 1.5, rng), ON_RESONANCE, cfg, rng)
+    p_cm = np.linalg.norm(kaons.tracks.p4_cm[:, 1:], axis=1)
+    assert np.std(p_cm) / 1.5 == pytest.approx(0.003, abs=0.001)
+    np.testing.assert_allclose(mass(kaons.tracks.p4_cm), 0.493677, rtol=1e-6)
+
+
+def test_neutrinos_are_invisible_and_kl_partially_seen():
+    rng = np.random.default_rng(4)
+    cfg = det.DetectorConfig(beam_photons_mean=0.0)
+    nus = det.simulate_detector(_single_particles(12, 1000, 2.0, rng), ON_RESONANCE, cfg, rng)
+    assert len(nus.tracks.charge) == 0
+    assert len(nus.clusters.origin) == 0
+    kls = det.simulate_detector(_single_particles(130, 20_000, 2.0, rng), ON_RESONANCE, cfg, rng)
+    seen = kls.clusters.origin == det.KLONG
+    assert np.mean(np.diff(kls.clusters.offsets) > 0) == pytest.approx(0.5, abs=0.02)
+    # a K_L deposits only part of its kinetic energy
+    assert np.all(kls.clusters.p4_lab[seen, 0] < 2.1)
+
+
+def test_kl_efficiency_and_hadronic_scale_are_switches():
+    rng = np.random.default_rng(5)
+    parts = _single_particles(130, 20_000, 2.0, rng)
+    nominal = det.DetectorConfig(beam_photons_mean=0.0)
+    nature = dataclasses.replace(nominal, kl_ecl_efficiency=0.5 * 0.83, hadronic_energy_scale=0.9)
+    a = det.simulate_detector(parts, ON_RESONANCE, nominal, np.random.default_rng(6))
+    b = det.simulate_detector(parts, ON_RESONANCE, nature, np.random.default_rng(6))
+    assert len(b.clusters.origin) / len(a.clusters.origin) == pytest.approx(0.83, abs=0.03)
+    assert b.clusters.p4_lab[:, 0].mean() / a.clusters.p4_lab[:, 0].mean() == pytest.approx(
+        0.9, abs=0.03
+    )
+
+
+def test_same_seed_same_response(ccbar):
+    cfg = det.DetectorConfig()
+    a = det.simulate_detector(ccbar, ON_RESONANCE, cfg, np.random.default_rng(9))
+    b = det.simulate_detector(ccbar, ON_RESONANCE, cfg, np.random.default_rng(9))
+    np.testing.assert_array_equal(a.tracks.p4_lab, b.tracks.p4_lab)
+    np.testing.assert_array_equal(a.clusters.p4_cm, b.clusters.p4_cm)
+    np.testing.assert_array_equal(a.tracks.offsets, b.tracks.offsets)
