@@ -181,3 +181,79 @@ class Generator:
             p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
             charge=charges,
         )
+
+
+class Decayer:
+    """Decays hand-placed particles (e.g. B mesons of given momenta) with Pythia.
+
+    Args:
+        seed: Pythia's random seed.
+        extra: Further ``readString`` settings (retuned or forced channels).
+    """
+
+    def __init__(self, seed: int, extra: tuple[str, ...] = ()) -> None:
+        import pythia8mc
+
+        self.pythia = pythia8mc.Pythia("", False)
+        for line in (
+            *_COMMON,
+            f"Random:seed = {seed % 900_000_000 + 1}",
+            "ProcessLevel:all = off",
+            *extra,
+        ):
+            if not self.pythia.readString(line):
+                raise ValueError(f"Pythia rejected setting {line!r}")
+        if not self.pythia.init():
+            raise RuntimeError("Pythia failed to initialise the decayer")
+
+    def decay(self, pdg: np.ndarray, p4: np.ndarray) -> Particles:
+        """Decay one particle per event; returns the final-state products of each."""
+        data = self.pythia.particleData
+        codes: list[int] = []
+        mom: list[tuple[float, float, float, float]] = []
+        counts = np.zeros(len(pdg), dtype=np.int64)
+        for i, (code, (e, px, py, pz)) in enumerate(zip(pdg.tolist(), p4.tolist(), strict=True)):
+            m = float(np.sqrt(max(e * e - px * px - py * py - pz * pz, 0.0)))
+            while True:
+                event = self.pythia.event
+                event.reset()
+                event.append(int(code), 1, 0, 0, px, py, pz, e, m)
+                if self.pythia.next():
+                    break
+            k = 0
+            for particle in self.pythia.event:
+                if particle.isFinal():
+                    codes.append(particle.id())
+                    mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
+                    k += 1
+            counts[i] = k
+        charge_of = {c: data.charge(c) for c in set(codes)}
+        return Particles(
+            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            pdg=np.asarray(codes, dtype=np.int32),
+            p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
+            charge=np.array([charge_of[c] for c in codes], dtype=np.float64),
+        )
+
+
+def merge(a: Particles, b: Particles) -> Particles:
+    """Event-by-event union of two particle tables of the same events (a's particles first)."""
+    if a.n_events != b.n_events:
+        raise ValueError("cannot merge tables of different event counts")
+    counts = a.counts() + b.counts()
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    slot_a = np.repeat(offsets[:-1], a.counts()) + (
+        np.arange(len(a.pdg)) - np.repeat(a.offsets[:-1], a.counts())
+    )
+    slot_b = np.repeat(offsets[:-1] + a.counts(), b.counts()) + (
+        np.arange(len(b.pdg)) - np.repeat(b.offsets[:-1], b.counts())
+    )
+    total = int(offsets[-1])
+    pdg = np.empty(total, dtype=np.int32)
+    p4 = np.empty((total, 4))
+    charge = np.empty(total)
+    for slots, src in ((slot_a, a), (slot_b, b)):
+        pdg[slots] = src.pdg
+        p4[slots] = src.p4
+        charge[slots] = src.charge
+    return Particles(offsets, pdg, p4, charge)
