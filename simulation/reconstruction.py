@@ -1,0 +1,154 @@
+"""Reconstruction of the ITA ntuple variables from what the detector saw (vectorised).
+
+Event-level: multiplicities, visible and missing energy/momentum, the polar angle of the
+missing momentum in the lab, event shapes (thrust, Fox-Wolfram R2, sphericity, CLEO cones).
+Per kaon candidate (every track; the processors select): p, pT, cos(theta), charge, kaon ID,
+impact parameters, E*_K and q2rec = s/4 + mK^2 - sqrt(s) E*_K, the rest-of-event (ROE) built
+from everything else (mass, Mbc, Delta E, charge, multiplicity) and D-suppression masses
+(K + opposite-charge ROE track as K pi).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from knunu.simulation import event_shape as es
+from knunu.simulation.detector import DetectorEvents
+from knunu.simulation.kinematics import boost, mass
+
+M_K = 0.493677
+M_PI = 0.13957
+M_D0 = 1.86484
+
+
+def _per_event_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+    n = len(offsets) - 1
+    out = np.zeros((n, *values.shape[1:]))
+    counts = np.diff(offsets)
+    nonempty = counts > 0
+    if nonempty.any():
+        out[nonempty] = np.add.reduceat(values, offsets[:-1][nonempty], axis=0)
+    return out
+
+
+def _theta_deg(p3: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arctan2(np.hypot(p3[..., 0], p3[..., 1]), p3[..., 2]))
+
+
+def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Event-level and per-candidate ITA variables.
+
+    Returns:
+        (event columns, candidate columns); candidate columns are flat, grouped by event with
+        ``seen.tracks.offsets`` (one candidate per track).
+    """
+    tr, cl = seen.tracks, seen.clusters
+    n = len(seen.sqrt_s)
+    sqrt_s = seen.sqrt_s
+    vis_tracks = _per_event_sum(tr.offsets, tr.p4_cm)
+    vis_clusters = _per_event_sum(cl.offsets, cl.p4_cm)
+    visible = vis_tracks + vis_clusters
+    # missing momentum in the lab: beams minus everything seen
+    beams_lab = boost(np.column_stack([sqrt_s, np.zeros((n, 3))]), seen.beta_cm)
+    vis_lab = _per_event_sum(tr.offsets, tr.p4_lab) + _per_event_sum(cl.offsets, cl.p4_lab)
+    miss_lab = beams_lab - vis_lab
+    n_tracks = np.diff(tr.offsets)
+    charge = _per_event_sum(tr.offsets, tr.charge.astype(float))
+
+    # event shapes from all visible momenta in the CM frame
+    offsets = np.concatenate([[0], np.cumsum(n_tracks + np.diff(cl.offsets))])
+    idx_t = np.repeat(offsets[:-1], n_tracks) + (
+        np.arange(len(tr.charge)) - np.repeat(tr.offsets[:-1], n_tracks)
+    )
+    idx_c = np.repeat(offsets[:-1] + n_tracks, np.diff(cl.offsets)) + (
+        np.arange(len(cl.origin)) - np.repeat(cl.offsets[:-1], np.diff(cl.offsets))
+    )
+    p3 = np.empty((int(offsets[-1]), 3))
+    p3[idx_t] = tr.p4_cm[:, 1:]
+    p3[idx_c] = cl.p4_cm[:, 1:]
+    padded = es.pad(offsets, p3)
+    thrust, axis = es.thrust(padded)
+    fw = es.fox_wolfram(padded)
+    cones = es.cleo_cones(padded, axis)
+    h0 = np.where(fw[:, 0] > 0, fw[:, 0], 1.0)
+
+    event = {
+        "nTracks": n_tracks.astype(np.int32),
+        "nClusters": np.diff(cl.offsets).astype(np.int32),
+        "E_tot": visible[:, 0],
+        "E_miss": sqrt_s - visible[:, 0],
+        "p_miss": np.linalg.norm(visible[:, 1:], axis=1),
+        "theta_miss": _theta_deg(miss_lab[:, 1:]),
+        "charge_sum": charge,
+        "thrust": thrust,
+        "R2": fw[:, 2] / h0,
+        "R1": fw[:, 1] / h0,
+        "R3": fw[:, 3] / h0,
+        "R4": fw[:, 4] / h0,
+        "sphericity": es.sphericity(padded),
+        "cos_thrust_axis": np.abs(axis[:, 2]),
+        **{f"cleo_cone_{k}": cones[:, k] for k in range(cones.shape[1])},
+        "sqrt_s": sqrt_s,
+    }
+
+    # ------------------------------------------------------------------ candidates
+    cand_event = np.repeat(np.arange(n), n_tracks)
+    p3k = tr.p4_cm[:, 1:]
+    pk = np.linalg.norm(p3k, axis=1)
+    e_k = np.sqrt(pk**2 + M_K**2)
+    k4 = np.column_stack([e_k, p3k])
+    lab_p3 = tr.p4_lab[:, 1:]
+    roe = visible[cand_event] - tr.p4_cm  # the candidate's own energy uses its true mass
+    roe[:, 0] = visible[cand_event, 0] - tr.p4_cm[:, 0]
+    half = sqrt_s[cand_event] / 2
+    roe_p = np.linalg.norm(roe[:, 1:], axis=1)
+    candidates = {
+        "K_p": np.linalg.norm(lab_p3, axis=1),
+        "K_pt": np.hypot(lab_p3[:, 0], lab_p3[:, 1]),
+        "K_cosTheta": lab_p3[:, 2] / np.linalg.norm(lab_p3, axis=1),
+        "K_charge": tr.charge.astype(np.int32),
+        "K_kaonID": tr.kaon_id,
+        "K_dr": tr.dr,
+        "K_dz": tr.dz,
+        "K_pstar": pk,
+        "K_Estar": e_k,
+        "K_q2rec": sqrt_s[cand_event] ** 2 / 4 + M_K**2 - sqrt_s[cand_event] * e_k,
+        "K_roe_mass": mass(roe),
+        "K_roe_mbc": np.sqrt(np.clip(half**2 - roe_p**2, 0.0, None)),
+        "K_roe_deltaE": roe[:, 0] - half,
+        "K_roe_p": roe_p,
+        "K_roe_charge": (charge[cand_event] - tr.charge).astype(np.int32),
+        "K_roe_nTracks": (n_tracks[cand_event] - 1).astype(np.int32),
+        "K_m_Kpi_D0": _kpi_d0_mass(tr.offsets, k4, tr.p4_cm, tr.charge),
+    }
+    return event, candidates
+
+
+def _kpi_d0_mass(
+    offsets: np.ndarray, k4: np.ndarray, p4: np.ndarray, charge: np.ndarray
+) -> np.ndarray:
+    """The K pi mass closest to the D0 mass, for each candidate.
+
+    The pion is any other track of opposite charge (pion hypothesis); 0 when there is none.
+    """
+    counts = np.diff(offsets)
+    width = int(counts.max(initial=0))
+    out = np.zeros(len(k4))
+    if width < 2:
+        return out
+    n = len(counts)
+    slot = np.arange(len(k4)) - np.repeat(offsets[:-1], counts)
+    rows = np.repeat(np.arange(n), counts)
+    pi4 = np.zeros((n, width, 4))
+    q = np.zeros((n, width))
+    p3 = p4[:, 1:]
+    pi4[rows, slot] = np.column_stack([np.sqrt(np.sum(p3**2, 1) + M_PI**2), p3])
+    q[rows, slot] = charge
+    pair = k4[:, None, :] + pi4[rows]  # (candidates, width, 4)
+    m = mass(pair)
+    ok = (q[rows] * charge[:, None] < 0) & (np.arange(width)[None, :] != slot[:, None])
+    dist = np.where(ok, np.abs(m - M_D0), np.inf)
+    best = np.argmin(dist, axis=1)
+    has = np.isfinite(dist[np.arange(len(k4)), best])
+    out[has] = m[np.arange(len(k4)), best][has]
+    return out
