@@ -6,6 +6,7 @@ Inputs are padded momentum arrays ``(n_events, max_particles, 3)`` with zero row
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
@@ -33,28 +34,56 @@ def thrust(
     ``n_seeds`` hardest). This finds a local maximum: on Pythia BBbar events about 1 % of
     events end up to 0.02 below the exact (brute-force) thrust; continuum two-jet events are
     found exactly. An exact O(n^3) search is left for when the BDTs show it matters.
+    Compiled with numba (a loop per event over its real particles only).
 
     Returns:
         (thrust ``(n_events,)``, axis ``(n_events, 3)``).
     """
-    mag = np.linalg.norm(p, axis=-1)
-    total = np.where(mag.sum(axis=1) > 0, mag.sum(axis=1), 1.0)
-    order = np.argsort(-mag, axis=1)[:, : (n_seeds or p.shape[1])]
-    best_t = np.zeros(len(p))
-    best_axis = np.zeros((len(p), 3))
-    best_axis[:, 2] = 1.0
-    for k in range(order.shape[1]):
-        axis = np.take_along_axis(p, order[:, k, None, None], axis=1)[:, 0, :]
-        for _ in range(n_iter):
-            sign = np.sign(np.einsum("eij,ej->ei", p, axis))
-            sign[sign == 0] = 1.0
-            axis = np.einsum("ei,eij->ej", sign, p)
-        norm = np.linalg.norm(axis, axis=-1)
-        axis = axis / np.where(norm > 0, norm, 1.0)[:, None]
-        t = np.abs(np.einsum("eij,ej->ei", p, axis)).sum(axis=1) / total
-        better = t > best_t
-        best_t = np.where(better, t, best_t)
-        best_axis = np.where(better[:, None], axis, best_axis)
+    p = np.ascontiguousarray(p, dtype=np.float64)
+    seeds = p.shape[1] if n_seeds is None else min(n_seeds, p.shape[1])
+    return _thrust_kernel(p, seeds, n_iter)
+
+
+@numba.njit(cache=True, nogil=True)
+def _thrust_kernel(p: np.ndarray, n_seeds: int, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    n_events, width = p.shape[0], p.shape[1]
+    best_t = np.zeros(n_events)
+    best_axis = np.zeros((n_events, 3))
+    mag = np.empty(width)
+    for e in range(n_events):
+        best_axis[e, 2] = 1.0
+        total = 0.0
+        for i in range(width):
+            mag[i] = np.sqrt(p[e, i, 0] ** 2 + p[e, i, 1] ** 2 + p[e, i, 2] ** 2)
+            total += mag[i]
+        if total == 0.0:
+            continue
+        order = np.argsort(-mag)
+        for k in range(n_seeds):
+            s = order[k]
+            if mag[s] == 0.0:
+                break
+            a0, a1, a2 = p[e, s, 0], p[e, s, 1], p[e, s, 2]
+            for _ in range(n_iter):
+                b0 = b1 = b2 = 0.0
+                for i in range(width):
+                    d = p[e, i, 0] * a0 + p[e, i, 1] * a1 + p[e, i, 2] * a2
+                    sign = -1.0 if d < 0 else 1.0
+                    b0 += sign * p[e, i, 0]
+                    b1 += sign * p[e, i, 1]
+                    b2 += sign * p[e, i, 2]
+                a0, a1, a2 = b0, b1, b2
+            norm = np.sqrt(a0 * a0 + a1 * a1 + a2 * a2)
+            if norm == 0.0:
+                continue
+            a0, a1, a2 = a0 / norm, a1 / norm, a2 / norm
+            t = 0.0
+            for i in range(width):
+                t += abs(p[e, i, 0] * a0 + p[e, i, 1] * a1 + p[e, i, 2] * a2)
+            t /= total
+            if t > best_t[e]:
+                best_t[e] = t
+                best_axis[e, 0], best_axis[e, 1], best_axis[e, 2] = a0, a1, a2
     return best_t, best_axis
 
 
@@ -62,15 +91,39 @@ def fox_wolfram(p: np.ndarray, orders: tuple[int, ...] = (0, 1, 2, 3, 4)) -> np.
     """Fox-Wolfram moments H_l = sum_ij |p_i||p_j| P_l(cos theta_ij), shape ``(n, len(orders))``.
 
     R2 = H_2 / H_0 is the usual continuum discriminator (near 1 for two-jet events).
+    Compiled with numba; orders up to 4.
     """
-    mag = np.linalg.norm(p, axis=-1)
-    unit = p / np.where(mag > 0, mag, 1.0)[..., None]
-    cos = np.clip(np.einsum("eik,ejk->eij", unit, unit), -1.0, 1.0)
-    weight = mag[:, :, None] * mag[:, None, :]
-    out = np.empty((len(p), len(orders)))
-    for j, order in enumerate(orders):
-        legendre = np.polynomial.legendre.legval(cos, [0] * order + [1])
-        out[:, j] = np.sum(weight * legendre, axis=(1, 2))
+    if max(orders) > 4:
+        raise ValueError("Fox-Wolfram moments are implemented up to order 4")
+    full = _fox_wolfram_kernel(np.ascontiguousarray(p, dtype=np.float64))
+    return full[:, list(orders)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _fox_wolfram_kernel(p: np.ndarray) -> np.ndarray:
+    n_events, width = p.shape[0], p.shape[1]
+    out = np.zeros((n_events, 5))
+    mag = np.empty(width)
+    for e in range(n_events):
+        for i in range(width):
+            mag[i] = np.sqrt(p[e, i, 0] ** 2 + p[e, i, 1] ** 2 + p[e, i, 2] ** 2)
+        for i in range(width):
+            if mag[i] == 0.0:
+                continue
+            for j in range(width):
+                if mag[j] == 0.0:
+                    continue
+                w = mag[i] * mag[j]
+                c = (
+                    p[e, i, 0] * p[e, j, 0] + p[e, i, 1] * p[e, j, 1] + p[e, i, 2] * p[e, j, 2]
+                ) / w
+                c = min(1.0, max(-1.0, c))
+                c2 = c * c
+                out[e, 0] += w
+                out[e, 1] += w * c
+                out[e, 2] += w * 0.5 * (3.0 * c2 - 1.0)
+                out[e, 3] += w * 0.5 * (5.0 * c2 * c - 3.0 * c)
+                out[e, 4] += w * 0.125 * (35.0 * c2 * c2 - 30.0 * c2 + 3.0)
     return out
 
 
