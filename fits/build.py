@@ -144,6 +144,11 @@ def build_spec(
         data_values, _ = hfile.get(layout.histogram, "data", "nominal")
         channels.append({"name": cname, "samples": samples})
         observations.append({"name": cname, "data": _cut(data_values, layout)})
+    return _workspace_spec(channels, observations, f"{analysis} spec from {hfile.path}")
+
+
+def _workspace_spec(channels: list, observations: list, what: str) -> dict[str, Any]:
+    """A complete workspace spec, validated against pyhf's schema."""
     spec = {
         "channels": channels,
         "observations": observations,
@@ -153,7 +158,7 @@ def build_spec(
     try:
         pyhf.Workspace(spec)
     except pyhf.exceptions.InvalidSpecification as exc:
-        raise WorkspaceError(f"{analysis} spec from {hfile.path} is invalid: {exc}") from None
+        raise WorkspaceError(f"{what} is invalid: {exc}") from None
     return spec
 
 
@@ -220,17 +225,7 @@ def combine(specs: dict[str, dict[str, Any]], catalogue: tuple[Systematic, ...])
     names = [c["name"] for c in channels]
     if len(set(names)) != len(names):
         raise WorkspaceError(f"channel names clash in the combination: {sorted(names)}")
-    combined = {
-        "channels": channels,
-        "observations": observations,
-        "measurements": [{"name": "knunu", "config": {"poi": POI, "parameters": []}}],
-        "version": "1.0.0",
-    }
-    try:
-        pyhf.Workspace(combined)
-    except pyhf.exceptions.InvalidSpecification as exc:
-        raise WorkspaceError(f"combined spec is invalid: {exc}") from None
-    return combined
+    return _workspace_spec(channels, observations, "combined spec")
 
 
 def write_workspaces(
