@@ -53,6 +53,10 @@ def _jobqueue(cls_name: str, own_keys: tuple[str, ...]) -> Callable[[dict[str, A
 
         cls = getattr(dask_jobqueue, cls_name)
         kwargs = {k: settings[k] for k in own_keys if settings.get(k) is not None}
+        if kwargs.get("log_directory"):
+            logs = Path(kwargs["log_directory"]).expanduser()
+            logs.mkdir(parents=True, exist_ok=True)
+            kwargs["log_directory"] = str(logs)
         worker_args = []
         if settings.get("lifetime"):
             worker_args += ["--lifetime", str(settings["lifetime"]), "--lifetime-restart"]

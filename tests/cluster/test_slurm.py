@@ -26,7 +26,8 @@ def _slow_square(x: int) -> int:
     return x * x
 
 
-def test_workers_come_from_sbatch_and_compute(slurm):
+def test_workers_come_from_sbatch_and_compute(slurm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # job logs must not land in the working directory
     with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
         assert len(_jobs()) == 2
@@ -41,6 +42,7 @@ def test_workers_come_from_sbatch_and_compute(slurm):
     while _jobs() and time.time() < deadline:
         time.sleep(0.5)
     assert _jobs() == []  # closing the client cancels the batch jobs
+    assert not list(tmp_path.glob("slurm-*.out"))
 
 
 def test_scancel_of_a_worker_mid_run_loses_nothing(slurm):
