@@ -21,9 +21,17 @@ def _jobs() -> list[str]:
     return out.stdout.split()
 
 
-def _slow_square(x: int) -> int:
-    time.sleep(0.2)
-    return x * x
+def _slow_square_factory():
+    # A function defined at run time is pickled by value, so workers need not import this
+    # test module (they run in another directory, as on a real cluster).
+    def slow_square(x: int) -> int:
+        time.sleep(0.2)
+        return x * x
+
+    return slow_square
+
+
+_slow_square = _slow_square_factory()
 
 
 def test_workers_come_from_sbatch_and_compute(slurm, tmp_path, monkeypatch):
