@@ -58,25 +58,16 @@ def _not_built(stage: str) -> None:
     raise NotBuiltError(f"knunu {stage}: not built yet (tracked in {STAGES[stage].issue})")
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    """Simulation stage (not built yet)."""
-    load_config(args.config)
-    _not_built("simulate")
-    return EXIT_OK  # pragma: no cover
+def _unbuilt_stage(stage: str) -> Callable[[argparse.Namespace], int]:
+    """The command of a stage that is not built yet: checks the config, then says so."""
 
+    def command(args: argparse.Namespace) -> int:
+        load_config(args.config)
+        _not_built(stage)
+        return EXIT_OK  # pragma: no cover
 
-def cmd_process(args: argparse.Namespace) -> int:
-    """Processing stage (not built yet)."""
-    load_config(args.config)
-    _not_built("process")
-    return EXIT_OK  # pragma: no cover
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Training stage (not built yet)."""
-    load_config(args.config)
-    _not_built("train")
-    return EXIT_OK  # pragma: no cover
+    command.__doc__ = f"{stage} stage (not built yet)."
+    return command
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -151,9 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("simulate", cmd_simulate, STAGES["simulate"].help)
-    add("process", cmd_process, STAGES["process"].help)
-    add("train", cmd_train, STAGES["train"].help)
+    for stage in ("simulate", "process", "train"):
+        add(stage, _unbuilt_stage(stage), STAGES[stage].help)
     fit = add("fit", cmd_fit, STAGES["fit"].help)
     fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
     fit.add_argument(

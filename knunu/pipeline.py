@@ -27,7 +27,6 @@ def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
 
     run = RunDir(config["output_dir"], config)
     lines = [f"knunu run: run directory {run.path.resolve()}"]
-    own_histograms = False
     for name, stage in stages.items():
         if name == "fit":
             continue
@@ -36,7 +35,7 @@ def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
             lines.append(f"  {name:9s} not built yet ({stage.issue})")
     workspace = config["fit"]["workspace"]
     label = "configured workspace"
-    if workspace is None and not own_histograms:
+    if workspace is None:
         workspace = str(published_workspace_path())
         label = "the published Belle II likelihood (this run has no histograms of its own yet)"
     run.record_input(workspace)

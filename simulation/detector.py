@@ -30,7 +30,9 @@ KAON_ID_CUT = 0.9
 PHOTON, KLONG, NEUTRON, SPLITOFF, BEAM = 0, 1, 2, 3, 4
 
 _NEUTRINOS = (12, 14, 16)
-_MASS = {211: 0.13957, 321: 0.493677, 2212: 0.938272, 11: 0.000511, 13: 0.105658}
+#: Masses of the charged species that make tracks (|PDG| -> GeV); others get the pion mass.
+_TRACK_PDG = np.array([11, 13, 211, 321, 2212])
+_TRACK_MASS = np.array([0.000511, 0.105658, 0.13957, 0.493677, 0.938272])
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ def simulate_detector(
     found = charged & in_acc & (rng.random(len(pt)) < eff)
     idx = np.flatnonzero(found)
     p_true = np.linalg.norm(lab[idx, 1:], axis=1)
-    mass = np.array([_MASS.get(int(c), 0.13957) for c in abs_pdg[idx]])
+    species = np.searchsorted(_TRACK_PDG, abs_pdg[idx]).clip(0, len(_TRACK_PDG) - 1)
+    known = _TRACK_PDG[species] == abs_pdg[idx]
+    mass = np.where(known, _TRACK_MASS[species], _TRACK_MASS[2])
     beta_particle = p_true / np.sqrt(p_true**2 + mass**2)
     rel = np.hypot(cfg.pt_res_a * pt[idx], cfg.pt_res_b / beta_particle)
     scale = 1.0 + rel * rng.standard_normal(len(idx))

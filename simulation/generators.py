@@ -104,11 +104,27 @@ class Particles:
 
     def per_event_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum a per-particle column (first axis) within each event."""
-        starts = self.offsets[:-1]
-        out = np.zeros((self.n_events, *values.shape[1:]), dtype=values.dtype)
-        nonempty = self.counts() > 0
-        out[nonempty] = np.add.reduceat(values, starts[nonempty], axis=0)
-        return out
+        return per_event_sum(self.offsets, values)
+
+
+def per_event_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Sum a per-row column (first axis) within each event of a columnar table.
+
+    >>> per_event_sum(np.array([0, 2, 2, 3]), np.array([1.0, 2.0, 5.0])).tolist()
+    [3.0, 0.0, 5.0]
+    """
+    counts = np.diff(offsets)
+    out = np.zeros((len(counts), *values.shape[1:]), dtype=values.dtype)
+    nonempty = counts > 0
+    if nonempty.any():
+        out[nonempty] = np.add.reduceat(values, offsets[:-1][nonempty], axis=0)
+    return out
+
+
+def _charges(data: object, codes: np.ndarray) -> np.ndarray:
+    """Electric charges of PDG codes from Pythia's particle table (one lookup per species)."""
+    species, inverse = np.unique(codes, return_inverse=True)
+    return np.array([data.charge(int(c)) for c in species], dtype=np.float64)[inverse]
 
 
 class Generator:
@@ -135,7 +151,6 @@ class Generator:
                 raise ValueError(f"Pythia rejected setting {line!r}")
         if not self.pythia.init():
             raise RuntimeError(f"Pythia failed to initialise for {process}")
-        self._charge = {}
 
     def _next(self, sqrt_s: float) -> bool:
         if self.process.hand_placed is None:
@@ -158,28 +173,22 @@ class Generator:
         pdg: list[int] = []
         mom: list[tuple[float, float, float, float]] = []
         counts = np.zeros(n, dtype=np.int64)
-        charge_of = self._charge
-        data = self.pythia.particleData
         for i in range(n):
             while not self._next(float(energies[i])):
                 log.debug("Pythia event failed; retrying")
             k = 0
             for particle in self.pythia.event:
                 if particle.isFinal():
-                    code = particle.id()
-                    pdg.append(code)
+                    pdg.append(particle.id())
                     mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
-                    if code not in charge_of:
-                        charge_of[code] = data.charge(code)
                     k += 1
             counts[i] = k
         codes = np.asarray(pdg, dtype=np.int32)
-        charges = np.array([charge_of[c] for c in pdg], dtype=np.float64).reshape(-1)
         return Particles(
             offsets=np.concatenate([[0], np.cumsum(counts)]),
             pdg=codes,
             p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
-            charge=charges,
+            charge=_charges(self.pythia.particleData, codes),
         )
 
 
@@ -227,12 +236,12 @@ class Decayer:
                     mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
                     k += 1
             counts[i] = k
-        charge_of = {c: data.charge(c) for c in set(codes)}
+        pdg_codes = np.asarray(codes, dtype=np.int32)
         return Particles(
             offsets=np.concatenate([[0], np.cumsum(counts)]),
-            pdg=np.asarray(codes, dtype=np.int32),
+            pdg=pdg_codes,
             p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
-            charge=np.array([charge_of[c] for c in codes], dtype=np.float64),
+            charge=_charges(data, pdg_codes),
         )
 
 

@@ -20,7 +20,7 @@ from knunu.errors import ConfigError
 from knunu.rundir import write_json
 from knunu.samples import Sample, load_samples
 from knunu.simulation.detector import DetectorConfig, simulate_detector
-from knunu.simulation.generators import PROCESSES, Decayer, Generator
+from knunu.simulation.generators import Decayer, Generator
 from knunu.simulation.kinematics import OFF_RESONANCE, ON_RESONANCE
 from knunu.simulation.ntuple import write_ita_ntuple
 from knunu.simulation.reconstruction import ita_variables
@@ -31,14 +31,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT = 1003  # a made-up experiment number for simulated files
 #: Branching fraction behind one signal event: B(B+ -> K+ nu nubar) at mu = 1.
 SIGNAL_BF = 4.97e-6
-#: Sample -> generator process (the B Bbar samples split by charge at generation).
-_GENERATOR = {
-    "uubar": "uubar",
-    "ddbar": "ddbar",
-    "ssbar": "ssbar",
-    "ccbar": "ccbar",
-    "taupair": "taupair",
-}
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,8 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     elif sample.kind == "bbbar":
         parts = _bbbar(task)
     else:
-        parts = Generator(_GENERATOR[task.sample], seed=task.seed).generate(task.n_events)
+        # continuum and tau pairs: the generator process has the sample's name
+        parts = Generator(task.sample, seed=task.seed).generate(task.n_events)
     seen = simulate_detector(parts, beams, detector or DetectorConfig(), rng)
     event, candidates = ita_variables(seen)
     n = task.n_events
@@ -141,12 +134,3 @@ def write_catalogue(path: str | Path, records: list[FileRecord]) -> Path:
     for entry in per_sample.values():
         entry["luminosity_fb"] = luminosity_fb(samples[entry["sample"]], entry["generated"])
     return write_json(path, {"datasets": per_sample})
-
-
-def check_processes() -> None:
-    """Every non-signal sample of the catalogue has a generator (registry consistency)."""
-    for name, sample in load_samples().items():
-        if name == "signal" or sample.kind == "bbbar":
-            continue
-        if _GENERATOR.get(name) not in PROCESSES:
-            raise ConfigError(f"sample {name!r} has no generator process")

@@ -14,21 +14,12 @@ import numpy as np
 
 from knunu.simulation import event_shape as es
 from knunu.simulation.detector import DetectorEvents
+from knunu.simulation.generators import per_event_sum
 from knunu.simulation.kinematics import boost, mass
 
 M_K = 0.493677
 M_PI = 0.13957
 M_D0 = 1.86484
-
-
-def _per_event_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
-    n = len(offsets) - 1
-    out = np.zeros((n, *values.shape[1:]))
-    counts = np.diff(offsets)
-    nonempty = counts > 0
-    if nonempty.any():
-        out[nonempty] = np.add.reduceat(values, offsets[:-1][nonempty], axis=0)
-    return out
 
 
 def _theta_deg(p3: np.ndarray) -> np.ndarray:
@@ -45,15 +36,15 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
     tr, cl = seen.tracks, seen.clusters
     n = len(seen.sqrt_s)
     sqrt_s = seen.sqrt_s
-    vis_tracks = _per_event_sum(tr.offsets, tr.p4_cm)
-    vis_clusters = _per_event_sum(cl.offsets, cl.p4_cm)
+    vis_tracks = per_event_sum(tr.offsets, tr.p4_cm)
+    vis_clusters = per_event_sum(cl.offsets, cl.p4_cm)
     visible = vis_tracks + vis_clusters
     # missing momentum in the lab: beams minus everything seen
     beams_lab = boost(np.column_stack([sqrt_s, np.zeros((n, 3))]), seen.beta_cm)
-    vis_lab = _per_event_sum(tr.offsets, tr.p4_lab) + _per_event_sum(cl.offsets, cl.p4_lab)
+    vis_lab = per_event_sum(tr.offsets, tr.p4_lab) + per_event_sum(cl.offsets, cl.p4_lab)
     miss_lab = beams_lab - vis_lab
     n_tracks = np.diff(tr.offsets)
-    charge = _per_event_sum(tr.offsets, tr.charge.astype(float))
+    charge = per_event_sum(tr.offsets, tr.charge.astype(float))
 
     # event shapes from all visible momenta in the CM frame
     offsets = np.concatenate([[0], np.cumsum(n_tracks + np.diff(cl.offsets))])
