@@ -37,7 +37,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "simulate",
             "generate Belle II-like MC and pseudo-data as basf2-style ntuples",
-            "issue 3 (Belle II-like simulation)",
+            None,
         ),
         Stage(
             "process",
@@ -101,6 +101,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Produce the MC and pseudo-data ntuples of the configured scale on a Dask cluster."""
+    from knunu.cluster import get_client
+    from knunu.simulation.production import plan_production, run_production
+
+    config = load_config(args.config)
+    if args.scale:
+        config["scale"] = args.scale
+    backend = args.cluster or config["cluster"]
+    out = Path(args.output or config["output_dir"]) / "ntuples"
+    plan = plan_production(config, out)
+    events = sum(t.n_events for t in plan.files)
+    print(
+        f"{config['scale']} scale: {len(plan.libraries)} decay libraries, "
+        f"{len(plan.files)} files, {events} events, on {backend}"
+    )
+    with get_client(backend) as client:
+        catalogue = run_production(plan, client)
+    print(f"catalogue written to {catalogue}")
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run every stage in order: the built ones run, the others are reported as not built."""
     from knunu.pipeline import run_analysis
@@ -142,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    for stage in ("simulate", "process", "train"):
+    sim = add("simulate", cmd_simulate, STAGES["simulate"].help)
+    sim.add_argument("--scale", choices=["tiny", "default", "belle2"], help="override the scale")
+    sim.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
+    for stage in ("process", "train"):
         add(stage, _unbuilt_stage(stage), STAGES[stage].help)
     fit = add("fit", cmd_fit, STAGES["fit"].help)
     fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")

@@ -33,3 +33,7 @@ class ClusterError(KnunuError):
 
 class NotBuiltError(KnunuError):
     """A pipeline stage that is not implemented yet was asked for."""
+
+
+class SimulationError(KnunuError):
+    """A simulation task failed (the production stops and writes no catalogue)."""

@@ -17,6 +17,7 @@ class Sample(NamedTuple):
     process_code: int
     cross_section_nb: float | None
     label: str
+    stratum: str | None = None  # control samples: the B decay stratum of one B
 
 
 def load_samples(path: str | Path | None = None) -> dict[str, Sample]:
@@ -32,7 +33,7 @@ def load_samples(path: str | Path | None = None) -> dict[str, Sample]:
     >>> cat["ccbar"].cross_section_nb
     1.3
     >>> sorted({s.kind for s in cat.values()})
-    ['bbbar', 'continuum', 'signal', 'taupair']
+    ['bbbar', 'continuum', 'control', 'signal', 'taupair']
     """
     source = Path(path) if path is not None else packaged_config_path("samples.yaml")
     data = read_yaml(source)

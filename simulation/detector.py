@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from knunu.simulation.generators import Particles
+from knunu.simulation.generators import Particles, rows_of
 from knunu.simulation.kinematics import Beams, beta_of, boost, sample_beams
 
 KAON_ID_CUT = 0.9
@@ -73,6 +73,7 @@ class Tracks:
     kaon_id: np.ndarray
     dr: np.ndarray
     dz: np.ndarray
+    side: np.ndarray  # truth: which B made the track (0, 1), -1 for none
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Clusters:
     p4_lab: np.ndarray
     p4_cm: np.ndarray
     origin: np.ndarray
+    side: np.ndarray  # truth: which B made the cluster (0, 1), -1 for none or beam background
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,18 @@ class DetectorEvents:
     clusters: Clusters
     beta_cm: np.ndarray
     sqrt_s: np.ndarray
+
+    def take(self, entries: np.ndarray) -> DetectorEvents:
+        """The given events only (e.g. those a filter keeps), in that order."""
+        t_off, t_rows = rows_of(self.tracks.offsets, entries)
+        c_off, c_rows = rows_of(self.clusters.offsets, entries)
+        tracks = Tracks(t_off, *(getattr(self.tracks, f)[t_rows] for f in _TRACK_COLUMNS))
+        clusters = Clusters(c_off, *(getattr(self.clusters, f)[c_rows] for f in _CLUSTER_COLUMNS))
+        return DetectorEvents(tracks, clusters, self.beta_cm[entries], self.sqrt_s[entries])
+
+
+_TRACK_COLUMNS = ("p4_lab", "p4_cm", "charge", "true_pdg", "kaon_id", "dr", "dz", "side")
+_CLUSTER_COLUMNS = ("p4_lab", "p4_cm", "origin", "side")
 
 
 def _theta_deg(p4: np.ndarray) -> np.ndarray:
@@ -108,7 +122,11 @@ def _with_energy(p3: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def simulate_detector(
-    parts: Particles, beams: Beams, cfg: DetectorConfig, rng: np.random.Generator
+    parts: Particles,
+    beams: Beams,
+    cfg: DetectorConfig,
+    rng: np.random.Generator,
+    total: np.ndarray | None = None,
 ) -> DetectorEvents:
     """Apply the detector response to a batch of generated events.
 
@@ -117,9 +135,12 @@ def simulate_detector(
         beams: Beam energies and spreads (on or off resonance).
         cfg: Detector parameters.
         rng: The random stream (seeded by the caller; one per output file).
+        total: Per-event e+e- four-momenta (lab) when the generator already drew them
+            (B Bbar events are made at each event's sqrt(s)); else drawn from ``beams``.
     """
     n = parts.n_events
-    total = sample_beams(beams, n, rng)
+    if total is None:
+        total = sample_beams(beams, n, rng)
     beta = beta_of(total)
     event = parts.event_index()
     lab = boost(parts.p4, beta[event])
@@ -154,6 +175,7 @@ def simulate_detector(
         kaon_id=kaon_id,
         dr=np.abs(rng.normal(0.0, cfg.dr_res_cm, len(idx))),
         dz=rng.normal(0.0, cfg.dz_res_cm, len(idx)),
+        side=parts.sides()[idx],
     )
 
     # ------------------------------------------------------------------ clusters
@@ -181,6 +203,7 @@ def simulate_detector(
     c_event = [event[keep]]
     c_p3 = [direction * measured[keep, None]]
     c_origin = [origin[keep]]
+    c_side = [parts.sides()[keep]]
 
     # split-offs of found charged hadrons: unmatched hadronic clusters near the track
     hadron = np.isin(np.abs(tracks.true_pdg), (211, 321, 2212))
@@ -194,6 +217,7 @@ def simulate_detector(
         c_event.append(event[idx][split][ok])
         c_p3.append(d[ok] * e_split[ok, None])
         c_origin.append(np.full(ok.sum(), SPLITOFF))
+        c_side.append(tracks.side[split][ok])
 
     # beam-background photons
     n_beam = rng.poisson(cfg.beam_photons_mean, n)
@@ -208,6 +232,7 @@ def simulate_detector(
         c_event.append(b_event)
         c_p3.append(d * e_beam[:, None])
         c_origin.append(np.full(len(b_event), BEAM))
+        c_side.append(np.full(len(b_event), -1, dtype=np.int8))
 
     all_event = np.concatenate(c_event)
     order = np.argsort(all_event, kind="stable")
@@ -219,6 +244,7 @@ def simulate_detector(
         p4_lab=cl_lab,
         p4_cm=boost(cl_lab, -beta[cl_event]),
         origin=np.concatenate(c_origin)[order].astype(np.int8),
+        side=np.concatenate(c_side)[order].astype(np.int8),
     )
     sqrt_s = np.sqrt(total[:, 0] ** 2 - np.sum(total[:, 1:] ** 2, axis=1))
     return DetectorEvents(tracks, clusters, beta, sqrt_s)

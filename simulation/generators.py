@@ -21,7 +21,7 @@ M_UPSILON_4S = 10.5794
 #: Fraction of charged B pairs in Upsilon(4S) decays.
 F_CHARGED = 0.516
 
-_COMMON = (
+COMMON_SETTINGS = (
     "Next:numberCount = 0",
     "Print:quiet = on",
     "Random:setSeed = on",
@@ -82,12 +82,21 @@ class Particles:
         pdg: PDG code per particle.
         p4: (E, px, py, pz) per particle, GeV.
         charge: electric charge per particle (units of e).
+        side: which B the particle comes from (0, 1), -1 for none (continuum); ``None``
+            when not tracked.
     """
 
     offsets: np.ndarray
     pdg: np.ndarray
     p4: np.ndarray
     charge: np.ndarray
+    side: np.ndarray | None = None
+
+    def sides(self) -> np.ndarray:
+        """The ``side`` column, -1 where it is not tracked."""
+        if self.side is None:
+            return np.full(len(self.pdg), -1, dtype=np.int8)
+        return self.side
 
     @property
     def n_events(self) -> int:
@@ -102,9 +111,33 @@ class Particles:
         """For each particle, the index of its event."""
         return np.repeat(np.arange(self.n_events), self.counts())
 
+    def take(self, entries: np.ndarray) -> Particles:
+        """The particles of the given events, in that order (events may repeat)."""
+        offsets, rows = rows_of(self.offsets, entries)
+        side = None if self.side is None else self.side[rows]
+        return Particles(offsets, self.pdg[rows], self.p4[rows], self.charge[rows], side)
+
     def per_event_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum a per-particle column (first axis) within each event."""
         return per_event_sum(self.offsets, values)
+
+
+def rows_of(offsets: np.ndarray, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the given events (in that order, repeats allowed) of a columnar table.
+
+    Returns:
+        (offsets of the new table, row indices into the old one).
+
+    >>> new, rows = rows_of(np.array([0, 2, 2, 5]), np.array([2, 0]))
+    >>> new.tolist(), rows.tolist()
+    ([0, 3, 5], [2, 3, 4, 0, 1])
+    """
+    counts = np.diff(offsets)[entries]
+    new = np.concatenate([[0], np.cumsum(counts)])
+    rows = np.repeat(offsets[:-1][entries], counts) + (
+        np.arange(int(new[-1])) - np.repeat(new[:-1], counts)
+    )
+    return new, rows
 
 
 def per_event_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -121,7 +154,7 @@ def per_event_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _charges(data: object, codes: np.ndarray) -> np.ndarray:
+def charges_of(data: object, codes: np.ndarray) -> np.ndarray:
     """Electric charges of PDG codes from Pythia's particle table (one lookup per species)."""
     species, inverse = np.unique(codes, return_inverse=True)
     return np.array([data.charge(int(c)) for c in species], dtype=np.float64)[inverse]
@@ -142,7 +175,7 @@ class Generator:
         self.process = PROCESSES[process]
         self.pythia = pythia8mc.Pythia("", False)
         for line in (
-            *_COMMON,
+            *COMMON_SETTINGS,
             f"Random:seed = {seed % 900_000_000 + 1}",
             *self.process.settings,
             *extra,
@@ -188,65 +221,15 @@ class Generator:
             offsets=np.concatenate([[0], np.cumsum(counts)]),
             pdg=codes,
             p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
-            charge=_charges(self.pythia.particleData, codes),
-        )
-
-
-class Decayer:
-    """Decays hand-placed particles (e.g. B mesons of given momenta) with Pythia.
-
-    Args:
-        seed: Pythia's random seed.
-        extra: Further ``readString`` settings (retuned or forced channels).
-    """
-
-    def __init__(self, seed: int, extra: tuple[str, ...] = ()) -> None:
-        import pythia8mc
-
-        self.pythia = pythia8mc.Pythia("", False)
-        for line in (
-            *_COMMON,
-            f"Random:seed = {seed % 900_000_000 + 1}",
-            "ProcessLevel:all = off",
-            *extra,
-        ):
-            if not self.pythia.readString(line):
-                raise ValueError(f"Pythia rejected setting {line!r}")
-        if not self.pythia.init():
-            raise RuntimeError("Pythia failed to initialise the decayer")
-
-    def decay(self, pdg: np.ndarray, p4: np.ndarray) -> Particles:
-        """Decay one particle per event; returns the final-state products of each."""
-        data = self.pythia.particleData
-        codes: list[int] = []
-        mom: list[tuple[float, float, float, float]] = []
-        counts = np.zeros(len(pdg), dtype=np.int64)
-        for i, (code, (e, px, py, pz)) in enumerate(zip(pdg.tolist(), p4.tolist(), strict=True)):
-            m = float(np.sqrt(max(e * e - px * px - py * py - pz * pz, 0.0)))
-            while True:
-                event = self.pythia.event
-                event.reset()
-                event.append(int(code), 1, 0, 0, px, py, pz, e, m)
-                if self.pythia.next():
-                    break
-            k = 0
-            for particle in self.pythia.event:
-                if particle.isFinal():
-                    codes.append(particle.id())
-                    mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
-                    k += 1
-            counts[i] = k
-        pdg_codes = np.asarray(codes, dtype=np.int32)
-        return Particles(
-            offsets=np.concatenate([[0], np.cumsum(counts)]),
-            pdg=pdg_codes,
-            p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
-            charge=_charges(data, pdg_codes),
+            charge=charges_of(self.pythia.particleData, codes),
         )
 
 
 def merge(a: Particles, b: Particles) -> Particles:
-    """Event-by-event union of two particle tables of the same events (a's particles first)."""
+    """Event-by-event union of two tables of the same events (a's particles first).
+
+    The result's ``side`` is 0 for a's particles and 1 for b's.
+    """
     if a.n_events != b.n_events:
         raise ValueError("cannot merge tables of different event counts")
     counts = a.counts() + b.counts()
@@ -261,8 +244,10 @@ def merge(a: Particles, b: Particles) -> Particles:
     pdg = np.empty(total, dtype=np.int32)
     p4 = np.empty((total, 4))
     charge = np.empty(total)
-    for slots, src in ((slot_a, a), (slot_b, b)):
+    side = np.empty(total, dtype=np.int8)
+    for k, (slots, src) in enumerate(((slot_a, a), (slot_b, b))):
         pdg[slots] = src.pdg
         p4[slots] = src.p4
         charge[slots] = src.charge
-    return Particles(offsets, pdg, p4, charge)
+        side[slots] = k
+    return Particles(offsets, pdg, p4, charge, side)

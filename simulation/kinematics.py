@@ -105,3 +105,16 @@ def two_body(
     e1 = np.sqrt(p**2 + m1**2)[..., None]
     e2 = np.sqrt(p**2 + m2**2)[..., None]
     return np.concatenate([e1, p3], axis=-1), np.concatenate([e2, -p3], axis=-1)
+
+
+def sample_sin2(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw cos(theta) with density proportional to sin^2(theta).
+
+    This is the B direction in Upsilon(4S) -> B Bbar relative to the beam axis.
+    """
+    out = np.empty(0)
+    while len(out) < n:
+        c = rng.uniform(-1.0, 1.0, 2 * (n - len(out)) + 16)
+        keep = rng.random(len(c)) < 1.0 - c**2
+        out = np.concatenate([out, c[keep]])
+    return out[:n]

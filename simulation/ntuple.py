@@ -2,7 +2,8 @@
 
 One entry per event: ``__experiment__``, ``__run__``, ``__event__``, ``__weight__``, event-level
 branches, MC truth, and the kaon candidates as jagged ``K_*`` branches sharing the counter
-``nK``, as basf2's VariablesToEventBasedTree writes them. Files are written to a temporary
+``nK``, as basf2's VariablesToEventBasedTree writes them. One file holds the trees of one
+production chunk (``ita`` and ``hta``). Files are written to a temporary
 name and renamed only when complete, with LZ4 compression (zlib was 40x slower here) and a
 UUID derived from the seed, so the same seed gives the same file content.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import awkward as ak
 import numpy as np
@@ -20,6 +22,7 @@ import uproot
 from knunu.rundir import atomic_path
 
 TREE_ITA = "ita"
+TREE_HTA = "hta"
 
 
 def _jagged(offsets: np.ndarray, columns: Mapping[str, np.ndarray], prefix: str) -> ak.Array:
@@ -31,45 +34,53 @@ def _jagged(offsets: np.ndarray, columns: Mapping[str, np.ndarray], prefix: str)
     return ak.zip(fields)
 
 
-def write_ita_ntuple(
-    path: str | Path,
-    header: Mapping[str, np.ndarray],
-    event: Mapping[str, np.ndarray],
-    candidates: Mapping[str, np.ndarray],
-    candidate_offsets: np.ndarray,
-    seed: int,
-) -> Path:
-    """Write one ITA ntuple file atomically.
+class Tree(NamedTuple):
+    """One event-based tree to write: per-event columns and jagged candidate collections.
+
+    Attributes:
+        columns: One value per event, by branch name.
+        collections: ``prefix -> (offsets, columns)``; each column name starts with the prefix
+            (e.g. ``K_p``) and the collection is written as jagged branches with the counter
+            ``n<prefix without _>`` (``nK``).
+    """
+
+    columns: Mapping[str, np.ndarray]
+    collections: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]]
+
+
+def write_ntuple(path: str | Path, trees: Mapping[str, Tree], seed: int) -> Path:
+    """Write event-based TTrees into one ROOT file, atomically.
 
     Args:
-        path: Destination ``.root`` file.
-        header: ``__experiment__``, ``__run__``, ``__event__``, ``__weight__`` and MC-truth
-            columns (one value per event).
-        event: Event-level reconstructed columns.
-        candidates: Per-candidate ``K_*`` columns, grouped by ``candidate_offsets``.
-        candidate_offsets: Candidate offsets per event.
+        path: Destination ``.root`` file (appears only when complete).
+        trees: Trees by name (e.g. ``ita``, ``hta``).
         seed: The seed of this file (fixes the ROOT file UUID).
 
     Returns:
         The path written.
     """
-    n = len(candidate_offsets) - 1
-    branches: dict[str, object] = {}
-    for source in (header, event):
-        for name, values in source.items():
-            values = np.asarray(values)
-            if len(values) != n:
-                raise ValueError(f"column {name!r} has {len(values)} entries, expected {n}")
-            branches[name] = values
-    branches["K"] = _jagged(candidate_offsets, candidates, "K_")
     file_uuid = uuid.UUID(int=(seed * 0x9E3779B97F4A7C15) % (1 << 128))
     with (
         atomic_path(path) as tmp,
         uproot.recreate(tmp, compression=uproot.LZ4(1), uuid_function=lambda: file_uuid) as f,
     ):
-        f.mktree(TREE_ITA, {k: _branch_type(v) for k, v in branches.items()})
-        f[TREE_ITA].extend(branches)
+        for name, tree in trees.items():
+            branches = _branches(tree)
+            f.mktree(name, {k: _branch_type(v) for k, v in branches.items()})
+            if branches and len(next(iter(branches.values()))):
+                f[name].extend(branches)
     return Path(path)
+
+
+def _branches(tree: Tree) -> dict[str, object]:
+    lengths = {len(np.asarray(v)) for v in tree.columns.values()}
+    lengths |= {len(off) - 1 for off, _ in tree.collections.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of one tree have different lengths: {sorted(lengths)}")
+    branches: dict[str, object] = {k: np.asarray(v) for k, v in tree.columns.items()}
+    for prefix, (offsets, columns) in tree.collections.items():
+        branches[prefix.rstrip("_")] = _jagged(offsets, columns, prefix)
+    return branches
 
 
 def _branch_type(values: object) -> object:

@@ -1,47 +1,111 @@
-"""Producing MC ntuple files: generate -> detector -> reconstruct -> write, one seed per file.
+"""Producing MC and pseudo-data ntuples: generate -> detector -> filter -> reconstruct -> write.
 
-A production is a list of :class:`FileTask` (sample, events, seed, path); each task is
-independent (runnable as a Dask task on any cluster backend) and writes its file atomically.
-The dataset catalogue records files, entries, generated events, cross section and the
-equivalent luminosity, so every event is accounted for.
+A production is planned from the configuration (:func:`plan_production`): decay libraries
+first (:class:`LibraryTask`), then output files (:class:`FileTask`), one seed each. Every task
+is independent, runs as a Dask task on any cluster backend and writes its file atomically.
+The dataset catalogue records, per dataset, the files, the events generated and kept, the sum
+of the MC weights of all generated events and the equivalent luminosity, so every generated
+event is accounted for.
+
+Pseudo-data are unweighted: continuum, tau pairs and B Bbar drawn with Poisson counts for the
+configured luminosity, signal injected at ``mu_true``, and nature differing from the nominal
+MC where the real analysis had to correct (:class:`Nature`, each a switch).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from knunu.errors import ConfigError
+from knunu.errors import ConfigError, SimulationError
 from knunu.rundir import write_json
 from knunu.samples import Sample, load_samples
-from knunu.simulation.detector import DetectorConfig, simulate_detector
-from knunu.simulation.generators import Decayer, Generator
-from knunu.simulation.kinematics import OFF_RESONANCE, ON_RESONANCE
-from knunu.simulation.ntuple import write_ita_ntuple
-from knunu.simulation.reconstruction import ita_variables
-from knunu.simulation.signal import generate_signal
+from knunu.simulation import bdecays
+from knunu.simulation.detector import KAON_ID_CUT, DetectorConfig, DetectorEvents, simulate_detector
+from knunu.simulation.generators import Generator, Particles
+from knunu.simulation.kinematics import OFF_RESONANCE, ON_RESONANCE, sample_beams
+from knunu.simulation.ntuple import TREE_HTA, TREE_ITA, Tree, write_ntuple
+from knunu.simulation.reconstruction import TagModel, hta_variables, ita_variables
+from knunu.simulation.signal import signal_decays
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = 1003  # a made-up experiment number for simulated files
 #: Branching fraction behind one signal event: B(B+ -> K+ nu nubar) at mu = 1.
 SIGNAL_BF = 4.97e-6
+#: The cheap filter: events outside it cannot pass the ITA basic selection (the ITA
+#: processor's cuts are as tight or tighter; a test checks it) and are not reconstructed.
+PREFILTER = {"n_tracks": (4, 10), "e_tot_min": 4.0, "kaon_id": KAON_ID_CUT, "dr": 0.5, "dz": 3.0}
+#: Continuum pseudo-data multiplicity shape: accept with min(1, exp(-slope (n_ch - pivot))).
+CONTINUUM_SHAPE = {"slope": 0.05, "pivot": 6}
+
+
+@dataclass(frozen=True)
+class Nature:
+    """How nature (the pseudo-data) differs from the nominal MC."""
+
+    continuum_norm: float = 1.0
+    continuum_shape: bool = False
+    d_to_kl_scale: float = 1.0
+    kl_efficiency_scale: float = 1.0
+    hadronic_energy_scale: float = 1.0
+
+    def detector(self, nominal: DetectorConfig) -> DetectorConfig:
+        """The detector as nature has it."""
+        return replace(
+            nominal,
+            kl_ecl_efficiency=nominal.kl_ecl_efficiency * self.kl_efficiency_scale,
+            hadronic_energy_scale=nominal.hadronic_energy_scale * self.hadronic_energy_scale,
+        )
+
+
+@dataclass(frozen=True)
+class LibraryTask:
+    """One decay library: a species, a stratum (``None``: generic), entries, seed, file."""
+
+    species: int
+    stratum: str | None
+    n: int
+    seed: int
+    path: str
 
 
 @dataclass(frozen=True)
 class FileTask:
-    """One output file of a production."""
+    """One output file.
+
+    Attributes:
+        sample: A sample of configs/samples.yaml.
+        n_events: MC: events to generate; data: events to keep (nature's accept-reject may
+            generate more).
+        seed: The seed of everything random in this file.
+        path: The ROOT file to write.
+        off_resonance: Off-resonance beams (continuum and tau pairs only).
+        data: Pseudo-data (unweighted, nature applied, no MC truth branches).
+        libraries: Directory of the decay libraries (samples with B mesons).
+        nature: Nature's differences (data only).
+        prefilter: Apply :data:`PREFILTER` before reconstructing the ITA variables.
+        tag_boost: Hadronic tags drawn this much more often, weighted back (MC only).
+    """
 
     sample: str
     n_events: int
     seed: int
     path: str
     off_resonance: bool = False
+    data: bool = False
+    libraries: str | None = None
+    nature: Nature = field(default_factory=Nature)
+    prefilter: bool = True
+    tag_boost: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,87 +114,458 @@ class FileRecord:
 
     sample: str
     path: str
-    entries: int
-    generated: int
-    seed: int
+    data: bool
     off_resonance: bool
+    seed: int
+    generated: int
+    sum_weights: float
+    entries_ita: int
+    entries_hta: int
     seconds: float
 
 
+# ---------------------------------------------------------------------------- generation
+
+
+@lru_cache(maxsize=2)
+def load_mixture(directory: str) -> bdecays.Mixture:
+    """The decay libraries of a production (cached per worker process)."""
+    libraries = {}
+    for path in sorted(Path(directory).glob("*.npz")):
+        species, name = path.stem.split("_", 1)
+        key = (int(species), None if name == "generic" else name)
+        libraries[key] = bdecays.Library.load(path)
+    if not libraries:
+        raise ConfigError(f"{directory}: no decay libraries")
+    return bdecays.Mixture.from_libraries(libraries)
+
+
+def library_path(directory: str | Path, species: int, stratum: str | None) -> Path:
+    """File of one decay library."""
+    return Path(directory) / f"{species}_{stratum or 'generic'}.npz"
+
+
+def build_library_file(task: LibraryTask) -> str:
+    """Build and save one decay library (a cluster task)."""
+    bdecays.build_library(task.species, task.stratum, task.n, task.seed).save(task.path)
+    return task.path
+
+
+class _Batch:
+    """Generated events with per-event truth and MC weights."""
+
+    def __init__(self, parts: Particles, total: np.ndarray | None, **truth: np.ndarray) -> None:
+        self.parts = parts
+        self.total = total
+        self.truth = truth
+
+
+def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> _Batch:
+    extra = ("Beams:eCM = 10.52",) if task.off_resonance else ()
+    gen = Generator(task.sample, seed=task.seed, extra=extra)
+    if not (task.data and task.nature.continuum_shape):
+        parts = gen.generate(n)
+        return _Batch(parts, None, weight=np.ones(n), generated=np.array(n))
+    # nature's continuum shape: accept-reject on the generated charged multiplicity
+    kept: list[Particles] = []
+    generated = have = 0
+    while have < n:
+        parts = gen.generate(max(64, int(1.4 * (n - have))))
+        generated += parts.n_events
+        n_ch = parts.per_event_sum((parts.charge != 0).astype(np.int64))
+        accept = np.minimum(
+            1.0, np.exp(-CONTINUUM_SHAPE["slope"] * (n_ch - CONTINUUM_SHAPE["pivot"]))
+        )
+        idx = np.flatnonzero(rng.random(parts.n_events) < accept)[: n - have]
+        kept.append(parts.take(idx))
+        have += len(idx)
+    parts = _concat(kept)
+    return _Batch(parts, None, weight=np.ones(n), generated=np.array(generated))
+
+
+def _concat(tables: list[Particles]) -> Particles:
+    counts = np.concatenate([t.counts() for t in tables])
+    return Particles(
+        np.concatenate([[0], np.cumsum(counts)]),
+        np.concatenate([t.pdg for t in tables]),
+        np.concatenate([t.p4 for t in tables]),
+        np.concatenate([t.charge for t in tables]),
+    )
+
+
+def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> _Batch:
+    """Upsilon(4S) -> B Bbar with the first B in the sample's mode (or generic)."""
+    if task.libraries is None:
+        raise ConfigError(f"{task.path}: sample {task.sample!r} needs decay libraries")
+    mix = load_mixture(task.libraries)
+    lib = mix.library
+    natural = task.data
+    entries: list[tuple[np.ndarray, ...]] = []
+    generated = have = 0
+    while have < n:
+        m = n - have if not (natural and task.nature.d_to_kl_scale != 1) else 2 * (n - have)
+        charge = np.where(rng.random(m) < 0.5, 1, -1)
+        neutral = sample.name == "mixed"
+        first = (511 if neutral else 521) * charge
+        second_entry, w2 = mix.draw(-first, rng, natural=natural)
+        q2 = np.full(m, -1.0)
+        if sample.kind == "signal":
+            first_entry, w1 = np.full(m, -1), np.ones(m)
+        elif sample.kind == "control":
+            first_entry = np.empty(m, dtype=np.int64)
+            for c in (1, -1):
+                on = charge == c
+                first_entry[on] = mix.draw_control(521 * c, sample.stratum, int(on.sum()), rng)
+            w1 = np.ones(m)
+        else:
+            first_entry, w1 = mix.draw(first, rng, natural=natural)
+        accept = np.ones(m, dtype=bool)
+        if natural and task.nature.d_to_kl_scale != 1:
+            scale = task.nature.d_to_kl_scale
+            r = np.where(lib.d_to_kl[second_entry] > 0, scale, 1.0)
+            r1 = np.where(first_entry >= 0, lib.d_to_kl[np.maximum(first_entry, 0)] > 0, False)
+            r = r * np.where(r1, scale, 1.0)
+            accept = rng.random(m) * max(scale, 1.0) ** 2 < r
+        generated += m
+        idx = np.flatnonzero(accept)[: n - have]
+        entries.append((charge[idx], first_entry[idx], second_entry[idx], (w1 * w2)[idx]))
+        have += len(idx)
+    charge, first_entry, second_entry, weight = (
+        np.concatenate(c) for c in zip(*entries, strict=True)
+    )
+    total = sample_beams(ON_RESONANCE, n, rng)
+    sqrt_s = np.sqrt(total[:, 0] ** 2 - np.sum(total[:, 1:] ** 2, axis=1))
+    mass = bdecays.M_B[511 if sample.name == "mixed" else 521]
+    p_first, _ = bdecays.b_pair_momenta(sqrt_s, rng, mass)
+    if sample.kind == "signal":
+        side0, q2 = signal_decays(charge, rng)
+        code1 = np.full(n, 13)
+        dkl1 = np.zeros(n)
+    else:
+        side0 = lib.particles.take(first_entry)
+        code1, dkl1 = lib.code[first_entry], lib.d_to_kl[first_entry]
+        q2 = np.full(n, -1.0)
+    parts = bdecays.boost_sides(side0, lib.particles.take(second_entry), p_first)
+    return _Batch(
+        parts,
+        total,
+        weight=weight,
+        generated=np.array(generated),
+        mcB1Mode=code1.astype(np.int32),
+        mcB2Mode=lib.code[second_entry].astype(np.int32),
+        mcDtoKL=(dkl1 + lib.d_to_kl[second_entry]).astype(np.int32),
+        q2gen=q2,
+    )
+
+
+_GENERATORS = {
+    "continuum": _continuum,
+    "taupair": _continuum,
+    "bbbar": _b_pairs,
+    "signal": _b_pairs,
+    "control": _b_pairs,
+}
+
+
+def prefilter_mask(seen: DetectorEvents) -> np.ndarray:
+    """Events that can pass the ITA basic selection (:data:`PREFILTER`)."""
+    tr = seen.tracks
+    n_tracks = np.diff(tr.offsets)
+    lo, hi = PREFILTER["n_tracks"]
+    e_tot = np.add.reduceat(np.append(tr.p4_cm[:, 0], 0.0), tr.offsets[:-1]) * (n_tracks > 0)
+    cl = seen.clusters
+    e_cl = np.add.reduceat(np.append(cl.p4_cm[:, 0], 0.0), cl.offsets[:-1])
+    e_cl = e_cl * (np.diff(cl.offsets) > 0)
+    good = (
+        (tr.kaon_id > PREFILTER["kaon_id"])
+        & (tr.dr < PREFILTER["dr"])
+        & (np.abs(tr.dz) < PREFILTER["dz"])
+    )
+    has_kaon = np.bincount(
+        np.repeat(np.arange(len(n_tracks)), n_tracks)[good], minlength=len(n_tracks)
+    )
+    return (
+        (n_tracks >= lo)
+        & (n_tracks <= hi)
+        & (e_tot + e_cl > PREFILTER["e_tot_min"])
+        & (has_kaon > 0)
+    )
+
+
 def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> FileRecord:
-    """Generate, simulate, reconstruct and write one file (runs on a worker)."""
+    """Generate, simulate, filter, reconstruct and write one file (runs on a worker)."""
     start = time.perf_counter()
     samples = load_samples()
     if task.sample not in samples:
         raise ConfigError(f"unknown sample {task.sample!r} (known: {', '.join(samples)})")
     sample = samples[task.sample]
+    if task.off_resonance and sample.kind not in ("continuum", "taupair"):
+        raise ConfigError(f"{task.sample}: no B Bbar production off resonance")
+    if task.n_events < 0:
+        raise ConfigError(f"{task.path}: negative number of events {task.n_events}")
     rng = np.random.default_rng(task.seed)
     beams = OFF_RESONANCE if task.off_resonance else ON_RESONANCE
-    q2gen = np.full(task.n_events, -1.0)
-    if task.sample == "signal":
-        if task.off_resonance:
-            raise ConfigError("signal: no B Bbar production off resonance")
-        events = generate_signal(task.n_events, rng, Decayer(seed=task.seed))
-        parts, q2gen = events.particles, events.q2gen
-    elif sample.kind == "bbbar":
-        parts = _bbbar(task)
-    else:
-        # continuum and tau pairs: the generator process has the sample's name
-        parts = Generator(task.sample, seed=task.seed).generate(task.n_events)
-    seen = simulate_detector(parts, beams, detector or DetectorConfig(), rng)
-    event, candidates = ita_variables(seen)
+    batch = _GENERATORS[sample.kind](task, sample, task.n_events, rng)
+    parts = batch.parts
+    nominal = detector or DetectorConfig()
+    cfg = task.nature.detector(nominal) if task.data else nominal
+    seen = simulate_detector(parts, beams, cfg, rng, batch.total)
     n = task.n_events
+    weight = batch.truth["weight"]
     header = {
         "__experiment__": np.full(n, EXPERIMENT, np.int32),
         "__run__": np.full(n, task.seed % (1 << 31), np.int32),
         "__event__": np.arange(n, dtype=np.int64),
-        "__weight__": np.ones(n),
-        "mcProcess": np.full(n, sample.process_code, np.int32),
-        "nKL": parts.per_event_sum((np.abs(parts.pdg) == 130).astype(np.int64)).astype(np.int32),
-        "q2gen": q2gen,
+        "__weight__": np.ones(n) if task.data else weight,
     }
-    write_ita_ntuple(task.path, header, event, candidates, seen.tracks.offsets, task.seed)
+    if not task.data:
+        header |= {
+            "mcProcess": np.full(n, sample.process_code, np.int32),
+            "mcB1Mode": batch.truth.get("mcB1Mode", np.full(n, -1, np.int32)),
+            "mcB2Mode": batch.truth.get("mcB2Mode", np.full(n, -1, np.int32)),
+            "mcDtoKL": batch.truth.get("mcDtoKL", np.zeros(n, np.int32)),
+            "nKL": parts.per_event_sum((parts.pdg == 130).astype(np.int64)).astype(np.int32),
+            "q2gen": batch.truth.get("q2gen", np.full(n, -1.0)),
+        }
+    # HTA first: it uses the random stream, the ITA reconstruction does not
+    tags = TagModel(boost=1.0 if task.data else task.tag_boost)
+    hta_idx, tag_w, hta_event, btag = hta_variables(parts, seen, tags, rng)
+    ita_idx = np.flatnonzero(prefilter_mask(seen)) if task.prefilter else np.arange(n)
+    ita_seen = seen.take(ita_idx)
+    event, candidates = ita_variables(ita_seen)
+    hta_header = {k: v[hta_idx] for k, v in header.items()}
+    if not task.data:
+        hta_header["__weight__"] = hta_header["__weight__"] * tag_w
+    # the HTA tree's event-shape inputs come from the full event reconstruction
+    hta_shapes = {k: v for k, v in ita_variables(seen.take(hta_idx))[0].items() if k in _HTA_SHAPES}
+    trees = {
+        TREE_ITA: Tree(
+            {**{k: v[ita_idx] for k, v in header.items()}, **event},
+            {"K_": (ita_seen.tracks.offsets, candidates)},
+        ),
+        TREE_HTA: Tree(
+            {**hta_header, **hta_event, **hta_shapes},
+            {"Btag_": (np.arange(len(hta_idx) + 1), btag)},
+        ),
+    }
+    write_ntuple(task.path, trees, task.seed)
     return FileRecord(
-        task.sample, task.path, n, n, task.seed, task.off_resonance, time.perf_counter() - start
+        sample=task.sample,
+        path=task.path,
+        data=task.data,
+        off_resonance=task.off_resonance,
+        seed=task.seed,
+        generated=int(batch.truth["generated"]),
+        sum_weights=float(np.sum(weight)),
+        entries_ita=len(ita_idx),
+        entries_hta=len(hta_idx),
+        seconds=time.perf_counter() - start,
     )
 
 
-def _bbbar(task: FileTask) -> Any:
-    """Upsilon(4S) -> B Bbar restricted to one charge class by forcing the channel."""
-    channel = "521 -521" if task.sample == "charged" else "511 -511"
-    extra = (f"300553:oneChannel = 1 1.0 0 {channel}",)
-    return Generator("bbbar", seed=task.seed, extra=extra).generate(task.n_events)
+_HTA_SHAPES = ("thrust", "R2", "cos_thrust_axis", "nClusters", "E_miss", "p_miss")
 
 
-def luminosity_fb(sample: Sample, generated: int) -> float:
-    """Integrated luminosity (fb^-1) equivalent to ``generated`` events of a sample."""
-    xs_nb = sample.cross_section_nb
-    if sample.kind == "signal":
-        # signal: one B+B- pair in 2 x BF; the charged B Bbar cross section times that
-        xs_nb = load_samples()["charged"].cross_section_nb * 2 * SIGNAL_BF
-    return generated / (xs_nb * 1e6)
+# ---------------------------------------------------------------------------- bookkeeping
 
 
-def write_catalogue(path: str | Path, records: list[FileRecord]) -> Path:
-    """The dataset catalogue: files with entries, generated events, luminosity per sample."""
+def sample_cross_section_nb(sample: Sample) -> float:
+    """Cross section of a sample; signal and control: B+B- x 2 x their branching fraction."""
+    if sample.cross_section_nb is not None:
+        return sample.cross_section_nb
+    bf = SIGNAL_BF
+    if sample.kind == "control":
+        bf = bdecays.stratum_bf(bdecays.load_strata()[sample.stratum], 521)
+    return load_samples()["charged"].cross_section_nb * 2 * bf
+
+
+def luminosity_fb(sample: Sample, generated: float) -> float:
+    """Integrated luminosity (fb^-1) equivalent to ``generated`` (weighted) events."""
+    return generated / (sample_cross_section_nb(sample) * 1e6)
+
+
+def dataset_name(sample: str, off_resonance: bool, data: bool) -> str:
+    """Catalogue key of a dataset (``data_on``, ``ccbar_offres``, ...)."""
+    if data:
+        return "data_off" if off_resonance else "data_on"
+    return sample + ("_offres" if off_resonance else "")
+
+
+def write_catalogue(
+    path: str | Path, records: list[FileRecord], data_luminosity: Mapping[str, float] = {}
+) -> Path:
+    """The dataset catalogue: files, entries, generated events, weights, luminosity.
+
+    Args:
+        path: The JSON file to write.
+        records: What every file task wrote.
+        data_luminosity: ``{"data_on": L, "data_off": L}`` in fb^-1 for the pseudo-data.
+    """
     samples = load_samples()
-    per_sample: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for rec in records:
-        entry = per_sample.setdefault(
-            rec.sample + ("_offres" if rec.off_resonance else ""),
+        name = dataset_name(rec.sample, rec.off_resonance, rec.data)
+        entry = out.setdefault(
+            name,
             {
-                "sample": rec.sample,
+                "data": rec.data,
                 "off_resonance": rec.off_resonance,
-                "data": False,
-                "cross_section_nb": samples[rec.sample].cross_section_nb,
+                "samples": [],
                 "files": [],
-                "entries": 0,
                 "generated": 0,
+                "sum_weights": 0.0,
+                "entries_ita": 0,
+                "entries_hta": 0,
             },
         )
+        if rec.sample not in entry["samples"]:
+            entry["samples"].append(rec.sample)
         entry["files"].append(asdict(rec))
-        entry["entries"] += rec.entries
-        entry["generated"] += rec.generated
-    for entry in per_sample.values():
-        entry["luminosity_fb"] = luminosity_fb(samples[entry["sample"]], entry["generated"])
-    return write_json(path, {"datasets": per_sample})
+        for key in ("generated", "sum_weights", "entries_ita", "entries_hta"):
+            entry[key] += getattr(rec, key)
+    for name, entry in out.items():
+        if entry["data"]:
+            entry["luminosity_fb"] = data_luminosity.get(name)
+            continue
+        sample = samples[entry["samples"][0]]
+        entry["process_code"] = sample.process_code
+        entry["cross_section_nb"] = sample_cross_section_nb(sample)
+        entry["luminosity_fb"] = luminosity_fb(sample, entry["sum_weights"])
+    return write_json(path, {"datasets": out})
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def file_seed(base: int, *key: object) -> int:
+    """A reproducible seed for one task from the run seed and the task's identity."""
+    digest = hashlib.sha256(repr((base, *key)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") % 900_000_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a production runs: library tasks first, then file tasks."""
+
+    libraries: tuple[LibraryTask, ...]
+    files: tuple[FileTask, ...]
+    data_luminosity: dict[str, float]
+    directory: str
+
+
+def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
+    """Plan the production of a scale (``config['scale']``) into ``directory``.
+
+    Raises:
+        ConfigError: an unknown scale or a non-positive luminosity.
+    """
+    sim = config["simulation"]
+    scales = sim.get("scales", {})
+    if config["scale"] not in scales:
+        raise ConfigError(f"scale {config['scale']!r} is not defined in simulation.scales")
+    scale = scales[config["scale"]]
+    seed = int(config["seed"])
+    directory = Path(directory)
+    lib_dir = directory / "libraries"
+    lum = {
+        "on": sim["luminosity_fb"]["on_resonance"] * scale["luminosity_fraction"],
+        "off": sim["luminosity_fb"]["off_resonance"] * scale["luminosity_fraction"],
+    }
+    for key, value in lum.items():
+        if value <= 0:
+            raise ConfigError(f"simulation.luminosity_fb: {key}-resonance luminosity {value} <= 0")
+    nature = Nature(**sim.get("nature", {}))
+    jobs_lib = bdecays.library_jobs(scale["library"]["generic"], scale["library"]["stratum"])
+    # the libraries' directory is named by what they hold, so a rerun reuses them safely
+    lib_dir = lib_dir / str(
+        file_seed(seed, jobs_lib, sorted(map(repr, bdecays.load_strata().values())))
+    )
+    libraries = tuple(
+        LibraryTask(
+            sp, st, n, file_seed(seed, "library", sp, st), str(library_path(lib_dir, sp, st))
+        )
+        for sp, st, n in jobs_lib
+    )
+    samples = load_samples()
+    rng = np.random.default_rng(file_seed(seed, "data-counts"))
+    jobs: list[tuple[str, int, bool, bool]] = []  # sample, events, off resonance, data
+    for name, sample in samples.items():
+        xs = sample_cross_section_nb(sample) * 1e6  # events per fb^-1
+        factor = scale["mc_factor"].get(sample.kind if sample.kind != "bbbar" else "bbbar")
+        if sample.kind == "signal":
+            jobs.append((name, scale["signal_events"], False, False))
+            jobs.append((name, int(rng.poisson(sim["mu_true"] * xs * lum["on"])), False, True))
+            continue
+        if sample.kind == "control":
+            jobs.append((name, scale["control_events"], False, False))
+            continue
+        norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
+        places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
+        for place in places:
+            off = place == "off"
+            jobs.append((name, round(factor * xs * lum[place]), off, False))
+            jobs.append((name, int(rng.poisson(norm * xs * lum[place])), off, True))
+    per_file = scale["events_per_file"]
+    files = []
+    for name, events, off, data in jobs:
+        dataset = dataset_name(name, off, data)
+        for k, first in enumerate(range(0, events, per_file)):
+            n = min(per_file, events - first)
+            stem = f"{name}_{k:04d}" if data else f"{k:04d}"
+            files.append(
+                FileTask(
+                    sample=name,
+                    n_events=n,
+                    seed=file_seed(seed, dataset, name, k),
+                    path=str(directory / dataset / f"{stem}.root"),
+                    off_resonance=off,
+                    data=data,
+                    libraries=str(lib_dir),
+                    nature=nature if data else Nature(),
+                    prefilter=bool(sim.get("prefilter", True)),
+                    tag_boost=1.0 if data else float(sim.get("hta_tag_boost", 1.0)),
+                )
+            )
+    data_lum = {"data_on": lum["on"], "data_off": lum["off"]}
+    return Plan(libraries, tuple(files), data_lum, str(directory))
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def run_production(plan: Plan, client: Any) -> Path:
+    """Run a planned production on a Dask client; returns the catalogue written.
+
+    Decay libraries already on disk (same seeds and sizes) are reused. A task that fails
+    fails the production loudly, naming the file; no catalogue is written then.
+
+    Raises:
+        SimulationError: one or more tasks failed.
+    """
+    todo = [t for t in plan.libraries if not Path(t.path).exists()]
+    log.info("decay libraries: %d to build, %d reused", len(todo), len(plan.libraries) - len(todo))
+    _gather(client, build_library_file, todo, "library")
+    records = _gather(client, produce_file, list(plan.files), "file")
+    path = write_catalogue(Path(plan.directory) / "catalogue.json", records, plan.data_luminosity)
+    log.info("production done: %d files, catalogue %s", len(records), path)
+    return path
+
+
+def _gather(client: Any, func: Any, tasks: list[Any], what: str) -> list[Any]:
+    from distributed import as_completed
+
+    if not tasks:
+        return []
+    futures = client.map(func, tasks, pure=False)
+    owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+    results, failures = {}, []
+    for k, future in enumerate(as_completed(futures), 1):
+        task = owner[future.key]
+        try:
+            results[future.key] = future.result()
+        except Exception as exc:  # reported with the task, then raised below
+            failures.append(f"{task.path}: {type(exc).__name__}: {exc}")
+        log.info("%s %d/%d done", what, k, len(tasks))
+    if failures:
+        raise SimulationError(f"{len(failures)} {what} task(s) failed; first: {failures[0]}")
+    return [results[f.key] for f in futures]

@@ -10,11 +10,13 @@ from everything else (mass, Mbc, Delta E, charge, multiplicity) and D-suppressio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from knunu.simulation import event_shape as es
 from knunu.simulation.detector import DetectorEvents
-from knunu.simulation.generators import per_event_sum
+from knunu.simulation.generators import Particles, per_event_sum
 from knunu.simulation.kinematics import boost, mass
 
 M_K = 0.493677
@@ -143,3 +145,130 @@ def _kpi_d0_mass(
     has = np.isfinite(dist[np.arange(len(k4)), best])
     out[has] = m[np.arange(len(k4)), best][has]
     return out
+
+
+@dataclass(frozen=True)
+class TagModel:
+    """The emulated hadronic tag (Full Event Interpretation), ../shared/notes/physics.md.
+
+    A B is taggable when its whole decay is visible (no neutrino, K_L or neutron) and every
+    charged daughter was found; it is then tagged correctly with probability
+    ``correct_scale * exp(-correct_slope * n_charged)`` (0.3-0.5 % per B overall). Any event
+    (continuum too) can get a wrong tag with probability ``fake``; its Mbc, Delta E and
+    signal probability come from combinatorial shapes. ``boost`` draws tags that much more
+    often (MC statistics) with the weight p / q in ``__weight__``.
+    """
+
+    correct_scale: float = 0.12
+    correct_slope: float = 0.3
+    fake: float = 1.5e-3
+    boost: float = 1.0
+    max_signal_tracks: int = 3
+
+
+_INVISIBLE = (12, 14, 16, 130, 2112)
+
+
+def hta_variables(
+    parts: Particles, seen: DetectorEvents, model: TagModel, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Emulated hadronic-tag candidates and the signal-side variables of the HTA.
+
+    Args:
+        parts: Generator-level particles (with ``side`` for B Bbar events).
+        seen: What the detector saw (tracks and clusters carry ``side``).
+        model: The tag emulation.
+        rng: The random stream.
+
+    Returns:
+        (indices of the events written, their tag weights p/q, event columns, ``Btag_``
+        candidate columns with one candidate per written event).
+    """
+    tr, cl = seen.tracks, seen.clusters
+    n = parts.n_events
+    sqrt_s = seen.sqrt_s
+    side = parts.sides()
+    ev = parts.event_index()
+    charged = parts.charge != 0
+    invisible = np.isin(np.abs(parts.pdg), _INVISIBLE)
+    t_event = np.repeat(np.arange(n), np.diff(tr.offsets))
+    c_event = np.repeat(np.arange(n), np.diff(cl.offsets))
+    p_side = np.zeros((n, 2))
+    for s in (0, 1):
+        on = side == s
+        n_ch = np.bincount(ev[on & charged], minlength=n)
+        n_inv = np.bincount(ev[on & invisible], minlength=n)
+        found = np.bincount(t_event[tr.side == s], minlength=n)
+        has_b = np.bincount(ev[on], minlength=n) > 0
+        ok = has_b & (n_inv == 0) & (found == n_ch)
+        p_side[:, s] = np.where(ok, model.correct_scale * np.exp(-model.correct_slope * n_ch), 0)
+    p = p_side.sum(axis=1) + model.fake
+    q = np.minimum(1.0, model.boost * p)
+    tagged = rng.random(n) < q
+    # which tag: correct on side 0 or 1, or a wrong one
+    u = rng.random(n) * p
+    kind = np.where(u < p_side[:, 0], 0, np.where(u < p_side[:, 0] + p_side[:, 1], 1, -1))
+    fake_track = rng.random(len(t_event)) < 0.85
+    fake_cluster = rng.random(len(c_event)) < 0.6
+    in_tag_t = np.where(kind[t_event] >= 0, tr.side == kind[t_event], fake_track)
+    in_tag_c = np.where(kind[c_event] >= 0, cl.side == kind[c_event], fake_cluster)
+
+    tag = per_event_sum(tr.offsets, tr.p4_cm * in_tag_t[:, None])
+    tag += per_event_sum(cl.offsets, cl.p4_cm * in_tag_c[:, None])
+    e_beam = sqrt_s / 2
+    p_tag = np.linalg.norm(tag[:, 1:], axis=1)
+    mbc = np.sqrt(np.clip(e_beam**2 - p_tag**2, 0, None))
+    delta_e = tag[:, 0] - e_beam
+    tag_charge = per_event_sum(tr.offsets, (tr.charge * in_tag_t).astype(float))
+    fake = kind < 0
+    # wrong tags: combinatorial shapes (ARGUS-like Mbc, flat Delta E, low signal probability)
+    mbc = np.where(fake, 5.29 - np.abs(rng.exponential(0.02, n)), mbc)
+    delta_e = np.where(fake, rng.uniform(-0.15, 0.1, n), delta_e)
+    sig_prob = np.where(fake, rng.beta(1.0, 4.0, n), rng.beta(3.0, 1.0, n))
+
+    sig_t = ~in_tag_t
+    n_sig = np.bincount(t_event[sig_t], minlength=n)
+    keep = np.flatnonzero(tagged & (n_sig >= 1) & (n_sig <= model.max_signal_tracks))
+    # the signal-side kaon: the highest-momentum track not used by the tag
+    p_cm = np.linalg.norm(tr.p4_cm[:, 1:], axis=1)
+    score = np.where(sig_t, p_cm, -1.0)
+    best = np.full(n, -1)
+    order = np.lexsort((score, t_event))
+    last = np.concatenate([tr.offsets[1:] - 1])
+    has_tracks = np.diff(tr.offsets) > 0
+    best[has_tracks] = order[last[has_tracks]]
+    k = best[keep]
+    k3 = tr.p4_cm[k, 1:]
+    k4 = np.column_stack([np.sqrt(np.sum(k3**2, 1) + M_K**2), k3])
+    sig_b = np.column_stack([e_beam[keep], -tag[keep, 1:]])
+    sig_visible = per_event_sum(tr.offsets, tr.p4_cm * sig_t[:, None])[keep]
+    sig_visible += per_event_sum(cl.offsets, cl.p4_cm * (~in_tag_c)[:, None])[keep]
+    extra_e = per_event_sum(cl.offsets, cl.p4_lab[:, 0] * ~in_tag_c)[keep]
+    n_extra = np.bincount(c_event[~in_tag_c], minlength=n)[keep]
+    k_in_b = boost(k4, -(sig_b[:, 1:] / sig_b[:, :1]))
+    event = {
+        "nSignalTracks": n_sig[keep].astype(np.int32),
+        "Ksig_p": np.linalg.norm(k3, axis=1),
+        "Ksig_pB": np.linalg.norm(k_in_b[:, 1:], axis=1),
+        "Ksig_charge": tr.charge[k].astype(np.int32),
+        "Ksig_kaonID": tr.kaon_id[k],
+        "Ksig_dr": tr.dr[k],
+        "Ksig_dz": tr.dz[k],
+        "Ksig_cosTheta": tr.p4_lab[k, 3] / np.linalg.norm(tr.p4_lab[k, 1:], axis=1),
+        "E_extra": extra_e,
+        "nExtraClusters": n_extra.astype(np.int32),
+        "m2_miss": _m2(sig_b - k4),
+        "m2_miss_all": _m2(sig_b - sig_visible),
+    }
+    candidates = {
+        "Btag_mbc": mbc[keep],
+        "Btag_deltaE": delta_e[keep],
+        "Btag_sigProb": sig_prob[keep],
+        "Btag_charge": tag_charge[keep].astype(np.int32),
+        "Btag_mcCorrect": (~fake[keep]).astype(np.int32),
+    }
+    return keep, (p / q)[keep], event, candidates
+
+
+def _m2(p4: np.ndarray) -> np.ndarray:
+    return p4[:, 0] ** 2 - np.sum(p4[:, 1:] ** 2, axis=1)

@@ -6,12 +6,10 @@ short-distance branching fraction that defines mu = 1.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from knunu.simulation import kinematics as kin
-from knunu.simulation.generators import Decayer, Particles, merge
+from knunu.simulation.generators import Particles
 
 # Constants (PDG / HPQCD 2022, as in the notes).
 G_F = 1.1663787e-5  # GeV^-2
@@ -81,54 +79,23 @@ def sample_q2(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.interp(rng.random(n), cdf, grid)
 
 
-class SignalEvents(NamedTuple):
-    """Generated Upsilon(4S) -> B+B- events with one B -> K nu nubar (CM frame)."""
+def signal_decays(charge: np.ndarray, rng: np.random.Generator) -> tuple[Particles, np.ndarray]:
+    """B -> K nu nubar decays at rest with the SM q2 spectrum.
 
-    particles: Particles
-    q2gen: np.ndarray
-    signal_charge: np.ndarray  # charge of the signal B (+1 or -1)
+    Args:
+        charge: Charge of each signal B (+1 or -1).
+        rng: The random stream.
 
-
-def sample_sin2(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw cos(theta) with density proportional to sin^2(theta).
-
-    This is the B direction in Upsilon(4S) -> B Bbar relative to the beam axis.
+    Returns:
+        (K, nu, nubar per event in the B rest frame, q2gen per event).
     """
-    out = np.empty(0)
-    while len(out) < n:
-        c = rng.uniform(-1.0, 1.0, 2 * (n - len(out)) + 16)
-        keep = rng.random(len(c)) < 1.0 - c**2
-        out = np.concatenate([out, c[keep]])
-    return out[:n]
-
-
-def generate_signal(
-    n: int, rng: np.random.Generator, decayer: Decayer, sqrt_s: np.ndarray | None = None
-) -> SignalEvents:
-    """Generate Upsilon(4S) -> B+B- with one B -> K nu nubar (SM q2 spectrum).
-
-    The other B is decayed by Pythia. Neutrinos are kept: invisible to the detector, needed
-    for truth.
-    """
-    energies = np.full(n, 10.58) if sqrt_s is None else np.asarray(sqrt_s, dtype=float)
-    cos_t = sample_sin2(n, rng)
-    phi = rng.uniform(0, 2 * np.pi, n)
-    sin_t = np.sqrt(1 - cos_t**2)
-    axis = np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], axis=1)
-    b_sig, b_tag = kin.two_body(energies, M_B, M_B, axis)
-    charge = np.where(rng.random(n) < 0.5, 1, -1)
-    # signal side in the signal-B rest frame: K + (nu nubar) of mass sqrt(q2)
+    n = len(charge)
     q2 = sample_q2(n, rng)
     kaon, nunu = kin.two_body(M_B, M_K, np.sqrt(q2), kin.isotropic_directions(n, rng))
     nu1, nu2 = kin.two_body(np.sqrt(q2), 0.0, 0.0, kin.isotropic_directions(n, rng))
     beta_nunu = kin.beta_of(nunu)
     nu1, nu2 = kin.boost(nu1, beta_nunu), kin.boost(nu2, beta_nunu)
-    beta_b = kin.beta_of(b_sig)
-    sig_p4 = np.stack([kin.boost(v, beta_b) for v in (kaon, nu1, nu2)], axis=1).reshape(-1, 4)
-    sig_pdg = np.stack([321 * charge, 12 * np.ones(n, int), -12 * np.ones(n, int)], 1).ravel()
-    sig_charge = np.stack([charge, np.zeros(n), np.zeros(n)], axis=1).ravel().astype(float)
-    signal_side = Particles(
-        np.arange(0, 3 * n + 1, 3), sig_pdg.astype(np.int32), sig_p4, sig_charge
-    )
-    tag_side = decayer.decay(-521 * charge, b_tag)
-    return SignalEvents(merge(signal_side, tag_side), q2, charge)
+    p4 = np.stack([kaon, nu1, nu2], axis=1).reshape(-1, 4)
+    pdg = np.stack([321 * charge, np.full(n, 12), np.full(n, -12)], axis=1).ravel()
+    q = np.stack([charge, np.zeros(n), np.zeros(n)], axis=1).ravel().astype(float)
+    return Particles(np.arange(0, 3 * n + 1, 3), pdg.astype(np.int32), p4, q), q2

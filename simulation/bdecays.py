@@ -1,0 +1,495 @@
+"""B decay libraries and B Bbar events built by pairing their entries.
+
+Each B is decayed once by Pythia (at rest) into a *library* per species (B+, B-, B0, B0bar)
+and *stratum* (configs/bdecays.yaml): the generic library holds every channel except those of
+the dangerous strata (B -> D(*) l nu, D** l nu, D(*) K+, tau nu with tau -> K nu,
+K+ K_L K_L, K+ n nbar, ...), which get libraries of their own and are drawn ``oversample``
+times more often than their branching fraction. An Upsilon(4S) -> B Bbar event picks one entry
+per B, boosts it with the B momentum (sin^2 theta to the beam axis) and carries the weight
+``prod(bf / q)`` of the two draws, so weighted sums are exact; the pairing is numpy-fast and a
+library entry serves many events.
+
+Every entry carries its truth: the decay-mode code (:data:`MODES`), whether a K_L comes from
+a D decay (the D -> K_L X systematic) and its number of K_L.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from knunu.errors import ConfigError
+from knunu.rundir import atomic_path
+from knunu.simulation import kinematics as kin
+from knunu.simulation.generators import COMMON_SETTINGS, Particles, charges_of, merge
+
+log = logging.getLogger(__name__)
+
+M_B = {521: 5.27934, 511: 5.27965}
+_LEPTONS = {11, 13}
+_D = {411, 421, 413, 423}
+_D_GROUND = {411, 421, 431, 4122}
+_DSS = {10411, 10421, 10413, 10423, 20413, 20423, 415, 425}
+_KAON = {321}
+_PION = {211}
+
+#: Truth codes of a B decay (branch ``mcB1Mode``/``mcB2Mode``); -1 where there is no B.
+MODES: dict[int, str] = {
+    0: "other hadronic",
+    1: "D(*) l nu",
+    2: "D** l nu",
+    3: "D(*) tau nu",
+    4: "other semileptonic",
+    5: "D(*) K+",
+    6: "D(*) pi+",
+    7: "tau+ nu, tau+ -> K+ nubar",
+    8: "tau+ nu, other tau decays",
+    9: "K+ K_L K_L",
+    10: "K+ K_S K_S",
+    11: "K+ K_S K_L",
+    12: "K+ n nbar",
+    13: "K+ nu nubar (signal)",
+    14: "J/psi(mu mu) K+",
+    15: "pi+ K0",
+}
+
+Selector = Callable[[tuple[int, ...]], bool]
+
+
+def _has(products: tuple[int, ...], codes: set[int]) -> bool:
+    return any(p in codes for p in products)
+
+
+def _two_body(products: tuple[int, ...], first: set[int], second: set[int]) -> bool:
+    return len(products) == 2 and _has(products, first) and _has(products, second)
+
+
+#: Named selectors of Pythia channels by the |PDG| codes of their direct products.
+SELECTORS: dict[str, Selector] = {
+    "d_lnu": lambda p: _has(p, _LEPTONS) and _has(p, _D) and 15 not in p,
+    "dss_lnu": lambda p: _has(p, _LEPTONS) and _has(p, _DSS),
+    "d_k": lambda p: _two_body(p, _D, _KAON),
+}
+
+#: How a generic-library entry is classified (first match wins; else "other hadronic").
+_GENERIC_CLASSES: tuple[tuple[int, Selector], ...] = (
+    (3, lambda p: 15 in p and _has(p, _D | _DSS)),
+    (8, lambda p: sorted(p) == [15, 16]),
+    (1, SELECTORS["d_lnu"]),
+    (2, SELECTORS["dss_lnu"]),
+    (4, lambda p: _has(p, _LEPTONS | {15})),
+    (5, SELECTORS["d_k"]),
+    (6, lambda p: _two_body(p, _D, _PION)),
+)
+
+
+def classify(products: tuple[int, ...]) -> int:
+    """Truth code of a generic B decay from the |PDG| codes of its direct products.
+
+    >>> classify((421, 11, 12))
+    1
+    >>> classify((421, 211))
+    6
+    """
+    for code, selector in _GENERIC_CLASSES:
+        if selector(products):
+            return code
+    return 0
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One row of configs/bdecays.yaml."""
+
+    name: str
+    code: int
+    parents: tuple[int, ...]
+    select: str | None = None
+    channels: tuple[tuple[int, ...], ...] = ()
+    bf: float | None = None
+    oversample: float = 1.0
+    forced: tuple[str, ...] = ()
+    generic: tuple[str, ...] = ()
+    replaces: tuple[tuple[int, ...], ...] = ()
+    keep_in_generic: bool = False
+    mixture: bool = True
+
+
+@cache
+def load_strata(path: str | None = None) -> dict[str, Stratum]:
+    """The strata table (packaged configs/bdecays.yaml unless ``path``)."""
+    if path is None:
+        text = resources.files("knunu.configs").joinpath("bdecays.yaml").read_text()
+        where = "configs/bdecays.yaml"
+    else:
+        text, where = Path(path).read_text(), path
+    raw = yaml.safe_load(text)["strata"]
+    out = {}
+    for name, row in raw.items():
+        try:
+            stratum = Stratum(
+                name=name,
+                code=int(row["code"]),
+                parents=tuple(row["parents"]),
+                select=row.get("select"),
+                channels=tuple(tuple(c) for c in row.get("channels", ())),
+                bf=row.get("bf"),
+                oversample=float(row.get("oversample", 1.0)),
+                forced=tuple(row.get("forced", ())),
+                generic=tuple(row.get("generic", ())),
+                replaces=tuple(tuple(c) for c in row.get("replaces", ())),
+                keep_in_generic=bool(row.get("keep_in_generic", False)),
+                mixture=bool(row.get("mixture", True)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{where}: stratum {name!r}: {exc}") from exc
+        if (stratum.select is None) == (not stratum.channels):
+            raise ConfigError(f"{where}: stratum {name!r}: give exactly one of select, channels")
+        if stratum.select is not None and stratum.select not in SELECTORS:
+            raise ConfigError(f"{where}: stratum {name!r}: unknown selector {stratum.select!r}")
+        if stratum.code not in MODES:
+            raise ConfigError(f"{where}: stratum {name!r}: unknown truth code {stratum.code}")
+        out[name] = stratum
+    return out
+
+
+# ---------------------------------------------------------------------------- Pythia tables
+
+
+def _pythia(settings: tuple[str, ...], seed: int) -> Any:
+    import pythia8mc
+
+    pythia = pythia8mc.Pythia("", False)
+    for line in (
+        *COMMON_SETTINGS,
+        f"Random:seed = {seed % 900_000_000 + 1}",
+        "ProcessLevel:all = off",
+        *settings,
+    ):
+        if not pythia.readString(line):
+            raise ConfigError(f"Pythia rejected setting {line!r}")
+    if not pythia.init():
+        raise ConfigError("Pythia failed to initialise the B decayer")
+    return pythia
+
+
+@cache
+def _table(parent: int) -> tuple[tuple[tuple[int, ...], float], ...]:
+    """Pythia's decay channels of ``parent`` (products, normalised branching fraction)."""
+    entry = _pythia((), 1).particleData.particleDataEntryPtr(parent)
+    rows = []
+    for i in range(entry.sizeChannels()):
+        ch = entry.channel(i)
+        rows.append((tuple(ch.product(j) for j in range(ch.multiplicity())), ch.bRatio()))
+    total = sum(br for _, br in rows)
+    return tuple((products, br / total) for products, br in rows)
+
+
+def _same(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return sorted(a) == sorted(b)
+
+
+def stratum_channels(stratum: Stratum, parent: int) -> list[tuple[tuple[int, ...], float]]:
+    """The channels of Pythia's table (for ``parent``) a stratum takes, with their fractions."""
+    rows = _table(parent)
+    if stratum.select is not None:
+        selector = SELECTORS[stratum.select]
+        return [(p, br) for p, br in rows if selector(tuple(abs(x) for x in p))]
+    return [(p, br) for p, br in rows if any(_same(p, c) for c in stratum.channels)]
+
+
+def stratum_bf(stratum: Stratum, parent: int) -> float:
+    """Branching fraction of the stratum (its ``bf`` or the sum over Pythia's channels)."""
+    if stratum.bf is not None:
+        return float(stratum.bf)
+    return sum(br for _, br in stratum_channels(stratum, parent))
+
+
+def _settings(species: int, stratum: Stratum | None, strata: Mapping[str, Stratum]) -> tuple:
+    """Pythia settings of the decayer of one library."""
+    parent = abs(species)
+    if stratum is not None:  # a forced library: only this stratum's channels
+        lines = [f"{parent}:onMode = off"]
+        known = [p for p, _ in stratum_channels(stratum, parent)]
+        for products in known:
+            lines.append(f"{parent}:onIfMatch = {' '.join(map(str, products))}")
+        for products in stratum.channels:
+            if not any(_same(products, k) for k in known):
+                lines.append(f"{parent}:addChannel = 1 1.0 0 {' '.join(map(str, products))}")
+        return (*lines, *stratum.forced)
+    lines = []
+    for other in strata.values():
+        if not other.mixture or parent not in other.parents:
+            continue
+        lines.extend(other.generic)
+        if other.keep_in_generic:
+            continue
+        for products in [p for p, _ in stratum_channels(other, parent)] + list(other.replaces):
+            lines.append(f"{parent}:offIfMatch = {' '.join(map(str, products))}")
+    return tuple(dict.fromkeys(lines))
+
+
+# ---------------------------------------------------------------------------- libraries
+
+
+@dataclass(frozen=True)
+class Library:
+    """Decays of one B species at rest: particles plus per-entry truth.
+
+    Attributes:
+        particles: Final-state particles in the B rest frame.
+        code: Truth code per entry (:data:`MODES`).
+        d_to_kl: Number of K_L per entry that come from a D decay.
+        n_kl: Number of K_L per entry.
+    """
+
+    particles: Particles
+    code: np.ndarray
+    d_to_kl: np.ndarray
+    n_kl: np.ndarray
+
+    def __len__(self) -> int:
+        return self.particles.n_events
+
+    def save(self, path: str | Path) -> Path:
+        """Write the library atomically as ``.npz``."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **_columns(self))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Library:
+        """Read a library written by :meth:`save`."""
+        with np.load(path) as z:
+            parts = Particles(z["offsets"], z["pdg"], z["p4"], z["charge"])
+            return cls(parts, z["code"], z["d_to_kl"], z["n_kl"])
+
+
+def _columns(lib: Library) -> dict[str, np.ndarray]:
+    p = lib.particles
+    return {
+        "offsets": p.offsets,
+        "pdg": p.pdg,
+        "p4": p.p4,
+        "charge": p.charge,
+        "code": lib.code,
+        "d_to_kl": lib.d_to_kl,
+        "n_kl": lib.n_kl,
+    }
+
+
+def build_library(species: int, stratum: str | None, n: int, seed: int) -> Library:
+    """Decay ``n`` B mesons of one species (at rest) in one stratum (``None``: generic).
+
+    Args:
+        species: Signed PDG code (521, -521, 511, -511).
+        stratum: A stratum name of configs/bdecays.yaml, or ``None`` for the generic library.
+        n: Number of decays.
+        seed: Pythia's seed.
+    """
+    strata = load_strata()
+    row = None if stratum is None else strata[stratum]
+    pythia = _pythia(_settings(species, row, strata), seed)
+    event = pythia.event
+    mass = M_B[abs(species)]
+    pdg: list[int] = []
+    mom: list[tuple[float, float, float, float]] = []
+    counts = np.zeros(n, dtype=np.int64)
+    code = np.zeros(n, dtype=np.int8)
+    d_to_kl = np.zeros(n, dtype=np.int8)
+    n_kl = np.zeros(n, dtype=np.int8)
+    for i in range(n):
+        while True:
+            event.reset()
+            event.append(species, 1, 0, 0, 0.0, 0.0, 0.0, mass, mass)
+            if pythia.next():
+                break
+        b = event[1]
+        while b.id() != species and abs(b.id()) == abs(species) and b.daughter1() > 0:
+            b = event[b.daughter1()]  # follow B0 mixing to the decaying B
+        products = tuple(abs(event[k].id()) for k in b.daughterList())
+        code[i] = row.code if row is not None else classify(products)
+        k = 0
+        for j in range(event.size()):
+            particle = event[j]
+            if not particle.isFinal():
+                continue
+            ident = particle.id()
+            pdg.append(ident)
+            mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
+            k += 1
+            if ident == 130:
+                n_kl[i] += 1
+                d_to_kl[i] += _from_d(event, j)
+        counts[i] = k
+    codes = np.asarray(pdg, dtype=np.int32)
+    parts = Particles(
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        pdg=codes,
+        p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
+        charge=charges_of(pythia.particleData, codes),
+    )
+    return Library(parts, code, d_to_kl, n_kl)
+
+
+def _from_d(event: Any, index: int) -> bool:
+    """Whether particle ``index`` descends from a weakly decaying charm hadron."""
+    mother = event[index].mother1()
+    while mother > 1:
+        if abs(event[mother].id()) in _D_GROUND:
+            return True
+        mother = event[mother].mother1()
+    return False
+
+
+# ---------------------------------------------------------------------------- the mixture
+
+
+def library_jobs(generic: int, stratum: int) -> list[tuple[int, str | None, int]]:
+    """(species, stratum or None for generic, entries) of every library a production needs.
+
+    >>> len(library_jobs(10, 1)) == 4 + sum(len(s.parents) * 2 for s in load_strata().values())
+    True
+    """
+    out: list[tuple[int, str | None, int]] = []
+    for species in (521, -521, 511, -511):
+        out.append((species, None, generic))
+        out += [
+            (species, name, stratum)
+            for name, row in load_strata().items()
+            if abs(species) in row.parents
+        ]
+    return out
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """All libraries of a production, concatenated, with the draw probabilities.
+
+    ``draws[species]`` is a tuple of (first entry, entries, probability q, weight bf/q) per
+    stratum of the species' mixture (generic first); control strata are drawn only when asked
+    for by name.
+    """
+
+    library: Library
+    draws: dict[int, tuple[tuple[int, int, float, float], ...]]
+    control: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_libraries(cls, libraries: Mapping[tuple[int, str | None], Library]) -> Mixture:
+        """Concatenate libraries keyed by (species, stratum name or None for generic)."""
+        strata = load_strata()
+        order = list(libraries)
+        starts = np.cumsum([0] + [len(libraries[k]) for k in order])
+        start = {k: int(s) for k, s in zip(order, starts[:-1], strict=True)}
+        draws: dict[int, tuple[tuple[int, int, float, float], ...]] = {}
+        control: dict[tuple[int, str], tuple[int, int]] = {}
+        for species in {k[0] for k in order}:
+            rows = []
+            forced_q = forced_bf = 0.0
+            for (sp, name), lib in libraries.items():
+                if sp != species or name is None:
+                    continue
+                row = strata[name]
+                if not row.mixture:
+                    control[(sp, name)] = (start[(sp, name)], len(lib))
+                    continue
+                bf = stratum_bf(row, abs(sp))
+                q = bf * row.oversample
+                rows.append((start[(sp, name)], len(lib), q, bf / q))
+                forced_q += q
+                forced_bf += bf
+            if forced_q >= 1:
+                raise ConfigError(f"B {species}: oversampled strata exceed probability 1")
+            generic = (start[(species, None)], len(libraries[(species, None)]))
+            rows.insert(0, (*generic, 1 - forced_q, (1 - forced_bf) / (1 - forced_q)))
+            draws[species] = tuple(rows)
+        merged = _concat([libraries[k] for k in order])
+        return cls(merged, draws, control)
+
+    def draw(
+        self, species: np.ndarray, rng: np.random.Generator, natural: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Entries (indices into :attr:`library`) and weights for B mesons of given species.
+
+        Args:
+            species: Signed PDG code per B.
+            rng: The random stream.
+            natural: Draw every stratum at its branching fraction (weights 1), as nature
+                does; for pseudo-data.
+        """
+        entry = np.empty(len(species), dtype=np.int64)
+        weight = np.empty(len(species))
+        for sp in np.unique(species):
+            mask = species == sp
+            rows = self.draws[int(sp)]
+            if natural:
+                rows = tuple((first, size, q * w, 1.0) for first, size, q, w in rows)
+            probs = np.array([r[2] for r in rows])
+            which = rng.choice(len(rows), size=int(mask.sum()), p=probs / probs.sum())
+            first = np.array([r[0] for r in rows])[which]
+            size = np.array([r[1] for r in rows])[which]
+            entry[mask] = first + (rng.random(len(which)) * size).astype(np.int64)
+            weight[mask] = np.array([r[3] for r in rows])[which]
+        return entry, weight
+
+    def draw_control(self, species: int, name: str, n: int, rng: np.random.Generator) -> Any:
+        """Entries of a control stratum (weight 1: its rate is applied by its luminosity)."""
+        first, size = self.control[(species, name)]
+        return first + (rng.random(n) * size).astype(np.int64)
+
+
+def _concat(libs: list[Library]) -> Library:
+    counts = np.concatenate([lib.particles.counts() for lib in libs])
+    return Library(
+        Particles(
+            np.concatenate([[0], np.cumsum(counts)]),
+            np.concatenate([lib.particles.pdg for lib in libs]),
+            np.concatenate([lib.particles.p4 for lib in libs]),
+            np.concatenate([lib.particles.charge for lib in libs]),
+        ),
+        np.concatenate([lib.code for lib in libs]),
+        np.concatenate([lib.d_to_kl for lib in libs]),
+        np.concatenate([lib.n_kl for lib in libs]),
+    )
+
+
+def b_pair_momenta(
+    sqrt_s: np.ndarray, rng: np.random.Generator, mass: float = M_B[521]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Four-momenta (CM) of the two B mesons of Upsilon(4S) -> B Bbar (sin^2 theta)."""
+    n = len(sqrt_s)
+    cos_t = kin.sample_sin2(n, rng)
+    phi = rng.uniform(0, 2 * np.pi, n)
+    sin_t = np.sqrt(1 - cos_t**2)
+    axis = np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], axis=1)
+    return kin.two_body(sqrt_s, mass, mass, axis)
+
+
+def boost_sides(first: Particles, second: Particles, p_first: np.ndarray) -> Particles:
+    """Boost two rest-frame decay tables back to back (first along ``p_first``) and merge.
+
+    The merged table carries ``side`` (0: first B, 1: second B) per particle.
+    """
+    beta = kin.beta_of(p_first)
+    a = Particles(
+        first.offsets,
+        first.pdg,
+        kin.boost(first.p4, np.repeat(beta, first.counts(), axis=0)),
+        first.charge,
+    )
+    b = Particles(
+        second.offsets,
+        second.pdg,
+        kin.boost(second.p4, np.repeat(-beta, second.counts(), axis=0)),
+        second.charge,
+    )
+    return merge(a, b)
