@@ -151,21 +151,41 @@ def build_library_file(task: LibraryTask) -> str:
     return task.path
 
 
-class _Batch:
-    """Generated events with per-event truth and MC weights."""
+@dataclass(frozen=True)
+class GeneratedEvents:
+    """Generated events (CM frame) with per-event truth and MC weights.
 
-    def __init__(self, parts: Particles, total: np.ndarray | None, **truth: np.ndarray) -> None:
-        self.parts = parts
-        self.total = total
-        self.truth = truth
+    Attributes:
+        parts: Final-state particles (``side`` set for events with B mesons).
+        total: Per-event e+e- four-momenta (lab) the events were made at, or ``None``.
+        truth: Per-event ``weight`` and truth columns, and ``generated`` (events made,
+            including those nature's accept-reject refused).
+    """
+
+    parts: Particles
+    total: np.ndarray | None
+    truth: dict[str, np.ndarray]
 
 
-def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> _Batch:
+def generate_events(task: FileTask, rng: np.random.Generator) -> GeneratedEvents:
+    """Generate the events of one task (before the detector)."""
+    samples = load_samples()
+    if task.sample not in samples:
+        raise ConfigError(f"unknown sample {task.sample!r} (known: {', '.join(samples)})")
+    sample = samples[task.sample]
+    if task.off_resonance and sample.kind not in ("continuum", "taupair"):
+        raise ConfigError(f"{task.sample}: no B Bbar production off resonance")
+    if task.n_events < 0:
+        raise ConfigError(f"{task.path}: negative number of events {task.n_events}")
+    return _GENERATORS[sample.kind](task, sample, task.n_events, rng)
+
+
+def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> GeneratedEvents:
     extra = ("Beams:eCM = 10.52",) if task.off_resonance else ()
     gen = Generator(task.sample, seed=task.seed, extra=extra)
     if not (task.data and task.nature.continuum_shape):
         parts = gen.generate(n)
-        return _Batch(parts, None, weight=np.ones(n), generated=np.array(n))
+        return GeneratedEvents(parts, None, {"weight": np.ones(n), "generated": np.array(n)})
     # nature's continuum shape: accept-reject on the generated charged multiplicity
     kept: list[Particles] = []
     generated = have = 0
@@ -180,7 +200,7 @@ def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator)
         kept.append(parts.take(idx))
         have += len(idx)
     parts = _concat(kept)
-    return _Batch(parts, None, weight=np.ones(n), generated=np.array(generated))
+    return GeneratedEvents(parts, None, {"weight": np.ones(n), "generated": np.array(generated)})
 
 
 def _concat(tables: list[Particles]) -> Particles:
@@ -193,7 +213,7 @@ def _concat(tables: list[Particles]) -> Particles:
     )
 
 
-def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> _Batch:
+def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> GeneratedEvents:
     """Upsilon(4S) -> B Bbar with the first B in the sample's mode (or generic)."""
     if task.libraries is None:
         raise ConfigError(f"{task.path}: sample {task.sample!r} needs decay libraries")
@@ -246,16 +266,15 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
         code1, dkl1 = lib.code[first_entry], lib.d_to_kl[first_entry]
         q2 = np.full(n, -1.0)
     parts = bdecays.boost_sides(side0, lib.particles.take(second_entry), p_first)
-    return _Batch(
-        parts,
-        total,
-        weight=weight,
-        generated=np.array(generated),
-        mcB1Mode=code1.astype(np.int32),
-        mcB2Mode=lib.code[second_entry].astype(np.int32),
-        mcDtoKL=(dkl1 + lib.d_to_kl[second_entry]).astype(np.int32),
-        q2gen=q2,
-    )
+    truth = {
+        "weight": weight,
+        "generated": np.array(generated),
+        "mcB1Mode": code1.astype(np.int32),
+        "mcB2Mode": lib.code[second_entry].astype(np.int32),
+        "mcDtoKL": (dkl1 + lib.d_to_kl[second_entry]).astype(np.int32),
+        "q2gen": q2,
+    }
+    return GeneratedEvents(parts, total, truth)
 
 
 _GENERATORS = {
@@ -295,17 +314,10 @@ def prefilter_mask(seen: DetectorEvents) -> np.ndarray:
 def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> FileRecord:
     """Generate, simulate, filter, reconstruct and write one file (runs on a worker)."""
     start = time.perf_counter()
-    samples = load_samples()
-    if task.sample not in samples:
-        raise ConfigError(f"unknown sample {task.sample!r} (known: {', '.join(samples)})")
-    sample = samples[task.sample]
-    if task.off_resonance and sample.kind not in ("continuum", "taupair"):
-        raise ConfigError(f"{task.sample}: no B Bbar production off resonance")
-    if task.n_events < 0:
-        raise ConfigError(f"{task.path}: negative number of events {task.n_events}")
     rng = np.random.default_rng(task.seed)
+    batch = generate_events(task, rng)
+    sample = load_samples()[task.sample]
     beams = OFF_RESONANCE if task.off_resonance else ON_RESONANCE
-    batch = _GENERATORS[sample.kind](task, sample, task.n_events, rng)
     parts = batch.parts
     nominal = detector or DetectorConfig()
     cfg = task.nature.detector(nominal) if task.data else nominal

@@ -84,9 +84,9 @@ def test_cli_bad_config_is_one_line_exit_2(run_cli, tmp_path):
 
 
 def test_cli_unbuilt_stage_says_so(run_cli):
-    proc = run_cli("simulate")
+    proc = run_cli("train")
     assert proc.returncode == 3
     assert proc.stderr.strip() == (
-        "knunu simulate: not built yet (tracked in issue 3 (Belle II-like simulation))"
+        "knunu train: not built yet (tracked in issue 4 (ITA BDTs) and issue 5 (BDTh))"
     )
     assert proc.stdout == ""

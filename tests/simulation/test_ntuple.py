@@ -10,7 +10,7 @@ import uproot
 from knunu.simulation.detector import DetectorConfig, simulate_detector
 from knunu.simulation.generators import Generator
 from knunu.simulation.kinematics import ON_RESONANCE
-from knunu.simulation.ntuple import TREE_ITA, write_ita_ntuple
+from knunu.simulation.ntuple import TREE_ITA, Tree, write_ntuple
 from knunu.simulation.reconstruction import ita_variables
 
 
@@ -27,7 +27,8 @@ def _write(path, seed):
         "mcProcess": np.full(n, 6, np.int32),
         "nKL": parts.per_event_sum((np.abs(parts.pdg) == 130).astype(np.int64)).astype(np.int32),
     }
-    write_ita_ntuple(path, header, event, cand, seen.tracks.offsets, seed)
+    trees = {TREE_ITA: Tree({**header, **event}, {"K_": (seen.tracks.offsets, cand)})}
+    write_ntuple(path, trees, seed)
     return seen, event, cand
 
 
@@ -73,13 +74,7 @@ def test_same_seed_same_content(tmp_path):
 
 def test_wrong_length_column_writes_nothing(tmp_path):
     offsets = np.array([0, 1, 2])
-    with pytest.raises(ValueError, match="has 3 entries, expected 2"):
-        write_ita_ntuple(
-            tmp_path / "bad.root",
-            {"__event__": np.arange(3)},
-            {},
-            {"K_p": np.ones(2)},
-            offsets,
-            seed=1,
-        )
+    tree = Tree({"__event__": np.arange(3)}, {"K_": (offsets, {"K_p": np.ones(2)})})
+    with pytest.raises(ValueError, match=r"different lengths: \[2, 3\]"):
+        write_ntuple(tmp_path / "bad.root", {TREE_ITA: tree}, seed=1)
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Production: every generated event is written; the catalogue accounts for all of them."""
+"""Production: planning per scale, pseudo-data, bookkeeping of every event, safe filter."""
 
 from __future__ import annotations
 
@@ -8,43 +8,97 @@ import numpy as np
 import pytest
 import uproot
 
+from knunu.config import load_config
 from knunu.errors import ConfigError
 from knunu.samples import load_samples
 from knunu.simulation.production import (
     FileTask,
     luminosity_fb,
+    plan_production,
     produce_file,
     write_catalogue,
 )
 
 
-def test_tiny_production_accounts_for_every_event(tmp_path):
+@pytest.fixture(scope="module")
+def produced(libraries, tmp_path_factory):
+    out = tmp_path_factory.mktemp("production")
     tasks = [
-        FileTask("signal", 200, 1, str(tmp_path / "signal_1.root")),
-        FileTask("charged", 150, 2, str(tmp_path / "charged_2.root")),
-        FileTask("mixed", 150, 3, str(tmp_path / "mixed_3.root")),
-        FileTask("ccbar", 150, 4, str(tmp_path / "ccbar_4.root")),
-        FileTask("ccbar", 100, 5, str(tmp_path / "ccbar_5.root"), off_resonance=True),
-        FileTask("taupair", 100, 6, str(tmp_path / "taupair_6.root")),
+        FileTask("signal", 300, 1, str(out / "signal.root"), libraries=libraries),
+        FileTask("charged", 400, 2, str(out / "charged.root"), libraries=libraries),
+        FileTask("mixed", 300, 3, str(out / "mixed.root"), libraries=libraries),
+        FileTask("ccbar", 300, 4, str(out / "ccbar.root")),
+        FileTask("ccbar", 200, 5, str(out / "ccbar_off.root"), off_resonance=True),
+        FileTask("taupair", 200, 6, str(out / "taupair.root")),
+        FileTask("jpsi_k", 100, 7, str(out / "jpsi_k.root"), libraries=libraries),
+        FileTask("uubar", 300, 8, str(out / "data.root"), data=True, libraries=libraries),
     ]
     records = [produce_file(t) for t in tasks]
-    catalogue = json.loads(write_catalogue(tmp_path / "catalogue.json", records).read_text())
-    datasets = catalogue["datasets"]
-    assert datasets["ccbar"]["generated"] == 150
-    assert datasets["ccbar_offres"]["generated"] == 100
-    for task in tasks:
+    catalogue = write_catalogue(out / "catalogue.json", records, {"data_on": 0.1})
+    return tasks, records, json.loads(catalogue.read_text())["datasets"]
+
+
+def test_every_generated_event_is_accounted_for(produced):
+    tasks, records, datasets = produced
+    assert datasets["ccbar"]["generated"] == 300
+    assert datasets["ccbar_offres"]["generated"] == 200
+    assert datasets["data_on"]["luminosity_fb"] == 0.1
+    for task, rec in zip(tasks, records, strict=True):
         with uproot.open(task.path) as f:
-            tree = f["ita"]
-            assert tree.num_entries == task.n_events
-            code = load_samples()[task.sample].process_code
-            assert set(tree["mcProcess"].array(library="np").tolist()) == {code}
-            events = tree["__event__"].array(library="np")
-            assert len(np.unique(events)) == task.n_events
+            ita, hta = f["ita"], f["hta"]
+            assert ita.num_entries == rec.entries_ita <= task.n_events
+            assert hta.num_entries == rec.entries_hta
+            events = ita["__event__"].array(library="np")
+            assert len(np.unique(events)) == len(events)
+            assert events.max(initial=0) < task.n_events
+            if task.data:
+                assert "mcProcess" not in ita.keys()  # noqa: SIM118 - a TTree  # data carry no truth
+                assert set(ita["__weight__"].array(library="np").tolist()) <= {1.0}
+            else:
+                code = load_samples()[task.sample].process_code
+                assert set(ita["mcProcess"].array(library="np").tolist()) <= {code}
+
+
+def test_truth_branches(produced):
+    tasks, _, _ = produced
     with uproot.open(tasks[0].path) as f:
         q2 = f["ita"]["q2gen"].array(library="np")
         assert np.all((q2 >= 0) & (q2 < 22.9))
+        assert set(f["ita"]["mcB1Mode"].array(library="np").tolist()) == {13}
     with uproot.open(tasks[3].path) as f:
         assert np.all(f["ita"]["q2gen"].array(library="np") == -1.0)
+        assert set(f["ita"]["mcB2Mode"].array(library="np").tolist()) == {-1}
+    with uproot.open(tasks[6].path) as f:
+        assert set(f["ita"]["mcB1Mode"].array(library="np").tolist()) <= {14}
+
+
+def test_same_seed_same_file_content(libraries, tmp_path):
+    a = FileTask("charged", 200, 11, str(tmp_path / "a.root"), libraries=libraries)
+    b = FileTask("charged", 200, 11, str(tmp_path / "b.root"), libraries=libraries)
+    produce_file(a), produce_file(b)
+    with uproot.open(a.path) as fa, uproot.open(b.path) as fb:
+        for tree in ("ita", "hta"):
+            for name in fa[tree].keys():  # noqa: SIM118 - a TTree, not a dict
+                x = fa[tree][name].array(library="ak").tolist()
+                assert x == fb[tree][name].array(library="ak").tolist(), name
+
+
+def test_prefilter_is_safe(libraries, tmp_path):
+    """Filtered and unfiltered files give the same events after the basic selection."""
+    selected = {}
+    for prefilter in (True, False):
+        path = tmp_path / f"f{prefilter}.root"
+        produce_file(FileTask("ssbar", 600, 21, str(path), prefilter=prefilter))
+        with uproot.open(path) as f:
+            t = f["ita"].arrays(
+                ["__event__", "nTracks", "E_tot", "K_kaonID", "K_dr", "K_dz", "K_q2rec"]
+            )
+        good = (t.K_kaonID > 0.9) & (t.K_dr < 0.5) & (abs(t.K_dz) < 3)
+        ok = (t.nTracks >= 4) & (t.nTracks <= 10) & (t.E_tot > 4) & (np.sum(good, axis=1) > 0)
+        selected[prefilter] = t[ok]
+    assert len(selected[True]) == len(selected[False]) > 50
+    for name in selected[True].fields:
+        assert selected[True][name].tolist() == selected[False][name].tolist(), name
 
 
 def test_luminosity_bookkeeping():
@@ -54,17 +108,52 @@ def test_luminosity_bookkeeping():
     assert 362 / luminosity_fb(cat["signal"], 1) == pytest.approx(1985, rel=0.06)
 
 
-def test_unknown_sample_and_signal_off_resonance_are_errors(tmp_path):
+def test_plan_scales_and_pseudo_data(tmp_path):
+    config = load_config()
+    config["scale"] = "tiny"
+    plan = plan_production(config, tmp_path)
+    fraction = config["simulation"]["scales"]["tiny"]["luminosity_fraction"]
+    assert plan.data_luminosity["data_on"] == pytest.approx(362 * fraction)
+    by = {}
+    for t in plan.files:
+        key = (t.sample, t.off_resonance, t.data)
+        by[key] = by.get(key, 0) + t.n_events
+    # MC: 2x the data luminosity for continuum, 5x for B Bbar; data: Poisson, nature's norm
+    xs_cc = load_samples()["ccbar"].cross_section_nb * 1e6 * 362 * fraction
+    assert by[("ccbar", False, False)] == round(2 * xs_cc)
+    assert by[("ccbar", False, True)] == pytest.approx(1.4 * xs_cc, rel=5 / np.sqrt(xs_cc))
+    assert ("charged", True, False) not in by  # no B Bbar off resonance
+    assert len({t.seed for t in plan.files}) == len(plan.files)
+    assert plan == plan_production(config, tmp_path)  # same seed, same plan
+    assert list(tmp_path.iterdir()) == []  # planning writes nothing
+
+
+def test_belle2_scale_injects_mu_true():
+    config = load_config()
+    config["scale"] = "belle2"
+    plan = plan_production(config, "/nonexistent")
+    signal = sum(t.n_events for t in plan.files if t.sample == "signal" and t.data)
+    expected = 4.6 * 1985  # mu_true x produced signal in 362 fb^-1 (notes)
+    assert signal == pytest.approx(expected, abs=5 * np.sqrt(expected) + 0.06 * expected)
+    continuum = sum(t.n_events for t in plan.files if t.data and t.sample.endswith("bar"))
+    assert continuum == pytest.approx(1.4 * 3.69e6 * 404, rel=1e-3)  # on + off, x 1.4
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="unknown sample 'bogus'"):
         produce_file(FileTask("bogus", 10, 1, str(tmp_path / "x.root")))
     with pytest.raises(ConfigError, match="no B Bbar production off resonance"):
         produce_file(FileTask("signal", 10, 1, str(tmp_path / "y.root"), off_resonance=True))
+    config = load_config()
+    config["simulation"]["luminosity_fb"]["on_resonance"] = -1.0
+    with pytest.raises(ConfigError, match="on-resonance luminosity"):
+        plan_production(config, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_every_nonsignal_sample_has_a_generator():
+def test_every_continuum_sample_has_a_generator():
     from knunu.simulation.generators import PROCESSES
 
     for name, sample in load_samples().items():
-        if name != "signal" and sample.kind != "bbbar":
+        if sample.kind in ("continuum", "taupair"):
             assert name in PROCESSES

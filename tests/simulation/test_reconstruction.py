@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 
 from knunu.simulation.detector import DetectorConfig, simulate_detector
-from knunu.simulation.generators import Decayer, Generator
+from knunu.simulation.generators import Generator
 from knunu.simulation.kinematics import ON_RESONANCE
 from knunu.simulation.reconstruction import ita_variables
-from knunu.simulation.signal import generate_signal
 
 
 @pytest.fixture(scope="module")
-def signal_sample():
+def signal_sample(make_events):
     rng = np.random.default_rng(12)
-    events = generate_signal(3000, rng, Decayer(seed=7))
-    seen = simulate_detector(events.particles, ON_RESONANCE, DetectorConfig(), rng)
+    events = make_events("signal", 3000, 7)
+    seen = simulate_detector(events.parts, ON_RESONANCE, DetectorConfig(), rng, events.total)
     return events, seen, *ita_variables(seen)
 
 
@@ -24,7 +23,8 @@ def test_q2rec_tracks_q2gen_for_the_signal_kaon(signal_sample):
     events, seen, _, cand = signal_sample
     first = seen.tracks.offsets[:-1]
     has = np.diff(seen.tracks.offsets) > 0
-    true_k = events.particles.p4[events.particles.offsets[:-1]]  # generated signal kaon (CM)
+    true_k = events.parts.p4[events.parts.offsets[:-1]]  # generated signal kaon (CM)
+    signal_charge = np.sign(events.parts.pdg[events.parts.offsets[:-1]])
     found = has.copy()
     found[has] = (
         np.abs(
@@ -33,9 +33,9 @@ def test_q2rec_tracks_q2gen_for_the_signal_kaon(signal_sample):
         )
         < 0.1
     )
-    found[has] &= seen.tracks.true_pdg[first[has]] == 321 * events.signal_charge[has]
+    found[has] &= seen.tracks.true_pdg[first[has]] == 321 * signal_charge[has]
     assert found.mean() > 0.7  # the signal kaon is usually found
-    diff = cand["K_q2rec"][first[found]] - events.q2gen[found]
+    diff = cand["K_q2rec"][first[found]] - events.truth["q2gen"][found]
     # the B moves with 0.33 GeV in the CM: q2rec smeared by about 1-1.5 GeV^2, unbiased
     assert abs(np.median(diff)) < 0.3
     assert 0.5 < np.std(diff) < 2.5

@@ -1,0 +1,96 @@
+"""B decay libraries: truth codes, exact importance weights, pairing = direct generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knunu.simulation import bdecays
+from knunu.simulation.generators import Generator
+from knunu.simulation.kinematics import mass
+from knunu.simulation.production import load_mixture
+
+
+@pytest.fixture(scope="module")
+def mixture(libraries):
+    return load_mixture(libraries)
+
+
+def test_forced_libraries_hold_their_mode(mixture):
+    lib = mixture.library
+    strata = bdecays.load_strata()
+    for (_, name), (first, size) in mixture.control.items():
+        assert set(lib.code[first : first + size].tolist()) == {strata[name].code}
+    for rows in mixture.draws.values():
+        for first, size, _, _ in rows[1:]:
+            assert len(set(lib.code[first : first + size].tolist())) == 1
+    # K+ K_L K_L: every entry has its two K_L; none from a D
+    first, size, _, _ = next(
+        r for r in mixture.draws[521] if lib.code[r[0]] == strata["k_kl_kl"].code
+    )
+    assert set(lib.n_kl[first : first + size].tolist()) == {2}
+    assert not lib.d_to_kl[first : first + size].any()
+    # tau+ nu with tau+ -> K+ nubar: exactly one charged particle, a K+
+    first, size, _, _ = next(
+        r for r in mixture.draws[521] if lib.code[r[0]] == strata["taunu_knu"].code
+    )
+    parts = lib.particles.take(np.arange(first, first + size))
+    charged = parts.charge != 0
+    assert parts.per_event_sum(charged.astype(int)).tolist() == [1] * size
+    assert set(parts.pdg[charged].tolist()) == {321}
+
+
+def test_generic_library_excludes_the_strata(mixture):
+    lib = mixture.library
+    strata = bdecays.load_strata()
+    for species, rows in mixture.draws.items():
+        first, size, _, _ = rows[0]
+        codes = set(lib.code[first : first + size].tolist())
+        forced = {s.code for s in strata.values() if s.mixture and not s.keep_in_generic}
+        assert not codes & forced, species
+        # about a quarter of B decays make a K_L through a D (Pythia's D tables)
+        frac = np.mean(lib.d_to_kl[first : first + size] > 0)
+        assert 0.15 < frac < 0.4
+        assert np.all(lib.n_kl[first : first + size] >= lib.d_to_kl[first : first + size])
+
+
+def test_importance_weights_are_exact(mixture):
+    for species, rows in mixture.draws.items():
+        q = np.array([r[2] for r in rows])
+        w = np.array([r[3] for r in rows])
+        assert q.sum() == pytest.approx(1.0, abs=1e-12)
+        assert (q * w).sum() == pytest.approx(1.0, abs=1e-12), species  # E[w] = 1
+        assert q[0] > 0.5  # the generic library still dominates the draws
+    rng = np.random.default_rng(4)
+    entry, weight = mixture.draw(np.full(200_000, 521), rng)
+    assert weight.mean() == pytest.approx(1.0, abs=0.01)
+    # a weighted oversampled mode appears at its branching fraction
+    d_lnu = bdecays.stratum_bf(bdecays.load_strata()["d_lnu"], 521)
+    is_dlnu = mixture.library.code[entry] == 1
+    assert np.sum(weight * is_dlnu) / len(entry) == pytest.approx(d_lnu, rel=0.03)
+    _, natural = mixture.draw(np.full(1000, 521), rng, natural=True)
+    assert set(natural.tolist()) == {1.0}
+
+
+def test_pairing_reproduces_direct_upsilon4s_generation(make_events):
+    """Same charged multiplicity and energy balance as Pythia decaying the Upsilon(4S)."""
+    n = 3000
+    direct = Generator("bbbar", seed=31, extra=("300553:oneChannel = 1 1.0 0 521 -521",))
+    ref = direct.generate(n)
+    paired = make_events("charged", n, 32)
+    w = paired.truth["weight"]
+
+    def n_charged(parts):
+        return parts.per_event_sum((parts.charge != 0).astype(float))
+
+    def n_photons(parts):
+        return parts.per_event_sum((parts.pdg == 22).astype(float))
+
+    for stat in (n_charged, n_photons):
+        a, b = stat(ref), stat(paired.parts)
+        mean_b = np.sum(w * b) / np.sum(w)
+        err = np.hypot(a.std() / np.sqrt(n), b.std() / np.sqrt(np.sum(w) ** 2 / np.sum(w**2)))
+        assert abs(a.mean() - mean_b) < 4 * err, stat.__name__
+    total = paired.parts.per_event_sum(paired.parts.p4)  # CM frame, at each event's sqrt(s)
+    np.testing.assert_allclose(total[:, 0], mass(paired.total), rtol=1e-9)
+    np.testing.assert_allclose(total[:, 1:], 0.0, atol=1e-9)
