@@ -159,7 +159,7 @@ class TagModel:
     often (MC statistics) with the weight p / q in ``__weight__``.
     """
 
-    correct_scale: float = 0.12
+    correct_scale: float = 0.10
     correct_slope: float = 0.3
     fake: float = 1.5e-3
     boost: float = 1.0
