@@ -65,6 +65,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 bench: $(STAMP) ## run the benchmarks against their peers (results in benchmarks/results)
+	$(BIN)/python benchmarks/bench_simulation.py
 	$(BIN)/python benchmarks/bench_fit.py
 
 clean: ## remove run outputs, build files and caches (keeps .venv)
