@@ -33,7 +33,7 @@ from knunu.simulation.generators import COMMON_SETTINGS, Particles, charges_of, 
 
 log = logging.getLogger(__name__)
 
-M_B = {521: 5.27934, 511: 5.27965}
+M_B = {521: 5.27950, 511: 5.27965}  # GeV; B+ as in the signal spectrum (notes)
 _LEPTONS = {11, 13}
 _D = {411, 421, 413, 423}
 _D_GROUND = {411, 421, 431, 4122}

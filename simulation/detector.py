@@ -47,8 +47,11 @@ class DetectorConfig:
     pt_res_b: float = 0.0025
     dr_res_cm: float = 0.02
     dz_res_cm: float = 0.03
-    kaon_efficiency: float = 0.68
-    pion_misid: float = 0.012
+    kaon_efficiency: float = 0.68  # at kaon_id_pivot_gev
+    pion_misid: float = 0.012  # at kaon_id_pivot_gev
+    kaon_id_pivot_gev: float = 1.5
+    kaon_efficiency_slope: float = -0.06  # per GeV of lab momentum (Cherenkov angles merge)
+    pion_misid_slope: float = 0.004  # per GeV
     photon_threshold: float = 0.05
     ecl_stochastic: float = 0.016
     ecl_constant: float = 0.012
@@ -165,7 +168,7 @@ def simulate_detector(
     # track energies use the true mass; candidate builders apply their own mass hypothesis
     track_lab = _with_energy(p3_lab, mass)
     track_cm = boost(track_lab, -beta[event[idx]])
-    kaon_id = _kaon_id(abs_pdg[idx], cfg, rng)
+    kaon_id = _kaon_id(abs_pdg[idx], p_true, cfg, rng)
     tracks = Tracks(
         offsets=_offsets(event[idx], n),
         p4_lab=track_lab,
@@ -250,14 +253,20 @@ def simulate_detector(
     return DetectorEvents(tracks, clusters, beta, sqrt_s)
 
 
-def _kaon_id(abs_pdg: np.ndarray, cfg: DetectorConfig, rng: np.random.Generator) -> np.ndarray:
+def _kaon_id(
+    abs_pdg: np.ndarray, p: np.ndarray, cfg: DetectorConfig, rng: np.random.Generator
+) -> np.ndarray:
     """A kaon-ID likelihood ratio in [0, 1].
 
     Kaons pass KAON_ID_CUT with the kaon efficiency, pions (and other tracks) with the mis-ID
-    rate; the shapes peak at 1 (kaons) and at 0 (others).
+    rate, both linear in the lab momentum ``p`` around the pivot (efficiency falling and mis-ID
+    rising with momentum); the shapes peak at 1 (kaons) and at 0 (others).
     """
     is_kaon = abs_pdg == 321
-    passing = rng.random(len(abs_pdg)) < np.where(is_kaon, cfg.kaon_efficiency, cfg.pion_misid)
+    dp = p - cfg.kaon_id_pivot_gev
+    eff = np.clip(cfg.kaon_efficiency + cfg.kaon_efficiency_slope * dp, 0.05, 0.99)
+    misid = np.clip(cfg.pion_misid + cfg.pion_misid_slope * dp, 0.001, 0.2)
+    passing = rng.random(len(abs_pdg)) < np.where(is_kaon, eff, misid)
     high = KAON_ID_CUT + (1 - KAON_ID_CUT) * rng.beta(np.where(is_kaon, 3.0, 1.0), 1.0)
     low_shape = np.where(
         is_kaon, rng.beta(2.0, 1.0, len(abs_pdg)), rng.beta(1.0, 6.0, len(abs_pdg))

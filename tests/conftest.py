@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from knunu.simulation import bdecays
+from knunu.simulation.production import LibraryTask, build_library_file, library_path
+
 KNUNU = shutil.which("knunu", path=str(Path(sys.executable).parent)) or "knunu"
 
 
@@ -31,3 +34,13 @@ def run_cli(tmp_path):
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def libraries(tmp_path_factory):
+    """A directory of small decay libraries (every species and stratum)."""
+    directory = tmp_path_factory.mktemp("libraries")
+    for k, (species, stratum, n) in enumerate(bdecays.library_jobs(1500, 150)):
+        path = str(library_path(directory, species, stratum))
+        build_library_file(LibraryTask(species, stratum, n, 100 + k, path))
+    return str(directory)

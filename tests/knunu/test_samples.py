@@ -17,6 +17,8 @@ def test_catalogue_holds_the_fit_samples():
         "ssbar",
         "ccbar",
         "taupair",
+        "jpsi_k",
+        "pi_k0",
     ]
     # B+B- and B0B0bar split the 1.11 nb BBbar cross section with f+- = 0.516.
     assert cat["charged"].cross_section_nb + cat["mixed"].cross_section_nb == pytest.approx(1.11)

@@ -1,29 +1,11 @@
-"""Fixtures of the simulation tests: small decay libraries, built once per session."""
+"""Fixtures of the simulation tests."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from knunu.simulation import bdecays
-from knunu.simulation.production import (
-    FileTask,
-    GeneratedEvents,
-    LibraryTask,
-    build_library_file,
-    generate_events,
-    library_path,
-)
-
-
-@pytest.fixture(scope="session")
-def libraries(tmp_path_factory):
-    """A directory of small decay libraries (every species and stratum)."""
-    directory = tmp_path_factory.mktemp("libraries")
-    for k, (species, stratum, n) in enumerate(bdecays.library_jobs(1500, 150)):
-        path = str(library_path(directory, species, stratum))
-        build_library_file(LibraryTask(species, stratum, n, 100 + k, path))
-    return str(directory)
+from knunu.simulation.production import FileTask, GeneratedEvents, generate_events
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,15 @@ def test_kaon_id_efficiency_and_pion_misid():
     assert eff == pytest.approx(0.68, abs=0.005)
     assert misid == pytest.approx(0.012, abs=0.001)
     assert np.all((kaons.tracks.kaon_id >= 0) & (kaons.tracks.kaon_id <= 1))
+    # momentum dependent: efficiency falls and mis-ID rises with momentum
+    rates = []
+    for p in (0.7, 3.0):
+        k = det.simulate_detector(_single_particles(321, 50_000, p, rng), ON_RESONANCE, cfg, rng)
+        pi = det.simulate_detector(_single_particles(211, 100_000, p, rng), ON_RESONANCE, cfg, rng)
+        rates.append((np.mean(k.tracks.kaon_id > 0.9), np.mean(pi.tracks.kaon_id > 0.9)))
+    assert rates[0][0] == pytest.approx(0.68 + 0.06 * 0.8, abs=0.01)
+    assert rates[1][0] == pytest.approx(0.68 - 0.06 * 1.5, abs=0.01)
+    assert rates[0][1] < 0.012 < rates[1][1]
 
 
 def test_tracks_respect_acceptance_and_resolution(ccbar):
