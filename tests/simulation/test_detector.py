@@ -28,25 +28,40 @@ def _single_particles(pdg: int, n: int, p: float, rng) -> Particles:
     return Particles(np.arange(n + 1), np.full(n, pdg, np.int32), p4, charge)
 
 
+def _expected_rate(tracks, at_pivot: float, slope: float, lo: float, hi: float) -> float:
+    """The ID rate the configuration defines, averaged over the tracks' lab momenta."""
+    p_lab = np.linalg.norm(tracks.p4_lab[:, 1:], axis=1)
+    return float(np.mean(np.clip(at_pivot + slope * (p_lab - 1.5), lo, hi)))
+
+
 def test_kaon_id_efficiency_and_pion_misid():
     rng = np.random.default_rng(1)
     cfg = det.DetectorConfig(beam_photons_mean=0.0)
-    kaons = det.simulate_detector(_single_particles(321, 100_000, 1.5, rng), ON_RESONANCE, cfg, rng)
-    pions = det.simulate_detector(_single_particles(211, 200_000, 1.5, rng), ON_RESONANCE, cfg, rng)
-    eff = np.mean(kaons.tracks.kaon_id > det.KAON_ID_CUT)
-    misid = np.mean(pions.tracks.kaon_id > det.KAON_ID_CUT)
-    assert eff == pytest.approx(0.68, abs=0.005)
-    assert misid == pytest.approx(0.012, abs=0.001)
-    assert np.all((kaons.tracks.kaon_id >= 0) & (kaons.tracks.kaon_id <= 1))
+    assert cfg.kaon_id_pivot_gev == 1.5
+    for p_cm, n in ((1.5, 100_000), (0.7, 50_000), (3.0, 50_000)):
+        kaons = det.simulate_detector(_single_particles(321, n, p_cm, rng), ON_RESONANCE, cfg, rng)
+        pions = det.simulate_detector(
+            _single_particles(211, 2 * n, p_cm, rng), ON_RESONANCE, cfg, rng
+        )
+        eff = np.mean(kaons.tracks.kaon_id > det.KAON_ID_CUT)
+        misid = np.mean(pions.tracks.kaon_id > det.KAON_ID_CUT)
+        # the definition: 68 % and 1.2 % at 1.5 GeV lab momentum, linear in lab momentum
+        assert eff == pytest.approx(
+            _expected_rate(kaons.tracks, 0.68, -0.06, 0.05, 0.99), abs=0.006
+        )
+        assert misid == pytest.approx(
+            _expected_rate(pions.tracks, 0.012, 0.004, 0.001, 0.2), abs=0.0012
+        )
+        assert np.all((kaons.tracks.kaon_id >= 0) & (kaons.tracks.kaon_id <= 1))
+        if p_cm == 1.5:
+            # 1.5 GeV in the CM is ~1.7 GeV in the lab on average: close to the nominal rates
+            assert eff == pytest.approx(0.68, abs=0.015)
+            assert misid == pytest.approx(0.012, abs=0.0015)
+        if p_cm == 0.7:
+            soft = (eff, misid)
     # momentum dependent: efficiency falls and mis-ID rises with momentum
-    rates = []
-    for p in (0.7, 3.0):
-        k = det.simulate_detector(_single_particles(321, 50_000, p, rng), ON_RESONANCE, cfg, rng)
-        pi = det.simulate_detector(_single_particles(211, 100_000, p, rng), ON_RESONANCE, cfg, rng)
-        rates.append((np.mean(k.tracks.kaon_id > 0.9), np.mean(pi.tracks.kaon_id > 0.9)))
-    assert rates[0][0] == pytest.approx(0.68 + 0.06 * 0.8, abs=0.01)
-    assert rates[1][0] == pytest.approx(0.68 - 0.06 * 1.5, abs=0.01)
-    assert rates[0][1] < 0.012 < rates[1][1]
+    assert soft[0] > eff + 0.08
+    assert soft[1] < 0.012 < misid
 
 
 def test_tracks_respect_acceptance_and_resolution(ccbar):
