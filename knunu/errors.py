@@ -37,3 +37,11 @@ class NotBuiltError(KnunuError):
 
 class SimulationError(KnunuError):
     """A simulation task failed (the production stops and writes no catalogue)."""
+
+
+class ModelError(InputError):
+    """A BDT model or transform file is missing, malformed, or does not fit its inputs."""
+
+
+class ProcessingError(KnunuError):
+    """A processor run lost events or chunks, or its inputs do not match the catalogue."""

@@ -1,82 +1,191 @@
-"""The ITA processor: kaon-candidate selection, basic event selection, cutflow, histograms.
+"""The ITA processor: selection, BDT1/BDT2/eta/BDTc and the fit histograms with every variation.
 
-Stateless: configuration in the constructor only; ``process`` returns plain ``hist.Hist``
-objects (Weight storage) and a cutflow, keyed by dataset. BDTs, systematic variations and the
-fit histograms come with issue 4.
+Stateless: the constructor holds the ``ita`` configuration and the model folder only; models
+load lazily on the worker (cached per process). ``process`` returns, per dataset, plain
+``hist.Hist`` objects with Weight storage and the cutflow:
+
+- ``ita``: variation x eta(BDT2) {0.92, ..., 1.00} x q2rec {-1, 4, 8, 25} GeV^2 (the fit layout);
+- ``ita_control``: eta 0.75-1 x q2rec, nominal only (validation);
+- ``cutflow`` / ``cutflow_unweighted``: the selection steps, then BDT1 and eta > 0.92.
+
+Weights are the MC weight with the nominal corrections (D -> K_L rate, hadronic energy scale,
+BDTc for continuum MC); data get weight 1 and the nominal only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import awkward as ak
 import hist
 import numpy as np
 from coffea import processor
 
-#: Candidate and event selection of the ITA (../shared/notes/physics.md).
-SELECTION = {
-    "kaon_id_min": 0.9,
-    "dz_max_cm": 3.0,
-    "dr_max_cm": 0.5,
-    "n_tracks": (4, 10),
-    "e_tot_min": 4.0,
-    "theta_miss_deg": (17.0, 160.0),
-}
+from knunu.mva.bdt import KFoldBDT
+from knunu.mva.eta import EtaTransform
+from knunu.mva.train import CONTINUUM, MODEL_FILES, bdt2_features, bdtc_weight
+from knunu.processors.selection import BOOKKEEPING, CUTFLOW_STEPS, ENERGY, TRUTH, select
+from knunu.processors.variations import (
+    INPUT_VARIATIONS,
+    VARIATIONS,
+    WEIGHT_VARIATIONS,
+    Context,
+    EnergyShift,
+)
 
-CUTFLOW_STEPS = ("all", "kaon candidate", "n tracks", "E_tot", "theta_miss")
+ETA_EDGES = (0.92, 0.94, 0.96, 0.98, 1.00)
+Q2_EDGES = (-1.0, 4.0, 8.0, 25.0)
+SR_ETA = 0.92
+STEPS = (*CUTFLOW_STEPS, "BDT1", "eta > 0.92")
+HIST_VARIATIONS = ("nominal", *(f"{v}_{d}" for v in VARIATIONS for d in ("up", "down")))
+
+
+class Models(NamedTuple):
+    """The trained ITA models."""
+
+    bdt1: KFoldBDT
+    bdt2: KFoldBDT
+    bdtc: KFoldBDT
+    eta: EtaTransform
+
+
+@lru_cache(maxsize=4)
+def load_models(folder: str) -> Models:
+    """Load (once per process) the model files of a training folder."""
+    path = Path(folder)
+    return Models(
+        KFoldBDT.load(path / MODEL_FILES["bdt1"]),
+        KFoldBDT.load(path / MODEL_FILES["bdt2"]),
+        KFoldBDT.load(path / MODEL_FILES["bdtc"]),
+        EtaTransform.load(path / MODEL_FILES["eta"]),
+    )
+
+
+class Scores(NamedTuple):
+    """Model outputs of the selected events: BDT1 pass, eta and the BDTc weight."""
+
+    passed: np.ndarray
+    eta: np.ndarray  # NaN where BDT1 fails
+    bdtc: np.ndarray  # 1 where not applied
+
+
+def dataset_kind(dataset: str) -> tuple[str, bool]:
+    """(sample, is_data) of a catalogue dataset name.
+
+    >>> dataset_kind("ccbar_offres"), dataset_kind("data_on")
+    (('ccbar', False), ('data', True))
+    """
+    if dataset.startswith("data_"):
+        return "data", True
+    return dataset.removesuffix("_offres"), False
 
 
 class ITAProcessor(processor.ProcessorABC):
-    """Basic ITA selection with the lowest-q2rec kaon candidate per event."""
+    """ITA histograms for the fit, with the systematic variations, per dataset."""
 
-    def __init__(self, selection: dict[str, Any] | None = None) -> None:
-        self.selection = {**SELECTION, **(selection or {})}
+    def __init__(self, models: str | Path, cfg: Mapping[str, Any]) -> None:
+        self.models = str(models)
+        self.cfg = dict(cfg)
+        self.names = tuple(
+            dict.fromkeys(
+                [*BOOKKEEPING, *TRUTH, *ENERGY, *bdt2_features(cfg), "K_q2rec", "K_mcPDG"]
+            )
+        )
+
+    def _scores(self, models: Models, cols: Mapping[str, np.ndarray], continuum: bool) -> Scores:
+        run, event = cols["__run__"], cols["__event__"]
+        passed = models.bdt1.predict(cols, run, event) > self.cfg["bdt1_min"]
+        eta = np.full(len(passed), np.nan)
+        bdtc = np.ones(len(passed))
+        rows = np.flatnonzero(passed)
+        if len(rows):
+            sub = {k: v[rows] for k, v in cols.items()}
+            sub["bdt2"] = models.bdt2.predict(sub, sub["__run__"], sub["__event__"])
+            eta[rows] = models.eta(sub["bdt2"])
+            if continuum:
+                p = models.bdtc.predict(sub, sub["__run__"], sub["__event__"])
+                bdtc[rows] = bdtc_weight(p, tuple(self.cfg["bdtc_clip"]))
+        return Scores(passed, eta, bdtc)
 
     def process(self, events: ak.Array) -> dict[str, Any]:
-        """Select events and fill the cutflow and the q2rec histogram of one chunk."""
-        cfg = self.selection
+        """Select, score and histogram one chunk."""
         dataset = events.metadata["dataset"]
-        weight = ak.to_numpy(events["__weight__"])
-        kaons = events.K
-        good = (
-            (kaons.kaonID > cfg["kaon_id_min"])
-            & (abs(kaons.dz) < cfg["dz_max_cm"])
-            & (kaons.dr < cfg["dr_max_cm"])
-        )
-        kaons = kaons[good]
-        best = kaons[ak.argmin(kaons.q2rec, axis=1, keepdims=True)]
-        has_kaon = ak.to_numpy(ak.num(kaons) > 0)
-        lo, hi = cfg["n_tracks"]
-        t_lo, t_hi = cfg["theta_miss_deg"]
-        masks = [
-            np.ones(len(weight), dtype=bool),
-            has_kaon,
-            (ak.to_numpy(events.nTracks) >= lo) & (ak.to_numpy(events.nTracks) <= hi),
-            ak.to_numpy(events.E_tot) > cfg["e_tot_min"],
-            (ak.to_numpy(events.theta_miss) > t_lo) & (ak.to_numpy(events.theta_miss) < t_hi),
-        ]
-        cutflow = hist.Hist(
-            hist.axis.StrCategory(list(CUTFLOW_STEPS), name="step"), storage=hist.storage.Weight()
-        )
-        raw = hist.Hist(hist.axis.StrCategory(list(CUTFLOW_STEPS), name="step"))
-        passed = np.ones(len(weight), dtype=bool)
-        for step, mask in zip(CUTFLOW_STEPS, masks, strict=True):
-            passed &= mask
-            cutflow.fill(step=np.full(int(passed.sum()), step), weight=weight[passed])
-            raw.fill(step=np.full(int(passed.sum()), step))
-        q2rec = ak.to_numpy(ak.fill_none(ak.firsts(best.q2rec), np.nan))[passed]
-        h_q2 = hist.Hist(
-            hist.axis.Regular(26, -1.0, 25.0, name="q2rec", label="q2rec [GeV^2]"),
+        sample, is_data = dataset_kind(dataset)
+        continuum = sample in CONTINUUM
+        models = load_models(self.models)
+        sel = select(events, self.cfg["selection"], self.names)
+        cols = dict(sel.columns)
+        weight = cols["__weight__"].astype(np.float64)
+        if not is_data:
+            corr = self.cfg["corrections"]
+            weight = weight * corr["d_to_kl_scale"] ** cols["mcDtoKL"]
+            cols = EnergyShift("mcE_hadronic", corr["hadronic_energy_scale"] - 1.0)(cols, 1.0)
+        nominal = self._scores(models, cols, continuum)
+        w_nom = weight * nominal.bdtc
+        q2 = cols["K_q2rec"]
+
+        fit = hist.Hist(
+            hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
+            hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
+            hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
             storage=hist.storage.Weight(),
         )
-        h_q2.fill(q2rec=q2rec, weight=weight[passed])
+        p = nominal.passed
+        fit.fill(variation="nominal", eta=nominal.eta[p], q2rec=q2[p], weight=w_nom[p])
+        if not is_data:
+            ctx = Context(sample, nominal.bdtc)
+            for name, factors in WEIGHT_VARIATIONS.items():
+                up, down = factors(cols, ctx)
+                for label, f in (("up", up), ("down", down)):
+                    fit.fill(
+                        variation=f"{name}_{label}",
+                        eta=nominal.eta[p],
+                        q2rec=q2[p],
+                        weight=(w_nom * f)[p],
+                    )
+            for name, shift in INPUT_VARIATIONS.items():
+                for label, scale in (("up", 1.0), ("down", -1.0)):
+                    varied = shift(cols, scale)
+                    s = self._scores(models, varied, continuum)
+                    w = weight * s.bdtc
+                    fit.fill(
+                        variation=f"{name}_{label}",
+                        eta=s.eta[s.passed],
+                        q2rec=varied["K_q2rec"][s.passed],
+                        weight=w[s.passed],
+                    )
+        control = hist.Hist(
+            hist.axis.Regular(25, 0.75, 1.0, name="eta", label="eta(BDT2)"),
+            hist.axis.Regular(13, -1.0, 25.0, name="q2rec", label="q2rec [GeV^2]"),
+            storage=hist.storage.Weight(),
+        )
+        control.fill(eta=nominal.eta[p], q2rec=q2[p], weight=w_nom[p])
+
+        # the cutflow counts events and sums their MC weights (before corrections)
+        mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
+        masks = {**sel.steps}
+        selected = np.flatnonzero(sel.steps[CUTFLOW_STEPS[-1]])
+        for step, mask in (("BDT1", p), ("eta > 0.92", p & (nominal.eta > SR_ETA))):
+            masks[step] = np.zeros(len(mc_weight), dtype=bool)
+            masks[step][selected[mask]] = True
+        axis = hist.axis.StrCategory(list(STEPS), name="step")
+        cutflow = hist.Hist(axis, storage=hist.storage.Weight())
+        raw = hist.Hist(axis)
+        for step, mask in masks.items():
+            n = int(mask.sum())
+            cutflow.fill(step=np.full(n, step), weight=mc_weight[mask])
+            raw.fill(step=np.full(n, step))
         return {
             dataset: {
-                "events": len(weight),
+                "events": len(events),
+                "chunks": 1,
+                "ita": fit,
+                "ita_control": control,
                 "cutflow": cutflow,
                 "cutflow_unweighted": raw,
-                "q2rec": h_q2,
             }
         }
 

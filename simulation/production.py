@@ -33,7 +33,7 @@ from knunu.simulation.detector import KAON_ID_CUT, DetectorConfig, DetectorEvent
 from knunu.simulation.generators import Generator, Particles
 from knunu.simulation.kinematics import OFF_RESONANCE, ON_RESONANCE, sample_beams
 from knunu.simulation.ntuple import TREE_HTA, TREE_ITA, Tree, write_ntuple
-from knunu.simulation.reconstruction import TagModel, hta_variables, ita_variables
+from knunu.simulation.reconstruction import TagModel, hta_variables, ita_truth, ita_variables
 from knunu.simulation.signal import signal_decays
 
 log = logging.getLogger(__name__)
@@ -345,6 +345,10 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     ita_idx = np.flatnonzero(prefilter_mask(seen)) if task.prefilter else np.arange(n)
     ita_seen = seen.take(ita_idx)
     event, candidates = ita_variables(ita_seen)
+    if not task.data:
+        truth_event, truth_candidates = ita_truth(ita_seen)
+        event |= truth_event
+        candidates |= truth_candidates
     hta_header = {k: v[hta_idx] for k, v in header.items()}
     if not task.data:
         hta_header["__weight__"] = hta_header["__weight__"] * tag_w

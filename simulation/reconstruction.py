@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from knunu.simulation import detector as det
 from knunu.simulation import event_shape as es
 from knunu.simulation.detector import DetectorEvents
 from knunu.simulation.generators import Particles, per_event_sum
@@ -115,6 +116,25 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
         "K_m_Kpi_D0": _kpi_d0_mass(tr.offsets, k4, tr.p4_cm, tr.charge),
     }
     return event, candidates
+
+
+def ita_truth(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """MC-truth ITA branches that systematics need as weights or input shifts.
+
+    Returns:
+        (event columns, candidate columns): ``mcE_hadronic`` and ``mcE_photon``, the CM energy
+        in clusters from hadrons (K_L, neutrons, split-offs) and from photons; ``K_mcPDG``, the
+        true particle behind each kaon candidate.
+    """
+    cl = seen.clusters
+    energy = cl.p4_cm[:, 0]
+    hadronic = np.isin(cl.origin, (det.KLONG, det.NEUTRON, det.SPLITOFF))
+    photon = cl.origin == det.PHOTON
+    event = {
+        "mcE_hadronic": per_event_sum(cl.offsets, np.where(hadronic, energy, 0.0)),
+        "mcE_photon": per_event_sum(cl.offsets, np.where(photon, energy, 0.0)),
+    }
+    return event, {"K_mcPDG": seen.tracks.true_pdg.astype(np.int32)}
 
 
 def _kpi_d0_mass(

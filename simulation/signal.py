@@ -22,8 +22,10 @@ M_K = 0.49368  # GeV (K+)
 TAU_B = 1.638e-12 / 6.58211e-25  # B+ lifetime in GeV^-1
 Q2_MAX = (M_B - M_K) ** 2
 
-# BCL form factor f+ (HPQCD 2022).
-_A = (0.2545, -0.71, 0.32)
+# BCL form factor f+ (HPQCD 2022): coefficients a0, a1, a2 and their uncertainties, taken as
+# independent components (the form-factor systematic varies each by one sigma).
+BCL_A = (0.2545, -0.71, 0.32)
+BCL_A_ERR = (0.0095, 0.14, 0.59)
 _L = 1.304
 _M_POLE = 5.4158
 _T_PLUS = (M_B + M_K) ** 2
@@ -37,8 +39,10 @@ def kaon_momentum(q2: np.ndarray | float) -> np.ndarray:
     return np.sqrt(np.clip(lam, 0.0, None)) / (2 * M_B)
 
 
-def form_factor(q2: np.ndarray | float) -> np.ndarray:
-    """f+(q2), BCL parametrisation of HPQCD 2022.
+def form_factor(
+    q2: np.ndarray | float, coefficients: tuple[float, float, float] = BCL_A
+) -> np.ndarray:
+    """f+(q2), BCL parametrisation of HPQCD 2022 (or other ``coefficients``).
 
     >>> round(float(form_factor(0.0)), 3), round(float(form_factor(16.0)), 2)
     (0.332, 1.08)
@@ -46,16 +50,21 @@ def form_factor(q2: np.ndarray | float) -> np.ndarray:
     q2 = np.asarray(q2, dtype=float)
     root = np.sqrt(_T_PLUS - q2)
     z = (root - np.sqrt(_T_PLUS)) / (root + np.sqrt(_T_PLUS))
-    series = sum(a * (z**n - (n / 3) * (-1.0) ** (n - 3) * z**3) for n, a in enumerate(_A))
+    series = sum(
+        a * (z**n - (n / 3) * (-1.0) ** (n - 3) * z**3) for n, a in enumerate(coefficients)
+    )
     return _L / (1 - q2 / _M_POLE**2) * series
 
 
-def differential_bf(q2: np.ndarray | float) -> np.ndarray:
+def differential_bf(
+    q2: np.ndarray | float, coefficients: tuple[float, float, float] = BCL_A
+) -> np.ndarray:
     """dB/dq2 in GeV^-2 (zero outside the physical range)."""
     q2 = np.asarray(q2, dtype=float)
     norm = TAU_B * G_F**2 * ALPHA**2 * V_TB_TS**2 * X_T**2 / (32 * np.pi**5 * SIN2_THETA_W**2)
     inside = (q2 >= 0) & (q2 <= Q2_MAX)
-    return np.where(inside, norm * kaon_momentum(q2) ** 3 * form_factor(q2) ** 2, 0.0)
+    ff = form_factor(q2, coefficients)
+    return np.where(inside, norm * kaon_momentum(q2) ** 3 * ff**2, 0.0)
 
 
 def branching_fraction(lo: float = 0.0, hi: float = Q2_MAX, n: int = 20001) -> float:
@@ -68,6 +77,28 @@ def branching_fraction(lo: float = 0.0, hi: float = Q2_MAX, n: int = 20001) -> f
 
     grid = np.linspace(lo, hi, n)
     return float(simpson(differential_bf(grid), x=grid))
+
+
+def form_factor_weight(q2: np.ndarray, component: int, sigma: float) -> np.ndarray:
+    """Shape-only event weight moving BCL coefficient ``component`` by ``sigma`` std. deviations.
+
+    The weight is the ratio of the varied to the nominal q2 spectrum, each normalised to unit
+    area, so the branching fraction the signal strength refers to stays 4.97e-6.
+
+    >>> w = form_factor_weight(np.array([1.0, 20.0]), 1, 1.0)
+    >>> bool(w[0] > 1 > w[1])
+    True
+    """
+    coefficients = list(BCL_A)
+    coefficients[component] += sigma * BCL_A_ERR[component]
+    varied = tuple(coefficients)
+    grid = np.linspace(0.0, Q2_MAX, 4001)
+    ratio_of_areas = np.trapezoid(differential_bf(grid), grid) / np.trapezoid(
+        differential_bf(grid, varied), grid
+    )
+    nominal = differential_bf(q2)
+    safe = np.where(nominal > 0, nominal, 1.0)
+    return np.where(nominal > 0, differential_bf(q2, varied) / safe * ratio_of_areas, 1.0)
 
 
 def sample_q2(n: int, rng: np.random.Generator) -> np.ndarray:

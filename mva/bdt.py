@@ -1,0 +1,173 @@
+"""k-fold xgboost BDTs: training, out-of-fold scoring, JSON model files with features and hash.
+
+Every event belongs to one fold, fixed by its run and event numbers (:func:`fold_of`). The model
+of fold ``f`` is trained on the other folds and scores the events of fold ``f`` only, so no
+simulated event is ever scored by a model that saw it; data are scored the same way.
+
+The model file is one JSON document: the name, the ordered feature list, the number of folds,
+each fold's booster as xgboost JSON, and the SHA-256 of the boosters (checked on load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from knunu.errors import ModelError
+from knunu.rundir import write_json
+
+log = logging.getLogger(__name__)
+
+
+def fold_of(run: np.ndarray, event: np.ndarray, folds: int) -> np.ndarray:
+    """The fold of each event: a hash of (run, event) modulo ``folds``.
+
+    >>> fold_of(np.array([7, 7, 7]), np.array([0, 1, 2]), 4).tolist()
+    [3, 0, 2]
+    """
+    key = (np.asarray(run, dtype=np.uint64) * np.uint64(0x9E3779B1)) ^ np.asarray(
+        event, dtype=np.uint64
+    )
+    key = (key * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(33)
+    return (key % np.uint64(folds)).astype(np.int64)
+
+
+def matrix(columns: Mapping[str, np.ndarray], features: tuple[str, ...]) -> np.ndarray:
+    """The (events, features) float32 matrix in the model's feature order."""
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise ModelError(f"inputs missing for the BDT: {', '.join(missing)}")
+    return np.column_stack([np.asarray(columns[f], dtype=np.float32) for f in features])
+
+
+@dataclass(frozen=True)
+class KFoldBDT:
+    """A k-fold BDT: one booster per fold, each scoring only its own fold."""
+
+    name: str
+    features: tuple[str, ...]
+    boosters: tuple[xgb.Booster, ...]
+    sha256: str
+
+    @property
+    def folds(self) -> int:
+        """Number of folds."""
+        return len(self.boosters)
+
+    def predict(
+        self, columns: Mapping[str, np.ndarray], run: np.ndarray, event: np.ndarray
+    ) -> np.ndarray:
+        """Scores in [0, 1], each event by the model of its own fold (never trained on it)."""
+        x = matrix(columns, self.features)
+        fold = fold_of(run, event, self.folds)
+        out = np.empty(len(x), dtype=np.float64)
+        for f, booster in enumerate(self.boosters):
+            rows = np.flatnonzero(fold == f)
+            if len(rows):
+                out[rows] = booster.inplace_predict(x[rows])
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model file (atomically)."""
+        return write_json(
+            path,
+            {
+                "name": self.name,
+                "features": list(self.features),
+                "folds": self.folds,
+                "sha256": self.sha256,
+                "boosters": [json.loads(_raw(b)) for b in self.boosters],
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> KFoldBDT:
+        """Read a model file written by :meth:`save`.
+
+        Raises:
+            ModelError: the file is missing, not a model file, or its hash does not match.
+        """
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+            raws = [json.dumps(b, separators=(",", ":")).encode() for b in doc["boosters"]]
+            boosters = []
+            for raw in raws:
+                booster = xgb.Booster()
+                booster.load_model(bytearray(raw))
+                boosters.append(booster)
+            name, features, sha = doc["name"], tuple(doc["features"]), doc["sha256"]
+        except FileNotFoundError:
+            raise ModelError(f"{path}: model file not found") from None
+        except (ValueError, KeyError, TypeError, xgb.core.XGBoostError) as exc:
+            raise ModelError(f"{path}: not a knunu BDT model file ({exc})") from None
+        if _digest(boosters) != sha:
+            raise ModelError(f"{path}: model hash mismatch (file edited or truncated)")
+        return cls(name, features, tuple(boosters), sha)
+
+
+def _raw(booster: xgb.Booster) -> str:
+    return bytes(booster.save_raw("json")).decode()
+
+
+def _digest(boosters: list[xgb.Booster] | tuple[xgb.Booster, ...]) -> str:
+    h = hashlib.sha256()
+    for b in boosters:
+        h.update(json.dumps(json.loads(_raw(b)), sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def train_kfold(
+    name: str,
+    columns: Mapping[str, np.ndarray],
+    label: np.ndarray,
+    weight: np.ndarray,
+    features: tuple[str, ...],
+    params: Mapping[str, Any],
+    folds: int,
+    seed: int,
+) -> KFoldBDT:
+    """Train one booster per fold on the other folds (binary logistic, tree_method hist).
+
+    Args:
+        name: Model name (``bdt1``, ...).
+        columns: Inputs plus ``__run__`` and ``__event__``.
+        label: 1 for the signal class, 0 for the other.
+        weight: Training weights (already balanced between the classes as wanted).
+        features: Input names, in order.
+        params: ``max_depth``, ``learning_rate``, ``rounds``, optional ``min_child_weight``.
+        folds: Number of folds.
+        seed: Seeds xgboost (identical inputs and seed give identical models).
+
+    Raises:
+        ModelError: a fold has no events of one class to train on.
+    """
+    x = matrix(columns, features)
+    fold = fold_of(columns["__run__"], columns["__event__"], folds)
+    booster_params = {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "max_depth": int(params["max_depth"]),
+        "learning_rate": float(params["learning_rate"]),
+        "min_child_weight": float(params.get("min_child_weight", 1.0)),
+        "seed": seed,
+        "eval_metric": "logloss",
+    }
+    boosters = []
+    for f in range(folds):
+        train = fold != f
+        classes = set(np.unique(label[train]).tolist())
+        if classes != {0, 1}:
+            raise ModelError(f"{name}: fold {f} has only class(es) {sorted(classes)} to train on")
+        dtrain = xgb.DMatrix(x[train], label=label[train], weight=weight[train])
+        boosters.append(xgb.train(booster_params, dtrain, num_boost_round=int(params["rounds"])))
+        log.info("%s fold %d/%d trained on %d events", name, f + 1, folds, int(train.sum()))
+    return KFoldBDT(name, tuple(features), tuple(boosters), _digest(boosters))

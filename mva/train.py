@@ -1,0 +1,315 @@
+"""ITA training: BDT1, BDT2 (after BDT1), eta(BDT2) and the continuum reweighting BDTc.
+
+Inputs are the training tables the TableProcessor wrote (parquet per dataset) and the dataset
+catalogue (luminosities, produced signal). Simulated events carry their MC weight times the
+luminosity scale to the on- (off-) resonance data; the signal class is balanced to the total
+background weight. Every score used below is out-of-fold (:mod:`knunu.mva.bdt`).
+
+BDTc separates off-resonance data from off-resonance continuum MC after BDT1 with a relaxed
+eta cut; its per-event weight ``w = p / (1 - p)`` (classes balanced, so shape only, clipped)
+reweights continuum MC on and off resonance. Its effect is judged by the off-resonance data/MC
+chi2 before and after, on out-of-fold scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from knunu.errors import InputError, ModelError
+from knunu.mva.bdt import KFoldBDT, train_kfold
+from knunu.mva.eta import EtaTransform
+from knunu.rundir import write_json
+
+log = logging.getLogger(__name__)
+
+#: On-resonance simulated datasets the BDT1/BDT2 training uses (signal and backgrounds).
+SIGNAL = "signal"
+BACKGROUNDS = ("charged", "mixed", "uubar", "ddbar", "ssbar", "ccbar", "taupair")
+CONTINUUM = ("uubar", "ddbar", "ssbar", "ccbar")
+OFFRES_MC = tuple(f"{s}_offres" for s in (*CONTINUUM, "taupair"))
+MODEL_FILES = {"bdt1": "bdt1.json", "bdt2": "bdt2.json", "bdtc": "bdtc.json", "eta": "eta.json"}
+
+
+def bdt2_features(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """BDT2's inputs: BDT1's followed by the extra ones."""
+    return tuple(cfg["features"]["bdt1"]) + tuple(cfg["features"]["bdt2_extra"])
+
+
+def bdtc_features(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """BDTc's inputs: BDT2's, q2rec and the BDT2 output."""
+    return (*bdt2_features(cfg), "K_q2rec", "bdt2")
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What the training produced and how well it separates (all out-of-fold)."""
+
+    events: dict[str, int]
+    auc_bdt1: float
+    auc_bdt2: float
+    auc_bdtc: float
+    signal_efficiency_bdt1: float  # of produced signal, after selection and BDT1
+    signal_efficiency_sr: float  # of produced signal, eta > 0.92
+    bdtc_weight_mean: float
+    bdtc_weight_std: float
+    offres_chi2_before: float  # data vs MC shape, per degree of freedom
+    offres_chi2_after: float
+    offres_ndf: int
+    offres_data_over_mc: float  # normalisation, before reweighting (shape-only BDTc)
+
+
+def weighted_auc(score: np.ndarray, label: np.ndarray, weight: np.ndarray) -> float:
+    """Area under the ROC curve with event weights (ties counted half).
+
+    >>> weighted_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]), np.ones(4))
+    0.75
+    """
+    order = np.argsort(score, kind="stable")
+    s, y, w = score[order], label[order].astype(bool), weight[order]
+    _, first = np.unique(s, return_index=True)
+    groups = np.split(np.arange(len(s)), first[1:])
+    bkg_below, auc = 0.0, 0.0
+    for g in groups:
+        ws, wb = w[g][y[g]].sum(), w[g][~y[g]].sum()
+        auc += ws * (bkg_below + 0.5 * wb)
+        bkg_below += wb
+    total = w[y].sum() * w[~y].sum()
+    return float(auc / total) if total > 0 else float("nan")
+
+
+def read_tables(tables: str | Path, datasets: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """Read the parquet tables of the given datasets.
+
+    Raises:
+        InputError: a dataset has no table folder.
+    """
+    out = {}
+    for ds in datasets:
+        folder = Path(tables) / ds
+        files = sorted(folder.glob("*.parquet"))
+        if not folder.is_dir():
+            raise InputError(f"{folder}: no training table for dataset '{ds}'")
+        frames = [pd.read_parquet(f) for f in files]
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        # a stable order independent of which chunk finished first
+        if len(frame):
+            frame = frame.sort_values(["__run__", "__event__"], kind="stable", ignore_index=True)
+        out[ds] = frame
+    return out
+
+
+def lumi_scale(catalogue: Mapping[str, Any], dataset: str, target: str) -> float:
+    """Factor bringing a simulated dataset to the luminosity of the ``target`` data."""
+    ds = catalogue[dataset]
+    lum = catalogue[target].get("luminosity_fb")
+    if not lum or not ds.get("luminosity_fb"):
+        raise InputError(f"catalogue: no luminosity for '{dataset}' or '{target}'")
+    return float(lum) / float(ds["luminosity_fb"])
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {c: frame[c].to_numpy() for c in frame.columns}
+
+
+def train_ita(
+    tables: str | Path,
+    catalogue: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    seed: int,
+) -> TrainingSummary:
+    """Train BDT1, BDT2, eta and BDTc; write the model files and ``training.json``.
+
+    Args:
+        tables: Folder of the TableProcessor's parquet files.
+        catalogue: The catalogue's ``datasets`` mapping.
+        cfg: The ``ita`` block of the configuration.
+        out_dir: Where the model files go.
+        seed: Seeds the training.
+
+    Raises:
+        InputError: tables or catalogue entries are missing.
+        ModelError: a class is empty, or BDT1 keeps less than the signal region needs.
+    """
+    out = Path(out_dir)
+    folds = int(cfg["folds"])
+    f1 = tuple(cfg["features"]["bdt1"])
+    f2 = bdt2_features(cfg)
+    on = read_tables(tables, (SIGNAL, *BACKGROUNDS))
+    parts = []
+    for ds, frame in on.items():
+        frame = frame.assign(
+            _label=int(ds == SIGNAL), _w=frame["__weight__"] * lumi_scale(catalogue, ds, "data_on")
+        )
+        parts.append(frame)
+    table = pd.concat(parts, ignore_index=True)
+    cols = _columns(table)
+    label = cols["_label"]
+    if not label.any() or label.all():
+        raise ModelError("training: the signal or the background table is empty")
+    train_w = _balanced(cols["_w"], label)
+
+    bdt1 = train_kfold("bdt1", cols, label, train_w, f1, cfg["xgboost"]["bdt1"], folds, seed)
+    s1 = bdt1.predict(cols, cols["__run__"], cols["__event__"])
+    keep = s1 > cfg["bdt1_min"]
+    sub = {k: v[keep] for k, v in cols.items()}
+    bdt2 = train_kfold(
+        "bdt2", sub, label[keep], train_w[keep], f2, cfg["xgboost"]["bdt2"], folds, seed + 1
+    )
+    s2 = bdt2.predict(sub, sub["__run__"], sub["__event__"])
+    sig = label[keep] == 1
+    produced = float(catalogue[SIGNAL]["sum_weights"])
+    eta = EtaTransform.fit(s2[sig], sub["__weight__"][sig], produced)
+    eff_bdt1 = float(sub["__weight__"][sig].sum() / produced)
+    eta_values = eta(s2[sig])
+    eff_sr = float(sub["__weight__"][sig][eta_values > 0.92].sum() / produced)
+    if eff_bdt1 <= 0.08:
+        raise ModelError(
+            f"training: selection and BDT1 keep {eff_bdt1:.3f} of the signal, "
+            "less than the 0.08 the signal region eta > 0.92 needs"
+        )
+
+    bdtc, check = _train_bdtc(tables, catalogue, cfg, bdt1, bdt2, eta, seed + 2)
+    out.mkdir(parents=True, exist_ok=True)
+    bdt1.save(out / MODEL_FILES["bdt1"])
+    bdt2.save(out / MODEL_FILES["bdt2"])
+    bdtc.save(out / MODEL_FILES["bdtc"])
+    eta.save(out / MODEL_FILES["eta"])
+    summary = TrainingSummary(
+        events={
+            "signal": int(label.sum()),
+            "background": int((label == 0).sum()),
+            **check.pop("events"),
+        },
+        auc_bdt1=weighted_auc(s1, label, cols["_w"]),
+        auc_bdt2=weighted_auc(s2, label[keep], cols["_w"][keep]),
+        signal_efficiency_bdt1=eff_bdt1,
+        signal_efficiency_sr=eff_sr,
+        **check,
+    )
+    write_json(
+        out / "training.json",
+        {"summary": asdict(summary), "models": {k: str(out / v) for k, v in MODEL_FILES.items()}},
+    )
+    log.info("training done: %s", summary)
+    return summary
+
+
+def _balanced(weight: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Weights with the signal class scaled to the total background weight."""
+    sig, bkg = weight[label == 1].sum(), weight[label == 0].sum()
+    return np.where(label == 1, weight * bkg / sig, weight) / bkg * len(weight)
+
+
+def bdtc_weight(p: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
+    """The continuum correction ``w = p / (1 - p)``, clipped.
+
+    >>> bdtc_weight(np.array([0.5, 0.6, 0.99]), (0.2, 5.0)).round(3).tolist()
+    [1.0, 1.5, 5.0]
+    """
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.clip(p / (1 - p), *clip)
+
+
+def _train_bdtc(
+    tables: str | Path,
+    catalogue: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    bdt1: KFoldBDT,
+    bdt2: KFoldBDT,
+    eta: EtaTransform,
+    seed: int,
+) -> tuple[KFoldBDT, dict[str, Any]]:
+    """BDTc: off-resonance data (label 1) vs off-resonance continuum MC (label 0)."""
+    frames = read_tables(tables, ("data_off", *OFFRES_MC))
+    parts = []
+    for ds, frame in frames.items():
+        is_data = ds == "data_off"
+        scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_off")
+        parts.append(
+            frame.assign(
+                _label=int(is_data),
+                _w=frame["__weight__"] * scale,
+                _continuum=int(ds.removesuffix("_offres") in CONTINUUM),
+            )
+        )
+    table = pd.concat(parts, ignore_index=True)
+    cols = _columns(table)
+    run, event = cols["__run__"], cols["__event__"]
+    keep = bdt1.predict(cols, run, event) > cfg["bdtc_bdt1_min"]
+    cols = {k: v[keep] for k, v in cols.items()}
+    cols["bdt2"] = bdt2.predict(cols, cols["__run__"], cols["__event__"])
+    eta_all = eta(cols["bdt2"])
+    keep = eta_all > cfg["bdtc_eta_min"]
+    cols = {k: v[keep] for k, v in cols.items()}
+    eta_all = eta_all[keep]
+    label = cols["_label"]
+    if not label.any() or label.all():
+        raise ModelError(
+            f"BDTc: no off-resonance data or no continuum MC after BDT1 > {cfg['bdtc_bdt1_min']} "
+            f"and eta > {cfg['bdtc_eta_min']} (too few events for the continuum reweighting)"
+        )
+    weight = cols["_w"]
+    bdtc = train_kfold(
+        "bdtc",
+        cols,
+        label,
+        _balanced(weight, label),
+        bdtc_features(cfg),
+        cfg["xgboost"]["bdtc"],
+        int(cfg["folds"]),
+        seed,
+    )
+    p = bdtc.predict(cols, cols["__run__"], cols["__event__"])
+    w = bdtc_weight(p, tuple(cfg["bdtc_clip"]))
+    mc = label == 0
+    corrected = np.where(mc & (cols["_continuum"] == 1), weight * w, weight)
+    edges = np.linspace(cfg["bdtc_eta_min"], 1.0, 6)
+    before = offres_chi2(eta_all, cols["K_q2rec"], label, weight, edges)
+    after = offres_chi2(eta_all, cols["K_q2rec"], label, corrected, edges)
+    data_w, mc_w = weight[~mc].sum(), weight[mc].sum()
+    check = {
+        "events": {"offres_data": int((~mc).sum()), "offres_mc": int(mc.sum())},
+        "auc_bdtc": weighted_auc(p, label, _balanced(weight, label)),
+        "bdtc_weight_mean": float(np.average(w[mc], weights=weight[mc])),
+        "bdtc_weight_std": float(np.sqrt(np.cov(w[mc], aweights=weight[mc]))),
+        "offres_chi2_before": before[0],
+        "offres_chi2_after": after[0],
+        "offres_ndf": before[1],
+        "offres_data_over_mc": float(data_w / mc_w),
+    }
+    return bdtc, check
+
+
+Q2_EDGES = np.array([-1.0, 4.0, 8.0, 25.0])
+
+
+def offres_chi2(
+    eta: np.ndarray,
+    q2rec: np.ndarray,
+    is_data: np.ndarray,
+    weight: np.ndarray,
+    eta_edges: np.ndarray,
+) -> tuple[float, int]:
+    """Shape chi2 per degree of freedom of data vs MC in (eta, q2rec) bins.
+
+    MC is normalised to the data; each bin's variance is the data count plus the MC's sum of
+    squared weights (scaled); empty bins are skipped.
+    """
+    d = is_data == 1
+    hd = np.histogram2d(eta[d], q2rec[d], bins=(eta_edges, Q2_EDGES))[0]
+    hm = np.histogram2d(eta[~d], q2rec[~d], bins=(eta_edges, Q2_EDGES), weights=weight[~d])[0]
+    vm = np.histogram2d(eta[~d], q2rec[~d], bins=(eta_edges, Q2_EDGES), weights=weight[~d] ** 2)[0]
+    norm = hd.sum() / hm.sum() if hm.sum() > 0 else 0.0
+    var = hd + vm * norm**2
+    ok = var > 0
+    ndf = int(ok.sum()) - 1
+    chi2 = float(np.sum((hd[ok] - norm * hm[ok]) ** 2 / var[ok]))
+    return (chi2 / ndf if ndf > 0 else float("nan")), ndf

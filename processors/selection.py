@@ -1,0 +1,95 @@
+"""The ITA selection shared by every ITA processor: kaon candidate, basic event selection.
+
+The signal-kaon candidate is a track passing kaon ID and the impact-parameter cuts; with several,
+the one with the lowest q2rec (awkward, on the jagged candidates). The basic event selection
+is 4 <= N_tracks <= 10, E_tot > 4 GeV and 17 < theta_miss < 160 deg (../shared/notes/physics.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import awkward as ak
+import numpy as np
+
+CUTFLOW_STEPS = ("all", "kaon candidate", "n tracks", "E_tot", "theta_miss")
+
+#: Per-event columns every table and histogram carries besides the BDT inputs.
+BOOKKEEPING = ("__run__", "__event__", "__weight__")
+#: MC-truth branches the systematics use (absent from data).
+TRUTH = (
+    "mcProcess",
+    "mcB1Mode",
+    "mcB2Mode",
+    "mcDtoKL",
+    "nKL",
+    "q2gen",
+    "mcE_hadronic",
+    "mcE_photon",
+)
+#: Event branches the energy-scale variations need.
+ENERGY = ("sqrt_s", "E_tot", "E_miss")
+
+
+class Selected(NamedTuple):
+    """One chunk after the ITA selection.
+
+    Attributes:
+        steps: Boolean mask per cutflow step (cumulative), on all events of the chunk.
+        columns: Flat numpy columns of the selected events; ``K_*`` from the chosen candidate.
+    """
+
+    steps: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray]
+
+    @property
+    def n_selected(self) -> int:
+        """Events passing the whole selection."""
+        return int(np.count_nonzero(self.steps[CUTFLOW_STEPS[-1]]))
+
+
+def select(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) -> Selected:
+    """Apply the ITA selection to a chunk and flatten the named columns of the kept events.
+
+    Args:
+        events: NanoEvents of the ``ita`` tree (Belle2Schema: candidates in ``events.K``).
+        cuts: The ``ita.selection`` block of the configuration.
+        names: Columns to return; ``K_x`` is field ``x`` of the chosen candidate, other names
+            are event branches. Names missing from the chunk (truth in data) are skipped.
+    """
+    kaons = events.K
+    good = (
+        (kaons.kaonID > cuts["kaon_id_min"])
+        & (abs(kaons.dz) < cuts["dz_max_cm"])
+        & (kaons.dr < cuts["dr_max_cm"])
+    )
+    kaons = kaons[good]
+    n_tracks = ak.to_numpy(events.nTracks)
+    theta = ak.to_numpy(events.theta_miss)
+    lo, hi = cuts["n_tracks"]
+    t_lo, t_hi = cuts["theta_miss_deg"]
+    masks = (
+        np.ones(len(n_tracks), dtype=bool),
+        ak.to_numpy(ak.num(kaons) > 0),
+        (n_tracks >= lo) & (n_tracks <= hi),
+        ak.to_numpy(events.E_tot) > cuts["e_tot_min"],
+        (theta > t_lo) & (theta < t_hi),
+    )
+    steps: dict[str, np.ndarray] = {}
+    passed = np.ones(len(n_tracks), dtype=bool)
+    for step, mask in zip(CUTFLOW_STEPS, masks, strict=True):
+        passed = passed & mask
+        steps[step] = passed
+    kept = kaons[passed]
+    best = ak.firsts(kept[ak.argmin(kept.q2rec, axis=1, keepdims=True)])
+    fields = set(events.fields)
+    k_fields = set(events.K.fields)
+    columns: dict[str, np.ndarray] = {}
+    for name in names:
+        if name.startswith("K_"):
+            if name[2:] in k_fields:
+                columns[name] = ak.to_numpy(best[name[2:]])
+        elif name in fields:
+            columns[name] = ak.to_numpy(events[name])[passed]
+    return Selected(steps, columns)

@@ -1,0 +1,157 @@
+"""ITA corrections and systematic variations, as tables the processor reads.
+
+Two kinds, both evaluated in the same pass as the nominal histograms:
+
+- weight variations: per-event factors (up, down) from MC truth (decay-mode codes, D -> K_L
+  flags, K_L count, candidate's true species, track count, q2gen, BDTc weight);
+- input variations: shifted BDT inputs (hadronic and photon energy scales) after which BDT1,
+  BDT2, eta and BDTc are evaluated again.
+
+Variation names are the ``variation`` field of configs/systematics.yaml; truth codes are
+:data:`knunu.simulation.bdecays.MODES` (the HTA uses the same codes and names for the
+correlated ones). Data get the nominal only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from knunu.simulation.signal import form_factor_weight
+
+Columns = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModeRate:
+    """A branching-fraction variation: each B decaying in one of ``codes`` gets ``1 +- size``."""
+
+    codes: tuple[int, ...]
+    size: float
+
+    def __call__(self, cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        """(up, down) factors of each event."""
+        n = np.isin(cols["mcB1Mode"], self.codes).astype(int)
+        n += np.isin(cols["mcB2Mode"], self.codes)
+        return (1 + self.size) ** n, (1 - self.size) ** n
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a weight variation may need besides the columns."""
+
+    sample: str
+    bdtc: np.ndarray  # the continuum correction of each event (1 where not applied)
+
+
+def _d_to_kl(size: float) -> Callable[[Columns, Context], tuple[np.ndarray, np.ndarray]]:
+    def factors(cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        n = cols["mcDtoKL"]
+        return (1 + size) ** n, (1 - size) ** n
+
+    return factors
+
+
+def _kl_efficiency(size: float) -> Callable[[Columns, Context], tuple[np.ndarray, np.ndarray]]:
+    # approximation: a K_L-efficiency change as a rate change of events with K_L
+    def factors(cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        has = cols["nKL"] > 0
+        return np.where(has, 1 + size, 1.0), np.where(has, 1 - size, 1.0)
+
+    return factors
+
+
+def _kaon_id(
+    true_kaon: bool, size: float
+) -> Callable[[Columns, Context], tuple[np.ndarray, np.ndarray]]:
+    def factors(cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        kaon = np.abs(cols["K_mcPDG"]) == 321
+        hit = kaon if true_kaon else ~kaon
+        return np.where(hit, 1 + size, 1.0), np.where(hit, 1 - size, 1.0)
+
+    return factors
+
+
+def _tracking(per_track: float) -> Callable[[Columns, Context], tuple[np.ndarray, np.ndarray]]:
+    def factors(cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        n = cols["nTracks"]
+        return (1 + per_track) ** n, (1 - per_track) ** n
+
+    return factors
+
+
+def _form_factor(component: int) -> Callable[[Columns, Context], tuple[np.ndarray, np.ndarray]]:
+    def factors(cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        if ctx.sample != "signal":
+            ones = np.ones(len(cols["q2gen"]))
+            return ones, ones
+        q2 = cols["q2gen"]
+        return form_factor_weight(q2, component, 1.0), form_factor_weight(q2, component, -1.0)
+
+    return factors
+
+
+def _bdtc(cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    # 100 % of the correction: up doubles it, down removes it (relative to the corrected nominal)
+    w = ctx.bdtc
+    return np.clip(2 * w - 1, 0.0, None) / w, 1.0 / w
+
+
+#: Weight variations: name -> factors (up, down) relative to the nominal weight.
+WEIGHT_VARIATIONS: dict[str, Callable[[Columns, Context], tuple[np.ndarray, np.ndarray]]] = {
+    "br_c1": ModeRate((1,), 0.05),  # B -> D(*) l nu
+    "br_c2": ModeRate((5, 6), 0.08),  # B -> D(*) K+, D(*) pi+
+    "br_c3": ModeRate((3, 4), 0.15),  # B -> D(*) tau nu, other semileptonic
+    "dstarstar_l_nu": ModeRate((2,), 0.5),
+    "k_kl_kl": ModeRate((9,), 0.2),
+    "k_ks_kl_pwave": ModeRate((11,), 0.3),
+    "k_n_nbar": ModeRate((12,), 1.0),
+    "d_to_kl": _d_to_kl(0.10),
+    "kl_efficiency": _kl_efficiency(0.08),
+    "kaon_id_c1": _kaon_id(True, 0.02),  # kaon efficiency
+    "kaon_id_c2": _kaon_id(False, 0.10),  # pion (and lepton) mis-identification
+    "tracking": _tracking(0.003),
+    "ff_c1": _form_factor(0),
+    "ff_c2": _form_factor(1),
+    "ff_c3": _form_factor(2),
+    "bdtc": _bdtc,
+}
+
+
+@dataclass(frozen=True)
+class EnergyShift:
+    """Scale the energy of one cluster category (truth column ``source``) by ``1 + delta``.
+
+    The shift ``dE = delta * E_source`` moves the visible energy and the rest of event:
+    E_tot and the candidate's ROE Delta E by +dE, E_miss by -dE, and the ROE mass at fixed ROE
+    momentum. Momentum-based inputs are kept (the cluster directions do not change).
+    """
+
+    source: str
+    delta: float
+
+    def __call__(self, cols: Columns, scale: float) -> dict[str, np.ndarray]:
+        """The columns with ``scale`` units of the shift applied (+1 up, -1 down)."""
+        d_e = scale * self.delta * cols[self.source]
+        e_roe = cols["K_roe_deltaE"] + cols["sqrt_s"] / 2
+        m2 = cols["K_roe_mass"] ** 2 + 2 * e_roe * d_e + d_e**2
+        return {
+            **cols,
+            self.source: cols[self.source] + d_e,
+            "E_tot": cols["E_tot"] + d_e,
+            "E_miss": cols["E_miss"] - d_e,
+            "K_roe_deltaE": cols["K_roe_deltaE"] + d_e,
+            "K_roe_mass": np.sqrt(np.clip(m2, 0.0, None)),
+        }
+
+
+#: Input variations: name -> shift of one unit (up = +1, down = -1), after the nominal correction.
+INPUT_VARIATIONS: dict[str, EnergyShift] = {
+    "hadronic_energy": EnergyShift("mcE_hadronic", 0.10),
+    "photon_energy": EnergyShift("mcE_photon", 0.005),
+}
+
+#: Every variation name, in histogram order (``_up`` and ``_down`` of each).
+VARIATIONS = tuple(WEIGHT_VARIATIONS) + tuple(INPUT_VARIATIONS)
