@@ -74,19 +74,19 @@ def make_histograms(
         catalogue.fileset(TREE, datasets), proc, TREE, expected, client, int(cfg["chunksize"])
     )
     write_histogram_file(out_file, output, catalogue.datasets)
-    cutflows = {
-        ds: {
-            "weighted": dict(zip(out["cutflow"].axes[0], out["cutflow"].values().tolist())),
-            "events": dict(
-                zip(out["cutflow_unweighted"].axes[0], out["cutflow_unweighted"].values().tolist())
-            ),
-        }
-        for ds, out in output.items()
-    }
+    cutflows = {ds: _cutflow(out) for ds, out in output.items()}
     write_json(
         Path(out_file).with_suffix(".json"), {"report": report.as_dict(), "cutflows": cutflows}
     )
     return output, report
+
+
+def _cutflow(out: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    steps = list(out["cutflow"].axes[0])
+    return {
+        "weighted": dict(zip(steps, out["cutflow"].values().tolist(), strict=True)),
+        "events": dict(zip(steps, out["cutflow_unweighted"].values().tolist(), strict=True)),
+    }
 
 
 def _require(catalogue: runner.Catalogue, datasets: list[str]) -> None:
