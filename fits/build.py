@@ -233,18 +233,35 @@ def write_workspaces(
     out_dir: str | Path,
     catalogue: tuple[Systematic, ...],
     prune_threshold: float = 0.0,
+    analyses: tuple[str, ...] = ANALYSES,
 ) -> dict[str, Path]:
-    """Build the ITA, HTA and combined workspaces from a histogram file and write them as JSON.
+    """Build the workspaces of ``analyses`` from a histogram file and write them as JSON.
 
     Returns:
-        Paths by name (``ita``, ``hta``, ``combined``), written atomically into ``out_dir``.
+        Paths by name (each analysis, and ``combined`` when every analysis is built), written
+        atomically into ``out_dir``.
     """
     from knunu.rundir import write_json
 
     hfile = HistogramFile(histograms)
     try:
-        specs = {a: build_spec(hfile, a, catalogue, prune_threshold) for a in ANALYSES}
+        specs = {a: build_spec(hfile, a, catalogue, prune_threshold) for a in analyses}
     finally:
         hfile.close()
-    specs["combined"] = combine({a: specs[a] for a in ANALYSES}, catalogue)
+    if set(analyses) == set(ANALYSES):
+        specs["combined"] = combine({a: specs[a] for a in ANALYSES}, catalogue)
     return {name: write_json(Path(out_dir) / f"{name}.json", spec) for name, spec in specs.items()}
+
+
+def analyses_in_file(histograms: str | Path) -> tuple[str, ...]:
+    """The analyses whose fit histograms a file holds (``ita_on_*`` -> ita, ``hta_*`` -> hta)."""
+    hfile = HistogramFile(histograms)
+    try:
+        have = {CHANNELS[c].analysis for c in CHANNELS if _has_channel(hfile, CHANNELS[c])}
+    finally:
+        hfile.close()
+    return tuple(a for a in ANALYSES if a in have)
+
+
+def _has_channel(hfile: HistogramFile, layout: ChannelLayout) -> bool:
+    return f"{layout.histogram}_data_nominal" in hfile.keys

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from knunu import __version__
 from knunu.config import load_config
-from knunu.errors import KnunuError, NotBuiltError
+from knunu.errors import InputError, KnunuError, NotBuiltError
 
 log = logging.getLogger("knunu.cli")
 
@@ -40,39 +40,23 @@ STAGES: dict[str, Stage] = {
             None,
         ),
         Stage(
-            "process",
-            "run the ITA/HTA coffea processors into histograms",
-            "issues 4 and 5 (ITA and HTA processors)",
+            "train",
+            "train the ITA BDTs (BDT1, BDT2, BDTc) and eta with xgboost; BDTh with issue 5",
+            None,
         ),
         Stage(
-            "train",
-            "train the BDTs (BDT1, BDT2, BDTc, BDTh) with xgboost",
-            "issue 4 (ITA BDTs) and issue 5 (BDTh)",
+            "process",
+            "run the ITA coffea processor into the fit histograms; the HTA with issue 5",
+            None,
         ),
         Stage("fit", "build the pyhf workspaces and run inference", None),
     )
 }
 
 
-def _not_built(stage: str) -> None:
-    raise NotBuiltError(f"knunu {stage}: not built yet (tracked in {STAGES[stage].issue})")
-
-
-def _unbuilt_stage(stage: str) -> Callable[[argparse.Namespace], int]:
-    """The command of a stage that is not built yet: checks the config, then says so."""
-
-    def command(args: argparse.Namespace) -> int:
-        load_config(args.config)
-        _not_built(stage)
-        return EXIT_OK  # pragma: no cover
-
-    command.__doc__ = f"{stage} stage (not built yet)."
-    return command
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a workspace: the one given, the config's, or the run's own from its histograms."""
-    from knunu.fits.build import write_workspaces
+    from knunu.fits.build import analyses_in_file, write_workspaces
     from knunu.fits.catalogue import load_catalogue
     from knunu.fits.report import fit_workspace_file
 
@@ -81,12 +65,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     workspace = args.workspace or config["fit"]["workspace"]
     if workspace is None:
         histograms = Path(args.histograms or run_dir / "histograms.root")
-        if args.histograms is None and not histograms.exists() and STAGES["process"].issue:
-            _not_built("process")  # the run's own workspace needs the processors' histograms
+        analyses = analyses_in_file(histograms)
+        if not analyses:
+            raise InputError(f"{histograms}: holds no fit histograms (ita_on_data_nominal, ...)")
         paths = write_workspaces(
-            histograms, run_dir / "workspaces", load_catalogue(), config["fit"]["prune_threshold"]
+            histograms,
+            run_dir / "workspaces",
+            load_catalogue(),
+            config["fit"]["prune_threshold"],
+            analyses,
         )
-        workspace = paths["combined"]
+        workspace = paths.get("combined", paths[analyses[0]])
     summary = fit_workspace_file(
         workspace,
         run_dir / "fit",
@@ -120,6 +109,42 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with get_client(backend) as client:
         catalogue = run_production(plan, client)
     print(f"catalogue written to {catalogue}")
+    return EXIT_OK
+
+
+def _run_dir(args: argparse.Namespace, config: dict) -> Path:
+    return Path(args.output or config["output_dir"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Training tables on the cluster, then the ITA BDTs and eta."""
+    from knunu.cluster import get_client
+    from knunu.pipeline import train_stage, training_summary
+
+    config = load_config(args.config)
+    run_dir = _run_dir(args, config)
+    with get_client(args.cluster or config["cluster"]) as client:
+        summary = train_stage(config, run_dir, client)
+    print(f"models written to {run_dir / 'models'}")
+    print("\n".join(line.strip() for line in training_summary(summary)))
+    return EXIT_OK
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """The ITA processor on the cluster into the run's histogram file."""
+    from knunu.cluster import get_client
+    from knunu.pipeline import process_stage
+
+    config = load_config(args.config)
+    run_dir = _run_dir(args, config)
+    with get_client(args.cluster or config["cluster"]) as client:
+        report = process_stage(config, run_dir, client)
+    for ds, n in report.events_processed.items():
+        print(f"{ds:16s} {n:>10d} of {report.events_in[ds]:>10d} events processed")
+    print(
+        f"{report.chunks} chunks, {report.wall_seconds:.1f} s wall, "
+        f"{report.throughput_hz:.0f} events/s; histograms in {run_dir / 'histograms.root'}"
+    )
     return EXIT_OK
 
 
@@ -167,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = add("simulate", cmd_simulate, STAGES["simulate"].help)
     sim.add_argument("--scale", choices=["tiny", "default", "belle2"], help="override the scale")
     sim.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-    for stage in ("process", "train"):
-        add(stage, _unbuilt_stage(stage), STAGES[stage].help)
+    for stage, func in (("train", cmd_train), ("process", cmd_process)):
+        p = add(stage, func, STAGES[stage].help)
+        p.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
     fit = add("fit", cmd_fit, STAGES["fit"].help)
     fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
     fit.add_argument(

@@ -1,9 +1,14 @@
 """``knunu run``: the analysis end to end, stage by stage, with a run directory and manifest.
 
 Stages that exist run; stages that are not built yet are reported as such. Nothing is made up:
-the simulation runs at the configured scale on the configured Dask cluster; until the
-processors exist, the fit stage fits the vendored published Belle II likelihood and labels it
-as that.
+the simulation runs at the configured scale on the configured Dask cluster, the ITA training
+and processors run on the same cluster, and the fit uses the run's own histograms for the
+analyses they hold (the ITA until the HTA exists; issue 5). With no histograms of its own, the
+fit stage fits the vendored published Belle II likelihood and labels it as that.
+
+Run directory layout: ``ntuples/`` (catalogue.json), ``tables/`` (training tables),
+``models/`` (BDTs, eta, training.json), ``histograms.root`` (+ ``histograms.json`` report),
+``workspaces/``, ``fit/``.
 """
 
 from __future__ import annotations
@@ -24,27 +29,78 @@ def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
     Returns:
         The text report printed by the CLI.
     """
-    from knunu.fits.report import fit_workspace_file
-    from knunu.fits.workspace import published_workspace_path
+    from knunu.cluster import get_client
 
     run = RunDir(config["output_dir"], config)
     lines = [f"knunu run: run directory {run.path.resolve()}"]
-    for name, stage in stages.items():
-        if name == "fit":
-            continue
-        if name == "simulate" and stage.issue is None:
-            catalogue = _simulate(config, run.path / "ntuples")
-            run.record_output(catalogue)
-            run.record_stage(name, "done", catalogue=str(catalogue.resolve()))
-            lines.append(f"  {name:9s} done: {catalogue.resolve()}")
-            lines.extend(f"            {line}" for line in catalogue_summary(catalogue))
-            continue
-        if stage.issue is not None:
-            run.record_stage(name, "not built", tracked_in=stage.issue)
-            lines.append(f"  {name:9s} not built yet ({stage.issue})")
+    with get_client(config["cluster"]) as client:
+        for name, stage in stages.items():
+            if name == "fit":
+                continue
+            if stage.issue is not None:
+                run.record_stage(name, "not built", tracked_in=stage.issue)
+                lines.append(f"  {name:9s} not built yet ({stage.issue})")
+                continue
+            lines += _STAGE_RUNNERS[name](config, run, client)
+    lines += _fit(config, run)
+    run.write_manifest()
+    return "\n".join(lines)
+
+
+def _run_simulate(config: dict[str, Any], run: RunDir, client: Any) -> list[str]:
+    from knunu.simulation.production import plan_production, run_production
+
+    catalogue = run_production(plan_production(config, run.path / "ntuples"), client)
+    run.record_output(catalogue)
+    run.record_stage("simulate", "done", catalogue=str(catalogue.resolve()))
+    return [
+        f"  {'simulate':9s} done: {catalogue.resolve()}",
+        *(f"            {line}" for line in catalogue_summary(catalogue)),
+    ]
+
+
+def _run_train(config: dict[str, Any], run: RunDir, client: Any) -> list[str]:
+    summary = train_stage(config, run.path, client)
+    run.record_output(run.path / "models" / "training.json")
+    run.record_stage("train", "done", models=str((run.path / "models").resolve()))
+    return [f"  {'train':9s} done: {run.path / 'models'}", *training_summary(summary)]
+
+
+def _run_process(config: dict[str, Any], run: RunDir, client: Any) -> list[str]:
+    report = process_stage(config, run.path, client)
+    run.record_output(run.path / "histograms.root")
+    run.record_stage("process", "done", histograms=str((run.path / "histograms.root").resolve()))
+    events = sum(report.events_processed.values())
+    return [
+        f"  {'process':9s} done: {run.path / 'histograms.root'} ({events} events in "
+        f"{report.chunks} chunks, every event accounted for, {report.wall_seconds:.1f} s)"
+    ]
+
+
+_STAGE_RUNNERS = {"simulate": _run_simulate, "train": _run_train, "process": _run_process}
+
+
+def _fit(config: dict[str, Any], run: RunDir) -> list[str]:
+    from knunu.fits.build import analyses_in_file, write_workspaces
+    from knunu.fits.catalogue import load_catalogue
+    from knunu.fits.report import fit_workspace_file
+    from knunu.fits.workspace import published_workspace_path
+
     workspace = config["fit"]["workspace"]
     label = "configured workspace"
-    if workspace is None:
+    histograms = run.path / "histograms.root"
+    if workspace is None and histograms.exists():
+        analyses = analyses_in_file(histograms)
+        paths = write_workspaces(
+            histograms,
+            run.path / "workspaces",
+            load_catalogue(),
+            config["fit"]["prune_threshold"],
+            analyses,
+        )
+        workspace = str(paths.get("combined", paths[analyses[0]]))
+        label = f"this run's own {'+'.join(analyses).upper()} workspace"
+    elif workspace is None:
         workspace = str(published_workspace_path())
         label = "the published Belle II likelihood (this run has no histograms of its own yet)"
     run.record_input(workspace)
@@ -59,22 +115,53 @@ def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
     for f in ("results.json", "results.md"):
         run.record_output(run.path / "fit" / f)
     run.record_stage("fit", "done", workspace=str(Path(workspace).resolve()))
-    lines.append(f"  {'fit':9s} done: {label}")
-    lines.append("")
-    lines.append(summary.markdown)
-    lines.append("")
-    lines.append(f"outputs: {run.path.resolve()} (manifest.json, fit/results.json, fit/results.md)")
-    run.write_manifest()
-    return "\n".join(lines)
+    return [
+        f"  {'fit':9s} done: {label}",
+        "",
+        summary.markdown,
+        "",
+        f"outputs: {run.path.resolve()} (manifest.json, fit/results.json, fit/results.md)",
+    ]
 
 
-def _simulate(config: dict[str, Any], directory: Path) -> Path:
-    from knunu.cluster import get_client
-    from knunu.simulation.production import plan_production, run_production
+def training_summary(summary: Any) -> list[str]:
+    """Lines describing a TrainingSummary (what the CLI and the run report print)."""
+    return [
+        f"            BDT1 AUC {summary.auc_bdt1:.3f}, BDT2 AUC {summary.auc_bdt2:.3f} "
+        "(out-of-fold)",
+        f"            signal efficiency: {summary.signal_efficiency_bdt1:.3f} after BDT1, "
+        f"{summary.signal_efficiency_sr:.4f} for eta > 0.92 (of all produced signal)",
+        f"            BDTc: AUC {summary.auc_bdtc:.3f}, weights {summary.bdtc_weight_mean:.2f} "
+        f"+- {summary.bdtc_weight_std:.2f}; off-resonance data/MC "
+        f"{summary.offres_data_over_mc:.2f}, "
+        f"shape chi2/ndf {summary.offres_chi2_before:.2f} -> {summary.offres_chi2_after:.2f} "
+        f"(ndf {summary.offres_ndf})",
+    ]
 
-    plan = plan_production(config, directory)
-    with get_client(config["cluster"]) as client:
-        return run_production(plan, client)
+
+def train_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> Any:
+    """Training tables on the cluster, then BDT1/BDT2/eta/BDTc; returns the TrainingSummary."""
+    from knunu.mva.train import train_ita
+    from knunu.processors.run import Catalogue
+    from knunu.processors.stage import make_tables
+
+    catalogue = Catalogue.load(run_dir / "ntuples" / "catalogue.json")
+    make_tables(catalogue, config["ita"], run_dir / "tables", client)
+    return train_ita(
+        run_dir / "tables", catalogue.datasets, config["ita"], run_dir / "models", config["seed"]
+    )
+
+
+def process_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> Any:
+    """The ITA processor on the cluster into ``histograms.root``; returns the RunReport."""
+    from knunu.processors.run import Catalogue
+    from knunu.processors.stage import make_histograms
+
+    catalogue = Catalogue.load(run_dir / "ntuples" / "catalogue.json")
+    _, report = make_histograms(
+        catalogue, config["ita"], run_dir / "models", run_dir / "histograms.root", client
+    )
+    return report
 
 
 def catalogue_summary(path: Path) -> list[str]:

@@ -35,10 +35,11 @@ def test_fit_from_histograms_returns_injected_mu(tmp_path, run_cli):
     assert {"ita_on_sr_prefit.png", "hta_sr_postfit.png", "pulls.png", "correlation.png"} <= plots
 
 
-def test_fit_without_histograms_says_process_is_not_built(tmp_path, run_cli):
+def test_fit_without_histograms_is_one_line(tmp_path, run_cli):
     proc = run_cli("fit", "-o", str(tmp_path / "empty"))
-    assert proc.returncode == 3
-    assert "knunu process: not built yet" in proc.stderr
+    assert proc.returncode == 2
+    missing = tmp_path / "empty" / "histograms.root"
+    assert proc.stderr.strip() == f"knunu: error: {missing}: file not found"
 
 
 def test_fit_with_a_missing_histogram_file_is_one_line(tmp_path, run_cli):

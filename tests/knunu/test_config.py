@@ -83,10 +83,12 @@ def test_cli_bad_config_is_one_line_exit_2(run_cli, tmp_path):
         assert proc.stdout == ""
 
 
-def test_cli_unbuilt_stage_says_so(run_cli):
-    proc = run_cli("train")
-    assert proc.returncode == 3
-    assert proc.stderr.strip() == (
-        "knunu train: not built yet (tracked in issue 4 (ITA BDTs) and issue 5 (BDTh))"
-    )
-    assert proc.stdout == ""
+def test_cli_stage_without_its_inputs_is_one_line(tmp_path, run_cli):
+    for stage in ("train", "process"):
+        proc = run_cli(stage, "-o", str(tmp_path / "empty"))
+        assert proc.returncode == 2
+        catalogue = tmp_path / "empty" / "ntuples" / "catalogue.json"
+        assert proc.stderr.strip() == (
+            f"knunu: error: {catalogue}: catalogue not found (run `knunu simulate` first)"
+        )
+        assert proc.stdout == ""
