@@ -142,9 +142,66 @@ def build_spec(
                 modifiers += _modifier(hfile, row, layout, sample, nominal, prune_threshold, cname)
             samples.append({"name": sample, "data": nominal.tolist(), "modifiers": modifiers})
         data_values, _ = hfile.get(layout.histogram, "data", "nominal")
-        channels.append({"name": cname, "samples": samples})
-        observations.append({"name": cname, "data": _cut(data_values, layout)})
+        observed = np.asarray(_cut(data_values, layout))
+        kept = _drop_empty(cname, samples, observed, hfile.path)
+        if kept is None:
+            continue
+        channels.append({"name": cname, "samples": kept[0]})
+        observations.append({"name": cname, "data": kept[1]})
+    if not channels:
+        raise WorkspaceError(f"{hfile.path}: every {analysis} channel is empty")
     return _workspace_spec(channels, observations, f"{analysis} spec from {hfile.path}")
+
+
+def _drop_empty(
+    cname: str, samples: list[dict[str, Any]], observed: np.ndarray, path: Path
+) -> tuple[list[dict[str, Any]], list[float]] | None:
+    """Drop bins no sample populates, then samples empty in every kept bin (each logged).
+
+    Such bins carry no information when nothing is observed there (small-scale runs); an
+    observed event in a bin without any expectation is an error, never dropped.
+
+    Returns:
+        (samples, observed data) cut to the kept bins; None when the channel is empty.
+
+    Raises:
+        WorkspaceError: events observed in a bin that no sample populates.
+    """
+    total = np.sum([s["data"] for s in samples], axis=0)
+    keep = total > 0
+    lost = np.flatnonzero(~keep & (observed > 0))
+    if len(lost):
+        raise WorkspaceError(
+            f"{path}: channel {cname} bin {lost[0]}: {observed[lost[0]]:g} events observed "
+            "where no sample expects any (too little simulation for this binning)"
+        )
+    if not keep.any():
+        log.warning("channel %s dropped: no sample populates any bin", cname)
+        return None
+    if not keep.all():
+        log.warning("channel %s: bins %s dropped (empty)", cname, np.flatnonzero(~keep).tolist())
+    idx = np.flatnonzero(keep)
+    out = []
+    for sample in samples:
+        data = np.asarray(sample["data"])[idx]
+        if not np.any(data > 0):
+            log.warning("sample %s dropped from %s: empty in every bin", sample["name"], cname)
+            continue
+        mods = [_cut_modifier(m, idx) for m in sample["modifiers"]]
+        out.append({**sample, "data": data.tolist(), "modifiers": mods})
+    return out, observed[idx].tolist()
+
+
+def _cut_modifier(modifier: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    data = modifier["data"]
+    if modifier["type"] == "staterror":
+        return {**modifier, "data": np.asarray(data)[idx].tolist()}
+    if modifier["type"] == "histosys":
+        return {
+            **modifier,
+            "data": {k: np.asarray(v)[idx].tolist() for k, v in data.items()},
+        }
+    return modifier
 
 
 def _workspace_spec(channels: list, observations: list, what: str) -> dict[str, Any]:

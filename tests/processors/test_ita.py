@@ -1,77 +1,182 @@
-"""The ITA processor on simulated ntuples: executors, chunking and accounting agree exactly."""
+"""The ITA stages on a tiny production: tables, training, histograms, accounting, a fit.
+
+One tiny-scale production (pseudo-data included) is simulated on a 2-worker LocalCluster; the
+training tables, BDTs and histograms are made from it. Histograms must not depend on the
+executor or the chunk size, every event must be accounted for, and a signal injected at
+mu = 5 into pseudo-data built from the histograms must come back from the ITA fit.
+"""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pandas as pd
 import pytest
-from coffea import processor
+import uproot
 
 from knunu.cluster import get_client
-from knunu.processors.ita import CUTFLOW_STEPS, ITAProcessor
-from knunu.processors.schema import Belle2Schema
-from knunu.simulation.production import FileTask, produce_file
+from knunu.config import load_config
+from knunu.errors import ProcessingError
+from knunu.fits.build import HistogramFile, build_spec
+from knunu.fits.catalogue import load_catalogue
+from knunu.mva.train import train_ita
+from knunu.processors import run as runner
+from knunu.processors.ita import HIST_VARIATIONS, STEPS, ITAProcessor
+from knunu.processors.stage import ITA_DATASETS, make_histograms, make_tables, write_histogram_file
+from knunu.simulation.production import plan_production, run_production
 
 pytestmark = pytest.mark.slow
 
 
-entries: dict[str, int] = {}  # ITA entries written per dataset (after the prefilter)
+@pytest.fixture(scope="module")
+def cfg():
+    config = load_config()
+    ita = copy.deepcopy(config["ita"])
+    # tiny scale: few off-resonance events, so the BDTc sample takes everything after selection
+    ita.update(folds=2, bdtc_bdt1_min=0.0, bdtc_eta_min=0.0, chunksize=5000)
+    for name in ("bdt1", "bdt2", "bdtc"):
+        ita["xgboost"][name]["rounds"] = 60
+    return {**config, "scale": "tiny", "ita": ita}
 
 
 @pytest.fixture(scope="module")
-def fileset(tmp_path_factory, libraries):
-    base = tmp_path_factory.mktemp("ntuples")
-    tasks = [
-        FileTask("signal", 400, 1, str(base / "signal.root"), libraries=libraries),
-        FileTask("ccbar", 300, 2, str(base / "ccbar_a.root")),
-        FileTask("ccbar", 300, 3, str(base / "ccbar_b.root")),
-    ]
-    entries.clear()
-    for task in tasks:
-        rec = produce_file(task)
-        entries[task.sample] = entries.get(task.sample, 0) + rec.entries_ita
-    return {
-        "signal": {"files": {tasks[0].path: "ita"}},
-        "ccbar": {"files": {tasks[1].path: "ita", tasks[2].path: "ita"}},
-    }
+def production(tmp_path_factory, cfg):
+    directory = tmp_path_factory.mktemp("tiny") / "ntuples"
+    with get_client("local", n_workers=2) as client:
+        path = run_production(plan_production(cfg, directory), client)
+    return runner.Catalogue.load(path)
 
 
-def _run(fileset, executor, chunksize):
-    runner = processor.Runner(executor=executor, schema=Belle2Schema, chunksize=chunksize)
-    return runner(fileset, processor_instance=ITAProcessor(), treename="ita")
+@pytest.fixture(scope="module")
+def trained(production, cfg, tmp_path_factory):
+    base = tmp_path_factory.mktemp("trained")
+    report = make_tables(production, cfg["ita"], base / "tables")
+    summary = train_ita(base / "tables", production.datasets, cfg["ita"], base / "models", 7)
+    return base, report, summary
+
+
+def test_tables_account_for_every_event(production, trained):
+    base, report, summary = trained
+    datasets = [d for d in ITA_DATASETS if d in production.datasets]
+    for ds in datasets:
+        assert report.events_processed[ds] == production.entries("ita", ds) > 0
+        rows = sum(len(pd.read_parquet(f)) for f in (base / "tables" / ds).glob("*.parquet"))
+        assert 0 < rows <= report.events_processed[ds]
+    # the BDTs learn: out-of-fold separation and the signal-region definition
+    assert summary.auc_bdt1 > 0.9
+    assert summary.auc_bdt2 > 0.6
+    assert summary.signal_efficiency_sr == pytest.approx(0.08, abs=0.002)
+    assert summary.signal_efficiency_bdt1 > 0.08
+
+
+def _histograms(production, cfg, models, tmp_path, client=None, chunksize=None):
+    ita = {**cfg["ita"], "chunksize": chunksize or cfg["ita"]["chunksize"]}
+    out, report = make_histograms(production, ita, models, tmp_path / "h.root", client)
+    return out, report
 
 
 def _same(a, b):
     assert a.keys() == b.keys()
     for ds in a:
         assert a[ds]["events"] == b[ds]["events"]
-        for name in ("cutflow", "cutflow_unweighted", "q2rec"):
+        np.testing.assert_array_equal(
+            a[ds]["cutflow_unweighted"].values(), b[ds]["cutflow_unweighted"].values()
+        )
+        for name in ("ita", "ita_control", "cutflow"):
             va, vb = a[ds][name].view(flow=True), b[ds][name].view(flow=True)
-            if name == "cutflow_unweighted":  # counts: exactly equal
-                assert np.array_equal(va, vb)
-                continue
-            # MC weights (library strata) are summed in another order per chunking: equal to
-            # float rounding, sums of weights and of squared weights, flow bins included
-            for field in ("value", "variance"):
-                np.testing.assert_allclose(va[field], vb[field], rtol=1e-12, atol=0)
+            for field in ("value", "variance"):  # sums in another order: equal to rounding
+                np.testing.assert_allclose(va[field], vb[field], rtol=1e-12, atol=1e-300)
 
 
-def test_every_event_processed_and_cutflow_monotonic(fileset):
-    out = _run(fileset, processor.IterativeExecutor(status=False), 1000)
-    assert out["signal"]["events"] == entries["signal"] > 0
-    assert out["ccbar"]["events"] == entries["ccbar"] > 0
-    for ds in out:
-        flow = out[ds]["cutflow_unweighted"].values()
-        assert flow[0] == out[ds]["events"]
+def test_histograms_independent_of_executor_and_chunking(production, cfg, trained, tmp_path):
+    models = trained[0] / "models"
+    reference, report = _histograms(production, cfg, models, tmp_path)
+    for ds, n in report.events_processed.items():
+        assert n == report.events_in[ds] == production.entries("ita", ds)
+        flow = reference[ds]["cutflow_unweighted"].values()
+        assert flow[0] == n
         assert np.all(np.diff(flow) <= 0)
-        assert list(out[ds]["cutflow"].axes[0]) == list(CUTFLOW_STEPS)
-    # the selection prefers signal: higher efficiency than for c cbar
-    eff = {ds: out[ds]["cutflow_unweighted"].values()[-1] / out[ds]["events"] for ds in out}
-    assert eff["signal"] > eff["ccbar"] + 0.1
-
-
-def test_independent_of_chunking_and_executor(fileset):
-    reference = _run(fileset, processor.IterativeExecutor(status=False), 1000)
-    _same(reference, _run(fileset, processor.IterativeExecutor(status=False), 97))
+        assert list(reference[ds]["cutflow"].axes[0]) == list(STEPS)
+    _same(reference, _histograms(production, cfg, models, tmp_path, chunksize=97)[0])
     with get_client("local", n_workers=2) as client:
-        dask_out = _run(fileset, processor.DaskExecutor(client=client, status=False), 150)
-    _same(reference, dask_out)
+        _same(reference, _histograms(production, cfg, models, tmp_path, client, 150)[0])
+
+
+def test_histogram_file_contract_and_variations(production, cfg, trained, tmp_path):
+    out, _ = _histograms(production, cfg, trained[0] / "models", tmp_path)
+    with uproot.open(tmp_path / "h.root") as f:
+        keys = {k.split(";")[0] for k in f}
+    for sample in ("signal", "charged", "mixed", "uubar", "ddbar", "ssbar", "ccbar", "taupair"):
+        assert {f"ita_on_{sample}_{v}" for v in HIST_VARIATIONS} <= keys
+    assert {"ita_on_data_nominal", "ita_off_data_nominal", "ita_off_ccbar_bdtc_up"} <= keys
+    assert "ita_on_data_tracking_up" not in keys  # data: nominal only
+    sig = out["signal"]["ita"]
+    nominal = sig[{"variation": "nominal"}].values()
+    # a weight variation moves the signal; a background-only one leaves it alone
+    assert not np.allclose(sig[{"variation": "ff_c2_up"}].values(), nominal)
+    np.testing.assert_array_equal(sig[{"variation": "k_kl_kl_up"}].values(), nominal)
+    # MC scaled to the data luminosity: signal in the file = histogram x L_data / L_signal
+    cat = production.datasets
+    scale = cat["data_on"]["luminosity_fb"] / cat["signal"]["luminosity_fb"]
+    hfile = HistogramFile(tmp_path / "h.root")
+    values, variances = hfile.get("ita_on", "signal", "nominal")
+    hfile.close()
+    np.testing.assert_allclose(values, nominal * scale, rtol=1e-12)
+    np.testing.assert_allclose(variances, sig[{"variation": "nominal"}].variances() * scale**2)
+
+
+def test_a_missing_file_fails_loudly(production, cfg, trained, tmp_path):
+    broken = runner.Catalogue(production.path, copy.deepcopy(production.datasets))
+    first = broken.datasets["ccbar"]["files"][0]
+    first["path"] = str(tmp_path / "gone.root")
+    with pytest.raises(Exception, match=r"gone\.root: file not found"):
+        make_histograms(broken, cfg["ita"], trained[0] / "models", tmp_path / "x.root")
+    assert not (tmp_path / "x.root").exists()
+    # events lost on the way are caught by the accounting
+    proc = ITAProcessor(str(trained[0] / "models"), cfg["ita"])
+    fileset = production.fileset("ita", ["signal"])
+    with pytest.raises(ProcessingError, match=r"processed \d+ of \d+ events"):
+        runner.run(fileset, proc, "ita", {"signal": production.entries("ita", "signal") + 1})
+
+
+def test_injected_signal_is_recovered_by_the_ita_fit(production, cfg, trained, tmp_path):
+    out, _ = _histograms(production, cfg, trained[0] / "models", tmp_path)
+    # the templates at 10 fb^-1 (on) and 1.2 fb^-1 (off), pseudo-data drawn at mu = 5
+    cat = copy.deepcopy(production.datasets)
+    cat["data_on"]["luminosity_fb"], cat["data_off"]["luminosity_fb"] = 10.0, 1.2
+    path = write_histogram_file(tmp_path / "inj.root", out, cat)
+    rng = np.random.default_rng(11)
+    with uproot.open(path) as f:
+        hists = {k.split(";")[0]: f[k].to_hist() for k in f}
+    with uproot.update(path) as f:
+        for channel, samples in (
+            (
+                "ita_on",
+                ("signal", "charged", "mixed", "uubar", "ddbar", "ssbar", "ccbar", "taupair"),
+            ),
+            ("ita_off", ("uubar", "ddbar", "ssbar", "ccbar", "taupair")),
+        ):
+            expected = sum(
+                hists[f"{channel}_{s}_nominal"].values() * (5.0 if s == "signal" else 1.0)
+                for s in samples
+            )
+            data = hists[f"{channel}_data_nominal"].copy().reset()
+            counts = rng.poisson(expected).astype(float)
+            data.view().value = counts
+            data.view().variance = counts
+            del f[f"{channel}_data_nominal"]
+            f[f"{channel}_data_nominal"] = data
+    import pyhf
+
+    from knunu.fits.infer import Likelihood
+
+    hfile = HistogramFile(path)
+    spec = build_spec(hfile, "ita", load_catalogue())
+    hfile.close()
+    lh = Likelihood.from_workspace(pyhf.Workspace(spec))
+    best = lh.fit()
+    error = lh.uncertainties(best).error[lh.poi]
+    mu = best.x[lh.poi]
+    assert 0 < error < 2.5
+    assert abs(mu - 5.0) < 2 * error, (mu, error)

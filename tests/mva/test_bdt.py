@@ -1,0 +1,117 @@
+"""k-fold BDTs, the eta transform and the model files: definitions that can fail."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from knunu.errors import ModelError
+from knunu.mva.bdt import KFoldBDT, fold_of, train_kfold
+from knunu.mva.eta import EtaTransform
+from knunu.mva.train import bdtc_weight, weighted_auc
+
+DEEP = {"max_depth": 8, "learning_rate": 0.3, "rounds": 150, "min_child_weight": 0.0}
+
+
+def _noise_table(n: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    cols = {f"x{k}": rng.normal(size=n) for k in range(5)}
+    cols["__run__"] = np.full(n, 17)
+    cols["__event__"] = np.arange(n)
+    return cols, rng.integers(0, 2, n)  # labels independent of the inputs
+
+
+def test_no_event_is_scored_by_a_model_that_saw_it():
+    rng = np.random.default_rng(3)
+    cols, label = _noise_table(6000, rng)
+    features = tuple(f"x{k}" for k in range(5))
+    model = train_kfold("noise", cols, label, np.ones(len(label)), features, DEEP, 4, seed=1)
+    # deep trees memorise noise: a model scoring its own training events separates them ...
+    fold = fold_of(cols["__run__"], cols["__event__"], 4)
+    x = np.column_stack([cols[f] for f in features]).astype(np.float32)
+    seen = fold != 0
+    memorised = weighted_auc(
+        model.boosters[0].inplace_predict(x[seen]), label[seen], np.ones(seen.sum())
+    )
+    assert memorised > 0.9
+    # ... while every event's own score comes from the model that never saw it: no separation
+    score = model.predict(cols, cols["__run__"], cols["__event__"])
+    assert weighted_auc(score, label, np.ones(len(label))) == pytest.approx(0.5, abs=0.03)
+    np.testing.assert_array_equal(score[fold == 2], model.boosters[2].inplace_predict(x[fold == 2]))
+
+
+def test_folds_are_balanced_and_fixed_by_run_and_event():
+    fold = fold_of(np.repeat(np.arange(10), 1000), np.tile(np.arange(1000), 10), 5)
+    assert np.all(np.abs(np.bincount(fold) - 2000) < 100)
+    again = fold_of(np.repeat(np.arange(10), 1000), np.tile(np.arange(1000), 10), 5)
+    np.testing.assert_array_equal(fold, again)
+
+
+def test_training_fails_when_a_fold_lacks_a_class():
+    cols = {"x": np.arange(8.0), "__run__": np.zeros(8, int), "__event__": np.arange(8)}
+    with pytest.raises(ModelError, match="fold"):
+        train_kfold("one", cols, np.zeros(8, int), np.ones(8), ("x",), DEEP, 2, seed=1)
+
+
+def test_model_file_round_trip_and_tamper_check(tmp_path):
+    rng = np.random.default_rng(4)
+    cols, _ = _noise_table(2000, rng)
+    label = (cols["x0"] + 0.5 * rng.normal(size=2000) > 0).astype(int)
+    features = ("x0", "x1")
+    params = {"max_depth": 3, "learning_rate": 0.1, "rounds": 30}
+    a = train_kfold("m", cols, label, np.ones(2000), features, params, 3, seed=9)
+    b = train_kfold("m", cols, label, np.ones(2000), features, params, 3, seed=9)
+    assert a.sha256 == b.sha256  # same inputs and seed: the same model
+    path = a.save(tmp_path / "m.json")
+    loaded = KFoldBDT.load(path)
+    assert loaded.features == features
+    assert loaded.folds == 3
+    np.testing.assert_array_equal(
+        loaded.predict(cols, cols["__run__"], cols["__event__"]),
+        a.predict(cols, cols["__run__"], cols["__event__"]),
+    )
+    assert (
+        weighted_auc(a.predict(cols, cols["__run__"], cols["__event__"]), label, np.ones(2000))
+        > 0.8
+    )
+    doc = json.loads(path.read_text())
+    doc["boosters"][1]["learner"]["gradient_booster"]["model"]["trees"][0]["split_conditions"][
+        0
+    ] += 1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="hash mismatch"):
+        KFoldBDT.load(path)
+    with pytest.raises(ModelError, match="inputs missing"):
+        a.predict({"x0": cols["x0"]}, cols["__run__"], cols["__event__"])
+
+
+def test_eta_bins_hold_their_share_of_all_produced_signal():
+    rng = np.random.default_rng(5)
+    scores = rng.beta(5, 2, 30_000)
+    weights = rng.uniform(0.5, 1.5, 30_000)
+    produced = weights.sum() / 0.3  # 30 % of the produced signal reaches the BDT2 stage
+    eta = EtaTransform.fit(scores, weights, produced)(scores)
+    assert np.all(np.diff(eta[np.argsort(scores)]) >= 0)  # monotone in the score
+    largest = weights.max() / produced
+    for lo in (0.92, 0.94, 0.96, 0.98):
+        share = weights[(eta > lo) & (eta <= lo + 0.02)].sum() / produced
+        assert share == pytest.approx(0.02, abs=largest)
+    assert weights[eta > 0.92].sum() / produced == pytest.approx(0.08, abs=largest)
+    assert eta.min() == pytest.approx(0.7, abs=largest)  # 1 - selected share of produced
+
+
+def test_eta_file_round_trip_and_bad_inputs(tmp_path):
+    t = EtaTransform.fit(np.array([0.2, 0.8]), np.ones(2), 10.0)
+    loaded = EtaTransform.load(t.save(tmp_path / "eta.json"))
+    np.testing.assert_array_equal(loaded(np.array([0.1, 0.5, 0.9])), t(np.array([0.1, 0.5, 0.9])))
+    with pytest.raises(ModelError, match="produced signal"):
+        EtaTransform.fit(np.array([0.2, 0.8]), np.ones(2), 1.0)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ModelError, match="not an eta transform"):
+        EtaTransform.load(tmp_path / "bad.json")
+
+
+def test_bdtc_weight_is_the_likelihood_ratio():
+    p = np.array([0.2, 0.5, 2 / 3])
+    np.testing.assert_allclose(bdtc_weight(p, (0.1, 10.0)), [0.25, 1.0, 2.0])
