@@ -67,6 +67,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 bench: $(STAMP) ## run the benchmarks against their peers (results in benchmarks/results)
 	$(BIN)/python benchmarks/bench_simulation.py
 	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_ita.py
 
 clean: ## remove run outputs, build files and caches (keeps .venv)
 	rm -rf runs build dist *.egg-info benchmarks/results .pytest_cache .ruff_cache

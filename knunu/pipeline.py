@@ -81,29 +81,51 @@ _STAGE_RUNNERS = {"simulate": _run_simulate, "train": _run_train, "process": _ru
 
 
 def _fit(config: dict[str, Any], run: RunDir) -> list[str]:
+    """Fit the configured workspace, else the run's own, else the published likelihood.
+
+    The run's own workspace is fitted with the full inference; when that fit cannot be done
+    (a small-scale run has too few events for a CLs limit or converging toys), the reason is
+    reported and recorded, and the published likelihood is fitted instead, labelled as such.
+    """
+    from knunu.errors import KnunuError
     from knunu.fits.build import analyses_in_file, write_workspaces
     from knunu.fits.catalogue import load_catalogue
-    from knunu.fits.report import fit_workspace_file
     from knunu.fits.workspace import published_workspace_path
 
+    lines: list[str] = []
     workspace = config["fit"]["workspace"]
-    label = "configured workspace"
     histograms = run.path / "histograms.root"
-    if workspace is None and histograms.exists():
+    if workspace is not None:
+        return _fit_workspace(config, run, workspace, "configured workspace")
+    if histograms.exists():
         analyses = analyses_in_file(histograms)
-        paths = write_workspaces(
-            histograms,
-            run.path / "workspaces",
-            load_catalogue(),
-            config["fit"]["prune_threshold"],
-            analyses,
-        )
-        workspace = str(paths.get("combined", paths[analyses[0]]))
         label = f"this run's own {'+'.join(analyses).upper()} workspace"
-    elif workspace is None:
-        workspace = str(published_workspace_path())
-        label = "the published Belle II likelihood (this run has no histograms of its own yet)"
-    run.record_input(workspace)
+        try:
+            paths = write_workspaces(
+                histograms,
+                run.path / "workspaces",
+                load_catalogue(),
+                config["fit"]["prune_threshold"],
+                analyses,
+            )
+            own = str(paths.get("combined", paths[analyses[0]]))
+            return _fit_workspace(config, run, own, label)
+        except KnunuError as exc:
+            log.warning("own workspace not fitted: %s", exc)
+            run.record_stage("fit_own", "failed", reason=str(exc))
+            lines.append(f"  {'fit':9s} {label}: could not be fitted ({exc})")
+    published = str(published_workspace_path())
+    return lines + _fit_workspace(
+        config,
+        run,
+        published,
+        "the published Belle II likelihood (this run has no fitted histograms of its own)",
+    )
+
+
+def _fit_workspace(config: dict[str, Any], run: RunDir, workspace: str, label: str) -> list[str]:
+    from knunu.fits.report import fit_workspace_file
+
     summary = fit_workspace_file(
         workspace,
         run.path / "fit",
@@ -112,9 +134,10 @@ def _fit(config: dict[str, Any], run: RunDir) -> list[str]:
         toys=config["fit"]["gof_toys"],
         seed=config["seed"],
     )
+    run.record_input(workspace)
     for f in ("results.json", "results.md"):
         run.record_output(run.path / "fit" / f)
-    run.record_stage("fit", "done", workspace=str(Path(workspace).resolve()))
+    run.record_stage("fit", "done", workspace=str(Path(workspace).resolve()), label=label)
     return [
         f"  {'fit':9s} done: {label}",
         "",

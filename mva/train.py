@@ -176,8 +176,8 @@ def train_ita(
             "less than the 0.08 the signal region eta > 0.92 needs"
         )
 
-    bdtc, check = _train_bdtc(tables, catalogue, cfg, bdt1, bdt2, eta, seed + 2)
     out.mkdir(parents=True, exist_ok=True)
+    bdtc, check = _train_bdtc(tables, catalogue, cfg, bdt1, bdt2, eta, seed + 2, out)
     bdt1.save(out / MODEL_FILES["bdt1"])
     bdt2.save(out / MODEL_FILES["bdt2"])
     bdtc.save(out / MODEL_FILES["bdtc"])
@@ -226,8 +226,15 @@ def _train_bdtc(
     bdt2: KFoldBDT,
     eta: EtaTransform,
     seed: int,
+    out: Path,
 ) -> tuple[KFoldBDT, dict[str, Any]]:
-    """BDTc: off-resonance data (label 1) vs off-resonance continuum MC (label 0)."""
+    """BDTc: off-resonance data (label 1) vs off-resonance continuum MC (label 0).
+
+    Writes ``bdtc_offres.png``: off-resonance data vs MC in eta before and after the weights.
+    """
+    from knunu.fits.plots import save
+    from knunu.mva.plots import offres_comparison
+
     frames = read_tables(tables, ("data_off", *OFFRES_MC))
     parts = []
     for ds, frame in frames.items():
@@ -274,6 +281,10 @@ def _train_bdtc(
     edges = np.linspace(cfg["bdtc_eta_min"], 1.0, 6)
     before = offres_chi2(eta_all, cols["K_q2rec"], label, weight, edges)
     after = offres_chi2(eta_all, cols["K_q2rec"], label, corrected, edges)
+    fig = offres_comparison(
+        eta_all, label, weight, corrected, edges, "eta(BDT2)", (before[0], after[0])
+    )
+    save(fig, out / "bdtc_offres.png")
     data_w, mc_w = weight[~mc].sum(), weight[mc].sum()
     check = {
         "events": {"offres_data": int((~mc).sum()), "offres_mc": int(mc.sum())},

@@ -1,0 +1,105 @@
+"""ITA processor benchmark: events per CPU-second against a raw uproot read of the same branches.
+
+Side by side in one process (1 core, IterativeExecutor): the full ITA processor (selection,
+BDT1/BDT2/eta/BDTc, every variation, histograms) over a production's ``ita`` trees, and the
+peer: ``uproot.iterate`` reading the branches the processor uses from the same files, in the
+same chunk size. A second peer row reads every branch. Uses an existing run directory
+(``--run DIR`` with ntuples/ and models/, e.g. runs/default after `make analysis`) or makes a
+tiny production and training in a temporary folder. Writes benchmarks/results/ita.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import uproot
+
+from knunu.config import load_config
+from knunu.processors import run as runner
+from knunu.processors.ita import ITAProcessor
+from knunu.processors.stage import ITA_DATASETS
+
+
+def _cpu() -> float:
+    return time.process_time()
+
+
+def _prepare(tmp: Path) -> tuple[Path, dict]:
+    from knunu.cluster import get_client
+    from knunu.pipeline import train_stage
+    from knunu.simulation.production import plan_production, run_production
+
+    config = load_config()
+    config = {**config, "scale": "tiny", "ita": copy.deepcopy(config["ita"])}
+    config["ita"].update(folds=2, bdtc_bdt1_min=0.0, bdtc_eta_min=0.0)
+    with get_client("local", n_workers=2) as client:
+        run_production(plan_production(config, tmp / "ntuples"), client)
+        train_stage(config, tmp, client)
+    return tmp, config
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path, help="run directory with ntuples/ and models/")
+    parser.add_argument("--chunksize", type=int, help="entries per chunk (default: ita.chunksize)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run:
+            run_dir, config = args.run, load_config()
+        else:
+            run_dir, config = _prepare(Path(tmp))
+        cfg = dict(config["ita"])
+        if args.chunksize:
+            cfg["chunksize"] = args.chunksize
+        catalogue = runner.Catalogue.load(run_dir / "ntuples" / "catalogue.json")
+        datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
+        fileset = catalogue.fileset("ita", datasets)
+        expected = {d: catalogue.entries("ita", d) for d in datasets}
+        files = [f for d in datasets for f in fileset[d]["files"]]
+        proc = ITAProcessor(str((run_dir / "models").resolve()), cfg)
+        with uproot.open(files[0]) as f:
+            all_branches = list(f["ita"].keys())
+        wanted = {*proc.names, "nK", "nTracks", "theta_miss", "E_tot"}
+        used = [b for b in all_branches if b in wanted]
+        rows = {}
+        # warm the page cache and the model cache once, then time each side
+        runner.run(fileset, proc, "ita", expected, None, cfg["chunksize"])
+        for name, branches in (
+            ("raw uproot read (used branches)", used),
+            ("raw uproot read (all branches)", all_branches),
+        ):
+            t0 = _cpu()
+            n = 0
+            for arrays in uproot.iterate(
+                {f: "ita" for f in files}, branches, step_size=cfg["chunksize"], library="np"
+            ):
+                n += len(arrays["__event__"])
+            rows[name] = {"events": n, "cpu_s": _cpu() - t0}
+        t0 = _cpu()
+        _, report = runner.run(fileset, proc, "ita", expected, None, cfg["chunksize"])
+        n = sum(report.events_processed.values())
+        rows["ITA processor (all variations)"] = {"events": n, "cpu_s": _cpu() - t0}
+        for row in rows.values():
+            row["events_per_cpu_s"] = row["events"] / row["cpu_s"]
+        peer = rows["raw uproot read (used branches)"]["events_per_cpu_s"]
+        result = {
+            "run": str(run_dir) if args.run else "tiny (temporary)",
+            "chunksize": cfg["chunksize"],
+            "branches_used": len(used),
+            "rows": rows,
+            "ratio_to_raw_read": rows["ITA processor (all variations)"]["events_per_cpu_s"] / peer,
+        }
+    out = Path(__file__).parent / "results" / "ita.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
