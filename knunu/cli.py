@@ -116,6 +116,13 @@ def _run_dir(args: argparse.Namespace, config: dict) -> Path:
     return Path(args.output or config["output_dir"])
 
 
+def _check_catalogue(run_dir: Path) -> None:
+    """Fail with one line before any cluster starts when the run has no catalogue."""
+    from knunu.processors.run import Catalogue
+
+    Catalogue.load(run_dir / "ntuples" / "catalogue.json")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Training tables on the cluster, then the ITA BDTs and eta."""
     from knunu.cluster import get_client
@@ -123,6 +130,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     run_dir = _run_dir(args, config)
+    _check_catalogue(run_dir)
     with get_client(args.cluster or config["cluster"]) as client:
         summary = train_stage(config, run_dir, client)
     print(f"models written to {run_dir / 'models'}")
@@ -137,6 +145,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     run_dir = _run_dir(args, config)
+    _check_catalogue(run_dir)
     with get_client(args.cluster or config["cluster"]) as client:
         report = process_stage(config, run_dir, client)
     for ds, n in report.events_processed.items():

@@ -70,7 +70,8 @@ def boost(p4: np.ndarray, beta: np.ndarray) -> np.ndarray:
     [1.25, 0.0, 0.0, 0.75]
     """
     beta = np.asarray(beta, dtype=float)
-    b2 = np.sum(beta**2, axis=-1, keepdims=True)
+    # a massless system (|beta| = 1 up to rounding) is held just below the speed of light
+    b2 = np.minimum(np.sum(beta**2, axis=-1, keepdims=True), 1.0 - 1e-15)
     gamma = 1.0 / np.sqrt(1.0 - b2)
     bp = np.sum(beta * p4[..., 1:], axis=-1, keepdims=True)
     safe_b2 = np.where(b2 > 0, b2, 1.0)
