@@ -554,7 +554,8 @@ def deviance(lh: Likelihood, x: np.ndarray, data: np.ndarray) -> float:
     """Poisson deviance of the main data at ``x`` (0 for a perfect description)."""
     lam = lh.expected_data(x)[: lh.nmain]
     n = np.asarray(data[: lh.nmain], dtype=float)
-    log_term = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0) / lam), 0.0)
+    seen = n > 0  # bins without events add no log term (their expectation may be 0)
+    log_term = np.where(seen, n * np.log(np.where(seen, n, 1.0) / np.where(seen, lam, 1.0)), 0.0)
     return float(2.0 * np.sum(lam - n + log_term))
 
 
