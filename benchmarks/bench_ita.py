@@ -62,7 +62,9 @@ def main() -> int:
         expected = {d: catalogue.entries("ita", d) for d in datasets}
         files = [f for d in datasets for f in fileset[d]["files"]]
         proc = ITAProcessor(str((run_dir / "models").resolve()), cfg)
-        with uproot.open(files[0]) as f:
+        with uproot.open(
+            fileset["signal"]["files"] and next(iter(fileset["signal"]["files"]))
+        ) as f:
             all_branches = list(f["ita"].keys())
         wanted = {*proc.names, "nK", "nTracks", "theta_miss", "E_tot"}
         used = [b for b in all_branches if b in wanted]
@@ -76,7 +78,10 @@ def main() -> int:
             t0 = _cpu()
             n = 0
             for arrays in uproot.iterate(
-                {f: "ita" for f in files}, branches, step_size=cfg["chunksize"], library="np"
+                {f: "ita" for f in files},
+                filter_name=branches,  # data files have no truth branches
+                step_size=cfg["chunksize"],
+                library="np",
             ):
                 n += len(arrays["__event__"])
             rows[name] = {"events": n, "cpu_s": _cpu() - t0}
