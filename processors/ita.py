@@ -65,11 +65,36 @@ def load_models(folder: str) -> Models:
 
 
 class Scores(NamedTuple):
-    """Model outputs of the selected events: BDT1 pass, eta and the BDTc weight."""
+    """Model outputs of the selected events (NaN where a model was not evaluated)."""
 
-    passed: np.ndarray
-    eta: np.ndarray  # NaN where BDT1 fails
-    bdtc: np.ndarray  # 1 where not applied
+    bdt1: np.ndarray
+    bdt2: np.ndarray  # where BDT1 passes
+    bdtc: np.ndarray  # continuum classifier p, where BDT1 passes (continuum MC only)
+
+
+def _take(cols: Mapping[str, np.ndarray], rows: np.ndarray, names: tuple[str, ...]) -> dict:
+    return {k: cols[k][rows] for k in (*names, "__run__", "__event__")}
+
+
+def _score(
+    model: KFoldBDT,
+    cols: Mapping[str, np.ndarray],
+    rows: np.ndarray,
+    base: tuple[Mapping[str, np.ndarray], np.ndarray] | None,
+) -> np.ndarray:
+    """``model`` on ``rows``; with a base (columns, scores), only re-scoring what moved."""
+    if base is None:
+        sub = _take(cols, rows, model.features)
+        return model.predict(sub, sub["__run__"], sub["__event__"])
+    base_cols, base_scores = base
+    out = base_scores[rows]
+    known = ~np.isnan(out)
+    if known.any():
+        out[known] = model.rescore(out[known], base_cols, cols, rows[known])
+    if not known.all():
+        new = _take(cols, rows[~known], model.features)
+        out[~known] = model.predict(new, new["__run__"], new["__event__"])
+    return out
 
 
 def dataset_kind(dataset: str) -> tuple[str, bool]:
@@ -95,20 +120,44 @@ class ITAProcessor(processor.ProcessorABC):
             )
         )
 
-    def _scores(self, models: Models, cols: Mapping[str, np.ndarray], continuum: bool) -> Scores:
-        run, event = cols["__run__"], cols["__event__"]
-        passed = models.bdt1.predict(cols, run, event) > self.cfg["bdt1_min"]
-        eta = np.full(len(passed), np.nan)
-        bdtc = np.ones(len(passed))
-        rows = np.flatnonzero(passed)
+    def _scores(
+        self,
+        models: Models,
+        cols: Mapping[str, np.ndarray],
+        continuum: bool,
+        base: tuple[Mapping[str, np.ndarray], Scores] | None = None,
+    ) -> Scores:
+        """BDT1, then BDT2 and BDTc where BDT1 passes.
+
+        With a base (the nominal columns and scores), only the events whose inputs crossed a
+        split threshold are evaluated again; the result is identical to a full evaluation.
+        """
+        if base is None:
+            bdt1 = models.bdt1.predict(cols, cols["__run__"], cols["__event__"])
+        else:
+            bdt1 = models.bdt1.rescore(base[1].bdt1, base[0], cols)
+        bdt2 = np.full(len(bdt1), np.nan)
+        bdtc = np.full(len(bdt1), np.nan)
+        rows = np.flatnonzero(bdt1 > self.cfg["bdt1_min"])
         if len(rows):
-            sub = {k: v[rows] for k, v in cols.items()}
-            sub["bdt2"] = models.bdt2.predict(sub, sub["__run__"], sub["__event__"])
-            eta[rows] = models.eta(sub["bdt2"])
-            if continuum:
-                p = models.bdtc.predict(sub, sub["__run__"], sub["__event__"])
-                bdtc[rows] = bdtc_weight(p, tuple(self.cfg["bdtc_clip"]))
-        return Scores(passed, eta, bdtc)
+            bdt2[rows] = _score(models.bdt2, cols, rows, base and (base[0], base[1].bdt2))
+            if continuum:  # BDTc takes the BDT2 score as an input
+                with_bdt2 = {**cols, "bdt2": bdt2}
+                base_c = base and ({**base[0], "bdt2": base[1].bdt2}, base[1].bdtc)
+                bdtc[rows] = _score(models.bdtc, with_bdt2, rows, base_c)
+        return Scores(bdt1, bdt2, bdtc)
+
+    def _eta_weight(
+        self, models: Models, scores: Scores
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(passed, eta) of BDT2 where BDT1 passes, and the BDTc weight (1 where not applied)."""
+        passed = ~np.isnan(scores.bdt2)
+        eta = np.full(len(passed), np.nan)
+        eta[passed] = models.eta(scores.bdt2[passed])
+        bdtc = np.ones(len(passed))
+        has = ~np.isnan(scores.bdtc)
+        bdtc[has] = bdtc_weight(scores.bdtc[has], tuple(self.cfg["bdtc_clip"]))
+        return passed, eta, bdtc
 
     def process(self, events: ak.Array) -> dict[str, Any]:
         """Select, score and histogram one chunk."""
@@ -124,7 +173,8 @@ class ITAProcessor(processor.ProcessorABC):
             weight = weight * corr["d_to_kl_scale"] ** cols["mcDtoKL"]
             cols = EnergyShift("mcE_hadronic", corr["hadronic_energy_scale"] - 1.0)(cols, 1.0)
         nominal = self._scores(models, cols, continuum)
-        w_nom = weight * nominal.bdtc
+        p, eta, bdtc = self._eta_weight(models, nominal)
+        w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
 
         fit = hist.Hist(
@@ -133,51 +183,50 @@ class ITAProcessor(processor.ProcessorABC):
             hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
             storage=hist.storage.Weight(),
         )
-        p = nominal.passed
-        fit.fill(variation="nominal", eta=nominal.eta[p], q2rec=q2[p], weight=w_nom[p])
+        fit.fill(variation="nominal", eta=eta[p], q2rec=q2[p], weight=w_nom[p])
         if not is_data:
-            ctx = Context(sample, nominal.bdtc)
+            ctx = Context(sample, bdtc)
             for name, factors in WEIGHT_VARIATIONS.items():
                 up, down = factors(cols, ctx)
                 for label, f in (("up", up), ("down", down)):
                     fit.fill(
                         variation=f"{name}_{label}",
-                        eta=nominal.eta[p],
+                        eta=eta[p],
                         q2rec=q2[p],
                         weight=(w_nom * f)[p],
                     )
             for name, shift in INPUT_VARIATIONS.items():
                 for label, scale in (("up", 1.0), ("down", -1.0)):
                     varied = shift(cols, scale)
-                    s = self._scores(models, varied, continuum)
-                    w = weight * s.bdtc
+                    s = self._scores(models, varied, continuum, (cols, nominal))
+                    v_p, v_eta, v_bdtc = self._eta_weight(models, s)
                     fit.fill(
                         variation=f"{name}_{label}",
-                        eta=s.eta[s.passed],
-                        q2rec=varied["K_q2rec"][s.passed],
-                        weight=w[s.passed],
+                        eta=v_eta[v_p],
+                        q2rec=varied["K_q2rec"][v_p],
+                        weight=(weight * v_bdtc)[v_p],
                     )
         control = hist.Hist(
             hist.axis.Regular(25, 0.75, 1.0, name="eta", label="eta(BDT2)"),
             hist.axis.Regular(13, -1.0, 25.0, name="q2rec", label="q2rec [GeV^2]"),
             storage=hist.storage.Weight(),
         )
-        control.fill(eta=nominal.eta[p], q2rec=q2[p], weight=w_nom[p])
+        control.fill(eta=eta[p], q2rec=q2[p], weight=w_nom[p])
 
         # the cutflow counts events and sums their MC weights (before corrections)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         masks = {**sel.steps}
         selected = np.flatnonzero(sel.steps[CUTFLOW_STEPS[-1]])
-        for step, mask in (("BDT1", p), ("eta > 0.92", p & (nominal.eta > SR_ETA))):
+        for step, mask in (("BDT1", p), ("eta > 0.92", p & (eta > SR_ETA))):
             masks[step] = np.zeros(len(mc_weight), dtype=bool)
             masks[step][selected[mask]] = True
         axis = hist.axis.StrCategory(list(STEPS), name="step")
         cutflow = hist.Hist(axis, storage=hist.storage.Weight())
         raw = hist.Hist(axis)
         for step, mask in masks.items():
-            n = int(mask.sum())
-            cutflow.fill(step=np.full(n, step), weight=mc_weight[mask])
-            raw.fill(step=np.full(n, step))
+            w = mc_weight[mask]
+            cutflow[step] = (w.sum(), (w**2).sum())
+            raw[step] = len(w)
         return {
             dataset: {
                 "events": len(events),

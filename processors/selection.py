@@ -58,20 +58,27 @@ def select(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) -> S
         names: Columns to return; ``K_x`` is field ``x`` of the chosen candidate, other names
             are event branches. Names missing from the chunk (truth in data) are skipped.
     """
+    # on the flat candidate content (numpy), one pass; the awkward step is the per-event argmin
     kaons = events.K
+    counts = ak.to_numpy(ak.num(kaons.q2rec, axis=1))
+
+    def flat(field: str) -> np.ndarray:
+        return ak.to_numpy(ak.flatten(kaons[field], axis=1))
+
     good = (
-        (kaons.kaonID > cuts["kaon_id_min"])
-        & (abs(kaons.dz) < cuts["dz_max_cm"])
-        & (kaons.dr < cuts["dr_max_cm"])
+        (flat("kaonID") > cuts["kaon_id_min"])
+        & (np.abs(flat("dz")) < cuts["dz_max_cm"])
+        & (flat("dr") < cuts["dr_max_cm"])
     )
-    kaons = kaons[good]
+    q2 = np.where(good, flat("q2rec"), np.inf)
     n_tracks = ak.to_numpy(events.nTracks)
     theta = ak.to_numpy(events.theta_miss)
     lo, hi = cuts["n_tracks"]
     t_lo, t_hi = cuts["theta_miss_deg"]
+    n_good = ak.to_numpy(ak.sum(ak.unflatten(good, counts), axis=1))
     masks = (
         np.ones(len(n_tracks), dtype=bool),
-        ak.to_numpy(ak.num(kaons) > 0),
+        n_good > 0,
         (n_tracks >= lo) & (n_tracks <= hi),
         ak.to_numpy(events.E_tot) > cuts["e_tot_min"],
         (theta > t_lo) & (theta < t_hi),
@@ -81,15 +88,16 @@ def select(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) -> S
     for step, mask in zip(CUTFLOW_STEPS, masks, strict=True):
         passed = passed & mask
         steps[step] = passed
-    kept = kaons[passed]
-    best = ak.firsts(kept[ak.argmin(kept.q2rec, axis=1, keepdims=True)])
+    # the chosen candidate: the first good one with the lowest q2rec (bad ones sit at +inf)
+    local = ak.argmin(ak.unflatten(q2, counts), axis=1, mask_identity=False)
+    best = (np.cumsum(counts) - counts + ak.to_numpy(local))[passed]
     fields = set(events.fields)
-    k_fields = set(events.K.fields)
+    k_fields = set(kaons.fields)
     columns: dict[str, np.ndarray] = {}
     for name in names:
         if name.startswith("K_"):
             if name[2:] in k_fields:
-                columns[name] = ak.to_numpy(best[name[2:]])
+                columns[name] = flat(name[2:])[best]
         elif name in fields:
             columns[name] = ak.to_numpy(events[name])[passed]
     return Selected(steps, columns)

@@ -115,3 +115,25 @@ def test_eta_file_round_trip_and_bad_inputs(tmp_path):
 def test_bdtc_weight_is_the_likelihood_ratio():
     p = np.array([0.2, 0.5, 2 / 3])
     np.testing.assert_allclose(bdtc_weight(p, (0.1, 10.0)), [0.25, 1.0, 2.0])
+
+
+def test_rescoring_shifted_inputs_equals_a_full_evaluation():
+    rng = np.random.default_rng(9)
+    cols, _ = _noise_table(20000, rng)
+    label = (cols["x0"] + cols["x1"] * cols["x2"] + 0.3 * rng.normal(size=20000) > 0).astype(int)
+    features = tuple(f"x{k}" for k in range(5))
+    params = {"max_depth": 4, "learning_rate": 0.1, "rounds": 80}
+    model = train_kfold("shift", cols, label, np.ones(len(label)), features, params, 3, seed=2)
+    nominal = model.predict(cols, cols["__run__"], cols["__event__"])
+    for delta in (0.002, 0.05, 1.0):
+        shifted = {**cols, "x1": cols["x1"] * (1 + delta), "x4": cols["x4"] - delta}
+        shifted["x1"][:50] = np.nan  # to NaN: the default branch
+        full = model.predict(shifted, cols["__run__"], cols["__event__"])
+        moved = ~model.same_path(cols, shifted)
+        # a small shift moves few events across a split, a large one most: the check has teeth
+        assert 50 <= moved.sum() < len(moved)
+        np.testing.assert_array_equal(model.rescore(nominal, cols, shifted), full)
+        # every event that kept its path kept its score
+        np.testing.assert_array_equal(full[~moved], nominal[~moved])
+    assert set(model.splits) == set(features)
+    assert all(np.all(np.diff(th) > 0) for th in model.splits.values())
