@@ -41,12 +41,13 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "train",
-            "train the ITA BDTs (BDT1, BDT2, BDTc) and eta with xgboost; BDTh with issue 5",
+            "train the ITA BDTs (BDT1, BDT2, BDTc), the HTA BDTh and continuum classifier, "
+            "and the eta transforms, with xgboost",
             None,
         ),
         Stage(
             "process",
-            "run the ITA coffea processor into the fit histograms; the HTA with issue 5",
+            "run the HTA and ITA coffea processors (overlap removed) into the fit histograms",
             None,
         ),
         Stage("fit", "build the pyhf workspaces and run inference", None),
@@ -124,7 +125,7 @@ def _check_catalogue(run_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Training tables on the cluster, then the ITA BDTs and eta."""
+    """Training tables on the cluster, then the ITA and HTA models."""
     from knunu.cluster import get_client
     from knunu.pipeline import train_stage, training_summary
 
@@ -139,9 +140,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    """The ITA processor on the cluster into the run's histogram file."""
+    """The HTA and ITA processors on the cluster into the run's histogram file."""
     from knunu.cluster import get_client
-    from knunu.pipeline import process_stage
+    from knunu.pipeline import process_stage, process_summary
 
     config = load_config(args.config)
     run_dir = _run_dir(args, config)
@@ -154,6 +155,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         f"{report.chunks} chunks, {report.wall_seconds:.1f} s wall, "
         f"{report.throughput_hz:.0f} events/s; histograms in {run_dir / 'histograms.root'}"
     )
+    print("\n".join(process_summary(run_dir)))
     return EXIT_OK
 
 

@@ -3,12 +3,13 @@
 Stages that exist run; stages that are not built yet are reported as such. Nothing is made up:
 the simulation runs at the configured scale on the configured Dask cluster, the ITA training
 and processors run on the same cluster, and the fit uses the run's own histograms for the
-analyses they hold (the ITA until the HTA exists; issue 5). With no histograms of its own, the
-fit stage fits the vendored published Belle II likelihood and labels it as that.
+analyses they hold (ITA and HTA, combined). When the run's own workspace cannot be fitted,
+the fit stage says why and fits the vendored published Belle II likelihood, labelled as that.
 
-Run directory layout: ``ntuples/`` (catalogue.json), ``tables/`` (training tables),
-``models/`` (BDTs, eta, training.json), ``histograms.root`` (+ ``histograms.json`` report),
-``workspaces/``, ``fit/``.
+Run directory layout: ``ntuples/`` (catalogue.json), ``tables/`` and ``tables_hta/`` (training
+tables), ``models/`` (BDTs, eta, training.json, training_hta.json), ``histograms.root`` (+
+``histograms.json`` report, ``overlap.json``: the HTA signal-region events), ``workspaces/``,
+``fit/``.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def _run_process(config: dict[str, Any], run: RunDir, client: Any) -> list[str]:
     run.record_stage("process", "done", histograms=str((run.path / "histograms.root").resolve()))
     events = sum(report.events_processed.values())
     return [
-        f"  {'process':9s} done: {run.path / 'histograms.root'} ({events} events in "
-        f"{report.chunks} chunks, every event accounted for, {report.wall_seconds:.1f} s)"
+        f"  {'process':9s} done: {run.path / 'histograms.root'} ({events} ITA events in "
+        f"{report.chunks} chunks, every event accounted for, {report.wall_seconds:.1f} s)",
+        *(f"            {line}" for line in process_summary(run.path)),
     ]
 
 
@@ -147,44 +149,77 @@ def _fit_workspace(config: dict[str, Any], run: RunDir, workspace: str, label: s
     ]
 
 
-def training_summary(summary: Any) -> list[str]:
-    """Lines describing a TrainingSummary (what the CLI and the run report print)."""
+def training_summary(summaries: tuple[Any, Any]) -> list[str]:
+    """Lines describing the ITA and HTA training summaries (what the CLI and the run print)."""
+    ita, hta = summaries
     return [
-        f"            BDT1 AUC {summary.auc_bdt1:.3f}, BDT2 AUC {summary.auc_bdt2:.3f} "
-        "(out-of-fold)",
-        f"            signal efficiency: {summary.signal_efficiency_bdt1:.3f} after BDT1, "
-        f"{summary.signal_efficiency_sr:.4f} for eta > 0.92 (of all produced signal)",
-        f"            BDTc: AUC {summary.auc_bdtc:.3f}, weights {summary.bdtc_weight_mean:.2f} "
-        f"+- {summary.bdtc_weight_std:.2f}; off-resonance data/MC "
-        f"{summary.offres_data_over_mc:.2f}, "
-        f"shape chi2/ndf {summary.offres_chi2_before:.2f} -> {summary.offres_chi2_after:.2f} "
-        f"(ndf {summary.offres_ndf})",
+        f"            BDT1 AUC {ita.auc_bdt1:.3f}, BDT2 AUC {ita.auc_bdt2:.3f} (out-of-fold)",
+        f"            signal efficiency: {ita.signal_efficiency_bdt1:.3f} after BDT1, "
+        f"{ita.signal_efficiency_sr:.4f} for eta > 0.92 (of all produced signal)",
+        f"            BDTc: AUC {ita.auc_bdtc:.3f}, weights {ita.bdtc_weight_mean:.2f} "
+        f"+- {ita.bdtc_weight_std:.2f}; off-resonance data/MC "
+        f"{ita.offres_data_over_mc:.2f}, "
+        f"shape chi2/ndf {ita.offres_chi2_before:.2f} -> {ita.offres_chi2_after:.2f} "
+        f"(ndf {ita.offres_ndf})",
+        f"            HTA: BDTh AUC {hta.auc_bdth:.3f}; signal efficiency "
+        f"{hta.signal_efficiency_selection:.5f} after the selection, "
+        f"{hta.signal_efficiency_sr:.5f} for eta(BDTh) > 0.4 (published 0.004), "
+        f"purity {hta.purity_sr:.3f} (published about 0.04)",
+        f"            HTA continuum classifier: {hta.continuum_classifier}",
     ]
 
 
-def train_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> Any:
-    """Training tables on the cluster, then BDT1/BDT2/eta/BDTc; returns the TrainingSummary."""
+def train_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> tuple[Any, Any]:
+    """Training tables on the cluster, then the ITA and HTA models; (ITA, HTA) summaries."""
+    from knunu.mva.hta import train_hta
     from knunu.mva.train import train_ita
     from knunu.processors.run import Catalogue
     from knunu.processors.stage import make_tables
 
     catalogue = Catalogue.load(run_dir / "ntuples" / "catalogue.json")
     make_tables(catalogue, config["ita"], run_dir / "tables", client)
-    return train_ita(
-        run_dir / "tables", catalogue.datasets, config["ita"], run_dir / "models", config["seed"]
-    )
+    make_tables(catalogue, config["hta"], run_dir / "tables_hta", client, analysis="hta")
+    models, seed = run_dir / "models", config["seed"]
+    ita = train_ita(run_dir / "tables", catalogue.datasets, config["ita"], models, seed)
+    hta = train_hta(run_dir / "tables_hta", catalogue.datasets, config["hta"], models, seed)
+    return ita, hta
 
 
 def process_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> Any:
-    """The ITA processor on the cluster into ``histograms.root``; returns the RunReport."""
+    """The HTA, then the ITA processor (overlap removed) into ``histograms.root``; ITA report."""
     from knunu.processors.run import Catalogue
     from knunu.processors.stage import make_histograms
 
     catalogue = Catalogue.load(run_dir / "ntuples" / "catalogue.json")
     _, report = make_histograms(
-        catalogue, config["ita"], run_dir / "models", run_dir / "histograms.root", client
+        catalogue,
+        config["ita"],
+        run_dir / "models",
+        run_dir / "histograms.root",
+        client,
+        hta_cfg=config["hta"],
     )
     return report
+
+
+def process_summary(run_dir: Path) -> list[str]:
+    """Lines on the HTA run and the overlap removal, from ``histograms.json``."""
+    from knunu.processors.stage import HTA_DATASETS, overlap_fraction
+
+    doc = json.loads((Path(run_dir) / "histograms.json").read_text())
+    if "hta" not in doc:
+        return []
+    rep = doc["hta"]["report"]
+    n_sr = sum(doc["hta"]["sr_events"].values())
+    mc = tuple(d for d in HTA_DATASETS if d != "data_on")
+    return [
+        f"HTA: {sum(rep['events_processed'].values())} events in {rep['chunks']} chunks, "
+        f"{n_sr} in its signal region (all datasets)",
+        "ITA/HTA overlap removed from the ITA signal region: "
+        f"{overlap_fraction(doc['overlap'], mc):.2%} of the MC weight, "
+        f"{doc['overlap'].get('data_on', {}).get('removed', 0)} data events "
+        "(published: about 2 %)",
+    ]
 
 
 def catalogue_summary(path: Path) -> list[str]:

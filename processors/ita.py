@@ -14,6 +14,7 @@ BDTc for continuum MC); data get weight 1 and the nominal only.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +51,27 @@ class Models(NamedTuple):
     bdt2: KFoldBDT
     bdtc: KFoldBDT
     eta: EtaTransform
+
+
+@lru_cache(maxsize=4)
+def load_overlap(path: str) -> dict[str, tuple[np.ndarray, frozenset[tuple[int, int, int]]]]:
+    """HTA signal-region events per dataset: (their event numbers, the (exp, run, event) set)."""
+    doc = json.loads(Path(path).read_text())
+    out = {}
+    for dataset, keys in doc["sr_events"].items():
+        triples = frozenset(tuple(int(x) for x in k) for k in keys)
+        out[dataset] = (np.unique([k[2] for k in triples]).astype(np.int64), triples)
+    return out
+
+
+def overlap_mask(cols: Mapping[str, np.ndarray], hta: tuple[np.ndarray, frozenset]) -> np.ndarray:
+    """True for events whose (experiment, run, event) is in the HTA signal-region set."""
+    events, triples = hta
+    out = np.isin(cols["__event__"], events)  # a cheap pre-filter, then the exact key
+    for i in np.flatnonzero(out):
+        key = (int(cols["__experiment__"][i]), int(cols["__run__"][i]), int(cols["__event__"][i]))
+        out[i] = key in triples
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -116,7 +138,15 @@ class ITAProcessor(processor.ProcessorABC):
         self.cfg = dict(cfg)
         self.names = tuple(
             dict.fromkeys(
-                [*BOOKKEEPING, *TRUTH, *ENERGY, *bdt2_features(cfg), "K_q2rec", "K_mcPDG"]
+                [
+                    "__experiment__",
+                    *BOOKKEEPING,
+                    *TRUTH,
+                    *ENERGY,
+                    *bdt2_features(cfg),
+                    "K_q2rec",
+                    "K_mcPDG",
+                ]
             )
         )
 
@@ -174,6 +204,18 @@ class ITAProcessor(processor.ProcessorABC):
             cols = EnergyShift("mcE_hadronic", corr["hadronic_energy_scale"] - 1.0)(cols, 1.0)
         nominal = self._scores(models, cols, continuum)
         p, eta, bdtc = self._eta_weight(models, nominal)
+        # the ITA/HTA overlap: events in both signal regions leave the ITA sample (every
+        # histogram and variation), decided on the nominal eta
+        overlap = {"ita_sr": 0, "ita_sr_weight": 0.0, "removed": 0, "removed_weight": 0.0}
+        in_sr = p & (eta > SR_ETA)
+        overlap["ita_sr"] = int(in_sr.sum())
+        overlap["ita_sr_weight"] = float((weight * bdtc)[in_sr].sum())
+        hta = load_overlap(self.cfg["overlap"]).get(dataset) if self.cfg.get("overlap") else None
+        if hta is not None:
+            drop = in_sr & overlap_mask(cols, hta)
+            overlap["removed"] = int(drop.sum())
+            overlap["removed_weight"] = float((weight * bdtc)[drop].sum())
+            weight = np.where(drop, 0.0, weight)
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
 
@@ -235,6 +277,7 @@ class ITAProcessor(processor.ProcessorABC):
                 "ita_control": control,
                 "cutflow": cutflow,
                 "cutflow_unweighted": raw,
+                "overlap": overlap,
             }
         }
 

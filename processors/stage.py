@@ -1,10 +1,14 @@
-"""The ITA stages on a cluster: training tables -> training -> histograms (file contract).
+"""The ITA and HTA stages on a cluster: training tables -> training -> histograms (file contract).
 
 ``make_tables`` and ``make_histograms`` run coffea processors over the catalogue's datasets on a
 Dask client (or in-process), account for every event, and write their outputs atomically with a
 run report. The histogram file follows the contract of :mod:`knunu.fits.build`:
-``ita_on``/``ita_off`` keys ``{channel}_{sample}_{variation}``, simulated samples scaled to the
-data luminosity (on or off resonance), Weight storage.
+``ita_on``/``ita_off``/``hta`` keys ``{channel}_{sample}_{variation}``, simulated samples scaled
+to the data luminosity (on or off resonance), Weight storage.
+
+With the HTA, ``make_histograms`` runs it first, writes its signal-region events
+(experiment, run, event) to ``overlap.json`` next to the histogram file, and the ITA processor
+reads that file on the workers and removes those events from its signal region.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import uproot
 
 from knunu.errors import InputError
 from knunu.mva.train import BACKGROUNDS, OFFRES_MC, SIGNAL, bdt2_features, lumi_scale
+from knunu.processors import hta
 from knunu.processors import run as runner
 from knunu.processors.ita import HIST_VARIATIONS, ITAProcessor, dataset_kind
+from knunu.processors.selection import BOOKKEEPING, TRUTH
 from knunu.processors.tables import TableProcessor
 from knunu.rundir import atomic_path, write_json
 
@@ -28,6 +34,15 @@ log = logging.getLogger(__name__)
 TREE = "ita"
 #: Datasets of the ITA: simulated on- and off-resonance samples and the pseudo-data.
 ITA_DATASETS = (SIGNAL, *BACKGROUNDS, *OFFRES_MC, "data_on", "data_off")
+#: Datasets of the HTA histograms (on resonance only; its tables also take the off-resonance).
+HTA_DATASETS = (SIGNAL, *BACKGROUNDS, "data_on")
+
+
+def table_names(analysis: str, cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The columns the training tables of an analysis hold."""
+    if analysis == "hta":
+        return hta.hta_names(cfg)
+    return (*BOOKKEEPING, *TRUTH, *bdt2_features(cfg), "K_q2rec", "K_mcPDG")
 
 
 def make_tables(
@@ -35,8 +50,9 @@ def make_tables(
     cfg: Mapping[str, Any],
     out_dir: str | Path,
     client: Any | None = None,
+    analysis: str = "ita",
 ) -> runner.RunReport:
-    """Write the training tables of every ITA dataset; returns the run report.
+    """Write the training tables of every dataset for ``analysis`` (its tree); the run report.
 
     Raises:
         InputError: a dataset or file of the catalogue is missing or inconsistent.
@@ -44,10 +60,17 @@ def make_tables(
     """
     datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
     _require(catalogue, datasets)
-    expected = runner.expected_entries(catalogue, TREE, datasets)
-    proc = TableProcessor(str(Path(out_dir).resolve()), cfg["selection"], bdt2_features(cfg))
+    expected = runner.expected_entries(catalogue, analysis, datasets)
+    proc = TableProcessor(
+        str(Path(out_dir).resolve()), analysis, cfg["selection"], table_names(analysis, cfg)
+    )
     output, report = runner.run(
-        catalogue.fileset(TREE, datasets), proc, TREE, expected, client, int(cfg["chunksize"])
+        catalogue.fileset(analysis, datasets),
+        proc,
+        analysis,
+        expected,
+        client,
+        int(cfg["chunksize"]),
     )
     rows = {ds: int(output[ds]["rows"]) for ds in datasets}
     write_json(Path(out_dir) / "tables.json", {"report": report.as_dict(), "rows": rows})
@@ -60,25 +83,66 @@ def make_histograms(
     models: str | Path,
     out_file: str | Path,
     client: Any | None = None,
+    hta_cfg: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], runner.RunReport]:
-    """Run the ITA processor and write the histogram file and its report (``<file>.json``).
+    """Run the HTA (if ``hta_cfg``) and the ITA processor; write the histogram file and report.
+
+    The report file ``<file>.json`` holds each processor's run report, the cutflows and the
+    overlap removal (ITA signal-region events and weight, and how much of it the HTA took).
 
     Returns:
-        (the processor output per dataset, the run report).
+        (the ITA processor output per dataset, the ITA run report).
     """
+    out_file = Path(out_file)
     datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
     _require(catalogue, datasets)
+    doc: dict[str, Any] = {}
+    hta_output: dict[str, Any] = {}
+    cfg = dict(cfg)
+    if hta_cfg is not None:
+        hta_sets = [d for d in HTA_DATASETS if d in catalogue.datasets]
+        proc_h = hta.HTAProcessor(str(Path(models).resolve()), hta_cfg)
+        hta_output, hta_report = runner.run(
+            catalogue.fileset("hta", hta_sets),
+            proc_h,
+            "hta",
+            runner.expected_entries(catalogue, "hta", hta_sets),
+            client,
+            int(hta_cfg["chunksize"]),
+        )
+        overlap = out_file.with_name("overlap.json")
+        sr = {ds: sorted(out.pop("sr_events")) for ds, out in hta_output.items()}
+        write_json(overlap, {"sr_events": sr})
+        cfg["overlap"] = str(overlap.resolve())
+        doc["hta"] = {
+            "report": hta_report.as_dict(),
+            "cutflows": {ds: _cutflow(out) for ds, out in hta_output.items()},
+            "sr_events": {ds: len(v) for ds, v in sr.items()},
+        }
     expected = runner.expected_entries(catalogue, TREE, datasets)
     proc = ITAProcessor(str(Path(models).resolve()), cfg)
     output, report = runner.run(
         catalogue.fileset(TREE, datasets), proc, TREE, expected, client, int(cfg["chunksize"])
     )
-    write_histogram_file(out_file, output, catalogue.datasets)
-    cutflows = {ds: _cutflow(out) for ds, out in output.items()}
-    write_json(
-        Path(out_file).with_suffix(".json"), {"report": report.as_dict(), "cutflows": cutflows}
-    )
+    write_histogram_file(out_file, output, catalogue.datasets, hta_output)
+    overlap_doc = {ds: out["overlap"] for ds, out in output.items()}
+    doc = {
+        "report": report.as_dict(),
+        "cutflows": {ds: _cutflow(out) for ds, out in output.items()},
+        "overlap": overlap_doc,
+        **doc,
+    }
+    write_json(out_file.with_suffix(".json"), doc)
     return output, report
+
+
+def overlap_fraction(
+    overlap: Mapping[str, Mapping[str, float]], datasets: tuple[str, ...]
+) -> float:
+    """Weighted fraction of the ITA signal region the overlap removal took, over ``datasets``."""
+    sr = sum(overlap[d]["ita_sr_weight"] for d in datasets if d in overlap)
+    removed = sum(overlap[d]["removed_weight"] for d in datasets if d in overlap)
+    return removed / sr if sr > 0 else 0.0
 
 
 def _cutflow(out: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -105,10 +169,25 @@ def channel_of(dataset: str) -> str:
 
 
 def write_histogram_file(
-    path: str | Path, output: Mapping[str, Any], catalogue: Mapping[str, Any]
+    path: str | Path,
+    output: Mapping[str, Any],
+    catalogue: Mapping[str, Any],
+    hta_output: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the fit and control histograms, MC scaled to the data luminosity (atomically)."""
+    """Write the fit and control histograms, MC scaled to the data luminosity (atomically).
+
+    HTA datasets are summed into the HTA fit samples (``charged`` + ``mixed`` -> ``bbbar``, ...).
+    """
     path = Path(path)
+    hta_hists: dict[str, Any] = {}
+    for ds in sorted(hta_output or {}):
+        sample, is_data = dataset_kind(ds)
+        name = hta.HTA_SAMPLE[sample]
+        scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
+        for kind in ("hta", "hta_control"):
+            h = hta_output[ds][kind] * scale
+            key = f"{kind}/{name}"
+            hta_hists[key] = hta_hists[key] + h if key in hta_hists else h
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for ds in sorted(output):
             out = output[ds]
@@ -119,5 +198,12 @@ def write_histogram_file(
             for var in ("nominal",) if is_data else HIST_VARIATIONS:
                 f[f"{channel}_{sample}_{var}"] = out["ita"][{"variation": var}] * scale
             f[f"{channel}_control_{sample}_nominal"] = out["ita_control"] * scale
+        for key, h in sorted(hta_hists.items()):
+            kind, name = key.split("/")
+            if kind == "hta_control":
+                f[f"hta_control_{name}_nominal"] = h
+                continue
+            for var in ("nominal",) if name == "data" else hta.HIST_VARIATIONS:
+                f[f"hta_{name}_{var}"] = h[{"variation": var}]
     log.info("histograms written to %s", path)
     return path

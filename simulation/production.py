@@ -350,7 +350,9 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         event |= truth_event
         candidates |= truth_candidates
     hta_header = {k: v[hta_idx] for k, v in header.items()}
-    if not task.data:
+    if task.data:
+        del hta_event["Ksig_mcPDG"]
+    else:
         hta_header["__weight__"] = hta_header["__weight__"] * tag_w
     # the HTA tree's event-shape inputs come from the full event reconstruction
     hta_shapes = {k: v for k, v in ita_variables(seen.take(hta_idx))[0].items() if k in _HTA_SHAPES}
@@ -379,7 +381,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     )
 
 
-_HTA_SHAPES = ("thrust", "R2", "cos_thrust_axis", "nClusters", "E_miss", "p_miss")
+_HTA_SHAPES = ("thrust", "R2", "cos_thrust_axis", "nTracks", "nClusters", "E_miss", "p_miss")
 
 
 # ---------------------------------------------------------------------------- bookkeeping

@@ -275,6 +275,7 @@ def hta_variables(
         "Ksig_dr": tr.dr[k],
         "Ksig_dz": tr.dz[k],
         "Ksig_cosTheta": tr.p4_lab[k, 3] / np.linalg.norm(tr.p4_lab[k, 1:], axis=1),
+        "Ksig_mcPDG": tr.true_pdg[k].astype(np.int32),  # MC truth (dropped for data)
         "E_extra": extra_e,
         "nExtraClusters": n_extra.astype(np.int32),
         "m2_miss": _m2(sig_b - k4),
