@@ -217,7 +217,7 @@ def process_summary(run_dir: Path) -> list[str]:
         f"{n_sr} in its signal region (all datasets)",
         "ITA/HTA overlap removed from the ITA signal region: "
         f"{overlap_fraction(doc['overlap'], mc):.2%} of the MC weight, "
-        f"{doc['overlap'].get('data_on', {}).get('removed', 0)} data events "
+        f"{doc['overlap'].get('data_on', {}).get('matched', 0)} data events "
         "(published: about 2 %)",
     ]
 

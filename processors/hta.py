@@ -10,8 +10,8 @@ impact-parameter cuts, with charge opposite to the tag B.
 - ``hta``: variation x eta(BDTh) in 6 bins of equal signal above 0.4 (the fit layout);
 - ``hta_control``: eta(BDTh) 0-1 in 20 bins, nominal only;
 - ``cutflow`` / ``cutflow_unweighted``;
-- ``sr_events``: the set of (experiment, run, event) in the signal region (nominal), which the
-  ITA processor uses to remove the overlap.
+- ``sr_events``: the set of (experiment, run, event, HTA weight) in the signal region (nominal),
+  which the ITA processor uses to remove the overlap.
 
 Weight variations are the ITA's (:mod:`knunu.processors.variations`, same truth codes and
 names for the correlated ones); the HTA adds the extra-energy scale as an input variation.
@@ -248,6 +248,7 @@ class HTAProcessor(processor.ProcessorABC):
             cols["__experiment__"][in_sr].tolist(),
             cols["__run__"][in_sr].tolist(),
             cols["__event__"][in_sr].tolist(),
+            cols["__weight__"][in_sr].tolist(),  # the HTA weight (MC: x tag probability p/q)
             strict=True,
         )
         return {

@@ -54,23 +54,37 @@ class Models(NamedTuple):
 
 
 @lru_cache(maxsize=4)
-def load_overlap(path: str) -> dict[str, tuple[np.ndarray, frozenset[tuple[int, int, int]]]]:
-    """HTA signal-region events per dataset: (their event numbers, the (exp, run, event) set)."""
+def load_overlap(path: str) -> dict[str, tuple[np.ndarray, dict[tuple[int, int, int], float]]]:
+    """HTA signal-region events per dataset: (event numbers, {(exp, run, event): HTA weight})."""
     doc = json.loads(Path(path).read_text())
     out = {}
-    for dataset, keys in doc["sr_events"].items():
-        triples = frozenset(tuple(int(x) for x in k) for k in keys)
-        out[dataset] = (np.unique([k[2] for k in triples]).astype(np.int64), triples)
+    for dataset, rows in doc["sr_events"].items():
+        keys = {(int(e), int(r), int(n)): float(w) for e, r, n, w in rows}
+        out[dataset] = (np.unique([k[2] for k in keys]).astype(np.int64), keys)
     return out
 
 
-def overlap_mask(cols: Mapping[str, np.ndarray], hta: tuple[np.ndarray, frozenset]) -> np.ndarray:
-    """True for events whose (experiment, run, event) is in the HTA signal-region set."""
-    events, triples = hta
-    out = np.isin(cols["__event__"], events)  # a cheap pre-filter, then the exact key
-    for i in np.flatnonzero(out):
+def overlap_fraction(
+    cols: Mapping[str, np.ndarray], hta: tuple[np.ndarray, Mapping[tuple[int, int, int], float]]
+) -> np.ndarray:
+    """Per event, the fraction of its weight that belongs to the HTA signal region.
+
+    An event whose (experiment, run, event) is not in the HTA set gets 0. One that is gets its
+    HTA weight over its ITA weight: 1 for data; for MC, whose hadronic tags are drawn more often
+    than nature's (``hta_tag_boost``, HTA weight = MC weight x p/q), the tag probability p/q,
+    so that removing that fraction removes, on average, what nature's tags would.
+
+    >>> cols = {"__experiment__": np.array([1, 1, 2]), "__run__": np.array([5, 5, 5]),
+    ...         "__event__": np.array([10, 11, 10]), "__weight__": np.array([2.0, 1.0, 1.0])}
+    >>> overlap_fraction(cols, (np.array([10]), {(1, 5, 10): 0.5})).tolist()
+    [0.25, 0.0, 0.0]
+    """
+    events, keys = hta
+    out = np.zeros(len(cols["__event__"]))
+    for i in np.flatnonzero(np.isin(cols["__event__"], events)):  # cheap pre-filter
         key = (int(cols["__experiment__"][i]), int(cols["__run__"][i]), int(cols["__event__"][i]))
-        out[i] = key in triples
+        if key in keys:
+            out[i] = min(1.0, keys[key] / float(cols["__weight__"][i]))
     return out
 
 
@@ -205,17 +219,21 @@ class ITAProcessor(processor.ProcessorABC):
         nominal = self._scores(models, cols, continuum)
         p, eta, bdtc = self._eta_weight(models, nominal)
         # the ITA/HTA overlap: events in both signal regions leave the ITA sample (every
-        # histogram and variation), decided on the nominal eta
-        overlap = {"ita_sr": 0, "ita_sr_weight": 0.0, "removed": 0, "removed_weight": 0.0}
+        # histogram and variation), decided on the nominal eta; MC removes the tag-probability
+        # fraction of the weight (see overlap_fraction)
         in_sr = p & (eta > SR_ETA)
-        overlap["ita_sr"] = int(in_sr.sum())
-        overlap["ita_sr_weight"] = float((weight * bdtc)[in_sr].sum())
+        overlap = {
+            "ita_sr": int(in_sr.sum()),
+            "ita_sr_weight": float((weight * bdtc)[in_sr].sum()),
+            "matched": 0,
+            "removed_weight": 0.0,
+        }
         hta = load_overlap(self.cfg["overlap"]).get(dataset) if self.cfg.get("overlap") else None
         if hta is not None:
-            drop = in_sr & overlap_mask(cols, hta)
-            overlap["removed"] = int(drop.sum())
-            overlap["removed_weight"] = float((weight * bdtc)[drop].sum())
-            weight = np.where(drop, 0.0, weight)
+            frac = np.where(in_sr, overlap_fraction(cols, hta), 0.0)
+            overlap["matched"] = int(np.count_nonzero(frac))
+            overlap["removed_weight"] = float((weight * bdtc * frac).sum())
+            weight = weight * (1.0 - frac)
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
 

@@ -16,48 +16,18 @@ import pytest
 import uproot
 
 from knunu.cluster import get_client
-from knunu.config import load_config
 from knunu.errors import ProcessingError
 from knunu.fits.build import HistogramFile, build_spec
 from knunu.fits.catalogue import load_catalogue
-from knunu.mva.train import train_ita
 from knunu.processors import run as runner
 from knunu.processors.ita import HIST_VARIATIONS, STEPS, ITAProcessor
-from knunu.processors.stage import ITA_DATASETS, make_histograms, make_tables, write_histogram_file
-from knunu.simulation.production import plan_production, run_production
+from knunu.processors.stage import ITA_DATASETS, make_histograms, write_histogram_file
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cfg():
-    config = load_config()
-    ita = copy.deepcopy(config["ita"])
-    # tiny scale: few off-resonance events, so the BDTc sample takes everything after selection
-    ita.update(folds=2, bdtc_bdt1_min=0.0, bdtc_eta_min=0.0, chunksize=5000)
-    for name in ("bdt1", "bdt2", "bdtc"):
-        ita["xgboost"][name]["rounds"] = 60
-    return {**config, "scale": "tiny", "ita": ita}
-
-
-@pytest.fixture(scope="module")
-def production(tmp_path_factory, cfg):
-    directory = tmp_path_factory.mktemp("tiny") / "ntuples"
-    with get_client("local", n_workers=2) as client:
-        path = run_production(plan_production(cfg, directory), client)
-    return runner.Catalogue.load(path)
-
-
-@pytest.fixture(scope="module")
-def trained(production, cfg, tmp_path_factory):
-    base = tmp_path_factory.mktemp("trained")
-    report = make_tables(production, cfg["ita"], base / "tables")
-    summary = train_ita(base / "tables", production.datasets, cfg["ita"], base / "models", 7)
-    return base, report, summary
-
-
 def test_tables_account_for_every_event(production, trained):
-    base, report, summary = trained
+    base, report, summary = trained[:3]
     datasets = [d for d in ITA_DATASETS if d in production.datasets]
     for ds in datasets:
         assert report.events_processed[ds] == production.entries("ita", ds) > 0
