@@ -209,6 +209,8 @@ def process_summary(run_dir: Path) -> list[str]:
     doc = json.loads((Path(run_dir) / "histograms.json").read_text())
     if "hta" not in doc:
         return []
+    catalogue = json.loads((Path(run_dir) / "ntuples" / "catalogue.json").read_text())
+    signal = overlap_fraction(doc["overlap"], ("signal",), catalogue["datasets"])
     rep = doc["hta"]["report"]
     n_sr = sum(doc["hta"]["sr_events"].values())
     mc = tuple(d for d in HTA_DATASETS if d != "data_on")
@@ -216,9 +218,10 @@ def process_summary(run_dir: Path) -> list[str]:
         f"HTA: {sum(rep['events_processed'].values())} events in {rep['chunks']} chunks, "
         f"{n_sr} in its signal region (all datasets)",
         "ITA/HTA overlap removed from the ITA signal region: "
-        f"{overlap_fraction(doc['overlap'], mc):.2%} of the MC weight, "
+        f"{100 * overlap_fraction(doc['overlap'], mc, catalogue['datasets']):.2g} % of the "
+        f"expected events at mu = 1 ({100 * signal:.2g} % of its signal), "
         f"{doc['overlap'].get('data_on', {}).get('matched', 0)} data events "
-        "(published: about 2 %)",
+        "(published: about 2 % of the ITA signal-region events)",
     ]
 
 

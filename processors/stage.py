@@ -137,11 +137,21 @@ def make_histograms(
 
 
 def overlap_fraction(
-    overlap: Mapping[str, Mapping[str, float]], datasets: tuple[str, ...]
+    overlap: Mapping[str, Mapping[str, float]],
+    datasets: tuple[str, ...],
+    catalogue: Mapping[str, Any],
 ) -> float:
-    """Weighted fraction of the ITA signal region the overlap removal took, over ``datasets``."""
-    sr = sum(overlap[d]["ita_sr_weight"] for d in datasets if d in overlap)
-    removed = sum(overlap[d]["removed_weight"] for d in datasets if d in overlap)
+    """Fraction of the ITA signal-region weight the overlap removal took, over ``datasets``.
+
+    Simulated datasets are scaled to the on-resonance data luminosity before summing.
+    """
+    sr = removed = 0.0
+    for ds in datasets:
+        if ds not in overlap:
+            continue
+        scale = 1.0 if catalogue[ds].get("data") else lumi_scale(catalogue, ds, "data_on")
+        sr += overlap[ds]["ita_sr_weight"] * scale
+        removed += overlap[ds]["removed_weight"] * scale
     return removed / sr if sr > 0 else 0.0
 
 
