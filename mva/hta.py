@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from knunu.errors import ModelError
 from knunu.mva.bdt import train_kfold
@@ -30,10 +29,9 @@ from knunu.mva.train import (
     BACKGROUNDS,
     OFFRES_MC,
     SIGNAL,
-    _balanced,
-    _columns,
+    balanced_weights,
     bdtc_weight,
-    lumi_scale,
+    labelled_columns,
     read_tables,
     weighted_auc,
 )
@@ -72,17 +70,13 @@ def train_hta(
     out = Path(out_dir)
     folds = int(cfg["folds"])
     frames = read_tables(tables, (SIGNAL, *BACKGROUNDS))
-    parts = []
-    for ds, frame in frames.items():
-        scale = lumi_scale(catalogue, ds, "data_on")
-        parts.append(frame.assign(_label=int(ds == SIGNAL), _w=frame["__weight__"] * scale))
-    cols = _columns(pd.concat(parts, ignore_index=True))
+    cols = labelled_columns(frames, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
         raise ModelError("HTA training: the signal or the background table is empty")
     features = tuple(cfg["features"]["bdth"])
     bdth = train_kfold(
-        "bdth", cols, label, _balanced(cols["_w"], label), features,
+        "bdth", cols, label, balanced_weights(cols["_w"], label), features,
         cfg["xgboost"]["bdth"], folds, seed + 10,
     )  # fmt: skip
     score = bdth.predict(cols, cols["__run__"], cols["__event__"])
@@ -135,23 +129,18 @@ def _train_continuum(
         )
         log.warning("HTA continuum classifier %s", note)
         return note, 1.0
-    parts = []
-    for ds, frame in frames.items():
-        is_data = ds == "data_off"
-        scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_off")
-        parts.append(frame.assign(_label=int(is_data), _w=frame["__weight__"] * scale))
-    cols = _columns(pd.concat(parts, ignore_index=True))
+    cols = labelled_columns(frames, catalogue, "data_off", "data_off")
     label = cols["_label"]
     if label.all():
         return "not trained: no off-resonance continuum MC after the HTA selection", 1.0
     model = train_kfold(
-        "hta_continuum", cols, label, _balanced(cols["_w"], label),
+        "hta_continuum", cols, label, balanced_weights(cols["_w"], label),
         tuple(cfg["features"]["continuum"]), cfg["xgboost"]["continuum"], int(cfg["folds"]), seed,
     )  # fmt: skip
     p = model.predict(cols, cols["__run__"], cols["__event__"])
     w = bdtc_weight(p, tuple(cfg["continuum_clip"]))
     mc = label == 0
     model.save(target)
-    auc = weighted_auc(p, label, _balanced(cols["_w"], label))
+    auc = weighted_auc(p, label, balanced_weights(cols["_w"], label))
     mean = float(np.average(w[mc], weights=cols["_w"][mc]))
     return f"trained on {n_data} data events (AUC {auc:.3f})", mean

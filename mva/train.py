@@ -118,6 +118,29 @@ def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in frame.columns}
 
 
+def labelled_columns(
+    frames: Mapping[str, pd.DataFrame],
+    catalogue: Mapping[str, Any],
+    target: str,
+    positive: str,
+    **flags: Any,
+) -> dict[str, np.ndarray]:
+    """The training tables of several datasets as one set of columns, labelled and weighted.
+
+    Adds ``_label`` (1 for the ``positive`` dataset), ``_w`` (the MC weight scaled to the
+    luminosity of the ``target`` data; data keep their weight) and one column per ``flags``
+    entry, ``name=function(dataset)``.
+    """
+    parts = []
+    for ds, frame in frames.items():
+        scale = 1.0 if ds.startswith("data_") else lumi_scale(catalogue, ds, target)
+        extra = {name: f(ds) for name, f in flags.items()}
+        parts.append(
+            frame.assign(_label=int(ds == positive), _w=frame["__weight__"] * scale, **extra)
+        )
+    return _columns(pd.concat(parts, ignore_index=True))
+
+
 def train_ita(
     tables: str | Path,
     catalogue: Mapping[str, Any],
@@ -143,18 +166,11 @@ def train_ita(
     f1 = tuple(cfg["features"]["bdt1"])
     f2 = bdt2_features(cfg)
     on = read_tables(tables, (SIGNAL, *BACKGROUNDS))
-    parts = []
-    for ds, frame in on.items():
-        frame = frame.assign(
-            _label=int(ds == SIGNAL), _w=frame["__weight__"] * lumi_scale(catalogue, ds, "data_on")
-        )
-        parts.append(frame)
-    table = pd.concat(parts, ignore_index=True)
-    cols = _columns(table)
+    cols = labelled_columns(on, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
         raise ModelError("training: the signal or the background table is empty")
-    train_w = _balanced(cols["_w"], label)
+    train_w = balanced_weights(cols["_w"], label)
 
     bdt1 = train_kfold("bdt1", cols, label, train_w, f1, cfg["xgboost"]["bdt1"], folds, seed)
     s1 = bdt1.predict(cols, cols["__run__"], cols["__event__"])
@@ -202,7 +218,7 @@ def train_ita(
     return summary
 
 
-def _balanced(weight: np.ndarray, label: np.ndarray) -> np.ndarray:
+def balanced_weights(weight: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Weights with the signal class scaled to the total background weight."""
     sig, bkg = weight[label == 1].sum(), weight[label == 0].sum()
     return np.where(label == 1, weight * bkg / sig, weight) / bkg * len(weight)
@@ -236,19 +252,13 @@ def _train_bdtc(
     from knunu.mva.plots import offres_comparison
 
     frames = read_tables(tables, ("data_off", *OFFRES_MC))
-    parts = []
-    for ds, frame in frames.items():
-        is_data = ds == "data_off"
-        scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_off")
-        parts.append(
-            frame.assign(
-                _label=int(is_data),
-                _w=frame["__weight__"] * scale,
-                _continuum=int(ds.removesuffix("_offres") in CONTINUUM),
-            )
-        )
-    table = pd.concat(parts, ignore_index=True)
-    cols = _columns(table)
+    cols = labelled_columns(
+        frames,
+        catalogue,
+        "data_off",
+        "data_off",
+        _continuum=lambda ds: int(ds.removesuffix("_offres") in CONTINUUM),
+    )
     run, event = cols["__run__"], cols["__event__"]
     keep = bdt1.predict(cols, run, event) > cfg["bdtc_bdt1_min"]
     cols = {k: v[keep] for k, v in cols.items()}
@@ -268,7 +278,7 @@ def _train_bdtc(
         "bdtc",
         cols,
         label,
-        _balanced(weight, label),
+        balanced_weights(weight, label),
         bdtc_features(cfg),
         cfg["xgboost"]["bdtc"],
         int(cfg["folds"]),
@@ -288,7 +298,7 @@ def _train_bdtc(
     data_w, mc_w = weight[~mc].sum(), weight[mc].sum()
     check = {
         "events": {"offres_data": int((~mc).sum()), "offres_mc": int(mc.sum())},
-        "auc_bdtc": weighted_auc(p, label, _balanced(weight, label)),
+        "auc_bdtc": weighted_auc(p, label, balanced_weights(weight, label)),
         "bdtc_weight_mean": float(np.average(w[mc], weights=weight[mc])),
         "bdtc_weight_std": float(np.sqrt(np.cov(w[mc], aweights=weight[mc]))),
         "offres_chi2_before": before[0],

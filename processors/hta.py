@@ -32,7 +32,8 @@ from coffea import processor
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight
-from knunu.processors.selection import BOOKKEEPING
+from knunu.processors.run import dataset_kind
+from knunu.processors.selection import BOOKKEEPING, cumulative, cutflow_histograms
 from knunu.processors.variations import WEIGHT_VARIATIONS, Context
 
 #: Catalogue sample -> HTA fit sample (tau pairs, 3 % of the HTA continuum, go with uds).
@@ -117,11 +118,8 @@ def select_hta(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) 
         kaon,
         ak.to_numpy(events.Ksig_charge) * tag_charge < 0,
     )
-    steps: dict[str, np.ndarray] = {}
-    passed = np.ones(len(n_sig), dtype=bool)
-    for step, mask in zip(STEPS[:-1], masks, strict=True):
-        passed = passed & mask
-        steps[step] = passed
+    steps = cumulative(STEPS[:-1], masks)
+    passed = steps[STEPS[-2]]
     fields, tag_fields = set(events.fields), set(tags.fields)
     columns: dict[str, np.ndarray] = {}
     for name in names:
@@ -192,8 +190,8 @@ class HTAProcessor(processor.ProcessorABC):
     def process(self, events: ak.Array) -> dict[str, Any]:
         """Select, score and histogram one chunk."""
         dataset = events.metadata["dataset"]
-        is_data = dataset.startswith("data_")
-        sample = "data" if is_data else HTA_SAMPLE[dataset.removesuffix("_offres")]
+        kind, is_data = dataset_kind(dataset)
+        sample = HTA_SAMPLE[kind]
         models = load_hta_models(self.models)
         cfg = self.cfg
         sel = select_hta(events, cfg["selection"], self.names)
@@ -232,18 +230,8 @@ class HTAProcessor(processor.ProcessorABC):
         control.fill(eta=eta, weight=w_nom)
 
         in_sr = eta > edges[0]
-        selected = np.flatnonzero(sel.steps[STEPS[-2]])
-        masks = dict(sel.steps)
-        masks[STEPS[-1]] = np.zeros(len(events), dtype=bool)
-        masks[STEPS[-1]][selected[in_sr]] = True
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
-        axis = hist.axis.StrCategory(list(STEPS), name="step")
-        cutflow = hist.Hist(axis, storage=hist.storage.Weight())
-        raw = hist.Hist(axis)
-        for step, mask in masks.items():
-            w = mc_weight[mask]
-            cutflow[step] = (w.sum(), (w**2).sum())
-            raw[step] = len(w)
+        cutflow, raw = cutflow_histograms(sel.steps, {STEPS[-1]: in_sr}, mc_weight)
         keys = zip(
             cols["__experiment__"][in_sr].tolist(),
             cols["__run__"][in_sr].tolist(),

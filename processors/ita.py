@@ -28,7 +28,15 @@ from coffea import processor
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import CONTINUUM, MODEL_FILES, bdt2_features, bdtc_weight
-from knunu.processors.selection import BOOKKEEPING, CUTFLOW_STEPS, ENERGY, TRUTH, select
+from knunu.processors.run import dataset_kind
+from knunu.processors.selection import (
+    BOOKKEEPING,
+    CUTFLOW_STEPS,
+    ENERGY,
+    TRUTH,
+    cutflow_histograms,
+    select,
+)
 from knunu.processors.variations import (
     INPUT_VARIATIONS,
     VARIATIONS,
@@ -133,34 +141,17 @@ def _score(
     return out
 
 
-def dataset_kind(dataset: str) -> tuple[str, bool]:
-    """(sample, is_data) of a catalogue dataset name.
-
-    >>> dataset_kind("ccbar_offres"), dataset_kind("data_on")
-    (('ccbar', False), ('data', True))
-    """
-    if dataset.startswith("data_"):
-        return "data", True
-    return dataset.removesuffix("_offres"), False
-
-
 class ITAProcessor(processor.ProcessorABC):
     """ITA histograms for the fit, with the systematic variations, per dataset."""
 
     def __init__(self, models: str | Path, cfg: Mapping[str, Any]) -> None:
         self.models = str(models)
         self.cfg = dict(cfg)
+        # the experiment number is read only to match the HTA's events (overlap removal)
+        overlap = ("__experiment__",) if self.cfg.get("overlap") else ()
         self.names = tuple(
             dict.fromkeys(
-                [
-                    "__experiment__",
-                    *BOOKKEEPING,
-                    *TRUTH,
-                    *ENERGY,
-                    *bdt2_features(cfg),
-                    "K_q2rec",
-                    "K_mcPDG",
-                ]
+                [*overlap, *BOOKKEEPING, *TRUTH, *ENERGY, *bdt2_features(cfg), "K_q2rec", "K_mcPDG"]
             )
         )
 
@@ -275,18 +266,9 @@ class ITAProcessor(processor.ProcessorABC):
 
         # the cutflow counts events and sums their MC weights (before corrections)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
-        masks = {**sel.steps}
-        selected = np.flatnonzero(sel.steps[CUTFLOW_STEPS[-1]])
-        for step, mask in (("BDT1", p), ("eta > 0.92", p & (eta > SR_ETA))):
-            masks[step] = np.zeros(len(mc_weight), dtype=bool)
-            masks[step][selected[mask]] = True
-        axis = hist.axis.StrCategory(list(STEPS), name="step")
-        cutflow = hist.Hist(axis, storage=hist.storage.Weight())
-        raw = hist.Hist(axis)
-        for step, mask in masks.items():
-            w = mc_weight[mask]
-            cutflow[step] = (w.sum(), (w**2).sum())
-            raw[step] = len(w)
+        cutflow, raw = cutflow_histograms(
+            sel.steps, {"BDT1": p, "eta > 0.92": p & (eta > SR_ETA)}, mc_weight
+        )
         return {
             dataset: {
                 "events": len(events),

@@ -22,6 +22,17 @@ from knunu.processors.schema import Belle2Schema
 log = logging.getLogger(__name__)
 
 
+def dataset_kind(dataset: str) -> tuple[str, bool]:
+    """(sample, is_data) of a catalogue dataset name.
+
+    >>> dataset_kind("ccbar_offres"), dataset_kind("data_on")
+    (('ccbar', False), ('data', True))
+    """
+    if dataset.startswith("data_"):
+        return "data", True
+    return dataset.removesuffix("_offres"), False
+
+
 class Catalogue(NamedTuple):
     """The simulation's (or a user's) dataset catalogue."""
 

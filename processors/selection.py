@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import awkward as ak
+import hist
 import numpy as np
 
 CUTFLOW_STEPS = ("all", "kaon candidate", "n tracks", "E_tot", "theta_miss")
@@ -30,6 +31,45 @@ TRUTH = (
 )
 #: Event branches the energy-scale variations need.
 ENERGY = ("sqrt_s", "E_tot", "E_miss")
+
+
+def cumulative(names: Sequence[str], masks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Cumulative cutflow masks: each step passes its own cut and every earlier one.
+
+    >>> cumulative(("a", "b"), (np.array([True, True, False]), np.array([True, False, True])))
+    {'a': array([ True,  True, False]), 'b': array([ True, False, False])}
+    """
+    steps: dict[str, np.ndarray] = {}
+    passed = np.ones(len(masks[0]), dtype=bool)
+    for name, mask in zip(names, masks, strict=True):
+        passed = passed & mask
+        steps[name] = passed
+    return steps
+
+
+def cutflow_histograms(
+    steps: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], weight: np.ndarray
+) -> tuple[hist.Hist, hist.Hist]:
+    """The weighted (Weight storage) and unweighted cutflow of one chunk.
+
+    Args:
+        steps: Cumulative masks over every event of the chunk (the selection).
+        after: Further cumulative masks over the events passing the last of ``steps``
+            (BDT and signal-region cuts), in order.
+        weight: The MC weight of every event.
+    """
+    selected = np.flatnonzero(list(steps.values())[-1])
+    masks = dict(steps)
+    for step, mask in after.items():
+        masks[step] = np.zeros(len(weight), dtype=bool)
+        masks[step][selected[mask]] = True
+    axis = hist.axis.StrCategory(list(masks), name="step")
+    weighted, raw = hist.Hist(axis, storage=hist.storage.Weight()), hist.Hist(axis)
+    for step, mask in masks.items():
+        w = weight[mask]
+        weighted[step] = (w.sum(), (w**2).sum())
+        raw[step] = len(w)
+    return weighted, raw
 
 
 class Selected(NamedTuple):
@@ -83,11 +123,8 @@ def select(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) -> S
         ak.to_numpy(events.E_tot) > cuts["e_tot_min"],
         (theta > t_lo) & (theta < t_hi),
     )
-    steps: dict[str, np.ndarray] = {}
-    passed = np.ones(len(n_tracks), dtype=bool)
-    for step, mask in zip(CUTFLOW_STEPS, masks, strict=True):
-        passed = passed & mask
-        steps[step] = passed
+    steps = cumulative(CUTFLOW_STEPS, masks)
+    passed = steps[CUTFLOW_STEPS[-1]]
     # the chosen candidate: the first good one with the lowest q2rec (bad ones sit at +inf)
     local = ak.argmin(ak.unflatten(q2, counts), axis=1, mask_identity=False)
     best = (np.cumsum(counts) - counts + ak.to_numpy(local))[passed]

@@ -24,7 +24,8 @@ from knunu.errors import InputError
 from knunu.mva.train import BACKGROUNDS, OFFRES_MC, SIGNAL, bdt2_features, lumi_scale
 from knunu.processors import hta
 from knunu.processors import run as runner
-from knunu.processors.ita import HIST_VARIATIONS, ITAProcessor, dataset_kind
+from knunu.processors.ita import HIST_VARIATIONS, ITAProcessor
+from knunu.processors.run import dataset_kind
 from knunu.processors.selection import BOOKKEEPING, TRUTH
 from knunu.processors.tables import TableProcessor
 from knunu.rundir import atomic_path, write_json
