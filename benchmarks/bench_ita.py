@@ -72,7 +72,6 @@ def main() -> int:
         catalogue = runner.Catalogue.load(run_dir / "ntuples" / "catalogue.json")
         datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
         fileset = catalogue.fileset("ita", datasets)
-        expected = {d: catalogue.entries("ita", d) for d in datasets}
         files = [f for d in datasets for f in fileset[d]["files"]]
         proc = ITAProcessor(str((run_dir / "models").resolve()), cfg)
         with uproot.open(
@@ -83,14 +82,14 @@ def main() -> int:
         used = [b for b in all_branches if b in wanted]
         # warm the page cache and the model cache once, then time each side ``--repeat`` times,
         # interleaved, keeping each side's fastest pass (the least disturbed by other load)
-        runner.run(fileset, proc, "ita", expected, None, cfg["chunksize"])
+        runner.run(catalogue, datasets, proc, "ita", None, cfg["chunksize"])
         sides = {
             "raw uproot read (used branches)": lambda: _raw_read(files, used, cfg["chunksize"]),
             "raw uproot read (all branches)": lambda: _raw_read(
                 files, all_branches, cfg["chunksize"]
             ),
             "ITA processor (all variations)": lambda: sum(
-                runner.run(fileset, proc, "ita", expected, None, cfg["chunksize"])[
+                runner.run(catalogue, datasets, proc, "ita", None, cfg["chunksize"])[
                     1
                 ].events_processed.values()
             ),

@@ -7,11 +7,12 @@ a stage that is not built yet says so and exits 3. Nothing here invents a result
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 from knunu import __version__
 from knunu.config import load_config
@@ -124,16 +125,58 @@ def _check_catalogue(run_dir: Path) -> None:
     Catalogue.load(run_dir / "ntuples" / "catalogue.json")
 
 
+@contextlib.contextmanager
+def _client(args: argparse.Namespace, config: dict) -> Iterator[Any]:
+    """A client on the chosen backend; says where its dashboard is."""
+    from knunu.cluster import get_client
+
+    backend = args.cluster or config["cluster"]
+    with get_client(backend) as client:
+        print(f"{backend} Dask cluster, dashboard: {client.dashboard_link}", file=sys.stderr)
+        yield client
+
+
+class ProgressPrinter:
+    """Processor-run progress on stderr: a live line on a terminal, every 10 % in batch logs."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown: dict[str, int] = {}
+
+    def __call__(self, p: Any) -> None:
+        """Show one :class:`knunu.processors.run.Progress`."""
+        line = (
+            f"{p.label}: {p.chunks_done}/{p.chunks_total} chunks, "
+            f"{p.events_done}/{p.events_total} events, {p.rate_hz:,.0f} events/s"
+        )
+        finished = p.chunks_done == p.chunks_total
+        if self.tty:
+            self.stream.write(f"\r{line}" + ("\n" if finished else ""))
+        else:
+            decile = 10 * p.chunks_done // max(p.chunks_total, 1)
+            if self.shown.get(p.label) == decile:
+                return
+            self.shown[p.label] = decile
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _skip_option(args: argparse.Namespace, config: dict) -> dict:
+    if getattr(args, "skip_bad_inputs", False):
+        config["processing"]["skip_bad_inputs"] = True
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Training tables on the cluster, then the ITA and HTA models."""
-    from knunu.cluster import get_client
     from knunu.pipeline import train_stage, training_summary
 
-    config = load_config(args.config)
+    config = _skip_option(args, load_config(args.config))
     run_dir = _run_dir(args, config)
     _check_catalogue(run_dir)
-    with get_client(args.cluster or config["cluster"]) as client:
-        summary = train_stage(config, run_dir, client)
+    with _client(args, config) as client:
+        summary = train_stage(config, run_dir, client, ProgressPrinter())
     print(f"models written to {run_dir / 'models'}")
     print("\n".join(line.strip() for line in training_summary(summary)))
     return EXIT_OK
@@ -141,18 +184,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_process(args: argparse.Namespace) -> int:
     """The HTA and ITA processors on the cluster into the run's histogram file."""
-    from knunu.cluster import get_client
     from knunu.pipeline import process_stage, process_summary
 
-    config = load_config(args.config)
+    config = _skip_option(args, load_config(args.config))
     run_dir = _run_dir(args, config)
     _check_catalogue(run_dir)
-    with get_client(args.cluster or config["cluster"]) as client:
-        report = process_stage(config, run_dir, client)
+    with _client(args, config) as client:
+        report = process_stage(config, run_dir, client, ProgressPrinter())
+    lost = report.events_lost
     for ds, n in report.events_processed.items():
-        print(f"{ds:16s} {n:>10d} of {report.events_in[ds]:>10d} events processed")
+        extra = f", {lost[ds]} LOST" if lost[ds] else ""
+        print(f"{ds:16s} {n:>10d} of {report.events_in[ds]:>10d} events processed{extra}")
+    for item in report.lost:
+        print(f"lost {item.events} events of {item.dataset}: {item.reason}")
     print(
-        f"{report.chunks} chunks, {report.wall_seconds:.1f} s wall, "
+        f"{report.chunks} chunks ({report.chunks_from_checkpoint} from checkpoints, "
+        f"{report.retries} retried reads), {report.wall_seconds:.1f} s wall, "
         f"{report.throughput_hz:.0f} events/s; histograms in {run_dir / 'histograms.root'}"
     )
     print("\n".join(process_summary(run_dir)))
@@ -163,10 +210,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run every stage in order: the built ones run, the others are reported as not built."""
     from knunu.pipeline import run_analysis
 
-    config = load_config(args.config)
+    config = _skip_option(args, load_config(args.config))
     if args.cluster:
         config["cluster"] = args.cluster
-    report = run_analysis(config, STAGES)
+    with _client(args, config) as client:
+        report = run_analysis(config, STAGES, ProgressPrinter(), client)
     print(report)
     return EXIT_OK
 
@@ -203,9 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim = add("simulate", cmd_simulate, STAGES["simulate"].help)
     sim.add_argument("--scale", choices=["tiny", "default", "belle2"], help="override the scale")
     sim.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
+    skip_help = (
+        "bad input files or chunks are listed in the report and the run goes on "
+        "(default: processing.skip_bad_inputs, false: they fail the run)"
+    )
     for stage, func in (("train", cmd_train), ("process", cmd_process)):
         p = add(stage, func, STAGES[stage].help)
         p.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
+        p.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
     fit = add("fit", cmd_fit, STAGES["fit"].help)
     fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
     fit.add_argument(
@@ -222,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--toys", type=int, metavar="N", help="goodness-of-fit toys (default: fit.gof_toys)"
     )
     fit.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-    add("run", cmd_run, "run the whole analysis end to end (what `make analysis` calls)")
+    run = add("run", cmd_run, "run the whole analysis end to end (what `make analysis` calls)")
+    run.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
     clu = add(
         "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"
     )

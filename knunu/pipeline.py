@@ -14,8 +14,10 @@ tables), ``models/`` (BDTs, eta, training.json, training_hta.json), ``histograms
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ from knunu.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
+def run_analysis(
+    config: dict[str, Any], stages: dict[str, Any], progress: Any = None, client: Any = None
+) -> str:
     """Run the pipeline described by ``stages`` (name -> Stage with ``issue`` None when built).
 
     Returns:
@@ -34,7 +38,9 @@ def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
 
     run = RunDir(config["output_dir"], config)
     lines = [f"knunu run: run directory {run.path.resolve()}"]
-    with get_client(config["cluster"]) as client:
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(get_client(config["cluster"]))
         for name, stage in stages.items():
             if name == "fit":
                 continue
@@ -42,13 +48,13 @@ def run_analysis(config: dict[str, Any], stages: dict[str, Any]) -> str:
                 run.record_stage(name, "not built", tracked_in=stage.issue)
                 lines.append(f"  {name:9s} not built yet ({stage.issue})")
                 continue
-            lines += _STAGE_RUNNERS[name](config, run, client)
+            lines += _STAGE_RUNNERS[name](config, run, client, progress)
     lines += _fit(config, run)
     run.write_manifest()
     return "\n".join(lines)
 
 
-def _run_simulate(config: dict[str, Any], run: RunDir, client: Any) -> list[str]:
+def _run_simulate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> list[str]:
     from knunu.simulation.production import plan_production, run_production
 
     catalogue = run_production(plan_production(config, run.path / "ntuples"), client)
@@ -60,21 +66,22 @@ def _run_simulate(config: dict[str, Any], run: RunDir, client: Any) -> list[str]
     ]
 
 
-def _run_train(config: dict[str, Any], run: RunDir, client: Any) -> list[str]:
-    summary = train_stage(config, run.path, client)
+def _run_train(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> list[str]:
+    summary = train_stage(config, run.path, client, progress)
     run.record_output(run.path / "models" / "training.json")
     run.record_stage("train", "done", models=str((run.path / "models").resolve()))
     return [f"  {'train':9s} done: {run.path / 'models'}", *training_summary(summary)]
 
 
-def _run_process(config: dict[str, Any], run: RunDir, client: Any) -> list[str]:
-    report = process_stage(config, run.path, client)
+def _run_process(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> list[str]:
+    report = process_stage(config, run.path, client, progress)
     run.record_output(run.path / "histograms.root")
     run.record_stage("process", "done", histograms=str((run.path / "histograms.root").resolve()))
     events = sum(report.events_processed.values())
     return [
         f"  {'process':9s} done: {run.path / 'histograms.root'} ({events} ITA events in "
-        f"{report.chunks} chunks, every event accounted for, {report.wall_seconds:.1f} s)",
+        f"{report.chunks} chunks, {sum(report.events_lost.values())} lost, "
+        f"{report.wall_seconds:.1f} s)",
         *(f"            {line}" for line in process_summary(run.path)),
     ]
 
@@ -169,7 +176,23 @@ def training_summary(summaries: tuple[Any, Any]) -> list[str]:
     ]
 
 
-def train_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> tuple[Any, Any]:
+def run_options(config: dict[str, Any], run_dir: Path, progress: Any = None) -> Any:
+    """The processor-run options of ``config["processing"]``; checkpoints under the run."""
+    from knunu.processors.run import RunOptions
+
+    proc = config["processing"]
+    return RunOptions(
+        retries=int(proc["retries"]),
+        retry_wait=float(proc["retry_wait_s"]),
+        skip_bad_inputs=bool(proc["skip_bad_inputs"]),
+        checkpoint_dir=Path(run_dir) / "checkpoints" if proc["checkpoints"] else None,
+        progress=progress,
+    )
+
+
+def train_stage(
+    config: dict[str, Any], run_dir: Path, client: Any | None, progress: Any = None
+) -> tuple[Any, Any]:
     """Training tables on the cluster, then the ITA and HTA models; (ITA, HTA) summaries."""
     from knunu.mva.hta import train_hta
     from knunu.mva.train import train_ita
@@ -177,16 +200,27 @@ def train_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> tu
     from knunu.processors.stage import make_tables
 
     catalogue = Catalogue.load(run_dir / "ntuples" / "catalogue.json")
-    make_tables(catalogue, config["ita"], run_dir / "tables", client)
-    make_tables(catalogue, config["hta"], run_dir / "tables_hta", client, analysis="hta")
+    options = run_options(config, run_dir, progress)
+    make_tables(catalogue, config["ita"], run_dir / "tables", client, options=options)
+    make_tables(
+        catalogue, config["hta"], run_dir / "tables_hta", client, analysis="hta", options=options
+    )
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     models, seed = run_dir / "models", config["seed"]
     ita = train_ita(run_dir / "tables", catalogue.datasets, config["ita"], models, seed)
     hta = train_hta(run_dir / "tables_hta", catalogue.datasets, config["hta"], models, seed)
     return ita, hta
 
 
-def process_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> Any:
-    """The HTA, then the ITA processor (overlap removed) into ``histograms.root``; ITA report."""
+def process_stage(
+    config: dict[str, Any], run_dir: Path, client: Any | None, progress: Any = None
+) -> Any:
+    """The HTA, then the ITA processor (overlap removed) into ``histograms.root``; ITA report.
+
+    Finished chunks are checkpointed under ``<run>/checkpoints`` (when configured): an
+    interrupted run restarted on the same run directory continues where it stopped. They are
+    removed once the histogram file is written.
+    """
     from knunu.processors.run import Catalogue
     from knunu.processors.stage import make_histograms
 
@@ -198,7 +232,9 @@ def process_stage(config: dict[str, Any], run_dir: Path, client: Any | None) -> 
         run_dir / "histograms.root",
         client,
         hta_cfg=config["hta"],
+        options=run_options(config, run_dir, progress),
     )
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return report
 
 

@@ -7,13 +7,18 @@ with the file named, and nothing is dropped silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import pickle
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
+import numpy as np
 from coffea import processor
 
 from knunu.errors import InputError, ProcessingError
@@ -75,13 +80,91 @@ class Catalogue(NamedTuple):
         return sum(int(f[f"entries_{tree}"]) for f in self.datasets[dataset]["files"])
 
 
+class Chunk(NamedTuple):
+    """An entry range of one file: the unit of work, of retries, of checkpoints and of loss."""
+
+    index: int
+    dataset: str
+    path: str
+    tree: str
+    start: int
+    stop: int
+
+    @property
+    def events(self) -> int:
+        """Entries in the range."""
+        return self.stop - self.start
+
+    def describe(self) -> str:
+        """``file [start, stop)``."""
+        return f"{self.path} [{self.start}, {self.stop})"
+
+
+class Lost(NamedTuple):
+    """Events a run did not process (only with ``skip_bad_inputs``), and why."""
+
+    dataset: str
+    path: str
+    start: int
+    stop: int
+    reason: str
+
+    @property
+    def events(self) -> int:
+        """Entries lost."""
+        return self.stop - self.start
+
+
+class Progress(NamedTuple):
+    """Where a run is; handed to :attr:`RunOptions.progress` after every finished chunk."""
+
+    label: str
+    chunks_done: int
+    chunks_total: int
+    events_done: int
+    events_total: int
+    elapsed: float
+
+    @property
+    def rate_hz(self) -> float:
+        """Events per second so far."""
+        return self.events_done / max(self.elapsed, 1e-9)
+
+
+class RunOptions(NamedTuple):
+    """How a run treats failures and interruptions.
+
+    Attributes:
+        retries: Extra attempts of a chunk after an ``OSError`` (transient read errors), with
+            ``retry_wait * 2**k`` seconds between them; still failing -> a bad input.
+        retry_wait: First wait between attempts, seconds.
+        skip_bad_inputs: Bad inputs (unreadable, truncated or empty files, a missing tree or
+            branch, NaN/inf values, wrong entry counts) fail the run unless this is set; then
+            their events are listed in :attr:`RunReport.lost` and the run goes on.
+        checkpoint_dir: Where finished chunks are kept; a run restarted with the same directory,
+            processor, inputs and ``fingerprint`` loads them instead of processing them again.
+        fingerprint: Extra identity of the run's inputs for the checkpoints (e.g. model digests).
+        progress: Called with a :class:`Progress` after every finished chunk.
+    """
+
+    retries: int = 3
+    retry_wait: float = 0.5
+    skip_bad_inputs: bool = False
+    checkpoint_dir: str | Path | None = None
+    fingerprint: str = ""
+    progress: Callable[[Progress], None] | None = None
+
+
 class RunReport(NamedTuple):
-    """What one processor run did (a run with a failed chunk raises instead of reporting)."""
+    """What one processor run did: every input event is processed or listed in ``lost``."""
 
     processor: str
     events_in: dict[str, int]
     events_processed: dict[str, int]
+    lost: list[Lost]
     chunks: int
+    chunks_from_checkpoint: int
+    retries: int
     wall_seconds: float
     process_seconds: float
 
@@ -90,102 +173,408 @@ class RunReport(NamedTuple):
         """Events processed per wall-clock second."""
         return sum(self.events_processed.values()) / max(self.wall_seconds, 1e-9)
 
+    @property
+    def events_lost(self) -> dict[str, int]:
+        """Lost events per dataset."""
+        out = dict.fromkeys(self.events_in, 0)
+        for item in self.lost:
+            out[item.dataset] += item.events
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {**self._asdict(), "throughput_hz": self.throughput_hz}
+        doc = self._asdict()
+        doc["lost"] = [{**item._asdict(), "events": item.events} for item in self.lost]
+        return {**doc, "events_lost": self.events_lost, "throughput_hz": self.throughput_hz}
+
+
+class ChunkResult(NamedTuple):
+    """What a chunk task returns: the processor output, or the bad-input reason."""
+
+    chunk: Chunk
+    output: dict[str, Any] | None
+    problem: str | None
+    attempts: int
+    seconds: float
 
 
 def run(
-    fileset: Mapping[str, Any],
+    catalogue: Catalogue,
+    datasets: list[str],
     proc: processor.ProcessorABC,
     tree: str,
-    expected: Mapping[str, int],
     client: Any | None = None,
     chunksize: int = 200_000,
+    options: RunOptions | None = None,
 ) -> tuple[dict[str, Any], RunReport]:
-    """Run ``proc`` over ``fileset`` and account for every event.
+    """Run ``proc`` over the ``tree`` of ``datasets`` and account for every event.
+
+    Files are checked first (readable, complete, the tree there with the catalogue's entries and
+    the dataset's branches), then cut into chunks of ``chunksize`` entries that run as Dask tasks
+    (``client``) or here (``None``). Outputs are summed on the client in chunk order, so the
+    result does not depend on the number of workers, on which worker finished first, or on
+    workers lost in the middle (Dask re-runs their tasks). coffea's own executors are not used:
+    with ``skipbadfiles`` its DaskExecutor drops a chunk on a transient ``OSError`` silently.
 
     Args:
-        fileset: coffea fileset (datasets -> files -> tree).
-        proc: The processor; its output must hold ``{dataset: {"events": n, "chunks": 1, ...}}``
-            per chunk (summed by the merge).
+        catalogue: The dataset catalogue (files and their entries).
+        datasets: Datasets to run over.
+        proc: The processor; per chunk its output must hold ``{dataset: {"events": n, ...}}``.
         tree: The tree name.
-        expected: Entries per dataset the inputs hold (from the catalogue).
-        client: A ``distributed.Client`` (DaskExecutor); ``None`` runs in this process.
+        client: A ``distributed.Client``; ``None`` runs in this process.
         chunksize: Entries per chunk.
+        options: Retries, skipping, checkpoints, progress (defaults: :class:`RunOptions`).
 
     Raises:
-        ProcessingError: a chunk failed (file named), or a dataset's processed events differ
-            from its entries.
+        InputError: a bad input (file and problem named), unless ``options.skip_bad_inputs``.
+        ProcessingError: the processor failed on a chunk (chunk named), or the events it counted
+            differ from the inputs'.
     """
-    executor: Any
+    options = options or RunOptions()
+    name = type(proc).__name__
+    start_time = time.perf_counter()
+    chunks, lost = _plan(catalogue, datasets, tree, chunksize, options)
+    events_in = {ds: catalogue.entries(tree, ds) for ds in datasets}
+    store = _Checkpoints(options, proc, tree, chunks)
+    merger = _OrderedMerge(len(chunks))
+    state = {"done": 0, "events": 0, "retries": 0, "seconds": 0.0}
+    total_events = sum(c.events for c in chunks)
+
+    def finish(result: ChunkResult, from_checkpoint: bool = False) -> None:
+        chunk = result.chunk
+        if result.problem is not None:
+            if not options.skip_bad_inputs:
+                raise InputError(f"{result.problem} ({name}, entries {chunk.start}-{chunk.stop})")
+            log.warning("lost %d events: %s", chunk.events, result.problem)
+            lost.append(Lost(chunk.dataset, chunk.path, chunk.start, chunk.stop, result.problem))
+            merger.add(chunk.index, None)
+        else:
+            if not from_checkpoint:
+                store.save(result)
+            merger.add(chunk.index, result.output)
+        state["done"] += 1
+        state["events"] += chunk.events
+        state["retries"] += result.attempts - 1
+        state["seconds"] += result.seconds
+        if options.progress is not None:
+            options.progress(
+                Progress(
+                    f"{name} ({tree})",
+                    state["done"],
+                    len(chunks),
+                    state["events"],
+                    total_events,
+                    time.perf_counter() - start_time,
+                )
+            )
+
+    todo = []
+    for chunk in chunks:
+        saved = store.load(chunk)
+        if saved is None:
+            todo.append(chunk)
+        else:
+            finish(saved, from_checkpoint=True)
+    from_checkpoint = len(chunks) - len(todo)
+    if from_checkpoint:
+        log.info("%s: %d of %d chunks from checkpoints", name, from_checkpoint, len(chunks))
+    args = (proc, options.retries, options.retry_wait)
     if client is None:
-        executor = processor.IterativeExecutor(status=False)
+        for chunk in todo:
+            finish(_guarded(chunk, *args))
     else:
-        executor = processor.DaskExecutor(client=client, status=False, treereduction=8)
-    runner = processor.Runner(
-        executor=executor, schema=Belle2Schema, chunksize=chunksize, savemetrics=True
-    )
-    start = time.perf_counter()
-    try:
-        output, metrics = runner(fileset, processor_instance=proc, treename=tree)
-    except Exception as exc:  # coffea wraps worker errors; name what failed and stop
-        raise ProcessingError(f"{type(proc).__name__}: a chunk failed: {_first_line(exc)}") from exc
-    wall = time.perf_counter() - start
-    processed = {ds: int(output.get(ds, {}).get("events", 0)) for ds in fileset}
+        _run_dask(client, todo, args, finish, name, store.key)
+    output = merger.result()
+    processed = {ds: int(output.get(ds, {}).get("events", 0)) for ds in datasets}
     report = RunReport(
-        type(proc).__name__,
-        {ds: int(expected[ds]) for ds in fileset},
+        name,
+        events_in,
         processed,
-        sum(int(output.get(ds, {}).get("chunks", 0)) for ds in fileset),
-        wall,
-        float(metrics.get("processtime", 0.0)),
+        sorted(lost, key=lambda x: (x.dataset, x.path, x.start)),
+        len(chunks),
+        from_checkpoint,
+        state["retries"],
+        time.perf_counter() - start_time,
+        state["seconds"],
     )
-    lost = {ds: (report.events_in[ds], n) for ds, n in processed.items() if n != expected[ds]}
-    if lost:
-        ds, (want, got) = next(iter(lost.items()))
-        raise ProcessingError(
-            f"{type(proc).__name__}: dataset {ds} processed {got} of {want} events "
-            f"({len(lost)} dataset(s) incomplete)"
-        )
+    lost_events = report.events_lost
+    for ds in datasets:
+        if processed[ds] + lost_events[ds] != events_in[ds]:
+            raise ProcessingError(
+                f"{name}: dataset {ds}: {processed[ds]} events processed + {lost_events[ds]} lost"
+                f" != {events_in[ds]} in its files"
+            )
     log.info(
-        "%s: %d events in %d chunks, %.1f s (%.0f Hz)",
-        report.processor,
+        "%s: %d events in %d chunks (%d from checkpoints, %d retries, %d lost), %.1f s (%.0f Hz)",
+        name,
         sum(processed.values()),
-        report.chunks,
-        wall,
+        len(chunks),
+        from_checkpoint,
+        report.retries,
+        sum(lost_events.values()),
+        report.wall_seconds,
         report.throughput_hz,
     )
     return output, report
 
 
+def _run_dask(
+    client: Any,
+    todo: list[Chunk],
+    args: tuple[Any, ...],
+    finish: Callable[[ChunkResult], None],
+    name: str,
+    prefix: str,
+) -> None:
+    """Chunks as Dask tasks; results handed to ``finish`` as they arrive (any order)."""
+    from distributed import as_completed
+
+    keys = [f"knunu-{prefix[:12]}-{c.index}" for c in todo]
+    futures = client.map(_guarded, todo, *[[a] * len(todo) for a in args], key=keys)
+    chunk_of = {f.key: c for f, c in zip(futures, todo, strict=True)}
+    try:
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as exc:  # the processor itself failed, or workers kept dying
+                raise ProcessingError(
+                    f"{name}: chunk {chunk_of[future.key].describe()} failed: {_first_line(exc)}"
+                ) from exc
+            future.release()
+            finish(result)
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+def _guarded(chunk: Chunk, proc: Any, retries: int, wait: float) -> ChunkResult:
+    """Process one chunk; ``OSError`` is retried, bad input is returned, anything else raised."""
+    attempts = 0
+    while True:
+        attempts += 1
+        tic = time.perf_counter()
+        try:
+            output = _process(chunk, proc)
+        except InputError as exc:
+            return ChunkResult(chunk, None, str(exc), attempts, 0.0)
+        except OSError as exc:
+            if attempts > retries:
+                what = (
+                    "file not found"
+                    if isinstance(exc, FileNotFoundError)
+                    else f"unreadable ({_first_line(exc)})"
+                )
+                problem = f"{chunk.path}: {what} after {attempts} attempts"
+                return ChunkResult(chunk, None, problem, attempts, 0.0)
+            log.warning("%s: %s; retrying", chunk.describe(), _first_line(exc))
+            time.sleep(wait * 2 ** (attempts - 1))
+            continue
+        return ChunkResult(chunk, output, None, attempts, time.perf_counter() - tic)
+
+
+def _process(chunk: Chunk, proc: Any) -> dict[str, Any]:
+    """Read one chunk as NanoEvents, run the processor, check the values it read are finite."""
+    import uproot
+    from coffea.nanoevents import NanoEventsFactory
+
+    with uproot.open(chunk.path) as rf:
+        _check_file(rf, chunk.path, chunk.tree, chunk.stop)
+        cache: dict[str, Any] = {}
+        events = NanoEventsFactory.from_root(
+            file=rf,
+            treepath=chunk.tree,
+            schemaclass=Belle2Schema,
+            metadata={
+                "dataset": chunk.dataset,
+                "filename": chunk.path,
+                "treename": chunk.tree,
+                "entrystart": chunk.start,
+                "entrystop": chunk.stop,
+                "fileuuid": str(rf.file.uuid),
+            },
+            mode="virtual",
+            entry_start=chunk.start,
+            entry_stop=chunk.stop,
+            buffer_cache=cache,
+        ).events()
+        try:
+            output = proc.process(events)
+        except AttributeError as exc:  # awkward: "no field named 'x'" -> the branch is missing
+            if "no field named" in str(exc):
+                raise InputError(f"{chunk.path}: missing branch ({_first_line(exc)})") from None
+            raise
+        _check_finite(cache, chunk)
+    return output
+
+
+def _check_file(rf: Any, path: str, tree: str, entries: int | None = None) -> int:
+    """Raise :class:`InputError` unless ``rf`` is complete and holds ``tree``; its entries."""
+    import uproot
+
+    if os.path.exists(path):  # local (or mounted) file: truncated when shorter than fEND
+        size = os.path.getsize(path)
+        if size < rf.file.fEND:
+            raise InputError(f"{path}: truncated file ({size} of {rf.file.fEND} bytes)")
+    try:
+        n = rf[tree].num_entries
+    except uproot.KeyInFileError:
+        has = ", ".join(rf.keys(cycle=False)) or "nothing"
+        raise InputError(f"{path}: no tree '{tree}' (the file has: {has})") from None
+    if entries is not None and n < entries:
+        raise InputError(f"{path}: {n} entries in '{tree}', expected at least {entries}")
+    return n
+
+
+def _check_finite(cache: Mapping[str, Any], chunk: Chunk) -> None:
+    """Raise :class:`InputError` naming the first branch read with a NaN or infinite value."""
+    for key, buffer in cache.items():
+        if "/data/" not in key or getattr(buffer, "dtype", None) is None:
+            continue
+        if buffer.dtype.kind == "f" and not np.isfinite(buffer).all():
+            branch = unquote(key.split("/data/", 1)[1]).split(",")[0]
+            bad = int((~np.isfinite(buffer)).sum())
+            raise InputError(f"{chunk.path}: {bad} NaN/inf value(s) in branch '{branch}'")
+
+
+def _plan(
+    catalogue: Catalogue, datasets: list[str], tree: str, chunksize: int, options: RunOptions
+) -> tuple[list[Chunk], list[Lost]]:
+    """Check every file (with retries), cut the good ones into chunks; bad ones lost or raised."""
+    if chunksize < 1:
+        raise InputError(f"chunksize must be positive, got {chunksize}")
+    chunks: list[Chunk] = []
+    lost: list[Lost] = []
+    for ds in datasets:
+        if ds not in catalogue.datasets:
+            raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
+        files = catalogue.datasets[ds]["files"]
+        branches: dict[str, set[str]] = {}
+        problems: dict[str, str] = {}
+        for f in files:
+            path, want = f["path"], int(f[f"entries_{tree}"])
+            problem = _retrying(path, _inspect, (path, tree, want, branches), options)
+            if problem:
+                problems[path] = problem
+        union = set().union(*branches.values()) if branches else set()
+        for path, names in branches.items():
+            missing = sorted(union - names)
+            if missing and path not in problems:
+                problems[path] = f"{path}: missing branch(es) {', '.join(missing)} of dataset {ds}"
+        for f in files:
+            path, want = f["path"], int(f[f"entries_{tree}"])
+            if path in problems:
+                if not options.skip_bad_inputs:
+                    raise InputError(problems[path])
+                log.warning("lost %d events: %s", want, problems[path])
+                lost.append(Lost(ds, path, 0, want, problems[path]))
+                continue
+            for start in range(0, want, chunksize):
+                stop = min(start + chunksize, want)
+                chunks.append(Chunk(len(chunks), ds, path, tree, start, stop))
+    return chunks, lost
+
+
+def _inspect(path: str, tree: str, want: int, branches: dict[str, set[str]]) -> str | None:
+    """The problem of one input file, or ``None``; records its branch names."""
+    import uproot
+
+    if os.path.exists(path) and os.path.getsize(path) == 0:
+        return f"{path}: empty file"
+    try:
+        with uproot.open(path) as rf:
+            got = _check_file(rf, path, tree)
+            branches[path] = set(rf[tree].keys())
+    except InputError as exc:
+        return str(exc)
+    except OSError:  # maybe transient: retried by the caller
+        raise
+    except Exception as exc:  # not ROOT, corrupt header
+        return f"{path}: cannot read tree '{tree}' ({_first_line(exc)})"
+    if got != want:
+        return f"{path}: {got} entries in '{tree}', catalogue says {want}"
+    return None
+
+
+def _retrying(
+    path: str, check: Callable[..., str | None], args: tuple[Any, ...], options: RunOptions
+) -> str | None:
+    """``check(*args)`` with ``OSError`` retried like a chunk; a lasting one is the problem."""
+    for attempt in range(options.retries + 1):
+        try:
+            return check(*args)
+        except OSError as exc:
+            if attempt == options.retries:
+                if isinstance(exc, FileNotFoundError):
+                    return f"{path}: file not found ({attempt + 1} attempts)"
+                return f"{path}: unreadable after {attempt + 1} attempts ({_first_line(exc)})"
+            log.warning("%s: %s; retrying", path, _first_line(exc))
+            time.sleep(options.retry_wait * 2**attempt)
+    return None
+
+
+class _OrderedMerge:
+    """Sum chunk outputs strictly in chunk order, holding only the ones that arrive early."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.next = 0
+        self.waiting: dict[int, dict[str, Any] | None] = {}
+        self.total: dict[str, Any] | None = None
+
+    def add(self, index: int, output: dict[str, Any] | None) -> None:
+        self.waiting[index] = output
+        while self.next in self.waiting:
+            out = self.waiting.pop(self.next)
+            if out is not None:
+                self.total = out if self.total is None else processor.accumulate([out], self.total)
+            self.next += 1
+
+    def result(self) -> dict[str, Any]:
+        if self.next != self.n:
+            raise ProcessingError(f"{self.n - self.next} chunk(s) never finished")
+        return self.total or {}
+
+
+class _Checkpoints:
+    """Finished chunk outputs on disk, keyed by processor, inputs and chunking."""
+
+    def __init__(self, options: RunOptions, proc: Any, tree: str, chunks: list[Chunk]) -> None:
+        import cloudpickle
+
+        digest = hashlib.sha256(cloudpickle.dumps(proc))
+        digest.update(f"{tree}|{options.fingerprint}".encode())
+        for c in chunks:
+            stat = os.stat(c.path) if os.path.exists(c.path) else None
+            ident = (c.dataset, c.path, c.start, c.stop, stat and (stat.st_size, stat.st_mtime_ns))
+            digest.update(repr(ident).encode())
+        self.key = digest.hexdigest()
+        self.dir = None
+        if options.checkpoint_dir is not None:
+            self.dir = Path(options.checkpoint_dir) / f"{type(proc).__name__}-{self.key[:16]}"
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, chunk: Chunk) -> Path:
+        assert self.dir is not None
+        return self.dir / f"{chunk.index:06d}.pkl"
+
+    def load(self, chunk: Chunk) -> ChunkResult | None:
+        if self.dir is None or not self._path(chunk).exists():
+            return None
+        try:
+            saved = pickle.loads(self._path(chunk).read_bytes())
+        except Exception:  # a damaged checkpoint is recomputed
+            log.warning("ignoring unreadable checkpoint %s", self._path(chunk))
+            return None
+        return saved if isinstance(saved, ChunkResult) and saved.chunk == chunk else None
+
+    def save(self, result: ChunkResult) -> None:
+        if self.dir is None:
+            return
+        path = self._path(result.chunk)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, path)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def expected_entries(catalogue: Catalogue, tree: str, datasets: list[str]) -> dict[str, int]:
-    """Entries per dataset from the catalogue, each file checked against the file itself.
-
-    Raises:
-        InputError: a file is missing, unreadable, or holds another number of entries.
-    """
-    import uproot
-
-    out = {}
-    for ds in datasets:
-        total = 0
-        for f in catalogue.datasets[ds]["files"]:
-            want = int(f[f"entries_{tree}"])
-            try:
-                with uproot.open(f["path"]) as rf:
-                    got = rf[tree].num_entries
-            except FileNotFoundError:
-                raise InputError(f"{f['path']}: file not found") from None
-            except Exception as exc:  # not ROOT, truncated, tree missing
-                raise InputError(f"{f['path']}: cannot read tree '{tree}' ({exc})") from None
-            if got != want:
-                raise InputError(f"{f['path']}: {got} entries in '{tree}', catalogue says {want}")
-            total += want
-        out[ds] = total
-    return out

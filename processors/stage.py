@@ -13,6 +13,7 @@ reads that file on the workers and removes those events from its signal region.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +29,7 @@ from knunu.processors.ita import HIST_VARIATIONS, ITAProcessor
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import BOOKKEEPING, TRUTH
 from knunu.processors.tables import TableProcessor
-from knunu.rundir import atomic_path, write_json
+from knunu.rundir import atomic_path, sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def make_tables(
     out_dir: str | Path,
     client: Any | None = None,
     analysis: str = "ita",
+    options: runner.RunOptions | None = None,
 ) -> runner.RunReport:
     """Write the training tables of every dataset for ``analysis`` (its tree); the run report.
 
@@ -61,17 +63,11 @@ def make_tables(
     """
     datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
     _require(catalogue, datasets)
-    expected = runner.expected_entries(catalogue, analysis, datasets)
     proc = TableProcessor(
         str(Path(out_dir).resolve()), analysis, cfg["selection"], table_names(analysis, cfg)
     )
     output, report = runner.run(
-        catalogue.fileset(analysis, datasets),
-        proc,
-        analysis,
-        expected,
-        client,
-        int(cfg["chunksize"]),
+        catalogue, datasets, proc, analysis, client, int(cfg["chunksize"]), options
     )
     rows = {ds: int(output[ds]["rows"]) for ds in datasets}
     write_json(Path(out_dir) / "tables.json", {"report": report.as_dict(), "rows": rows})
@@ -85,6 +81,7 @@ def make_histograms(
     out_file: str | Path,
     client: Any | None = None,
     hta_cfg: Mapping[str, Any] | None = None,
+    options: runner.RunOptions | None = None,
 ) -> tuple[dict[str, Any], runner.RunReport]:
     """Run the HTA (if ``hta_cfg``) and the ITA processor; write the histogram file and report.
 
@@ -104,12 +101,13 @@ def make_histograms(
         hta_sets = [d for d in HTA_DATASETS if d in catalogue.datasets]
         proc_h = hta.HTAProcessor(str(Path(models).resolve()), hta_cfg)
         hta_output, hta_report = runner.run(
-            catalogue.fileset("hta", hta_sets),
+            catalogue,
+            hta_sets,
             proc_h,
             "hta",
-            runner.expected_entries(catalogue, "hta", hta_sets),
             client,
             int(hta_cfg["chunksize"]),
+            _with_fingerprint(options, models),
         )
         overlap = out_file.with_name("overlap.json")
         sr = {ds: sorted(out.pop("sr_events")) for ds, out in hta_output.items()}
@@ -120,10 +118,16 @@ def make_histograms(
             "cutflows": {ds: _cutflow(out) for ds, out in hta_output.items()},
             "sr_events": {ds: len(v) for ds, v in sr.items()},
         }
-    expected = runner.expected_entries(catalogue, TREE, datasets)
     proc = ITAProcessor(str(Path(models).resolve()), cfg)
+    overlap_file = [cfg["overlap"]] if cfg.get("overlap") else []
     output, report = runner.run(
-        catalogue.fileset(TREE, datasets), proc, TREE, expected, client, int(cfg["chunksize"])
+        catalogue,
+        datasets,
+        proc,
+        TREE,
+        client,
+        int(cfg["chunksize"]),
+        _with_fingerprint(options, models, *overlap_file),
     )
     write_histogram_file(out_file, output, catalogue.datasets, hta_output)
     overlap_doc = {ds: out["overlap"] for ds, out in output.items()}
@@ -135,6 +139,18 @@ def make_histograms(
     }
     write_json(out_file.with_suffix(".json"), doc)
     return output, report
+
+
+def _with_fingerprint(options: runner.RunOptions | None, *paths: str | Path) -> runner.RunOptions:
+    """``options`` whose checkpoint fingerprint includes the contents of ``paths`` (models)."""
+    options = options or runner.RunOptions()
+    digest = hashlib.sha256(options.fingerprint.encode())
+    for path in paths:
+        path = Path(path)
+        for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if f.is_file():
+                digest.update(f"{f.name}:{sha256(f)}".encode())
+    return options._replace(fingerprint=digest.hexdigest())
 
 
 def overlap_fraction(

@@ -134,8 +134,7 @@ def _hta_run(production, cfg, models, client=None, chunksize=None):
     sets = [d for d in HTA_DATASETS if d in production.datasets]
     hcfg = {**cfg["hta"], "chunksize": chunksize or cfg["hta"]["chunksize"]}
     proc = hta.HTAProcessor(str(models), hcfg)
-    expected = {d: production.entries("hta", d) for d in sets}
-    return runner.run(production.fileset("hta", sets), proc, "hta", expected, client, chunksize)
+    return runner.run(production, sets, proc, "hta", client, hcfg["chunksize"])
 
 
 def test_hta_histograms_independent_of_executor_and_chunking(production, cfg, trained):
@@ -175,9 +174,7 @@ def _ita_keys(production, dataset):
 def _ita_with_overlap(production, cfg, models, tmp_path, keys_by_dataset, name):
     path = write_json(tmp_path / f"{name}.json", {"sr_events": keys_by_dataset})
     proc = ita.ITAProcessor(str(models), {**cfg["ita"], "overlap": str(path)})
-    sets = ["signal", "charged"]
-    expected = {d: production.entries("ita", d) for d in sets}
-    out, _ = runner.run(production.fileset("ita", sets), proc, "ita", expected, None, 5000)
+    out, _ = runner.run(production, ["signal", "charged"], proc, "ita", None, 5000)
     return out
 
 

@@ -16,7 +16,7 @@ import pytest
 import uproot
 
 from knunu.cluster import get_client
-from knunu.errors import ProcessingError
+from knunu.errors import InputError, ProcessingError
 from knunu.fits.build import HistogramFile, build_spec
 from knunu.fits.catalogue import load_catalogue
 from knunu.processors import run as runner
@@ -103,11 +103,29 @@ def test_a_missing_file_fails_loudly(production, cfg, trained, tmp_path):
     with pytest.raises(Exception, match=r"gone\.root: file not found"):
         make_histograms(broken, cfg["ita"], trained[0] / "models", tmp_path / "x.root")
     assert not (tmp_path / "x.root").exists()
-    # events lost on the way are caught by the accounting
+    # a catalogue that disagrees with its file is named before anything runs
+    wrong = runner.Catalogue(production.path, copy.deepcopy(production.datasets))
+    wrong.datasets["signal"]["files"][0]["entries_ita"] += 1
     proc = ITAProcessor(str(trained[0] / "models"), cfg["ita"])
-    fileset = production.fileset("ita", ["signal"])
-    with pytest.raises(ProcessingError, match=r"processed \d+ of \d+ events"):
-        runner.run(fileset, proc, "ita", {"signal": production.entries("ita", "signal") + 1})
+    with pytest.raises(InputError, match=r"entries in 'ita', catalogue says"):
+        runner.run(wrong, ["signal"], proc, "ita")
+    # events a processor loses on the way are caught by the accounting
+    with pytest.raises(ProcessingError, match=r"events processed \+ 0 lost != \d+ in its files"):
+        runner.run(
+            production,
+            ["signal"],
+            _DroppingProcessor(str(trained[0] / "models"), cfg["ita"]),
+            "ita",
+        )
+
+
+class _DroppingProcessor(ITAProcessor):
+    """An ITA processor that forgets one event per chunk (for the accounting check)."""
+
+    def process(self, events):
+        out = super().process(events)
+        out[events.metadata["dataset"]]["events"] -= 1
+        return out
 
 
 def test_injected_signal_is_recovered_by_the_ita_fit(production, cfg, trained, tmp_path):
