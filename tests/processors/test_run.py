@@ -1,0 +1,215 @@
+"""The processor runner under faults: killed workers, transient read errors, bad inputs,
+interrupted runs. Every check compares histograms bit for bit with an undisturbed run."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from knunu.cluster import get_client
+from knunu.errors import InputError
+from knunu.processors import run as runner
+from knunu.processors.ita import ITAProcessor
+from knunu.simulation.ntuple import Tree, write_ntuple
+
+DATASETS = ["signal", "charged"]
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    """Same datasets, same histograms (values and variances bit-identical), same counters."""
+    assert a.keys() == b.keys()
+    for ds in a:
+        assert a[ds].keys() == b[ds].keys(), ds
+        for key, x in a[ds].items():
+            y = b[ds][key]
+            if hasattr(x, "values") and hasattr(x, "axes"):
+                assert x.axes == y.axes, (ds, key)
+                np.testing.assert_array_equal(x.values(flow=True), y.values(flow=True))
+                np.testing.assert_array_equal(x.variances(flow=True), y.variances(flow=True))
+            else:
+                assert x == y, (ds, key)
+
+
+@pytest.fixture(scope="module")
+def proc(trained, cfg):
+    return ITAProcessor(str(trained[0] / "models"), cfg["ita"])
+
+
+@pytest.fixture(scope="module")
+def reference(production, proc):
+    """The undisturbed in-process run (chunks of 1000)."""
+    return runner.run(production, DATASETS, proc, "ita", None, 1000)
+
+
+@pytest.mark.slow
+def test_a_killed_local_worker_changes_nothing(production, proc, reference):
+    killed = []
+
+    with get_client("local", n_workers=2) as client:
+        client.wait_for_workers(2, timeout=120)
+        pids = client.run(os.getpid)
+
+        def kill_one(progress: runner.Progress) -> None:
+            if progress.chunks_done == 2 and not killed:
+                address, pid = sorted(pids.items())[0]
+                os.kill(pid, signal.SIGKILL)  # the worker process, mid-run
+                killed.append(address)
+
+        options = runner.RunOptions(progress=kill_one)
+        out, report = runner.run(production, DATASETS, proc, "ita", client, 1000, options)
+        assert killed
+        assert killed[0] not in client.scheduler_info()["workers"]
+    assert report.chunks > 4
+    assert report.lost == []
+    assert_identical(out, reference[0])
+
+
+@pytest.mark.slow
+def test_worker_count_and_completion_order_do_not_matter(production, proc, reference):
+    with get_client("local", n_workers=2) as client:
+        out, report = runner.run(production, DATASETS, proc, "ita", client, 1000)
+    assert report.events_processed == reference[1].events_processed
+    assert_identical(out, reference[0])
+
+
+def test_a_transient_read_error_is_retried(production, proc, reference, tmp_path):
+    # the second file disappears after the first chunk and comes back 0.6 s later (a file
+    # server restart); its chunks are retried and the run ends as if nothing happened
+    victim = Path(production.datasets["charged"]["files"][0]["path"])
+    hidden = tmp_path / "hidden.root"
+    timers = []
+
+    def blip(progress: runner.Progress) -> None:
+        if progress.chunks_done == 1:
+            os.rename(victim, hidden)
+            timers.append(threading.Timer(0.6, os.rename, (hidden, victim)))
+            timers[0].start()
+
+    options = runner.RunOptions(retries=4, retry_wait=0.2, progress=blip)
+    try:
+        out, report = runner.run(production, DATASETS, proc, "ita", None, 1000, options)
+    finally:
+        timers[0].join()
+    assert report.retries >= 1
+    assert report.lost == []
+    assert_identical(out, reference[0])
+
+
+def test_a_lasting_read_error_fails_after_the_retries(production, proc, tmp_path):
+    gone = runner.Catalogue(production.path, copy.deepcopy(production.datasets))
+    gone.datasets["signal"]["files"][0]["path"] = str(tmp_path / "gone.root")
+    options = runner.RunOptions(retries=2, retry_wait=0.01)
+    with pytest.raises(InputError, match=r"gone\.root: file not found \(3 attempts\)"):
+        runner.run(gone, ["signal"], proc, "ita", None, 1000, options)
+
+
+# --- permanently bad inputs -------------------------------------------------------------------
+
+
+def _rewrite(src: str, dst: Path, tree: str = "ita", drop: str = "", poison: str = "") -> None:
+    """Copy the ``ita`` tree of ``src`` to ``dst`` (as ``tree``), dropping or poisoning a branch."""
+    arrays = uproot.open(src)["ita"].arrays()
+    columns, candidates = {}, {}
+    for name in arrays.fields:
+        if name == drop or name == "nK":
+            continue
+        values = arrays[name]
+        if name.startswith("K_"):
+            candidates[name] = ak.to_numpy(ak.flatten(values))
+        else:
+            columns[name] = ak.to_numpy(values).copy()
+    if poison:
+        columns[poison][[5, 1500]] = [np.nan, np.inf]
+    offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(arrays["nK"]))])
+    write_ntuple(dst, {tree: Tree(columns, {"K_": (offsets, candidates)})}, seed=1)
+
+
+def _truncate(src: str, dst: Path) -> None:
+    data = Path(src).read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+
+
+BAD = {
+    "truncated": (_truncate, r"truncated file \(\d+ of \d+ bytes\)"),
+    "empty": (lambda src, dst: dst.write_bytes(b""), r"empty file"),
+    "wrong tree": (lambda src, dst: _rewrite(src, dst, tree="ita_v2"), r"no tree 'ita'"),
+    "missing branch": (lambda src, dst: _rewrite(src, dst, drop="E_tot"), r"missing branch.*E_tot"),
+    "NaN/inf": (
+        lambda src, dst: _rewrite(src, dst, poison="E_tot"),
+        r"1 NaN/inf value\(s\) in branch 'E_tot'",
+    ),
+}
+
+
+def _with_bad_file(production, kind: str, tmp_path: Path) -> tuple[runner.Catalogue, str]:
+    """The signal dataset plus a bad copy of its first file."""
+    good = production.datasets["signal"]["files"][0]
+    bad = tmp_path / f"{kind.replace('/', '_').replace(' ', '_')}.root"
+    BAD[kind][0](good["path"], bad)
+    datasets = {"signal": copy.deepcopy(production.datasets["signal"])}
+    datasets["signal"]["files"].append({**good, "path": str(bad)})
+    return runner.Catalogue(production.path, datasets), str(bad)
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_a_bad_input_fails_the_run_with_file_and_problem(production, proc, tmp_path, kind):
+    catalogue, bad = _with_bad_file(production, kind, tmp_path)
+    options = runner.RunOptions(retries=1, retry_wait=0.01)
+    with pytest.raises(InputError, match=rf"^{bad}: {BAD[kind][1]}"):
+        runner.run(catalogue, ["signal"], proc, "ita", None, 1000, options)
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_skipping_bad_inputs_lists_exactly_what_was_lost(production, proc, tmp_path, kind):
+    catalogue, bad = _with_bad_file(production, kind, tmp_path)
+    options = runner.RunOptions(retries=1, retry_wait=0.01, skip_bad_inputs=True)
+    out, report = runner.run(catalogue, ["signal"], proc, "ita", None, 1000, options)
+    entries = production.entries("ita", "signal")
+    assert report.events_in == {"signal": 2 * entries}
+    assert {x.path for x in report.lost} == {bad}
+    if kind == "NaN/inf":  # only the chunks holding entries 5 and 1500 are lost
+        assert [(x.start, x.stop) for x in report.lost] == [(0, 1000), (1000, 2000)]
+    else:  # the whole file
+        assert [(x.start, x.stop) for x in report.lost] == [(0, entries)]
+    lost = sum(x.events for x in report.lost)
+    assert report.events_processed["signal"] + lost == 2 * entries
+    assert report.as_dict()["events_lost"] == {"signal": lost}
+    if kind != "NaN/inf":  # what survived is exactly the good file's run
+        good, _ = runner.run(production, ["signal"], proc, "ita", None, 1000)
+        assert_identical(out, good)
+
+
+# --- interrupted runs -------------------------------------------------------------------------
+
+
+class _InterruptedError(Exception):
+    pass
+
+
+def test_an_interrupted_run_restarts_from_its_checkpoints(production, proc, reference, tmp_path):
+    def stop_after_three(progress: runner.Progress) -> None:
+        if progress.chunks_done == 3:
+            raise _InterruptedError
+
+    checkpoints = tmp_path / "checkpoints"
+    first = runner.RunOptions(checkpoint_dir=checkpoints, progress=stop_after_three)
+    with pytest.raises(_InterruptedError):
+        runner.run(production, DATASETS, proc, "ita", None, 1000, first)
+    saved = list(checkpoints.rglob("*.pkl"))
+    assert len(saved) == 3
+    again = runner.RunOptions(checkpoint_dir=checkpoints)
+    out, report = runner.run(production, DATASETS, proc, "ita", None, 1000, again)
+    assert report.chunks_from_checkpoint == 3
+    assert_identical(out, reference[0])
+    # another processor configuration (or other models: the fingerprint) starts afresh
+    other = runner.RunOptions(checkpoint_dir=checkpoints, fingerprint="retrained models")
+    _, report = runner.run(production, DATASETS, proc, "ita", None, 1000, other)
+    assert report.chunks_from_checkpoint == 0
