@@ -1,4 +1,5 @@
-"""knunu.cluster against a real SLURM: workers through sbatch, a killed job, TLS."""
+"""knunu.cluster against a real SLURM: workers through sbatch, a killed job, TLS, and the tiny
+processing stage through sbatch workers equal to a run in this process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from distributed import Client
 from distributed.security import Security
 
 from knunu.cluster import get_client
+
+from .pipeline import assert_same_histograms, kill_after, process
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -76,3 +79,23 @@ def test_client_without_our_certificate_is_refused(slurm):
             Client(address, security=Security.temporary(), timeout=5)
         # ... while our own client is connected and works
         assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_processing_on_slurm_equals_a_local_run(
+    slurm, production, cfg, trained, local_histograms, tmp_path
+):
+    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+        client.wait_for_workers(2, timeout=120)
+        out = process(production, cfg, trained, tmp_path, client)
+    assert_same_histograms(out, local_histograms)
+
+
+def test_scancel_mid_processing_changes_no_histogram(
+    slurm, production, cfg, trained, local_histograms, tmp_path
+):
+    progress = kill_after(3, _jobs, ["scancel"])
+    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+        client.wait_for_workers(2, timeout=120)
+        out = process(production, cfg, trained, tmp_path, client, progress)
+    assert progress.killed
+    assert_same_histograms(out, local_histograms)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -42,3 +43,12 @@ def test_manifest_records_seed_versions_and_hashes(tmp_path):
     assert manifest["outputs"]["r.json"] == sha256(out)
     assert manifest["versions"]["pyhf"] == "0.7.6"
     assert manifest["stages"]["simulate"]["status"] == "not built"
+
+
+def test_atomic_outputs_get_the_umask_mode_not_a_private_one(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "out.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # colleagues and batch users can read it

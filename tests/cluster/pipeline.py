@@ -1,0 +1,64 @@
+"""The tiny-scale processing stage on a batch cluster, compared with a run in this process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uproot
+
+from knunu.processors import run as runner
+from knunu.processors.stage import make_histograms
+
+
+def process(production, cfg, trained, out_dir: Path, client=None, progress=None) -> Path:
+    """HTA then ITA (overlap removed, chunks of 1000) into ``out_dir/histograms.root``."""
+    out = out_dir / "histograms.root"
+    options = runner.RunOptions(progress=progress)
+    ita, hta = ({**cfg[a], "chunksize": 1000} for a in ("ita", "hta"))
+    make_histograms(production, ita, trained[0] / "models", out, client, hta, options)
+    return out
+
+
+def assert_same_histograms(a: Path, b: Path) -> None:
+    """Every histogram of two files bit-identical (values and variances, flow included)."""
+    with uproot.open(a) as fa, uproot.open(b) as fb:
+        keys = sorted(fa.keys(cycle=False))
+        assert keys == sorted(fb.keys(cycle=False))
+        assert len(keys) > 100
+        for key in keys:
+            ha, hb = fa[key], fb[key]
+            np.testing.assert_array_equal(ha.values(flow=True), hb.values(flow=True), key)
+            np.testing.assert_array_equal(ha.variances(flow=True), hb.variances(flow=True), key)
+
+
+def kill_after(chunks: int, jobs: Callable[[], list[str]], cancel: list[str]) -> Callable:
+    """A progress callback that cancels the first batch job once ``chunks`` chunks are done."""
+    killed: list[str] = []
+
+    def progress(p: Any) -> None:
+        if p.label.startswith("ITAProcessor") and p.chunks_done == chunks and not killed:
+            victim = jobs()[0]
+            subprocess.run([*cancel, victim], check=True)
+            killed.append(victim)
+
+    progress.killed = killed  # type: ignore[attr-defined]
+    return progress
+
+
+def share(*paths: Path) -> None:
+    """Let another local user (the HTCondor job user) read ``paths`` (pytest makes them 0700)."""
+    for path in paths:
+        path = Path(path).resolve()
+        for parent in [path, *path.parents]:
+            if parent == Path("/"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o005)
+        for root, dirs, files in os.walk(path):
+            for name, bits in [(d, 0o005) for d in dirs] + [(f, 0o004) for f in files]:
+                p = os.path.join(root, name)
+                os.chmod(p, os.stat(p).st_mode | bits)

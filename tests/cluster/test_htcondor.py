@@ -1,0 +1,73 @@
+"""knunu.cluster against a real HTCondor pool: workers through condor_submit, a condor_rm'ed
+job, TLS, and the tiny processing stage on pool workers equal to a run in this process."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from distributed import Client
+
+from knunu.cluster import get_client
+
+from .pipeline import assert_same_histograms, kill_after, process, share
+
+pytestmark = [pytest.mark.htcondor, pytest.mark.slow]
+
+
+def _settings(pool) -> dict:
+    return {
+        "interface": "lo",
+        "shared_temp_directory": str(pool / "shared"),  # where the job user reads the TLS files
+        "log_directory": str(pool / "joblogs"),
+    }
+
+
+def _jobs() -> list[str]:
+    out = subprocess.run(
+        ["condor_q", "-af", "ClusterId", "ProcId", "-constraint", "JobStatus == 2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [".".join(line.split()) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_workers_come_from_condor_submit(htcondor):
+    with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
+        client.wait_for_workers(2, timeout=120)
+        assert len(_jobs()) == 2
+        info = client.scheduler_info()
+        assert info["address"].startswith("tls://127.0.0.1:")
+        assert all(w.startswith("tls://127.0.0.1:") for w in info["workers"])
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        # a client without our certificate is refused
+        with pytest.raises((OSError, TimeoutError)):
+            Client(info["address"].replace("tls://", "tcp://"), timeout=5)
+    deadline = time.time() + 60
+    while _jobs() and time.time() < deadline:
+        time.sleep(0.5)
+    assert _jobs() == []  # closing the client removes the jobs
+
+
+def test_processing_on_htcondor_equals_a_local_run(
+    htcondor, shared_inputs, production, cfg, trained, local_histograms, tmp_path
+):
+    share(tmp_path)  # the overlap file is written here and read by the pool's workers
+    with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
+        client.wait_for_workers(2, timeout=120)
+        out = process(production, cfg, trained, tmp_path, client)
+    assert_same_histograms(out, local_histograms)
+
+
+def test_condor_rm_mid_processing_changes_no_histogram(
+    htcondor, shared_inputs, production, cfg, trained, local_histograms, tmp_path
+):
+    share(tmp_path)
+    progress = kill_after(3, _jobs, ["condor_rm"])
+    with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
+        client.wait_for_workers(2, timeout=120)
+        out = process(production, cfg, trained, tmp_path, client, progress)
+    assert progress.killed
+    assert_same_histograms(out, local_histograms)
