@@ -13,7 +13,7 @@ CLUSTER   ?= local
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 WORKSPACE ?=
 
-.PHONY: help setup analysis simulate process train fit cluster test lint format bench clean distclean
+.PHONY: help setup analysis simulate process train fit cluster scheduler-up scheduler-down test lint format bench clean distclean
 
 help: ## list the targets (default)
 	@echo "knunu make targets:"
@@ -53,6 +53,15 @@ fit: $(STAMP) ## fit a workspace (WORKSPACE=file, default: the run's or the conf
 cluster: $(STAMP) ## start the CLUSTER backend, run a check task, print its addresses
 	$(BIN)/knunu cluster --cluster $(CLUSTER) $(CONFIG_ARG)
 
+scheduler-up: $(STAMP) ## start a single-node SLURM or a personal HTCondor pool here (CLUSTER=slurm|htcondor, root)
+	@test "$(CLUSTER)" != local || { echo "CLUSTER=slurm or CLUSTER=htcondor"; exit 2; }
+	KNUNU_PYTHON=$(abspath $(BIN))/python bash cluster/scripts/$(CLUSTER).sh up
+	@bash cluster/scripts/$(CLUSTER).sh env
+
+scheduler-down: ## stop the daemons scheduler-up started (CLUSTER=slurm|htcondor)
+	@test "$(CLUSTER)" != local || { echo "CLUSTER=slurm or CLUSTER=htcondor"; exit 2; }
+	bash cluster/scripts/$(CLUSTER).sh down
+
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/pytest
 
@@ -68,6 +77,7 @@ bench: $(STAMP) ## run the benchmarks against their peers (results in benchmarks
 	$(BIN)/python benchmarks/bench_simulation.py
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_ita.py
+	$(BIN)/python benchmarks/bench_cluster.py --start
 
 clean: ## remove run outputs, build files and caches (keeps .venv)
 	rm -rf runs build dist *.egg-info benchmarks/results .pytest_cache .ruff_cache

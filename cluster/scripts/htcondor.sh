@@ -52,31 +52,29 @@ build_chroot() {
     mv "$ROOT.partial" "$ROOT"
 }
 
-# Bind mounts: each host path at the same path inside the chroot (recorded for `down`).
+# Bind mounts: each host path at the same path inside the chroot.
 bind() {
     local src=$1 target="$ROOT$1"
     mkdir -p "$target"
     mountpoint -q "$target" && return
     mount --bind "$src" "$target"
-    echo "$target" >>"$DIR/mounts"
 }
 
 mount_all() {
-    : >"$DIR/mounts"
-    mountpoint -q "$ROOT/proc" || { mount -t proc proc "$ROOT/proc" && echo "$ROOT/proc" >>"$DIR/mounts"; }
+    mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
     bind /dev
     bind /dev/pts
-    mountpoint -q "$ROOT/dev/shm" || {
-        mount -t tmpfs -o mode=1777 tmpfs "$ROOT/dev/shm" && echo "$ROOT/dev/shm" >>"$DIR/mounts"
-    }
+    mountpoint -q "$ROOT/dev/shm" || mount -t tmpfs -o mode=1777 tmpfs "$ROOT/dev/shm"
     bind /tmp # the scratch dir, dask-jobqueue's job files and test data live here
     # the interpreter jobs run: its base prefix, the venv and the (editable) project
     local paths
     paths=$("$PY" -c 'import sys, pathlib, knunu
 print(sys.base_prefix); print(sys.prefix); print(pathlib.Path(knunu.__file__).resolve().parents[1])')
-    local p
+    local p q
     while read -r p; do
         case "$p" in /tmp/*) continue ;; esac # already visible
+        # a path inside another one of the list (the venv in the project) comes with it
+        while read -r q; do [ "$q" != "$p" ] && [[ "$p" == "$q"/* ]] && continue 2; done <<<"$paths"
         bind "$p"
         # the job user must traverse the parents inside the chroot (e.g. /root)
         local parent
@@ -86,10 +84,10 @@ print(sys.base_prefix); print(sys.prefix); print(pathlib.Path(knunu.__file__).re
 }
 
 unmount_all() {
-    [ -f "$DIR/mounts" ] || return 0
+    # everything mounted under the chroot, in reverse mount order (not only what this run did)
     local m
-    tac "$DIR/mounts" | while read -r m; do
-        mountpoint -q "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }
+    awk '{print $2}' /proc/mounts | grep -E "^$ROOT/" | tac | while read -r m; do
+        umount "$m" 2>/dev/null || umount -l "$m"
     done
     rm -f "$DIR/mounts"
 }
@@ -159,10 +157,16 @@ up() {
         log "already running ($DIR)"
         return
     fi
+    if [ -d "$ROOT" ] && [ -n "$(pool_processes)" ]; then
+        log "a pool runs in $ROOT without this script's pid file; run: $0 down"
+        exit 1
+    fi
     build_chroot
     mount_all
     write_conf
-    chroot "$ROOT" /usr/sbin/condor_master -pidfile "$DIR/master.pid"
+    # in the foreground (-f) under setsid, so $! is the master itself and outlives this script
+    setsid chroot "$ROOT" /usr/sbin/condor_master -f >"$DIR/master.out" 2>&1 </dev/null &
+    echo $! >"$DIR/master.pid"
     local deadline=$((SECONDS + READY_TIMEOUT))
     until [ -n "$("$DIR/bin/condor_status" -af Name 2>/dev/null)" ] && "$DIR/bin/condor_q" >/dev/null 2>&1; do
         if ((SECONDS > deadline)); then
@@ -175,6 +179,15 @@ up() {
     log "ready: export PATH=$DIR/bin:\$PATH"
 }
 
+# every process whose root is the chroot: the pool's daemons and jobs
+pool_processes() {
+    local p
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
 down() {
     if alive "$DIR/master.pid"; then
         "$DIR/bin/condor_rm" -all >/dev/null 2>&1 || true
@@ -185,11 +198,9 @@ down() {
         kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$DIR/master.pid"
-    # daemons of this pool that outlived the master (same chroot, started under it)
+    # anything of this pool that outlived the master (only processes inside our chroot)
     local p
-    for p in $(pgrep -f "^condor_" 2>/dev/null || true); do
-        [ "$(readlink "/proc/$p/root" 2>/dev/null)" = "$ROOT" ] && kill -9 "$p" 2>/dev/null || true
-    done
+    for p in $(pool_processes); do kill -9 "$p" 2>/dev/null || true; done
     unmount_all
     log "stopped"
 }
