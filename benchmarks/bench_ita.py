@@ -71,12 +71,9 @@ def main() -> int:
             cfg["chunksize"] = args.chunksize
         catalogue = runner.Catalogue.load(run_dir / "ntuples" / "catalogue.json")
         datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
-        fileset = catalogue.fileset("ita", datasets)
-        files = [f for d in datasets for f in fileset[d]["files"]]
+        files = catalogue.paths(datasets)
         proc = ITAProcessor(str((run_dir / "models").resolve()), cfg)
-        with uproot.open(
-            fileset["signal"]["files"] and next(iter(fileset["signal"]["files"]))
-        ) as f:
+        with uproot.open(catalogue.paths(["signal"])[0]) as f:
             all_branches = list(f["ita"].keys())
         wanted = {*proc.names, "nK", "nTracks", "theta_miss", "E_tot"}
         used = [b for b in all_branches if b in wanted]

@@ -1,4 +1,5 @@
 """xgboost BDTs (BDT1, BDT2, BDTc, BDTh), k-fold training and the eta efficiency transform.
 
-Not built yet (issues 4 and 5).
+``bdt`` holds the k-fold model and its JSON files, ``train`` and ``hta`` the ITA and HTA
+trainings, ``eta`` the transform.
 """

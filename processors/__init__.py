@@ -1,4 +1,5 @@
 """Coffea processors (ITA, HTA, BDTc training tables, control samples) and the ntuple schema.
 
-Not built yet (issues 4 and 5).
+``run`` runs any of them over a dataset catalogue on a Dask cluster; ``stage`` wires them into
+the pipeline's train and process stages.
 """

@@ -1,8 +1,9 @@
-"""Running processors over a catalogue: filesets, coffea Runner on Dask, event accounting.
+"""Running processors over a catalogue: chunks as Dask tasks, faults, event accounting.
 
-Every run checks that the events each dataset's processor saw equal the entries its files hold
-(from the catalogue, cross-checked against the files themselves); a failing chunk fails the run
-with the file named, and nothing is dropped silently.
+Every file is checked first; chunks run as Dask tasks (or in this process), read errors are
+retried, bad inputs fail the run with the file named or, when allowed, are listed as lost;
+outputs are summed in chunk order (identical whatever the workers did); finished chunks can be
+checkpointed; every run checks events in = processed + lost for every dataset.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ class Catalogue(NamedTuple):
 
     @classmethod
     def load(cls, path: str | Path) -> Catalogue:
-        """Read ``catalogue.json``; file paths are taken as written (absolute or cwd-relative).
+        """Read ``catalogue.json``; file paths become absolute (batch jobs run elsewhere).
+
+        Relative paths are relative to the catalogue (older catalogues: to the working
+        directory, when the file is found there and not beside the catalogue).
 
         Raises:
             InputError: missing or malformed catalogue.
@@ -57,27 +61,30 @@ class Catalogue(NamedTuple):
             datasets = doc["datasets"]
             for entry in datasets.values():
                 for f in entry["files"]:
-                    f["path"], f["entries_ita"], f["entries_hta"]
+                    f["path"] = _absolute(f["path"], path.parent)
+                    f["entries_ita"], f["entries_hta"]
         except FileNotFoundError:
             raise InputError(f"{path}: catalogue not found (run `knunu simulate` first)") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: not a dataset catalogue ({exc!r})") from None
         return cls(path, datasets)
 
-    def fileset(self, tree: str, datasets: list[str] | None = None) -> dict[str, Any]:
-        """A coffea fileset of the given datasets (default all) for one tree."""
-        names = list(self.datasets) if datasets is None else datasets
-        out = {}
-        for name in names:
-            if name not in self.datasets:
-                raise InputError(f"{self.path}: dataset '{name}' is not in the catalogue")
-            files = {f["path"]: tree for f in self.datasets[name]["files"]}
-            out[name] = {"files": files}
-        return out
+    def paths(self, datasets: list[str]) -> list[str]:
+        """The file paths of ``datasets``, in catalogue order."""
+        return [f["path"] for name in datasets for f in self.datasets[name]["files"]]
 
     def entries(self, tree: str, dataset: str) -> int:
         """Entries the catalogue says the dataset's files hold in ``tree``."""
         return sum(int(f[f"entries_{tree}"]) for f in self.datasets[dataset]["files"])
+
+
+def _absolute(name: str, base: Path) -> str:
+    if "://" in name or os.path.isabs(name):  # remote (root://, https://) or absolute
+        return name
+    beside = base / name
+    if not beside.exists() and os.path.exists(name):
+        return os.path.abspath(name)
+    return str(beside.resolve())
 
 
 class Chunk(NamedTuple):

@@ -1,4 +1,4 @@
 """Belle II-like simulation: Pythia 8 generation, detector response, basf2-style ntuples.
 
-Not built yet (issue 3). The ntuple contract it must honour is in DESIGN.md.
+The ntuple layout it writes (the contract with the processors) is in DESIGN.md and ``ntuple``.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -412,7 +413,7 @@ def dataset_name(sample: str, off_resonance: bool, data: bool) -> str:
 def write_catalogue(
     path: str | Path, records: list[FileRecord], data_luminosity: Mapping[str, float] = {}
 ) -> Path:
-    """The dataset catalogue: files, entries, generated events, weights, luminosity.
+    """The dataset catalogue: files (paths relative to it), entries, events, weights, luminosity.
 
     Args:
         path: The JSON file to write.
@@ -421,6 +422,7 @@ def write_catalogue(
     """
     samples = load_samples()
     out: dict[str, dict[str, Any]] = {}
+    here = Path(path).resolve().parent
     for rec in records:
         name = dataset_name(rec.sample, rec.off_resonance, rec.data)
         entry = out.setdefault(
@@ -438,7 +440,10 @@ def write_catalogue(
         )
         if rec.sample not in entry["samples"]:
             entry["samples"].append(rec.sample)
-        entry["files"].append(asdict(rec))
+        # relative to the catalogue: the run directory can move, batch jobs get absolute paths
+        entry["files"].append(
+            {**asdict(rec), "path": os.path.relpath(Path(rec.path).resolve(), here)}
+        )
         for key in ("generated", "sum_weights", "entries_ita", "entries_hta"):
             entry[key] += getattr(rec, key)
     for name, entry in out.items():

@@ -25,7 +25,7 @@ def test_tiny_scale_on_local_dask(run_cli, tmp_path):
     for name, entry in datasets.items():
         entries = 0
         for f in entry["files"]:
-            with uproot.open(f["path"]) as root:
+            with uproot.open(catalogue.parent / f["path"]) as root:  # relative to it
                 entries += root["ita"].num_entries
         assert entries == entry["entries_ita"], name
         assert entry["entries_ita"] <= entry["generated"]
