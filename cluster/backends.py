@@ -34,14 +34,21 @@ class Backend(NamedTuple):
 
 
 def _local(settings: dict[str, Any]) -> LocalCluster:
-    return LocalCluster(
-        n_workers=settings["n_workers"],
-        threads_per_worker=settings["threads_per_worker"],
-        processes=settings["processes"],
-        memory_limit=settings["memory_limit"],
-        host=settings["host"],
-        dashboard_address=settings["dashboard_address"],
-    )
+    # glibc reads MALLOC_* when a process starts: they must be in the environment the nanny
+    # spawns the worker with (pre-spawn-environ; an OS value set before wins), not set later
+    spawn_env = {
+        **dask.config.get("distributed.nanny.pre-spawn-environ"),
+        **{k: str(v) for k, v in settings["worker_env"].items()},
+    }
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+        return LocalCluster(
+            n_workers=settings["n_workers"],
+            threads_per_worker=settings["threads_per_worker"],
+            processes=settings["processes"],
+            memory_limit=settings["memory_limit"],
+            host=settings["host"],
+            dashboard_address=settings["dashboard_address"],
+        )
 
 
 def _jobqueue(cls_name: str, own_keys: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
@@ -63,6 +70,10 @@ def _jobqueue(cls_name: str, own_keys: tuple[str, ...]) -> Callable[[dict[str, A
             if settings.get("lifetime_stagger"):
                 worker_args += ["--lifetime-stagger", str(settings["lifetime_stagger"])]
         kwargs["worker_extra_args"] = worker_args
+        kwargs["job_script_prologue"] = [
+            *(f"export {k}={v}" for k, v in settings["worker_env"].items()),
+            *settings["job_script_prologue"],
+        ]
         kwargs["scheduler_options"] = {"dashboard_address": settings["dashboard_address"]}
         if settings.get("interface"):
             kwargs["scheduler_options"]["interface"] = settings["interface"]

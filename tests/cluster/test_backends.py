@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dask.config
 import pytest
 
@@ -36,6 +38,12 @@ def test_local_cluster_binds_to_loopback():
         assert all(addr.startswith("tcp://127.0.0.1:") for addr in info["workers"])
         assert client.dashboard_link.startswith("http://127.0.0.1:")
         assert client.submit(sum, [1, 2, 3]).result() == 6
+        # the workers start with knunu's malloc thresholds, not the nanny's 64 KiB trim
+        env = client.run(lambda: {k: v for k, v in os.environ.items() if k.startswith("MALLOC")})
+        assert all(
+            e == {"MALLOC_TRIM_THRESHOLD_": "134217728", "MALLOC_MMAP_THRESHOLD_": "33554432"}
+            for e in env.values()
+        )
 
 
 @pytest.mark.slow
@@ -48,6 +56,7 @@ def test_slurm_job_script_has_lifetime_and_tls():
         assert "#SBATCH -p debug" in script
         assert "--lifetime 55m" in script
         assert "--lifetime-stagger 4m" in script
+        assert "export MALLOC_MMAP_THRESHOLD_=33554432" in script
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
         assert "tls" in script.lower()
     finally:
