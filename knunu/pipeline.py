@@ -31,6 +31,12 @@ def run_analysis(
 ) -> str:
     """Run the pipeline described by ``stages`` (name -> Stage with ``issue`` None when built).
 
+    Args:
+        config: The validated analysis configuration.
+        stages: The CLI's stage registry.
+        progress: Called with every processor run's :class:`~knunu.processors.run.Progress`.
+        client: A Dask client to use; ``None`` starts one on ``config["cluster"]``.
+
     Returns:
         The text report printed by the CLI.
     """
