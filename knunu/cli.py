@@ -289,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Dask logs every worker start at INFO; shown with -v only, so the progress line stays readable
+    for name in ("distributed", "dask_jobqueue"):
+        logging.getLogger(name).setLevel(level if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except NotBuiltError as exc:

@@ -50,6 +50,8 @@ def test_a_killed_process_run_restarts_from_its_checkpoints(run_dir, run_cli, tm
     first = run_cli("process", "-c", config, "-o", str(run_dir))
     assert first.returncode == 0, first.stderr
     assert "dashboard: http://127.0.0.1:" in first.stderr
+    assert "ITAProcessor (ita): " in first.stderr  # the progress line
+    assert "INFO distributed" not in first.stderr  # Dask's start-up chatter only with -v
     assert "0 from checkpoints" in first.stdout
     assert not (run_dir / "checkpoints").exists()  # removed once the histograms exist
     reference = tmp_path / "reference.root"
