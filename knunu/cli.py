@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
+import dask.config
+
 from knunu import __version__
 from knunu.config import load_config
 from knunu.errors import InputError, KnunuError, NotBuiltError
@@ -289,9 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Dask logs every worker start at INFO; shown with -v only, so the progress line stays readable
+    # Dask logs every worker start at INFO; shown with -v only, so the progress line stays readable.
+    # distributed sets its loggers' levels from dask config when it is imported (later, lazily).
+    dask_level = level if args.verbose else logging.WARNING
+    dask.config.set({"logging.distributed": logging.getLevelName(dask_level).lower()})
     for name in ("distributed", "dask_jobqueue"):
-        logging.getLogger(name).setLevel(level if args.verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(dask_level)
     try:
         return args.func(args)
     except NotBuiltError as exc:
