@@ -223,7 +223,8 @@ class ITAProcessor(processor.ProcessorABC):
         if hta is not None:
             frac = np.where(in_sr, overlap_fraction(cols, hta), 0.0)
             overlap["matched"] = int(np.count_nonzero(frac))
-            overlap["removed_weight"] = float((weight * bdtc * frac).sum())
+            # summed over the same rows, in the same order, as ita_sr_weight
+            overlap["removed_weight"] = float((weight * bdtc * frac)[in_sr].sum())
             weight = weight * (1.0 - frac)
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]

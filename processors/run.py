@@ -355,31 +355,44 @@ def _run_dask(
 
 def _guarded(chunk: Chunk, proc: Any, retries: int, wait: float) -> ChunkResult:
     """Process one chunk; ``OSError`` is retried, bad input is returned, anything else raised."""
-    attempts = 0
+    result, problem, attempts = _attempt(chunk.path, _process, (chunk, proc), retries, wait)
+    output, seconds = result or (None, 0.0)
+    return ChunkResult(chunk, output, problem, attempts, seconds)
+
+
+def _attempt(
+    path: str, work: Callable[..., Any], args: tuple[Any, ...], retries: int, wait: float
+) -> tuple[Any, str | None, int]:
+    """``work(*args)``: (its value, the bad-input problem or ``None``, attempts made).
+
+    An :class:`InputError` is a bad input at once; an ``OSError`` is retried ``retries`` times
+    (waits ``wait * 2**k``) and then is one too; anything else (a processor bug) propagates.
+    """
+    attempt = 0
     while True:
-        attempts += 1
-        tic = time.perf_counter()
+        attempt += 1
         try:
-            output = _process(chunk, proc)
+            return work(*args), None, attempt
         except InputError as exc:
-            return ChunkResult(chunk, None, str(exc), attempts, 0.0)
+            return None, str(exc), attempt
         except OSError as exc:
-            if attempts > retries:
+            if attempt > retries:
                 what = (
                     "file not found"
                     if isinstance(exc, FileNotFoundError)
                     else f"unreadable ({_first_line(exc)})"
                 )
-                problem = f"{chunk.path}: {what} after {attempts} attempts"
-                return ChunkResult(chunk, None, problem, attempts, 0.0)
-            log.warning("%s: %s; retrying", chunk.describe(), _first_line(exc))
-            time.sleep(wait * 2 ** (attempts - 1))
-            continue
-        return ChunkResult(chunk, output, None, attempts, time.perf_counter() - tic)
+                return None, f"{path}: {what} after {attempt} attempts", attempt
+            log.warning("%s: %s; retrying", path, _first_line(exc))
+            time.sleep(wait * 2 ** (attempt - 1))
 
 
-def _process(chunk: Chunk, proc: Any) -> dict[str, Any]:
-    """Read one chunk as NanoEvents, run the processor, check the values it read are finite."""
+def _process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
+    """Read one chunk as NanoEvents, run the processor, check the values it read are finite.
+
+    Returns:
+        The processor's output and the seconds ``process`` took.
+    """
     import uproot
     from coffea.nanoevents import NanoEventsFactory
 
@@ -403,14 +416,16 @@ def _process(chunk: Chunk, proc: Any) -> dict[str, Any]:
             entry_stop=chunk.stop,
             buffer_cache=cache,
         ).events()
+        tic = time.perf_counter()
         try:
             output = proc.process(events)
         except AttributeError as exc:  # awkward: "no field named 'x'" -> the branch is missing
             if "no field named" in str(exc):
                 raise InputError(f"{chunk.path}: missing branch ({_first_line(exc)})") from None
             raise
+        seconds = time.perf_counter() - tic
         _check_finite(cache, chunk)
-    return output
+    return output, seconds
 
 
 def _check_file(rf: Any, path: str, tree: str, entries: int | None = None) -> int:
@@ -458,7 +473,8 @@ def _plan(
         problems: dict[str, str] = {}
         for f in files:
             path, want = f["path"], int(f[f"entries_{tree}"])
-            problem = _retrying(path, _inspect, (path, tree, want, branches), options)
+            args = (path, tree, want, branches)
+            _, problem, _ = _attempt(path, _inspect, args, options.retries, options.retry_wait)
             if problem:
                 problems[path] = problem
         union = set().union(*branches.values()) if branches else set()
@@ -480,42 +496,23 @@ def _plan(
     return chunks, lost
 
 
-def _inspect(path: str, tree: str, want: int, branches: dict[str, set[str]]) -> str | None:
-    """The problem of one input file, or ``None``; records its branch names."""
+def _inspect(path: str, tree: str, want: int, branches: dict[str, set[str]]) -> None:
+    """Raise :class:`InputError` for a bad input file; record a good one's branch names."""
     import uproot
 
     if os.path.exists(path) and os.path.getsize(path) == 0:
-        return f"{path}: empty file"
+        raise InputError(f"{path}: empty file")
     try:
         with uproot.open(path) as rf:
             got = _check_file(rf, path, tree)
-            branches[path] = set(rf[tree].keys())
-    except InputError as exc:
-        return str(exc)
-    except OSError:  # maybe transient: retried by the caller
+            names = set(rf[tree].keys())
+    except (InputError, OSError):  # OSError: maybe transient, retried by the caller
         raise
     except Exception as exc:  # not ROOT, corrupt header
-        return f"{path}: cannot read tree '{tree}' ({_first_line(exc)})"
+        raise InputError(f"{path}: cannot read tree '{tree}' ({_first_line(exc)})") from None
     if got != want:
-        return f"{path}: {got} entries in '{tree}', catalogue says {want}"
-    return None
-
-
-def _retrying(
-    path: str, check: Callable[..., str | None], args: tuple[Any, ...], options: RunOptions
-) -> str | None:
-    """``check(*args)`` with ``OSError`` retried like a chunk; a lasting one is the problem."""
-    for attempt in range(options.retries + 1):
-        try:
-            return check(*args)
-        except OSError as exc:
-            if attempt == options.retries:
-                if isinstance(exc, FileNotFoundError):
-                    return f"{path}: file not found ({attempt + 1} attempts)"
-                return f"{path}: unreadable after {attempt + 1} attempts ({_first_line(exc)})"
-            log.warning("%s: %s; retrying", path, _first_line(exc))
-            time.sleep(options.retry_wait * 2**attempt)
-    return None
+        raise InputError(f"{path}: {got} entries in '{tree}', catalogue says {want}")
+    branches[path] = names
 
 
 class _OrderedMerge:

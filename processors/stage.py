@@ -97,6 +97,7 @@ def make_histograms(
     doc: dict[str, Any] = {}
     hta_output: dict[str, Any] = {}
     cfg = dict(cfg)
+    with_models = _with_fingerprint(options, models)  # the model files hashed once
     if hta_cfg is not None:
         hta_sets = [d for d in HTA_DATASETS if d in catalogue.datasets]
         proc_h = hta.HTAProcessor(str(Path(models).resolve()), hta_cfg)
@@ -107,7 +108,7 @@ def make_histograms(
             "hta",
             client,
             int(hta_cfg["chunksize"]),
-            _with_fingerprint(options, models),
+            with_models,
         )
         overlap = out_file.with_name("overlap.json")
         sr = {ds: sorted(out.pop("sr_events")) for ds, out in hta_output.items()}
@@ -127,7 +128,7 @@ def make_histograms(
         TREE,
         client,
         int(cfg["chunksize"]),
-        _with_fingerprint(options, models, *overlap_file),
+        _with_fingerprint(with_models, *overlap_file),
     )
     write_histogram_file(out_file, output, catalogue.datasets, hta_output)
     overlap_doc = {ds: out["overlap"] for ds, out in output.items()}

@@ -18,7 +18,8 @@ PY=${KNUNU_PYTHON:-python3}
 JOBUSER=knunu
 READY_TIMEOUT=${KNUNU_CONDOR_TIMEOUT:-90}
 MIRROR=${KNUNU_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-log() { echo "htcondor.sh: $*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 build_chroot() {
     [ -f "$ROOT/.knunu-ready" ] && return
@@ -148,7 +149,7 @@ WRAP
     chmod 755 "$DIR/bin/"*
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pool_ready() { [ -n "$("$DIR/bin/condor_status" -af Name 2>/dev/null)" ] && "$DIR/bin/condor_q" >/dev/null 2>&1; }
 
 up() {
     mkdir -p "$DIR"
@@ -167,15 +168,7 @@ up() {
     # in the foreground (-f) under setsid, so $! is the master itself and outlives this script
     setsid chroot "$ROOT" /usr/sbin/condor_master -f >"$DIR/master.out" 2>&1 </dev/null &
     echo $! >"$DIR/master.pid"
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until [ -n "$("$DIR/bin/condor_status" -af Name 2>/dev/null)" ] && "$DIR/bin/condor_q" >/dev/null 2>&1; do
-        if ((SECONDS > deadline)); then
-            log "not ready after ${READY_TIMEOUT}s; see $DIR/log"
-            down
-            exit 1
-        fi
-        sleep 0.5
-    done
+    wait_ready "$READY_TIMEOUT" "$DIR/log" pool_ready || { down; exit 1; }
     log "ready: export PATH=$DIR/bin:\$PATH"
 }
 
@@ -191,13 +184,8 @@ pool_processes() {
 down() {
     if alive "$DIR/master.pid"; then
         "$DIR/bin/condor_rm" -all >/dev/null 2>&1 || true
-        local pid
-        pid=$(cat "$DIR/master.pid")
-        kill "$pid" 2>/dev/null || true # condor_master shuts its daemons down on TERM
-        for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
     fi
-    rm -f "$DIR/master.pid"
+    stop_pidfile "$DIR/master.pid" 150 # condor_master shuts its daemons down on TERM
     # anything of this pool that outlived the master (only processes inside our chroot)
     local p
     for p in $(pool_processes); do kill -9 "$p" 2>/dev/null || true; done

@@ -10,7 +10,8 @@ set -euo pipefail
 DIR=${KNUNU_SLURM_DIR:-/tmp/knunu-slurm}
 CONF=$DIR/slurm.conf
 READY_TIMEOUT=${KNUNU_SLURM_TIMEOUT:-60}
-log() { echo "slurm.sh: $*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 install() {
     if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
@@ -61,8 +62,6 @@ PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 CONF
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
 up() {
     install
     mkdir -p "$DIR"
@@ -89,28 +88,12 @@ up() {
     fi
     slurmctld -c -f "$CONF"
     slurmd -f "$CONF"
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until sinfo -h -o '%T' 2>/dev/null | grep -qx idle; do
-        if ((SECONDS > deadline)); then
-            log "not ready after ${READY_TIMEOUT}s; see $DIR/log"
-            down
-            exit 1
-        fi
-        sleep 0.5
-    done
+    wait_ready "$READY_TIMEOUT" "$DIR/log" node_idle || { down; exit 1; }
     timeout "$READY_TIMEOUT" srun -N1 -n1 hostname >/dev/null
     log "ready: SLURM_CONF=$CONF"
 }
 
-stop_pidfile() {
-    local f=$1
-    if alive "$f"; then
-        kill "$(cat "$f")" 2>/dev/null || true
-        for _ in $(seq 50); do alive "$f" || break; sleep 0.1; done
-        alive "$f" && kill -9 "$(cat "$f")" 2>/dev/null || true
-    fi
-    rm -f "$f"
-}
+node_idle() { sinfo -h -o '%T' 2>/dev/null | grep -qx idle; }
 
 down() {
     export SLURM_CONF=$CONF

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .pipeline import process, share
+from .helpers import process, share
 
 SCRIPTS = Path(str(resources.files("knunu.cluster").joinpath("scripts")))
 

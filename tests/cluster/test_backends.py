@@ -10,6 +10,8 @@ import pytest
 from knunu.cluster import BACKENDS, cluster_settings, get_client
 from knunu.errors import ClusterError
 
+from .helpers import assert_on_loopback
+
 
 def test_registry_has_the_three_backends():
     assert set(BACKENDS) == {"local", "slurm", "htcondor"}
@@ -33,10 +35,7 @@ def test_unknown_backend_and_setting_are_errors():
 def test_local_cluster_binds_to_loopback():
     with get_client("local", n_workers=2) as client:
         client.wait_for_workers(2, timeout=120)
-        info = client.scheduler_info()
-        assert info["address"].startswith("tcp://127.0.0.1:")
-        assert all(addr.startswith("tcp://127.0.0.1:") for addr in info["workers"])
-        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert_on_loopback(client, "tcp")
         assert client.submit(sum, [1, 2, 3]).result() == 6
         # the workers start with knunu's malloc thresholds, not the nanny's 64 KiB trim
         env = client.run(lambda: {k: v for k, v in os.environ.items() if k.startswith("MALLOC")})

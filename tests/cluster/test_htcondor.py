@@ -4,14 +4,20 @@ job, TLS, and the tiny processing stage on pool workers equal to a run in this p
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 from distributed import Client
 
 from knunu.cluster import get_client
 
-from .pipeline import assert_same_histograms, kill_after, process, share
+from .helpers import (
+    assert_on_loopback,
+    assert_same_histograms,
+    jobs_left,
+    kill_after,
+    process,
+    share,
+)
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.slow]
 
@@ -38,17 +44,11 @@ def test_workers_come_from_condor_submit(htcondor):
     with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
         client.wait_for_workers(2, timeout=120)
         assert len(_jobs()) == 2
-        info = client.scheduler_info()
-        assert info["address"].startswith("tls://127.0.0.1:")
-        assert all(w.startswith("tls://127.0.0.1:") for w in info["workers"])
-        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert_on_loopback(client, "tls")
         # a client without our certificate is refused
         with pytest.raises((OSError, TimeoutError)):
-            Client(info["address"].replace("tls://", "tcp://"), timeout=5)
-    deadline = time.time() + 60
-    while _jobs() and time.time() < deadline:
-        time.sleep(0.5)
-    assert _jobs() == []  # closing the client removes the jobs
+            Client(client.scheduler.address.replace("tls://", "tcp://"), timeout=5)
+    assert jobs_left(_jobs) == []  # closing the client removes the jobs
 
 
 def test_processing_on_htcondor_equals_a_local_run(

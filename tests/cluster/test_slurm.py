@@ -12,7 +12,7 @@ from distributed.security import Security
 
 from knunu.cluster import get_client
 
-from .pipeline import assert_same_histograms, kill_after, process
+from .helpers import assert_on_loopback, assert_same_histograms, jobs_left, kill_after, process
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -42,17 +42,11 @@ def test_workers_come_from_sbatch_and_compute(slurm, tmp_path, monkeypatch):
     with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
         assert len(_jobs()) == 2
-        info = client.scheduler_info()
-        assert info["address"].startswith("tls://127.0.0.1:")
-        assert all(w.startswith("tls://127.0.0.1:") for w in info["workers"])
-        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert_on_loopback(client, "tls")
         assert sum(client.gather(client.map(_slow_square, range(20)))) == sum(
             x * x for x in range(20)
         )
-    deadline = time.time() + 60
-    while _jobs() and time.time() < deadline:
-        time.sleep(0.5)
-    assert _jobs() == []  # closing the client cancels the batch jobs
+    assert jobs_left(_jobs) == []  # closing the client cancels the batch jobs
     assert not list(tmp_path.glob("slurm-*.out"))
 
 

@@ -107,7 +107,7 @@ def test_a_lasting_read_error_fails_after_the_retries(production, proc, tmp_path
     gone = runner.Catalogue(production.path, copy.deepcopy(production.datasets))
     gone.datasets["signal"]["files"][0]["path"] = str(tmp_path / "gone.root")
     options = runner.RunOptions(retries=2, retry_wait=0.01)
-    with pytest.raises(InputError, match=r"gone\.root: file not found \(3 attempts\)"):
+    with pytest.raises(InputError, match=r"gone\.root: file not found after 3 attempts"):
         runner.run(gone, ["signal"], proc, "ita", None, 1000, options)
 
 

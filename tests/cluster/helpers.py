@@ -1,9 +1,11 @@
-"""The tiny-scale processing stage on a batch cluster, compared with a run in this process."""
+"""Helpers of the cluster tests: where a cluster listens, batch jobs going away, and the tiny
+processing stage on a cluster compared with a run in this process."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,22 @@ import uproot
 
 from knunu.processors import run as runner
 from knunu.processors.stage import make_histograms
+
+
+def assert_on_loopback(client, protocol: str) -> None:
+    """Scheduler, workers and dashboard of ``client``'s cluster listen on 127.0.0.1 only."""
+    info = client.scheduler_info()
+    assert info["address"].startswith(f"{protocol}://127.0.0.1:")
+    assert all(w.startswith(f"{protocol}://127.0.0.1:") for w in info["workers"])
+    assert client.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def jobs_left(jobs: Callable[[], list[str]], timeout: float = 60.0) -> list[str]:
+    """The batch jobs still there after waiting up to ``timeout`` seconds for none."""
+    deadline = time.time() + timeout
+    while jobs() and time.time() < deadline:
+        time.sleep(0.5)
+    return jobs()
 
 
 def process(production, cfg, trained, out_dir: Path, client=None, progress=None) -> Path:
