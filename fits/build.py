@@ -100,6 +100,7 @@ def build_spec(
     analysis: str,
     catalogue: tuple[Systematic, ...],
     prune_threshold: float = 0.0,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """The HistFactory spec of one analysis, validated against pyhf's schema.
 
@@ -109,6 +110,8 @@ def build_spec(
         catalogue: The systematics catalogue.
         prune_threshold: Modifiers whose largest relative effect on a sample's bins is below
             this are left out (each pruned one is logged).
+        split: Build from the histograms of one consistency split (``{histogram}_{split}``,
+            nominal only: pass a catalogue without shape systematics).
 
     Raises:
         InputError: a histogram the catalogue asks for is missing or not finite.
@@ -120,6 +123,8 @@ def build_spec(
     for cname, layout in CHANNELS.items():
         if layout.analysis != analysis:
             continue
+        if split is not None:
+            layout = layout._replace(histogram=f"{layout.histogram}_{split}")
         samples = []
         for sample in layout.samples:
             nom_full, var_full = hfile.get(layout.histogram, sample, "nominal")

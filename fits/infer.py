@@ -25,7 +25,7 @@ import pyhf
 import scipy.optimize
 from scipy.stats import norm
 
-from knunu.errors import FitError
+from knunu.errors import FitError, LimitAboveBoundError
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402  (after enabling float64)
@@ -66,9 +66,12 @@ class Uncertainties:
 
     @property
     def correlation(self) -> np.ndarray:
-        """The correlation matrix."""
-        d = np.sqrt(np.clip(np.diag(self.covariance), 1e-300, None))
-        return self.covariance / np.outer(d, d)
+        """The correlation matrix (0 for a parameter without variance, 1 on the diagonal)."""
+        d = np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
+        norm = np.outer(d, d)
+        corr = np.divide(self.covariance, norm, out=np.zeros_like(norm), where=norm > 0)
+        np.fill_diagonal(corr, 1.0)
+        return corr
 
 
 @dataclass
@@ -335,6 +338,8 @@ class Likelihood:
         if sigma is None:
             sigma = float(self.uncertainties(best).error[index])
         lo_b, hi_b = self.bounds[index]
+        if not (np.isfinite(sigma) and sigma > 0):  # no curvature: step through the range
+            sigma = 0.1 * float(hi_b - lo_b)
         target = best.nll + 0.5
         out = []
         for direction in (-1.0, 1.0):
@@ -475,7 +480,11 @@ def cls(lh: Likelihood, mu: float, best: FitResult, asimov: Likelihood, best_a: 
 
 
 def upper_limit(lh: Likelihood, best: FitResult, level: float = 0.9) -> float:
-    """Observed asymptotic CLs upper limit on the POI at confidence ``level``."""
+    """Observed asymptotic CLs upper limit on the POI at confidence ``level``.
+
+    Raises:
+        LimitAboveBoundError: the limit lies above the POI's upper bound.
+    """
     asimov = lh.with_data(asimov_data(lh, 0.0))
     best_a = asimov.fit()
     alpha = 1.0 - level
@@ -488,7 +497,7 @@ def upper_limit(lh: Likelihood, best: FitResult, level: float = 0.9) -> float:
     hi = lo + 1.0
     while f(hi) > 0:
         if hi >= hi_bound:
-            raise FitError(f"CLs upper limit above the POI bound {hi_bound}")
+            raise LimitAboveBoundError(f"CLs upper limit above the POI bound {hi_bound}")
         lo, hi = hi, min(hi + 2.0 * (hi - lo + 1.0), hi_bound)
     return float(scipy.optimize.brentq(f, lo, hi, xtol=1e-4))
 
@@ -547,7 +556,12 @@ class GoodnessOfFit:
     deviance: float
     p_value: float
     n_toys: int
-    toy_deviances: np.ndarray
+    toy_deviances: np.ndarray  # of the converged toys
+    failed: tuple[int, ...] = ()  # toys whose fit did not converge (left out of p)
+
+
+#: The largest fraction of goodness-of-fit toys allowed to fail before the test is an error.
+MAX_FAILED_TOY_FRACTION = 0.05
 
 
 def deviance(lh: Likelihood, x: np.ndarray, data: np.ndarray) -> float:
@@ -562,14 +576,16 @@ def deviance(lh: Likelihood, x: np.ndarray, data: np.ndarray) -> float:
 def goodness_of_fit(lh: Likelihood, best: FitResult, n_toys: int, seed: int) -> GoodnessOfFit:
     """p-value of the saturated-model test from ``n_toys`` pseudo-experiments.
 
-    Toys are drawn from the best-fit model (main and auxiliary data) and each is refitted.
+    Toys are drawn from the best-fit model (main and auxiliary data) and each is refitted. A
+    toy whose fit fails every strategy is left out of the p-value and listed in ``failed``
+    (the report prints how many); more than :data:`MAX_FAILED_TOY_FRACTION` of them is an error.
 
     Raises:
-        FitError: a toy fit fails every strategy (nothing is dropped silently).
+        FitError: too many toy fits fail (nothing is dropped silently).
     """
     observed = deviance(lh, best.x, lh.data)
     toys = lh.sample(best.x, n_toys, seed)
-    values = np.empty(n_toys)
+    values, failed = [], []
     for k, toy in enumerate(toys):
         toy_lh = lh.with_data(toy)
         try:
@@ -577,7 +593,15 @@ def goodness_of_fit(lh: Likelihood, best: FitResult, n_toys: int, seed: int) -> 
             # curvature converges slowly: Fisher scoring from the best fit is faster here.
             res = toy_lh.fit(init=best.x)
         except FitError as exc:
-            raise FitError(f"goodness-of-fit toy {k} (seed {seed}): {exc}") from exc
-        values[k] = deviance(lh, res.x, toy)
-    p_value = float(np.mean(values >= observed)) if n_toys else float("nan")
-    return GoodnessOfFit(observed, p_value, n_toys, values)
+            log.warning("goodness-of-fit toy %d (seed %d) left out: %s", k, seed, exc)
+            failed.append(k)
+            continue
+        values.append(deviance(lh, res.x, toy))
+    if n_toys and len(failed) > MAX_FAILED_TOY_FRACTION * n_toys:
+        raise FitError(
+            f"goodness of fit: {len(failed)} of {n_toys} toy fits failed (seed {seed}; "
+            f"at most {MAX_FAILED_TOY_FRACTION:.0%} may)"
+        )
+    dev = np.asarray(values)
+    p_value = float(np.mean(dev >= observed)) if len(dev) else float("nan")
+    return GoodnessOfFit(observed, p_value, n_toys, dev, tuple(failed))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import mplhep
 import numpy as np
 from matplotlib.figure import Figure
 
-from knunu.fits.infer import Impact, Likelihood, Uncertainties
+from knunu.fits.infer import GoodnessOfFit, Impact, Likelihood, Uncertainties
 from knunu.rundir import atomic_path
 
 mpl.rcParams["figure.max_open_warning"] = 0
@@ -117,6 +118,129 @@ def correlation(lh: Likelihood, unc: Uncertainties, top: int = 25) -> Figure:
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     return fig
+
+
+def gof_toys(gof: GoodnessOfFit) -> Figure:
+    """The saturated-model deviance of the toys with the observed value and the p-value."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.hist(gof.toy_deviances, bins=40, histtype="step", color="k", label="pseudo-experiments")
+    ax.axvline(gof.deviance, color="tab:red", label=f"observed (p = {gof.p_value:.2f})")
+    ax.set_xlabel("saturated-model deviance")
+    ax.set_ylabel("toys")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def injection(inj: Any) -> Figure:
+    """Mean fitted mu against the injected mu_true, with the fitted line and the diagonal."""
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    x = np.asarray(inj.mu_true)
+    ax.errorbar(x, inj.mean, yerr=inj.width, fmt="none", ecolor="lightgrey", label="toy spread")
+    ax.errorbar(x, inj.mean, yerr=inj.error, fmt="ko", label="mean fitted mu")
+    grid = np.linspace(x.min(), x.max(), 2)
+    ax.plot(grid, grid, "k:", label="slope 1")
+    ax.plot(
+        grid,
+        inj.slope * grid + inj.intercept,
+        color="tab:red",
+        label=f"fit: slope {inj.slope:.3f} +- {inj.slope_error:.3f}",
+    )
+    ax.set_xlabel(r"injected $\mu$")
+    ax.set_ylabel(r"fitted $\hat\mu$")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def splits(pairs: Sequence[Any], labels: dict[str, str]) -> Figure:
+    """Fitted mu of each half of the consistency splits."""
+    rows = [h for p in pairs for h in p.halves]
+    fig = Figure(figsize=(6, 0.5 * len(rows) + 1.5))
+    ax = fig.subplots()
+    ypos = np.arange(len(rows))[::-1]
+    ax.errorbar([h.mu for h in rows], ypos, xerr=[h.error for h in rows], fmt="ko")
+    ax.set_yticks(ypos, [labels.get(h.split, h.split) for h in rows])
+    ax.set_xlabel(r"fitted $\mu$ (ITA, one half of the data)")
+    fig.tight_layout()
+    return fig
+
+
+def efficiency_q2(effs: Sequence[Any], published: dict[tuple[float, float], float]) -> Figure:
+    """Signal-region efficiency versus q2gen per analysis, with the published ITA points."""
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    for e in effs:
+        edges = np.asarray(e.edges)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        ax.errorbar(
+            centres,
+            e.efficiency,
+            xerr=0.5 * np.diff(edges),
+            yerr=e.error,
+            fmt="o",
+            label=f"{e.analysis.upper()} (this run)",
+        )
+    ax.plot(
+        [0.5 * (lo + hi) for lo, hi in published],
+        list(published.values()),
+        "k*",
+        ms=10,
+        label="ITA published",
+    )
+    ax.set_xlabel(r"$q^2_{gen}$ [GeV$^2$]")
+    ax.set_ylabel("signal efficiency")
+    ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def control_distributions(histograms: str | Path) -> dict[str, Figure]:
+    """BDT output distributions of every sample from the control histograms, with the data.
+
+    ``ita_on_control_*`` (eta(BDT2) 0.75-1, projected over q2rec) and ``hta_control_*``
+    (eta(BDTh) 0-1), MC stacked at its luminosity-scaled yields before the fit.
+    """
+    import uproot
+
+    out = {}
+    with uproot.open(histograms) as f:
+        keys = {k.split(";")[0] for k in f.keys(cycle=True)}
+        for name, prefix, label in (
+            ("ita_eta_bdt2", "ita_on_control_", r"$\eta(BDT_2)$"),
+            ("hta_eta_bdth", "hta_control_", r"$\eta(BDT_h)$"),
+        ):
+            found = sorted(k for k in keys if k.startswith(prefix) and k.endswith("_nominal"))
+            if not found:
+                continue
+            stack, labels, data, edges = [], [], None, None
+            for key in found:
+                h = f[key]
+                values = h.values()
+                values = values.sum(axis=1) if values.ndim == 2 else values
+                edges = h.axes[0].edges()
+                sample = key[len(prefix) : -len("_nominal")]
+                if sample == "data":
+                    data = values
+                else:
+                    stack.append(values)
+                    labels.append(sample)
+            fig = Figure(figsize=(6.5, 4.5))
+            ax = fig.subplots()
+            if stack:
+                mplhep.histplot(stack, edges, ax=ax, stack=True, histtype="fill", label=labels)
+            if data is not None:
+                mplhep.histplot(data, edges, ax=ax, histtype="errorbar", color="k", label="data")
+            ax.set_yscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel("events")
+            ax.legend(fontsize="x-small", ncol=2)
+            fig.tight_layout()
+            out[name] = fig
+    return out
 
 
 def save(fig: Figure, path: str | Path) -> Path:

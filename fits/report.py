@@ -12,9 +12,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from knunu.errors import LimitAboveBoundError
 from knunu.fits import plots
 from knunu.fits.infer import (
     FitResult,
+    GoodnessOfFit,
     Impact,
     Likelihood,
     Uncertainties,
@@ -53,7 +55,7 @@ class AnalysisResult:
     syst: float
     z_bkg: float
     z_sm: float
-    upper_limit: float
+    upper_limit: float | None  # None: above the POI's upper bound (limit_bound)
     cl: float
     branching_fraction: float
     nll: float
@@ -61,6 +63,8 @@ class AnalysisResult:
     seconds: float
     gof_p_value: float | None = None
     gof_toys: int = 0
+    gof_failed: int = 0  # toys whose fit did not converge, left out of the p-value
+    limit_bound: float = 10.0  # the POI's upper bound
     impacts: tuple[tuple[str, float, float], ...] = ()  # (name, up, down), largest first
     pulls: tuple[tuple[str, float, float], ...] = ()  # (name, pull, post-fit error / prior)
 
@@ -82,6 +86,7 @@ class Inference(NamedTuple):
     best: FitResult
     uncertainties: Uncertainties
     impacts: tuple[Impact, ...]
+    gof: GoodnessOfFit | None = None
 
 
 def analyse(
@@ -109,7 +114,11 @@ def analyse(
     poi = lh.poi
     total = float(unc.error[poi])
     # Stat-only: every nuisance held at its best-fit value, so the curvature in mu alone.
-    stat = 1.0 / math.sqrt(float(lh.hessian(best.x)[poi, poi]))
+    curvature = float(lh.hessian(best.x)[poi, poi])
+    # no curvature in mu at all (mu at its bound with no events where the signal lives):
+    # the stat-only error is not defined, and is reported as such (NaN), not invented
+    stat = 1.0 / math.sqrt(curvature) if curvature > 0 else math.nan
+    total = total if curvature > 0 else math.nan
     down, up = lh.minos(best, sigma=total)
     mu = float(best.x[poi])
     ranked = impacts(lh, best, unc) if with_impacts else ()
@@ -122,10 +131,11 @@ def analyse(
         minos_down=down,
         minos_up=up,
         stat=stat,
-        syst=math.sqrt(max(total**2 - stat**2, 0.0)),
+        syst=math.sqrt(max(total**2 - stat**2, 0.0)) if math.isfinite(stat) else math.nan,
         z_bkg=significance(lh, best, 0.0),
         z_sm=significance(lh, best, 1.0),
-        upper_limit=upper_limit(lh, best, cls_level),
+        upper_limit=_limit(lh, best, cls_level),
+        limit_bound=float(lh.bounds[poi][1]),
         cl=cls_level,
         branching_fraction=mu * BF_SM,
         nll=best.nll,
@@ -133,6 +143,7 @@ def analyse(
         seconds=time.perf_counter() - start,
         gof_p_value=gof.p_value if gof else None,
         gof_toys=toys,
+        gof_failed=len(gof.failed) if gof else 0,
         impacts=tuple((i.name, i.up, i.down) for i in ranked),
         pulls=tuple(
             (lh.labels[i], float((best.x[i] - lh.init[i]) / w), float(unc.error[i] / w))
@@ -140,7 +151,22 @@ def analyse(
             if np.isfinite(w) and i not in best.fixed
         ),
     )
-    return Inference(result, best, unc, ranked)
+    return Inference(result, best, unc, ranked, gof)
+
+
+def _limit(lh: Likelihood, best: FitResult, cls_level: float) -> float | None:
+    try:
+        return upper_limit(lh, best, cls_level)
+    except LimitAboveBoundError as exc:
+        log.warning("%s", exc)
+        return None
+
+
+def limit_text(r: AnalysisResult) -> str:
+    """The CLs limit of a result as the tables print it."""
+    if r.upper_limit is None:
+        return f"> {r.limit_bound:g} ({r.cl:.0%})"
+    return f"{r.upper_limit:.2f} ({r.cl:.0%})"
 
 
 def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
@@ -153,7 +179,7 @@ def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
         lines.append(
             f"| {r.analysis} | {r.mu:.2f} +- {r.mu_hesse:.2f} | {r.minos_down:+.2f} / "
             f"{r.minos_up:+.2f} | {r.stat:.2f} | {r.syst:.2f} | {r.branching_fraction * 1e5:.2f} | "
-            f"{r.z_bkg:.2f} | {r.z_sm:.2f} | {r.upper_limit:.2f} ({r.cl:.0%}) |"
+            f"{r.z_bkg:.2f} | {r.z_sm:.2f} | {limit_text(r)} |"
         )
         if published and r.analysis in PUBLISHED:
             p = PUBLISHED[r.analysis]
@@ -164,8 +190,9 @@ def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
     for r in results:
         if r.gof_p_value is not None:
             lines.append(
-                f"\n{r.analysis}: goodness of fit (saturated model, {r.gof_toys} toys): "
-                f"p = {r.gof_p_value:.2f}"
+                f"\n{r.analysis}: goodness of fit (saturated model, {r.gof_toys} toys"
+                + (f", {r.gof_failed} failed fits left out" if r.gof_failed else "")
+                + f"): p = {r.gof_p_value:.2f}"
             )
         if r.impacts:
             lines.append(f"\n{r.analysis}: largest post-fit impacts on mu (up / down)")
@@ -189,6 +216,7 @@ def fit_workspace_file(
     *,
     with_impacts: bool = False,
     toys: int = 0,
+    toy_analyses: tuple[str, ...] | None = None,
     seed: int = 0,
     make_plots: bool = True,
 ) -> FitSummary:
@@ -203,6 +231,7 @@ def fit_workspace_file(
         cls_level: Confidence level of the CLs upper limit.
         with_impacts: Rank every nuisance parameter by its impact on mu.
         toys: Goodness-of-fit pseudo-experiments per model (0: none).
+        toy_analyses: The models that get the goodness-of-fit toys (default: all).
         seed: Seed of the pseudo-experiments.
         make_plots: Also write pre/post-fit, pulls, impacts and correlation plots (PNG).
     """
@@ -213,8 +242,9 @@ def fit_workspace_file(
     results = []
     for analysis in wanted:
         lh = Likelihood.from_workspace(select(workspace, analysis))
+        wanted_toys = toys if toy_analyses is None or analysis in toy_analyses else 0
         inference = analyse(
-            lh, analysis, cls_level, with_impacts=with_impacts, toys=toys, seed=seed
+            lh, analysis, cls_level, with_impacts=with_impacts, toys=wanted_toys, seed=seed
         )
         results.append(inference.result)
         if make_plots:
@@ -248,6 +278,8 @@ def write_plots(lh: Likelihood, inference: Inference, directory: Path) -> list[P
         written.append(
             plots.save(plots.impact_ranking(inference.impacts), directory / "impacts.png")
         )
+    if inference.gof is not None and len(inference.gof.toy_deviances):
+        written.append(plots.save(plots.gof_toys(inference.gof), directory / "gof.png"))
     return written
 
 

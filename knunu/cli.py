@@ -1,7 +1,7 @@
 """The ``knunu`` command line: one subcommand per pipeline stage.
 
-Every :class:`~knunu.errors.KnunuError` becomes one line on stderr and exit code 2;
-a stage that is not built yet says so and exits 3. Nothing here invents a result.
+Every :class:`~knunu.errors.KnunuError` becomes one line on stderr and exit code 2.
+Nothing here invents a result.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import dask.config
 
 from knunu import __version__
 from knunu.config import load_config
-from knunu.errors import InputError, KnunuError, NotBuiltError
+from knunu.errors import InputError, KnunuError
 
 log = logging.getLogger("knunu.cli")
 
-EXIT_OK, EXIT_ERROR, EXIT_NOT_BUILT = 0, 2, 3
+EXIT_OK, EXIT_ERROR = 0, 2
 
 
 class Stage(NamedTuple):
@@ -30,30 +30,26 @@ class Stage(NamedTuple):
 
     name: str
     help: str
-    issue: str | None  # where the unbuilt stage is tracked; None once built
 
 
-#: The registry of stages, in pipeline order (``knunu run`` walks it).
+#: The stage subcommands and their help (the pipeline itself: :data:`knunu.pipeline.STEPS`).
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage(
             "simulate",
             "generate Belle II-like MC and pseudo-data as basf2-style ntuples",
-            None,
         ),
         Stage(
             "train",
             "train the ITA BDTs (BDT1, BDT2, BDTc), the HTA BDTh and continuum classifier, "
             "and the eta transforms, with xgboost",
-            None,
         ),
         Stage(
             "process",
             "run the HTA and ITA coffea processors (overlap removed) into the fit histograms",
-            None,
         ),
-        Stage("fit", "build the pyhf workspaces and run inference", None),
+        Stage("fit", "build the pyhf workspaces and run inference"),
     )
 }
 
@@ -87,6 +83,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cls_level=config["fit"]["cls_level"],
         with_impacts=args.impacts,
         toys=config["fit"]["gof_toys"] if args.toys is None else args.toys,
+        toy_analyses=tuple(config["fit"]["gof_analyses"]),
         seed=config["seed"],
     )
     print(summary.markdown)
@@ -209,14 +206,20 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run every stage in order: the built ones run, the others are reported as not built."""
+    """Run every stage that is not up to date, in order, then write the report.
+
+    The cluster starts only when a stage that needs it runs.
+    """
     from knunu.pipeline import run_analysis
 
     config = _skip_option(args, load_config(args.config))
     if args.cluster:
         config["cluster"] = args.cluster
-    with _client(args, config) as client:
-        report = run_analysis(config, STAGES, ProgressPrinter(), client)
+    if args.output:
+        config["output_dir"] = args.output
+    report = run_analysis(
+        config, ProgressPrinter(), force=args.force, client_factory=lambda: _client(args, config)
+    )
     print(report)
     return EXIT_OK
 
@@ -277,8 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--toys", type=int, metavar="N", help="goodness-of-fit toys (default: fit.gof_toys)"
     )
     fit.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-    run = add("run", cmd_run, "run the whole analysis end to end (what `make analysis` calls)")
+    run = add(
+        "run",
+        cmd_run,
+        "run the whole analysis end to end (what `make analysis` calls); stages whose outputs "
+        "are up to date are skipped",
+    )
     run.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
+    run.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
+    run.add_argument("--force", action="store_true", help="run every stage, up to date or not")
     clu = add(
         "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"
     )
@@ -299,9 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(dask_level)
     try:
         return args.func(args)
-    except NotBuiltError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_NOT_BUILT
     except KnunuError as exc:
         print(f"knunu: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -27,12 +27,12 @@ class FitError(KnunuError):
     """A fit did not converge after every fallback strategy."""
 
 
+class LimitAboveBoundError(FitError):
+    """The CLs upper limit lies above the POI's upper bound (too little data to set one)."""
+
+
 class ClusterError(KnunuError):
     """A Dask cluster backend is unknown or could not be started."""
-
-
-class NotBuiltError(KnunuError):
-    """A pipeline stage that is not implemented yet was asked for."""
 
 
 class SimulationError(KnunuError):

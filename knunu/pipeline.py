@@ -1,15 +1,17 @@
 """``knunu run``: the analysis end to end, stage by stage, with a run directory and manifest.
 
-Stages that exist run; stages that are not built yet are reported as such. Nothing is made up:
-the simulation runs at the configured scale on the configured Dask cluster, the ITA training
-and processors run on the same cluster, and the fit uses the run's own histograms for the
-analyses they hold (ITA and HTA, combined). When the run's own workspace cannot be fitted,
+The stages (:data:`STEPS`) run in order: simulate, train, process, fit, validate, then the
+report. Each is skipped when its outputs are up to date (:mod:`knunu.stamps`: same config
+sections, same code, same inputs, outputs unchanged) and runs again when any of that changed.
+Nothing is made up: the simulation runs at the configured scale on the configured Dask
+cluster, the training and processors run on the same cluster, and the fit uses the run's own
+histograms (ITA, HTA and their combination). When the run's own workspace cannot be fitted,
 the fit stage says why and fits the vendored published Belle II likelihood, labelled as that.
 
 Run directory layout: ``ntuples/`` (catalogue.json), ``tables/`` and ``tables_hta/`` (training
 tables), ``models/`` (BDTs, eta, training.json, training_hta.json), ``histograms.root`` (+
 ``histograms.json`` report, ``overlap.json``: the HTA signal-region events), ``workspaces/``,
-``fit/``.
+``fit/``, ``validation/``, ``stages/`` (stamps), ``report.md`` and ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -18,84 +20,139 @@ import contextlib
 import json
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from knunu import stamps
 from knunu.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 
+class StepResult(NamedTuple):
+    """What a stage made: its output files and the lines it prints."""
+
+    outputs: tuple[Path, ...]
+    lines: tuple[str, ...]
+
+
+class Step(NamedTuple):
+    """A pipeline stage: what its outputs depend on and how to run it."""
+
+    name: str
+    config_keys: tuple[str, ...]  # dotted configuration keys it reads
+    areas: tuple[str, ...]  # knunu subpackages (or ``area/file``) whose code it runs
+    upstream: tuple[str, ...]  # stages whose outputs are its inputs
+    run: Callable[[dict[str, Any], RunDir, Any, Any], StepResult]
+    needs_cluster: bool = False
+
+
 def run_analysis(
-    config: dict[str, Any], stages: dict[str, Any], progress: Any = None, client: Any = None
+    config: dict[str, Any],
+    progress: Any = None,
+    client: Any = None,
+    *,
+    force: bool = False,
+    client_factory: Callable[[], Any] | None = None,
 ) -> str:
-    """Run the pipeline described by ``stages`` (name -> Stage with ``issue`` None when built).
+    """Run the pipeline: every stage that is not up to date, then the report.
 
     Args:
         config: The validated analysis configuration.
-        stages: The CLI's stage registry.
         progress: Called with every processor run's :class:`~knunu.processors.run.Progress`.
-        client: A Dask client to use; ``None`` starts one on ``config["cluster"]``.
+        client: A Dask client to use.
+        force: Run every stage, up to date or not.
+        client_factory: Starts a client when a stage needs one and none was given
+            (default: :func:`knunu.cluster.get_client` on ``config["cluster"]``).
 
     Returns:
-        The text report printed by the CLI.
+        The text report printed by the CLI: one line per stage, then the headline table.
     """
     from knunu.cluster import get_client
 
     run = RunDir(config["output_dir"], config)
     lines = [f"knunu run: run directory {run.path.resolve()}"]
+    digests: dict[str, dict[str, str]] = {}
     with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(get_client(config["cluster"]))
-        for name, stage in stages.items():
-            if name == "fit":
+        for step in STEPS.values():
+            inputs = {k: v for up in step.upstream for k, v in digests[up].items()}
+            key = stamps.stage_key(step.name, config, step.config_keys, step.areas, inputs)
+            stamp = stamps.load_stamp(run.path, step.name)
+            reason = "forced" if force else stamps.why_stale(run.path, stamp, key)
+            if reason is None:
+                assert stamp is not None
+                digests[step.name] = stamp.digests()
+                run.record_stage(step.name, "up to date", key=key)
+                _record_outputs(run, stamp)
+                lines.append(f"  {step.name:9s} up to date (skipped)")
                 continue
-            if stage.issue is not None:
-                run.record_stage(name, "not built", tracked_in=stage.issue)
-                lines.append(f"  {name:9s} not built yet ({stage.issue})")
-                continue
-            lines += _STAGE_RUNNERS[name](config, run, client, progress)
-    lines += _fit(config, run)
+            log.info("stage %s runs: %s", step.name, reason)
+            stamps.clear_stamp(run.path, step.name)
+            if step.needs_cluster and client is None:
+                factory = client_factory or (lambda: get_client(config["cluster"]))
+                client = stack.enter_context(factory())
+            start = time.perf_counter()
+            result = step.run(config, run, client, progress)
+            stamp = stamps.write_stamp(run.path, step.name, key, result.outputs)
+            digests[step.name] = stamp.digests()
+            seconds = time.perf_counter() - start
+            run.record_stage(step.name, "done", key=key, reason=reason, seconds=round(seconds, 1))
+            _record_outputs(run, stamp)
+            lines += [f"  {step.name:9s} done in {seconds:.0f} s ({reason})", *result.lines]
+    from knunu.report import headline, write_report
+
+    report = write_report(run.path, config)
+    run.record_output(report)
     run.write_manifest()
+    lines += ["", *headline(run.path, config), "", f"report: {report.resolve()}"]
     return "\n".join(lines)
 
 
-def _run_simulate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> list[str]:
+def _record_outputs(run: RunDir, stamp: stamps.Stamp) -> None:
+    for rel, digest in stamp.outputs.items():
+        run.manifest["outputs"][rel] = digest.sha256
+
+
+def _run_simulate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
+    from knunu.processors.run import Catalogue
     from knunu.simulation.production import plan_production, run_production
 
-    catalogue = run_production(plan_production(config, run.path / "ntuples"), client)
-    run.record_output(catalogue)
-    run.record_stage("simulate", "done", catalogue=str(catalogue.resolve()))
-    return [
-        f"  {'simulate':9s} done: {catalogue.resolve()}",
-        *(f"            {line}" for line in catalogue_summary(catalogue)),
-    ]
+    path = run_production(plan_production(config, run.path / "ntuples"), client)
+    catalogue = Catalogue.load(path)
+    files = [Path(p) for p in catalogue.paths(list(catalogue.datasets))]
+    return StepResult(
+        (path, *files),
+        (f"            {path.resolve()}", *(f"            {x}" for x in catalogue_summary(path))),
+    )
 
 
-def _run_train(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> list[str]:
+def _run_train(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
     summary = train_stage(config, run.path, client, progress)
-    run.record_output(run.path / "models" / "training.json")
-    run.record_stage("train", "done", models=str((run.path / "models").resolve()))
-    return [f"  {'train':9s} done: {run.path / 'models'}", *training_summary(summary)]
+    models = run.path / "models"
+    return StepResult(
+        tuple(sorted(p for p in models.iterdir() if p.is_file())), tuple(training_summary(summary))
+    )
 
 
-def _run_process(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> list[str]:
+def _run_process(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
     report = process_stage(config, run.path, client, progress)
-    run.record_output(run.path / "histograms.root")
-    run.record_stage("process", "done", histograms=str((run.path / "histograms.root").resolve()))
     events = sum(report.events_processed.values())
-    return [
-        f"  {'process':9s} done: {run.path / 'histograms.root'} ({events} ITA events in "
-        f"{report.chunks} chunks, {sum(report.events_lost.values())} lost, "
-        f"{report.wall_seconds:.1f} s)",
-        *(f"            {line}" for line in process_summary(run.path)),
-    ]
+    outputs = (run.path / "histograms.root", run.path / "histograms.json")
+    overlap = run.path / "overlap.json"
+    return StepResult(
+        outputs + ((overlap,) if overlap.exists() else ()),
+        (
+            f"            {run.path / 'histograms.root'} ({events} ITA events in "
+            f"{report.chunks} chunks, {sum(report.events_lost.values())} lost, "
+            f"{report.wall_seconds:.1f} s)",
+            *(f"            {line}" for line in process_summary(run.path)),
+        ),
+    )
 
 
-_STAGE_RUNNERS = {"simulate": _run_simulate, "train": _run_train, "process": _run_process}
-
-
-def _fit(config: dict[str, Any], run: RunDir) -> list[str]:
+def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
     """Fit the configured workspace, else the run's own, else the published likelihood.
 
     The run's own workspace is fitted with the full inference; when that fit cannot be done
@@ -107,11 +164,12 @@ def _fit(config: dict[str, Any], run: RunDir) -> list[str]:
     from knunu.fits.catalogue import load_catalogue
     from knunu.fits.workspace import published_workspace_path
 
-    lines: list[str] = []
+    shutil.rmtree(run.path / "fit", ignore_errors=True)
     workspace = config["fit"]["workspace"]
     histograms = run.path / "histograms.root"
     if workspace is not None:
-        return _fit_workspace(config, run, workspace, "configured workspace")
+        return _fit_workspace(config, run, Path(workspace), "configured workspace", ())
+    lines: tuple[str, ...] = ()
     if histograms.exists():
         analyses = analyses_in_file(histograms)
         label = f"this run's own {'+'.join(analyses).upper()} workspace"
@@ -123,43 +181,104 @@ def _fit(config: dict[str, Any], run: RunDir) -> list[str]:
                 config["fit"]["prune_threshold"],
                 analyses,
             )
-            own = str(paths.get("combined", paths[analyses[0]]))
-            return _fit_workspace(config, run, own, label)
+            own = paths.get("combined", paths[analyses[0]])
+            return _fit_workspace(config, run, own, label, tuple(paths.values()))
         except KnunuError as exc:
             log.warning("own workspace not fitted: %s", exc)
             run.record_stage("fit_own", "failed", reason=str(exc))
-            lines.append(f"  {'fit':9s} {label}: could not be fitted ({exc})")
-    published = str(published_workspace_path())
-    return lines + _fit_workspace(
+            lines = (f"            {label}: could not be fitted ({exc})",)
+    published = published_workspace_path()
+    result = _fit_workspace(
         config,
         run,
         published,
         "the published Belle II likelihood (this run has no fitted histograms of its own)",
+        (),
     )
+    return StepResult(result.outputs, lines + result.lines)
 
 
-def _fit_workspace(config: dict[str, Any], run: RunDir, workspace: str, label: str) -> list[str]:
+def _fit_workspace(
+    config: dict[str, Any], run: RunDir, workspace: Path, label: str, written: tuple[Path, ...]
+) -> StepResult:
     from knunu.fits.report import fit_workspace_file
+    from knunu.rundir import write_json
 
-    summary = fit_workspace_file(
+    fit = config["fit"]
+    fit_workspace_file(
         workspace,
         run.path / "fit",
-        cls_level=config["fit"]["cls_level"],
+        cls_level=fit["cls_level"],
         with_impacts=True,
-        toys=config["fit"]["gof_toys"],
+        toys=fit["gof_toys"],
+        toy_analyses=tuple(fit["gof_analyses"]),
         seed=config["seed"],
     )
     run.record_input(workspace)
-    for f in ("results.json", "results.md"):
-        run.record_output(run.path / "fit" / f)
-    run.record_stage("fit", "done", workspace=str(Path(workspace).resolve()), label=label)
-    return [
-        f"  {'fit':9s} done: {label}",
-        "",
-        summary.markdown,
-        "",
-        f"outputs: {run.path.resolve()} (manifest.json, fit/results.json, fit/results.md)",
-    ]
+    own = workspace.resolve().is_relative_to(run.path.resolve())
+    info = write_json(
+        run.path / "fit" / "fitted.json", {"label": label, "own": own, "workspace": str(workspace)}
+    )
+    files = [p for p in (run.path / "fit").rglob("*") if p.is_file()]
+    return StepResult((*written, *files, info), (f"            {label}",))
+
+
+def _run_validate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
+    from knunu.fits.validation import run_validation
+
+    shutil.rmtree(run.path / "validation", ignore_errors=True)
+    summary = run_validation(config, run.path)
+    files = [p for p in (run.path / "validation").rglob("*") if p.is_file()]
+    return StepResult(tuple(files), tuple(f"            {line}" for line in summary))
+
+
+#: Configuration that never changes a stage's outputs (histograms do not depend on chunking).
+_RUN_KEYS = ("processing.skip_bad_inputs",)
+
+#: The pipeline, in order.
+STEPS: dict[str, Step] = {
+    s.name: s
+    for s in (
+        Step(
+            "simulate",
+            ("seed", "scale", "simulation"),
+            ("simulation", "configs/samples.yaml", "configs/bdecays.yaml"),
+            (),
+            _run_simulate,
+            needs_cluster=True,
+        ),
+        Step(
+            "train",
+            ("seed", "ita", "hta", *_RUN_KEYS),
+            ("processors", "mva"),
+            ("simulate",),
+            _run_train,
+            needs_cluster=True,
+        ),
+        Step(
+            "process",
+            ("ita", "hta", *_RUN_KEYS),
+            ("processors", "mva"),
+            ("simulate", "train"),
+            _run_process,
+            needs_cluster=True,
+        ),
+        Step(
+            "fit",
+            ("seed", "fit"),
+            ("fits", "configs/systematics.yaml"),
+            ("process",),
+            _run_fit,
+        ),
+        Step(
+            "validate",
+            ("seed", "fit", "validation", "simulation.mu_true"),
+            ("fits", "configs/systematics.yaml"),
+            ("simulate", "train", "process", "fit"),
+            _run_validate,
+        ),
+    )
+}
 
 
 def training_summary(summaries: tuple[Any, Any]) -> list[str]:

@@ -137,7 +137,7 @@ class RunDir:
         self.manifest["outputs"][key] = sha256(path)
 
     def record_stage(self, stage: str, status: str, **info: Any) -> None:
-        """Record what a stage did: ``done``, ``failed``, ``skipped`` or ``not built``."""
+        """Record what a stage did: ``done``, ``up to date``, ``failed``."""
         self.manifest["stages"][stage] = {"status": status, **info}
 
     def write_manifest(self) -> Path:

@@ -9,6 +9,7 @@ impact-parameter cuts, with charge opposite to the tag B.
 
 - ``hta``: variation x eta(BDTh) in 6 bins of equal signal above 0.4 (the fit layout);
 - ``hta_control``: eta(BDTh) 0-1 in 20 bins, nominal only;
+- ``q2gen`` (signal MC only): q2gen of the signal-region events, MC weights and corrections;
 - ``cutflow`` / ``cutflow_unweighted``;
 - ``sr_events``: the set of (experiment, run, event, HTA weight) in the signal region (nominal),
   which the ITA processor uses to remove the overlap.
@@ -33,7 +34,12 @@ from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight
 from knunu.processors.run import dataset_kind
-from knunu.processors.selection import BOOKKEEPING, cumulative, cutflow_histograms
+from knunu.processors.selection import (
+    BOOKKEEPING,
+    Q2GEN_BINS,
+    cumulative,
+    cutflow_histograms,
+)
 from knunu.processors.variations import WEIGHT_VARIATIONS, Context
 
 #: Catalogue sample -> HTA fit sample (tau pairs, 3 % of the HTA continuum, go with uds).
@@ -230,6 +236,14 @@ class HTAProcessor(processor.ProcessorABC):
         control.fill(eta=eta, weight=w_nom)
 
         in_sr = eta > edges[0]
+        extra = {}
+        if sample == "signal" and not is_data:
+            q2gen = hist.Hist(
+                hist.axis.Regular(*Q2GEN_BINS, name="q2gen", label="q2gen [GeV^2]"),
+                storage=hist.storage.Weight(),
+            )
+            q2gen.fill(q2gen=cols["q2gen"][in_sr], weight=w_nom[in_sr])
+            extra["q2gen"] = q2gen
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         cutflow, raw = cutflow_histograms(sel.steps, {STEPS[-1]: in_sr}, mc_weight)
         keys = zip(
@@ -245,6 +259,7 @@ class HTAProcessor(processor.ProcessorABC):
                 "chunks": 1,
                 "hta": fit,
                 "hta_control": control,
+                **extra,
                 "cutflow": cutflow,
                 "cutflow_unweighted": raw,
                 "sr_events": set(keys),

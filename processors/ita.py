@@ -6,6 +6,9 @@ load lazily on the worker (cached per process). ``process`` returns, per dataset
 
 - ``ita``: variation x eta(BDT2) {0.92, ..., 1.00} x q2rec {-1, 4, 8, 25} GeV^2 (the fit layout);
 - ``ita_control``: eta 0.75-1 x q2rec, nominal only (validation);
+- ``ita_split``: the fit layout, nominal only, for the consistency splits (:data:`SPLITS`);
+- ``q2gen`` (signal MC only): q2gen of the signal-region events with their MC weights and
+  corrections, before the overlap removal (signal efficiency versus q2gen);
 - ``cutflow`` / ``cutflow_unweighted``: the selection steps, then BDT1 and eta > 0.92.
 
 Weights are the MC weight with the nominal corrections (D -> K_L rate, hadronic energy scale,
@@ -33,6 +36,7 @@ from knunu.processors.selection import (
     BOOKKEEPING,
     CUTFLOW_STEPS,
     ENERGY,
+    Q2GEN_BINS,
     TRUTH,
     cutflow_histograms,
     select,
@@ -50,6 +54,8 @@ Q2_EDGES = (-1.0, 4.0, 8.0, 25.0)
 SR_ETA = 0.92
 STEPS = (*CUTFLOW_STEPS, "BDT1", "eta > 0.92")
 HIST_VARIATIONS = ("nominal", *(f"{v}_{d}" for v in VARIATIONS for d in ("up", "down")))
+#: Statistically independent halves of every sample: kaon charge and event-number parity.
+SPLITS = ("kplus", "kminus", "even", "odd")
 
 
 class Models(NamedTuple):
@@ -151,7 +157,16 @@ class ITAProcessor(processor.ProcessorABC):
         overlap = ("__experiment__",) if self.cfg.get("overlap") else ()
         self.names = tuple(
             dict.fromkeys(
-                [*overlap, *BOOKKEEPING, *TRUTH, *ENERGY, *bdt2_features(cfg), "K_q2rec", "K_mcPDG"]
+                [
+                    *overlap,
+                    *BOOKKEEPING,
+                    *TRUTH,
+                    *ENERGY,
+                    *bdt2_features(cfg),
+                    "K_q2rec",
+                    "K_charge",
+                    "K_mcPDG",
+                ]
             )
         )
 
@@ -219,6 +234,13 @@ class ITAProcessor(processor.ProcessorABC):
             "matched": 0,
             "removed_weight": 0.0,
         }
+        q2gen = None
+        if sample == "signal" and not is_data:
+            q2gen = hist.Hist(
+                hist.axis.Regular(*Q2GEN_BINS, name="q2gen", label="q2gen [GeV^2]"),
+                storage=hist.storage.Weight(),
+            )
+            q2gen.fill(q2gen=cols["q2gen"][in_sr], weight=(weight * bdtc)[in_sr])
         hta = load_overlap(self.cfg["overlap"]).get(dataset) if self.cfg.get("overlap") else None
         if hta is not None:
             frac = np.where(in_sr, overlap_fraction(cols, hta), 0.0)
@@ -264,6 +286,21 @@ class ITAProcessor(processor.ProcessorABC):
             storage=hist.storage.Weight(),
         )
         control.fill(eta=eta[p], q2rec=q2[p], weight=w_nom[p])
+        split = hist.Hist(
+            hist.axis.StrCategory(list(SPLITS), name="split"),
+            hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
+            hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+            storage=hist.storage.Weight(),
+        )
+        halves = {
+            "kplus": cols["K_charge"] > 0,
+            "kminus": cols["K_charge"] < 0,
+            "even": cols["__event__"] % 2 == 0,
+            "odd": cols["__event__"] % 2 == 1,
+        }
+        for name in SPLITS:
+            m = p & halves[name]
+            split.fill(split=name, eta=eta[m], q2rec=q2[m], weight=w_nom[m])
 
         # the cutflow counts events and sums their MC weights (before corrections)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
@@ -276,6 +313,8 @@ class ITAProcessor(processor.ProcessorABC):
                 "chunks": 1,
                 "ita": fit,
                 "ita_control": control,
+                "ita_split": split,
+                **({"q2gen": q2gen} if q2gen is not None else {}),
                 "cutflow": cutflow,
                 "cutflow_unweighted": raw,
                 "overlap": overlap,

@@ -29,6 +29,8 @@ TRUTH = (
     "mcE_hadronic",
     "mcE_photon",
 )
+#: q2gen binning of the efficiency histograms (GeV^2; the endpoint is (mB - mK)^2 = 22.9).
+Q2GEN_BINS = (12, 0.0, 24.0)
 #: Event branches the energy-scale variations need.
 ENERGY = ("sqrt_s", "E_tot", "E_miss")
 

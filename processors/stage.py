@@ -25,7 +25,7 @@ from knunu.errors import InputError
 from knunu.mva.train import BACKGROUNDS, OFFRES_MC, SIGNAL, bdt2_features, lumi_scale
 from knunu.processors import hta
 from knunu.processors import run as runner
-from knunu.processors.ita import HIST_VARIATIONS, ITAProcessor
+from knunu.processors.ita import HIST_VARIATIONS, SPLITS, ITAProcessor
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import BOOKKEEPING, TRUTH
 from knunu.processors.tables import TableProcessor
@@ -205,6 +205,9 @@ def write_histogram_file(
     """Write the fit and control histograms, MC scaled to the data luminosity (atomically).
 
     HTA datasets are summed into the HTA fit samples (``charged`` + ``mixed`` -> ``bbbar``, ...).
+    The consistency splits go to ``{channel}_{split}_{sample}_nominal`` (scaled like the fit
+    histograms); ``ita_q2gen_signal_nominal`` and ``hta_q2gen_signal_nominal`` hold the signal
+    MC's q2gen in the signal regions with MC weights, *not* scaled (efficiency numerators).
     """
     path = Path(path)
     hta_hists: dict[str, Any] = {}
@@ -226,6 +229,15 @@ def write_histogram_file(
             for var in ("nominal",) if is_data else HIST_VARIATIONS:
                 f[f"{channel}_{sample}_{var}"] = out["ita"][{"variation": var}] * scale
             f[f"{channel}_control_{sample}_nominal"] = out["ita_control"] * scale
+            for split in SPLITS:
+                f[f"{channel}_{split}_{sample}_nominal"] = (
+                    out["ita_split"][{"split": split}] * scale
+                )
+            if "q2gen" in out:
+                f["ita_q2gen_signal_nominal"] = out["q2gen"]
+        for ds in sorted(hta_output or {}):
+            if "q2gen" in hta_output[ds]:
+                f["hta_q2gen_signal_nominal"] = hta_output[ds]["q2gen"]
         for key, h in sorted(hta_hists.items()):
             kind, name = key.split("/")
             if kind == "hta_control":

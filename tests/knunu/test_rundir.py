@@ -36,13 +36,13 @@ def test_manifest_records_seed_versions_and_hashes(tmp_path):
     run.record_input(inp)
     out = write_json(run.path / "r.json", {"ok": True})
     run.record_output(out)
-    run.record_stage("simulate", "not built", tracked_in="issue 3")
+    run.record_stage("simulate", "failed", reason="test")
     manifest = json.loads(run.write_manifest().read_text())
     assert manifest["seed"] == cfg["seed"]
     assert manifest["inputs"][str(inp.resolve())] == sha256(inp)
     assert manifest["outputs"]["r.json"] == sha256(out)
     assert manifest["versions"]["pyhf"] == "0.7.6"
-    assert manifest["stages"]["simulate"]["status"] == "not built"
+    assert manifest["stages"]["simulate"]["status"] == "failed"
 
 
 def test_atomic_outputs_get_the_umask_mode_not_a_private_one(tmp_path):

@@ -1,0 +1,524 @@
+"""The validation suite of a run: checks that produce a number and a plot each.
+
+Every check reads the run's own products (workspaces, histograms, training summaries) and
+writes ``<run>/validation/<check>.json`` and a PNG; :func:`run_validation` runs them all and
+writes ``validation/summary.json``. The checks:
+
+- ``projection``: the expected sigma(mu) (Asimov at mu_true, nuisances nominal) of ITA, HTA
+  and the combination at the run's luminosity, and with every template scaled to the
+  measurement's luminosity (MC statistical uncertainties shrinking as the larger MC would);
+- ``injection``: pseudo-experiments drawn from that projected combined model at several
+  mu_true, fitted: the mean fitted mu against mu_true must be a line of slope 1;
+- ``splits``: the data and templates split in statistically independent halves (kaon charge,
+  event-number parity), each half fitted alone: the fitted mu must agree (chi2);
+- ``efficiency``: the signal efficiency of the ITA and HTA signal regions in bins of q2gen,
+  against the published ITA efficiencies;
+- ``offres``: off-resonance data vs continuum MC before and after the BDTc reweighting (from
+  the training), and the goodness-of-fit toys of the fit stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyhf
+
+from knunu.errors import FitError
+from knunu.fits.infer import Likelihood
+from knunu.fits.workspace import analyses_in, select
+from knunu.rundir import write_json
+
+log = logging.getLogger(__name__)
+
+#: POI range of the injection and split fits: wide enough that fits of mu_true <= 10 do not
+#: meet a bound (the lower one is raised where a bin's expectation would turn negative).
+INJECTION_BOUNDS = (-10.0, 30.0)
+
+
+def scaled_spec(spec: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A workspace spec with every template scaled by ``factor`` (more luminosity).
+
+    Yields and their up/down variations scale with ``factor``; the MC statistical uncertainty
+    (absolute) with ``sqrt(factor)``, as for MC samples ``factor`` times larger. Observations
+    are kept (callers replace them by pseudo-data).
+
+    >>> spec = {"channels": [{"name": "c", "samples": [{"name": "s", "data": [4.0],
+    ...     "modifiers": [{"name": "e", "type": "staterror", "data": [2.0]}]}]}]}
+    >>> s = scaled_spec(spec, 4.0)["channels"][0]["samples"][0]
+    >>> s["data"], s["modifiers"][0]["data"]
+    ([16.0], [4.0])
+    """
+    out = copy.deepcopy(spec)
+    root = math.sqrt(factor)
+    for channel in out["channels"]:
+        for sample in channel["samples"]:
+            sample["data"] = [factor * v for v in sample["data"]]
+            for mod in sample["modifiers"]:
+                if mod["type"] == "staterror":
+                    mod["data"] = [root * v for v in mod["data"]]
+                elif mod["type"] == "histosys":
+                    mod["data"] = {k: [factor * v for v in vals] for k, vals in mod["data"].items()}
+    return out
+
+
+def with_poi_bounds(spec: dict[str, Any], bounds: tuple[float, float]) -> dict[str, Any]:
+    """The spec with the POI's bounds set in its measurement."""
+    out = copy.deepcopy(spec)
+    config = out["measurements"][0]["config"]
+    params = [p for p in config.get("parameters", []) if p["name"] != config["poi"]]
+    params.append({"name": config["poi"], "bounds": [list(bounds)]})
+    config["parameters"] = params
+    return out
+
+
+def poi_range(spec: dict[str, Any], wanted: tuple[float, float] = INJECTION_BOUNDS) -> tuple:
+    """``wanted``, with its lower end raised to half-way to where a bin's nominal yield is 0.
+
+    >>> spec = {"channels": [{"name": "c", "samples": [
+    ...     {"name": "signal", "data": [1.0, 2.0], "modifiers": []},
+    ...     {"name": "b", "data": [4.0, 2.0], "modifiers": []}]}]}
+    >>> poi_range(spec)
+    (-0.5, 30.0)
+    """
+    lower = wanted[0]
+    for channel in spec["channels"]:
+        signal = np.zeros(0)
+        background = 0.0
+        for sample in channel["samples"]:
+            data = np.asarray(sample["data"], dtype=float)
+            if sample["name"] == "signal":
+                signal = data
+            else:
+                background = background + data
+        background = np.broadcast_to(background, signal.shape)
+        has = signal > 0
+        if has.any():
+            lower = max(lower, 0.5 * float(np.max(-background[has] / signal[has])))
+    return (lower, wanted[1])
+
+
+def nominal_point(lh: Likelihood, mu: float) -> np.ndarray:
+    """The model's nominal parameters with the POI at ``mu``."""
+    x = np.array(lh.init, dtype=float)
+    x[lh.poi] = mu
+    return x
+
+
+def asimov_sigma(lh: Likelihood, mu: float) -> float:
+    """Expected (Hesse) uncertainty of mu on the Asimov data of the nominal model at ``mu``."""
+    asimov = lh.with_data(lh.expected_data(nominal_point(lh, mu)))
+    best = asimov.fit(init=nominal_point(lh, mu))
+    return float(asimov.uncertainties(best).error[lh.poi])
+
+
+class Projection(NamedTuple):
+    """Expected sigma(mu) per model at the run's luminosity and at the projected one."""
+
+    mu: float
+    luminosity_fb: float
+    projected_luminosity_fb: float
+    sigma: dict[str, float]
+    sigma_projected: dict[str, float]
+
+
+def projection(
+    spec: dict[str, Any], mu: float, luminosity_fb: float, target_fb: float
+) -> Projection:
+    """Expected sigma(mu) of each model of ``spec`` here and scaled to ``target_fb``."""
+    factor = target_fb / luminosity_fb
+    here, there = {}, {}
+    big = pyhf.Workspace(scaled_spec(spec, factor))
+    small = pyhf.Workspace(spec)
+    for analysis in analyses_in(small):
+        here[analysis] = asimov_sigma(Likelihood.from_workspace(select(small, analysis)), mu)
+        there[analysis] = asimov_sigma(Likelihood.from_workspace(select(big, analysis)), mu)
+    return Projection(mu, luminosity_fb, target_fb, here, there)
+
+
+class Injection(NamedTuple):
+    """Fitted mu of pseudo-experiments against the injected mu_true."""
+
+    mu_true: tuple[float, ...]
+    mean: tuple[float, ...]
+    error: tuple[float, ...]  # of the mean
+    width: tuple[float, ...]  # standard deviation of the fitted mu
+    slope: float
+    slope_error: float
+    intercept: float
+    intercept_error: float
+    chi2: float
+    ndf: int
+    failed: int  # fits that did not converge (left out, counted)
+
+
+def line_fit(
+    x: np.ndarray, y: np.ndarray, err: np.ndarray
+) -> tuple[float, float, float, float, float]:
+    """Weighted least-squares line: (slope, its error, intercept, its error, chi2).
+
+    >>> s, ds, b, db, chi2 = line_fit(np.array([0.0, 1, 2]), np.array([1.0, 3, 5]), np.ones(3))
+    >>> round(s, 6), round(b, 6), round(chi2, 6)
+    (2.0, 1.0, 0.0)
+    """
+    w = 1.0 / np.asarray(err, dtype=float) ** 2
+    design = np.column_stack([x, np.ones_like(x)])
+    cov = np.linalg.inv(design.T @ (design * w[:, None]))
+    slope, intercept = cov @ (design.T @ (w * y))
+    chi2 = float(np.sum(w * (y - slope * x - intercept) ** 2))
+    return (
+        float(slope),
+        float(math.sqrt(cov[0, 0])),
+        float(intercept),
+        float(math.sqrt(cov[1, 1])),
+        chi2,
+    )
+
+
+def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Injection:
+    """Fit ``toys`` pseudo-experiments (main and auxiliary data) at each injected mu.
+
+    Raises:
+        FitError: more than 5 % of the fits at one mu fail to converge.
+    """
+    means, errors, widths, failed = [], [], [], 0
+    for k, mu in enumerate(mus):
+        x0 = nominal_point(lh, mu)
+        fitted = []
+        for toy in lh.sample(x0, toys, seed + k):
+            try:
+                fitted.append(lh.with_data(toy).fit(init=x0).x[lh.poi])
+            except FitError as exc:
+                log.warning("injection toy at mu = %g left out: %s", mu, exc)
+                failed += 1
+        if len(fitted) < 0.95 * toys:
+            raise FitError(f"signal injection at mu = {mu:g}: {toys - len(fitted)} fits failed")
+        values = np.asarray(fitted)
+        means.append(float(values.mean()))
+        widths.append(float(values.std(ddof=1)))
+        errors.append(widths[-1] / math.sqrt(len(values)))
+    x = np.asarray(mus, dtype=float)
+    slope, ds, intercept, di, chi2 = line_fit(x, np.asarray(means), np.asarray(errors))
+    return Injection(
+        tuple(map(float, mus)),
+        tuple(means),
+        tuple(errors),
+        tuple(widths),
+        slope,
+        ds,
+        intercept,
+        di,
+        chi2,
+        len(mus) - 2,
+        failed,
+    )
+
+
+#: The consistency splits: pairs of statistically independent halves (processor ``SPLITS``).
+SPLIT_PAIRS = (("kplus", "kminus"), ("even", "odd"))
+SPLIT_LABELS = {
+    "kplus": "K+",
+    "kminus": "K-",
+    "even": "even event numbers",
+    "odd": "odd event numbers",
+}
+
+
+class SplitFit(NamedTuple):
+    """The ITA fit of one half of the data."""
+
+    split: str
+    mu: float
+    error: float
+    at_bound: bool
+
+
+class SplitPair(NamedTuple):
+    """Two independent halves and how well their mu agree."""
+
+    halves: tuple[SplitFit, SplitFit]
+    chi2: float  # (mu1 - mu2)^2 / (err1^2 + err2^2), one degree of freedom
+    p_value: float
+
+
+def split_fits(histograms: Path) -> list[SplitPair]:
+    """Fit the ITA model of each half of :data:`SPLIT_PAIRS` alone; compare the pairs.
+
+    Each half's model is built from its own data and templates with the normalisation
+    systematics and the MC statistical uncertainty (shape variations are not split).
+    """
+    from scipy import stats
+
+    from knunu.fits.build import HistogramFile, build_spec
+    from knunu.fits.catalogue import load_catalogue
+
+    norms = tuple(r for r in load_catalogue() if r.type == "normsys")
+    hfile = HistogramFile(histograms)
+    try:
+        specs = {
+            half: build_spec(hfile, "ita", norms, split=half)
+            for pair in SPLIT_PAIRS
+            for half in pair
+        }
+    finally:
+        hfile.close()
+    pairs = []
+    for pair in SPLIT_PAIRS:
+        fits = []
+        for half in pair:
+            bounds = poi_range(specs[half])
+            lh = Likelihood.from_workspace(pyhf.Workspace(with_poi_bounds(specs[half], bounds)))
+            best = lh.fit()
+            mu = float(best.x[lh.poi])
+            err = float(lh.uncertainties(best).error[lh.poi])
+            fits.append(SplitFit(half, mu, err, bool(np.isclose(mu, bounds).any())))
+        chi2 = (fits[0].mu - fits[1].mu) ** 2 / (fits[0].error ** 2 + fits[1].error ** 2)
+        pairs.append(SplitPair((fits[0], fits[1]), chi2, float(stats.chi2.sf(chi2, 1))))
+    return pairs
+
+
+#: Published ITA signal efficiency in the signal region in bins of q2gen [L].
+PUBLISHED_ITA_EFFICIENCY = {
+    (0.0, 2.0): 0.16,
+    (4.0, 6.0): 0.13,
+    (8.0, 10.0): 0.07,
+    (12.0, 14.0): 0.026,
+    (14.0, 16.0): 0.012,
+}
+
+
+class Efficiency(NamedTuple):
+    """Signal-region efficiency in bins of q2gen (of all produced signal in the bin)."""
+
+    analysis: str
+    edges: tuple[float, ...]
+    efficiency: tuple[float, ...]
+    error: tuple[float, ...]
+    total: float  # over every q2gen
+
+
+def efficiencies(histograms: Path, produced: float) -> list[Efficiency]:
+    """ITA and HTA signal efficiency versus q2gen from the processors' q2gen histograms.
+
+    The denominator of a bin is the produced signal times the fraction of the SM spectrum
+    (:func:`knunu.simulation.signal.differential_bf`, what the generator samples) in the bin.
+    """
+    import uproot
+
+    from knunu.simulation.signal import Q2_MAX, branching_fraction
+
+    total_bf = branching_fraction()
+    out = []
+    with uproot.open(histograms) as f:
+        for analysis in ("ita", "hta"):
+            key = f"{analysis}_q2gen_signal_nominal"
+            if key not in f:
+                continue
+            h = f[key]
+            edges = np.asarray(h.axis().edges())
+            num, var = h.values(), h.variances()
+            frac = np.array(
+                [
+                    branching_fraction(lo, min(hi, Q2_MAX)) / total_bf if lo < Q2_MAX else 0.0
+                    for lo, hi in itertools.pairwise(edges)
+                ]
+            )
+            den = produced * frac
+            ok = den > 0
+            eff = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+            err = np.where(ok, np.sqrt(var) / np.where(ok, den, 1.0), 0.0)
+            out.append(
+                Efficiency(
+                    analysis,
+                    tuple(edges.tolist()),
+                    tuple(eff.tolist()),
+                    tuple(err.tolist()),
+                    float(num.sum() / produced),
+                )
+            )
+    return out
+
+
+def _dump(path: Path, value: Any) -> Path:
+    return write_json(path, value._asdict() if hasattr(value, "_asdict") else value)
+
+
+def run_validation(config: dict[str, Any], run_dir: Path) -> list[str]:
+    """Run the validation checks the run's products allow; the summary lines.
+
+    Writes ``<run>/validation/*.json`` and plots, ``summary.json`` and ``lines.json``. A
+    check that cannot be done (a fit that fails) is reported as FAILED with its reason.
+    """
+    run_dir = Path(run_dir)
+    out = run_dir / "validation"
+    lines: list[str] = []
+    summary: dict[str, Any] = {}
+    fitted = json.loads((run_dir / "fit" / "fitted.json").read_text())
+    combined = run_dir / "workspaces" / "combined.json"
+    if fitted["own"] and combined.exists():
+        lines += _guarded(
+            "projection", summary, _projection, config, run_dir, combined, out, summary
+        )
+    else:
+        lines.append(
+            f"projection and signal injection: not run ({fitted['label']} was fitted, not "
+            "this run's own combined workspace)"
+        )
+    histograms = run_dir / "histograms.root"
+    if histograms.exists():
+        lines += _guarded("splits", summary, _splits, histograms, out, summary)
+        lines += _guarded("efficiency", summary, _efficiency, run_dir, histograms, out, summary)
+    lines += _offres(run_dir, summary)
+    lines += _gof(run_dir, summary)
+    write_json(out / "summary.json", summary)
+    write_json(out / "lines.json", lines)
+    return lines
+
+
+def _guarded(name: str, summary: dict[str, Any], check: Any, *args: Any) -> list[str]:
+    """Run one check; a failure (a fit that cannot be done) is reported, not fatal."""
+    from knunu.errors import KnunuError
+
+    try:
+        return check(*args)
+    except KnunuError as exc:
+        log.warning("validation %s failed: %s", name, exc)
+        summary[name] = {"error": str(exc)}
+        return [f"{name}: FAILED ({exc})"]
+
+
+def _projection(
+    config: dict[str, Any], run_dir: Path, combined: Path, out: Path, summary: dict[str, Any]
+) -> list[str]:
+    from knunu.fits import plots
+
+    val = config["validation"]
+    mu_true = float(config["simulation"]["mu_true"])
+    spec = json.loads(combined.read_text())
+    lumi = _data_luminosity(run_dir)
+    proj = projection(spec, mu_true, lumi, val["projection_luminosity_fb"])
+    _dump(out / "projection.json", proj)
+    summary["projection"] = proj._asdict()
+    lines = [
+        f"expected sigma(mu) at mu = {mu_true:g}: "
+        + ", ".join(f"{a} {s:.1f}" for a, s in proj.sigma.items())
+        + f" at {lumi:.3g} fb^-1; "
+        + ", ".join(f"{a} {s:.2f}" for a, s in proj.sigma_projected.items())
+        + f" projected to {proj.projected_luminosity_fb:g} fb^-1 (published combined 1.34)"
+    ]
+    big_spec = scaled_spec(spec, val["projection_luminosity_fb"] / lumi)
+    big = pyhf.Workspace(with_poi_bounds(big_spec, poi_range(big_spec)))
+    lh = Likelihood.from_workspace(select(big, "combined"))
+    inj = injection(lh, val["injection_mu"], val["injection_toys"], config["seed"])
+    _dump(out / "injection.json", inj)
+    plots.save(plots.injection(inj), out / "injection.png")
+    summary["injection"] = inj._asdict()
+    lines.append(
+        f"signal injection ({val['injection_toys']} toys per mu, combined, "
+        f"{val['projection_luminosity_fb']:g} fb^-1): slope {inj.slope:.3f} +- "
+        f"{inj.slope_error:.3f}, intercept {inj.intercept:+.3f} +- {inj.intercept_error:.3f}, "
+        f"chi2/ndf {inj.chi2:.1f}/{inj.ndf}"
+        + (f", {inj.failed} failed fits left out" if inj.failed else "")
+    )
+    return lines
+
+
+def _splits(histograms: Path, out: Path, summary: dict[str, Any]) -> list[str]:
+    from knunu.fits import plots
+
+    pairs = split_fits(histograms)
+    summary["splits"] = [
+        {"halves": [h._asdict() for h in p.halves], "chi2": p.chi2, "p_value": p.p_value}
+        for p in pairs
+    ]
+    plots.save(plots.splits(pairs, SPLIT_LABELS), out / "splits.png")
+    return [
+        "consistency (ITA, independent halves): "
+        + "; ".join(
+            f"{SPLIT_LABELS[a.split]} mu = {a.mu:.1f} +- {a.error:.1f}{_edge(a)} vs "
+            f"{SPLIT_LABELS[b.split]} {b.mu:.1f} +- {b.error:.1f}{_edge(b)} (p = {p.p_value:.2f})"
+            for p in pairs
+            for a, b in [p.halves]
+        )
+    ]
+
+
+def _edge(fit: SplitFit) -> str:
+    return " (at its bound)" if fit.at_bound else ""
+
+
+def _efficiency(run_dir: Path, histograms: Path, out: Path, summary: dict[str, Any]) -> list[str]:
+    from knunu.fits import plots
+
+    doc = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())
+    produced = float(doc["datasets"]["signal"]["generated"])
+    effs = efficiencies(histograms, produced)
+    if not effs:
+        return []
+    summary["efficiency"] = [e._asdict() for e in effs]
+    plots.save(plots.efficiency_q2(effs, PUBLISHED_ITA_EFFICIENCY), out / "efficiency_q2gen.png")
+    lines = []
+    for e in effs:
+        lines.append(
+            f"{e.analysis.upper()} signal efficiency {e.total:.4f} in total; vs q2gen: "
+            + ", ".join(
+                f"{lo:g}-{hi:g}: {v:.3g}"
+                for lo, hi, v in zip(e.edges[:-1], e.edges[1:], e.efficiency, strict=True)
+                if lo < 18
+            )
+        )
+    lines.append(
+        "  published ITA: "
+        + ", ".join(f"{lo:g}-{hi:g}: {v:.3g}" for (lo, hi), v in PUBLISHED_ITA_EFFICIENCY.items())
+    )
+    return lines
+
+
+def _offres(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    path = run_dir / "models" / "training.json"
+    if not path.exists():
+        return []
+    t = json.loads(path.read_text())["summary"]
+    summary["offres"] = {
+        k: t[k]
+        for k in ("offres_data_over_mc", "offres_chi2_before", "offres_chi2_after", "offres_ndf")
+    }
+    return [
+        f"off-resonance data / continuum MC {t['offres_data_over_mc']:.2f} (nature: "
+        f"continuum_norm); shape chi2/ndf {t['offres_chi2_before']:.2f} before BDTc, "
+        f"{t['offres_chi2_after']:.2f} after (ndf {t['offres_ndf']})"
+    ]
+
+
+def _gof(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    doc = json.loads((run_dir / "fit" / "results.json").read_text())
+    gof = {
+        r["analysis"]: {
+            "p_value": r["gof_p_value"],
+            "toys": r["gof_toys"],
+            "failed": r["gof_failed"],
+        }
+        for r in doc["results"]
+        if r.get("gof_p_value") is not None
+    }
+    summary["gof"] = gof
+    if not gof:
+        return []
+    return [
+        "goodness of fit (saturated model): "
+        + ", ".join(f"{a} p = {g['p_value']:.2f} ({g['toys']} toys)" for a, g in gof.items())
+        + " (published: ITA 0.47, HTA 0.61)"
+    ]
+
+
+def _data_luminosity(run_dir: Path) -> float:
+    """On-resonance data luminosity of the run (fb^-1), from its catalogue."""
+    doc = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())
+    return float(doc["datasets"]["data_on"]["luminosity_fb"])

@@ -1,0 +1,87 @@
+"""Validation machinery on small synthetic models: projection, signal injection, line fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyhf
+import pytest
+
+from knunu.fits.infer import Likelihood
+from knunu.fits.validation import (
+    asimov_sigma,
+    injection,
+    line_fit,
+    poi_range,
+    scaled_spec,
+    with_poi_bounds,
+)
+
+
+def _spec(signal=(2.0, 5.0, 9.0), background=(60.0, 30.0, 12.0)):
+    """One channel, signal (mu) and background with an MC statistical uncertainty."""
+    samples = [
+        {
+            "name": "signal",
+            "data": list(signal),
+            "modifiers": [
+                {"name": "mu", "type": "normfactor", "data": None},
+                {"name": "stat_sig", "type": "staterror", "data": [0.1 * s for s in signal]},
+            ],
+        },
+        {
+            "name": "bkg",
+            "data": list(background),
+            "modifiers": [
+                {"name": "stat_bkg", "type": "staterror", "data": [0.2 * b for b in background]}
+            ],
+        },
+    ]
+    observed = [s + b for s, b in zip(signal, background, strict=True)]
+    return {
+        "channels": [{"name": "sr", "samples": samples}],
+        "observations": [{"name": "sr", "data": observed}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
+
+
+def _lh(spec):
+    return Likelihood.from_workspace(pyhf.Workspace(spec))
+
+
+def test_projected_sigma_scales_as_one_over_sqrt_luminosity():
+    # Poisson data and MC statistical constraints both gain information in proportion to the
+    # luminosity, so the expected sigma(mu) must fall exactly as 1/sqrt(factor)
+    spec = _spec()
+    here = asimov_sigma(_lh(spec), 1.0)
+    there = asimov_sigma(_lh(scaled_spec(spec, 100.0)), 1.0)
+    assert there == pytest.approx(here / 10.0, rel=2e-3)
+
+
+def test_injection_returns_a_line_of_slope_one():
+    spec = with_poi_bounds(_spec(), poi_range(_spec()))
+    result = injection(_lh(spec), [0.0, 2.0, 5.0], toys=60, seed=3)
+    assert result.failed == 0
+    assert abs(result.slope - 1.0) < 3 * result.slope_error
+    assert abs(result.intercept) < 3 * result.intercept_error
+    # the spread of the fitted mu is the expected sigma (within 25 % for 60 toys)
+    assert result.width[1] == pytest.approx(asimov_sigma(_lh(spec), 2.0), rel=0.25)
+
+
+def test_line_fit_recovers_a_known_line_and_its_errors():
+    x = np.array([0.0, 1.0, 3.0, 5.0, 10.0])
+    slope, ds, intercept, di, chi2 = line_fit(x, 2.0 * x - 1.0, np.full(5, 0.5))
+    assert (slope, intercept, chi2) == pytest.approx((2.0, -1.0, 0.0), abs=1e-12)
+    # analytic errors of an unweighted straight-line fit
+    sxx = np.sum((x - x.mean()) ** 2)
+    assert ds == pytest.approx(0.5 / math.sqrt(sxx))
+    assert di == pytest.approx(0.5 * math.sqrt(1 / 5 + x.mean() ** 2 / sxx))
+
+
+def test_poi_range_keeps_every_bin_positive():
+    spec = _spec(signal=(2.0, 5.0, 9.0), background=(60.0, 30.0, 4.5))
+    lower, upper = poi_range(spec)
+    assert (lower, upper) == (-0.25, 30.0)
+    assert np.all(np.array([60.0, 30.0, 4.5]) + lower * np.array([2.0, 5.0, 9.0]) > 0)
