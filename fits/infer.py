@@ -307,16 +307,23 @@ class Likelihood:
         return np.asarray(self._fn["fisher"](jnp.asarray(x), self.data))
 
     def uncertainties(self, result: FitResult) -> Uncertainties:
-        """Hesse uncertainties: the inverse exact Hessian over the free parameters."""
+        """Hesse uncertainties: the inverse exact Hessian over the free parameters.
+
+        A free parameter without any curvature (a POI at its bound with no events where its
+        sample lives) has no Hesse error: it gets NaN, and the rest is inverted without it.
+        """
         free = np.ones(self.npars, dtype=bool)
         free[list(result.fixed)] = False
-        hess = self.hessian(result.x)[np.ix_(free, free)]
+        full = self.hessian(result.x)
+        flat = free & (np.diag(full) <= 0)
+        free &= ~flat
         try:
-            cov_free = np.linalg.inv(hess)
+            cov_free = np.linalg.inv(full[np.ix_(free, free)])
         except np.linalg.LinAlgError as exc:
             raise FitError("Hessian is singular at the minimum") from exc
         cov = np.zeros((self.npars, self.npars))
         cov[np.ix_(free, free)] = cov_free
+        cov[flat, flat] = np.nan
         return Uncertainties(np.sqrt(np.clip(np.diag(cov), 0.0, None)), cov)
 
     # ------------------------------------------------------------------ profile likelihood

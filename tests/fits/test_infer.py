@@ -6,7 +6,7 @@ import numpy as np
 import pyhf
 import pytest
 
-from knunu.errors import WorkspaceError
+from knunu.errors import FitError, LimitAboveBoundError, WorkspaceError
 from knunu.fits.infer import (
     Likelihood,
     asimov_data,
@@ -16,6 +16,7 @@ from knunu.fits.infer import (
     impacts,
     upper_limit,
 )
+from knunu.fits.report import analyse, markdown_table
 from knunu.fits.workspace import analyses_in, load_workspace, select
 
 
@@ -148,3 +149,57 @@ def test_goodness_of_fit_flags_a_bad_model():
     lh = Likelihood.from_workspace(ws)
     gof = goodness_of_fit(lh, lh.fit(), 200, seed=2)
     assert gof.p_value < 0.01
+
+
+def test_a_limit_above_the_poi_bound_is_reported_not_invented():
+    # 0.2 expected signal events on 50 background: the 90 % CLs limit lies far above mu = 10
+    lh = Likelihood.from_workspace(_workspace(signal=(0.1, 0.1), obs=(52.0, 61.0)))
+    with pytest.raises(LimitAboveBoundError, match="above the POI bound 10"):
+        upper_limit(lh, lh.fit())
+    result = analyse(lh, "ita").result
+    assert result.upper_limit is None
+    assert result.limit_bound == 10.0
+    assert "> 10 (90%)" in markdown_table((result,), published=False)
+
+
+def test_no_curvature_in_mu_gives_undefined_errors_and_a_one_sided_interval():
+    # no events where the signal lives: mu sits at 0 with a flat likelihood in mu, so the
+    # stat-only and Hesse errors are undefined; MINOS steps through the range to the bound
+    lh = Likelihood.from_workspace(
+        _workspace(signal=(1.0, 0.0), bkg=(0.5, 5.0), unc=(0.05, 0.5), obs=(0.0, 5.0))
+    )
+    result = analyse(lh, "hta").result
+    assert result.mu == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(result.stat)
+    assert np.isnan(result.mu_hesse)
+    assert np.isnan(result.syst)
+    # with no events the NLL grows as mu * s: it rises by 0.5 at mu = 0.5 (s = 1)
+    assert result.minos_down == 0.0
+    assert result.minos_up == pytest.approx(0.5, rel=1e-3)
+
+
+def test_failed_goodness_of_fit_toys_are_counted_and_left_out(monkeypatch):
+    lh = Likelihood.from_workspace(_workspace())
+    best = lh.fit()
+    real_fit = Likelihood.fit
+    calls = []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) in (3, 7):  # two of 60 toy fits fail
+            raise FitError("fit did not converge (test)")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Likelihood, "fit", flaky)
+    gof = goodness_of_fit(lh, best, 60, seed=4)
+    assert gof.failed == (2, 6)
+    assert len(gof.toy_deviances) == 58
+    assert gof.p_value == np.mean(gof.toy_deviances >= gof.deviance)
+    calls.clear()
+
+    def broken(self, *args, **kwargs):
+        raise FitError("fit did not converge (test)")
+
+    monkeypatch.setattr(Likelihood, "fit", broken)
+    with pytest.raises(FitError, match="60 of 60 toy fits failed"):
+        goodness_of_fit(lh, best, 60, seed=4)
