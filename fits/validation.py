@@ -13,6 +13,9 @@ writes ``validation/summary.json``. The checks:
   event-number parity), each half fitted alone: the fitted mu must agree (chi2);
 - ``efficiency``: the signal efficiency of the ITA and HTA signal regions in bins of q2gen,
   against the published ITA efficiencies;
+- ``embedding``: the ITA signal-region efficiency of signal embedded in data events (the
+  B+ -> J/psi K+ embedding: nature's other B and detector) over that of the signal MC with its
+  corrections; published data/MC 1.00 +- 0.03;
 - ``offres``: off-resonance data vs continuum MC before and after the BDTc reweighting (from
   the training), and the goodness-of-fit toys of the fit stage.
 """
@@ -304,6 +307,19 @@ class Efficiency(NamedTuple):
     total: float  # over every q2gen
 
 
+def spectrum_fractions(edges: Sequence[float]) -> np.ndarray:
+    """Fraction of the SM signal q2 spectrum (what the generator samples) in each bin."""
+    from knunu.simulation.signal import Q2_MAX, branching_fraction
+
+    total = branching_fraction()
+    return np.array(
+        [
+            branching_fraction(lo, min(hi, Q2_MAX)) / total if lo < Q2_MAX else 0.0
+            for lo, hi in itertools.pairwise(edges)
+        ]
+    )
+
+
 def efficiencies(histograms: Path, produced: float) -> list[Efficiency]:
     """ITA and HTA signal efficiency versus q2gen from the processors' q2gen histograms.
 
@@ -312,9 +328,6 @@ def efficiencies(histograms: Path, produced: float) -> list[Efficiency]:
     """
     import uproot
 
-    from knunu.simulation.signal import Q2_MAX, branching_fraction
-
-    total_bf = branching_fraction()
     out = []
     with uproot.open(histograms) as f:
         for analysis in ("ita", "hta"):
@@ -324,12 +337,7 @@ def efficiencies(histograms: Path, produced: float) -> list[Efficiency]:
             h = f[key]
             edges = np.asarray(h.axis().edges())
             num, var = h.values(), h.variances()
-            frac = np.array(
-                [
-                    branching_fraction(lo, min(hi, Q2_MAX)) / total_bf if lo < Q2_MAX else 0.0
-                    for lo, hi in itertools.pairwise(edges)
-                ]
-            )
+            frac = spectrum_fractions(edges)
             den = produced * frac
             ok = den > 0
             eff = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
@@ -344,6 +352,41 @@ def efficiencies(histograms: Path, produced: float) -> list[Efficiency]:
                 )
             )
     return out
+
+
+class Embedding(NamedTuple):
+    """ITA signal-region efficiency of embedded signal in data and of the signal MC."""
+
+    data: float
+    data_error: float
+    mc: float
+    mc_error: float
+    ratio: float
+    ratio_error: float
+
+
+def embedding(eff_mc: Efficiency, selected: float, events: float) -> Embedding:
+    """Data/MC ratio of the signal efficiency: ``selected`` of ``events`` embedded events.
+
+    >>> mc = Efficiency("ita", (0.0, 24.0), (0.08,), (0.001,), 0.08)
+    >>> round(embedding(mc, 800, 10000).ratio, 6)
+    1.0
+    """
+    data = selected / events
+    data_error = math.sqrt(data * (1.0 - data) / events)
+    mc = eff_mc.total
+    # the total's error: the bins' errors weighted by the spectrum fractions they were scaled by
+    frac = spectrum_fractions(eff_mc.edges)
+    mc_error = float(np.sqrt(np.sum((np.asarray(eff_mc.error) * frac) ** 2)))
+    ratio = data / mc
+    return Embedding(
+        data,
+        data_error,
+        mc,
+        mc_error,
+        ratio,
+        ratio * math.hypot(data_error / data, mc_error / mc),
+    )
 
 
 def _dump(path: Path, value: Any) -> Path:
@@ -463,8 +506,8 @@ def _efficiency(run_dir: Path, histograms: Path, out: Path, summary: dict[str, A
     if not effs:
         return []
     summary["efficiency"] = [e._asdict() for e in effs]
+    lines = _embedding(run_dir, effs, out, summary)
     plots.save(plots.efficiency_q2(effs, PUBLISHED_ITA_EFFICIENCY), out / "efficiency_q2gen.png")
-    lines = []
     for e in effs:
         lines.append(
             f"{e.analysis.upper()} signal efficiency {e.total:.4f} in total; vs q2gen: "
@@ -479,6 +522,25 @@ def _efficiency(run_dir: Path, histograms: Path, out: Path, summary: dict[str, A
         + ", ".join(f"{lo:g}-{hi:g}: {v:.3g}" for (lo, hi), v in PUBLISHED_ITA_EFFICIENCY.items())
     )
     return lines
+
+
+def _embedding(
+    run_dir: Path, effs: list[Efficiency], out: Path, summary: dict[str, Any]
+) -> list[str]:
+    catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]
+    cutflows = json.loads((run_dir / "histograms.json").read_text())["cutflows"]
+    ita = [e for e in effs if e.analysis == "ita"]
+    if "embedded" not in catalogue or "embedded" not in cutflows or not ita:
+        return ["J/psi K+ embedding: no embedded sample in this run"]
+    selected = float(cutflows["embedded"]["events"]["eta > 0.92"])
+    emb = embedding(ita[0], selected, float(catalogue["embedded"]["events"]))
+    summary["embedding"] = emb._asdict()
+    _dump(out / "embedding.json", emb)
+    return [
+        f"J/psi K+ embedding (ITA signal region): efficiency {emb.data:.4f} +- "
+        f"{emb.data_error:.4f} embedded in data, {emb.mc:.4f} +- {emb.mc_error:.4f} MC; data/MC "
+        f"{emb.ratio:.3f} +- {emb.ratio_error:.3f} (published 1.00 +- 0.03)"
+    ]
 
 
 def _offres(run_dir: Path, summary: dict[str, Any]) -> list[str]:

@@ -18,10 +18,6 @@ log = logging.getLogger(__name__)
 
 #: Validations of the paper that need samples this simulation does not write (yet).
 NOT_COVERED = {
-    "B+ -> J/psi K+ embedding (signal efficiency data/MC)": (
-        "needs embedded J/psi K+ events (muons removed, kaon replaced by a signal kaon) in "
-        "data and MC; the simulation writes J/psi K+ MC only"
-    ),
     "pion-enriched sideband fit of the B -> D -> K_L X scale": (
         "needs pion candidates in events without a kaon; the production prefilter keeps "
         "events with a kaon candidate only"

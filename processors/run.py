@@ -31,11 +31,15 @@ log = logging.getLogger(__name__)
 def dataset_kind(dataset: str) -> tuple[str, bool]:
     """(sample, is_data) of a catalogue dataset name.
 
-    >>> dataset_kind("ccbar_offres"), dataset_kind("data_on")
-    (('ccbar', False), ('data', True))
+    The ``embedded`` dataset (signal embedded in data events) is data of its own sample.
+
+    >>> dataset_kind("ccbar_offres"), dataset_kind("data_on"), dataset_kind("embedded")
+    (('ccbar', False), ('data', True), ('embedded', True))
     """
     if dataset.startswith("data_"):
         return "data", True
+    if dataset == "embedded":
+        return "embedded", True
     return dataset.removesuffix("_offres"), False
 
 

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 TREE = "ita"
 #: Datasets of the ITA: simulated on- and off-resonance samples and the pseudo-data.
 ITA_DATASETS = (SIGNAL, *BACKGROUNDS, *OFFRES_MC, "data_on", "data_off")
+#: Datasets the ITA processor also runs on for validation only (never trained on, never fitted).
+VALIDATION_DATASETS = ("embedded",)
 #: Datasets of the HTA histograms (on resonance only; its tables also take the off-resonance).
 HTA_DATASETS = (SIGNAL, *BACKGROUNDS, "data_on")
 
@@ -92,7 +94,7 @@ def make_histograms(
         (the ITA processor output per dataset, the ITA run report).
     """
     out_file = Path(out_file)
-    datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
+    datasets = [d for d in (*ITA_DATASETS, *VALIDATION_DATASETS) if d in catalogue.datasets]
     _require(catalogue, datasets)
     doc: dict[str, Any] = {}
     hta_output: dict[str, Any] = {}
@@ -221,6 +223,8 @@ def write_histogram_file(
             hta_hists[key] = hta_hists[key] + h if key in hta_hists else h
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for ds in sorted(output):
+            if ds in VALIDATION_DATASETS:  # its cutflow (histograms.json) is what is used
+                continue
             out = output[ds]
             sample, is_data = dataset_kind(ds)
             channel = channel_of(ds)

@@ -95,6 +95,8 @@ class FileTask:
         nature: Nature's differences (data only).
         prefilter: Apply :data:`PREFILTER` before reconstructing the ITA variables.
         tag_boost: Hadronic tags drawn this much more often, weighted back (MC only).
+        embedded: Signal embedded in data events (the J/psi K+ embedding sample, dataset
+            :data:`EMBEDDED`): a signal B with nature's other B and detector, as data.
     """
 
     sample: str
@@ -107,6 +109,7 @@ class FileTask:
     nature: Nature = field(default_factory=Nature)
     prefilter: bool = True
     tag_boost: float = 1.0
+    embedded: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,8 @@ class FileRecord:
     entries_ita: int
     entries_hta: int
     seconds: float
+    events: int = 0  # events written (generated counts nature's accept-reject attempts too)
+    embedded: bool = False
 
 
 # ---------------------------------------------------------------------------- generation
@@ -379,6 +384,8 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         entries_ita=len(ita_idx),
         entries_hta=len(hta_idx),
         seconds=time.perf_counter() - start,
+        events=n,
+        embedded=task.embedded,
     )
 
 
@@ -403,8 +410,14 @@ def luminosity_fb(sample: Sample, generated: float) -> float:
     return generated / (sample_cross_section_nb(sample) * 1e6)
 
 
-def dataset_name(sample: str, off_resonance: bool, data: bool) -> str:
-    """Catalogue key of a dataset (``data_on``, ``ccbar_offres``, ...)."""
+#: The dataset of signal embedded in data events (signal-efficiency validation).
+EMBEDDED = "embedded"
+
+
+def dataset_name(sample: str, off_resonance: bool, data: bool, embedded: bool = False) -> str:
+    """Catalogue key of a dataset (``data_on``, ``ccbar_offres``, ``embedded`` ...)."""
+    if embedded:
+        return EMBEDDED
     if data:
         return "data_off" if off_resonance else "data_on"
     return sample + ("_offres" if off_resonance else "")
@@ -424,7 +437,7 @@ def write_catalogue(
     out: dict[str, dict[str, Any]] = {}
     here = Path(path).resolve().parent
     for rec in records:
-        name = dataset_name(rec.sample, rec.off_resonance, rec.data)
+        name = dataset_name(rec.sample, rec.off_resonance, rec.data, rec.embedded)
         entry = out.setdefault(
             name,
             {
@@ -436,6 +449,7 @@ def write_catalogue(
                 "sum_weights": 0.0,
                 "entries_ita": 0,
                 "entries_hta": 0,
+                "events": 0,
             },
         )
         if rec.sample not in entry["samples"]:
@@ -444,7 +458,7 @@ def write_catalogue(
         entry["files"].append(
             {**asdict(rec), "path": os.path.relpath(Path(rec.path).resolve(), here)}
         )
-        for key in ("generated", "sum_weights", "entries_ita", "entries_hta"):
+        for key in ("generated", "sum_weights", "entries_ita", "entries_hta", "events"):
             entry[key] += getattr(rec, key)
     for name, entry in out.items():
         if entry["data"]:
@@ -511,27 +525,33 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     )
     samples = load_samples()
     rng = np.random.default_rng(file_seed(seed, "data-counts"))
-    jobs: list[tuple[str, int, bool, bool]] = []  # sample, events, off resonance, data
+    # sample, events, off resonance, data, embedded
+    jobs: list[tuple[str, int, bool, bool, bool]] = []
     for name, sample in samples.items():
         xs = sample_cross_section_nb(sample) * 1e6  # events per fb^-1
         factor = scale["mc_factor"].get(sample.kind if sample.kind != "bbbar" else "bbbar")
         if sample.kind == "signal":
-            jobs.append((name, scale["signal_events"], False, False))
-            jobs.append((name, int(rng.poisson(sim["mu_true"] * xs * lum["on"])), False, True))
+            jobs.append((name, scale["signal_events"], False, False, False))
+            jobs.append(
+                (name, int(rng.poisson(sim["mu_true"] * xs * lum["on"])), False, True, False)
+            )
+            # the J/psi K+ embedding: signal B decays in nature's events (data-like, its own
+            # dataset, as many events as a control sample)
+            jobs.append((name, scale["control_events"], False, True, True))
             continue
         if sample.kind == "control":
-            jobs.append((name, scale["control_events"], False, False))
+            jobs.append((name, scale["control_events"], False, False, False))
             continue
         norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
         places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
         for place in places:
             off = place == "off"
-            jobs.append((name, round(factor * xs * lum[place]), off, False))
-            jobs.append((name, int(rng.poisson(norm * xs * lum[place])), off, True))
+            jobs.append((name, round(factor * xs * lum[place]), off, False, False))
+            jobs.append((name, int(rng.poisson(norm * xs * lum[place])), off, True, False))
     per_file = scale["events_per_file"]
     files = []
-    for name, events, off, data in jobs:
-        dataset = dataset_name(name, off, data)
+    for name, events, off, data, embedded in jobs:
+        dataset = dataset_name(name, off, data, embedded)
         for k, first in enumerate(range(0, events, per_file)):
             n = min(per_file, events - first)
             stem = f"{name}_{k:04d}" if data else f"{k:04d}"
@@ -543,6 +563,7 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
                     path=str(directory / dataset / f"{stem}.root"),
                     off_resonance=off,
                     data=data,
+                    embedded=embedded,
                     libraries=str(lib_dir),
                     nature=nature if data else Nature(),
                     prefilter=bool(sim.get("prefilter", True)),

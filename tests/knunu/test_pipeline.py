@@ -68,6 +68,13 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     # the ITA loses efficiency at high q2gen (a soft kaon), as published (16 % vs 2.6 %)
     assert ita["efficiency"][0] > 3 * ita["efficiency"][6]
     assert len(summary["splits"]) == 2
+    # the embedding: signal in data events, selected / written, against the signal MC
+    emb = summary["embedding"]
+    catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]
+    cutflow = json.loads((run_dir / "histograms.json").read_text())["cutflows"]["embedded"]
+    assert emb["data"] == cutflow["events"]["eta > 0.92"] / catalogue["embedded"]["events"]
+    assert emb["mc"] == ita["total"]
+    assert abs(emb["ratio"] - 1.0) < 5 * emb["ratio_error"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["outputs"]["histograms.root"] == sha256(run_dir / "histograms.root")
     first = tmp_path / "first.root"

@@ -132,7 +132,9 @@ def test_belle2_scale_injects_mu_true():
     config = load_config()
     config["scale"] = "belle2"
     plan = plan_production(config, "/nonexistent")
-    signal = sum(t.n_events for t in plan.files if t.sample == "signal" and t.data)
+    signal = sum(
+        t.n_events for t in plan.files if t.sample == "signal" and t.data and not t.embedded
+    )
     expected = 4.6 * 1985  # mu_true x produced signal in 362 fb^-1 (notes)
     assert signal == pytest.approx(expected, abs=5 * np.sqrt(expected) + 0.06 * expected)
     continuum = sum(t.n_events for t in plan.files if t.data and t.sample.endswith("bar"))
