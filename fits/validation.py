@@ -35,7 +35,7 @@ import numpy as np
 import pyhf
 
 from knunu.errors import FitError
-from knunu.fits.infer import Likelihood
+from knunu.fits.infer import MAX_FAILED_TOY_FRACTION, Likelihood
 from knunu.fits.workspace import analyses_in, select
 from knunu.rundir import write_json
 
@@ -189,7 +189,8 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
     """Fit ``toys`` pseudo-experiments (main and auxiliary data) at each injected mu.
 
     Raises:
-        FitError: more than 5 % of the fits at one mu fail to converge.
+        FitError: more than :data:`~knunu.fits.infer.MAX_FAILED_TOY_FRACTION` of the fits at
+            one mu fail to converge.
     """
     means, errors, widths, failed = [], [], [], 0
     for k, mu in enumerate(mus):
@@ -201,7 +202,7 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
             except FitError as exc:
                 log.warning("injection toy at mu = %g left out: %s", mu, exc)
                 failed += 1
-        if len(fitted) < 0.95 * toys:
+        if toys - len(fitted) > MAX_FAILED_TOY_FRACTION * toys:
             raise FitError(f"signal injection at mu = {mu:g}: {toys - len(fitted)} fits failed")
         values = np.asarray(fitted)
         means.append(float(values.mean()))

@@ -43,56 +43,49 @@ def headline(run_dir: str | Path, config: dict[str, Any]) -> list[str]:
     Beside each model: the expected sigma(mu) at this run's luminosity and projected to the
     measurement's (from ``validation/projection.json``).
     """
+    from knunu.fits.report import limit_text, load_results
+
     run_dir = Path(run_dir)
-    results = _load(run_dir / "fit" / "results.json")
-    if results is None:
+    path = run_dir / "fit" / "results.json"
+    if not path.exists():
         return ["no fit results in this run"]
+    results = load_results(path)
     fitted = _fitted(run_dir)
     proj = _load(run_dir / "validation" / "projection.json") or {}
     mu_true = config["simulation"]["mu_true"] if fitted["own"] else None
     truth = f"injected mu_true = {mu_true:g}" if mu_true is not None else "no injected truth"
     lumi = proj.get("projected_luminosity_fb")
+    projected = f"{lumi:g} fb^-1" if lumi else "projected"
     lines = [
         f"Headline: {fitted['label']} ({truth})",
         "",
-        "| model | mu_true | mu | stat | syst | MINOS | B (1e-5) | Z vs 0 | Z vs SM "
-        f"| UL ({results['results'][0]['cl']:.0%}) | exp. sigma here | exp. sigma "
-        f"{lumi:g} fb^-1 |"
-        if lumi
-        else "| model | mu_true | mu | stat | syst | MINOS | B (1e-5) | Z vs 0 | Z vs SM | UL | "
-        "exp. sigma here | exp. sigma projected |",
+        "| model | mu_true | mu | stat | syst | MINOS | B (1e-5) | Z vs 0 | Z vs SM | UL | "
+        f"exp. sigma here | exp. sigma {projected} |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     bounded = []
-    for r in results["results"]:
-        a = r["analysis"]
-        here = proj.get("sigma", {}).get(a)
-        there = proj.get("sigma_projected", {}).get(a)
+    for r in results:
+        here = proj.get("sigma", {}).get(r.analysis)
+        there = proj.get("sigma_projected", {}).get(r.analysis)
         lines.append(
-            f"| {a} | {'-' if mu_true is None else f'{mu_true:g}'} | {r['mu']:.2f} | "
-            f"{r['stat']:.2f} | {r['syst']:.2f} | {r['minos_down']:+.2f} / {r['minos_up']:+.2f} "
-            f"| {r['branching_fraction'] * 1e5:.2f} | {r['z_bkg']:.2f} | {r['z_sm']:.2f} | "
-            f"{_limit(r)} | {'-' if here is None else f'{here:.2f}'} | "
+            f"| {r.analysis} | {'-' if mu_true is None else f'{mu_true:g}'} | {r.mu:.2f} | "
+            f"{r.stat:.2f} | {r.syst:.2f} | {r.minos_down:+.2f} / {r.minos_up:+.2f} "
+            f"| {r.branching_fraction * 1e5:.2f} | {r.z_bkg:.2f} | {r.z_sm:.2f} | "
+            f"{limit_text(r)} | {'-' if here is None else f'{here:.2f}'} | "
             f"{'-' if there is None else f'{there:.2f}'} |"
         )
-        if r["mu"] <= 1e-6 or r["mu"] >= 10 - 1e-6:
-            bounded.append(a)
+        if r.mu <= 1e-6 or r.mu >= r.limit_bound - 1e-6:
+            bounded.append(r.analysis)
     if bounded:
         lines.append(
-            f"\n{', '.join(bounded)}: mu at the edge of its range [0, 10]; the expected sigma "
-            "here says how much this run's luminosity can resolve"
+            f"\n{', '.join(bounded)}: mu at the edge of its range [0, {results[0].limit_bound:g}]; "
+            "the expected sigma here says how much this run's luminosity can resolve"
         )
     lines.append(
         "\npublished (362 fb^-1): combined mu = 4.6 +- 1.0 (stat) +- 0.9 (syst), "
         "B = (2.3 +- 0.7) x 10^-5, 3.5 sigma, 2.7 sigma above SM; ITA 5.4, HTA 2.2"
     )
     return lines
-
-
-def _limit(r: dict[str, Any]) -> str:
-    if r["upper_limit"] is None:
-        return f"> {r.get('limit_bound', 10.0):g}"
-    return f"{r['upper_limit']:.2f}"
 
 
 def _image(rel: str, title: str) -> str:

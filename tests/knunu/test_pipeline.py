@@ -25,6 +25,12 @@ def _statuses(run_dir):
     return {name: stages[name]["status"] for name in STEPS}
 
 
+def _ran_from(first):
+    """Statuses when ``first`` and every stage after it ran and those before were skipped."""
+    names = list(STEPS)
+    return {n: "done" if i >= names.index(first) else "up to date" for i, n in enumerate(names)}
+
+
 def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tmp_path):
     workspace = tmp_path / "small.json"
     model = pyhf.simplemodels.uncorrelated_background([3.0, 6.0], [40.0, 20.0], [4.0, 3.0])
@@ -95,25 +101,13 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     # a fit setting: only the fit and what follows it run again, without a cluster
     config["fit"]["cls_level"] = 0.95
     run_analysis(config, client_factory=factory)
-    assert _statuses(run_dir) == {
-        "simulate": "up to date",
-        "train": "up to date",
-        "process": "up to date",
-        "fit": "done",
-        "validate": "done",
-    }
+    assert _statuses(run_dir) == _ran_from("fit")
     assert len(clients) == 1
 
     # a lost output: its stage and everything downstream run again, with the same result
     (run_dir / "histograms.root").unlink()
     run_analysis(config, client_factory=factory)
-    assert _statuses(run_dir) == {
-        "simulate": "up to date",
-        "train": "up to date",
-        "process": "done",
-        "fit": "done",
-        "validate": "done",
-    }
+    assert _statuses(run_dir) == _ran_from("process")
     assert len(clients) == 2
     # same configuration: the histograms are bit-identical (the ROOT files differ in their
     # write time)
