@@ -168,6 +168,32 @@ def splits(pairs: Sequence[Any], labels: dict[str, str]) -> Figure:
     return fig
 
 
+def postfit_q2rec(post: Any, title: str) -> Figure:
+    """Data and the fitted components in q2rec (a :class:`knunu.fits.pion.PostFit`)."""
+    edges = np.asarray(post.q2rec_edges)
+    data = np.asarray(post.data)
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    order = sorted(post.components, key=lambda s: sum(post.components[s]))
+    mplhep.histplot(
+        [np.asarray(post.components[s]) for s in order],
+        edges,
+        ax=ax,
+        stack=True,
+        histtype="fill",
+        label=order,
+    )
+    mplhep.histplot(
+        data, edges, ax=ax, histtype="errorbar", yerr=np.sqrt(data), color="k", label="data"
+    )
+    ax.set_xlabel(r"$q^2_{rec}(\pi)$ [GeV$^2$]")
+    ax.set_ylabel("events / bin")
+    ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def efficiency_q2(effs: Sequence[Any], published: dict[tuple[float, float], float]) -> Figure:
     """Signal-region efficiency versus q2gen per analysis, with the published ITA points."""
     fig = Figure(figsize=(6, 4.5))

@@ -10,12 +10,16 @@ writes ``validation/summary.json``. The checks:
 - ``injection``: pseudo-experiments drawn from that projected combined model at several
   mu_true, fitted: the mean fitted mu against mu_true must be a line of slope 1;
 - ``splits``: the data and templates split in statistically independent halves (kaon charge,
-  event-number parity), each half fitted alone: the fitted mu must agree (chi2);
+  event-number parity, lepton multiplicity), each half fitted alone: the fitted mu must agree
+  (chi2);
 - ``efficiency``: the signal efficiency of the ITA and HTA signal regions in bins of q2gen,
   against the published ITA efficiencies;
 - ``embedding``: the ITA signal-region efficiency of signal embedded in data events (the
   B+ -> J/psi K+ embedding: nature's other B and detector) over that of the signal MC with its
   corrections; published data/MC 1.00 +- 0.03;
+- ``pion sideband`` and ``pi+ K0 closure`` (:mod:`knunu.fits.pion`): the ITA machinery on a
+  pion candidate: the 3-component q2rec fit that measures the B(D -> K_L X) scale, and the
+  B+ -> pi+ K0 branching fraction against the generated one;
 - ``offres``: off-resonance data vs continuum MC before and after the BDTc reweighting (from
   the training), and the goodness-of-fit toys of the fit stage.
 """
@@ -226,12 +230,14 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
 
 
 #: The consistency splits: pairs of statistically independent halves (processor ``SPLITS``).
-SPLIT_PAIRS = (("kplus", "kminus"), ("even", "odd"))
+SPLIT_PAIRS = (("kplus", "kminus"), ("even", "odd"), ("nolepton", "lepton"))
 SPLIT_LABELS = {
     "kplus": "K+",
     "kminus": "K-",
     "even": "even event numbers",
     "odd": "odd event numbers",
+    "nolepton": "no lepton",
+    "lepton": ">= 1 lepton",
 }
 
 
@@ -419,6 +425,13 @@ def run_validation(config: dict[str, Any], run_dir: Path) -> list[str]:
     if histograms.exists():
         lines += _guarded("splits", summary, _splits, histograms, out, summary)
         lines += _guarded("efficiency", summary, _efficiency, run_dir, histograms, out, summary)
+        if "pion" in config["ita"]:
+            lines += _guarded(
+                "pion sideband", summary, _sideband, config, run_dir, histograms, out, summary
+            )
+            lines += _guarded(
+                "pi+ K0 closure", summary, _closure, config, run_dir, histograms, out, summary
+            )
     lines += _offres(run_dir, summary)
     lines += _gof(run_dir, summary)
     write_json(out / "summary.json", summary)
@@ -541,6 +554,73 @@ def _embedding(
         f"J/psi K+ embedding (ITA signal region): efficiency {emb.data:.4f} +- "
         f"{emb.data_error:.4f} embedded in data, {emb.mc:.4f} +- {emb.mc_error:.4f} MC; data/MC "
         f"{emb.ratio:.3f} +- {emb.ratio_error:.3f} (published 1.00 +- 0.03)"
+    ]
+
+
+def _sideband(
+    config: dict[str, Any], run_dir: Path, histograms: Path, out: Path, summary: dict[str, Any]
+) -> list[str]:
+    from knunu.fits import plots
+    from knunu.fits.pion import sideband_fit
+
+    pion = config["ita"]["pion"]
+    projected = float(config["validation"]["projection_luminosity_fb"])
+    fit = sideband_fit(histograms, pion["sideband_eta"], _data_luminosity(run_dir), projected)
+    summary["pion_sideband"] = {**fit._asdict(), "postfit": fit.postfit._asdict()}
+    _dump(out / "pion_sideband.json", summary["pion_sideband"])
+    nature = config["simulation"]["nature"].get("d_to_kl_scale", 1.0)
+    plots.save(
+        plots.postfit_q2rec(
+            fit.postfit,
+            f"pion sideband, eta {fit.eta[0]:g}-{fit.eta[1]:g}: "
+            f"D -> K_L scale {fit.d_to_kl_scale:.2f} +- {fit.d_to_kl_error:.2f}",
+        ),
+        out / "pion_sideband.png",
+    )
+    return [
+        f"pion-enriched sideband (eta {fit.eta[0]:g}-{fit.eta[1]:g}, {fit.data_events:.0f} data "
+        f"events, {fit.bins} bins): B(D -> K_L X) scale {fit.d_to_kl_scale:.2f} +- "
+        f"{fit.d_to_kl_error:.2f} (simulated nature {nature:g}; published +30 %; "
+        f"+- {fit.projected_error:.2f} projected to {projected:g} fb^-1), other B Bbar "
+        f"{fit.bbbar_other:.2f} +- {fit.bbbar_other_error:.2f}, continuum {fit.continuum:.2f} "
+        f"+- {fit.continuum_error:.2f} (correlation scale/other B Bbar {fit.correlation:+.2f})"
+    ]
+
+
+def _closure(
+    config: dict[str, Any], run_dir: Path, histograms: Path, out: Path, summary: dict[str, Any]
+) -> list[str]:
+    from knunu.fits import plots
+    from knunu.fits.pion import closure
+    from knunu.simulation.bdecays import load_strata, stratum_bf
+
+    pion = config["ita"]["pion"]
+    generated = stratum_bf(load_strata()["pi_k0"], 521)
+    fit = closure(
+        histograms,
+        pion["closure_eta"],
+        float(config["ita"]["corrections"]["d_to_kl_scale"]),
+        generated,
+        _data_luminosity(run_dir),
+        float(config["validation"]["projection_luminosity_fb"]),
+    )
+    summary["pion_closure"] = {**fit._asdict(), "postfit": fit.postfit._asdict()}
+    _dump(out / "pion_closure.json", summary["pion_closure"])
+    plots.save(
+        plots.postfit_q2rec(
+            fit.postfit,
+            f"B+ -> pi+ K0 closure: B = ({fit.bf * 1e5:.1f} +- {fit.bf_error * 1e5:.1f}) x 1e-5",
+        ),
+        out / "pion_closure.png",
+    )
+    bound = " (at its bound)" if fit.at_bound else ""
+    return [
+        f"B+ -> pi+ K0 closure (ITA machinery, pion ID, eta > {pion['closure_eta'][0]:g}; "
+        f"{fit.signal_expected:.2f} pi+ K0 events expected, {fit.data_events:.0f} data events): "
+        f"B = ({fit.bf * 1e5:.2f} +- {fit.bf_error * 1e5:.2f}) x 10^-5{bound} vs generated "
+        f"{generated * 1e5:.2f} x 10^-5; expected +- {fit.expected_error * 1e5:.2f} here, "
+        f"+- {fit.projected_error * 1e5:.2f} projected to {fit.projected_luminosity_fb:g} fb^-1 "
+        "(published (2.5 +- 0.5) x 10^-5)"
     ]
 
 

@@ -272,8 +272,16 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "validate",
-            ("seed", "fit", "validation", "simulation.mu_true"),
-            ("fits", "configs/systematics.yaml"),
+            (
+                "seed",
+                "fit",
+                "validation",
+                "simulation.mu_true",
+                "simulation.nature.d_to_kl_scale",
+                "ita.pion",
+                "ita.corrections.d_to_kl_scale",
+            ),
+            ("fits", "configs/systematics.yaml", "configs/bdecays.yaml", "simulation/bdecays.py"),
             ("simulate", "train", "process", "fit"),
             _run_validate,
         ),

@@ -6,13 +6,14 @@ load lazily on the worker (cached per process). ``process`` returns, per dataset
 
 - ``ita``: variation x eta(BDT2) {0.92, ..., 1.00} x q2rec {-1, 4, 8, 25} GeV^2 (the fit layout);
 - ``ita_control``: eta 0.75-1 x q2rec, nominal only (validation);
-- ``ita_split``: the fit layout, nominal only, for the consistency splits (:data:`SPLITS`);
+- ``ita_split``: the fit layout, nominal only, for the consistency splits (:data:`SPLITS`:
+  kaon charge, event-number parity, lepton multiplicity);
 - ``q2gen`` (signal MC only): q2gen of the signal-region events with their MC weights and
   corrections, before the overlap removal (signal efficiency versus q2gen);
 - ``cutflow`` / ``cutflow_unweighted``: the selection steps, then BDT1 and eta > 0.92.
 
-Weights are the MC weight with the nominal corrections (D -> K_L rate, hadronic energy scale,
-BDTc for continuum MC); data get weight 1 and the nominal only.
+Weights are the MC weight with the nominal corrections (D -> K_L rate, K_L efficiency, hadronic
+energy scale, BDTc for continuum MC); data get weight 1 and the nominal only.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from knunu.processors.variations import (
     VARIATIONS,
     WEIGHT_VARIATIONS,
     Context,
-    EnergyShift,
+    corrected_inputs,
 )
 
 ETA_EDGES = (0.92, 0.94, 0.96, 0.98, 1.00)
@@ -54,8 +55,9 @@ Q2_EDGES = (-1.0, 4.0, 8.0, 25.0)
 SR_ETA = 0.92
 STEPS = (*CUTFLOW_STEPS, "BDT1", "eta > 0.92")
 HIST_VARIATIONS = ("nominal", *(f"{v}_{d}" for v in VARIATIONS for d in ("up", "down")))
-#: Statistically independent halves of every sample: kaon charge and event-number parity.
-SPLITS = ("kplus", "kminus", "even", "odd")
+#: Statistically independent halves of every sample: kaon charge, event-number parity and
+#: lepton multiplicity (no identified lepton / at least one).
+SPLITS = ("kplus", "kminus", "even", "odd", "nolepton", "lepton")
 
 
 class Models(NamedTuple):
@@ -166,6 +168,7 @@ class ITAProcessor(processor.ProcessorABC):
                     "K_q2rec",
                     "K_charge",
                     "K_mcPDG",
+                    "nLeptons",
                 ]
             )
         )
@@ -221,7 +224,7 @@ class ITAProcessor(processor.ProcessorABC):
         if not is_data:
             corr = self.cfg["corrections"]
             weight = weight * corr["d_to_kl_scale"] ** cols["mcDtoKL"]
-            cols = EnergyShift("mcE_hadronic", corr["hadronic_energy_scale"] - 1.0)(cols, 1.0)
+            cols = corrected_inputs(cols, corr)
         nominal = self._scores(models, cols, continuum)
         p, eta, bdtc = self._eta_weight(models, nominal)
         # the ITA/HTA overlap: events in both signal regions leave the ITA sample (every
@@ -297,6 +300,8 @@ class ITAProcessor(processor.ProcessorABC):
             "kminus": cols["K_charge"] < 0,
             "even": cols["__event__"] % 2 == 0,
             "odd": cols["__event__"] % 2 == 1,
+            "nolepton": cols["nLeptons"] == 0,
+            "lepton": cols["nLeptons"] > 0,
         }
         for name in SPLITS:
             m = p & halves[name]

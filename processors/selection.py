@@ -28,6 +28,8 @@ TRUTH = (
     "q2gen",
     "mcE_hadronic",
     "mcE_photon",
+    "mcE_KL",
+    "mcKLclusters",
 )
 #: q2gen binning of the efficiency histograms (GeV^2; the endpoint is (mB - mK)^2 = 22.9).
 Q2GEN_BINS = (12, 0.0, 24.0)
@@ -91,7 +93,12 @@ class Selected(NamedTuple):
         return int(np.count_nonzero(self.steps[CUTFLOW_STEPS[-1]]))
 
 
-def select(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) -> Selected:
+def select(
+    events: ak.Array,
+    cuts: Mapping[str, Any],
+    names: Sequence[str],
+    pion_kaon_id_max: float | None = None,
+) -> Selected:
     """Apply the ITA selection to a chunk and flatten the named columns of the kept events.
 
     Args:
@@ -99,6 +106,8 @@ def select(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) -> S
         cuts: The ``ita.selection`` block of the configuration.
         names: Columns to return; ``K_x`` is field ``x`` of the chosen candidate, other names
             are event branches. Names missing from the chunk (truth in data) are skipped.
+        pion_kaon_id_max: Select a pion candidate instead (kaon ID below this; the pion
+            sideband and the B+ -> pi+ K0 closure); the first cutflow step keeps its name.
     """
     # on the flat candidate content (numpy), one pass; the awkward step is the per-event argmin
     kaons = events.K
@@ -107,11 +116,9 @@ def select(events: ak.Array, cuts: Mapping[str, Any], names: Sequence[str]) -> S
     def flat(field: str) -> np.ndarray:
         return ak.to_numpy(ak.flatten(kaons[field], axis=1))
 
-    good = (
-        (flat("kaonID") > cuts["kaon_id_min"])
-        & (np.abs(flat("dz")) < cuts["dz_max_cm"])
-        & (flat("dr") < cuts["dr_max_cm"])
-    )
+    kaon_id = flat("kaonID")
+    pid = kaon_id > cuts["kaon_id_min"] if pion_kaon_id_max is None else kaon_id < pion_kaon_id_max
+    good = pid & (np.abs(flat("dz")) < cuts["dz_max_cm"]) & (flat("dr") < cuts["dr_max_cm"])
     q2 = np.where(good, flat("q2rec"), np.inf)
     n_tracks = ak.to_numpy(events.nTracks)
     theta = ak.to_numpy(events.theta_miss)

@@ -26,6 +26,7 @@ from knunu.mva.train import BACKGROUNDS, OFFRES_MC, SIGNAL, bdt2_features, lumi_
 from knunu.processors import hta
 from knunu.processors import run as runner
 from knunu.processors.ita import HIST_VARIATIONS, SPLITS, ITAProcessor
+from knunu.processors.pion import TRUTH_CLASSES, PionProcessor
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import BOOKKEEPING, TRUTH
 from knunu.processors.tables import TableProcessor
@@ -40,6 +41,8 @@ ITA_DATASETS = (SIGNAL, *BACKGROUNDS, *OFFRES_MC, "data_on", "data_off")
 VALIDATION_DATASETS = ("embedded",)
 #: Datasets of the HTA histograms (on resonance only; its tables also take the off-resonance).
 HTA_DATASETS = (SIGNAL, *BACKGROUNDS, "data_on")
+#: Datasets of the pion-candidate sample (on resonance, with the B+ -> pi+ K0 control MC).
+PION_DATASETS = (SIGNAL, *BACKGROUNDS, "pi_k0", "data_on")
 
 
 def table_names(analysis: str, cfg: Mapping[str, Any]) -> tuple[str, ...]:
@@ -71,7 +74,11 @@ def make_tables(
     output, report = runner.run(
         catalogue, datasets, proc, analysis, client, int(cfg["chunksize"]), options
     )
-    rows = {ds: int(output[ds]["rows"]) for ds in datasets}
+    # a dataset without entries in the tree (a tiny sample) has no chunks and no output: its
+    # table folder is made empty (zero rows), not left missing
+    rows = {ds: int(output[ds]["rows"]) if ds in output else 0 for ds in datasets}
+    for ds in datasets:
+        (Path(out_dir) / ds).mkdir(parents=True, exist_ok=True)
     write_json(Path(out_dir) / "tables.json", {"report": report.as_dict(), "rows": rows})
     return report
 
@@ -132,7 +139,23 @@ def make_histograms(
         int(cfg["chunksize"]),
         _with_fingerprint(with_models, *overlap_file),
     )
-    write_histogram_file(out_file, output, catalogue.datasets, hta_output)
+    pion_output: dict[str, Any] = {}
+    if "pion" in cfg:
+        pion_sets = [d for d in PION_DATASETS if d in catalogue.datasets]
+        pion_output, pion_report = runner.run(
+            catalogue,
+            pion_sets,
+            PionProcessor(str(Path(models).resolve()), cfg),
+            TREE,
+            client,
+            int(cfg["chunksize"]),
+            with_models,
+        )
+        doc["pion"] = {
+            "report": pion_report.as_dict(),
+            "cutflows": {ds: _cutflow(out) for ds, out in pion_output.items()},
+        }
+    write_histogram_file(out_file, output, catalogue.datasets, hta_output, pion_output)
     overlap_doc = {ds: out["overlap"] for ds, out in output.items()}
     doc = {
         "report": report.as_dict(),
@@ -203,6 +226,7 @@ def write_histogram_file(
     output: Mapping[str, Any],
     catalogue: Mapping[str, Any],
     hta_output: Mapping[str, Any] | None = None,
+    pion_output: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the fit and control histograms, MC scaled to the data luminosity (atomically).
 
@@ -210,6 +234,8 @@ def write_histogram_file(
     The consistency splits go to ``{channel}_{split}_{sample}_nominal`` (scaled like the fit
     histograms); ``ita_q2gen_signal_nominal`` and ``hta_q2gen_signal_nominal`` hold the signal
     MC's q2gen in the signal regions with MC weights, *not* scaled (efficiency numerators).
+    The pion-candidate sample goes to ``pion_{sample}_{dkl|other}_nominal`` (MC, scaled to the
+    on-resonance data) and ``pion_data_nominal``.
     """
     path = Path(path)
     hta_hists: dict[str, Any] = {}
@@ -242,6 +268,15 @@ def write_histogram_file(
         for ds in sorted(hta_output or {}):
             if "q2gen" in hta_output[ds]:
                 f["hta_q2gen_signal_nominal"] = hta_output[ds]["q2gen"]
+        for ds in sorted(pion_output or {}):
+            sample, is_data = dataset_kind(ds)
+            h = pion_output[ds]["pion"]
+            if is_data:
+                f["pion_data_nominal"] = h[{"truth": sum}]
+                continue
+            scale = lumi_scale(catalogue, ds, "data_on")
+            for truth in TRUTH_CLASSES:
+                f[f"pion_{sample}_{truth}_nominal"] = h[{"truth": truth}] * scale
         for key, h in sorted(hta_hists.items()):
             kind, name = key.split("/")
             if kind == "hta_control":

@@ -135,16 +135,79 @@ class EnergyShift:
     def __call__(self, cols: Columns, scale: float) -> dict[str, np.ndarray]:
         """The columns with ``scale`` units of the shift applied (+1 up, -1 down)."""
         d_e = scale * self.delta * cols[self.source]
-        e_roe = cols["K_roe_deltaE"] + cols["sqrt_s"] / 2
-        m2 = cols["K_roe_mass"] ** 2 + 2 * e_roe * d_e + d_e**2
+        return {**cols, **_visible_energy_shift(cols, d_e), self.source: cols[self.source] + d_e}
+
+
+def _visible_energy_shift(cols: Columns, d_e: np.ndarray) -> dict[str, np.ndarray]:
+    """E_tot, E_miss and the ROE Delta E and mass after the visible energy moved by ``d_e``."""
+    e_roe = cols["K_roe_deltaE"] + cols["sqrt_s"] / 2
+    m2 = cols["K_roe_mass"] ** 2 + 2 * e_roe * d_e + d_e**2
+    return {
+        "E_tot": cols["E_tot"] + d_e,
+        "E_miss": cols["E_miss"] - d_e,
+        "K_roe_deltaE": cols["K_roe_deltaE"] + d_e,
+        "K_roe_mass": np.sqrt(np.clip(m2, 0.0, None)),
+    }
+
+
+def event_uniform(run: np.ndarray, event: np.ndarray, salt: int = 0) -> np.ndarray:
+    """A uniform number in [0, 1) per event, a hash of (run, event, salt) (splitmix64).
+
+    The same event gets the same number in every chunking, worker and rerun.
+
+    >>> u = event_uniform(np.array([1, 1]), np.array([7, 8]))
+    >>> bool(np.all((u >= 0) & (u < 1))), bool(u[0] != u[1])
+    (True, True)
+    """
+    x = (np.asarray(run).astype(np.uint64) << np.uint64(32)) ^ np.asarray(event).astype(np.uint64)
+    x = x ^ np.uint64(salt * 0x9E3779B97F4A7C15 % (1 << 64))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+@dataclass(frozen=True)
+class KLongLoss:
+    """The K_L efficiency correction: nature's ECL sees a K_L ``scale`` times as often as MC's.
+
+    An MC event with n K_L clusters (truth ``mcKLclusters``) loses k of them,
+    k ~ Binomial(n, 1 - scale), drawn from :func:`event_uniform` (reproducible, independent of
+    the chunking). The lost energy, k/n of the K_L cluster energy ``mcE_KL``, leaves the
+    visible energy and the ROE as in :class:`EnergyShift`, and nClusters drops by k. Event
+    shapes keep the lost clusters (an approximation).
+    """
+
+    scale: float
+
+    def __call__(self, cols: Columns) -> dict[str, np.ndarray]:
+        """The columns after the loss."""
+        from scipy import stats
+
+        if self.scale == 1.0:
+            return dict(cols)
+        n = cols["mcKLclusters"].astype(np.int64)
+        u = event_uniform(cols["__run__"], cols["__event__"], salt=130)
+        k = np.where(n > 0, stats.binom.ppf(u, np.maximum(n, 1), 1.0 - self.scale), 0.0)
+        k = np.clip(k, 0.0, n)
+        d_e = -cols["mcE_KL"] * k / np.maximum(n, 1)
         return {
             **cols,
-            self.source: cols[self.source] + d_e,
-            "E_tot": cols["E_tot"] + d_e,
-            "E_miss": cols["E_miss"] - d_e,
-            "K_roe_deltaE": cols["K_roe_deltaE"] + d_e,
-            "K_roe_mass": np.sqrt(np.clip(m2, 0.0, None)),
+            **_visible_energy_shift(cols, d_e),
+            "mcE_KL": cols["mcE_KL"] + d_e,
+            "mcE_hadronic": cols["mcE_hadronic"] + d_e,
+            "mcKLclusters": (n - k).astype(np.int32),
+            "nClusters": (cols["nClusters"] - k).astype(cols["nClusters"].dtype),
         }
+
+
+def corrected_inputs(cols: Columns, corrections: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """MC inputs with the nominal detector corrections (``ita.corrections``).
+
+    The K_L efficiency (:class:`KLongLoss`), then the hadronic energy scale.
+    """
+    cols = KLongLoss(corrections["kl_efficiency_scale"])(cols)
+    return EnergyShift("mcE_hadronic", corrections["hadronic_energy_scale"] - 1.0)(cols, 1.0)
 
 
 #: Input variations: name -> shift of one unit (up = +1, down = -1), after the nominal correction.

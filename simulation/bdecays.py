@@ -121,6 +121,7 @@ class Stratum:
     replaces: tuple[tuple[int, ...], ...] = ()
     keep_in_generic: bool = False
     mixture: bool = True
+    in_data: bool = False  # a control mode nature makes at its rate (removed from generic)
 
 
 @cache
@@ -148,6 +149,7 @@ def load_strata(path: str | None = None) -> dict[str, Stratum]:
                 replaces=tuple(tuple(c) for c in row.get("replaces", ())),
                 keep_in_generic=bool(row.get("keep_in_generic", False)),
                 mixture=bool(row.get("mixture", True)),
+                in_data=bool(row.get("in_data", False)),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{where}: stratum {name!r}: {exc}") from exc
@@ -227,7 +229,12 @@ def _settings(species: int, stratum: Stratum | None, strata: Mapping[str, Stratu
         return (*lines, *stratum.forced)
     lines = []
     for other in strata.values():
-        if not other.mixture or parent not in other.parents:
+        if parent not in other.parents:
+            continue
+        if not other.mixture:  # a control mode: out of generic decays only if nature makes it
+            if other.in_data:
+                for products in [p for p, _ in stratum_channels(other, parent)]:
+                    lines.append(f"{parent}:offIfMatch = {' '.join(map(str, products))}")
             continue
         lines.extend(other.generic)
         if other.keep_in_generic:

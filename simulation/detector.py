@@ -25,6 +25,8 @@ from knunu.simulation.generators import Particles, rows_of
 from knunu.simulation.kinematics import Beams, beta_of, boost, sample_beams
 
 KAON_ID_CUT = 0.9
+#: Lepton ID (electron or muon) passes above this.
+LEPTON_ID_CUT = 0.9
 
 #: Cluster origins (truth, for systematics as weights).
 PHOTON, KLONG, NEUTRON, SPLITOFF, BEAM = 0, 1, 2, 3, 4
@@ -52,6 +54,9 @@ class DetectorConfig:
     kaon_id_pivot_gev: float = 1.5
     kaon_efficiency_slope: float = -0.06  # per GeV of lab momentum (Cherenkov angles merge)
     pion_misid_slope: float = 0.004  # per GeV
+    lepton_efficiency: float = 0.9  # e and mu above lepton_p_min_gev (ECL / KLM)
+    lepton_misid: float = 0.005  # hadrons taken for leptons
+    lepton_p_min_gev: float = 0.4
     photon_threshold: float = 0.05
     ecl_stochastic: float = 0.016
     ecl_constant: float = 0.012
@@ -74,6 +79,7 @@ class Tracks:
     charge: np.ndarray
     true_pdg: np.ndarray
     kaon_id: np.ndarray
+    lepton_id: np.ndarray
     dr: np.ndarray
     dz: np.ndarray
     side: np.ndarray  # truth: which B made the track (0, 1), -1 for none
@@ -108,7 +114,17 @@ class DetectorEvents:
         return DetectorEvents(tracks, clusters, self.beta_cm[entries], self.sqrt_s[entries])
 
 
-_TRACK_COLUMNS = ("p4_lab", "p4_cm", "charge", "true_pdg", "kaon_id", "dr", "dz", "side")
+_TRACK_COLUMNS = (
+    "p4_lab",
+    "p4_cm",
+    "charge",
+    "true_pdg",
+    "kaon_id",
+    "lepton_id",
+    "dr",
+    "dz",
+    "side",
+)
 _CLUSTER_COLUMNS = ("p4_lab", "p4_cm", "origin", "side")
 
 
@@ -176,6 +192,7 @@ def simulate_detector(
         charge=parts.charge[idx].astype(np.int8),
         true_pdg=parts.pdg[idx],
         kaon_id=kaon_id,
+        lepton_id=_lepton_id(abs_pdg[idx], p_true, cfg, rng),
         dr=np.abs(rng.normal(0.0, cfg.dr_res_cm, len(idx))),
         dz=rng.normal(0.0, cfg.dz_res_cm, len(idx)),
         side=parts.sides()[idx],
@@ -251,6 +268,20 @@ def simulate_detector(
     )
     sqrt_s = np.sqrt(total[:, 0] ** 2 - np.sum(total[:, 1:] ** 2, axis=1))
     return DetectorEvents(tracks, clusters, beta, sqrt_s)
+
+
+def _lepton_id(
+    abs_pdg: np.ndarray, p: np.ndarray, cfg: DetectorConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """A lepton-ID likelihood ratio in [0, 1].
+
+    Electrons and muons above the momentum threshold pass LEPTON_ID_CUT with the lepton
+    efficiency, every other track with the mis-ID rate.
+    """
+    lepton = np.isin(abs_pdg, (11, 13)) & (p > cfg.lepton_p_min_gev)
+    passing = rng.random(len(abs_pdg)) < np.where(lepton, cfg.lepton_efficiency, cfg.lepton_misid)
+    high = LEPTON_ID_CUT + (1 - LEPTON_ID_CUT) * rng.random(len(abs_pdg))
+    return np.where(passing, high, LEPTON_ID_CUT * rng.beta(1.0, 6.0, len(abs_pdg)))
 
 
 def _kaon_id(

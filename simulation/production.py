@@ -44,7 +44,18 @@ EXPERIMENT = 1003  # a made-up experiment number for simulated files
 SIGNAL_BF = 4.97e-6
 #: The cheap filter: events outside it cannot pass the ITA basic selection (the ITA
 #: processor's cuts are as tight or tighter; a test checks it) and are not reconstructed.
-PREFILTER = {"n_tracks": (4, 10), "e_tot_min": 4.0, "kaon_id": KAON_ID_CUT, "dr": 0.5, "dz": 3.0}
+#: Besides events with a kaon candidate it keeps a prescaled stream (``__event__`` divisible
+#: by ``pion_prescale``) of events with a pion candidate (kaon ID below ``pion_kaon_id_max``):
+#: the pion-enriched sideband and the B+ -> pi+ K0 closure of the ITA machinery.
+PREFILTER = {
+    "n_tracks": (4, 10),
+    "e_tot_min": 4.0,
+    "kaon_id": KAON_ID_CUT,
+    "dr": 0.5,
+    "dz": 3.0,
+    "pion_kaon_id_max": 0.1,
+    "pion_prescale": 4,
+}
 #: Continuum pseudo-data multiplicity shape: accept with min(1, exp(-slope (n_ch - pivot))).
 CONTINUUM_SHAPE = {"slope": 0.05, "pivot": 6}
 
@@ -301,19 +312,21 @@ def prefilter_mask(seen: DetectorEvents) -> np.ndarray:
     cl = seen.clusters
     e_cl = np.add.reduceat(np.append(cl.p4_cm[:, 0], 0.0), cl.offsets[:-1])
     e_cl = e_cl * (np.diff(cl.offsets) > 0)
-    good = (
-        (tr.kaon_id > PREFILTER["kaon_id"])
-        & (tr.dr < PREFILTER["dr"])
-        & (np.abs(tr.dz) < PREFILTER["dz"])
-    )
-    has_kaon = np.bincount(
-        np.repeat(np.arange(len(n_tracks)), n_tracks)[good], minlength=len(n_tracks)
-    )
+    good = (tr.dr < PREFILTER["dr"]) & (np.abs(tr.dz) < PREFILTER["dz"])
+    track_event = np.repeat(np.arange(len(n_tracks)), n_tracks)
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(track_event[mask], minlength=len(n_tracks))
+
+    has_kaon = count(good & (tr.kaon_id > PREFILTER["kaon_id"])) > 0
+    has_pion = count(good & (tr.kaon_id < PREFILTER["pion_kaon_id_max"])) > 0
+    # the event number of an entry is its index in the file (__event__)
+    prescaled = np.arange(len(n_tracks)) % PREFILTER["pion_prescale"] == 0
     return (
         (n_tracks >= lo)
         & (n_tracks <= hi)
         & (e_tot + e_cl > PREFILTER["e_tot_min"])
-        & (has_kaon > 0)
+        & (has_kaon | (has_pion & prescaled))
     )
 
 
@@ -541,6 +554,8 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
             continue
         if sample.kind == "control":
             jobs.append((name, scale["control_events"], False, False, False))
+            if bdecays.load_strata()[sample.stratum].in_data:  # nature makes it at its rate
+                jobs.append((name, int(rng.poisson(xs * lum["on"])), False, True, False))
             continue
         norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
         places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)

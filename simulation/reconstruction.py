@@ -68,6 +68,9 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
 
     event = {
         "nTracks": n_tracks.astype(np.int32),
+        "nLeptons": per_event_sum(
+            tr.offsets, (tr.lepton_id > det.LEPTON_ID_CUT).astype(np.int64)
+        ).astype(np.int32),
         "nClusters": np.diff(cl.offsets).astype(np.int32),
         "E_tot": visible[:, 0],
         "E_miss": sqrt_s - visible[:, 0],
@@ -123,16 +126,20 @@ def ita_truth(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str, np
 
     Returns:
         (event columns, candidate columns): ``mcE_hadronic`` and ``mcE_photon``, the CM energy
-        in clusters from hadrons (K_L, neutrons, split-offs) and from photons; ``K_mcPDG``, the
-        true particle behind each kaon candidate.
+        in clusters from hadrons (K_L, neutrons, split-offs) and from photons; ``mcE_KL`` and
+        ``mcKLclusters``, the CM energy and number of K_L clusters; ``K_mcPDG``, the true
+        particle behind each kaon candidate.
     """
     cl = seen.clusters
     energy = cl.p4_cm[:, 0]
     hadronic = np.isin(cl.origin, (det.KLONG, det.NEUTRON, det.SPLITOFF))
     photon = cl.origin == det.PHOTON
+    klong = cl.origin == det.KLONG
     event = {
         "mcE_hadronic": per_event_sum(cl.offsets, np.where(hadronic, energy, 0.0)),
         "mcE_photon": per_event_sum(cl.offsets, np.where(photon, energy, 0.0)),
+        "mcE_KL": per_event_sum(cl.offsets, np.where(klong, energy, 0.0)),
+        "mcKLclusters": per_event_sum(cl.offsets, klong.astype(np.int64)).astype(np.int32),
     }
     return event, {"K_mcPDG": seen.tracks.true_pdg.astype(np.int32)}
 

@@ -22,9 +22,9 @@ def _single_particles(pdg: int, n: int, p: float, rng) -> Particles:
     phi = rng.uniform(0, 2 * np.pi, n)
     sin_t = np.sqrt(1 - cos_t**2)
     p3 = p * np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], axis=1)
-    m = {321: 0.493677, 211: 0.13957, 22: 0.0, 130: 0.497611, 12: 0.0}[abs(pdg)]
-    p4 = np.concatenate([np.sqrt(p**2 + m**2) * np.ones((n, 1)), p3], axis=1)
-    charge = np.full(n, 1.0 if pdg in (321, 211) else 0.0)
+    m = {321: 0.493677, 211: 0.13957, 11: 0.000511, 13: 0.105658, 22: 0.0, 130: 0.497611, 12: 0.0}
+    p4 = np.concatenate([np.sqrt(p**2 + m[abs(pdg)] ** 2) * np.ones((n, 1)), p3], axis=1)
+    charge = np.full(n, {321: 1.0, 211: 1.0, 11: -1.0, 13: -1.0}.get(pdg, 0.0))
     return Particles(np.arange(n + 1), np.full(n, pdg, np.int32), p4, charge)
 
 
@@ -116,3 +116,24 @@ def test_same_seed_same_response(ccbar):
     np.testing.assert_array_equal(a.tracks.p4_lab, b.tracks.p4_lab)
     np.testing.assert_array_equal(a.clusters.p4_cm, b.clusters.p4_cm)
     np.testing.assert_array_equal(a.tracks.offsets, b.tracks.offsets)
+
+
+def test_lepton_id_efficiency_and_misid():
+    rng = np.random.default_rng(3)
+    cfg = det.DetectorConfig(beam_photons_mean=0.0)
+    rates = {}
+    for pdg in (11, 13, 211, 321):
+        seen = det.simulate_detector(
+            _single_particles(pdg, 40_000, 1.5, rng), ON_RESONANCE, cfg, rng
+        )
+        lid = seen.tracks.lepton_id
+        assert np.all((lid >= 0) & (lid <= 1))
+        rates[pdg] = np.mean(lid > det.LEPTON_ID_CUT)
+    assert rates[11] == pytest.approx(cfg.lepton_efficiency, abs=0.01)
+    assert rates[13] == pytest.approx(cfg.lepton_efficiency, abs=0.01)
+    assert rates[211] == pytest.approx(cfg.lepton_misid, abs=0.0015)
+    assert rates[321] == pytest.approx(cfg.lepton_misid, abs=0.0015)
+    # below the momentum threshold a lepton is identified only at the mis-ID rate
+    soft = det.simulate_detector(_single_particles(13, 20_000, 0.25, rng), ON_RESONANCE, cfg, rng)
+    slow = np.linalg.norm(soft.tracks.p4_lab[:, 1:], axis=1) < 0.35
+    assert np.mean(soft.tracks.lepton_id[slow] > det.LEPTON_ID_CUT) < 0.02

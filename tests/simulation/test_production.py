@@ -12,6 +12,7 @@ from knunu.config import load_config
 from knunu.errors import ConfigError
 from knunu.samples import load_samples
 from knunu.simulation.production import (
+    PREFILTER,
     FileTask,
     luminosity_fb,
     plan_production,
@@ -70,6 +71,13 @@ def test_truth_branches(produced):
         assert set(f["ita"]["mcB2Mode"].array(library="np").tolist()) == {-1}
     with uproot.open(tasks[6].path) as f:
         assert set(f["ita"]["mcB1Mode"].array(library="np").tolist()) <= {14}
+    # K_L clusters: their energy is part of the hadronic cluster energy
+    with uproot.open(tasks[1].path) as f:
+        t = f["ita"].arrays(["mcE_KL", "mcKLclusters", "mcE_hadronic", "nKL", "nLeptons"])
+    assert np.all(t.mcE_KL <= t.mcE_hadronic + 1e-9)
+    assert np.all((t.mcKLclusters > 0) == (t.mcE_KL > 0))
+    assert np.all(t.mcKLclusters <= t.nKL)
+    assert 0 < np.mean(t.nLeptons > 0) < 1
 
 
 def test_same_seed_same_file_content(libraries, tmp_path):
@@ -101,6 +109,32 @@ def test_prefilter_is_safe(libraries, tmp_path):
         assert selected[True][name].tolist() == selected[False][name].tolist(), name
 
 
+def test_prefilter_keeps_the_prescaled_pion_stream(libraries, tmp_path):
+    """Every event the pion processor can select (pion candidate, its prescale) is kept."""
+    cfg = load_config()["ita"]["pion"]
+    assert cfg["prescale"] % PREFILTER["pion_prescale"] == 0
+    assert cfg["kaon_id_max"] <= PREFILTER["pion_kaon_id_max"]
+    tables = {}
+    for prefilter in (True, False):
+        path = tmp_path / f"p{prefilter}.root"
+        produce_file(
+            FileTask("charged", 1500, 23, str(path), libraries=libraries, prefilter=prefilter)
+        )
+        with uproot.open(path) as f:
+            t = f["ita"].arrays(["__event__", "nTracks", "E_tot", "K_kaonID", "K_dr", "K_dz"])
+        pion = (t.K_kaonID < cfg["kaon_id_max"]) & (t.K_dr < 0.5) & (abs(t.K_dz) < 3)
+        kaon = (t.K_kaonID > 0.9) & (t.K_dr < 0.5) & (abs(t.K_dz) < 3)
+        basic = (t.nTracks >= 4) & (t.nTracks <= 10) & (t.E_tot > 4)
+        stream = basic & (np.sum(pion, axis=1) > 0) & (t.__event__ % cfg["prescale"] == 0)
+        tables[prefilter] = (t, stream, basic & (np.sum(kaon, axis=1) > 0))
+    (kept, stream, kaons), (full, stream_full, _) = tables[True], tables[False]
+    assert np.sum(stream) == np.sum(stream_full) > 20
+    assert kept.__event__[stream].tolist() == full.__event__[stream_full].tolist()
+    # outside the stream, only events with a kaon candidate were kept
+    outside = ~(kaons | (kept.__event__ % PREFILTER["pion_prescale"] == 0))
+    assert not np.any(outside)
+
+
 def test_luminosity_bookkeeping():
     cat = load_samples()
     assert luminosity_fb(cat["ccbar"], 1_300_000) == pytest.approx(1.0)
@@ -123,6 +157,15 @@ def test_plan_scales_and_pseudo_data(tmp_path):
     assert by[("ccbar", False, False)] == round(2 * xs_cc)
     assert by[("ccbar", False, True)] == pytest.approx(1.4 * xs_cc, rel=5 / np.sqrt(xs_cc))
     assert ("charged", True, False) not in by  # no B Bbar off resonance
+    # nature makes B+ -> pi+ K0 (in_data) at its rate; J/psi K+ is a control MC only
+    big = load_config()
+    big["scale"] = "belle2"
+    pik0 = sum(
+        t.n_events for t in plan_production(big, tmp_path).files if t.sample == "pi_k0" and t.data
+    )
+    n_bb = load_samples()["charged"].cross_section_nb * 1e6 * 362 * 2 * 2.38e-5
+    assert pik0 == pytest.approx(n_bb, rel=5 / np.sqrt(n_bb))
+    assert ("jpsi_k", False, True) not in by
     assert len({t.seed for t in plan.files}) == len(plan.files)
     assert plan == plan_production(config, tmp_path)  # same seed, same plan
     assert list(tmp_path.iterdir()) == []  # planning writes nothing
