@@ -427,10 +427,10 @@ def run_validation(config: dict[str, Any], run_dir: Path) -> list[str]:
         lines += _guarded("efficiency", summary, _efficiency, run_dir, histograms, out, summary)
         if "pion" in config["ita"]:
             lines += _guarded(
-                "pion sideband", summary, _sideband, config, run_dir, histograms, out, summary
+                "pion_sideband", summary, _sideband, config, run_dir, histograms, out, summary
             )
             lines += _guarded(
-                "pi+ K0 closure", summary, _closure, config, run_dir, histograms, out, summary
+                "pion_closure", summary, _closure, config, run_dir, histograms, out, summary
             )
     lines += _offres(run_dir, summary)
     lines += _gof(run_dir, summary)

@@ -27,11 +27,13 @@ import numpy as np
 from knunu.mva.train import CONTINUUM
 from knunu.processors.ita import ITAProcessor, load_models
 from knunu.processors.run import dataset_kind
-from knunu.processors.selection import cutflow_histograms, select
+from knunu.processors.selection import CUTFLOW_STEPS, cutflow_histograms, select
 from knunu.processors.variations import corrected_inputs
 
 M_PI = 0.13957
 TRUTH_CLASSES = ("dkl", "other")
+#: Cutflow steps (the last one is ``eta > {first eta edge}``).
+STEPS = ("all", "pion candidate", *CUTFLOW_STEPS[2:], "prescale", "BDT1")
 
 
 def q2rec_pion(p_star: np.ndarray, sqrt_s: np.ndarray) -> np.ndarray:

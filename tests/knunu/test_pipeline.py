@@ -73,7 +73,15 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     )
     # the ITA loses efficiency at high q2gen (a soft kaon), as published (16 % vs 2.6 %)
     assert ita["efficiency"][0] > 3 * ita["efficiency"][6]
-    assert len(summary["splits"]) == 2
+    assert len(summary["splits"]) == 3  # kaon charge, event parity, lepton multiplicity
+    # the pion-candidate sample: its cutflow in the report, the sideband's three normalisations
+    assert "**ITA with a pion candidate**" in report
+    side = summary["pion_sideband"]
+    assert 0 <= side["d_to_kl_scale"] <= 5
+    assert side["d_to_kl_error"] > 0
+    # fitted bins: those with an expectation (data in others are counted in the plot only)
+    assert 0 < side["data_events"] <= sum(side["postfit"]["data"])
+    assert "pion_closure" in summary  # a result or, with no pi+ K0 expected here, its reason
     # the embedding: signal in data events, selected / written, against the signal MC
     emb = summary["embedding"]
     catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]
