@@ -137,6 +137,12 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         validate(_merge(config, user), "analysis", source)
         config = _merge(config, user)
     validate(config, "analysis", source)
+    simulated, processed = config["simulation"]["pion_prescale"], config["ita"]["pion"]["prescale"]
+    if processed % simulated:
+        raise ConfigError(
+            f"{source}: key 'ita.pion.prescale': {processed} is not a multiple of "
+            f"simulation.pion_prescale ({simulated}), whose stream it must select from"
+        )
     workspace = config["fit"].get("workspace")
     if workspace:
         ws_path = Path(workspace)

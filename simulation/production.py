@@ -45,8 +45,9 @@ SIGNAL_BF = 4.97e-6
 #: The cheap filter: events outside it cannot pass the ITA basic selection (the ITA
 #: processor's cuts are as tight or tighter; a test checks it) and are not reconstructed.
 #: Besides events with a kaon candidate it keeps a prescaled stream (``__event__`` divisible
-#: by ``pion_prescale``) of events with a pion candidate (kaon ID below ``pion_kaon_id_max``):
-#: the pion-enriched sideband and the B+ -> pi+ K0 closure of the ITA machinery.
+#: by the task's ``pion_prescale``, ``simulation.pion_prescale``) of events with a pion
+#: candidate (kaon ID below ``pion_kaon_id_max``): the pion-enriched sideband and the
+#: B+ -> pi+ K0 closure of the ITA machinery.
 PREFILTER = {
     "n_tracks": (4, 10),
     "e_tot_min": 4.0,
@@ -54,7 +55,6 @@ PREFILTER = {
     "dr": 0.5,
     "dz": 3.0,
     "pion_kaon_id_max": 0.1,
-    "pion_prescale": 4,
 }
 #: Continuum pseudo-data multiplicity shape: accept with min(1, exp(-slope (n_ch - pivot))).
 CONTINUUM_SHAPE = {"slope": 0.05, "pivot": 6}
@@ -105,6 +105,8 @@ class FileTask:
         libraries: Directory of the decay libraries (samples with B mesons).
         nature: Nature's differences (data only).
         prefilter: Apply :data:`PREFILTER` before reconstructing the ITA variables.
+        pion_prescale: The prefilter keeps pion-candidate events whose ``__event__`` is a
+            multiple of this.
         tag_boost: Hadronic tags drawn this much more often, weighted back (MC only).
         embedded: Signal embedded in data events (the J/psi K+ embedding sample, dataset
             :data:`EMBEDDED`): a signal B with nature's other B and detector, as data.
@@ -119,6 +121,7 @@ class FileTask:
     libraries: str | None = None
     nature: Nature = field(default_factory=Nature)
     prefilter: bool = True
+    pion_prescale: int = 4
     tag_boost: float = 1.0
     embedded: bool = False
 
@@ -303,8 +306,12 @@ _GENERATORS = {
 }
 
 
-def prefilter_mask(seen: DetectorEvents) -> np.ndarray:
-    """Events that can pass the ITA basic selection (:data:`PREFILTER`)."""
+def prefilter_mask(seen: DetectorEvents, pion_prescale: int = 4) -> np.ndarray:
+    """Events that can pass the ITA basic selection (:data:`PREFILTER`).
+
+    They have a kaon candidate or, if ``__event__`` is a multiple of ``pion_prescale``, a pion
+    candidate.
+    """
     tr = seen.tracks
     n_tracks = np.diff(tr.offsets)
     lo, hi = PREFILTER["n_tracks"]
@@ -321,7 +328,7 @@ def prefilter_mask(seen: DetectorEvents) -> np.ndarray:
     has_kaon = count(good & (tr.kaon_id > PREFILTER["kaon_id"])) > 0
     has_pion = count(good & (tr.kaon_id < PREFILTER["pion_kaon_id_max"])) > 0
     # the event number of an entry is its index in the file (__event__)
-    prescaled = np.arange(len(n_tracks)) % PREFILTER["pion_prescale"] == 0
+    prescaled = np.arange(len(n_tracks)) % pion_prescale == 0
     return (
         (n_tracks >= lo)
         & (n_tracks <= hi)
@@ -361,7 +368,10 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     # HTA first: it uses the random stream, the ITA reconstruction does not
     tags = TagModel(boost=1.0 if task.data else task.tag_boost)
     hta_idx, tag_w, hta_event, btag = hta_variables(parts, seen, tags, rng)
-    ita_idx = np.flatnonzero(prefilter_mask(seen)) if task.prefilter else np.arange(n)
+    if task.prefilter:
+        ita_idx = np.flatnonzero(prefilter_mask(seen, task.pion_prescale))
+    else:
+        ita_idx = np.arange(n)
     ita_seen = seen.take(ita_idx)
     event, candidates = ita_variables(ita_seen)
     if not task.data:
@@ -582,6 +592,7 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
                     libraries=str(lib_dir),
                     nature=nature if data else Nature(),
                     prefilter=bool(sim.get("prefilter", True)),
+                    pion_prescale=int(sim.get("pion_prescale", 4)),
                     tag_boost=1.0 if data else float(sim.get("hta_tag_boost", 1.0)),
                 )
             )

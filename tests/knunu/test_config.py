@@ -36,6 +36,11 @@ def test_user_file_merges_over_default(tmp_path):
             "less than or equal to the minimum",
         ),
         ("scale: huge\n", "scale", "is not one of"),
+        (
+            "simulation: {pion_prescale: 3}\n",
+            "ita.pion.prescale",
+            "4 is not a multiple of simulation.pion_prescale (3)",
+        ),
         ("- a list\n", "<top level>", "expected a mapping"),
     ],
 )

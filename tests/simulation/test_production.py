@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -111,15 +112,15 @@ def test_prefilter_is_safe(libraries, tmp_path):
 
 def test_prefilter_keeps_the_prescaled_pion_stream(libraries, tmp_path):
     """Every event the pion processor can select (pion candidate, its prescale) is kept."""
-    cfg = load_config()["ita"]["pion"]
-    assert cfg["prescale"] % PREFILTER["pion_prescale"] == 0
+    config = load_config()
+    cfg, prescale = config["ita"]["pion"], config["simulation"]["pion_prescale"]
+    assert cfg["prescale"] % prescale == 0
     assert cfg["kaon_id_max"] <= PREFILTER["pion_kaon_id_max"]
     tables = {}
     for prefilter in (True, False):
         path = tmp_path / f"p{prefilter}.root"
-        produce_file(
-            FileTask("charged", 1500, 23, str(path), libraries=libraries, prefilter=prefilter)
-        )
+        task = FileTask("charged", 1500, 23, str(path), libraries=libraries, prefilter=prefilter)
+        produce_file(dataclasses.replace(task, pion_prescale=prescale))
         with uproot.open(path) as f:
             t = f["ita"].arrays(["__event__", "nTracks", "E_tot", "K_kaonID", "K_dr", "K_dz"])
         pion = (t.K_kaonID < cfg["kaon_id_max"]) & (t.K_dr < 0.5) & (abs(t.K_dz) < 3)
@@ -131,7 +132,7 @@ def test_prefilter_keeps_the_prescaled_pion_stream(libraries, tmp_path):
     assert np.sum(stream) == np.sum(stream_full) > 20
     assert kept.__event__[stream].tolist() == full.__event__[stream_full].tolist()
     # outside the stream, only events with a kaon candidate were kept
-    outside = ~(kaons | (kept.__event__ % PREFILTER["pion_prescale"] == 0))
+    outside = ~(kaons | (kept.__event__ % prescale == 0))
     assert not np.any(outside)
 
 
