@@ -46,8 +46,10 @@ class Region(NamedTuple):
     q2rec_edges: np.ndarray
 
 
-def read_region(histograms: Path, eta: Sequence[float]) -> Region:
+def read_region(histograms: Path, eta: Sequence[float], channel: str = "pion") -> Region:
     """The pion histograms of ``histograms`` in the eta(BDT2) range ``eta``.
+
+    ``channel``: ``pion`` (every event) or ``pion_lepton`` (events with an identified lepton).
 
     Raises:
         InputError: the file has no pion histograms (a run without ``ita.pion``).
@@ -55,10 +57,10 @@ def read_region(histograms: Path, eta: Sequence[float]) -> Region:
     lo, hi = eta
     with uproot.open(histograms) as f:
         keys = {k.split(";")[0] for k in f.keys(cycle=True)}
-        if "pion_data_nominal" not in keys:
-            raise InputError(f"{histograms}: no pion-candidate histograms (pion_data_nominal)")
+        if f"{channel}_data_nominal" not in keys:
+            raise InputError(f"{histograms}: no pion-candidate histograms ({channel}_data_nominal)")
 
-        first = f["pion_data_nominal"].to_hist()
+        first = f[f"{channel}_data_nominal"].to_hist()
         edges = first.axes[0].edges  # eta (ROOT keeps no axis names)
         rows = (edges[:-1] >= lo - 1e-9) & (edges[1:] <= hi + 1e-9)
         if not rows.any():
@@ -69,12 +71,12 @@ def read_region(histograms: Path, eta: Sequence[float]) -> Region:
             return h.values()[rows].ravel(), h.variances()[rows].ravel()
 
         mc = {
-            f"{s}_{t}": region(f"pion_{s}_{t}_nominal")
+            f"{s}_{t}": region(f"{channel}_{s}_{t}_nominal")
             for s in (*BBBAR, *CONTINUUM)
             for t in TRUTHS
-            if f"pion_{s}_{t}_nominal" in keys
+            if f"{channel}_{s}_{t}_nominal" in keys
         }
-        data = region("pion_data_nominal")[0]
+        data = region(f"{channel}_data_nominal")[0]
     shape = (int(rows.sum()), len(first.axes[1]))
     return Region(mc, data, shape, first.axes[1].edges)
 
@@ -163,14 +165,17 @@ class SidebandFit(NamedTuple):
     data_events: float
     bins: int
     eta: tuple[float, float]
+    channel: str  # ``pion`` (every event) or ``pion_lepton`` (lepton-enriched)
     projected_error: float  # the D -> K_L scale's (Asimov) at ``projected_luminosity_fb``
     projected_luminosity_fb: float
     postfit: PostFit
 
 
-def sideband_spec(histograms: Path, eta: Sequence[float]) -> tuple[dict, np.ndarray, Region]:
+def sideband_spec(
+    histograms: Path, eta: Sequence[float], channel: str = "pion"
+) -> tuple[dict, np.ndarray, Region]:
     """The pyhf specification of the sideband fit (POI: the D -> K_L scale)."""
-    region = read_region(histograms, eta)
+    region = read_region(histograms, eta, channel)
     mc = region.mc
     parts = {
         "bbbar_dkl": _sum(mc, [f"{s}_dkl" for s in BBBAR]),
@@ -194,7 +199,11 @@ def sideband_spec(histograms: Path, eta: Sequence[float]) -> tuple[dict, np.ndar
 
 
 def sideband_fit(
-    histograms: Path, eta: Sequence[float], luminosity_fb: float, projected_luminosity_fb: float
+    histograms: Path,
+    eta: Sequence[float],
+    luminosity_fb: float,
+    projected_luminosity_fb: float,
+    channel: str = "pion",
 ) -> SidebandFit:
     """Fit the sideband (data in ``eta``, every q2rec bin); the three normalisations.
 
@@ -203,7 +212,7 @@ def sideband_fit(
     """
     from knunu.fits.validation import asimov_sigma, scaled_spec
 
-    spec, keep, region = sideband_spec(histograms, eta)
+    spec, keep, region = sideband_spec(histograms, eta, channel)
     lh, best, unc, post = _fit(spec, keep, region)
     big = scaled_spec(spec, projected_luminosity_fb / luminosity_fb)
     scale = float(best.x[lh.poi])
@@ -225,6 +234,7 @@ def sideband_fit(
         float(np.sum(data)),
         len(data),
         (float(eta[0]), float(eta[1])),
+        channel,
         projected,
         projected_luminosity_fb,
         post,

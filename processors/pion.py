@@ -10,7 +10,8 @@ MC weights carry the nominal corrections *except* the D -> K_L rate (which the s
 measures): the K_L efficiency and hadronic energy scale, and BDTc for continuum MC. Per dataset:
 
 - ``pion``: truth (``dkl``: an MC event with a K_L from a D decay, ``other``; data fill
-  ``other``) x eta(BDT2) (``ita.pion.eta_edges``) x q2rec(pi);
+  ``other``) x leptons (``lepton``: at least one identified lepton, ``nolepton``) x eta(BDT2)
+  (``ita.pion.eta_edges``) x q2rec(pi);
 - ``cutflow`` / ``cutflow_unweighted``: the selection, the prescale, BDT1 and the first eta edge.
 """
 
@@ -32,6 +33,8 @@ from knunu.processors.variations import corrected_inputs
 
 M_PI = 0.13957
 TRUTH_CLASSES = ("dkl", "other")
+#: Events with an identified lepton (the lepton-enriched check of the sideband) or without.
+LEPTON_CLASSES = ("lepton", "nolepton")
 #: Cutflow steps (the last one is ``eta > {first eta edge}``).
 STEPS = ("all", "pion candidate", *CUTFLOW_STEPS[2:], "prescale", "BDT1")
 
@@ -72,6 +75,7 @@ class PionProcessor(ITAProcessor):
         edges = tuple(pion["eta_edges"])
         h = hist.Hist(
             hist.axis.StrCategory(list(TRUTH_CLASSES), name="truth"),
+            hist.axis.StrCategory(list(LEPTON_CLASSES), name="leptons"),
             hist.axis.Variable(edges, name="eta", label="eta(BDT2)"),
             hist.axis.Regular(*pion["q2rec_bins"], name="q2rec", label="q2rec(pi) [GeV^2]"),
             storage=hist.storage.Weight(),
@@ -79,8 +83,11 @@ class PionProcessor(ITAProcessor):
         q2 = q2rec_pion(cols["K_pstar"], cols["sqrt_s"])
         dkl = np.zeros(len(q2), dtype=bool) if is_data else cols["mcDtoKL"] > 0
         w = weight * bdtc
+        lepton = cols["nLeptons"] > 0
         for name, mask in (("dkl", p & dkl), ("other", p & ~dkl)):
-            h.fill(truth=name, eta=eta[mask], q2rec=q2[mask], weight=w[mask])
+            for leptons, with_lepton in (("lepton", lepton), ("nolepton", ~lepton)):
+                m = mask & with_lepton
+                h.fill(truth=name, leptons=leptons, eta=eta[m], q2rec=q2[m], weight=w[m])
         steps = {
             ("pion candidate" if k == "kaon candidate" else k): v for k, v in sel.steps.items()
         }

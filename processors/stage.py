@@ -235,7 +235,8 @@ def write_histogram_file(
     histograms); ``ita_q2gen_signal_nominal`` and ``hta_q2gen_signal_nominal`` hold the signal
     MC's q2gen in the signal regions with MC weights, *not* scaled (efficiency numerators).
     The pion-candidate sample goes to ``pion_{sample}_{dkl|other}_nominal`` (MC, scaled to the
-    on-resonance data) and ``pion_data_nominal``.
+    on-resonance data) and ``pion_data_nominal``; its events with an identified lepton also to
+    ``pion_lepton_*`` (the lepton-enriched sideband).
     """
     path = Path(path)
     hta_hists: dict[str, Any] = {}
@@ -270,13 +271,14 @@ def write_histogram_file(
                 f["hta_q2gen_signal_nominal"] = hta_output[ds]["q2gen"]
         for ds in sorted(pion_output or {}):
             sample, is_data = dataset_kind(ds)
-            h = pion_output[ds]["pion"]
-            if is_data:
-                f["pion_data_nominal"] = h[{"truth": sum}]
-                continue
-            scale = lumi_scale(catalogue, ds, "data_on")
-            for truth in TRUTH_CLASSES:
-                f[f"pion_{sample}_{truth}_nominal"] = h[{"truth": truth}] * scale
+            scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
+            for channel, leptons in (("pion", sum), ("pion_lepton", "lepton")):
+                h = pion_output[ds]["pion"][{"leptons": leptons}] * scale
+                if is_data:
+                    f[f"{channel}_data_nominal"] = h[{"truth": sum}]
+                    continue
+                for truth in TRUTH_CLASSES:
+                    f[f"{channel}_{sample}_{truth}_nominal"] = h[{"truth": truth}]
         for key, h in sorted(hta_hists.items()):
             kind, name = key.split("/")
             if kind == "hta_control":

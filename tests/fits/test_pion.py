@@ -103,5 +103,7 @@ def test_missing_pion_histograms_are_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no pion-candidate histograms"):
         read_region(path, SIDEBAND)
     _write(path, _truth(1.0, 1.0, 1.0), _templates())
+    with pytest.raises(InputError, match=r"\(pion_lepton_data_nominal\)"):
+        read_region(path, SIDEBAND, "pion_lepton")
     with pytest.raises(InputError, match="no eta"):
         read_region(path, (0.3, 0.4))

@@ -82,6 +82,7 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     # fitted bins: those with an expectation (data in others are counted in the plot only)
     assert 0 < side["data_events"] <= sum(side["postfit"]["data"])
     assert "pion_closure" in summary  # a result or, with no pi+ K0 expected here, its reason
+    assert "pion_sideband_lepton" in summary
     # the embedding: signal in data events, selected / written, against the signal MC
     emb = summary["embedding"]
     catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]

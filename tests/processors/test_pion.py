@@ -55,5 +55,13 @@ def test_pion_histograms_in_the_file(production, cfg, trained, tmp_path):
     assert "pion_data_nominal" in keys
     for sample in ("charged", "mixed", "ccbar", "pi_k0"):
         assert {f"pion_{sample}_dkl_nominal", f"pion_{sample}_other_nominal"} <= keys
+        assert {f"pion_lepton_{sample}_dkl_nominal", f"pion_lepton_{sample}_other_nominal"} <= keys
+    # the lepton-enriched events are a part of all events, bin by bin; B Bbar has leptons
+    with uproot.open(path) as f:
+        for key in ("data_nominal", "charged_dkl_nominal", "ccbar_other_nominal"):
+            every, lep = f[f"pion_{key}"].values(), f[f"pion_lepton_{key}"].values()
+            assert np.all(lep <= every + 1e-12)
+        charged = f["pion_lepton_charged_dkl_nominal"].values().sum()
+        assert 0 < charged < f["pion_charged_dkl_nominal"].values().sum()
     doc = json.loads(path.with_suffix(".json").read_text())
     assert set(doc["pion"]["cutflows"]) == {d for d in PION_DATASETS if d in production.datasets}
