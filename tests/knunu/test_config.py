@@ -97,3 +97,10 @@ def test_cli_stage_without_its_inputs_is_one_line(tmp_path, run_cli):
             f"knunu: error: {catalogue}: catalogue not found (run `knunu simulate` first)"
         )
         assert proc.stdout == ""
+
+
+def test_the_belle2_config_is_valid():
+    config = load_config(packaged_config_path().parent / "belle2.yaml")
+    assert config["scale"] == "belle2"
+    assert config["simulation"]["pion_prescale"] == config["ita"]["pion"]["prescale"] == 1
+    assert config["ita"]["bdtc_bdt1_min"] == 0.9
