@@ -152,6 +152,16 @@ def _fit(
     return lh, best, unc, post
 
 
+def _require_error(error: float, what: str) -> None:
+    """Refuse a POI without a positive, finite Hesse error.
+
+    No curvature, or a Hessian that is not positive definite (too few events): the result
+    cannot be quoted.
+    """
+    if not np.isfinite(error) or error <= 0:
+        raise FitError(f"{what} has no valid Hesse error for its parameter (too few events)")
+
+
 class SidebandFit(NamedTuple):
     """The 3-component fit of the pion-enriched sideband."""
 
@@ -208,12 +218,13 @@ def sideband_fit(
     """Fit the sideband (data in ``eta``, every q2rec bin); the three normalisations.
 
     Raises:
-        FitError: the fit did not converge.
+        FitError: the fit did not converge, or has no valid error on the D -> K_L scale.
     """
     from knunu.fits.validation import asimov_sigma, scaled_spec
 
     spec, keep, region = sideband_spec(histograms, eta, channel)
     lh, best, unc, post = _fit(spec, keep, region)
+    _require_error(unc.error[lh.poi], f"{histograms}: the {channel} sideband fit")
     big = scaled_spec(spec, projected_luminosity_fb / luminosity_fb)
     scale = float(best.x[lh.poi])
     projected = asimov_sigma(Likelihood.from_workspace(pyhf.Workspace(big)), scale)
@@ -298,15 +309,14 @@ def closure(
     """Fit the B+ -> pi+ K0 branching fraction in the pion signal region.
 
     Raises:
-        FitError: the fit did not converge, or no curvature in the branching fraction.
+        FitError: the fit did not converge, or has no valid error on the branching fraction.
     """
     from knunu.fits.validation import asimov_sigma, scaled_spec
 
     spec, keep, region = closure_spec(histograms, eta, d_to_kl_scale)
     lh, best, unc, post = _fit(spec, keep, region)
     mu, err = float(best.x[lh.poi]), float(unc.error[lh.poi])
-    if not np.isfinite(err):
-        raise FitError(f"{histograms}: the pi+ K0 closure fit has no curvature in mu_pik0")
+    _require_error(err, f"{histograms}: the pi+ K0 closure fit")
     expected = asimov_sigma(lh, 1.0)
     big = scaled_spec(spec, projected_luminosity_fb / luminosity_fb)
     projected = asimov_sigma(Likelihood.from_workspace(pyhf.Workspace(big)), 1.0)

@@ -76,13 +76,21 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     assert len(summary["splits"]) == 3  # kaon charge, event parity, lepton multiplicity
     # the pion-candidate sample: its cutflow in the report, the sideband's three normalisations
     assert "**ITA with a pion candidate**" in report
-    side = summary["pion_sideband"]
-    assert 0 <= side["d_to_kl_scale"] <= 5
-    assert side["d_to_kl_error"] > 0
-    # fitted bins: those with an expectation (data in others are counted in the plot only)
-    assert 0 < side["data_events"] <= sum(side["postfit"]["data"])
-    assert "pion_closure" in summary  # a result or, with no pi+ K0 expected here, its reason
-    assert "pion_sideband_lepton" in summary
+    # at the tiny scale (tens of events) a fit may have no valid error: then it is reported
+    # as FAILED with its reason, never with an error of 0
+    lines = json.loads((run_dir / "validation" / "lines.json").read_text())
+    for name in ("pion_sideband", "pion_sideband_lepton", "pion_closure"):
+        result = summary[name]
+        if "error" in result:
+            assert "no valid Hesse error" in result["error"]
+            assert any(line.startswith(f"{name}: FAILED") for line in lines)
+            continue
+        poi = "d_to_kl" if name != "pion_closure" else "bf"
+        assert result[f"{poi}_error"] > 0
+        if name != "pion_closure":
+            assert 0 <= result["d_to_kl_scale"] <= 5
+            # fitted bins: those with an expectation (data elsewhere only in the plot)
+            assert 0 < result["data_events"] <= sum(result["postfit"]["data"])
     # the embedding: signal in data events, selected / written, against the signal MC
     emb = summary["embedding"]
     catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]
