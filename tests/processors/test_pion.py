@@ -39,7 +39,7 @@ def test_pion_sample_accounts_for_every_event_and_ignores_chunking(production, c
         )
     # physics: B+ -> pi+ K0 is two-body, q2rec(pi) sits at m(K0)^2 = 0.25 GeV^2 (B motion and
     # resolution smear it over the first bins); B Bbar MC has events with and without a D -> K_L
-    pik0 = out["pi_k0"]["pion"][{"truth": sum, "eta": sum}]
+    pik0 = out["pi_k0"]["pion"][{"truth": sum, "leptons": sum, "eta": sum}]
     peak = pik0.axes[0].centers[np.argmax(pik0.values())]
     assert peak < 2.0
     charged = out["charged"]["pion"]
