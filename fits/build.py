@@ -148,7 +148,7 @@ def build_spec(
             samples.append({"name": sample, "data": nominal.tolist(), "modifiers": modifiers})
         data_values, _ = hfile.get(layout.histogram, "data", "nominal")
         observed = np.asarray(_cut(data_values, layout))
-        kept = _drop_empty(cname, samples, observed, hfile.path)
+        kept = drop_empty_bins(cname, samples, observed, hfile.path)
         if kept is None:
             continue
         channels.append({"name": cname, "samples": kept[0]})
@@ -158,16 +158,17 @@ def build_spec(
     return _workspace_spec(channels, observations, f"{analysis} spec from {hfile.path}")
 
 
-def _drop_empty(
+def drop_empty_bins(
     cname: str, samples: list[dict[str, Any]], observed: np.ndarray, path: Path
-) -> tuple[list[dict[str, Any]], list[float]] | None:
+) -> tuple[list[dict[str, Any]], list[float], np.ndarray] | None:
     """Drop bins no sample populates, then samples empty in every kept bin (each logged).
 
     Such bins carry no information when nothing is observed there (small-scale runs); an
     observed event in a bin without any expectation is an error, never dropped.
 
     Returns:
-        (samples, observed data) cut to the kept bins; None when the channel is empty.
+        (samples, observed data) cut to the kept bins, and the kept bins' indices; None when
+        the channel is empty.
 
     Raises:
         WorkspaceError: events observed in a bin that no sample populates.
@@ -194,7 +195,7 @@ def _drop_empty(
             continue
         mods = [_cut_modifier(m, idx) for m in sample["modifiers"]]
         out.append({**sample, "data": data.tolist(), "modifiers": mods})
-    return out, observed[idx].tolist()
+    return out, observed[idx].tolist(), idx
 
 
 def _cut_modifier(modifier: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:

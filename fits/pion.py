@@ -22,6 +22,7 @@ import pyhf
 import uproot
 
 from knunu.errors import FitError, InputError
+from knunu.fits.build import drop_empty_bins
 from knunu.fits.infer import Likelihood
 
 #: The on-resonance MC of the pion sample by component (``pion_{sample}_{truth}_nominal``).
@@ -105,22 +106,26 @@ def _sample(
 
 
 def _spec(
-    channel: str, samples: list[dict[str, Any]], data: np.ndarray, poi: str
+    path: Path, channel: str, samples: list[dict[str, Any]], data: np.ndarray, poi: str
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """The spec of one channel, and which bins it keeps (those with an expectation)."""
-    keep = np.sum([s["data"] for s in samples], axis=0) > 0
-    for s in samples:
-        s["data"] = np.asarray(s["data"])[keep].tolist()
-        for m in s["modifiers"]:
-            if m["type"] == "staterror":
-                m["data"] = np.asarray(m["data"])[keep].tolist()
+    """The spec of one channel on the bins with an expectation, and those bins' indices.
+
+    Raises:
+        WorkspaceError: data in a bin no sample populates.
+        FitError: the sample that carries ``poi`` is empty in the region.
+    """
+    kept = drop_empty_bins(channel, samples, data, path)
+    with_poi = kept is not None and any(m["name"] == poi for s in kept[0] for m in s["modifiers"])
+    if not with_poi:
+        raise FitError(f"{path}: {channel}: the sample that {poi} scales is empty in the region")
+    samples, observed, bins = kept
     spec = {
         "channels": [{"name": channel, "samples": samples}],
-        "observations": [{"name": channel, "data": data[keep].tolist()}],
+        "observations": [{"name": channel, "data": observed}],
         "measurements": [{"name": channel, "config": {"poi": poi, "parameters": []}}],
         "version": "1.0.0",
     }
-    return spec, keep
+    return spec, bins
 
 
 class PostFit(NamedTuple):
@@ -132,7 +137,7 @@ class PostFit(NamedTuple):
 
 
 def _fit(
-    spec: dict[str, Any], keep: np.ndarray, region: Region
+    spec: dict[str, Any], bins: np.ndarray, region: Region
 ) -> tuple[Likelihood, Any, Any, PostFit]:
     lh = Likelihood.from_workspace(pyhf.Workspace(spec))
     best = lh.fit()
@@ -141,8 +146,8 @@ def _fit(
     names = lh.model.config.samples
     components = {}
     for name, row in zip(names, by_sample, strict=True):
-        full = np.zeros(keep.size)
-        full[keep] = row
+        full = np.zeros(region.data.size)
+        full[bins] = row
         components[name] = full.reshape(region.shape).sum(axis=0).tolist()
     post = PostFit(
         region.q2rec_edges.tolist(),
@@ -201,11 +206,11 @@ def sideband_spec(
         "continuum": {"name": "continuum", "type": "normfactor", "data": None},
     }  # fmt: skip
     samples = [_sample(name, v, e, [norm[name]]) for name, (v, e) in parts.items()]
-    spec, keep = _spec("pion_sideband", samples, region.data, "d_to_kl_scale")
+    spec, bins = _spec(histograms, "pion_sideband", samples, region.data, "d_to_kl_scale")
     spec["measurements"][0]["config"]["parameters"] = [
         {"name": p, "bounds": [[0.0, 5.0]], "inits": [1.0]} for p in ("d_to_kl_scale", "continuum")
     ]
-    return spec, keep, region
+    return spec, bins, region
 
 
 def sideband_fit(
@@ -218,12 +223,13 @@ def sideband_fit(
     """Fit the sideband (data in ``eta``, every q2rec bin); the three normalisations.
 
     Raises:
+        WorkspaceError: data in a bin where no template expects any.
         FitError: the fit did not converge, or has no valid error on the D -> K_L scale.
     """
     from knunu.fits.validation import asimov_sigma, scaled_spec
 
-    spec, keep, region = sideband_spec(histograms, eta, channel)
-    lh, best, unc, post = _fit(spec, keep, region)
+    spec, bins, region = sideband_spec(histograms, eta, channel)
+    lh, best, unc, post = _fit(spec, bins, region)
     _require_error(unc.error[lh.poi], f"{histograms}: the {channel} sideband fit")
     big = scaled_spec(spec, projected_luminosity_fb / luminosity_fb)
     scale = float(best.x[lh.poi])
@@ -287,11 +293,11 @@ def closure_spec(
         _sample("bbbar", *bbbar, [norm("bbbar")]),
         _sample("continuum", *cont, [norm("continuum")]),
     ]
-    spec, keep = _spec("pion_closure", samples, region.data, "mu_pik0")
+    spec, bins = _spec(histograms, "pion_closure", samples, region.data, "mu_pik0")
     spec["measurements"][0]["config"]["parameters"] = [
         {"name": "mu_pik0", "bounds": [list(CLOSURE_BOUNDS)], "inits": [1.0]}
     ]
-    return spec, keep, region
+    return spec, bins, region
 
 
 #: Range of the closure's mu_pik0 (BF over the generated one).
@@ -309,12 +315,14 @@ def closure(
     """Fit the B+ -> pi+ K0 branching fraction in the pion signal region.
 
     Raises:
-        FitError: the fit did not converge, or has no valid error on the branching fraction.
+        WorkspaceError: data in a bin where no template expects any.
+        FitError: no pi+ K0 template in the region, the fit did not converge, or it has no
+            valid error on the branching fraction.
     """
     from knunu.fits.validation import asimov_sigma, scaled_spec
 
-    spec, keep, region = closure_spec(histograms, eta, d_to_kl_scale)
-    lh, best, unc, post = _fit(spec, keep, region)
+    spec, bins, region = closure_spec(histograms, eta, d_to_kl_scale)
+    lh, best, unc, post = _fit(spec, bins, region)
     mu, err = float(best.x[lh.poi]), float(unc.error[lh.poi])
     _require_error(err, f"{histograms}: the pi+ K0 closure fit")
     expected = asimov_sigma(lh, 1.0)

@@ -229,12 +229,8 @@ def _settings(species: int, stratum: Stratum | None, strata: Mapping[str, Stratu
         return (*lines, *stratum.forced)
     lines = []
     for other in strata.values():
-        if parent not in other.parents:
-            continue
-        if not other.mixture:  # a control mode: out of generic decays only if nature makes it
-            if other.in_data:
-                for products in [p for p, _ in stratum_channels(other, parent)]:
-                    lines.append(f"{parent}:offIfMatch = {' '.join(map(str, products))}")
+        # a control mode leaves the generic decays only if nature makes it
+        if parent not in other.parents or not (other.mixture or other.in_data):
             continue
         lines.extend(other.generic)
         if other.keep_in_generic:

@@ -306,7 +306,7 @@ _GENERATORS = {
 }
 
 
-def prefilter_mask(seen: DetectorEvents, pion_prescale: int = 4) -> np.ndarray:
+def prefilter_mask(seen: DetectorEvents, pion_prescale: int = FileTask.pion_prescale) -> np.ndarray:
     """Events that can pass the ITA basic selection (:data:`PREFILTER`).
 
     They have a kaon candidate or, if ``__event__`` is a multiple of ``pion_prescale``, a pion
@@ -592,7 +592,7 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
                     libraries=str(lib_dir),
                     nature=nature if data else Nature(),
                     prefilter=bool(sim.get("prefilter", True)),
-                    pion_prescale=int(sim.get("pion_prescale", 4)),
+                    pion_prescale=int(sim.get("pion_prescale", FileTask.pion_prescale)),
                     tag_boost=1.0 if data else float(sim.get("hta_tag_boost", 1.0)),
                 )
             )

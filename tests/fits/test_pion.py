@@ -64,9 +64,10 @@ def test_sideband_fit_finds_the_injected_d_to_kl_scale(tmp_path):
     path = tmp_path / "h.root"
     _write(path, _truth(1.3, 1.4, 1.0), _templates())  # Asimov data
     fit = sideband_fit(path, SIDEBAND, 0.1, 362.0)
-    assert fit.d_to_kl_scale == pytest.approx(1.3, abs=2e-3)
-    assert fit.continuum == pytest.approx(1.4, abs=2e-3)
-    assert fit.bbbar_other == pytest.approx(1.0, abs=0.02)  # the pi+ K0 events sit in it
+    # Asimov data: the fit returns the injected normalisations to the minimiser's precision
+    assert fit.d_to_kl_scale == pytest.approx(1.3, abs=1e-6)
+    assert fit.continuum == pytest.approx(1.4, abs=1e-6)
+    assert fit.bbbar_other == pytest.approx(1.0, abs=1e-6)  # the pi+ K0 events sit in it
     assert 0 < fit.d_to_kl_error < 0.2
     assert fit.projected_error < fit.d_to_kl_error
     assert fit.bins == 3 * Q2[0]
@@ -80,14 +81,14 @@ def test_sideband_fit_finds_the_injected_d_to_kl_scale(tmp_path):
     fit = sideband_fit(path, SIDEBAND, 0.1, 362.0)
     assert abs(fit.d_to_kl_scale - 1.3) < 3 * fit.d_to_kl_error
     _write(path, _truth(1.0, 1.0, 1.0), _templates())
-    assert sideband_fit(path, SIDEBAND, 0.1, 362.0).d_to_kl_scale == pytest.approx(1.0, abs=2e-3)
+    assert sideband_fit(path, SIDEBAND, 0.1, 362.0).d_to_kl_scale == pytest.approx(1.0, abs=1e-6)
 
 
 def test_closure_returns_the_injected_branching_fraction(tmp_path):
     path = tmp_path / "h.root"
     _write(path, _truth(1.3, 1.0, 2.0), _templates())  # twice the generated BF, Asimov
     fit = closure(path, SIGNAL_REGION, 1.3, BF, 0.1, 0.4)
-    assert fit.bf == pytest.approx(2 * BF, rel=1e-2)
+    assert fit.bf == pytest.approx(2 * BF, rel=1e-6)
     assert fit.bf_generated == BF
     assert 0 < fit.expected_error < BF
     # four times the luminosity: about half the error (the background norms are constrained)

@@ -76,21 +76,22 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     assert len(summary["splits"]) == 3  # kaon charge, event parity, lepton multiplicity
     # the pion-candidate sample: its cutflow in the report, the sideband's three normalisations
     assert "**ITA with a pion candidate**" in report
-    # at the tiny scale (tens of events) a fit may have no valid error: then it is reported
-    # as FAILED with its reason, never with an error of 0
+    # at the tiny scale (tens of events) a fit may not be possible: then it is reported as
+    # FAILED with one of its reasons, never quoted with an error of 0
     lines = json.loads((run_dir / "validation" / "lines.json").read_text())
+    reasons = ("no valid Hesse error", "where no sample expects any", "is empty in the region")
     for name in ("pion_sideband", "pion_sideband_lepton", "pion_closure"):
         result = summary[name]
         if "error" in result:
-            assert "no valid Hesse error" in result["error"]
+            assert any(r in result["error"] for r in reasons), result["error"]
             assert any(line.startswith(f"{name}: FAILED") for line in lines)
             continue
         poi = "d_to_kl" if name != "pion_closure" else "bf"
         assert result[f"{poi}_error"] > 0
         if name != "pion_closure":
             assert 0 <= result["d_to_kl_scale"] <= 5
-            # fitted bins: those with an expectation (data elsewhere only in the plot)
-            assert 0 < result["data_events"] <= sum(result["postfit"]["data"])
+            # fitted bins: those with an expectation, which hold every data event
+            assert 0 < result["data_events"] == sum(result["postfit"]["data"])
     # the embedding: signal in data events, selected / written, against the signal MC
     emb = summary["embedding"]
     catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import uproot
 
+from knunu.cluster import get_client
 from knunu.processors import run as runner
 from knunu.processors.pion import PionProcessor
 from knunu.processors.stage import PION_DATASETS, make_histograms
@@ -15,13 +16,15 @@ from knunu.processors.stage import PION_DATASETS, make_histograms
 pytestmark = pytest.mark.slow
 
 
-def _run(production, cfg, models, chunksize):
+def _run(production, cfg, models, chunksize, client=None):
     datasets = [d for d in PION_DATASETS if d in production.datasets]
     proc = PionProcessor(str(models), cfg["ita"])
-    return runner.run(production, datasets, proc, "ita", None, chunksize)
+    return runner.run(production, datasets, proc, "ita", client, chunksize)
 
 
-def test_pion_sample_accounts_for_every_event_and_ignores_chunking(production, cfg, trained):
+def test_pion_sample_accounts_for_every_event_and_ignores_chunking_and_workers(
+    production, cfg, trained
+):
     models = trained[0] / "models"
     out, report = _run(production, cfg, models, 5000)
     for ds, n in report.events_processed.items():
@@ -30,13 +33,20 @@ def test_pion_sample_accounts_for_every_event_and_ignores_chunking(production, c
         flow = dict(zip(raw.axes[0], raw.values(), strict=True))
         assert list(flow)[:2] == ["all", "pion candidate"]
         assert flow["all"] == n >= flow["theta_miss"] >= flow["prescale"] >= flow["BDT1"]
-    other, _ = _run(production, cfg, models, 97)
-    for ds in out:
-        a, b = out[ds]["pion"].view(flow=True), other[ds]["pion"].view(flow=True)
-        np.testing.assert_allclose(a["value"], b["value"], rtol=1e-12, atol=1e-300)
-        np.testing.assert_array_equal(
-            out[ds]["cutflow_unweighted"].values(), other[ds]["cutflow_unweighted"].values()
-        )
+    with get_client("local", n_workers=2) as client:
+        others = [
+            _run(production, cfg, models, 97)[0],
+            _run(production, cfg, models, 150, client)[0],
+        ]
+    for other in others:
+        assert other.keys() == out.keys()
+        for ds in out:
+            a, b = out[ds]["pion"].view(flow=True), other[ds]["pion"].view(flow=True)
+            for field in ("value", "variance"):  # sums in another order: equal to rounding
+                np.testing.assert_allclose(a[field], b[field], rtol=1e-12, atol=1e-300)
+            np.testing.assert_array_equal(
+                out[ds]["cutflow_unweighted"].values(), other[ds]["cutflow_unweighted"].values()
+            )
     # physics: B+ -> pi+ K0 is two-body, q2rec(pi) sits at m(K0)^2 = 0.25 GeV^2 (B motion and
     # resolution smear it over the first bins); B Bbar MC has events with and without a D -> K_L
     pik0 = out["pi_k0"]["pion"][{"truth": sum, "leptons": sum, "eta": sum}]
