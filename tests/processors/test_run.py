@@ -4,9 +4,9 @@ interrupted runs. Every check compares histograms bit for bit with an undisturbe
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
-import threading
 from pathlib import Path
 
 import awkward as ak
@@ -81,23 +81,35 @@ def test_worker_count_and_completion_order_do_not_matter(production, proc, refer
 
 
 def test_a_transient_read_error_is_retried(production, proc, reference, tmp_path):
-    # the second file disappears after the first chunk and comes back 0.6 s later (a file
-    # server restart); its chunks are retried and the run ends as if nothing happened
+    # the second file disappears after the first chunk and comes back once the runner has
+    # failed to read it (a file server restart: back before the first retry, 0.2 s later); its
+    # chunks are retried and the run ends as if nothing happened. Returning on the runner's
+    # retry warning, not after a fixed time, makes the failure certain on a slow machine too.
     victim = Path(production.datasets["charged"]["files"][0]["path"])
     hidden = tmp_path / "hidden.root"
-    timers = []
+    returned = []
 
     def blip(progress: runner.Progress) -> None:
         if progress.chunks_done == 1:
             os.rename(victim, hidden)
-            timers.append(threading.Timer(0.6, os.rename, (hidden, victim)))
-            timers[0].start()
 
+    class BackOnRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage() and hidden.exists():
+                os.rename(hidden, victim)
+                returned.append(record.getMessage())
+
+    handler = BackOnRetry(level=logging.WARNING)
+    logging.getLogger(runner.__name__).addHandler(handler)
     options = runner.RunOptions(retries=4, retry_wait=0.2, progress=blip)
     try:
         out, report = runner.run(production, DATASETS, proc, "ita", None, 1000, options)
     finally:
-        timers[0].join()
+        logging.getLogger(runner.__name__).removeHandler(handler)
+        if hidden.exists():
+            os.rename(hidden, victim)
+    assert len(returned) == 1
+    assert str(victim) in returned[0]
     assert report.retries >= 1
     assert report.lost == []
     assert_identical(out, reference[0])
