@@ -6,11 +6,16 @@ per core-hour; and the peer comparison for B Bbar: direct Pythia Upsilon(4S) gen
 against pairing entries of the decay libraries, as effective (weighted) events per CPU-second
 in the signal-like region of tests/simulation/test_composition.py. Writes
 benchmarks/results/simulation.json. Run with `make bench`.
+
+`python benchmarks/bench_simulation.py copyout` runs only the copy-out comparison on ccbar
+(same seed, interleaved, best of 3): the per-particle loop after each `next()`, the bulk
+`nextBatch` path of `Generator.generate`, and bare `next()` without copy-out (the floor).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +39,9 @@ from knunu.simulation.production import (
     sample_cross_section_nb,
 )
 from knunu.simulation.reconstruction import ita_variables
+
+COPYOUT_EVENTS = 3000
+COPYOUT_REPEATS = 3
 
 EVENTS = {"uubar": 20000, "ccbar": 20000, "taupair": 10000, "charged": 50000, "signal": 20000}
 
@@ -74,8 +82,65 @@ def in_region(seen) -> tuple[np.ndarray, np.ndarray]:
     return keep, np.asarray(ok)
 
 
+def copyout_comparison(
+    n: int = COPYOUT_EVENTS, repeats: int = COPYOUT_REPEATS, seed: int = 7
+) -> dict[str, dict[str, float]]:
+    """ccbar generation with copy-out: per-particle loop vs nextBatch vs bare next().
+
+    Each variant runs on a fresh generator with the same seed (the same events), the variants
+    interleaved within each repeat; the best of ``repeats`` counts.
+    """
+
+    def loop(gen: Generator) -> None:
+        gen._generate_loop(n, np.full(n, 10.58))
+
+    def bulk(gen: Generator) -> None:
+        gen.generate(n)
+
+    def bare(gen: Generator) -> None:
+        pythia = gen.pythia
+        for _ in range(n):
+            while not pythia.next():
+                pass
+
+    variants = {"loop": loop, "bulk": bulk, "bare_next": bare}
+    Generator("ccbar", seed=seed).generate(200)  # warm-up (imports, awkward kernels)
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(repeats):
+        for name, run in variants.items():
+            gen = Generator("ccbar", seed=seed)  # Pythia's init is not timed
+            start = time.perf_counter()
+            run(gen)
+            best[name] = min(best[name], time.perf_counter() - start)
+    out = {
+        name: {"events": n, "us_per_event": 1e6 * s / n, "events_per_s": n / s}
+        for name, s in best.items()
+    }
+    out["ratios"] = {
+        "loop_over_bulk": best["loop"] / best["bulk"],
+        "bulk_over_bare_next": best["bulk"] / best["bare_next"],
+        "loop_over_bare_next": best["loop"] / best["bare_next"],
+    }
+    return out
+
+
+def print_copyout(res: dict[str, dict[str, float]]) -> None:
+    """Print the copy-out comparison as a table."""
+    print(f"ccbar copy-out, {res['loop']['events']} events, best of {COPYOUT_REPEATS}:")
+    for name in ("loop", "bulk", "bare_next"):
+        r = res[name]
+        print(f"  {name:10s} {r['us_per_event']:8.1f} us/event {r['events_per_s']:10.0f} events/s")
+    for name, ratio in res["ratios"].items():
+        print(f"  {name:20s} {ratio:6.2f}")
+
+
 def main() -> int:
+    if sys.argv[1:] == ["copyout"]:
+        print_copyout(copyout_comparison())
+        return 0
     results: dict[str, object] = {"cores": 1}
+    results["generator_copyout_ccbar"] = copyout_comparison()
+    print_copyout(results["generator_copyout_ccbar"])
     with tempfile.TemporaryDirectory() as tmp:
         lib_dir = Path(tmp) / "lib"
         start = time.perf_counter()

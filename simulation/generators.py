@@ -1,7 +1,8 @@
 """Pythia 8 event generation: continuum q qbar, tau pairs and Upsilon(4S) -> B Bbar.
 
 Events are generated in the CM frame and copied out of Pythia into a columnar
-:class:`Particles` table (one tight loop; everything after it is vectorised numpy). Particles
+:class:`Particles` table: in bulk (``Pythia.nextBatch`` and numpy) for beam-generated
+processes, in one tight loop per event for a hand-placed resonance. Particles
 with a proper lifetime above 100 mm/c (pi+-, K+-, K_L, mu, n) are left undecayed for the
 detector simulation; K_S and Lambda decay.
 """
@@ -12,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import awkward as ak
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,8 @@ UPSILON_4S = 300553
 M_UPSILON_4S = 10.5794
 #: Fraction of charged B pairs in Upsilon(4S) decays.
 F_CHARGED = 0.516
+#: Events per ``nextBatch`` call in bulk generation (bounds the awkward record in memory).
+BATCH_EVENTS = 2000
 
 COMMON_SETTINGS = (
     "Next:numberCount = 0",
@@ -197,12 +201,27 @@ class Generator:
     def generate(self, n: int, sqrt_s: np.ndarray | None = None) -> Particles:
         """Generate ``n`` events and copy their final-state particles out.
 
+        Processes without a hand-placed resonance are generated in bulk (``nextBatch``) and
+        extracted with numpy; the result is bit-identical to copying particles out after each
+        ``next()`` with the same seed (same events, same order, failed events retried).
+
         Args:
             n: Number of events.
             sqrt_s: Per-event CM energy of a hand-placed resonance (Upsilon(4S) -> B Bbar);
                 default 10.58 GeV. Continuum processes run at the fixed ``Beams:eCM``.
+
+        Raises:
+            ValueError: If ``n`` is negative.
         """
+        if n < 0:
+            raise ValueError(f"negative number of events {n}")
+        if self.process.hand_placed is None:
+            return self._generate_bulk(n)
         energies = np.full(n, 10.58) if sqrt_s is None else np.asarray(sqrt_s, dtype=float)
+        return self._generate_loop(n, energies)
+
+    def _generate_loop(self, n: int, energies: np.ndarray) -> Particles:
+        """Generate event by event, copying the final-state particles out in Python."""
         pdg: list[int] = []
         mom: list[tuple[float, float, float, float]] = []
         counts = np.zeros(n, dtype=np.int64)
@@ -223,6 +242,66 @@ class Generator:
             p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
             charge=charges_of(self.pythia.particleData, codes),
         )
+
+    def _generate_bulk(self, n: int) -> Particles:
+        """Generate with ``Pythia.nextBatch`` in batches of at most :data:`BATCH_EVENTS`.
+
+        Failed events come back as ``None`` (error mode ``"none"``), are dropped and made up
+        by the next call: Pythia's ``next()`` runs exactly as often, and in the same order, as
+        in the event-by-event loop, so the events (and the generator state afterwards) are
+        the same.
+        """
+        counts: list[np.ndarray] = []
+        pdg: list[np.ndarray] = []
+        p4: list[np.ndarray] = []
+        remaining = n
+        failed = 0
+        while remaining > 0:
+            want = min(remaining, BATCH_EVENTS)
+            batch = ak.drop_none(self.pythia.nextBatch(want, "none"), axis=0)
+            n_ok = len(batch)
+            failed += want - n_ok
+            if n_ok:
+                c, codes, mom = _final_state(batch["prt"])
+                counts.append(c)
+                pdg.append(codes)
+                p4.append(mom)
+            remaining -= n_ok
+        if failed:
+            log.debug("%d Pythia events failed; retried", failed)
+        all_counts = np.concatenate([np.zeros(0, dtype=np.int64), *counts])
+        codes = np.concatenate([np.zeros(0, dtype=np.int32), *pdg])
+        return Particles(
+            offsets=np.concatenate([[0], np.cumsum(all_counts)]),
+            pdg=codes,
+            p4=np.concatenate([np.zeros((0, 4)), *p4]),
+            charge=charges_of(self.pythia.particleData, codes),
+        )
+
+
+def _final_state(prt: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Final-state particles (``status > 0``, Pythia's ``isFinal()``) of a ``nextBatch`` array.
+
+    Args:
+        prt: The ``prt`` field of a ``nextBatch`` result (events without ``None``).
+
+    Returns:
+        (particles per event (int64), PDG codes (int32), (E, px, py, pz) rows (float64)), in
+        Pythia's event-record order.
+    """
+    per_event = np.asarray(ak.num(prt, axis=1), dtype=np.int64)
+    flat = ak.flatten(prt, axis=1)
+    final = np.asarray(flat["status"]) > 0
+    # final particles per event: differences of the running count at the event boundaries
+    running = np.concatenate([[0], np.cumsum(final, dtype=np.int64)])
+    bounds = np.concatenate([[0], np.cumsum(per_event)])
+    counts = running[bounds[1:]] - running[bounds[:-1]]
+    codes = np.asarray(flat["id"], dtype=np.int32)[final]
+    p = flat["p"]
+    mom = np.empty((len(codes), 4), dtype=np.float64)
+    for k, field in enumerate(("e", "px", "py", "pz")):
+        mom[:, k] = np.asarray(p[field], dtype=np.float64)[final]
+    return counts, codes, mom
 
 
 def merge(a: Particles, b: Particles) -> Particles:
