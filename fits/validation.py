@@ -4,9 +4,10 @@ Every check reads the run's own products (workspaces, histograms, training summa
 writes ``<run>/validation/<check>.json`` and a PNG; :func:`run_validation` runs them all and
 writes ``validation/summary.json``. The checks:
 
-- ``projection``: the expected sigma(mu) (Asimov at mu_true, nuisances nominal) of ITA, HTA
-  and the combination at the run's luminosity, and with every template scaled to the
-  measurement's luminosity (MC statistical uncertainties shrinking as the larger MC would);
+- ``projection``: the expected sigma(mu) (Asimov at ``measurement.expected_mu``, nuisances
+  nominal) of ITA, HTA and the combination at the run's luminosity, and with every template
+  scaled to the measurement's luminosity (MC statistical uncertainties shrinking as the larger
+  MC would);
 - ``injection``: pseudo-experiments drawn from that projected combined model at several
   mu_true, fitted: the mean fitted mu against mu_true must be a line of slope 1;
 - ``splits``: the data and templates split in statistically independent halves (kaon charge,
@@ -423,7 +424,8 @@ def run_validation(config: dict[str, Any], run_dir: Path) -> list[str]:
         )
     histograms = run_dir / "histograms.root"
     if histograms.exists():
-        lines += _guarded("splits", summary, _splits, histograms, out, summary)
+        blind = bool(config.get("blind", True))
+        lines += _guarded("splits", summary, _splits, histograms, out, summary, blind)
         lines += _guarded("efficiency", summary, _efficiency, run_dir, histograms, out, summary)
         if "pion" in config["ita"]:
             for channel, name in SIDEBANDS.items():
@@ -458,14 +460,15 @@ def _projection(
     from knunu.fits import plots
 
     val = config["validation"]
-    mu_true = float(config["simulation"]["mu_true"])
+    # the Asimov point is the configured expected mu (the published value), never mu_true
+    mu_exp = float(config["measurement"]["expected_mu"])
     spec = json.loads(combined.read_text())
     lumi = _data_luminosity(run_dir)
-    proj = projection(spec, mu_true, lumi, val["projection_luminosity_fb"])
+    proj = projection(spec, mu_exp, lumi, val["projection_luminosity_fb"])
     _dump(out / "projection.json", proj)
     summary["projection"] = proj._asdict()
     lines = [
-        f"expected sigma(mu) at mu = {mu_true:g}: "
+        f"expected sigma(mu) at mu = {mu_exp:g}: "
         + ", ".join(f"{a} {s:.1f}" for a, s in proj.sigma.items())
         + f" at {lumi:.3g} fb^-1; "
         + ", ".join(f"{a} {s:.2f}" for a, s in proj.sigma_projected.items())
@@ -488,14 +491,30 @@ def _projection(
     return lines
 
 
-def _splits(histograms: Path, out: Path, summary: dict[str, Any]) -> list[str]:
+def _splits(histograms: Path, out: Path, summary: dict[str, Any], blind: bool = False) -> list[str]:
+    """The consistency splits; while blind only their agreement (chi2, p), no half's mu."""
     from knunu.fits import plots
 
     pairs = split_fits(histograms)
     summary["splits"] = [
-        {"halves": [h._asdict() for h in p.halves], "chi2": p.chi2, "p_value": p.p_value}
+        {
+            "halves": [SPLIT_LABELS[h.split] for h in p.halves]
+            if blind
+            else [h._asdict() for h in p.halves],
+            "chi2": p.chi2,
+            "p_value": p.p_value,
+        }
         for p in pairs
     ]
+    if blind:
+        return [
+            "consistency (ITA, independent halves; blinded: agreement only): "
+            + "; ".join(
+                f"{SPLIT_LABELS[a.split]} vs {SPLIT_LABELS[b.split]} p = {p.p_value:.2f}"
+                for p in pairs
+                for a, b in [p.halves]
+            )
+        ]
     plots.save(plots.splits(pairs, SPLIT_LABELS), out / "splits.png")
     return [
         "consistency (ITA, independent halves): "

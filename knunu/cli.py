@@ -217,6 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["cluster"] = args.cluster
     if args.output:
         config["output_dir"] = args.output
+    if args.unblind:
+        config["blind"] = False
     report = run_analysis(
         config, ProgressPrinter(), force=args.force, client_factory=lambda: _client(args, config)
     )
@@ -289,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
     run.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
     run.add_argument("--force", action="store_true", help="run every stage, up to date or not")
+    run.add_argument(
+        "--unblind",
+        action="store_true",
+        help="the unblind step: also fit the pseudo-data and print the observed mu, B and Z "
+        "next to mu_true (default: the config's `blind`, true: expected results only)",
+    )
     clu = add(
         "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"
     )

@@ -137,6 +137,9 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         validate(_merge(config, user), "analysis", source)
         config = _merge(config, user)
     validate(config, "analysis", source)
+    if config["scale"] not in config["simulation"].get("scales", {}):
+        known = ", ".join(config["simulation"].get("scales", {}))
+        raise ConfigError(f"{source}: key 'scale': {config['scale']!r} is not one of {known}")
     simulated, processed = config["simulation"]["pion_prescale"], config["ita"]["pion"]["prescale"]
     if processed % simulated:
         raise ConfigError(

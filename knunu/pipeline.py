@@ -223,6 +223,24 @@ def _fit_workspace(
     return StepResult((*written, *files, info), (f"            {label}",))
 
 
+def _run_measure(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
+    from knunu.measurement import run_measurement
+
+    shutil.rmtree(run.path / "measurement", ignore_errors=True)
+    summary = run_measurement(config, run.path)
+    files = [p for p in (run.path / "measurement").rglob("*") if p.is_file()]
+    state = "blinded: expected results only" if summary["blind"] else "unblinded"
+    lum = summary["luminosity_fb"]
+    return StepResult(
+        tuple(files),
+        (
+            f"            measurement at {lum['on']:g} / {lum['off']:g} fb^-1 ({state}); "
+            f"pseudo-data events: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in summary["pseudo_data_events"].items()),
+        ),
+    )
+
+
 def _run_validate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
     from knunu.fits.validation import run_validation
 
@@ -271,12 +289,28 @@ STEPS: dict[str, Step] = {
             _run_fit,
         ),
         Step(
+            "measure",
+            (
+                "seed",
+                "blind",
+                "measurement",
+                "simulation.luminosity_fb",
+                "simulation.mu_true",
+                "fit.prune_threshold",
+                "fit.cls_level",
+            ),
+            ("fits", "knunu/measurement.py", "configs/systematics.yaml"),
+            ("simulate", "process"),
+            _run_measure,
+        ),
+        Step(
             "validate",
             (
                 "seed",
                 "fit",
                 "validation",
-                "simulation.mu_true",
+                "blind",
+                "measurement.expected_mu",
                 "simulation.nature.d_to_kl_scale",
                 "ita.pion",
                 "ita.corrections.d_to_kl_scale",

@@ -38,20 +38,44 @@ def _fitted(run_dir: Path) -> dict[str, Any]:
 
 
 def headline(run_dir: str | Path, config: dict[str, Any]) -> list[str]:
-    """The headline table: mu, stat, syst, B and significances per model, with mu_true.
+    """The headline: the measurement at 362 fb^-1, then the fit at this run's luminosity.
+
+    The measurement (``measurement/summary.json``, :mod:`knunu.measurement`) shows expected
+    results while blind and the observed ones after ``--unblind``. The fit of the event-level
+    pseudo-data at the run's own luminosity follows; while blind, its mu, B, Z and limit and
+    the injected mu_true are hidden and only the expected sigma(mu) is shown.
+    """
+    from knunu.measurement import headline_lines
+
+    run_dir = Path(run_dir)
+    measurement = _load(run_dir / "measurement" / "summary.json")
+    lines = [*headline_lines(measurement), ""] if measurement else []
+    return [
+        *lines,
+        *_run_luminosity_fit(run_dir, config),
+        "",
+        "published (362 fb^-1): combined mu = 4.6 +- 1.0 (stat) +- 0.9 (syst), "
+        "B = (2.3 +- 0.7) x 10^-5, 3.5 sigma, 2.7 sigma above SM; ITA 5.4 +- 1.5, HTA 2.2 +- 2.1; "
+        "expected sigma(mu) at mu = 4.6: combined 1.34, ITA 1.47, HTA 2.1",
+    ]
+
+
+def _run_luminosity_fit(run_dir: Path, config: dict[str, Any]) -> list[str]:
+    """The fit stage's table (mu, stat, syst, B, significances) with mu_true and sigma(mu).
 
     Beside each model: the expected sigma(mu) at this run's luminosity and projected to the
     measurement's (from ``validation/projection.json``).
     """
     from knunu.fits.report import limit_text, load_results
 
-    run_dir = Path(run_dir)
     path = run_dir / "fit" / "results.json"
     if not path.exists():
         return ["no fit results in this run"]
     results = load_results(path)
     fitted = _fitted(run_dir)
     proj = _load(run_dir / "validation" / "projection.json") or {}
+    if fitted["own"] and config.get("blind", True):
+        return _blinded_fit_lines(fitted, results, proj)
     mu_true = config["simulation"]["mu_true"] if fitted["own"] else None
     truth = f"injected mu_true = {mu_true:g}" if mu_true is not None else "no injected truth"
     lumi = proj.get("projected_luminosity_fb")
@@ -81,10 +105,32 @@ def headline(run_dir: str | Path, config: dict[str, Any]) -> list[str]:
             f"\n{', '.join(bounded)}: mu at the edge of its range [0, {results[0].limit_bound:g}]; "
             "the expected sigma here says how much this run's luminosity can resolve"
         )
-    lines.append(
-        "\npublished (362 fb^-1): combined mu = 4.6 +- 1.0 (stat) +- 0.9 (syst), "
-        "B = (2.3 +- 0.7) x 10^-5, 3.5 sigma, 2.7 sigma above SM; ITA 5.4, HTA 2.2"
-    )
+    return lines
+
+
+def _blinded_fit_lines(
+    fitted: dict[str, Any], results: list[Any], proj: dict[str, Any]
+) -> list[str]:
+    """The fit at the run's luminosity while blind: expected sigma(mu) and fit quality only."""
+    lumi = proj.get("luminosity_fb")
+    target = proj.get("projected_luminosity_fb")
+    lines = [
+        f"Fit of the event-level pseudo-data at this run's luminosity"
+        f"{'' if lumi is None else f' ({lumi:.3g} fb^-1)'}: {fitted['label']}, BLINDED "
+        "(mu, B, Z and mu_true hidden until `knunu run --unblind`)",
+        "",
+        f"| model | exp. sigma(mu) here | exp. sigma(mu) projected to "
+        f"{'-' if target is None else f'{target:g}'} fb^-1 | fit quality p |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        here = proj.get("sigma", {}).get(r.analysis)
+        there = proj.get("sigma_projected", {}).get(r.analysis)
+        p = "-" if r.gof_p_value is None else f"{r.gof_p_value:.2f}"
+        lines.append(
+            f"| {r.analysis} | {'-' if here is None else f'{here:.2f}'} | "
+            f"{'-' if there is None else f'{there:.2f}'} | {p} |"
+        )
     return lines
 
 
@@ -210,7 +256,19 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
         f"Fitted: {_fitted(run_dir)['label']}. Tables: `fit/results.md`; per model: pre- and "
         "post-fit distributions, pulls, impacts, correlations, goodness-of-fit toys.",
         "",
-        *_plots_of(run_dir, "fit"),
+        *(
+            ["(fit plots of the pseudo-data hidden while blind)"]
+            if config.get("blind", True) and _fitted(run_dir)["own"]
+            else _plots_of(run_dir, "fit")
+        ),
+        "",
+        "## Measurement at Belle II's luminosity",
+        "",
+        "Templates and histogram-level pseudo-data: `measurement/histograms.root`; workspaces "
+        "`measurement/workspaces/`; expected-result plots (Asimov) and, after unblinding, the "
+        "observed ones:",
+        "",
+        *_plots_of(run_dir, "measurement"),
         "",
         "## Validation",
         "",

@@ -53,6 +53,7 @@ HTA_SAMPLE = {
     "taupair": "uds",
     "ccbar": "ccbar",
     "data": "data",
+    "nature": "nature",
 }
 CONTINUUM = ("uds", "ccbar")
 #: Model files of the HTA training.

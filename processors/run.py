@@ -31,13 +31,18 @@ log = logging.getLogger(__name__)
 def dataset_kind(dataset: str) -> tuple[str, bool]:
     """(sample, is_data) of a catalogue dataset name.
 
-    The ``embedded`` dataset (signal embedded in data events) is data of its own sample.
+    The ``embedded`` dataset (signal embedded in data events) is data of its own sample; the
+    nature stream (``nature_on``, ``nature_off``: weighted, data-like) is sample ``nature``.
 
     >>> dataset_kind("ccbar_offres"), dataset_kind("data_on"), dataset_kind("embedded")
     (('ccbar', False), ('data', True), ('embedded', True))
+    >>> dataset_kind("nature_off")
+    ('nature', True)
     """
     if dataset.startswith("data_"):
         return "data", True
+    if dataset.startswith("nature_"):
+        return "nature", True
     if dataset == "embedded":
         return "embedded", True
     return dataset.removesuffix("_offres"), False

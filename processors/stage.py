@@ -39,8 +39,11 @@ TREE = "ita"
 ITA_DATASETS = (SIGNAL, *BACKGROUNDS, *OFFRES_MC, "data_on", "data_off")
 #: Datasets the ITA processor also runs on for validation only (never trained on, never fitted).
 VALIDATION_DATASETS = ("embedded",)
+#: The nature stream: histogram-level pseudo-data of the measurement (never trained on; only
+#: its fit histograms are written, as sample ``nature``).
+NATURE_DATASETS = ("nature_on", "nature_off")
 #: Datasets of the HTA histograms (on resonance only; its tables also take the off-resonance).
-HTA_DATASETS = (SIGNAL, *BACKGROUNDS, "data_on")
+HTA_DATASETS = (SIGNAL, *BACKGROUNDS, "data_on", "nature_on")
 #: Datasets of the pion-candidate sample (on resonance, with the B+ -> pi+ K0 control MC).
 PION_DATASETS = (SIGNAL, *BACKGROUNDS, "pi_k0", "data_on")
 
@@ -101,7 +104,11 @@ def make_histograms(
         (the ITA processor output per dataset, the ITA run report).
     """
     out_file = Path(out_file)
-    datasets = [d for d in (*ITA_DATASETS, *VALIDATION_DATASETS) if d in catalogue.datasets]
+    datasets = [
+        d
+        for d in (*ITA_DATASETS, *NATURE_DATASETS, *VALIDATION_DATASETS)
+        if d in catalogue.datasets
+    ]
     _require(catalogue, datasets)
     doc: dict[str, Any] = {}
     hta_output: dict[str, Any] = {}
@@ -217,8 +224,11 @@ def channel_of(dataset: str) -> str:
 
     >>> channel_of("ccbar_offres"), channel_of("data_off"), channel_of("signal")
     ('ita_off', 'ita_off', 'ita_on')
+    >>> channel_of("nature_off")
+    'ita_off'
     """
-    return "ita_off" if dataset.endswith("_offres") or dataset == "data_off" else "ita_on"
+    off = dataset.endswith(("_offres", "_off"))
+    return "ita_off" if off else "ita_on"
 
 
 def write_histogram_file(
@@ -259,6 +269,8 @@ def write_histogram_file(
             scale = 1.0 if is_data else lumi_scale(catalogue, ds, target)
             for var in ("nominal",) if is_data else HIST_VARIATIONS:
                 f[f"{channel}_{sample}_{var}"] = out["ita"][{"variation": var}] * scale
+            if sample == "nature":  # the fit histograms only (histogram-level pseudo-data)
+                continue
             f[f"{channel}_control_{sample}_nominal"] = out["ita_control"] * scale
             for split in SPLITS:
                 f[f"{channel}_{split}_{sample}_nominal"] = (
@@ -281,10 +293,12 @@ def write_histogram_file(
                     f[f"{channel}_{sample}_{truth}_nominal"] = h[{"truth": truth}]
         for key, h in sorted(hta_hists.items()):
             kind, name = key.split("/")
+            if kind == "hta_control" and name == "nature":
+                continue
             if kind == "hta_control":
                 f[f"hta_control_{name}_nominal"] = h
                 continue
-            for var in ("nominal",) if name == "data" else hta.HIST_VARIATIONS:
+            for var in ("nominal",) if name in ("data", "nature") else hta.HIST_VARIATIONS:
                 f[f"hta_{name}_{var}"] = h[{"variation": var}]
     log.info("histograms written to %s", path)
     return path

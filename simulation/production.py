@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,6 +110,10 @@ class FileTask:
         tag_boost: Hadronic tags drawn this much more often, weighted back (MC only).
         embedded: Signal embedded in data events (the J/psi K+ embedding sample, dataset
             :data:`EMBEDDED`): a signal B with nature's other B and detector, as data.
+        weight: The nature stream (with ``data``): events made as nature makes them (nature
+            applied, no MC truth) but as many as an MC sample, each carrying this weight, so
+            that the dataset sums to nature's expectation at the data luminosity; hadronic
+            tags are boosted (``tag_boost``) and weighted as in MC.
     """
 
     sample: str
@@ -124,6 +128,7 @@ class FileTask:
     pion_prescale: int = 4
     tag_boost: float = 1.0
     embedded: bool = False
+    weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class FileRecord:
     seconds: float
     events: int = 0  # events written (generated counts nature's accept-reject attempts too)
     embedded: bool = False
+    nature: bool = False  # the nature stream (weighted, data-like)
 
 
 # ---------------------------------------------------------------------------- generation
@@ -354,7 +360,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         "__experiment__": np.full(n, EXPERIMENT, np.int32),
         "__run__": np.full(n, task.seed % (1 << 31), np.int32),
         "__event__": np.arange(n, dtype=np.int64),
-        "__weight__": np.ones(n) if task.data else weight,
+        "__weight__": _event_weights(task, weight),
     }
     if not task.data:
         header |= {
@@ -381,8 +387,8 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     hta_header = {k: v[hta_idx] for k, v in header.items()}
     if task.data:
         del hta_event["Ksig_mcPDG"]
-    else:
-        hta_header["__weight__"] = hta_header["__weight__"] * tag_w
+    # pseudo-data draw tags without a boost, so their tag weights are exactly 1
+    hta_header["__weight__"] = hta_header["__weight__"] * tag_w
     # the HTA tree's event-shape inputs come from the full event reconstruction
     hta_shapes = {k: v for k, v in ita_variables(seen.take(hta_idx))[0].items() if k in _HTA_SHAPES}
     trees = {
@@ -409,7 +415,15 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         seconds=time.perf_counter() - start,
         events=n,
         embedded=task.embedded,
+        nature=task.weight is not None,
     )
+
+
+def _event_weights(task: FileTask, mc_weight: np.ndarray) -> np.ndarray:
+    """``__weight__``: MC weights; 1 for pseudo-data; the stream's weight for nature."""
+    if task.weight is not None:
+        return np.full(len(mc_weight), float(task.weight))
+    return np.ones(len(mc_weight)) if task.data else mc_weight
 
 
 _HTA_SHAPES = ("thrust", "R2", "cos_thrust_axis", "nTracks", "nClusters", "E_miss", "p_miss")
@@ -435,12 +449,22 @@ def luminosity_fb(sample: Sample, generated: float) -> float:
 
 #: The dataset of signal embedded in data events (signal-efficiency validation).
 EMBEDDED = "embedded"
+#: The nature stream's datasets (histogram-level pseudo-data at the measurement luminosity).
+NATURE = {False: "nature_on", True: "nature_off"}
 
 
-def dataset_name(sample: str, off_resonance: bool, data: bool, embedded: bool = False) -> str:
-    """Catalogue key of a dataset (``data_on``, ``ccbar_offres``, ``embedded`` ...)."""
+def dataset_name(
+    sample: str, off_resonance: bool, data: bool, embedded: bool = False, nature: bool = False
+) -> str:
+    """Catalogue key of a dataset (``data_on``, ``ccbar_offres``, ``embedded`` ...).
+
+    >>> dataset_name("ccbar", True, False), dataset_name("ccbar", True, True, nature=True)
+    ('ccbar_offres', 'nature_off')
+    """
     if embedded:
         return EMBEDDED
+    if nature:
+        return NATURE[off_resonance]
     if data:
         return "data_off" if off_resonance else "data_on"
     return sample + ("_offres" if off_resonance else "")
@@ -460,11 +484,12 @@ def write_catalogue(
     out: dict[str, dict[str, Any]] = {}
     here = Path(path).resolve().parent
     for rec in records:
-        name = dataset_name(rec.sample, rec.off_resonance, rec.data, rec.embedded)
+        name = dataset_name(rec.sample, rec.off_resonance, rec.data, rec.embedded, rec.nature)
         entry = out.setdefault(
             name,
             {
                 "data": rec.data,
+                "nature": rec.nature,
                 "off_resonance": rec.off_resonance,
                 "samples": [],
                 "files": [],
@@ -548,56 +573,110 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     )
     samples = load_samples()
     rng = np.random.default_rng(file_seed(seed, "data-counts"))
-    # sample, events, off resonance, data, embedded
-    jobs: list[tuple[str, int, bool, bool, bool]] = []
+    jobs: list[_Job] = []
     for name, sample in samples.items():
         xs = sample_cross_section_nb(sample) * 1e6  # events per fb^-1
         factor = scale["mc_factor"].get(sample.kind if sample.kind != "bbbar" else "bbbar")
         if sample.kind == "signal":
-            jobs.append((name, scale["signal_events"], False, False, False))
-            jobs.append(
-                (name, int(rng.poisson(sim["mu_true"] * xs * lum["on"])), False, True, False)
-            )
+            jobs.append(_Job(name, scale["signal_events"]))
+            jobs.append(_Job(name, int(rng.poisson(sim["mu_true"] * xs * lum["on"])), data=True))
             # the J/psi K+ embedding: signal B decays in nature's events (data-like, its own
             # dataset, as many events as a control sample)
-            jobs.append((name, scale["control_events"], False, True, True))
+            jobs.append(_Job(name, scale["control_events"], data=True, embedded=True))
             continue
         if sample.kind == "control":
-            jobs.append((name, scale["control_events"], False, False, False))
+            jobs.append(_Job(name, scale["control_events"]))
             if bdecays.load_strata()[sample.stratum].in_data:  # nature makes it at its rate
-                jobs.append((name, int(rng.poisson(xs * lum["on"])), False, True, False))
+                jobs.append(_Job(name, int(rng.poisson(xs * lum["on"])), data=True))
             continue
         norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
         places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
         for place in places:
             off = place == "off"
-            jobs.append((name, round(factor * xs * lum[place]), off, False, False))
-            jobs.append((name, int(rng.poisson(norm * xs * lum[place])), off, True, False))
+            jobs.append(_Job(name, round(factor * xs * lum[place]), off))
+            jobs.append(_Job(name, int(rng.poisson(norm * xs * lum[place])), off, data=True))
+    jobs += _nature_jobs(scale.get("nature"), samples, sim, nature, lum)
     per_file = scale["events_per_file"]
     files = []
-    for name, events, off, data, embedded in jobs:
-        dataset = dataset_name(name, off, data, embedded)
-        for k, first in enumerate(range(0, events, per_file)):
-            n = min(per_file, events - first)
-            stem = f"{name}_{k:04d}" if data else f"{k:04d}"
+    for job in jobs:
+        dataset = dataset_name(job.sample, job.off, job.data, job.embedded, job.weight is not None)
+        for k, first in enumerate(range(0, job.events, per_file)):
+            n = min(per_file, job.events - first)
+            stem = f"{job.sample}_{k:04d}" if job.data else f"{k:04d}"
             files.append(
                 FileTask(
-                    sample=name,
+                    sample=job.sample,
                     n_events=n,
-                    seed=file_seed(seed, dataset, name, k),
+                    seed=file_seed(seed, dataset, job.sample, k),
                     path=str(directory / dataset / f"{stem}.root"),
-                    off_resonance=off,
-                    data=data,
-                    embedded=embedded,
+                    off_resonance=job.off,
+                    data=job.data,
+                    embedded=job.embedded,
                     libraries=str(lib_dir),
-                    nature=nature if data else Nature(),
+                    nature=nature if job.data else Nature(),
                     prefilter=bool(sim.get("prefilter", True)),
                     pion_prescale=int(sim.get("pion_prescale", FileTask.pion_prescale)),
-                    tag_boost=1.0 if data else float(sim.get("hta_tag_boost", 1.0)),
+                    tag_boost=float(sim.get("hta_tag_boost", 1.0))
+                    if not job.data or job.weight is not None
+                    else 1.0,
+                    weight=job.weight,
                 )
             )
     data_lum = {"data_on": lum["on"], "data_off": lum["off"]}
+    data_lum |= {NATURE[False]: lum["on"], NATURE[True]: lum["off"]}
     return Plan(libraries, tuple(files), data_lum, str(directory))
+
+
+class _Job(NamedTuple):
+    """Events of one sample for one dataset (split into files by the planner)."""
+
+    sample: str
+    events: int
+    off: bool = False
+    data: bool = False
+    embedded: bool = False
+    weight: float | None = None  # the nature stream's weight per event
+
+
+def _nature_jobs(
+    spec: Mapping[str, Any] | None,
+    samples: Mapping[str, Sample],
+    sim: Mapping[str, Any],
+    nature: Nature,
+    lum: Mapping[str, float],
+) -> list[_Job]:
+    """The nature stream: every sample nature makes, as many events as ``spec`` says.
+
+    Events are made as nature makes them (nature's detector, B(D -> K_L X), continuum shape;
+    no MC truth); each carries the weight that makes its sample sum to nature's expectation
+    at the data luminosity: ``norm x cross section x L / events`` (signal at ``mu_true``,
+    continuum at ``continuum_norm``). ``spec``: ``mc_factor`` (events = factor x cross
+    section x data luminosity, per kind) and ``signal_events``; None: no nature stream.
+    """
+    if not spec:
+        return []
+    jobs = []
+    for name, sample in samples.items():
+        xs = sample_cross_section_nb(sample) * 1e6
+        if sample.kind == "signal":
+            places, norm = ("on",), float(sim["mu_true"])
+        elif sample.kind == "control":
+            if not bdecays.load_strata()[sample.stratum].in_data:
+                continue
+            places, norm = ("on",), 1.0
+        else:
+            places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
+            norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
+        for place in places:
+            if sample.kind in ("signal", "control"):
+                events = int(spec["signal_events"])
+            else:
+                events = round(spec["mc_factor"][sample.kind] * xs * lum[place])
+            if events <= 0 or norm <= 0:
+                continue
+            weight = norm * xs * lum[place] / events
+            jobs.append(_Job(name, events, place == "off", data=True, weight=weight))
+    return jobs
 
 
 # ---------------------------------------------------------------------------- running

@@ -1,0 +1,439 @@
+"""The measurement at Belle II's luminosity: histogram-level pseudo-data, templates, blinding.
+
+The binned fit sees only counts per bin, so the measurement at 362 fb^-1 (on resonance) and
+42 fb^-1 (off resonance) needs no event-level pseudo-data: the pseudo-data are Poisson counts
+per fit bin drawn from the *nature stream* (``nature_on``/``nature_off``: an MC made as nature
+makes events, with every nature switch and signal at ``mu_true``, weighted to nature's
+expectation at the data luminosity, independent of the templates), scaled to the measurement's
+luminosity. The templates are the run's MC histograms scaled the same way; their MC
+statistical uncertainties stay what the MC has (relative errors unchanged), so a small MC shows
+up as a large ``staterror`` impact, never as a false precision.
+
+Blinding as in the real analysis: while ``blind`` is set, the pseudo-data are fitted only for
+the fit quality (goodness of fit: a p-value), and everything quoted is expected (Asimov at
+``measurement.expected_mu``, the published central value, never ``mu_true``). ``knunu run
+--unblind`` adds the observed results: mu (stat, syst, MINOS), B, Z vs 0 and vs the SM, next
+to ``mu_true``.
+
+Outputs in ``<run>/measurement/``: ``histograms.root`` (templates and pseudo-data at the
+measurement luminosity), ``workspaces/{ita,hta,combined}.json``, ``summary.json`` (luminosity,
+effective MC events per signal-region template, expected results, fit quality, signal
+injection, dropped bins; ``observed`` only when unblinded) and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyhf
+import uproot
+
+from knunu.errors import InputError, KnunuError
+from knunu.rundir import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+#: The fit histograms and the samples each holds (``data`` and ``nature`` besides).
+FIT_HISTOGRAMS = ("ita_on", "ita_off", "hta")
+#: Which luminosity a fit histogram scales with.
+RESONANCE = {"ita_on": "on", "ita_off": "off", "hta": "on"}
+#: The signal-region channels whose MC statistics the report lists.
+SR_CHANNELS = {"ita_on": (1, 2, 3), "hta": None}
+#: The models fitted, in headline order.
+MODELS = ("combined", "ita", "hta")
+#: POI range of the measurement fits (the lower end is raised where a bin would turn negative).
+POI_BOUNDS = (-10.0, 30.0)
+
+
+class McStatistics(NamedTuple):
+    """MC statistics of one signal-region template at the measurement luminosity.
+
+    ``effective`` is (sum w)^2 / sum w^2 over the signal-region bins; ``min_ratio`` is the
+    smallest, over those bins, of the background's effective MC events over its expected
+    events in the data (only for the ``background`` row; the target is >= 2).
+    """
+
+    histogram: str
+    sample: str
+    expected: float
+    effective: float
+    min_ratio: float | None = None
+
+
+def _parse(key: str) -> tuple[str, str, str] | None:
+    """(histogram, sample, variation) of a fit-histogram key, else None.
+
+    >>> _parse("ita_on_ccbar_br_c1_up"), _parse("ita_on_control_ccbar_nominal")
+    (('ita_on', 'ccbar', 'br_c1_up'), None)
+    """
+    from knunu.fits.build import HTA_SAMPLES, ITA_SAMPLES
+
+    known = {*ITA_SAMPLES, *HTA_SAMPLES, "data", "nature"}
+    for name in FIT_HISTOGRAMS:
+        if key.startswith(name + "_"):
+            sample, _, variation = key[len(name) + 1 :].partition("_")
+            if sample in known and variation:
+                return name, sample, variation
+    return None
+
+
+def _samples_of(name: str) -> tuple[str, ...]:
+    from knunu.fits.build import HTA_SAMPLES, ITA_OFFRES_SAMPLES, ITA_SAMPLES
+
+    return {"ita_on": ITA_SAMPLES, "ita_off": ITA_OFFRES_SAMPLES, "hta": HTA_SAMPLES}[name]
+
+
+class Scaled(NamedTuple):
+    """What :func:`measurement_histograms` wrote."""
+
+    path: Path
+    factors: dict[str, float]  # luminosity factor per resonance (on, off)
+    pseudo_data: dict[str, float]  # total pseudo-data events per fit histogram
+    dropped: tuple[tuple[str, int, float], ...]  # (histogram, bin, pseudo-data) without MC
+    mc: tuple[McStatistics, ...]
+    nature: tuple[McStatistics, ...]
+
+
+def measurement_histograms(
+    histograms: str | Path,
+    out: str | Path,
+    data_luminosity: dict[str, float],
+    target_luminosity: dict[str, float],
+    seed: int,
+) -> Scaled:
+    """Templates and histogram-level pseudo-data at the measurement luminosity.
+
+    Every fit template (each variation) is scaled by ``target / data`` luminosity of its
+    resonance; Weight storage scales its variances by the square, so the relative MC
+    statistical uncertainty stays what the MC has. ``{histogram}_data_nominal`` becomes
+    Poisson counts of the scaled nature histogram (seeded). A bin where nature expects
+    events but no template MC has any cannot be fitted: its pseudo-data are removed and the
+    bin listed (``dropped``), so the loss is reported, never silent.
+
+    Raises:
+        InputError: the file has no nature stream (``nature`` fit histograms).
+    """
+    histograms, out = Path(histograms), Path(out)
+    factors = {k: target_luminosity[k] / data_luminosity[k] for k in ("on", "off")}
+    rng = np.random.default_rng([int(seed), 0x6E61747572])  # "natur": its own stream
+    written: dict[str, Any] = {}
+    with uproot.open(histograms) as f:
+        keys = sorted({k.split(";")[0] for k in f.keys(cycle=True)})
+        parsed = {k: p for k in keys if (p := _parse(k)) is not None}
+        natures = {p[0] for p in parsed.values() if p[1] == "nature"}
+        if not natures:
+            raise InputError(
+                f"{histograms}: no nature stream (no '*_nature_nominal' fit histograms): set "
+                "simulation.scales.<scale>.nature to make the measurement's pseudo-data"
+            )
+        for key, (name, sample, _) in parsed.items():
+            if sample in ("data", "nature") or name not in natures:
+                continue
+            written[key] = f[key].to_hist() * factors[RESONANCE[name]]
+        nature = {n: f[f"{n}_nature_nominal"].to_hist() * factors[RESONANCE[n]] for n in natures}
+    pseudo, dropped, mc, nat = {}, [], [], []
+    for name in sorted(natures):
+        template = sum(
+            written[f"{name}_{s}_nominal"].values() for s in _samples_of(name)
+        )  # fmt: skip
+        expected = nature[name].values()
+        counts = rng.poisson(np.clip(expected, 0.0, None)).astype(float)
+        empty = (template <= 0) & (counts > 0)
+        for idx in zip(*np.nonzero(empty), strict=True):
+            flat = int(np.ravel_multi_index(idx, counts.shape))
+            dropped.append((name, flat, float(counts[idx])))
+            log.warning(
+                "measurement: %s bin %d: %g pseudo-data events where no template MC has any "
+                "(MC statistics too small for this binning): removed",
+                name,
+                flat,
+                counts[idx],
+            )
+        counts[empty] = 0.0
+        data = nature[name].copy()
+        data.view().value = counts
+        data.view().variance = counts
+        written[f"{name}_data_nominal"] = data
+        pseudo[name] = float(counts.sum())
+        if name in SR_CHANNELS:
+            mc += _mc_statistics(name, written, nature[name])
+            nat.append(_effective(name, "nature", nature[name]))
+    with atomic_path(out) as tmp, uproot.recreate(tmp) as g:
+        for key in sorted(written):
+            g[key] = written[key]
+    return Scaled(out, factors, pseudo, tuple(dropped), tuple(mc), tuple(nat))
+
+
+def _sr(name: str, values: np.ndarray) -> np.ndarray:
+    rows = SR_CHANNELS[name]
+    return values.ravel() if rows is None else values[list(rows), :].ravel()
+
+
+def _effective(name: str, sample: str, h: Any) -> McStatistics:
+    v, var = _sr(name, h.values()), _sr(name, h.variances())
+    eff = float(v.sum() ** 2 / var.sum()) if var.sum() > 0 else 0.0
+    return McStatistics(name, sample, float(v.sum()), eff)
+
+
+def _mc_statistics(name: str, written: dict[str, Any], nature: Any) -> list[McStatistics]:
+    from knunu.fits.build import SIGNAL
+
+    rows = [_effective(name, s, written[f"{name}_{s}_nominal"]) for s in _samples_of(name)]
+    background = [s for s in _samples_of(name) if s != SIGNAL]
+    v = sum(_sr(name, written[f"{name}_{s}_nominal"].values()) for s in background)
+    var = sum(_sr(name, written[f"{name}_{s}_nominal"].variances()) for s in background)
+    per_bin = np.divide(v**2, var, out=np.zeros_like(v), where=var > 0)
+    # expected background events in the data per bin: the templates' own (MC) expectation
+    ratio = np.divide(per_bin, v, out=np.full_like(v, np.inf), where=v > 0)
+    eff = float(v.sum() ** 2 / var.sum()) if var.sum() > 0 else 0.0
+    rows.append(McStatistics(name, "background", float(v.sum()), eff, float(ratio.min())))
+    return rows
+
+
+# ---------------------------------------------------------------------------- the fits
+
+
+def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """The measurement of a run: pseudo-data, workspaces, expected (and observed) results.
+
+    Returns:
+        The summary written to ``<run>/measurement/summary.json``.
+
+    Raises:
+        InputError: the run has no histograms or no nature stream.
+    """
+    from knunu.fits.build import analyses_in_file, write_workspaces
+    from knunu.fits.catalogue import load_catalogue
+
+    run_dir = Path(run_dir)
+    out = run_dir / "measurement"
+    catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]
+    data_lum = {k: float(catalogue[f"data_{k}"]["luminosity_fb"]) for k in ("on", "off")}
+    lum = config["simulation"]["luminosity_fb"]
+    target = {"on": float(lum["on_resonance"]), "off": float(lum["off_resonance"])}
+    scaled = measurement_histograms(
+        run_dir / "histograms.root", out / "histograms.root", data_lum, target, config["seed"]
+    )
+    meas = config["measurement"]
+    blind = bool(config.get("blind", True))
+    summary: dict[str, Any] = {
+        "blind": blind,
+        "luminosity_fb": target,
+        "data_luminosity_fb": data_lum,
+        "factors": scaled.factors,
+        "pseudo_data_events": scaled.pseudo_data,
+        "dropped_bins": [list(d) for d in scaled.dropped],
+        "mc_statistics": [m._asdict() for m in scaled.mc],
+        "nature_statistics": [m._asdict() for m in scaled.nature],
+        "expected_mu": float(meas["expected_mu"]),
+        "injection_toys": int(meas["injection_toys"]),
+        "expected": [],
+        "fit_quality": {},
+        "observed": None,
+        "failed": {},
+    }
+    analyses = analyses_in_file(scaled.path)
+    try:
+        paths = write_workspaces(
+            scaled.path,
+            out / "workspaces",
+            load_catalogue(),
+            config["fit"]["prune_threshold"],
+            analyses,
+        )
+    except KnunuError as exc:  # e.g. every channel of an analysis empty (too little MC)
+        log.warning("measurement workspaces not built: %s", exc)
+        summary["failed"]["workspaces"] = str(exc)
+        write_json(out / "summary.json", summary)
+        return summary
+    workspace = pyhf.Workspace(json.loads(paths.get("combined", paths[analyses[0]]).read_text()))
+    models = [m for m in MODELS if (m == "combined" and "combined" in paths) or m in analyses]
+    observed = []
+    for model in models:
+        try:
+            lh = _likelihood(workspace, model)
+            summary["expected"].append(asdict(_expected(lh, model, meas, config, out)))
+            summary["fit_quality"][model] = _fit_quality(lh, meas["gof_toys"], config["seed"])
+            if not blind:
+                observed.append(asdict(_observed(lh, model, config, out)))
+        except KnunuError as exc:
+            log.warning("measurement %s failed: %s", model, exc)
+            summary["failed"][model] = str(exc)
+    if not blind:
+        summary["observed"] = observed
+        summary["mu_true"] = float(config["simulation"]["mu_true"])
+    if "combined" in paths:
+        summary["injection"] = _injection(workspace, meas, config["seed"], out)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _likelihood(workspace: pyhf.Workspace, model: str) -> Any:
+    from knunu.fits.infer import Likelihood
+    from knunu.fits.validation import poi_range, with_poi_bounds
+    from knunu.fits.workspace import select
+
+    ws = select(workspace, model)
+    spec = {
+        "channels": ws["channels"],
+        "observations": ws["observations"],
+        "measurements": ws["measurements"],
+        "version": ws["version"],
+    }
+    bounded = with_poi_bounds(spec, poi_range(spec, POI_BOUNDS))
+    return Likelihood.from_workspace(pyhf.Workspace(bounded))
+
+
+def _expected(lh: Any, model: str, meas: dict[str, Any], config: dict[str, Any], out: Path) -> Any:
+    """Expected results: Asimov data of the nominal model at ``expected_mu``."""
+    from knunu.fits.report import analyse, write_plots
+    from knunu.fits.validation import nominal_point
+
+    asimov = lh.with_data(lh.expected_data(nominal_point(lh, float(meas["expected_mu"]))))
+    inference = analyse(asimov, model, config["fit"]["cls_level"], with_impacts=model == "combined")
+    write_plots(asimov, inference, out / "plots" / "expected" / model)
+    return inference.result
+
+
+def _fit_quality(lh: Any, toys: int, seed: int) -> dict[str, Any]:
+    """Goodness of fit of the pseudo-data (saturated model): the p-value only, no mu."""
+    from knunu.fits.infer import goodness_of_fit
+
+    if toys <= 0:
+        return {"p_value": None, "toys": 0, "failed": 0}
+    best = lh.fit()
+    gof = goodness_of_fit(lh, best, toys, seed)
+    return {"p_value": gof.p_value, "toys": toys, "failed": len(gof.failed)}
+
+
+def _observed(lh: Any, model: str, config: dict[str, Any], out: Path) -> Any:
+    from knunu.fits.report import analyse, write_plots
+
+    inference = analyse(lh, model, config["fit"]["cls_level"], with_impacts=model == "combined")
+    write_plots(lh, inference, out / "plots" / "observed" / model)
+    return inference.result
+
+
+def _injection(
+    workspace: pyhf.Workspace, meas: dict[str, Any], seed: int, out: Path
+) -> dict[str, Any]:
+    """Signal injection with the measurement's templates (combined model)."""
+    from knunu.fits import plots
+    from knunu.fits.validation import injection
+
+    try:
+        inj = injection(
+            _likelihood(workspace, "combined"),
+            meas["injection_mu"],
+            int(meas["injection_toys"]),
+            seed,
+        )
+    except KnunuError as exc:
+        log.warning("measurement injection failed: %s", exc)
+        return {"error": str(exc)}
+    plots.save(plots.injection(inj), out / "plots" / "injection.png")
+    return inj._asdict()
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def headline_lines(summary: dict[str, Any]) -> list[str]:
+    """The measurement's headline: expected results while blind, observed after unblinding."""
+    from knunu.fits.report import AnalysisResult, limit_text
+
+    lum = summary["luminosity_fb"]
+    where = f"{lum['on']:g} fb^-1 on and {lum['off']:g} fb^-1 off resonance"
+    mc = {(m["histogram"], m["sample"]): m for m in summary["mc_statistics"]}
+    lines = []
+    expected = {r["analysis"]: r for r in summary["expected"]}
+    if summary["blind"]:
+        lines += [
+            f"Measurement at {where} (histogram-level pseudo-data from the nature stream): "
+            "BLINDED. Expected results (Asimov at mu = "
+            f"{summary['expected_mu']:g}, the published value); unblind with "
+            "`knunu run --unblind`.",
+            "",
+            "| model | exp. sigma(mu) | stat | syst | MINOS | exp. Z vs 0 | exp. Z vs SM "
+            "| fit quality p (pseudo-data) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for model, r in expected.items():
+            q = summary["fit_quality"].get(model, {})
+            p = q.get("p_value")
+            quality = "-" if p is None else f"{p:.2f} ({q['toys']} toys)"
+            lines.append(
+                f"| {model} | {r['mu_hesse']:.2f} | {r['stat']:.2f} | {r['syst']:.2f} | "
+                f"{r['minos_down']:+.2f} / {r['minos_up']:+.2f} | {r['z_bkg']:.2f} | "
+                f"{r['z_sm']:.2f} | {quality} |"
+            )
+    else:
+        mu_true = summary["mu_true"]
+        lines += [
+            f"Measurement at {where} (histogram-level pseudo-data from the nature stream): "
+            f"UNBLINDED; injected mu_true = {mu_true:g}",
+            "",
+            "| model | mu_true | mu | stat | syst | MINOS | B (1e-5) | Z vs 0 | Z vs SM | UL "
+            "| (mu - mu_true)/sigma | exp. sigma(mu) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for d in summary["observed"]:
+            r = AnalysisResult(**{**d, "impacts": tuple(d["impacts"]), "pulls": tuple(d["pulls"])})
+            pull = (r.mu - mu_true) / r.mu_hesse if r.mu_hesse > 0 else math.nan
+            exp = expected.get(r.analysis, {}).get("mu_hesse", math.nan)
+            lines.append(
+                f"| {r.analysis} | {mu_true:g} | {r.mu:.2f} | {r.stat:.2f} | {r.syst:.2f} | "
+                f"{r.minos_down:+.2f} / {r.minos_up:+.2f} | {r.branching_fraction * 1e5:.2f} | "
+                f"{r.z_bkg:.2f} | {r.z_sm:.2f} | {limit_text(r)} | {pull:+.2f} | {exp:.2f} |"
+            )
+    for model, why in summary["failed"].items():
+        lines.append(f"| {model} | FAILED: {why} |")
+    bkg = [m for m in summary["mc_statistics"] if m["sample"] == "background"]
+    lines.append("")
+    lines.append(
+        "MC statistics in the signal regions (effective events (sum w)^2/sum w^2; the fit's "
+        "staterror carries them): "
+        + "; ".join(
+            f"{m['histogram']} background {m['effective']:.0f} effective for "
+            f"{m['expected']:.0f} expected (worst bin {m['min_ratio']:.3f} x the data)"
+            for m in bkg
+        )
+        + "; signal "
+        + ", ".join(
+            f"{h} {mc[(h, 'signal')]['effective']:.0f}"
+            for h in ("ita_on", "hta")
+            if (h, "signal") in mc
+        )
+        + "; nature stream "
+        + ", ".join(f"{m['histogram']} {m['effective']:.0f}" for m in summary["nature_statistics"])
+    )
+    if summary["dropped_bins"]:
+        n = sum(d[2] for d in summary["dropped_bins"])
+        lines.append(
+            f"{len(summary['dropped_bins'])} bin(s) with {n:.0f} pseudo-data events and no "
+            "template MC removed (MC statistics too small for the binning)"
+        )
+    inj = summary.get("injection") or {}
+    if "slope" in inj:
+        lines.append(
+            f"signal injection with these templates (combined, mu_true in "
+            f"{', '.join(f'{m:g}' for m in inj['mu_true'])}, {summary['injection_toys']} "
+            f"toys each): slope {inj['slope']:.3f} +- {inj['slope_error']:.3f}, intercept "
+            f"{inj['intercept']:+.3f} +- {inj['intercept_error']:.3f}, chi2/ndf "
+            f"{inj['chi2']:.1f}/{inj['ndf']}"
+        )
+    elif "error" in inj:
+        lines.append(f"signal injection: FAILED ({inj['error']})")
+    combined = expected.get("combined")
+    if combined and combined.get("impacts"):
+        lines.append(
+            "largest expected impacts on mu (combined): "
+            + ", ".join(f"{n} {max(abs(u), abs(d)):.2f}" for n, u, d in combined["impacts"][:6])
+        )
+    return lines
