@@ -106,6 +106,8 @@ def poi_range(spec: dict[str, Any], wanted: tuple[float, float] = INJECTION_BOUN
                 signal = data
             else:
                 background = background + data
+        if not signal.size:  # a channel without signal (off resonance) bounds nothing
+            continue
         background = np.broadcast_to(background, signal.shape)
         has = signal > 0
         if has.any():

@@ -259,7 +259,8 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
         try:
             lh = _likelihood(workspace, model)
             summary["expected"].append(asdict(_expected(lh, model, meas, config, out)))
-            summary["fit_quality"][model] = _fit_quality(lh, meas["gof_toys"], config["seed"])
+            if model in config["fit"]["gof_analyses"]:
+                summary["fit_quality"][model] = _fit_quality(lh, meas["gof_toys"], config["seed"])
             if not blind:
                 observed.append(asdict(_observed(lh, model, config, out)))
         except KnunuError as exc:
@@ -307,8 +308,11 @@ def _fit_quality(lh: Any, toys: int, seed: int) -> dict[str, Any]:
 
     if toys <= 0:
         return {"p_value": None, "toys": 0, "failed": 0}
-    best = lh.fit()
-    gof = goodness_of_fit(lh, best, toys, seed)
+    try:
+        gof = goodness_of_fit(lh, lh.fit(), toys, seed)
+    except KnunuError as exc:  # the fit quality cannot be judged: said, not fatal
+        log.warning("measurement goodness of fit failed: %s", exc)
+        return {"p_value": None, "toys": toys, "failed": None, "error": str(exc)}
     return {"p_value": gof.p_value, "toys": toys, "failed": len(gof.failed)}
 
 
@@ -368,6 +372,7 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
             q = summary["fit_quality"].get(model, {})
             p = q.get("p_value")
             quality = "-" if p is None else f"{p:.2f} ({q['toys']} toys)"
+            quality = f"FAILED ({q['error']})" if "error" in q else quality
             lines.append(
                 f"| {model} | {r['mu_hesse']:.2f} | {r['stat']:.2f} | {r['syst']:.2f} | "
                 f"{r['minos_down']:+.2f} / {r['minos_up']:+.2f} | {r['z_bkg']:.2f} | "
@@ -422,7 +427,7 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     inj = summary.get("injection") or {}
     if "slope" in inj:
         lines.append(
-            f"signal injection with these templates (combined, mu_true in "
+            f"signal injection with these templates (combined, injected mu "
             f"{', '.join(f'{m:g}' for m in inj['mu_true'])}, {summary['injection_toys']} "
             f"toys each): slope {inj['slope']:.3f} +- {inj['slope_error']:.3f}, intercept "
             f"{inj['intercept']:+.3f} +- {inj['intercept_error']:.3f}, chi2/ndf "

@@ -1,0 +1,246 @@
+"""The measurement at 362 fb^-1: histogram-level pseudo-data, scaled templates, blinding."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import hist
+import numpy as np
+import pyhf
+import pytest
+import scipy.stats
+import uproot
+
+from knunu.config import load_config
+from knunu.errors import InputError
+from knunu.fits.catalogue import load_catalogue
+from knunu.fits.infer import Likelihood
+from knunu.measurement import headline_lines, measurement_histograms, run_measurement
+
+_spec = importlib.util.spec_from_file_location(
+    "histfile", Path(__file__).parents[1] / "fits" / "histfile.py"
+)
+histfile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(histfile)
+
+NATURE_WEIGHT = 0.05  # the nature stream: MC twenty times the data (variance = w x value)
+
+
+def _with_nature(path: Path, hists: dict[str, np.ndarray], mu_true: float, weight=NATURE_WEIGHT):
+    """Add ``{histogram}_nature_nominal``: nature's expectation at the data luminosity."""
+    with uproot.update(path) as f:
+        for name, samples in (
+            ("ita_on", histfile.ITA_SAMPLES),
+            ("ita_off", histfile.ITA_OFFRES_SAMPLES),
+            ("hta", histfile.HTA_SAMPLES),
+        ):
+            total = sum(
+                hists[f"{name}_{s}_nominal"] * (mu_true if s == "signal" else 1.0) for s in samples
+            )
+            h = _hist(total.ndim)
+            h.view().value = total
+            h.view().variance = total * weight
+            f[f"{name}_nature_nominal"] = h
+
+
+def _hist(ndim: int) -> hist.Hist:
+    if ndim == 2:
+        return hist.Hist(
+            hist.axis.Variable(histfile.ETA_EDGES, name="eta"),
+            hist.axis.Variable(histfile.Q2_EDGES, name="q2rec"),
+            storage=hist.storage.Weight(),
+        )
+    return hist.Hist(hist.axis.Regular(6, 0.4, 1.0, name="eta"), storage=hist.storage.Weight())
+
+
+@pytest.fixture
+def histograms(tmp_path):
+    path = tmp_path / "histograms.root"
+    hists = histfile.write_histogram_file(path, load_catalogue())
+    _with_nature(path, hists, mu_true=1.0)
+    return path, hists
+
+
+def test_templates_keep_their_mc_errors_and_pseudo_data_are_poisson(histograms, tmp_path):
+    path, hists = histograms
+    lum, target = {"on": 0.5, "off": 0.05}, {"on": 362.0, "off": 42.0}
+    scaled = measurement_histograms(path, tmp_path / "m.root", lum, target, seed=11)
+    f_on, f_off = 362.0 / 0.5, 42.0 / 0.05
+    assert scaled.factors == {"on": f_on, "off": f_off}
+    with uproot.open(path) as a, uproot.open(scaled.path) as b:
+        for key, factor in (("ita_on_ccbar_nominal", f_on), ("ita_off_uubar_nominal", f_off)):
+            np.testing.assert_allclose(b[key].values(), a[key].values() * factor, rtol=1e-12)
+            # a larger luminosity is not a larger MC: the relative MC error is unchanged
+            np.testing.assert_allclose(
+                b[key].variances(), a[key].variances() * factor**2, rtol=1e-12
+            )
+        key = "hta_bbbar_extra_energy_up"
+        if key in a:
+            np.testing.assert_allclose(b[key].values(), a[key].values() * f_on, rtol=1e-12)
+        data = b["ita_on_data_nominal"].values()
+        expected = a["ita_on_nature_nominal"].values() * f_on
+        assert "ita_on_nature_nominal" not in b  # nature is seen only through its counts
+    assert np.all(data == np.round(data))
+    pulls = (data - expected) / np.sqrt(expected)
+    assert np.all(np.abs(pulls) < 5)
+    assert scaled.pseudo_data["ita_on"] == data.sum()
+    # reproducible from the seed, different for another seed
+    again = measurement_histograms(path, tmp_path / "m2.root", lum, target, seed=11)
+    other = measurement_histograms(path, tmp_path / "m3.root", lum, target, seed=12)
+    assert again.pseudo_data == scaled.pseudo_data
+    assert other.pseudo_data != scaled.pseudo_data
+    # effective MC events: (sum w)^2 / sum w^2 over the signal region (eta > 0.94)
+    bkg = next(m for m in scaled.mc if m.histogram == "ita_on" and m.sample == "background")
+    values = sum(
+        hists[f"ita_on_{s}_nominal"][1:] for s in histfile.ITA_SAMPLES if s != "signal"
+    ).sum()
+    assert bkg.effective == pytest.approx(values / histfile.MC_WEIGHT, rel=1e-9)
+    assert bkg.min_ratio == pytest.approx(1 / (histfile.MC_WEIGHT * f_on), rel=1e-9)
+    assert scaled.dropped == ()
+
+
+def test_a_bin_without_template_mc_is_listed_not_fitted(histograms, tmp_path):
+    path, _ = histograms
+    with uproot.update(path) as f:
+        for sample in histfile.ITA_OFFRES_SAMPLES:
+            h = f[f"ita_off_{sample}_nominal"].to_hist()
+            h.view().value[3, 0] = 0.0
+            h.view().variance[3, 0] = 0.0
+            f[f"ita_off_{sample}_nominal"] = h
+    lum, target = {"on": 1.0, "off": 1.0}, {"on": 100.0, "off": 100.0}
+    scaled = measurement_histograms(path, tmp_path / "m.root", lum, target, seed=3)
+    assert [(d[0], d[1]) for d in scaled.dropped] == [("ita_off", 9)]
+    assert scaled.dropped[0][2] > 0
+    with uproot.open(scaled.path) as b:
+        assert b["ita_off_data_nominal"].values()[3, 0] == 0
+
+
+def test_a_run_without_nature_stream_is_an_input_error(tmp_path):
+    path = tmp_path / "histograms.root"
+    histfile.write_histogram_file(path, load_catalogue())
+    with pytest.raises(InputError, match="no nature stream"):
+        measurement_histograms(
+            path, tmp_path / "m.root", {"on": 1, "off": 1}, {"on": 2, "off": 2}, 1
+        )
+
+
+def test_event_level_and_histogram_level_pseudo_data_give_the_same_fitted_mu(tmp_path):
+    """The fit sees counts per bin: events drawn one by one and binned, or Poisson counts per
+    bin of the same expectation (through the measurement's own pseudo-data function), give
+    the same distribution of the fitted mu."""
+    edges = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    n_sig, n_bkg = 40.0, 400.0  # expected events (signal at mu = 1)
+    # densities on [0, 1]: signal rises as 2x, background falls as 2(1 - x)
+    sig = np.diff(edges**2)
+    bkg = -np.diff((1 - edges) ** 2)
+    model = pyhf.simplemodels.uncorrelated_background(
+        list(n_sig * sig), list(n_bkg * bkg), list(0.03 * n_bkg * bkg)
+    )
+    spec = {
+        "channels": model.spec["channels"],
+        "observations": [{"name": "singlechannel", "data": list(n_sig * sig + n_bkg * bkg)}],
+        "measurements": [
+            {"name": "m", "config": {"poi": "mu", "parameters": [
+                {"name": "mu", "bounds": [[-5.0, 10.0]]}]}}
+        ],
+        "version": "1.0.0",
+    }  # fmt: skip
+    lh = Likelihood.from_workspace(pyhf.Workspace(spec))
+    nmain = len(sig)
+    aux = lh.data[nmain:]
+    rng = np.random.default_rng(5)
+    toys = 300
+
+    def fit(counts):
+        return lh.with_data(np.concatenate([counts, aux])).fit().x[lh.poi]
+
+    event_level = []
+    for _ in range(toys):
+        x_sig = np.sqrt(rng.random(rng.poisson(n_sig)))  # density 2x
+        x_bkg = 1 - np.sqrt(rng.random(rng.poisson(n_bkg)))  # density 2(1 - x)
+        counts = np.histogram(np.concatenate([x_sig, x_bkg]), edges)[0].astype(float)
+        event_level.append(fit(counts))
+    # histogram level: nature's expectation in a histogram file, Poisson counts drawn from it
+    h = hist.Hist(hist.axis.Variable(edges, name="eta"), storage=hist.storage.Weight())
+    h.view().value = n_sig * sig + n_bkg * bkg
+    h.view().variance = h.values() * 0.01
+    path = tmp_path / "h.root"
+    with uproot.recreate(path) as f:
+        f["hta_nature_nominal"] = h
+        for sample, values in (("signal", n_sig * sig), ("bbbar", n_bkg * bkg)):
+            t = h.copy()
+            t.view().value = values
+            f[f"hta_{sample}_nominal"] = t
+        for sample in ("uds", "ccbar"):
+            t = h.copy()
+            t.view().value = np.zeros(nmain)
+            t.view().variance = np.zeros(nmain)
+            f[f"hta_{sample}_nominal"] = t
+    histogram_level = []
+    one = {"on": 1.0, "off": 1.0}
+    for k in range(toys):
+        out = measurement_histograms(path, tmp_path / "p.root", one, one, seed=k)
+        with uproot.open(out.path) as f:
+            histogram_level.append(fit(f["hta_data_nominal"].values()))
+    a, b = np.asarray(event_level), np.asarray(histogram_level)
+    assert scipy.stats.ks_2samp(a, b).pvalue > 0.001
+    assert abs(a.mean() - b.mean()) < 4 * np.hypot(a.std(), b.std()) / np.sqrt(toys)
+    assert abs(a.mean() - 1.0) < 4 * a.std() / np.sqrt(toys)  # both are unbiased
+    assert 0.8 < a.std() / b.std() < 1.25
+
+
+SECRET = 3.1415
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory with histograms whose nature stream carries signal at SECRET."""
+    run = tmp_path / "run"
+    (run / "ntuples").mkdir(parents=True)
+    catalogue = {
+        "datasets": {"data_on": {"luminosity_fb": 1.0}, "data_off": {"luminosity_fb": 0.116}}
+    }
+    (run / "ntuples" / "catalogue.json").write_text(json.dumps(catalogue))
+    hists = histfile.write_histogram_file(run / "histograms.root", load_catalogue())
+    _with_nature(run / "histograms.root", hists, mu_true=SECRET)
+    return run
+
+
+def _config(blind: bool):
+    config = copy.deepcopy(load_config())
+    config["blind"] = blind
+    config["seed"] = 5
+    config["simulation"]["mu_true"] = SECRET
+    config["simulation"]["luminosity_fb"] = {"on_resonance": 20.0, "off_resonance": 2.32}
+    config["measurement"].update(injection_mu=[0.0, 5.0], injection_toys=4, gof_toys=20)
+    return config
+
+
+@pytest.mark.slow
+def test_blinded_until_unblinded_then_mu_true_is_recovered(run_dir):
+    summary = run_measurement(_config(blind=True), run_dir)
+    text = "\n".join(headline_lines(summary))
+    assert "BLINDED" in text
+    assert summary["observed"] is None
+    assert "mu_true" not in summary
+    # neither the secret nor any observed mu is printed or stored before unblinding
+    for path in (run_dir / "measurement").rglob("*.json"):
+        assert "3.141" not in path.read_text(), path
+    assert "3.141" not in text
+    assert "mu_true" not in text
+    assert {r["analysis"] for r in summary["expected"]} == {"combined", "ita", "hta"}
+    for r in summary["expected"]:
+        assert r["mu"] == pytest.approx(4.6, abs=1e-3)  # Asimov at expected_mu, not the truth
+        assert 0 < r["mu_hesse"] < 10
+    assert all(0 <= q["p_value"] <= 1 for q in summary["fit_quality"].values())
+    assert summary["injection"]["failed"] == 0
+
+    summary = run_measurement(_config(blind=False), run_dir)
+    text = "\n".join(headline_lines(summary))
+    assert "UNBLINDED" in text
+    assert f"mu_true = {SECRET:g}" in text
+    for r in summary["observed"]:
+        assert abs(r["mu"] - SECRET) < 2 * r["mu_hesse"], r["analysis"]
