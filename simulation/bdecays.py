@@ -419,7 +419,11 @@ class Mixture:
         return cls(merged, draws, control)
 
     def draw(
-        self, species: np.ndarray, rng: np.random.Generator, natural: bool = False
+        self,
+        species: np.ndarray,
+        rng: np.random.Generator,
+        natural: bool = False,
+        bias: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Entries (indices into :attr:`library`) and weights for B mesons of given species.
 
@@ -428,6 +432,9 @@ class Mixture:
             rng: The random stream.
             natural: Draw every stratum at its branching fraction (weights 1), as nature
                 does; for pseudo-data.
+            bias: Importance factors per library entry (positive): an entry is drawn in
+                proportion to its stratum's probability over its size times its factor, and
+                carries the weight that undoes it exactly (:meth:`_draw_biased`).
         """
         entry = np.empty(len(species), dtype=np.int64)
         weight = np.empty(len(species))
@@ -436,6 +443,9 @@ class Mixture:
             rows = self.draws[int(sp)]
             if natural:
                 rows = tuple((first, size, q * w, 1.0) for first, size, q, w in rows)
+            if bias is not None:
+                entry[mask], weight[mask] = _draw_biased(rows, bias, int(mask.sum()), rng)
+                continue
             probs = np.array([r[2] for r in rows])
             which = rng.choice(len(rows), size=int(mask.sum()), p=probs / probs.sum())
             first = np.array([r[0] for r in rows])[which]
@@ -448,6 +458,54 @@ class Mixture:
         """Entries of a control stratum (weight 1: its rate is applied by its luminosity)."""
         first, size = self.control[(species, name)]
         return first + (rng.random(n) * size).astype(np.int64)
+
+
+def _draw_biased(
+    rows: tuple[tuple[int, int, float, float], ...],
+    bias: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Importance-sampled draws: ``n`` entries and their exact weights.
+
+    Unbiased, an entry ``e`` of stratum ``r`` (``size`` entries, probability ``q``, weight
+    ``w``) comes with probability ``q / size`` and weight ``w``. Here it comes with probability
+    ``q b(e) / (size Z)``, ``Z = sum_r q mean_r(b)``, and weight ``w Z / b(e)``: every weighted
+    sum keeps its expectation, and entries with a large factor ``b`` get the statistics.
+
+    >>> rows = ((0, 2, 1.0, 1.0),)
+    >>> e, w = _draw_biased(rows, np.array([1.0, 3.0]), 4000, np.random.default_rng(1))
+    >>> round(float(np.mean(e == 1)), 1), sorted(set(np.round(w, 3).tolist()))
+    (0.8, [0.667, 2.0])
+    """
+    probs = np.array([q * float(bias[f : f + s].mean()) for f, s, q, _ in rows])
+    z = probs.sum()
+    which = rng.choice(len(rows), size=n, p=probs / z)
+    entry = np.empty(n, dtype=np.int64)
+    weight = np.empty(n)
+    for k, (first, size, _, w) in enumerate(rows):
+        sel = which == k
+        if not sel.any():
+            continue
+        cdf = np.cumsum(bias[first : first + size])
+        picked = np.searchsorted(cdf, rng.random(int(sel.sum())) * cdf[-1], side="right")
+        entry[sel] = first + np.minimum(picked, size - 1)
+        weight[sel] = w * z / bias[entry[sel]]
+    return entry, weight
+
+
+def invisible_energy(lib: Library) -> np.ndarray:
+    """Energy of the invisible particles (neutrinos, K_L, neutrons) per entry, B rest frame.
+
+    What makes a B Bbar event look like signal to the ITA: large missing energy.
+    """
+    return invisible_energy_of(lib.particles)
+
+
+def invisible_energy_of(p: Particles) -> np.ndarray:
+    """Energy of the neutrinos, K_L and neutrons per event of a particle table."""
+    invisible = np.isin(np.abs(p.pdg), (12, 14, 16, 130, 2112))
+    return p.per_event_sum(np.where(invisible, p.p4[:, 0], 0.0))
 
 
 def _concat(libs: list[Library]) -> Library:

@@ -80,6 +80,28 @@ class Nature:
 
 
 @dataclass(frozen=True)
+class Targeting:
+    """B Bbar events targeted at the ITA signal region, every step with an exact weight.
+
+    Signal-region B Bbar events carry a large invisible energy E_inv (neutrinos, K_L,
+    neutrons; 3.2-3.9 GeV for the middle half of them against 1.2-2.8 GeV for all events,
+    measured on the default production). So library entries are drawn in proportion to
+    ``exp(slope x min(E_inv, cap_gev))`` (:meth:`~knunu.simulation.bdecays.Mixture.draw`),
+    and pairs whose summed E_inv is below ``threshold_gev`` are kept with probability
+    ``keep_below`` before the detector (weight ``1 / keep_below``).
+    """
+
+    slope: float = 0.0
+    cap_gev: float = 10.0
+    threshold_gev: float = 0.0
+    keep_below: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.keep_below <= 1) or self.slope < 0 or self.cap_gev <= 0:
+            raise ConfigError(f"simulation.bbbar_targeting: invalid {self}")
+
+
+@dataclass(frozen=True)
 class LibraryTask:
     """One decay library: a species, a stratum (``None``: generic), entries, seed, file."""
 
@@ -114,6 +136,8 @@ class FileTask:
             applied, no MC truth) but as many as an MC sample, each carrying this weight, so
             that the dataset sums to nature's expectation at the data luminosity; hadronic
             tags are boosted (``tag_boost``) and weighted as in MC.
+        targeting: B Bbar MC (and the nature stream) targeted at the signal regions with
+            exact weights (:class:`Targeting`); None: untargeted.
     """
 
     sample: str
@@ -129,6 +153,7 @@ class FileTask:
     tag_boost: float = 1.0
     embedded: bool = False
     weight: float | None = None
+    targeting: Targeting | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,18 @@ class FileRecord:
 
 
 # ---------------------------------------------------------------------------- generation
+
+
+@lru_cache(maxsize=2)
+def entry_invisible_energy(directory: str) -> np.ndarray:
+    """Invisible energy (GeV, B rest frame) per library entry of a production (cached)."""
+    return bdecays.invisible_energy(load_mixture(directory).library)
+
+
+@lru_cache(maxsize=4)
+def entry_bias(directory: str, slope: float, cap: float) -> np.ndarray:
+    """Importance factor per library entry: ``exp(slope x min(E_inv, cap))`` (cached)."""
+    return np.exp(slope * np.minimum(entry_invisible_energy(directory), cap))
 
 
 @lru_cache(maxsize=2)
@@ -207,26 +244,49 @@ def generate_events(task: FileTask, rng: np.random.Generator) -> GeneratedEvents
 
 
 def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> GeneratedEvents:
+    """Continuum or tau pairs: nature's shape for pseudo-data, thinning for targeted MC.
+
+    Nature's continuum shape is an accept-reject on the generated charged multiplicity. The
+    targeted MC (and nature stream) keeps events whose generator-level invisible energy
+    (neutrinos, K_L, neutrons) is below ``targeting.threshold_gev`` with probability
+    ``keep_below`` before the detector, with the weight ``1 / keep_below``.
+    """
     extra = ("Beams:eCM = 10.52",) if task.off_resonance else ()
     gen = Generator(task.sample, seed=task.seed, extra=extra)
-    if not (task.data and task.nature.continuum_shape):
+    shape = task.data and task.nature.continuum_shape
+    aim = task.targeting if not task.data or task.weight is not None else None
+    thin = aim is not None and aim.keep_below < 1
+    if not (shape or thin):
         parts = gen.generate(n)
         return GeneratedEvents(parts, None, {"weight": np.ones(n), "generated": np.array(n)})
-    # nature's continuum shape: accept-reject on the generated charged multiplicity
     kept: list[Particles] = []
+    weights: list[np.ndarray] = []
     generated = have = 0
+    rate = 1.0 / 1.4  # kept fraction, first guess; measured as it goes when thinning
     while have < n:
-        parts = gen.generate(max(64, int(1.4 * (n - have))))
+        parts = gen.generate(max(64, int((n - have) / rate)))
         generated += parts.n_events
-        n_ch = parts.per_event_sum((parts.charge != 0).astype(np.int64))
-        accept = np.minimum(
-            1.0, np.exp(-CONTINUUM_SHAPE["slope"] * (n_ch - CONTINUUM_SHAPE["pivot"]))
-        )
-        idx = np.flatnonzero(rng.random(parts.n_events) < accept)[: n - have]
+        keep = np.ones(parts.n_events, dtype=bool)
+        weight = np.ones(parts.n_events)
+        if shape:
+            n_ch = parts.per_event_sum((parts.charge != 0).astype(np.int64))
+            accept = np.minimum(
+                1.0, np.exp(-CONTINUUM_SHAPE["slope"] * (n_ch - CONTINUUM_SHAPE["pivot"]))
+            )
+            keep &= rng.random(parts.n_events) < accept
+        if thin:
+            assert aim is not None
+            low = bdecays.invisible_energy_of(parts) < aim.threshold_gev
+            keep &= ~low | (rng.random(parts.n_events) < aim.keep_below)
+            weight = np.where(low, 1.0 / aim.keep_below, 1.0)
+        idx = np.flatnonzero(keep)[: n - have]
         kept.append(parts.take(idx))
+        weights.append(weight[idx])
         have += len(idx)
-    parts = _concat(kept)
-    return GeneratedEvents(parts, None, {"weight": np.ones(n), "generated": np.array(generated)})
+        if thin:
+            rate = max(have / generated, 0.01)
+    truth = {"weight": np.concatenate(weights), "generated": np.array(generated)}
+    return GeneratedEvents(_concat(kept), None, truth)
 
 
 def _concat(tables: list[Particles]) -> Particles:
@@ -246,6 +306,12 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
     mix = load_mixture(task.libraries)
     lib = mix.library
     natural = task.data
+    # targeted: MC and the (weighted) nature stream; pseudo-data stay unweighted
+    aim = task.targeting
+    if sample.kind != "bbbar" or (task.data and task.weight is None):
+        aim = None
+    bias = entry_bias(task.libraries, aim.slope, aim.cap_gev) if aim and aim.slope else None
+    einv = entry_invisible_energy(task.libraries)
     entries: list[tuple[np.ndarray, ...]] = []
     generated = have = 0
     while have < n:
@@ -253,7 +319,7 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
         charge = np.where(rng.random(m) < 0.5, 1, -1)
         neutral = sample.name == "mixed"
         first = (511 if neutral else 521) * charge
-        second_entry, w2 = mix.draw(-first, rng, natural=natural)
+        second_entry, w2 = mix.draw(-first, rng, natural=natural, bias=bias)
         q2 = np.full(m, -1.0)
         if sample.kind == "signal":
             first_entry, w1 = np.full(m, -1), np.ones(m)
@@ -264,7 +330,7 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
                 first_entry[on] = mix.draw_control(521 * c, sample.stratum, int(on.sum()), rng)
             w1 = np.ones(m)
         else:
-            first_entry, w1 = mix.draw(first, rng, natural=natural)
+            first_entry, w1 = mix.draw(first, rng, natural=natural, bias=bias)
         accept = np.ones(m, dtype=bool)
         if natural and task.nature.d_to_kl_scale != 1:
             scale = task.nature.d_to_kl_scale
@@ -272,9 +338,14 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
             r1 = np.where(first_entry >= 0, lib.d_to_kl[np.maximum(first_entry, 0)] > 0, False)
             r = r * np.where(r1, scale, 1.0)
             accept = rng.random(m) * max(scale, 1.0) ** 2 < r
+        weight = w1 * w2
+        if aim is not None and aim.keep_below < 1:  # thinned before the detector
+            low = einv[first_entry] + einv[second_entry] < aim.threshold_gev
+            accept &= ~low | (rng.random(m) < aim.keep_below)
+            weight = np.where(low, weight / aim.keep_below, weight)
         generated += m
         idx = np.flatnonzero(accept)[: n - have]
-        entries.append((charge[idx], first_entry[idx], second_entry[idx], (w1 * w2)[idx]))
+        entries.append((charge[idx], first_entry[idx], second_entry[idx], weight[idx]))
         have += len(idx)
     charge, first_entry, second_entry, weight = (
         np.concatenate(c) for c in zip(*entries, strict=True)
@@ -293,6 +364,11 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
         q2 = np.full(n, -1.0)
     parts = bdecays.boost_sides(side0, lib.particles.take(second_entry), p_first)
     truth = {
+        # invisible energy of each B (rest frame); the signal B's: its neutrino pair
+        "mcB1Einv": (
+            bdecays.invisible_energy_of(side0) if sample.kind == "signal" else einv[first_entry]
+        ).astype(np.float32),
+        "mcB2Einv": einv[second_entry].astype(np.float32),
         "weight": weight,
         "generated": np.array(generated),
         "mcB1Mode": code1.astype(np.int32),
@@ -370,6 +446,10 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
             "mcDtoKL": batch.truth.get("mcDtoKL", np.zeros(n, np.int32)),
             "nKL": parts.per_event_sum((parts.pdg == 130).astype(np.int64)).astype(np.int32),
             "q2gen": batch.truth.get("q2gen", np.full(n, -1.0)),
+            # generator-level invisible energy (neutrinos, K_L, neutrons) in the CM frame
+            "mcEinv": bdecays.invisible_energy_of(parts).astype(np.float32),
+            "mcB1Einv": batch.truth.get("mcB1Einv", np.zeros(n, np.float32)),
+            "mcB2Einv": batch.truth.get("mcB2Einv", np.zeros(n, np.float32)),
         }
     # HTA first: it uses the random stream, the ITA reconstruction does not
     tags = TagModel(boost=1.0 if task.data else task.tag_boost)
@@ -421,8 +501,8 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
 
 def _event_weights(task: FileTask, mc_weight: np.ndarray) -> np.ndarray:
     """``__weight__``: MC weights; 1 for pseudo-data; the stream's weight for nature."""
-    if task.weight is not None:
-        return np.full(len(mc_weight), float(task.weight))
+    if task.weight is not None:  # nature's weight; targeted B Bbar also carries its own
+        return float(task.weight) * mc_weight
     return np.ones(len(mc_weight)) if task.data else mc_weight
 
 
@@ -620,11 +700,18 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
                     if not job.data or job.weight is not None
                     else 1.0,
                     weight=job.weight,
+                    targeting=_targeting(sim, job.sample),
                 )
             )
     data_lum = {"data_on": lum["on"], "data_off": lum["off"]}
     data_lum |= {NATURE[False]: lum["on"], NATURE[True]: lum["off"]}
     return Plan(libraries, tuple(files), data_lum, str(directory))
+
+
+def _targeting(sim: Mapping[str, Any], sample: str) -> Targeting | None:
+    """The targeting of a sample's MC (``simulation.targeting`` by sample kind), or None."""
+    spec = (sim.get("targeting") or {}).get(load_samples()[sample].kind)
+    return Targeting(**spec) if spec else None
 
 
 class _Job(NamedTuple):

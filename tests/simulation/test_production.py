@@ -15,6 +15,7 @@ from knunu.samples import load_samples
 from knunu.simulation.production import (
     PREFILTER,
     FileTask,
+    Targeting,
     luminosity_fb,
     plan_production,
     produce_file,
@@ -149,8 +150,15 @@ def test_plan_scales_and_pseudo_data(tmp_path):
     plan = plan_production(config, tmp_path)
     fraction = config["simulation"]["scales"]["tiny"]["luminosity_fraction"]
     assert plan.data_luminosity["data_on"] == pytest.approx(362 * fraction)
-    by = {}
+    by, nature = {}, {}
     for t in plan.files:
+        if t.weight is not None:  # the nature stream
+            key = (t.sample, t.off_resonance)
+            nature[key] = nature.get(key, 0.0) + t.n_events * t.weight
+            assert t.data
+            assert t.tag_boost == config["simulation"]["hta_tag_boost"]
+            assert t.path.split("/")[-2] == ("nature_off" if t.off_resonance else "nature_on")
+            continue
         key = (t.sample, t.off_resonance, t.data)
         by[key] = by.get(key, 0) + t.n_events
     # MC: 2x the data luminosity for continuum, 5x for B Bbar; data: Poisson, nature's norm
@@ -158,11 +166,21 @@ def test_plan_scales_and_pseudo_data(tmp_path):
     assert by[("ccbar", False, False)] == round(2 * xs_cc)
     assert by[("ccbar", False, True)] == pytest.approx(1.4 * xs_cc, rel=5 / np.sqrt(xs_cc))
     assert ("charged", True, False) not in by  # no B Bbar off resonance
+    # the nature stream: every sample nature makes, its weights summing to nature's exact
+    # expectation at the data luminosity (continuum x continuum_norm, signal x mu_true)
+    assert nature[("ccbar", False)] == pytest.approx(1.4 * xs_cc, rel=1e-12)
+    xs_sig = load_samples()["charged"].cross_section_nb * 1e6 * 362 * fraction * 2 * 4.97e-6
+    mu_true = config["simulation"]["mu_true"]
+    assert nature[("signal", False)] == pytest.approx(mu_true * xs_sig, rel=1e-12)
+    assert ("charged", True) not in nature
+    assert ("ccbar", True) in nature
     # nature makes B+ -> pi+ K0 (in_data) at its rate; J/psi K+ is a control MC only
     big = load_config()
     big["scale"] = "belle2"
     pik0 = sum(
-        t.n_events for t in plan_production(big, tmp_path).files if t.sample == "pi_k0" and t.data
+        t.n_events
+        for t in plan_production(big, tmp_path).files
+        if t.sample == "pi_k0" and t.data and t.weight is None
     )
     expected = load_samples()["charged"].cross_section_nb * 1e6 * 362 * 2 * 2.38e-5
     assert abs(pik0 - expected) < 3 * np.sqrt(expected)  # a Poisson count (seeded)
@@ -203,3 +221,61 @@ def test_every_continuum_sample_has_a_generator():
     for name, sample in load_samples().items():
         if sample.kind in ("continuum", "taupair"):
             assert name in PROCESSES
+
+
+def _weighted_hist(path, branch, edges):
+    with uproot.open(path) as f:
+        t = f["ita"]
+        x = t[branch].array(library="np")
+        w = t["__weight__"].array(library="np")
+    return np.histogram(x, edges, weights=w)[0], np.histogram(x, edges, weights=w**2)[0]
+
+
+@pytest.mark.parametrize(
+    ("sample", "aim"),
+    [
+        ("charged", Targeting(slope=1.5, cap_gev=2.0, threshold_gev=2.5, keep_below=0.3)),
+        ("ccbar", Targeting(threshold_gev=1.0, keep_below=0.3)),
+    ],
+)
+def test_targeted_and_untargeted_production_agree(libraries, tmp_path, sample, aim):
+    """Targeting moves statistics, not expectations: weighted sums agree within MC errors."""
+    n = 6000
+    plain = produce_file(FileTask(sample, n, 21, str(tmp_path / "a.root"), libraries=libraries))
+    aimed = produce_file(
+        FileTask(sample, n, 22, str(tmp_path / "b.root"), libraries=libraries, targeting=aim)
+    )
+    # the sum of weights estimates the natural events made: exact up to its MC error
+    with uproot.open(tmp_path / "b.root") as f:
+        assert f["ita"]["mcEinv"].array(library="np").min() >= 0
+    assert plain.sum_weights == pytest.approx(plain.generated, rel=0.02)
+    assert aimed.generated > n  # thinned: more events made than written
+    # the signal-region-like tail (large invisible energy) gets the statistics
+    edges = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 6.0])
+    values, variances = {}, {}
+    for key, path, rec in (("plain", "a.root", plain), ("aimed", "b.root", aimed)):
+        v, v2 = _weighted_hist(tmp_path / path, "mcEinv", edges)
+        values[key], variances[key] = v / rec.sum_weights, v2 / rec.sum_weights**2
+    pull = (values["aimed"] - values["plain"]) / np.sqrt(variances["aimed"] + variances["plain"])
+    assert np.all(np.abs(pull) < 4), pull
+    chi2 = float(np.sum(pull**2))
+    assert chi2 < 20, chi2  # 5 bins
+    # ... with smaller relative errors in the large-E_inv bins than the untargeted sample
+    rel = {k: np.sqrt(variances[k][-2:]) / values[k][-2:] for k in values}
+    assert np.all(rel["aimed"] < rel["plain"])
+
+
+def test_biased_library_draws_carry_exact_weights(libraries):
+    from knunu.simulation.production import entry_bias, load_mixture
+
+    mix = load_mixture(libraries)
+    rng = np.random.default_rng(3)
+    species = np.full(200_000, 521)
+    plain, w0 = mix.draw(species, rng)
+    aimed, w1 = mix.draw(species, rng, bias=entry_bias(libraries, 2.0, 2.0))
+    einv = entry_bias(libraries, 1.0, 100.0)  # exp(E_inv): any function of the entry will do
+    for f in (np.ones_like(einv), np.log(einv), mix.library.n_kl.astype(float)):
+        a, b = np.mean(w0 * f[plain]), np.mean(w1 * f[aimed])
+        err = np.hypot(np.std(w0 * f[plain]), np.std(w1 * f[aimed])) / np.sqrt(len(species))
+        assert abs(a - b) < 5 * err
+    assert np.mean(np.log(einv)[aimed]) > np.mean(np.log(einv)[plain]) + 0.3

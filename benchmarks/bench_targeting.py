@@ -1,0 +1,142 @@
+"""Targeted B Bbar MC: effective signal-region events per CPU-second, side by side.
+
+The same B Bbar sample (same libraries, same seeds, same number of events) made untargeted
+(``bbbar_bias = 0``, today's production) and targeted at the ITA signal region (library entries
+drawn with ``exp(slope x invisible energy)``, exact weights), each produced and run through the
+ITA processor with a run's models in this process (one core). Reported per slope: CPU seconds
+(production + processor), the weighted signal-region yield (it must agree between slopes
+within its MC error: the weights are exact), the effective signal-region events
+(sum w)^2 / sum w^2 and their ratio per CPU-second to the untargeted sample.
+
+Needs a finished run directory (``--run runs/default`` after `make analysis`). Writes
+benchmarks/results/targeting.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from knunu.config import load_config
+from knunu.processors import run as runner
+from knunu.processors.ita import ITAProcessor
+from knunu.simulation.production import FileTask, Targeting, produce_file
+
+
+def _libraries(run: Path) -> str:
+    found = sorted((run / "ntuples" / "libraries").iterdir())
+    if not found:
+        raise SystemExit(f"{run}: no decay libraries")
+    return str(found[-1])
+
+
+def one(run: Path, sample: str, aim: Targeting | None, events: int, seed: int, tmp: Path) -> dict:
+    """Produce and process one B Bbar file; CPU seconds and signal-region statistics."""
+    config = load_config()
+    path = tmp / f"{sample}_{abs(hash(aim))}.root"
+    task = FileTask(
+        sample=sample,
+        n_events=events,
+        seed=seed,
+        path=str(path),
+        libraries=_libraries(run),
+        tag_boost=float(config["simulation"]["hta_tag_boost"]),
+        targeting=aim,
+    )
+    cpu = time.process_time()
+    record = produce_file(task)
+    produced = time.process_time() - cpu
+    catalogue = runner.Catalogue(
+        tmp / "catalogue.json",
+        {sample: {"files": [{"path": str(path), "entries_ita": record.entries_ita,
+                             "entries_hta": record.entries_hta}]}},
+    )  # fmt: skip
+    cpu = time.process_time()
+    out, _ = runner.run(
+        catalogue, [sample], ITAProcessor(str(run / "models"), config["ita"]), "ita", None, 200_000
+    )
+    processed = time.process_time() - cpu
+    h = out[sample]["ita"][{"variation": "nominal"}]
+    values, variances = h.values()[1:], h.variances()[1:]  # eta > 0.94: the SR proper
+    total, var = float(values.sum()), float(variances.sum())
+    return {
+        "sample": sample,
+        "targeting": None if aim is None else aim.__dict__,
+        "events": events,
+        "sum_weights": record.sum_weights,
+        "cpu_produce": produced,
+        "cpu_process": processed,
+        "sr_yield": total,
+        "sr_yield_error": var**0.5,
+        "sr_effective": total**2 / var if var > 0 else 0.0,
+        "sr_raw": int(out[sample]["cutflow_unweighted"].values()[-1]),
+    }
+
+
+#: Targeting variants compared with the untargeted production (None).
+VARIANTS: dict[str, Targeting | None] = {
+    "untargeted": None,
+    "tilt": Targeting(slope=1.5, cap_gev=2.0),
+    "thin": Targeting(threshold_gev=2.5, keep_below=0.1),
+    "tilt+thin": Targeting(slope=1.5, cap_gev=2.0, threshold_gev=2.5, keep_below=0.1),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path, default=Path("runs/default"))
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--samples", nargs="+", default=["charged", "mixed"])
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SLOPE,CAP,THRESHOLD,KEEP",
+        help="an extra variant (repeatable)",
+    )
+    args = parser.parse_args()
+    variants = {k: VARIANTS[k] for k in ("untargeted", *args.variants)}
+    for text in args.variant:
+        slope, cap, threshold, keep = map(float, text.split(","))
+        variants[text] = Targeting(slope, cap, threshold, keep)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for sample in args.samples:
+            one(args.run, sample, None, 2000, 1, Path(tmp))  # warm-up: libraries, models
+            for name, aim in variants.items():
+                rows.append(one(args.run, sample, aim, args.events, 4242, Path(tmp)))
+                r = rows[-1]
+                r["variant"] = name
+                print(
+                    f"{sample:8s} {name:22s}: cpu {r['cpu_produce']:6.1f} + "
+                    f"{r['cpu_process']:5.1f} s, sum w {r['sum_weights']:9.0f}, SR yield "
+                    f"{r['sr_yield']:7.2f} +- {r['sr_yield_error']:5.2f}, effective "
+                    f"{r['sr_effective']:7.1f} (raw {r['sr_raw']})",
+                    flush=True,
+                )
+    for sample in args.samples:
+        base = next(r for r in rows if r["sample"] == sample and r["variant"] == "untargeted")
+        rate0 = base["sr_effective"] / (base["cpu_produce"] + base["cpu_process"])
+        for r in rows:
+            if r["sample"] != sample:
+                continue
+            rate = r["sr_effective"] / (r["cpu_produce"] + r["cpu_process"])
+            r["effective_per_cpu_ratio"] = rate / rate0 if rate0 > 0 else float("nan")
+            print(
+                f"{sample:8s} {r['variant']:22s}: effective SR events per CPU-second "
+                f"{rate:.3f} ({r['effective_per_cpu_ratio']:.1f}x untargeted); SR yield "
+                f"{r['sr_yield']:.2f} +- {r['sr_yield_error']:.2f} per sum of weights "
+                f"{r['sum_weights']:.0f}"
+            )
+    out = Path(__file__).parent / "results" / "targeting.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
