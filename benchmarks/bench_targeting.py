@@ -95,14 +95,14 @@ def main() -> int:
         "--variant",
         action="append",
         default=[],
-        metavar="SLOPE,CAP,THRESHOLD,KEEP",
+        metavar="SLOPE,CAP,THRESHOLD,KEEP[,SIDES]",
         help="an extra variant (repeatable)",
     )
     args = parser.parse_args()
     variants = {k: VARIANTS[k] for k in ("untargeted", *args.variants)}
     for text in args.variant:
-        slope, cap, threshold, keep = map(float, text.split(","))
-        variants[text] = Targeting(slope, cap, threshold, keep)
+        slope, cap, threshold, keep, *sides = map(float, text.split(","))
+        variants[text] = Targeting(slope, cap, threshold, keep, int(sides[0]) if sides else 2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for sample in args.samples:

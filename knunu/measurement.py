@@ -217,6 +217,13 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
     data_lum = {k: float(catalogue[f"data_{k}"]["luminosity_fb"]) for k in ("on", "off")}
     lum = config["simulation"]["luminosity_fb"]
     target = {"on": float(lum["on_resonance"]), "off": float(lum["off_resonance"])}
+    if "nature_on" not in catalogue:  # e.g. the belle2 scale: its pseudo-data are the events
+        summary = {
+            "skipped": "no nature stream in this production (simulation.scales.<scale>.nature): "
+            f"the event-level pseudo-data ({data_lum['on']:.4g} fb^-1) are the measurement"
+        }
+        write_json(out / "summary.json", summary)
+        return summary
     scaled = measurement_histograms(
         run_dir / "histograms.root", out / "histograms.root", data_lum, target, config["seed"]
     )
@@ -352,6 +359,8 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     """The measurement's headline: expected results while blind, observed after unblinding."""
     from knunu.fits.report import AnalysisResult, limit_text
 
+    if "skipped" in summary:
+        return [f"Measurement at Belle II's luminosity: {summary['skipped']}"]
     lum = summary["luminosity_fb"]
     where = f"{lum['on']:g} fb^-1 on and {lum['off']:g} fb^-1 off resonance"
     mc = {(m["histogram"], m["sample"]): m for m in summary["mc_statistics"]}

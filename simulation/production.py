@@ -88,16 +88,20 @@ class Targeting:
     measured on the default production). So library entries are drawn in proportion to
     ``exp(slope x min(E_inv, cap_gev))`` (:meth:`~knunu.simulation.bdecays.Mixture.draw`),
     and pairs whose summed E_inv is below ``threshold_gev`` are kept with probability
-    ``keep_below`` before the detector (weight ``1 / keep_below``).
+    ``keep_below`` before the detector (weight ``1 / keep_below``). ``sides``: the tilt acts on
+    both B mesons (2) or on the first only (1), leaving the other B as nature draws it (the
+    hadronic tag wants a B without invisible particles).
     """
 
     slope: float = 0.0
     cap_gev: float = 10.0
     threshold_gev: float = 0.0
     keep_below: float = 1.0
+    sides: int = 2
 
     def __post_init__(self) -> None:
-        if not (0 < self.keep_below <= 1) or self.slope < 0 or self.cap_gev <= 0:
+        bad = self.sides not in (1, 2) or self.slope < 0 or self.cap_gev <= 0
+        if bad or not (0 < self.keep_below <= 1):
             raise ConfigError(f"simulation.bbbar_targeting: invalid {self}")
 
 
@@ -319,7 +323,9 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
         charge = np.where(rng.random(m) < 0.5, 1, -1)
         neutral = sample.name == "mixed"
         first = (511 if neutral else 521) * charge
-        second_entry, w2 = mix.draw(-first, rng, natural=natural, bias=bias)
+        second_entry, w2 = mix.draw(
+            -first, rng, natural=natural, bias=bias if aim and aim.sides == 2 else None
+        )
         q2 = np.full(m, -1.0)
         if sample.kind == "signal":
             first_entry, w1 = np.full(m, -1), np.ones(m)

@@ -92,6 +92,11 @@ def test_templates_keep_their_mc_errors_and_pseudo_data_are_poisson(histograms, 
     other = measurement_histograms(path, tmp_path / "m3.root", lum, target, seed=12)
     assert again.pseudo_data == scaled.pseudo_data
     assert other.pseudo_data != scaled.pseudo_data
+    # the pseudo-data come from the nature stream alone: other templates, the same counts
+    with uproot.update(path) as f:
+        f["ita_on_ccbar_nominal"] = f["ita_on_ccbar_nominal"].to_hist() * 3.0
+    changed = measurement_histograms(path, tmp_path / "m4.root", lum, target, seed=11)
+    assert changed.pseudo_data == scaled.pseudo_data
     # effective MC events: (sum w)^2 / sum w^2 over the signal region (eta > 0.94)
     bkg = next(m for m in scaled.mc if m.histogram == "ita_on" and m.sample == "background")
     values = sum(
@@ -200,9 +205,8 @@ def run_dir(tmp_path):
     """A run directory with histograms whose nature stream carries signal at SECRET."""
     run = tmp_path / "run"
     (run / "ntuples").mkdir(parents=True)
-    catalogue = {
-        "datasets": {"data_on": {"luminosity_fb": 1.0}, "data_off": {"luminosity_fb": 0.116}}
-    }
+    lum = {"data_on": 1.0, "data_off": 0.116, "nature_on": 1.0, "nature_off": 0.116}
+    catalogue = {"datasets": {k: {"luminosity_fb": v} for k, v in lum.items()}}
     (run / "ntuples" / "catalogue.json").write_text(json.dumps(catalogue))
     hists = histfile.write_histogram_file(run / "histograms.root", load_catalogue())
     _with_nature(run / "histograms.root", hists, mu_true=SECRET)
@@ -244,3 +248,14 @@ def test_blinded_until_unblinded_then_mu_true_is_recovered(run_dir):
     assert f"mu_true = {SECRET:g}" in text
     for r in summary["observed"]:
         assert abs(r["mu"] - SECRET) < 2 * r["mu_hesse"], r["analysis"]
+
+
+def test_a_production_without_nature_stream_is_its_own_measurement(run_dir):
+    """The belle2 scale has no nature stream: its event-level pseudo-data are the measurement."""
+    path = run_dir / "ntuples" / "catalogue.json"
+    doc = json.loads(path.read_text())
+    del doc["datasets"]["nature_on"], doc["datasets"]["nature_off"]
+    path.write_text(json.dumps(doc))
+    summary = run_measurement(_config(blind=True), run_dir)
+    assert "no nature stream" in summary["skipped"]
+    assert headline_lines(summary)[0].startswith("Measurement at Belle II's luminosity: no nature")
