@@ -2,8 +2,9 @@
 
 The stages (:data:`STEPS`) run in order: simulate, train, process, fit, measure (the
 measurement at 362 fb^-1 from histogram-level pseudo-data, :mod:`knunu.measurement`; blind
-unless ``blind`` is false, ``knunu run --unblind``), validate, then the report. Each is skipped when its outputs are up to date (:mod:`knunu.stamps`: same config
-sections, same code, same inputs, outputs unchanged) and runs again when any of that changed.
+unless ``blind`` is false, ``knunu run --unblind``), validate, then the report. Each is skipped
+when its outputs are up to date (:mod:`knunu.stamps`: same config sections, same code, same
+inputs, outputs unchanged) and runs again when any of that changed.
 Nothing is made up: the simulation runs at the configured scale on the configured Dask
 cluster, the training and processors run on the same cluster, and the fit uses the run's own
 histograms (ITA, HTA and their combination). When the run's own workspace cannot be fitted,
@@ -12,7 +13,8 @@ the fit stage says why and fits the vendored published Belle II likelihood, labe
 Run directory layout: ``ntuples/`` (catalogue.json), ``tables/`` and ``tables_hta/`` (training
 tables), ``models/`` (BDTs, eta, training.json, training_hta.json), ``histograms.root`` (+
 ``histograms.json`` report, ``overlap.json``: the HTA signal-region events), ``workspaces/``,
-``fit/``, ``measurement/``, ``validation/``, ``stages/`` (stamps), ``report.md`` and ``manifest.json``.
+``fit/``, ``measurement/``, ``validation/``, ``stages/`` (stamps), ``report.md`` and
+``manifest.json``.
 """
 
 from __future__ import annotations

@@ -134,6 +134,43 @@ def _blinded_fit_lines(
     return lines
 
 
+def _measurement_tables(run_dir: Path) -> list[str]:
+    """MC statistics of every signal-region template and the expected impacts, ranked."""
+    summary = _load(run_dir / "measurement" / "summary.json")
+    if not summary or "skipped" in summary:
+        return []
+    lines = [
+        "**MC statistics of the signal-region templates** at the measurement luminosity "
+        "(effective events (sum w)^2 / sum w^2; the background row's last column: the worst "
+        "bin's effective MC events over its expected data events, target >= 2)",
+        "",
+        "| histogram | sample | expected events | effective MC events | worst bin MC/data |",
+        "|---|---|---|---|---|",
+    ]
+    for m in [*summary["mc_statistics"], *summary["nature_statistics"]]:
+        ratio = "" if m.get("min_ratio") is None else f"{m['min_ratio']:.3g}"
+        lines.append(
+            f"| {m['histogram']} | {m['sample']} | {m['expected']:.4g} | "
+            f"{m['effective']:.4g} | {ratio} |"
+        )
+    expected = {r["analysis"]: r for r in summary["expected"]}
+    ranked = expected.get("combined", {}).get("impacts", [])
+    if ranked:
+        lines += [
+            "",
+            "**Expected impacts on mu** (combined, Asimov at mu = "
+            f"{summary['expected_mu']:g}; post-fit +-1 sigma of each nuisance)",
+            "",
+            "| rank | parameter | up | down |",
+            "|---|---|---|---|",
+            *(
+                f"| {k} | {name} | {up:+.3f} | {down:+.3f} |"
+                for k, (name, up, down) in enumerate(ranked[:20], 1)
+            ),
+        ]
+    return lines
+
+
 def _image(rel: str, title: str) -> str:
     return f"![{title}]({rel})"
 
@@ -267,6 +304,8 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
         "Templates and histogram-level pseudo-data: `measurement/histograms.root`; workspaces "
         "`measurement/workspaces/`; expected-result plots (Asimov) and, after unblinding, the "
         "observed ones:",
+        "",
+        *_measurement_tables(run_dir),
         "",
         *_plots_of(run_dir, "measurement"),
         "",
