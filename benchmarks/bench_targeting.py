@@ -95,14 +95,15 @@ def main() -> int:
         "--variant",
         action="append",
         default=[],
-        metavar="SLOPE,CAP,THRESHOLD,KEEP[,SIDES]",
+        metavar="SLOPE,CAP,THRESHOLD,KEEP[,SIDES[,MIX]]",
         help="an extra variant (repeatable)",
     )
     args = parser.parse_args()
     variants = {k: VARIANTS[k] for k in ("untargeted", *args.variants)}
     for text in args.variant:
-        slope, cap, threshold, keep, *sides = map(float, text.split(","))
-        variants[text] = Targeting(slope, cap, threshold, keep, int(sides[0]) if sides else 2)
+        slope, cap, threshold, keep, *more = map(float, text.split(","))
+        sides, mix = (int(more[0]) if more else 2), (more[1] if len(more) > 1 else 1.0)
+        variants[text] = Targeting(slope, cap, threshold, keep, sides, mix)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for sample in args.samples:

@@ -90,7 +90,10 @@ class Targeting:
     and pairs whose summed E_inv is below ``threshold_gev`` are kept with probability
     ``keep_below`` before the detector (weight ``1 / keep_below``). ``sides``: the tilt acts on
     both B mesons (2) or on the first only (1), leaving the other B as nature draws it (the
-    hadronic tag wants a B without invisible particles).
+    hadronic tag wants a B without invisible particles). ``mix``: the fraction of draws from the
+    tilted distribution, the rest natural (a defensive mixture: an entry's weight stays below
+    ``1 / (1 - mix)`` per B, so the few untilted B Bbar events that reach a signal region, e.g.
+    the HTA's fully visible tag sides, cannot carry a weight of the tilt's full range).
     """
 
     slope: float = 0.0
@@ -98,9 +101,11 @@ class Targeting:
     threshold_gev: float = 0.0
     keep_below: float = 1.0
     sides: int = 2
+    mix: float = 1.0
 
     def __post_init__(self) -> None:
         bad = self.sides not in (1, 2) or self.slope < 0 or self.cap_gev <= 0
+        bad = bad or not (0 < self.mix <= 1)
         if bad or not (0 < self.keep_below <= 1):
             raise ConfigError(f"simulation.bbbar_targeting: invalid {self}")
 
@@ -189,9 +194,14 @@ def entry_invisible_energy(directory: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def entry_bias(directory: str, slope: float, cap: float) -> np.ndarray:
-    """Importance factor per library entry: ``exp(slope x min(E_inv, cap))`` (cached)."""
-    return np.exp(slope * np.minimum(entry_invisible_energy(directory), cap))
+def entry_bias(directory: str, slope: float, cap: float, mix: float = 1.0) -> np.ndarray:
+    """Importance factor per library entry (cached).
+
+    ``b = exp(slope x min(E_inv, cap))``, mixed with a constant: ``(1 - mix) mean(b) + mix b``
+    (a factor is defined up to its normalisation, which :meth:`Mixture.draw` applies exactly).
+    """
+    tilt = np.exp(slope * np.minimum(entry_invisible_energy(directory), cap))
+    return (1.0 - mix) * float(tilt.mean()) + mix * tilt
 
 
 @lru_cache(maxsize=2)
@@ -314,7 +324,9 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
     aim = task.targeting
     if sample.kind != "bbbar" or (task.data and task.weight is None):
         aim = None
-    bias = entry_bias(task.libraries, aim.slope, aim.cap_gev) if aim and aim.slope else None
+    bias = (
+        entry_bias(task.libraries, aim.slope, aim.cap_gev, aim.mix) if aim and aim.slope else None
+    )
     einv = entry_invisible_energy(task.libraries)
     entries: list[tuple[np.ndarray, ...]] = []
     generated = have = 0
