@@ -304,7 +304,8 @@ def _expected(lh: Any, model: str, meas: dict[str, Any], config: dict[str, Any],
     from knunu.fits.validation import nominal_point
 
     asimov = lh.with_data(lh.expected_data(nominal_point(lh, float(meas["expected_mu"]))))
-    inference = analyse(asimov, model, config["fit"]["cls_level"], with_impacts=model == "combined")
+    impacts = model == "combined" and bool(meas.get("impacts", True))
+    inference = analyse(asimov, model, config["fit"]["cls_level"], with_impacts=impacts)
     write_plots(asimov, inference, out / "plots" / "expected" / model)
     return inference.result
 
@@ -326,7 +327,8 @@ def _fit_quality(lh: Any, toys: int, seed: int) -> dict[str, Any]:
 def _observed(lh: Any, model: str, config: dict[str, Any], out: Path) -> Any:
     from knunu.fits.report import analyse, write_plots
 
-    inference = analyse(lh, model, config["fit"]["cls_level"], with_impacts=model == "combined")
+    impacts = model == "combined" and bool(config["measurement"].get("impacts", True))
+    inference = analyse(lh, model, config["fit"]["cls_level"], with_impacts=impacts)
     write_plots(lh, inference, out / "plots" / "observed" / model)
     return inference.result
 

@@ -219,7 +219,9 @@ def _config(blind: bool):
     config["seed"] = 5
     config["simulation"]["mu_true"] = SECRET
     config["simulation"]["luminosity_fb"] = {"on_resonance": 20.0, "off_resonance": 2.32}
-    config["measurement"].update(injection_mu=[0.0, 5.0], injection_toys=4, gof_toys=20)
+    config["measurement"].update(
+        injection_mu=[0.0, 5.0], injection_toys=4, gof_toys=10, impacts=blind
+    )
     return config
 
 
