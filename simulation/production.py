@@ -138,7 +138,8 @@ class FileTask:
         prefilter: Apply :data:`PREFILTER` before reconstructing the ITA variables.
         pion_prescale: The prefilter keeps pion-candidate events whose ``__event__`` is a
             multiple of this.
-        tag_boost: Hadronic tags drawn this much more often, weighted back (MC only).
+        tag_boost: Hadronic tags drawn this much more often, weighted back (MC and the nature
+            stream; 1 for pseudo-data).
         embedded: Signal embedded in data events (the J/psi K+ embedding sample, dataset
             :data:`EMBEDDED`): a signal B with nature's other B and detector, as data.
         weight: The nature stream (with ``data``): events made as nature makes them (nature
@@ -470,7 +471,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
             "mcB2Einv": batch.truth.get("mcB2Einv", np.zeros(n, np.float32)),
         }
     # HTA first: it uses the random stream, the ITA reconstruction does not
-    tags = TagModel(boost=1.0 if task.data else task.tag_boost)
+    tags = TagModel(boost=task.tag_boost)  # pseudo-data: 1 (the plan); nature: boosted
     hta_idx, tag_w, hta_event, btag = hta_variables(parts, seen, tags, rng)
     if task.prefilter:
         ita_idx = np.flatnonzero(prefilter_mask(seen, task.pion_prescale))

@@ -279,3 +279,22 @@ def test_biased_library_draws_carry_exact_weights(libraries):
         err = np.hypot(np.std(w0 * f[plain]), np.std(w1 * f[aimed])) / np.sqrt(len(species))
         assert abs(a - b) < 5 * err
     assert np.mean(np.log(einv)[aimed]) > np.mean(np.log(einv)[plain]) + 0.3
+
+
+def test_the_nature_stream_is_weighted_data_with_boosted_tags(libraries, tmp_path):
+    def make(name, boost):
+        task = FileTask(
+            "charged", 3000, 31, str(tmp_path / name), data=True, libraries=libraries,
+            weight=0.5, tag_boost=boost,
+        )  # fmt: skip
+        return produce_file(task)
+
+    plain, boosted = make("plain.root", 1.0), make("boosted.root", 50.0)
+    assert boosted.nature
+    assert boosted.entries_hta > 5 * plain.entries_hta  # tags drawn 50x more often
+    with uproot.open(tmp_path / "boosted.root") as f:
+        assert "mcProcess" not in f["ita"].keys()  # noqa: SIM118 - a TTree: no truth
+        assert set(f["ita"]["__weight__"].array(library="np").tolist()) == {0.5}
+        hta = f["hta"]["__weight__"].array(library="np")
+    assert np.all(hta <= 0.5)  # nature's weight times the tag probability p / q
+    assert np.any(hta < 0.5)
