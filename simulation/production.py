@@ -107,7 +107,7 @@ class Targeting:
         bad = self.sides not in (1, 2) or self.slope < 0 or self.cap_gev <= 0
         bad = bad or not (0 < self.mix <= 1)
         if bad or not (0 < self.keep_below <= 1):
-            raise ConfigError(f"simulation.bbbar_targeting: invalid {self}")
+            raise ConfigError(f"simulation.targeting: invalid {self}")
 
 
 @dataclass(frozen=True)
