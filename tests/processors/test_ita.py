@@ -130,9 +130,13 @@ class _DroppingProcessor(ITAProcessor):
 
 def test_injected_signal_is_recovered_by_the_ita_fit(production, cfg, trained, tmp_path):
     out, _ = _histograms(production, cfg, trained[0] / "models", tmp_path)
-    # the templates at 10 fb^-1 (on) and 1.2 fb^-1 (off), pseudo-data drawn at mu = 5
+    # the templates at 100 fb^-1 (on) and 12 fb^-1 (off), pseudo-data drawn at mu = 5: the
+    # tiny production's signal region holds a handful of background MC events (weights of
+    # 10^3-10^4 each), so the sensitivity comes from the bins they leave empty and
+    # at 10 fb^-1 sigma(mu) was 3.1 with the targeted B Bbar of the default config (1.1 at
+    # 100 fb^-1; 0.7 untargeted)
     cat = copy.deepcopy(production.datasets)
-    cat["data_on"]["luminosity_fb"], cat["data_off"]["luminosity_fb"] = 10.0, 1.2
+    cat["data_on"]["luminosity_fb"], cat["data_off"]["luminosity_fb"] = 100.0, 12.0
     path = write_histogram_file(tmp_path / "inj.root", out, cat)
     rng = np.random.default_rng(11)
     with uproot.open(path) as f:
