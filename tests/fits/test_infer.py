@@ -66,6 +66,21 @@ def test_hesse_and_minos_on_a_counting_experiment():
     assert -down < up  # Poisson: the upper side is longer
 
 
+def test_fit_accepts_a_minimum_near_enough_and_refuses_one_that_is_not(monkeypatch):
+    # No strategy reaches an EDM of 0: the best is accepted below EDM_ACCEPT, refused above
+    import knunu.fits.infer as infer
+
+    lh = Likelihood.from_workspace(_workspace())
+    reference = lh.fit()
+    monkeypatch.setattr(infer, "EDM_TOLERANCE", 0.0)
+    accepted = lh.fit()
+    assert accepted.edm < infer.EDM_ACCEPT
+    assert accepted.x[lh.poi] == pytest.approx(reference.x[lh.poi], abs=1e-3)
+    monkeypatch.setattr(infer, "EDM_ACCEPT", 0.0)
+    with pytest.raises(FitError, match="did not converge"):
+        lh.fit()
+
+
 def test_sample_has_the_model_mean():
     ws = _workspace()
     lh = Likelihood.from_workspace(ws)
