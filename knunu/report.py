@@ -38,21 +38,22 @@ def _fitted(run_dir: Path) -> dict[str, Any]:
 
 
 def headline(run_dir: str | Path, config: dict[str, Any]) -> list[str]:
-    """The headline: the measurement at 362 fb^-1, then the fit at this run's luminosity.
+    """The headline: the fit at this run's luminosity, then the measurement at 362 fb^-1.
 
-    The measurement (``measurement/summary.json``, :mod:`knunu.measurement`) shows expected
-    results while blind and the observed ones after ``--unblind``. The fit of the event-level
-    pseudo-data at the run's own luminosity follows; while blind, its mu, B, Z and limit and
-    the injected mu_true are hidden and only the expected sigma(mu) is shown.
+    The fit of the event-level pseudo-data at the run's own luminosity comes first; while
+    blind, its mu, B, Z and limit and the injected mu_true are hidden and only the expected
+    sigma(mu) is shown. The measurement (``measurement/summary.json``,
+    :mod:`knunu.measurement`) ends the headline, next to the published result: expected
+    results while blind, the observed ones after ``--unblind``.
     """
     from knunu.measurement import headline_lines
 
     run_dir = Path(run_dir)
     measurement = _load(run_dir / "measurement" / "summary.json")
-    lines = [*headline_lines(measurement), ""] if measurement else []
+    lines = ["", *headline_lines(measurement)] if measurement else []
     return [
-        *lines,
         *_run_luminosity_fit(run_dir, config),
+        *lines,
         "",
         "published (362 fb^-1): combined mu = 4.6 +- 1.0 (stat) +- 0.9 (syst), "
         "B = (2.3 +- 0.7) x 10^-5, 3.5 sigma, 2.7 sigma above SM; ITA 5.4 +- 1.5, HTA 2.2 +- 2.1; "
