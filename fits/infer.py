@@ -214,7 +214,7 @@ class Likelihood:
             except (np.linalg.LinAlgError, FloatingPointError) as exc:
                 log.debug("fit strategy %s failed: %s", method, exc)
                 continue
-            if result.edm < EDM_TOLERANCE:
+            if result.edm < EDM_TOLERANCE and np.isfinite(result.nll):
                 return FitResult(
                     result.x,
                     result.nll,
@@ -232,6 +232,11 @@ class Likelihood:
             log.debug("fit accepted at EDM %.2g (strategy %s)", result.edm, method)
             return FitResult(
                 result.x, result.nll, result.edm, result.iterations, method, tuple(sorted(fixed))
+            )
+        if result is not None and not np.isfinite(result.nll):
+            raise FitError(
+                "fit did not converge (the NLL is not finite where every strategy stopped: "
+                "a bin's expected yield is negative or zero with events in it)"
             )
         edm = result.edm if result is not None else float("nan")
         raise FitError(f"fit did not converge (EDM {edm:.3g} after every strategy)")
@@ -340,8 +345,22 @@ class Likelihood:
 
     # ------------------------------------------------------------------ profile likelihood
     def profile(self, index: int, value: float, init: np.ndarray | None = None) -> FitResult:
-        """Fit with parameter ``index`` held at ``value``."""
-        return self.fit({index: value}, init)
+        """Fit with parameter ``index`` held at ``value``.
+
+        A fit that does not converge from ``init`` is tried again from the model's suggested
+        initial point: from a best fit far away (mu = 30 where the background template lacks
+        22,000 events, the default run's measurement), the fit at mu = 0 ran into NaN regions
+        and stopped at EDM 3e7, while it converges from the model's init.
+        """
+        try:
+            return self.fit({index: value}, init)
+        except FitError as exc:
+            if init is None:
+                raise
+            log.debug(
+                "profile at %s = %g from init failed (%s); from the model's init", index, value, exc
+            )
+            return self.fit({index: value})
 
     def minos(
         self, best: FitResult, index: int | None = None, sigma: float | None = None

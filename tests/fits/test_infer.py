@@ -81,6 +81,24 @@ def test_fit_accepts_a_minimum_near_enough_and_refuses_one_that_is_not(monkeypat
         lh.fit()
 
 
+def test_a_fit_ending_where_the_nll_is_not_finite_is_refused():
+    # mu held at -50: both bins expect a negative yield whatever the gammas do; the minimiser
+    # stops there with a tiny EDM, and that point used to be returned as converged (NLL nan,
+    # so q_mu = max(0, nan) = 0 and a significance of 0 was printed)
+    lh = Likelihood.from_workspace(_workspace())
+    with pytest.raises(FitError, match="not finite"):
+        lh.profile(lh.poi, -50.0)
+
+
+def test_profile_retries_from_the_model_init():
+    # from a starting point where nothing is finite the profile starts again from the init
+    lh = Likelihood.from_workspace(_workspace())
+    start = np.full(lh.npars, np.nan)
+    with pytest.raises(FitError):
+        lh.fit({lh.poi: 1.0}, start)
+    assert lh.profile(lh.poi, 1.0, start).nll == pytest.approx(lh.profile(lh.poi, 1.0).nll)
+
+
 def test_sample_has_the_model_mean():
     ws = _workspace()
     lh = Likelihood.from_workspace(ws)
