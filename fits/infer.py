@@ -565,7 +565,8 @@ def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact
     """Post-fit impacts of every free nuisance parameter, ranked by size (real refits).
 
     Each refit starts from the best fit and uses the Fisher information there as a fixed
-    curvature (chord steps), falling back to the full strategies when that does not converge.
+    curvature (chord steps), falling back to the full strategies when that does not converge,
+    and to a start from the model's init when no strategy converges from the best fit.
     """
     matrix = lh.fisher(best.x)
     mu_hat = float(best.x[lh.poi])
@@ -576,7 +577,10 @@ def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact
         shifts = []
         for sign in (1.0, -1.0):
             value = float(np.clip(best.x[i] + sign * unc.error[i], *lh.bounds[i]))
-            res = lh.fit({i: value}, best.x, curvature=matrix)
+            try:
+                res = lh.fit({i: value}, best.x, curvature=matrix)
+            except FitError:  # e.g. a shift from mu at its bound into a negative yield
+                res = lh.profile(i, value)
             shifts.append(float(res.x[lh.poi]) - mu_hat)
         out.append(Impact(lh.labels[i], float(best.x[i]), float(unc.error[i]), *shifts))
     return tuple(sorted(out, key=lambda imp: imp.size, reverse=True))
