@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pyhf
 import pytest
@@ -97,6 +99,35 @@ def test_profile_retries_from_the_model_init():
     with pytest.raises(FitError):
         lh.fit({lh.poi: 1.0}, start)
     assert lh.profile(lh.poi, 1.0, start).nll == pytest.approx(lh.profile(lh.poi, 1.0).nll)
+
+
+def test_impacts_refit_from_the_init_where_the_best_fit_start_fails():
+    # mu at -3.7 leaves the first bin's yield near zero: a shifted gamma started from the best
+    # fit with its curvature runs into a negative yield, the refit from the init converges
+    ws = _workspace(unc=(40.0, 55.0), obs=(5.0, 400.0))
+    spec = copy.deepcopy(ws)
+    spec["measurements"][0]["config"]["parameters"] = [{"name": "mu", "bounds": [[-5.0, 2.0]]}]
+    lh = Likelihood.from_workspace(pyhf.Workspace(spec))
+    best = lh.fit()
+    unc = lh.uncertainties(best)
+    matrix = lh.fisher(best.x)
+    failed = []
+    for i in range(lh.npars):
+        if i == lh.poi:
+            continue
+        for sign in (1.0, -1.0):
+            value = float(np.clip(best.x[i] + sign * unc.error[i], *lh.bounds[i]))
+            try:
+                lh.fit({i: value}, best.x, curvature=matrix)
+            except FitError:
+                failed.append((i, value))
+    assert failed  # the case the fallback is for
+    ranked = {imp.name: imp for imp in impacts(lh, best, unc)}
+    for i, value in failed:
+        imp = ranked[lh.labels[i]]
+        shift = lh.profile(i, value).x[lh.poi] - best.x[lh.poi]
+        assert shift == pytest.approx(imp.up if value > best.x[i] else imp.down, abs=1e-6)
+    assert all(np.isfinite([imp.up, imp.down]).all() for imp in ranked.values())
 
 
 def test_sample_has_the_model_mean():
