@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -214,25 +214,18 @@ class Likelihood:
             except (np.linalg.LinAlgError, FloatingPointError) as exc:
                 log.debug("fit strategy %s failed: %s", method, exc)
                 continue
-            if result.edm < EDM_TOLERANCE and np.isfinite(result.nll):
-                return FitResult(
-                    result.x,
-                    result.nll,
-                    result.edm,
-                    result.iterations,
-                    method,
-                    tuple(sorted(fixed)),
-                )
+            if not np.isfinite(result.nll):
+                log.debug("fit strategy %s stopped where the NLL is not finite", method)
+                continue
+            if result.edm < EDM_TOLERANCE:
+                return replace(result, fixed=tuple(sorted(fixed)))
             log.debug("fit strategy %s stopped at EDM %.2g", method, result.edm)
-            if np.isfinite(result.nll) and (best is None or result.edm < best[0].edm):
-                best = (result, method)
-            x0 = result.x if np.isfinite(result.nll) else x0
-        if best is not None and best[0].edm < EDM_ACCEPT:
-            result, method = best
-            log.debug("fit accepted at EDM %.2g (strategy %s)", result.edm, method)
-            return FitResult(
-                result.x, result.nll, result.edm, result.iterations, method, tuple(sorted(fixed))
-            )
+            if best is None or result.edm < best.edm:
+                best = result
+            x0 = result.x
+        if best is not None and best.edm < EDM_ACCEPT:
+            log.debug("fit accepted at EDM %.2g (strategy %s)", best.edm, best.method)
+            return replace(best, fixed=tuple(sorted(fixed)))
         if result is not None and not np.isfinite(result.nll):
             raise FitError(
                 "fit did not converge (the NLL is not finite where every strategy stopped: "
@@ -344,8 +337,14 @@ class Likelihood:
         return Uncertainties(np.sqrt(np.clip(np.diag(cov), 0.0, None)), cov)
 
     # ------------------------------------------------------------------ profile likelihood
-    def profile(self, index: int, value: float, init: np.ndarray | None = None) -> FitResult:
-        """Fit with parameter ``index`` held at ``value``.
+    def profile(
+        self,
+        index: int,
+        value: float,
+        init: np.ndarray | None = None,
+        curvature: np.ndarray | None = None,
+    ) -> FitResult:
+        """Fit with parameter ``index`` held at ``value`` (``curvature`` as in :meth:`fit`).
 
         A fit that does not converge from ``init`` is tried again from the model's suggested
         initial point: from a best fit far away (mu = 30 where the background template lacks
@@ -353,7 +352,7 @@ class Likelihood:
         and stopped at EDM 3e7, while it converges from the model's init.
         """
         try:
-            return self.fit({index: value}, init)
+            return self.fit({index: value}, init, curvature=curvature)
         except FitError as exc:
             if init is None:
                 raise
@@ -577,10 +576,7 @@ def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact
         shifts = []
         for sign in (1.0, -1.0):
             value = float(np.clip(best.x[i] + sign * unc.error[i], *lh.bounds[i]))
-            try:
-                res = lh.fit({i: value}, best.x, curvature=matrix)
-            except FitError:  # e.g. a shift from mu at its bound into a negative yield
-                res = lh.profile(i, value)
+            res = lh.profile(i, value, best.x, curvature=matrix)
             shifts.append(float(res.x[lh.poi]) - mu_hat)
         out.append(Impact(lh.labels[i], float(best.x[i]), float(unc.error[i]), *shifts))
     return tuple(sorted(out, key=lambda imp: imp.size, reverse=True))
