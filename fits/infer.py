@@ -26,6 +26,7 @@ import scipy.optimize
 from scipy.stats import norm
 
 from knunu.errors import FitError, LimitAboveBoundError
+from knunu.fits import dense
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402  (after enabling float64)
@@ -76,6 +77,47 @@ class Uncertainties:
         corr = np.divide(self.covariance, norm, out=np.zeros_like(norm), where=norm > 0)
         np.fill_diagonal(corr, 1.0)
         return corr
+
+
+@dataclass(frozen=True)
+class ManyFits:
+    """Fits of many datasets (:meth:`Likelihood.fit_many`).
+
+    Attributes:
+        x: best-fit parameters per dataset, shape (n, npars); NaN rows for ``failed``.
+        nll: negative log-likelihood per dataset.
+        edm: estimated distance to the minimum per dataset.
+        batched: True where the batch converged, False where the fit ran on its own.
+        failed: datasets no strategy could fit.
+    """
+
+    x: np.ndarray
+    nll: np.ndarray
+    edm: np.ndarray
+    batched: np.ndarray
+    failed: tuple[int, ...] = ()
+
+
+#: Datasets per call of the batched kernels (one compiled shape; the last chunk is padded).
+BATCH = 64
+
+
+def _chunks(rows: np.ndarray) -> list[np.ndarray]:
+    return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+
+
+def _padded(kernel: Any) -> Any:
+    """Call ``kernel`` on arrays padded to :data:`BATCH` rows (one compilation), unpadded."""
+
+    def call(*arrays: np.ndarray) -> tuple[np.ndarray, ...] | np.ndarray:
+        m = len(arrays[0])
+        pad = [np.concatenate([a, np.repeat(a[:1], BATCH - m, axis=0)]) for a in arrays]
+        out = kernel(*(jnp.asarray(a) for a in pad))
+        if isinstance(out, tuple):
+            return tuple(np.asarray(o)[:m] for o in out)
+        return np.asarray(out)[:m]
+
+    return call
 
 
 @dataclass
@@ -135,6 +177,19 @@ class Likelihood:
             "hessian": jax.jit(_jax_backend(jax.jacfwd(jax.grad(nll)))),
             "expected": jax.jit(_jax_backend(lambda x: model.expected_data(x))),
         }
+        try:
+            dm = dense.compile_model(model)
+        except FitError as exc:  # a model the dense arrays do not reproduce: pyhf's graph
+            log.debug("pyhf graph kept: %s", exc)
+            self.dense = None
+        else:
+            self.dense = dm
+            self._fn.update(
+                nll=jax.jit(lambda x, d: -dense.logpdf(dm, x, d)),
+                vg=jax.jit(lambda x, d: dense.nll_and_grad(dm, x, d)),
+                fisher=jax.jit(lambda x, d: dense.nll_grad_fisher(dm, x, d)[2]),
+                hessian=jax.jit(jax.jacfwd(lambda x, d: dense.nll_and_grad(dm, x, d)[1])),
+            )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -311,6 +366,99 @@ class Likelihood:
                     return FitResult(x, v, edm, it, method)
             x, v, g = xn, vn, gn
         return FitResult(x, v, edm, maxiter, method)
+
+    def fit_many(
+        self,
+        data: np.ndarray,
+        init: np.ndarray | None = None,
+        fixed: Mapping[int, float] | list[Mapping[int, float]] | None = None,
+        *,
+        maxiter: int = 200,
+    ) -> ManyFits:
+        """Fit many datasets (pseudo-experiments) at once; the same fits as :meth:`fit`.
+
+        Fisher scoring with the projected backtracking line search of :meth:`fit`, run on
+        chunks of :data:`BATCH` datasets through vmapped, compiled kernels (the dense model's
+        Woodbury step), each dataset with its own convergence mask. A dataset that does not
+        reach :data:`EDM_TOLERANCE` in the batch (or whose step is not a descent) is fitted
+        again on its own with every strategy of :meth:`fit`; one that still fails is listed in
+        ``failed`` (its row is NaN), never dropped silently. Without a dense model (a model
+        pyhf's graph must evaluate) every dataset goes through :meth:`fit`.
+
+        Args:
+            data: Main + auxiliary data per dataset, shape (n, ndata).
+            init: Starting point(s): (npars,) or (n, npars); default pyhf's suggested init.
+            fixed: Parameters to hold (index -> value), for all datasets or one per dataset.
+            maxiter: Batched iterations before the rest go one by one.
+        """
+        data = np.atleast_2d(np.asarray(data, dtype=float))
+        n = len(data)
+        fixes = [dict(fixed or {})] * n if not isinstance(fixed, list) else [dict(f) for f in fixed]
+        if len(fixes) != n:
+            raise ValueError(f"fit_many: {len(fixes)} fixed mappings for {n} datasets")
+        start = self.init if init is None else np.asarray(init, dtype=float)
+        x = np.array(np.broadcast_to(start, (n, self.npars)), dtype=float)
+        free = np.ones((n, self.npars), dtype=bool)
+        for k, fix in enumerate(fixes):
+            for i in self.suggested_fixed:
+                fix.setdefault(i, float(self.init[i]))
+            for i, value in fix.items():
+                x[k, i] = value
+                free[k, i] = False
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        x = np.where(free, np.clip(x, lo, hi), x)
+        nll = np.full(n, np.nan)
+        edm = np.full(n, np.nan)
+        done = np.zeros(n, dtype=bool)
+        stuck = np.zeros(n, dtype=bool)
+        if self.dense is not None:
+            kernels = self._batch_kernels()
+            for _ in range(maxiter):
+                todo = np.flatnonzero(~done & ~stuck)
+                if not len(todo):
+                    break
+                for rows in _chunks(todo):
+                    v, step, e = kernels["step"](x[rows], data[rows], free[rows])
+                    v, step, e = np.asarray(v), np.asarray(step), np.asarray(e)
+                    ok = np.isfinite(v) & np.isfinite(e) & (e >= 0)
+                    nll[rows], edm[rows] = v, e
+                    conv = ok & (e < EDM_TOLERANCE)
+                    done[rows[conv]] = True
+                    stuck[rows[~ok]] = True
+                    moving = ok & ~conv
+                    alpha = np.ones(len(rows))
+                    while moving.any():
+                        trial = np.clip(x[rows] - alpha[:, None] * step, lo, hi)
+                        vt = np.asarray(kernels["nll"](trial, data[rows]))
+                        accept = moving & np.isfinite(vt)
+                        accept &= vt <= v + 1e-4 * alpha * np.minimum(-e, 0.0) + 1e-12
+                        x[rows[accept]] = trial[accept]
+                        nll[rows[accept]] = vt[accept]
+                        moving &= ~accept
+                        alpha[moving] *= 0.5
+                        small = moving & (alpha < 1e-6)
+                        stuck[rows[small]] = True
+                        moving &= ~small
+        failed = []
+        for k in np.flatnonzero(~done):
+            try:
+                res = self.with_data(data[k]).fit(fixes[k], x[k])
+            except FitError as exc:
+                log.debug("fit_many: dataset %d failed: %s", k, exc)
+                failed.append(int(k))
+                x[k], nll[k], edm[k] = np.nan, np.nan, np.nan
+                continue
+            x[k], nll[k], edm[k] = res.x, res.nll, res.edm
+        return ManyFits(x, nll, edm, done, tuple(failed))
+
+    def _batch_kernels(self) -> dict[str, Any]:
+        """Compiled, vmapped kernels of the dense model (built once per model)."""
+        if "batch_step" not in self._fn:
+            dm, bounds = self.dense, jnp.asarray(self.bounds)
+            step = jax.vmap(lambda x, d, f: dense.newton_step(dm, x, d, f, bounds))
+            self._fn["batch_step"] = jax.jit(step)
+            self._fn["batch_nll"] = jax.jit(jax.vmap(lambda x, d: -dense.logpdf(dm, x, d)))
+        return {"step": _padded(self._fn["batch_step"]), "nll": _padded(self._fn["batch_nll"])}
 
     def fisher(self, x: np.ndarray) -> np.ndarray:
         """Expected Fisher information (plus constraint curvature) at ``x``."""
@@ -563,22 +711,35 @@ class Impact:
 def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact, ...]:
     """Post-fit impacts of every free nuisance parameter, ranked by size (real refits).
 
-    Each refit starts from the best fit and uses the Fisher information there as a fixed
-    curvature (chord steps), falling back to the full strategies when that does not converge,
-    and to a start from the model's init when no strategy converges from the best fit.
+    The 2 x (npars - 1) refits run as one batch (:meth:`Likelihood.fit_many`, Fisher scoring
+    from the best fit); a refit the batch and the one-by-one strategies cannot do from the best
+    fit starts again from the model's init (:meth:`Likelihood.profile`).
     """
-    matrix = lh.fisher(best.x)
     mu_hat = float(best.x[lh.poi])
-    out = []
-    for i in range(lh.npars):
-        if i == lh.poi or i in best.fixed:
-            continue
-        shifts = []
-        for sign in (1.0, -1.0):
-            value = float(np.clip(best.x[i] + sign * unc.error[i], *lh.bounds[i]))
-            res = lh.profile(i, value, best.x, curvature=matrix)
-            shifts.append(float(res.x[lh.poi]) - mu_hat)
-        out.append(Impact(lh.labels[i], float(best.x[i]), float(unc.error[i]), *shifts))
+    todo = [i for i in range(lh.npars) if i != lh.poi and i not in best.fixed]
+    fixes = [
+        {i: float(np.clip(best.x[i] + sign * unc.error[i], *lh.bounds[i]))}
+        for i in todo
+        for sign in (1.0, -1.0)
+    ]
+    # start each refit at the linear response of the others to the held one: x + cov[:, i] /
+    # cov[i, i] x shift, the conditional minimum to first order
+    cov = unc.covariance
+    starts = np.empty((len(fixes), lh.npars))
+    for k, fix in enumerate(fixes):
+        ((i, value),) = fix.items()
+        slope = cov[:, i] / cov[i, i] if cov[i, i] > 0 else np.zeros(lh.npars)
+        starts[k] = np.clip(best.x + np.nan_to_num(slope) * (value - best.x[i]), *lh.bounds.T)
+    fits = lh.fit_many(np.tile(lh.data, (len(fixes), 1)), init=starts, fixed=fixes)
+    poi = fits.x[:, lh.poi].copy()
+    for k in fits.failed:
+        ((i, value),) = fixes[k].items()
+        poi[k] = lh.profile(i, value).x[lh.poi]
+    out = [
+        Impact(lh.labels[i], float(best.x[i]), float(unc.error[i]),
+               float(poi[2 * j]) - mu_hat, float(poi[2 * j + 1]) - mu_hat)
+        for j, i in enumerate(todo)
+    ]  # fmt: skip
     return tuple(sorted(out, key=lambda imp: imp.size, reverse=True))
 
 
@@ -623,18 +784,13 @@ def goodness_of_fit(lh: Likelihood, best: FitResult, n_toys: int, seed: int) -> 
     """
     observed = deviance(lh, best.x, lh.data)
     toys = lh.sample(best.x, n_toys, seed)
-    values, failed = [], []
-    for k, toy in enumerate(toys):
-        toy_lh = lh.with_data(toy)
-        try:
-            # Toys sit far from the observed minimum (every auxiliary datum moves), so a fixed
-            # curvature converges slowly: Fisher scoring from the best fit is faster here.
-            res = toy_lh.fit(init=best.x)
-        except FitError as exc:
-            log.warning("goodness-of-fit toy %d (seed %d) left out: %s", k, seed, exc)
-            failed.append(k)
-            continue
-        values.append(deviance(lh, res.x, toy))
+    # Toys sit far from the observed minimum (every auxiliary datum moves): Fisher scoring
+    # from the best fit, all toys at once (fit_many refits the few the batch leaves one by one)
+    fits = lh.fit_many(toys, init=best.x)
+    failed = list(fits.failed)
+    for k in failed:
+        log.warning("goodness-of-fit toy %d (seed %d) left out: no fit strategy converged", k, seed)
+    values = [deviance(lh, fits.x[k], toys[k]) for k in range(n_toys) if k not in set(failed)]
     if n_toys and len(failed) > MAX_FAILED_TOY_FRACTION * n_toys:
         raise FitError(
             f"goodness of fit: {len(failed)} of {n_toys} toy fits failed (seed {seed}; "

@@ -202,13 +202,11 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
     means, errors, widths, failed = [], [], [], 0
     for k, mu in enumerate(mus):
         x0 = nominal_point(lh, mu)
-        fitted = []
-        for toy in lh.sample(x0, toys, seed + k):
-            try:
-                fitted.append(lh.with_data(toy).fit(init=x0).x[lh.poi])
-            except FitError as exc:
-                log.warning("injection toy at mu = %g left out: %s", mu, exc)
-                failed += 1
+        fits = lh.fit_many(lh.sample(x0, toys, seed + k), init=x0)
+        for j in fits.failed:
+            log.warning("injection toy %d at mu = %g left out: no fit strategy converged", j, mu)
+        failed += len(fits.failed)
+        fitted = [fits.x[j, lh.poi] for j in range(toys) if j not in set(fits.failed)]
         if toys - len(fitted) > MAX_FAILED_TOY_FRACTION * toys:
             raise FitError(f"signal injection at mu = {mu:g}: {toys - len(fitted)} fits failed")
         values = np.asarray(fitted)
