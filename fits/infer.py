@@ -98,6 +98,8 @@ class ManyFits:
     failed: tuple[int, ...] = ()
 
 
+#: The likelihood engines (:class:`Likelihood`).
+ENGINES = ("dense", "pyhf")
 #: Datasets per call of the batched kernels (one compiled shape; the last chunk is padded).
 BATCH = 64
 
@@ -129,10 +131,14 @@ class Likelihood:
     Args:
         model: A ``pyhf.pdf.Model`` built under the jax backend.
         data: Observed main data followed by auxiliary data, as ``workspace.data(model)``.
+        engine: ``dense`` (default): the model's dense arrays (:mod:`knunu.fits.dense`) where
+            they reproduce it, pyhf's graph otherwise; ``pyhf``: pyhf's graph always (the
+            reference the benchmarks compare with).
     """
 
     model: Any
     data: np.ndarray
+    engine: str = "dense"
     _fn: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -177,7 +183,11 @@ class Likelihood:
             "hessian": jax.jit(_jax_backend(jax.jacfwd(jax.grad(nll)))),
             "expected": jax.jit(_jax_backend(lambda x: model.expected_data(x))),
         }
+        if self.engine not in ENGINES:
+            raise FitError(f"Likelihood: engine {self.engine!r} is not one of {ENGINES}")
         try:
+            if self.engine == "pyhf":
+                raise FitError("pyhf's graph asked for")
             dm = dense.compile_model(model)
         except FitError as exc:  # a model the dense arrays do not reproduce: pyhf's graph
             log.debug("pyhf graph kept: %s", exc)
@@ -193,11 +203,13 @@ class Likelihood:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_workspace(cls, workspace: pyhf.Workspace, **model_kwargs: Any) -> Likelihood:
+    def from_workspace(
+        cls, workspace: pyhf.Workspace, engine: str = "dense", **model_kwargs: Any
+    ) -> Likelihood:
         """Compile the likelihood of a workspace's model and observed data."""
         pyhf.set_backend("jax")
         model = workspace.model(**model_kwargs)
-        return cls(model, np.asarray(workspace.data(model), dtype=float))
+        return cls(model, np.asarray(workspace.data(model), dtype=float), engine)
 
     def with_data(self, data: np.ndarray) -> Likelihood:
         """The same model with other data (compiled functions are shared)."""
