@@ -249,7 +249,7 @@ def run(
     options = options or RunOptions()
     name = type(proc).__name__
     start_time = time.perf_counter()
-    chunks, lost = _plan(catalogue, datasets, tree, chunksize, options)
+    chunks, lost = _plan(catalogue, datasets, tree, chunksize, options, client)
     events_in = {ds: catalogue.entries(tree, ds) for ds in datasets}
     store = _Checkpoints(options, proc, tree, chunks)
     merger = _OrderedMerge(len(chunks))
@@ -467,25 +467,47 @@ def _check_finite(cache: Mapping[str, Any], chunk: Chunk) -> None:
 
 
 def _plan(
-    catalogue: Catalogue, datasets: list[str], tree: str, chunksize: int, options: RunOptions
+    catalogue: Catalogue,
+    datasets: list[str],
+    tree: str,
+    chunksize: int,
+    options: RunOptions,
+    client: Any | None = None,
 ) -> tuple[list[Chunk], list[Lost]]:
-    """Check every file (with retries), cut the good ones into chunks; bad ones lost or raised."""
+    """Check every file (with retries), cut the good ones into chunks; bad ones lost or raised.
+
+    The files are inspected on the cluster's workers when there is a ``client`` (reading a
+    file's tree metadata costs about 10 ms locally, more on remote storage: thousands of files
+    must not queue on the client), here otherwise.
+    """
     if chunksize < 1:
         raise InputError(f"chunksize must be positive, got {chunksize}")
-    chunks: list[Chunk] = []
-    lost: list[Lost] = []
     for ds in datasets:
         if ds not in catalogue.datasets:
             raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
+    jobs = [
+        (ds, f["path"], int(f[f"entries_{tree}"]))
+        for ds in datasets
+        for f in catalogue.datasets[ds]["files"]
+    ]
+    todo = [(path, tree, want, options.retries, options.retry_wait) for _, path, want in jobs]
+    if client is None:
+        found = [_inspected(*job) for job in todo]
+    else:
+        found = client.gather(client.map(_inspected, *zip(*todo, strict=True), pure=False))
+    chunks: list[Chunk] = []
+    lost: list[Lost] = []
+    for ds in datasets:
         files = catalogue.datasets[ds]["files"]
         branches: dict[str, set[str]] = {}
         problems: dict[str, str] = {}
-        for f in files:
-            path, want = f["path"], int(f[f"entries_{tree}"])
-            args = (path, tree, want, branches)
-            _, problem, _ = _attempt(path, _inspect, args, options.retries, options.retry_wait)
+        for (job_ds, path, _), (names, problem) in zip(jobs, found, strict=True):
+            if job_ds != ds:
+                continue
             if problem:
                 problems[path] = problem
+            else:
+                branches[path] = names
         union = set().union(*branches.values()) if branches else set()
         for path, names in branches.items():
             missing = sorted(union - names)
@@ -505,8 +527,16 @@ def _plan(
     return chunks, lost
 
 
-def _inspect(path: str, tree: str, want: int, branches: dict[str, set[str]]) -> None:
-    """Raise :class:`InputError` for a bad input file; record a good one's branch names."""
+def _inspected(
+    path: str, tree: str, want: int, retries: int, wait: float
+) -> tuple[set[str], str | None]:
+    """A file's branch names, or the problem that makes it a bad input (retried)."""
+    names, problem, _ = _attempt(path, _inspect, (path, tree, want), retries, wait)
+    return names or set(), problem
+
+
+def _inspect(path: str, tree: str, want: int) -> set[str]:
+    """Raise :class:`InputError` for a bad input file; a good one's branch names."""
     import uproot
 
     if os.path.exists(path) and os.path.getsize(path) == 0:
@@ -521,7 +551,7 @@ def _inspect(path: str, tree: str, want: int, branches: dict[str, set[str]]) -> 
         raise InputError(f"{path}: cannot read tree '{tree}' ({_first_line(exc)})") from None
     if got != want:
         raise InputError(f"{path}: {got} entries in '{tree}', catalogue says {want}")
-    branches[path] = names
+    return names
 
 
 class _OrderedMerge:
