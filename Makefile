@@ -78,6 +78,8 @@ bench: $(STAMP) ## run the benchmarks against their peers (results in benchmarks
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_ita.py
 	$(BIN)/python benchmarks/bench_cluster.py --start
+	@if test -d runs/default/ntuples; then $(BIN)/python benchmarks/bench_rdataframe.py --run runs/default; \
+	else echo "bench_rdataframe.py: needs a finished runs/default (make analysis)"; fi
 	@if test -d runs/default/models; then $(BIN)/python benchmarks/bench_targeting.py --run runs/default; \
 	else echo "bench_targeting.py: needs a finished runs/default (make analysis)"; fi
 
