@@ -91,6 +91,26 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def adler32(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The Adler-32 checksum of a file (8 hex digits), as grid storage and Rucio keep it.
+
+    Any single changed byte changes it; about 2-3 GB/s on one core here (``make bench``).
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+    ...     _ = f.write(b"Wikipedia")
+    >>> adler32(f.name), pathlib.Path(f.name).unlink()
+    ('11e60398', None)
+    """
+    import zlib
+
+    value = 1
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            value = zlib.adler32(block, value)
+    return f"{value:08x}"
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and of the tracked distributions (``"absent"`` if not installed)."""
     out = {"python": platform.python_version()}

@@ -24,6 +24,7 @@ from coffea import processor
 
 from knunu.errors import InputError, ProcessingError
 from knunu.processors.schema import Belle2Schema
+from knunu.rundir import adler32
 
 log = logging.getLogger(__name__)
 
@@ -486,11 +487,12 @@ def _plan(
         if ds not in catalogue.datasets:
             raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
     jobs = [
-        (ds, f["path"], int(f[f"entries_{tree}"]))
+        (ds, f["path"], int(f[f"entries_{tree}"]), f.get("adler32") or None)
         for ds in datasets
         for f in catalogue.datasets[ds]["files"]
     ]
-    todo = [(path, tree, want, options.retries, options.retry_wait) for _, path, want in jobs]
+    todo = [(path, tree, want, check, options.retries, options.retry_wait)
+            for _, path, want, check in jobs]  # fmt: skip
     if client is None:
         found = [_inspected(*job) for job in todo]
     else:
@@ -501,7 +503,7 @@ def _plan(
         files = catalogue.datasets[ds]["files"]
         branches: dict[str, set[str]] = {}
         problems: dict[str, str] = {}
-        for (job_ds, path, _), (names, problem) in zip(jobs, found, strict=True):
+        for (job_ds, path, _, _), (names, problem) in zip(jobs, found, strict=True):
             if job_ds != ds:
                 continue
             if problem:
@@ -528,15 +530,20 @@ def _plan(
 
 
 def _inspected(
-    path: str, tree: str, want: int, retries: int, wait: float
+    path: str, tree: str, want: int, checksum: str | None, retries: int, wait: float
 ) -> tuple[set[str], str | None]:
     """A file's branch names, or the problem that makes it a bad input (retried)."""
-    names, problem, _ = _attempt(path, _inspect, (path, tree, want), retries, wait)
+    names, problem, _ = _attempt(path, _inspect, (path, tree, want, checksum), retries, wait)
     return names or set(), problem
 
 
-def _inspect(path: str, tree: str, want: int) -> set[str]:
-    """Raise :class:`InputError` for a bad input file; a good one's branch names."""
+def _inspect(path: str, tree: str, want: int, checksum: str | None = None) -> set[str]:
+    """Raise :class:`InputError` for a bad input file; a good one's branch names.
+
+    With a ``checksum`` (the catalogue's Adler-32 of the file as written), the file's bytes
+    must still have it: LZ4 baskets carry no checksum of their own, so a flipped byte inside
+    one reads without an error and changes values silently.
+    """
     import uproot
 
     if os.path.exists(path) and os.path.getsize(path) == 0:
@@ -551,6 +558,13 @@ def _inspect(path: str, tree: str, want: int) -> set[str]:
         raise InputError(f"{path}: cannot read tree '{tree}' ({_first_line(exc)})") from None
     if got != want:
         raise InputError(f"{path}: {got} entries in '{tree}', catalogue says {want}")
+    if checksum is not None and os.path.exists(path):
+        have = adler32(path)
+        if have != checksum:
+            raise InputError(
+                f"{path}: checksum mismatch (adler32 {have}, catalogue {checksum}): the file "
+                "changed or is corrupted since it was written"
+            )
     return names
 
 

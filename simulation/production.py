@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from knunu.errors import ConfigError, SimulationError
-from knunu.rundir import write_json
+from knunu.rundir import adler32, write_json
 from knunu.samples import Sample, load_samples
 from knunu.simulation import bdecays
 from knunu.simulation.detector import KAON_ID_CUT, DetectorConfig, DetectorEvents, simulate_detector
@@ -183,6 +183,7 @@ class FileRecord:
     events: int = 0  # events written (generated counts nature's accept-reject attempts too)
     embedded: bool = False
     nature: bool = False  # the nature stream (weighted, data-like)
+    adler32: str = ""  # of the written file, verified before processing
 
 
 # ---------------------------------------------------------------------------- generation
@@ -515,6 +516,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         events=n,
         embedded=task.embedded,
         nature=task.weight is not None,
+        adler32=adler32(task.path),
     )
 
 

@@ -18,6 +18,7 @@ from knunu.cluster import get_client
 from knunu.errors import InputError
 from knunu.processors import run as runner
 from knunu.processors.ita import ITAProcessor
+from knunu.rundir import adler32
 from knunu.simulation.ntuple import Tree, write_ntuple
 
 DATASETS = ["signal", "charged"]
@@ -167,7 +168,8 @@ def _with_bad_file(production, kind: str, tmp_path: Path) -> tuple[runner.Catalo
     bad = tmp_path / f"{kind.replace('/', '_').replace(' ', '_')}.root"
     BAD[kind][0](good["path"], bad)
     datasets = {"signal": copy.deepcopy(production.datasets["signal"])}
-    datasets["signal"]["files"].append({**good, "path": str(bad)})
+    # a file made by hand: the catalogue has no checksum for it
+    datasets["signal"]["files"].append({**good, "path": str(bad), "adler32": ""})
     return runner.Catalogue(production.path, datasets), str(bad)
 
 
@@ -197,6 +199,42 @@ def test_skipping_bad_inputs_lists_exactly_what_was_lost(production, proc, tmp_p
     if kind != "NaN/inf":  # what survived is exactly the good file's run
         good, _ = runner.run(production, ["signal"], proc, "ita", None, 1000)
         assert_identical(out, good)
+
+
+def test_every_simulated_file_carries_its_checksum(production):
+    files = [f for entry in production.datasets.values() for f in entry["files"]]
+    assert files
+    for f in files:
+        assert f["adler32"] == adler32(f["path"])
+
+
+def test_flipped_bytes_anywhere_in_a_file_end_in_one_line_naming_it(production, proc, tmp_path):
+    # LZ4 baskets have no checksum: a flipped byte inside one reads without an error and
+    # changes values; the catalogue's checksum catches every case, run or skipped
+    good = production.datasets["signal"]["files"][0]
+    data = Path(good["path"]).read_bytes()
+    rng = np.random.default_rng(2024)
+    offsets = rng.integers(0, len(data), size=40)
+    entries = int(good["entries_ita"])
+    for k, offset in enumerate(offsets):
+        flipped = bytearray(data)
+        flipped[offset] ^= 1 << int(rng.integers(0, 8))
+        bad = tmp_path / f"flip_{k}.root"
+        bad.write_bytes(bytes(flipped))
+        catalogue = runner.Catalogue(
+            production.path, {"signal": {"files": [{**good, "path": str(bad)}]}}
+        )
+        options = runner.RunOptions(retries=0)
+        with pytest.raises(InputError) as err:
+            runner.run(catalogue, ["signal"], proc, "ita", None, 1000, options)
+        message = str(err.value)
+        assert message.startswith(f"{bad}: "), (offset, message)
+        assert "\n" not in message, (offset, message)
+        skip = runner.RunOptions(retries=0, skip_bad_inputs=True)
+        _, report = runner.run(catalogue, ["signal"], proc, "ita", None, 1000, skip)
+        assert [(x.path, x.events) for x in report.lost] == [(str(bad), entries)]
+        assert report.events_processed.get("signal", 0) == 0
+        bad.unlink()
 
 
 # --- interrupted runs -------------------------------------------------------------------------
