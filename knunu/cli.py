@@ -19,6 +19,7 @@ import dask.config
 from knunu import __version__
 from knunu.config import load_config
 from knunu.errors import InputError, KnunuError
+from knunu.rundir import run_lock
 
 log = logging.getLogger("knunu.cli")
 
@@ -316,7 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("distributed", "dask_jobqueue"):
         logging.getLogger(name).setLevel(dask_level)
     try:
-        return args.func(args)
+        if not hasattr(args, "output"):
+            return args.func(args)
+        # one process at a time writes into a run directory
+        with run_lock(args.output or load_config(args.config)["output_dir"]):
+            return args.func(args)
     except KnunuError as exc:
         print(f"knunu: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -45,3 +45,7 @@ class ModelError(InputError):
 
 class ProcessingError(KnunuError):
     """A processor run lost events or chunks, or its inputs do not match the catalogue."""
+
+
+class RunLockedError(KnunuError):
+    """Another knunu process is writing into the same run directory."""

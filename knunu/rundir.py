@@ -19,6 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from knunu.errors import RunLockedError
+
 log = logging.getLogger(__name__)
 
 #: Distributions whose versions every manifest records.
@@ -89,6 +91,47 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path) -> Iterator[Path]:
+    """Hold the run directory's lock (``<run>/.lock``) while a command writes into it.
+
+    An exclusive ``flock``: the kernel releases it when the holder exits, however it ends, so
+    a killed run leaves no stale lock. The file records who holds it.
+
+    Raises:
+        RunLockedError: another process holds the lock (the message names it).
+    """
+    import fcntl
+    import socket
+
+    run = Path(path)
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process"
+            raise RunLockedError(
+                f"{run}: in use by {holder}; wait for it to end or use another run directory "
+                "(-o DIR)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        handle.write(f"knunu pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+        handle.flush()
+        try:
+            yield run
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def adler32(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
+from knunu.cli import main
 from knunu.config import load_config
-from knunu.rundir import RunDir, atomic_path, sha256, write_json
+from knunu.errors import RunLockedError
+from knunu.fits.workspace import published_workspace_path
+from knunu.rundir import LOCK, RunDir, atomic_path, run_lock, sha256, write_json
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -52,3 +57,42 @@ def test_atomic_outputs_get_the_umask_mode_not_a_private_one(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # colleagues and batch users can read it
+
+
+def _hold_lock(run_dir) -> subprocess.Popen:
+    """Another process holding the run directory's lock until killed."""
+    code = (
+        "import sys, time\n"
+        "from knunu.rundir import run_lock\n"
+        "with run_lock(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_on_a_run_directory_stops_with_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = _hold_lock(run)
+    try:
+        locked = pytest.raises(RunLockedError, match=rf"^{run}: in use by knunu pid {holder.pid} ")
+        with locked, run_lock(run):
+            pass
+        # the CLI: one line, exit 2, before any work (the fit would write into run/fit)
+        ws = str(published_workspace_path())
+        assert main(["fit", "--workspace", ws, "-o", str(run), "--toys", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert err[0].startswith(f"knunu: error: {run}: in use by knunu pid {holder.pid}")
+        assert not (run / "fit").exists()
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock, nothing stale is left
+        holder.wait()
+        holder.stdout.close()
+    with run_lock(run):
+        assert f"pid {os.getpid()}" in (run / LOCK).read_text()
+    assert (run / LOCK).read_text() == ""
