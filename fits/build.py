@@ -24,6 +24,7 @@ import uproot
 
 from knunu.errors import InputError, WorkspaceError
 from knunu.fits.catalogue import ANALYSES, Systematic
+from knunu.rundir import input_file
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,14 @@ class HistogramFile:
     """Read access to a processors' histogram file, with one-line errors naming file and key."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = input_file(path)  # not a directory, FIFO or link loop
         try:
             self._file = uproot.open(self.path)
         except FileNotFoundError:
             raise InputError(f"{self.path}: file not found") from None
         except Exception as exc:  # uproot raises several types for a file that is not ROOT
-            raise InputError(f"{self.path}: not a readable ROOT file ({exc})") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.path}: not a readable ROOT file ({first})") from None
         self.keys = {k.split(";")[0] for k in self._file.keys(cycle=True)}
 
     def get(self, histogram: str, sample: str, variation: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import Any
 import pyhf
 
 from knunu.errors import WorkspaceError
+from knunu.rundir import input_file
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def load_workspace(path: str | Path) -> pyhf.Workspace:
     Raises:
         WorkspaceError: one line naming the file and the problem.
     """
-    path = Path(path)
+    path = input_file(path, WorkspaceError)  # not a directory, FIFO or link loop
     try:
         spec: Any = json.loads(path.read_text())
     except FileNotFoundError:

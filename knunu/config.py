@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from knunu.errors import ConfigError
+from knunu.rundir import input_file
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def packaged_config_path(name: str = DEFAULT_CONFIG) -> Path:
 
 def read_yaml(path: str | Path) -> Any:
     """Read a YAML file, raising :class:`ConfigError` with the file name on any problem."""
-    path = Path(path)
+    path = input_file(path, ConfigError)  # not a directory, FIFO or link loop
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from knunu.errors import RunLockedError
+from knunu.errors import InputError, KnunuError, RunLockedError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,54 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 LOCK = ".lock"
 
 
+def input_file(path: str | Path, error: type[KnunuError] = InputError) -> Path:
+    """``path`` if it is a regular file this process can read, else one line saying why.
+
+    Checked before opening: a directory, a FIFO or device (reading one would block), a
+    symbolic-link loop, a missing or unreadable file each raise ``error`` naming the path.
+
+    >>> input_file("/nonexistent/x.json")
+    Traceback (most recent call last):
+    knunu.errors.InputError: /nonexistent/x.json: file not found
+    """
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as exc:  # ELOOP, EACCES on a parent, ENAMETOOLONG, ...
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{path}: is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: not a regular file (a FIFO, socket or device)")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: cannot read (permission denied)")
+    return path
+
+
+def output_directory(path: str | Path) -> Path:
+    """``path`` as a directory to write into (created), else one line saying why not.
+
+    Raises:
+        InputError: the path exists and is not a directory, or cannot be created.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path}: a symbolic link that loops or leads nowhere (the run directory)")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a directory (the run directory)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the run directory ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: the run directory is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def run_lock(path: str | Path) -> Iterator[Path]:
     """Hold the run directory's lock (``<run>/.lock``) while a command writes into it.
@@ -109,8 +157,7 @@ def run_lock(path: str | Path) -> Iterator[Path]:
     import fcntl
     import socket
 
-    run = Path(path)
-    run.mkdir(parents=True, exist_ok=True)
+    run = output_directory(path)
     with open(run / LOCK, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,7 +24,7 @@ from coffea import processor
 
 from knunu.errors import InputError, ProcessingError
 from knunu.processors.schema import Belle2Schema
-from knunu.rundir import adler32
+from knunu.rundir import adler32, input_file
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class Catalogue(NamedTuple):
             InputError: missing or malformed catalogue.
         """
         path = Path(path)
+        if path.exists() or path.is_symlink():
+            input_file(path)  # not a directory, FIFO or link loop
         try:
             doc = json.loads(path.read_text())
             datasets = doc["datasets"]
