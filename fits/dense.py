@@ -256,15 +256,39 @@ def expected_and_jacobian(dm: DenseModel, x: jnp.ndarray) -> tuple[jnp.ndarray, 
     return lam, jac[: dm.npars].T
 
 
+def _log_terms(
+    dm: DenseModel, x: jnp.ndarray, data: jnp.ndarray, lam: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Log-likelihood at ``x`` with expected main data ``lam``; n / lambda; the constraints' z."""
+    n = data[: dm.nmain]
+    z = (data[dm.nmain :] - x[dm.constraint_par]) / dm.constraint_sigma
+    value = jnp.sum(xlogy(n, lam) - lam - gammaln(n + 1.0)) + jnp.sum(
+        -0.5 * z * z - jnp.log(dm.constraint_sigma) - 0.5 * math.log(2 * math.pi)
+    )
+    return value, jnp.where(n > 0, n / lam, 0.0), z
+
+
 def logpdf(dm: DenseModel, x: jnp.ndarray, data: jnp.ndarray) -> jnp.ndarray:
     """Log-likelihood of main + auxiliary ``data`` at ``x`` (pyhf's ``model.logpdf``)."""
-    lam = expected_main(dm, x)
-    n = data[: dm.nmain]
-    main = jnp.sum(xlogy(n, lam) - lam - gammaln(n + 1.0))
-    aux = data[dm.nmain :]
-    z = (aux - x[dm.constraint_par]) / dm.constraint_sigma
-    constraint = jnp.sum(-0.5 * z * z - jnp.log(dm.constraint_sigma) - 0.5 * math.log(2 * math.pi))
-    return main + constraint
+    return _log_terms(dm, x, data, expected_main(dm, x))[0]
+
+
+def _nll_grad(
+    dm: DenseModel, x: jnp.ndarray, data: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """NLL and its gradient from the assembled Jacobian; also lambda and the Jacobian."""
+    lam, jac = expected_and_jacobian(dm, x)
+    value, ratio, z = _log_terms(dm, x, data, lam)
+    grad = -(jac.T @ (ratio - 1.0))
+    grad = grad.at[dm.constraint_par].add(-z / dm.constraint_sigma)
+    return -value, grad, lam, jac
+
+
+def nll_and_grad(
+    dm: DenseModel, x: jnp.ndarray, data: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Negative log-likelihood and its gradient."""
+    return _nll_grad(dm, x, data)[:2]
 
 
 def nll_grad_fisher(
@@ -272,42 +296,13 @@ def nll_grad_fisher(
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Negative log-likelihood, its gradient and the expected Fisher information at ``x``.
 
-    All three from one :func:`expected_and_jacobian`: the Poisson part's information is
-    J^T diag(1/lambda) J, the Gaussian constraints add 1/sigma^2 on their diagonal.
+    The Poisson part's information is J^T diag(1/lambda) J; the Gaussian constraints add
+    1/sigma^2 on their diagonal.
     """
-    lam, jac = expected_and_jacobian(dm, x)
-    n = data[: dm.nmain]
-    aux = data[dm.nmain :]
-    sig2 = dm.constraint_sigma**2
-    z = (aux - x[dm.constraint_par]) / dm.constraint_sigma
-    value = -(
-        jnp.sum(xlogy(n, lam) - lam - gammaln(n + 1.0))
-        + jnp.sum(-0.5 * z * z - jnp.log(dm.constraint_sigma) - 0.5 * math.log(2 * math.pi))
-    )
-    ratio = jnp.where(n > 0, n / lam, 0.0)
-    grad = -(jac.T @ (ratio - 1.0))
-    grad = grad.at[dm.constraint_par].add((x[dm.constraint_par] - aux) / sig2)
+    value, grad, lam, jac = _nll_grad(dm, x, data)
     fisher = jac.T @ (jac / lam[:, None])
-    fisher = fisher.at[dm.constraint_par, dm.constraint_par].add(1.0 / sig2)
+    fisher = fisher.at[dm.constraint_par, dm.constraint_par].add(1.0 / dm.constraint_sigma**2)
     return value, grad, fisher
-
-
-def nll_and_grad(
-    dm: DenseModel, x: jnp.ndarray, data: jnp.ndarray
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Negative log-likelihood and its gradient (see :func:`nll_grad_fisher`)."""
-    lam, jac = expected_and_jacobian(dm, x)
-    n = data[: dm.nmain]
-    aux = data[dm.nmain :]
-    z = (aux - x[dm.constraint_par]) / dm.constraint_sigma
-    value = -(
-        jnp.sum(xlogy(n, lam) - lam - gammaln(n + 1.0))
-        + jnp.sum(-0.5 * z * z - jnp.log(dm.constraint_sigma) - 0.5 * math.log(2 * math.pi))
-    )
-    ratio = jnp.where(n > 0, n / lam, 0.0)
-    grad = -(jac.T @ (ratio - 1.0))
-    grad = grad.at[dm.constraint_par].add(-z / dm.constraint_sigma)
-    return value, grad
 
 
 def newton_step(
@@ -325,17 +320,7 @@ def newton_step(
     solved by the Woodbury identity for the constrained parameters and a Schur complement for
     the few unconstrained ones (normfactors): O(npars x nmain^2) instead of O(npars^3).
     """
-    lam, jac = expected_and_jacobian(dm, x)
-    n = data[: dm.nmain]
-    aux = data[dm.nmain :]
-    z = (aux - x[dm.constraint_par]) / dm.constraint_sigma
-    value = -(
-        jnp.sum(xlogy(n, lam) - lam - gammaln(n + 1.0))
-        + jnp.sum(-0.5 * z * z - jnp.log(dm.constraint_sigma) - 0.5 * math.log(2 * math.pi))
-    )
-    ratio = jnp.where(n > 0, n / lam, 0.0)
-    grad = -(jac.T @ (ratio - 1.0))
-    grad = grad.at[dm.constraint_par].add(-z / dm.constraint_sigma)
+    value, grad, lam, jac = _nll_grad(dm, x, data)
     g = jnp.where(free, grad, 0.0)
     at_bound = ((x <= bounds[:, 0]) & (g > 0)) | ((x >= bounds[:, 1]) & (g < 0))
     g = jnp.where(at_bound, 0.0, g)
