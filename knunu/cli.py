@@ -237,6 +237,18 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_checksum(args: argparse.Namespace) -> int:
+    """Add the Adler-32 of every local file to a catalogue; verify the ones it has."""
+    from knunu.processors.run import add_checksums
+
+    done = add_checksums(args.catalogue)
+    print(
+        f"{args.catalogue}: {done.added} checksum(s) added, {done.verified} verified, "
+        f"{done.remote} remote file(s) left without one"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
@@ -302,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"
     )
     clu.add_argument("--workers", type=int, default=2, help="number of workers to ask for")
+    chk = add(
+        "checksum",
+        cmd_checksum,
+        "add the Adler-32 of every local file to a dataset catalogue (e.g. one written by hand "
+        "for real ntuples) and verify the ones it has; every run then verifies them",
+    )
+    chk.add_argument("catalogue", help="the catalogue.json to complete")
     return parser
 
 

@@ -90,6 +90,50 @@ class Catalogue(NamedTuple):
         return sum(int(f[f"entries_{tree}"]) for f in self.datasets[dataset]["files"])
 
 
+class Checksums(NamedTuple):
+    """What :func:`add_checksums` did to a catalogue."""
+
+    added: int
+    verified: int
+    remote: int  # files not on a local or mounted file system (left without a checksum)
+
+
+def add_checksums(path: str | Path) -> Checksums:
+    """Give every local file of a (user's) catalogue its Adler-32; verify the ones it has.
+
+    The catalogue is rewritten atomically with the new checksums, which every later run
+    verifies before processing; nothing else in it changes.
+
+    Raises:
+        InputError: the catalogue is malformed, a file is missing, or a file no longer has
+            the checksum the catalogue records (the catalogue is then left as it was).
+    """
+    from knunu.rundir import write_json
+
+    catalogue = Catalogue.load(path)  # validates and resolves the paths
+    doc = json.loads(Path(path).read_text())
+    added = verified = remote = 0
+    for name, entry in catalogue.datasets.items():
+        for raw, f in zip(doc["datasets"][name]["files"], entry["files"], strict=True):
+            if "://" in f["path"]:
+                remote += 1
+                continue
+            have = adler32(input_file(f["path"]))
+            if raw.get("adler32"):
+                if raw["adler32"] != have:
+                    raise InputError(
+                        f"{f['path']}: checksum mismatch (adler32 {have}, catalogue "
+                        f"{raw['adler32']}): the file changed since its checksum was recorded"
+                    )
+                verified += 1
+            else:
+                raw["adler32"] = have
+                added += 1
+    if added:
+        write_json(path, doc)
+    return Checksums(added, verified, remote)
+
+
 def _absolute(name: str, base: Path) -> str:
     if "://" in name or os.path.isabs(name):  # remote (root://, https://) or absolute
         return name

@@ -4,6 +4,7 @@ interrupted runs. Every check compares histograms bit for bit with an undisturbe
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import signal
@@ -263,3 +264,33 @@ def test_an_interrupted_run_restarts_from_its_checkpoints(production, proc, refe
     other = runner.RunOptions(checkpoint_dir=checkpoints, fingerprint="retrained models")
     _, report = runner.run(production, DATASETS, proc, "ita", None, 1000, other)
     assert report.chunks_from_checkpoint == 0
+
+
+def test_a_hand_made_catalogue_gets_checksums_that_runs_then_verify(
+    production, proc, tmp_path, capsys
+):
+    from knunu.cli import main
+
+    good = production.datasets["signal"]["files"][0]
+    copy_path = tmp_path / "mine.root"
+    copy_path.write_bytes(Path(good["path"]).read_bytes())
+    entry = {k: v for k, v in good.items() if k != "adler32"} | {"path": "mine.root"}
+    doc = {"datasets": {"signal": {"files": [entry]}}}
+    path = tmp_path / "catalogue.json"
+    path.write_text(json.dumps(doc))
+    assert main(["checksum", str(path)]) == 0
+    assert "1 checksum(s) added, 0 verified" in capsys.readouterr().out
+    written = json.loads(path.read_text())["datasets"]["signal"]["files"][0]
+    assert written["adler32"] == adler32(copy_path)
+    assert main(["checksum", str(path)]) == 0  # a second pass verifies
+    assert "0 checksum(s) added, 1 verified" in capsys.readouterr().out
+    # a changed byte: the run refuses the file, and so does the checksum command
+    data = bytearray(copy_path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    copy_path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"mine\.root: checksum mismatch"):
+        runner.run(runner.Catalogue.load(path), ["signal"], proc, "ita", None, 1000)
+    assert main(["checksum", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "mine.root: checksum mismatch" in err[0]
