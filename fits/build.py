@@ -22,7 +22,7 @@ import numpy as np
 import pyhf
 import uproot
 
-from knunu.errors import InputError, WorkspaceError
+from knunu.errors import InputError, WorkspaceError, first_line
 from knunu.fits.catalogue import ANALYSES, Systematic
 from knunu.rundir import input_file
 
@@ -64,8 +64,7 @@ class HistogramFile:
         except FileNotFoundError:
             raise InputError(f"{self.path}: file not found") from None
         except Exception as exc:  # uproot raises several types for a file that is not ROOT
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.path}: not a readable ROOT file ({first})") from None
+            raise InputError(f"{self.path}: not a readable ROOT file ({first_line(exc)})") from None
         self.keys = {k.split(";")[0] for k in self._file.keys(cycle=True)}
 
     def get(self, histogram: str, sample: str, variation: str) -> tuple[np.ndarray, np.ndarray]:

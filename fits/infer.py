@@ -185,15 +185,13 @@ class Likelihood:
         }
         if self.engine not in ENGINES:
             raise FitError(f"Likelihood: engine {self.engine!r} is not one of {ENGINES}")
-        try:
-            if self.engine == "pyhf":
-                raise FitError("pyhf's graph asked for")
-            dm = dense.compile_model(model)
-        except FitError as exc:  # a model the dense arrays do not reproduce: pyhf's graph
-            log.debug("pyhf graph kept: %s", exc)
-            self.dense = None
-        else:
-            self.dense = dm
+        self.dense = None
+        if self.engine == "dense":
+            try:
+                self.dense = dense.compile_model(model)
+            except FitError as exc:  # a model the dense arrays do not reproduce: pyhf's graph
+                log.debug("pyhf graph kept: %s", exc)
+        if (dm := self.dense) is not None:
             self._fn.update(
                 nll=jax.jit(lambda x, d: -dense.logpdf(dm, x, d)),
                 vg=jax.jit(lambda x, d: dense.nll_and_grad(dm, x, d)),
@@ -405,7 +403,11 @@ class Likelihood:
         """
         data = np.atleast_2d(np.asarray(data, dtype=float))
         n = len(data)
-        fixes = [dict(fixed or {})] * n if not isinstance(fixed, list) else [dict(f) for f in fixed]
+        fixes = (
+            [dict(f) for f in fixed]
+            if isinstance(fixed, list)
+            else [dict(fixed or {}) for _ in range(n)]
+        )
         if len(fixes) != n:
             raise ValueError(f"fit_many: {len(fixes)} fixed mappings for {n} datasets")
         start = self.init if init is None else np.asarray(init, dtype=float)
@@ -431,7 +433,6 @@ class Likelihood:
                     break
                 for rows in _chunks(todo):
                     v, step, e = kernels["step"](x[rows], data[rows], free[rows])
-                    v, step, e = np.asarray(v), np.asarray(step), np.asarray(e)
                     ok = np.isfinite(v) & np.isfinite(e) & (e >= 0)
                     nll[rows], edm[rows] = v, e
                     conv = ok & (e < EDM_TOLERANCE)
@@ -441,7 +442,7 @@ class Likelihood:
                     alpha = np.ones(len(rows))
                     while moving.any():
                         trial = np.clip(x[rows] - alpha[:, None] * step, lo, hi)
-                        vt = np.asarray(kernels["nll"](trial, data[rows]))
+                        vt = kernels["nll"](trial, data[rows])
                         accept = moving & np.isfinite(vt)
                         accept &= vt <= v + 1e-4 * alpha * np.minimum(-e, 0.0) + 1e-12
                         x[rows[accept]] = trial[accept]
@@ -799,10 +800,10 @@ def goodness_of_fit(lh: Likelihood, best: FitResult, n_toys: int, seed: int) -> 
     # Toys sit far from the observed minimum (every auxiliary datum moves): Fisher scoring
     # from the best fit, all toys at once (fit_many refits the few the batch leaves one by one)
     fits = lh.fit_many(toys, init=best.x)
-    failed = list(fits.failed)
+    failed = fits.failed
     for k in failed:
         log.warning("goodness-of-fit toy %d (seed %d) left out: no fit strategy converged", k, seed)
-    values = [deviance(lh, fits.x[k], toys[k]) for k in range(n_toys) if k not in set(failed)]
+    values = [deviance(lh, fits.x[k], toys[k]) for k in range(n_toys) if k not in failed]
     if n_toys and len(failed) > MAX_FAILED_TOY_FRACTION * n_toys:
         raise FitError(
             f"goodness of fit: {len(failed)} of {n_toys} toy fits failed (seed {seed}; "

@@ -206,7 +206,7 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
         for j in fits.failed:
             log.warning("injection toy %d at mu = %g left out: no fit strategy converged", j, mu)
         failed += len(fits.failed)
-        fitted = [fits.x[j, lh.poi] for j in range(toys) if j not in set(fits.failed)]
+        fitted = [fits.x[j, lh.poi] for j in range(toys) if j not in fits.failed]
         if toys - len(fitted) > MAX_FAILED_TOY_FRACTION * toys:
             raise FitError(f"signal injection at mu = {mu:g}: {toys - len(fitted)} fits failed")
         values = np.asarray(fitted)

@@ -7,6 +7,16 @@ them into one line on stderr and exit code 2. Messages name the file and the pro
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    r"""The first line of an exception's message (its type when the message is empty).
+
+    >>> first_line(ValueError("bad basket\nat offset 12")), first_line(KeyError())
+    ('bad basket', 'KeyError')
+    """
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class KnunuError(Exception):
     """Base class of every error knunu raises on purpose."""
 

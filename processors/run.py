@@ -22,7 +22,7 @@ from urllib.parse import unquote
 import numpy as np
 from coffea import processor
 
-from knunu.errors import InputError, ProcessingError
+from knunu.errors import InputError, ProcessingError, first_line
 from knunu.processors.schema import Belle2Schema
 from knunu.rundir import adler32, input_file
 
@@ -118,20 +118,29 @@ def add_checksums(path: str | Path) -> Checksums:
             if "://" in f["path"]:
                 remote += 1
                 continue
-            have = adler32(input_file(f["path"]))
             if raw.get("adler32"):
-                if raw["adler32"] != have:
-                    raise InputError(
-                        f"{f['path']}: checksum mismatch (adler32 {have}, catalogue "
-                        f"{raw['adler32']}): the file changed since its checksum was recorded"
-                    )
+                verify_checksum(input_file(f["path"]), raw["adler32"])
                 verified += 1
             else:
-                raw["adler32"] = have
+                raw["adler32"] = adler32(input_file(f["path"]))
                 added += 1
     if added:
         write_json(path, doc)
     return Checksums(added, verified, remote)
+
+
+def verify_checksum(path: str | Path, expected: str) -> None:
+    """Raise :class:`InputError` unless the file still has the Adler-32 its catalogue records.
+
+    LZ4 baskets carry no checksum of their own: a flipped byte inside one reads without an
+    error and changes values silently.
+    """
+    have = adler32(path)
+    if have != expected:
+        raise InputError(
+            f"{path}: checksum mismatch (adler32 {have}, catalogue {expected}): the file "
+            "changed or is corrupted since it was written"
+        )
 
 
 def _absolute(name: str, base: Path) -> str:
@@ -401,7 +410,7 @@ def _run_dask(
                 result = future.result()
             except Exception as exc:  # the processor itself failed, or workers kept dying
                 raise ProcessingError(
-                    f"{name}: chunk {chunk_of[future.key].describe()} failed: {_first_line(exc)}"
+                    f"{name}: chunk {chunk_of[future.key].describe()} failed: {first_line(exc)}"
                 ) from exc
             future.release()
             finish(result)
@@ -436,10 +445,10 @@ def _attempt(
                 what = (
                     "file not found"
                     if isinstance(exc, FileNotFoundError)
-                    else f"unreadable ({_first_line(exc)})"
+                    else f"unreadable ({first_line(exc)})"
                 )
                 return None, f"{path}: {what} after {attempt} attempts", attempt
-            log.warning("%s: %s; retrying", path, _first_line(exc))
+            log.warning("%s: %s; retrying", path, first_line(exc))
             time.sleep(wait * 2 ** (attempt - 1))
 
 
@@ -477,7 +486,7 @@ def _process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
             output = proc.process(events)
         except AttributeError as exc:  # awkward: "no field named 'x'" -> the branch is missing
             if "no field named" in str(exc):
-                raise InputError(f"{chunk.path}: missing branch ({_first_line(exc)})") from None
+                raise InputError(f"{chunk.path}: missing branch ({first_line(exc)})") from None
             raise
         seconds = time.perf_counter() - tic
         _check_finite(cache, chunk)
@@ -533,41 +542,37 @@ def _plan(
         if ds not in catalogue.datasets:
             raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
     jobs = [
-        (ds, f["path"], int(f[f"entries_{tree}"]), f.get("adler32") or None)
+        (ds, (f["path"], tree, int(f[f"entries_{tree}"]), f.get("adler32") or None))
         for ds in datasets
         for f in catalogue.datasets[ds]["files"]
     ]
-    todo = [(path, tree, want, check, options.retries, options.retry_wait)
-            for _, path, want, check in jobs]  # fmt: skip
-    if client is None:
-        found = [_inspected(*job) for job in todo]
+    todo = [(*args, options.retries, options.retry_wait) for _, args in jobs]
+    if client is None or not todo:
+        found = [_inspected(*args) for args in todo]
     else:
         found = client.gather(client.map(_inspected, *zip(*todo, strict=True), pure=False))
+    branches: dict[str, dict[str, set[str]]] = {ds: {} for ds in datasets}
+    problems: dict[str, dict[str, str]] = {ds: {} for ds in datasets}
+    for (ds, (path, *_)), (names, problem) in zip(jobs, found, strict=True):
+        if problem:
+            problems[ds][path] = problem
+        else:
+            branches[ds][path] = names
     chunks: list[Chunk] = []
     lost: list[Lost] = []
     for ds in datasets:
-        files = catalogue.datasets[ds]["files"]
-        branches: dict[str, set[str]] = {}
-        problems: dict[str, str] = {}
-        for (job_ds, path, _, _), (names, problem) in zip(jobs, found, strict=True):
-            if job_ds != ds:
-                continue
-            if problem:
-                problems[path] = problem
-            else:
-                branches[path] = names
-        union = set().union(*branches.values()) if branches else set()
-        for path, names in branches.items():
-            missing = sorted(union - names)
-            if missing and path not in problems:
-                problems[path] = f"{path}: missing branch(es) {', '.join(missing)} of dataset {ds}"
-        for f in files:
+        seen, bad = branches[ds], problems[ds]
+        union = set().union(*seen.values())
+        for path, names in seen.items():
+            if missing := sorted(union - names):
+                bad[path] = f"{path}: missing branch(es) {', '.join(missing)} of dataset {ds}"
+        for f in catalogue.datasets[ds]["files"]:
             path, want = f["path"], int(f[f"entries_{tree}"])
-            if path in problems:
+            if path in bad:
                 if not options.skip_bad_inputs:
-                    raise InputError(problems[path])
-                log.warning("lost %d events: %s", want, problems[path])
-                lost.append(Lost(ds, path, 0, want, problems[path]))
+                    raise InputError(bad[path])
+                log.warning("lost %d events: %s", want, bad[path])
+                lost.append(Lost(ds, path, 0, want, bad[path]))
                 continue
             for start in range(0, want, chunksize):
                 stop = min(start + chunksize, want)
@@ -587,8 +592,7 @@ def _inspect(path: str, tree: str, want: int, checksum: str | None = None) -> se
     """Raise :class:`InputError` for a bad input file; a good one's branch names.
 
     With a ``checksum`` (the catalogue's Adler-32 of the file as written), the file's bytes
-    must still have it: LZ4 baskets carry no checksum of their own, so a flipped byte inside
-    one reads without an error and changes values silently.
+    must still have it (:func:`verify_checksum`).
     """
     import uproot
 
@@ -601,16 +605,11 @@ def _inspect(path: str, tree: str, want: int, checksum: str | None = None) -> se
     except (InputError, OSError):  # OSError: maybe transient, retried by the caller
         raise
     except Exception as exc:  # not ROOT, corrupt header
-        raise InputError(f"{path}: cannot read tree '{tree}' ({_first_line(exc)})") from None
+        raise InputError(f"{path}: cannot read tree '{tree}' ({first_line(exc)})") from None
     if got != want:
         raise InputError(f"{path}: {got} entries in '{tree}', catalogue says {want}")
     if checksum is not None and os.path.exists(path):
-        have = adler32(path)
-        if have != checksum:
-            raise InputError(
-                f"{path}: checksum mismatch (adler32 {have}, catalogue {checksum}): the file "
-                "changed or is corrupted since it was written"
-            )
+        verify_checksum(path, checksum)
     return names
 
 
@@ -676,8 +675,3 @@ class _Checkpoints:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(tmp, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
