@@ -8,6 +8,8 @@ Generator-level particles (CM frame) are boosted to the lab with each event's be
 - photons in the ECL (12.4-155.1 deg) above threshold become clusters with
   sigma_E/E = 1.6 %/sqrt(E) (+) 1.2 % (2 % at 1 GeV);
 - K_L leave a partial hadronic shower in the ECL with some probability, neutrons rarely;
+  antineutrons annihilate, more often than a neutron interacts, and deposit part of the
+  annihilation energy 2 m_n + T_kin;
   charged hadrons sometimes leave an unmatched hadronic split-off cluster;
 - beam-background photons are added; neutrinos are invisible.
 
@@ -29,7 +31,8 @@ KAON_ID_CUT = 0.9
 LEPTON_ID_CUT = 0.9
 
 #: Cluster origins (truth, for systematics as weights).
-PHOTON, KLONG, NEUTRON, SPLITOFF, BEAM = 0, 1, 2, 3, 4
+PHOTON, KLONG, NEUTRON, SPLITOFF, BEAM, ANTINEUTRON = 0, 1, 2, 3, 4, 5
+M_NEUTRON = 0.939565
 
 _NEUTRINOS = (12, 14, 16)
 #: Masses of the charged species that make tracks (|PDG| -> GeV); others get the pion mass.
@@ -63,6 +66,16 @@ class DetectorConfig:
     kl_ecl_efficiency: float = 0.5
     kl_energy_fraction: tuple[float, float] = (0.1, 0.6)
     neutron_ecl_efficiency: float = 0.1
+    # Antineutrons: the ECL's 30 cm of CsI(Tl) are 0.79 nuclear interaction lengths (PDG
+    # atomic and nuclear properties: lambda_I = 38.0 cm), 55 % for a K_L to interact (as
+    # kl_ecl_efficiency); antineutron-nucleus annihilation at p < 1 GeV is about 1.5x the
+    # neutron inelastic cross section (OBELIX, Astrua et al., Nucl. Phys. A 697 (2002) 209),
+    # so 1 - exp(-0.79 x 1.5) = 0.69. The annihilation releases 2 m_n + T_kin into about 5
+    # pions (PDG: pbar p annihilation at rest); the pi0 photons shower in the crystals, the
+    # charged pions leave about 0.17 GeV each (MIP over 30 cm) or interact: 25-55 % of it
+    # is seen (0.5-1.0 GeV for a slow antineutron).
+    antineutron_ecl_efficiency: float = 0.69
+    antineutron_energy_fraction: tuple[float, float] = (0.25, 0.55)
     splitoff_probability: float = 0.08
     hadronic_energy_scale: float = 1.0
     beam_photons_mean: float = 1.5
@@ -210,10 +223,16 @@ def simulate_detector(
     kl = (abs_pdg == 130) & in_ecl & (rng.random(len(lab)) < cfg.kl_ecl_efficiency)
     energy[kl] = kinetic[kl] * rng.uniform(lo, hi, kl.sum()) * cfg.hadronic_energy_scale
     origin[kl] = KLONG
-    neutron = (abs_pdg == 2112) & in_ecl & (rng.random(len(lab)) < cfg.neutron_ecl_efficiency)
+    neutron = (parts.pdg == 2112) & in_ecl & (rng.random(len(lab)) < cfg.neutron_ecl_efficiency)
     energy[neutron] = kinetic[neutron] * rng.uniform(lo, hi, neutron.sum())
     energy[neutron] *= cfg.hadronic_energy_scale
     origin[neutron] = NEUTRON
+    anti = (parts.pdg == -2112) & in_ecl
+    anti &= rng.random(len(lab)) < cfg.antineutron_ecl_efficiency
+    a_lo, a_hi = cfg.antineutron_energy_fraction
+    released = kinetic[anti] + 2 * M_NEUTRON
+    energy[anti] = released * rng.uniform(a_lo, a_hi, anti.sum()) * cfg.hadronic_energy_scale
+    origin[anti] = ANTINEUTRON
     resolution = np.hypot(
         cfg.ecl_stochastic / np.sqrt(np.clip(energy, 1e-6, None)), cfg.ecl_constant
     )

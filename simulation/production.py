@@ -34,7 +34,14 @@ from knunu.simulation.detector import KAON_ID_CUT, DetectorConfig, DetectorEvent
 from knunu.simulation.generators import Generator, Particles
 from knunu.simulation.kinematics import OFF_RESONANCE, ON_RESONANCE, sample_beams
 from knunu.simulation.ntuple import TREE_HTA, TREE_ITA, Tree, write_ntuple
-from knunu.simulation.reconstruction import TagModel, hta_variables, ita_truth, ita_variables
+from knunu.simulation.reconstruction import (
+    M_PI,
+    TagModel,
+    hta_variables,
+    ita_truth,
+    ita_variables,
+    track_p4,
+)
 from knunu.simulation.signal import signal_decays
 
 log = logging.getLogger(__name__)
@@ -417,7 +424,8 @@ def prefilter_mask(seen: DetectorEvents, pion_prescale: int = FileTask.pion_pres
     tr = seen.tracks
     n_tracks = np.diff(tr.offsets)
     lo, hi = PREFILTER["n_tracks"]
-    e_tot = np.add.reduceat(np.append(tr.p4_cm[:, 0], 0.0), tr.offsets[:-1]) * (n_tracks > 0)
+    e_track = track_p4(seen, M_PI)[1][:, 0]  # the pion hypothesis, as the ITA's E_tot
+    e_tot = np.add.reduceat(np.append(e_track, 0.0), tr.offsets[:-1]) * (n_tracks > 0)
     cl = seen.clusters
     e_cl = np.add.reduceat(np.append(cl.p4_cm[:, 0], 0.0), cl.offsets[:-1])
     e_cl = e_cl * (np.diff(cl.offsets) > 0)

@@ -4,8 +4,9 @@ Event-level: multiplicities, visible and missing energy/momentum, the polar angl
 missing momentum in the lab, event shapes (thrust, Fox-Wolfram R2, sphericity, CLEO cones).
 Per kaon candidate (every track; the processors select): p, pT, cos(theta), charge, kaon ID,
 impact parameters, E*_K and q2rec = s/4 + mK^2 - sqrt(s) E*_K, the rest-of-event (ROE) built
-from everything else (mass, Mbc, Delta E, charge, multiplicity) and D-suppression masses
-(K + opposite-charge ROE track as K pi).
+from everything else (mass, Mbc, Delta E, charge, multiplicity), D-suppression masses
+(K + opposite-charge ROE track as K pi) and continuum suppression with the kaon as the signal
+side (angle to the ROE thrust axis, ROE thrust, KSFW moments: ``event_shape.signal_side``).
 """
 
 from __future__ import annotations
@@ -39,14 +40,20 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
     tr, cl = seen.tracks, seen.clusters
     n = len(seen.sqrt_s)
     sqrt_s = seen.sqrt_s
-    vis_tracks = per_event_sum(tr.offsets, tr.p4_cm)
+    n_tracks = np.diff(tr.offsets)
+    cand_event = np.repeat(np.arange(n), n_tracks)
+    # mass hypotheses as basf2's particle lists give them: every track a pion in the event
+    # sums and the ROE, the candidate a kaon (the detector's true masses are not known)
+    lab_p3 = tr.p4_lab[:, 1:]
+    pi_lab, pi_cm = track_p4(seen, M_PI)
+    k4 = track_p4(seen, M_K)[1]
+    vis_tracks = per_event_sum(tr.offsets, pi_cm)
     vis_clusters = per_event_sum(cl.offsets, cl.p4_cm)
     visible = vis_tracks + vis_clusters
     # missing momentum in the lab: beams minus everything seen
     beams_lab = boost(np.column_stack([sqrt_s, np.zeros((n, 3))]), seen.beta_cm)
-    vis_lab = per_event_sum(tr.offsets, tr.p4_lab) + per_event_sum(cl.offsets, cl.p4_lab)
+    vis_lab = per_event_sum(tr.offsets, pi_lab) + per_event_sum(cl.offsets, cl.p4_lab)
     miss_lab = beams_lab - vis_lab
-    n_tracks = np.diff(tr.offsets)
     charge = per_event_sum(tr.offsets, tr.charge.astype(float))
 
     # event shapes from all visible momenta in the CM frame
@@ -58,7 +65,7 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
         np.arange(len(cl.origin)) - np.repeat(cl.offsets[:-1], np.diff(cl.offsets))
     )
     p3 = np.empty((int(offsets[-1]), 3))
-    p3[idx_t] = tr.p4_cm[:, 1:]
+    p3[idx_t] = pi_cm[:, 1:]
     p3[idx_c] = cl.p4_cm[:, 1:]
     padded = es.pad(offsets, p3)
     thrust, axis = es.thrust(padded)
@@ -89,16 +96,15 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
     }
 
     # ------------------------------------------------------------------ candidates
-    cand_event = np.repeat(np.arange(n), n_tracks)
-    p3k = tr.p4_cm[:, 1:]
+    p3k = k4[:, 1:]
     pk = np.linalg.norm(p3k, axis=1)
-    e_k = np.sqrt(pk**2 + M_K**2)
-    k4 = np.column_stack([e_k, p3k])
-    lab_p3 = tr.p4_lab[:, 1:]
-    roe = visible[cand_event] - tr.p4_cm  # the candidate's own energy uses its true mass
-    roe[:, 0] = visible[cand_event, 0] - tr.p4_cm[:, 0]
+    e_k = k4[:, 0]
+    roe = visible[cand_event] - pi_cm  # the candidate left the pion sum as it entered
     half = sqrt_s[cand_event] / 2
     roe_p = np.linalg.norm(roe[:, 1:], axis=1)
+    side = es.signal_side(
+        tr.offsets, p3k, tr.charge, cl.offsets, cl.p4_cm[:, 1:], -visible[:, 1:], e_k, sqrt_s
+    )
     candidates = {
         "K_p": np.linalg.norm(lab_p3, axis=1),
         "K_pt": np.hypot(lab_p3[:, 0], lab_p3[:, 1]),
@@ -116,7 +122,8 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
         "K_roe_p": roe_p,
         "K_roe_charge": (charge[cand_event] - tr.charge).astype(np.int32),
         "K_roe_nTracks": (n_tracks[cand_event] - 1).astype(np.int32),
-        "K_m_Kpi_D0": _kpi_d0_mass(tr.offsets, k4, tr.p4_cm, tr.charge),
+        "K_m_Kpi_D0": _kpi_d0_mass(tr.offsets, k4, pi_cm, tr.charge),
+        **{f"K_{name}": values for name, values in side.items()},
     }
     return event, candidates
 
@@ -132,7 +139,7 @@ def ita_truth(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str, np
     """
     cl = seen.clusters
     energy = cl.p4_cm[:, 0]
-    hadronic = np.isin(cl.origin, (det.KLONG, det.NEUTRON, det.SPLITOFF))
+    hadronic = np.isin(cl.origin, (det.KLONG, det.NEUTRON, det.ANTINEUTRON, det.SPLITOFF))
     photon = cl.origin == det.PHOTON
     klong = cl.origin == det.KLONG
     event = {
@@ -142,6 +149,14 @@ def ita_truth(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str, np
         "mcKLclusters": per_event_sum(cl.offsets, klong.astype(np.int64)).astype(np.int32),
     }
     return event, {"K_mcPDG": seen.tracks.true_pdg.astype(np.int32)}
+
+
+def track_p4(seen: DetectorEvents, m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every track's four-momentum under one mass hypothesis: (lab, CM frame)."""
+    p3 = seen.tracks.p4_lab[:, 1:]
+    lab = np.column_stack([np.sqrt(np.sum(p3**2, axis=1) + m**2), p3])
+    event = np.repeat(np.arange(len(seen.sqrt_s)), np.diff(seen.tracks.offsets))
+    return lab, boost(lab, -seen.beta_cm[event])
 
 
 def _kpi_d0_mass(

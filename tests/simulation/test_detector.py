@@ -9,7 +9,7 @@ import pytest
 
 from knunu.simulation import detector as det
 from knunu.simulation.generators import Generator, Particles
-from knunu.simulation.kinematics import ON_RESONANCE, mass
+from knunu.simulation.kinematics import ON_RESONANCE, boost, mass
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def _single_particles(pdg: int, n: int, p: float, rng) -> Particles:
     sin_t = np.sqrt(1 - cos_t**2)
     p3 = p * np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], axis=1)
     m = {321: 0.493677, 211: 0.13957, 11: 0.000511, 13: 0.105658, 22: 0.0, 130: 0.497611, 12: 0.0}
+    m |= {2112: det.M_NEUTRON, 2212: 0.938272}
     p4 = np.concatenate([np.sqrt(p**2 + m[abs(pdg)] ** 2) * np.ones((n, 1)), p3], axis=1)
     charge = np.full(n, {321: 1.0, 211: 1.0, 11: -1.0, 13: -1.0}.get(pdg, 0.0))
     return Particles(np.arange(n + 1), np.full(n, pdg, np.int32), p4, charge)
@@ -137,3 +138,30 @@ def test_lepton_id_efficiency_and_misid():
     soft = det.simulate_detector(_single_particles(13, 20_000, 0.25, rng), ON_RESONANCE, cfg, rng)
     slow = np.linalg.norm(soft.tracks.p4_lab[:, 1:], axis=1) < 0.35
     assert np.mean(soft.tracks.lepton_id[slow] > det.LEPTON_ID_CUT) < 0.02
+
+
+def test_antineutrons_annihilate_and_neutrons_rarely_interact():
+    """An antineutron is seen more often than a neutron and deposits part of 2 m_n + T."""
+    rng = np.random.default_rng(8)
+    cfg = det.DetectorConfig(beam_photons_mean=0.0, splitoff_probability=0.0)
+    p = 0.6  # GeV in the CM frame
+    anti = _single_particles(-2112, 20_000, p, rng)
+    nbar = det.simulate_detector(anti, ON_RESONANCE, cfg, rng)
+    n = det.simulate_detector(_single_particles(2112, 20_000, p, rng), ON_RESONANCE, cfg, rng)
+    assert np.all(nbar.clusters.origin == det.ANTINEUTRON)
+    assert np.all(n.clusters.origin == det.NEUTRON)
+    # every generated direction is inside the ECL: the cluster rate is the efficiency
+    eff = len(nbar.clusters.origin) / 20_000
+    assert eff == pytest.approx(cfg.antineutron_ecl_efficiency, abs=0.02)
+    assert len(n.clusters.origin) / 20_000 < 0.1
+    # the annihilation energy 2 m_n + T (lab), not the kinetic energy, sets the deposit
+    seen = np.diff(nbar.clusters.offsets) > 0
+    released = boost(anti.p4, nbar.beta_cm)[seen, 0] + det.M_NEUTRON
+    ratio = nbar.clusters.p4_lab[:, 0] / released
+    lo, hi = cfg.antineutron_energy_fraction
+    assert np.mean(ratio) == pytest.approx((lo + hi) / 2, abs=0.005)
+    assert np.quantile(ratio, 0.01) > 0.9 * lo
+    assert np.quantile(ratio, 0.99) < 1.1 * hi
+    assert np.mean(nbar.clusters.p4_lab[:, 0]) > 0.6  # GeV: far above a neutron's
+    # a neutron of the same momentum leaves part of its kinetic energy only
+    assert np.mean(n.clusters.p4_lab[:, 0]) < 0.2 * np.mean(nbar.clusters.p4_lab[:, 0])

@@ -7,7 +7,7 @@ import pytest
 
 from knunu.simulation.detector import DetectorConfig, simulate_detector
 from knunu.simulation.generators import Generator
-from knunu.simulation.kinematics import ON_RESONANCE
+from knunu.simulation.kinematics import ON_RESONANCE, mass
 from knunu.simulation.reconstruction import ita_variables
 
 
@@ -73,3 +73,26 @@ def test_kpi_mass_of_a_d0_decay():
     assert m[2] == 0.0
     assert m[3] == 0.0
     assert m[4] == 0.0
+
+
+def test_event_sums_and_roe_take_every_track_as_a_pion(signal_sample):
+    """basf2's lists: event energy and ROE use the pion mass, not the (unknown) true one."""
+    from knunu.simulation.generators import per_event_sum
+    from knunu.simulation.reconstruction import M_PI, track_p4
+
+    _, seen, event, cand = signal_sample
+    pi_cm = track_p4(seen, M_PI)[1]
+    e_pion = per_event_sum(seen.tracks.offsets, pi_cm[:, 0])
+    e_clusters = per_event_sum(seen.clusters.offsets, seen.clusters.p4_cm[:, 0])
+    np.testing.assert_allclose(event["E_tot"], e_pion + e_clusters, rtol=1e-12)
+    # per track: kaons and protons lose energy under the pion mass, electrons and muons gain
+    true_mass = np.sqrt(np.clip(mass(seen.tracks.p4_lab) ** 2, 0.0, None))
+    moved = np.sign(pi_cm[:, 0] - seen.tracks.p4_cm[:, 0])
+    far = np.abs(true_mass - M_PI) > 0.01
+    np.testing.assert_array_equal(moved[far], np.sign(M_PI - true_mass[far]))
+    assert np.any(moved[far] < 0)
+    assert np.any(moved[far] > 0)
+    # the ROE of a candidate: everything else, its tracks as pions
+    event_of = np.repeat(np.arange(len(e_pion)), np.diff(seen.tracks.offsets))
+    roe_e = cand["K_roe_deltaE"] + seen.sqrt_s[event_of] / 2
+    np.testing.assert_allclose(roe_e, (e_pion + e_clusters)[event_of] - pi_cm[:, 0], atol=1e-9)
