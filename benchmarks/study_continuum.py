@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--samples", nargs="+", default=["uubar", "ssbar", "ccbar"])
     parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument(
+        "--enhance", default="", help="Pythia EnhancedSplittings:List, e.g. {fsr:Q2QG=4}"
+    )
     args = parser.parse_args()
     cfg = load_config(None)["ita"]
     models = Path(args.run) / "models"
@@ -89,7 +92,13 @@ def main() -> None:
     for sample in args.samples:
         t0 = time.perf_counter()
         rng = np.random.default_rng(args.seed)
-        parts = Generator(sample, seed=args.seed).generate(args.events)
+        extra = (
+            ("Enhancements:doEnhance = on", f"EnhancedSplittings:List = {args.enhance}")
+            if args.enhance
+            else ()
+        )
+        gen = Generator(sample, seed=args.seed, extra=extra)
+        parts, weight = gen.generate_weighted(args.events)
         seen = simulate_detector(parts, ON_RESONANCE, det, rng)
         event, cand = ita_variables(seen)
         rows, cols = select(event, cand, seen.tracks.offsets, cfg["selection"])
@@ -102,8 +111,12 @@ def main() -> None:
         flags = truth_flags(parts)
         print(f"{sample}: {args.events} generated, {time.perf_counter() - t0:.0f} s")
         print("  all events: " + ", ".join(f"{k} {v.mean():.3f}" for k, v in flags.items()))
+        print(f"  weights: mean {weight.mean():.3f}, max {weight.max():.2f}")
         for name, mask in (("BDT1", p1), ("eta>0.75", eta > 0.75), ("eta>0.92", eta > 0.92)):
             sel = rows[mask]
+            w = weight[sel]
+            n_eff = w.sum() ** 2 / max((w**2).sum(), 1e-300)
+            print(f"  {name:9s} weighted {w.sum() / weight.sum():.2e}/gen, effective {n_eff:.1f}")
             frac = ", ".join(f"{k} {v[sel].mean():.2f}" for k, v in flags.items() if len(sel))
             print(f"  {name:9s} {len(sel):6d} ({len(sel) / args.events:.2e}/gen)  {frac}")
 

@@ -241,3 +241,29 @@ def cluster_check(backend: str, n_workers: int = 2, timeout: float = 120.0) -> s
             f"backend {backend}: {len(info['workers'])} workers ready in {ready:.1f} s\n"
             f"scheduler {info['address']}\ndashboard {client.dashboard_link}"
         )
+
+
+def memory_limit(client: Any) -> int | None:
+    """The largest memory limit (bytes) among the client's workers now; None without any."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    return max(limits) if limits and max(limits) else None
+
+
+def worker_death(exc: BaseException, limit: int | None) -> str | None:
+    """One line for a task whose workers kept dying (distributed's ``KilledWorker``), else None.
+
+    A worker that crosses its memory limit (``limit``, bytes, as seen while workers ran) is
+    killed by its nanny, and so is every worker the scheduler then gives the task: the line
+    names the limit and what to change.
+    """
+    from distributed.scheduler import KilledWorker
+
+    if not isinstance(exc, KilledWorker):
+        return None
+    known = f"{limit / 2**30:.1f} GiB" if limit else "unknown"
+    return (
+        f"{exc.allowed_failures + 1} workers died running it (the workers' memory limit is"
+        f" {known}; a task needing more memory is killed: make chunks smaller, e.g."
+        " ita.chunksize, or give the workers more memory)"
+    )

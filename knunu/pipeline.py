@@ -358,6 +358,7 @@ def run_options(config: dict[str, Any], run_dir: Path, progress: Any = None) -> 
         retry_wait=float(proc["retry_wait_s"]),
         skip_bad_inputs=bool(proc["skip_bad_inputs"]),
         checkpoint_dir=Path(run_dir) / "checkpoints" if proc["checkpoints"] else None,
+        no_workers_timeout=float(proc["no_workers_timeout_s"]),
         progress=progress,
     )
 

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 import numpy as np
 from coffea import processor
 
+from knunu.cluster.backends import memory_limit, worker_death
 from knunu.errors import InputError, ProcessingError, first_line
 from knunu.processors.schema import Belle2Schema
 from knunu.rundir import adler32, input_file
@@ -216,6 +217,8 @@ class RunOptions(NamedTuple):
         checkpoint_dir: Where finished chunks are kept; a run restarted with the same directory,
             processor, inputs and ``fingerprint`` loads them instead of processing them again.
         fingerprint: Extra identity of the run's inputs for the checkpoints (e.g. model digests).
+        no_workers_timeout: Seconds without any worker (batch jobs at their walltime, none
+            coming back) after which the run stops; finished chunks stay checkpointed.
         progress: Called with a :class:`Progress` after every finished chunk.
     """
 
@@ -224,6 +227,7 @@ class RunOptions(NamedTuple):
     skip_bad_inputs: bool = False
     checkpoint_dir: str | Path | None = None
     fingerprint: str = ""
+    no_workers_timeout: float = 600.0
     progress: Callable[[Progress], None] | None = None
 
 
@@ -355,7 +359,7 @@ def run(
         for chunk in todo:
             finish(_guarded(chunk, *args))
     else:
-        _run_dask(client, todo, args, finish, name, store.key)
+        _run_dask(client, todo, args, finish, name, store.key, options.no_workers_timeout)
     output = merger.result()
     processed = {ds: int(output.get(ds, {}).get("events", 0)) for ds in datasets}
     report = RunReport(
@@ -397,25 +401,57 @@ def _run_dask(
     finish: Callable[[ChunkResult], None],
     name: str,
     prefix: str,
+    no_workers_timeout: float = 600.0,
 ) -> None:
-    """Chunks as Dask tasks; results handed to ``finish`` as they arrive (any order)."""
-    from distributed import as_completed
+    """Chunks as Dask tasks; results handed to ``finish`` as they arrive (any order).
+
+    A chunk whose workers keep dying (a memory limit, a crash) stops the run with one line
+    naming it and the workers' memory limit; so does a cluster left without workers for
+    ``no_workers_timeout`` seconds. Chunks finished until then are kept by ``finish``.
+    """
+    from distributed import wait
 
     keys = [f"knunu-{prefix[:12]}-{c.index}" for c in todo]
     futures = client.map(_guarded, todo, *[[a] * len(todo) for a in args], key=keys)
     chunk_of = {f.key: c for f, c in zip(futures, todo, strict=True)}
+    pending = set(futures)
+    alone_since: float | None = None
+    limit = memory_limit(client)
     try:
-        for future in as_completed(futures):
+        while pending:
             try:
-                result = future.result()
-            except Exception as exc:  # the processor itself failed, or workers kept dying
+                done, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished in the meantime
+                done = set()
+            for future in sorted(done, key=lambda f: chunk_of[f.key].index):
+                try:
+                    result = future.result()
+                except Exception as exc:  # the processor itself failed, or workers kept dying
+                    chunk = chunk_of[future.key].describe()
+                    why = worker_death(exc, limit) or first_line(exc)
+                    raise ProcessingError(f"{name}: chunk {chunk} failed: {why}") from exc
+                future.release()
+                finish(result)
+            if done:
+                alone_since = None
+                continue
+            if client.scheduler_info(n_workers=-1)["workers"]:
+                alone_since = None
+                limit = memory_limit(client) or limit
+                continue
+            alone_since = alone_since or time.monotonic()
+            if time.monotonic() - alone_since > no_workers_timeout:
                 raise ProcessingError(
-                    f"{name}: chunk {chunk_of[future.key].describe()} failed: {first_line(exc)}"
-                ) from exc
-            future.release()
-            finish(result)
+                    f"{name}: no Dask workers for {no_workers_timeout:.0f} s (batch jobs ended?)"
+                    f" with {len(pending)} of {len(futures)} chunks to go; finished chunks are"
+                    " checkpointed: run again to resume"
+                )
     finally:
         client.cancel([f for f in futures if not f.done()])
+
+
+#: Seconds between checks for finished chunks and for workers.
+_POLL_S = 2.0
 
 
 def _guarded(chunk: Chunk, proc: Any, retries: int, wait: float) -> ChunkResult:

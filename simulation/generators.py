@@ -243,7 +243,16 @@ class Generator:
             charge=charges_of(self.pythia.particleData, codes),
         )
 
-    def _generate_bulk(self, n: int) -> Particles:
+    def generate_weighted(self, n: int) -> tuple[Particles, np.ndarray]:
+        """Generate ``n`` events in bulk with Pythia's event weights (1 unless biased).
+
+        Pythia's enhanced shower splittings (``Enhancements:doEnhance``) and other biasing
+        settings make weighted events; the weights keep every sum exact.
+        """
+        weights: list[np.ndarray] = []
+        return self._generate_bulk(n, weights), np.concatenate([np.zeros(0), *weights])
+
+    def _generate_bulk(self, n: int, weights: list[np.ndarray] | None = None) -> Particles:
         """Generate with ``Pythia.nextBatch`` in batches of at most :data:`BATCH_EVENTS`.
 
         Failed events come back as ``None`` (error mode ``"none"``), are dropped and made up
@@ -262,6 +271,8 @@ class Generator:
             n_ok = len(batch)
             failed += want - n_ok
             if n_ok:
+                if weights is not None:
+                    weights.append(np.asarray(ak.firsts(batch["info"]["weights"]), dtype=float))
                 c, codes, mom = _final_state(batch["prt"])
                 counts.append(c)
                 pdg.append(codes)

@@ -14,7 +14,9 @@ MC where the real analysis had to correct (:class:`Nature`, each a switch).
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import os
 import time
@@ -801,35 +803,113 @@ def _nature_jobs(
 def run_production(plan: Plan, client: Any) -> Path:
     """Run a planned production on a Dask client; returns the catalogue written.
 
-    Decay libraries already on disk (same seeds and sizes) are reused. A task that fails
-    fails the production loudly, naming the file; no catalogue is written then.
+    Every finished task leaves a record beside its file (:func:`done_path`: the task's
+    fingerprint, its result and the file's Adler-32). A production started again, after a
+    kill, a full disk or a lost cluster, reuses what it finds finished with the same
+    fingerprint and checksum and makes the rest, so it ends with the same files. A task that
+    fails fails the production loudly, naming the file; no catalogue is written then.
 
     Raises:
         SimulationError: one or more tasks failed.
     """
-    todo = [t for t in plan.libraries if not Path(t.path).exists()]
-    log.info("decay libraries: %d to build, %d reused", len(todo), len(plan.libraries) - len(todo))
-    _gather(client, build_library_file, todo, "library")
-    records = _gather(client, produce_file, list(plan.files), "file")
+    libs = plan.libraries
+    done_libs = {t.path for t in libs if _finished(t) is not None}
+    log.info("decay libraries: %d to build, %d reused", len(libs) - len(done_libs), len(done_libs))
+    _gather(client, build_library_file, [t for t in libs if t.path not in done_libs], "library")
+    finished = {t.path: _finished(t) for t in plan.files}
+    reused = {k: FileRecord(**v) for k, v in finished.items() if v is not None}
+    if reused:
+        log.info("files: %d of %d finished before, reused", len(reused), len(plan.files))
+    todo = [t for t in plan.files if t.path not in reused]
+    made = {r.path: r for r in _gather(client, produce_file, todo, "file")}
+    records = [reused.get(t.path) or made[t.path] for t in plan.files]
     path = write_catalogue(Path(plan.directory) / "catalogue.json", records, plan.data_luminosity)
     log.info("production done: %d files, catalogue %s", len(records), path)
     return path
 
 
+def done_path(path: str | Path) -> Path:
+    """The record a finished task leaves beside its file (a hidden JSON file)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.done.json")
+
+
+@lru_cache(maxsize=1)
+def _code() -> str:
+    from knunu.stamps import code_digest
+
+    return code_digest(("simulation", "configs/samples.yaml", "configs/bdecays.yaml"))
+
+
+def _fingerprint(task: FileTask | LibraryTask) -> str:
+    """What a task's file depends on: the task itself and the simulation code and tables."""
+    return hashlib.sha256(f"{task!r}|{_code()}".encode()).hexdigest()
+
+
+def _finished(task: FileTask | LibraryTask) -> dict[str, Any] | None:
+    """The result a task recorded when it finished, if its file is still that file."""
+    try:
+        doc = json.loads(done_path(task.path).read_text())
+        if doc["fingerprint"] == _fingerprint(task) and adler32(task.path) == doc["adler32"]:
+            return doc["result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none, damaged or stale: the task runs again
+    return None
+
+
+def _record(task: FileTask | LibraryTask, result: Any) -> None:
+    doc = asdict(result) if isinstance(result, FileRecord) else result
+    write_json(
+        done_path(task.path),
+        {"fingerprint": _fingerprint(task), "adler32": adler32(task.path), "result": doc},
+    )
+
+
+class _Failed(NamedTuple):
+    """An I/O error a task met, returned as its result (no traceback in the worker logs)."""
+
+    problem: str
+
+
+def _captured(func: Any, task: Any) -> Any:
+    try:
+        return func(task)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _Failed(
+                f"disk full ({exc.strerror}); free space and run again: "
+                "finished files are kept and reused"
+            )
+        return _Failed(f"{type(exc).__name__}: {exc}")
+
+
 def _gather(client: Any, func: Any, tasks: list[Any], what: str) -> list[Any]:
     from distributed import as_completed
 
+    from knunu.cluster.backends import memory_limit, worker_death
+
     if not tasks:
         return []
-    futures = client.map(func, tasks, pure=False)
+    limit = memory_limit(client)
+    futures = client.map(_captured, [func] * len(tasks), tasks, pure=False)
     owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
     results, failures = {}, []
     for k, future in enumerate(as_completed(futures), 1):
         task = owner[future.key]
         try:
-            results[future.key] = future.result()
+            result = future.result()
         except Exception as exc:  # reported with the task, then raised below
-            failures.append(f"{task.path}: {type(exc).__name__}: {exc}")
+            why = worker_death(exc, limit) or f"{type(exc).__name__}: {exc}"
+            failures.append(f"{task.path}: {why}")
+            continue
+        if isinstance(result, _Failed):
+            failures.append(f"{task.path}: {result.problem}")
+            continue
+        try:
+            _record(task, result)
+        except OSError as exc:  # the record is a convenience; without it the task reruns
+            log.warning("%s: no finished-task record (%s)", task.path, exc)
+        results[future.key] = result
         log.info("%s %d/%d done", what, k, len(tasks))
     if failures:
         raise SimulationError(f"{len(failures)} {what} task(s) failed; first: {failures[0]}")

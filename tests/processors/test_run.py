@@ -4,6 +4,7 @@ interrupted runs. Every check compares histograms bit for bit with an undisturbe
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import logging
 import os
@@ -11,12 +12,13 @@ import signal
 from pathlib import Path
 
 import awkward as ak
+import dask.config
 import numpy as np
 import pytest
 import uproot
 
 from knunu.cluster import get_client
-from knunu.errors import InputError
+from knunu.errors import InputError, ProcessingError
 from knunu.processors import run as runner
 from knunu.processors.ita import ITAProcessor
 from knunu.rundir import adler32
@@ -294,3 +296,79 @@ def test_a_hand_made_catalogue_gets_checksums_that_runs_then_verify(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "mine.root: checksum mismatch" in err[0]
+
+
+#: A processor whose first chunk of one file needs ``gib`` GiB more than the ITA processor:
+#: written as a module the workers import (they cannot import the tests).
+_MEMORY_HOG = """
+import time
+
+import numpy as np
+from coffea import processor
+
+
+class MemoryHog(processor.ProcessorABC):
+    def __init__(self, inner, path, gib):
+        self.inner, self.path, self.gib = inner, path, gib
+
+    def process(self, events):
+        meta = events.metadata
+        if meta["entrystart"] == 0 and meta["filename"] == self.path:
+            block = np.ones(int(self.gib * 2**30 / 8))  # touched: resident
+            time.sleep(5)  # long enough for the nanny's memory monitor
+            del block
+        return self.inner.process(events)
+
+    def postprocess(self, accumulator):
+        return accumulator
+"""
+
+
+@pytest.mark.slow
+def test_a_chunk_beyond_the_memory_limit_ends_in_one_line_naming_it(
+    production, proc, tmp_path, monkeypatch
+):
+    (tmp_path / "knunu_memory_hog.py").write_text(_MEMORY_HOG)
+    monkeypatch.syspath_prepend(tmp_path)  # spawned workers start with this sys.path
+    hog = importlib.import_module("knunu_memory_hog").MemoryHog
+    path = production.paths(["charged"])[0]
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        get_client("local", n_workers=1, memory_limit="1GiB") as client,
+        pytest.raises(ProcessingError) as err,
+    ):
+        runner.run(production, DATASETS, hog(proc, path, 1.5), "ita", client, 1000)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"chunk {path} [0, 1000) failed" in message
+    assert "2 workers died" in message
+    assert "memory limit is 1.0 GiB" in message
+    assert "KilledWorker" not in message
+
+
+@pytest.mark.slow
+def test_a_cluster_without_workers_stops_and_the_run_resumes(production, proc, reference, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+
+    with get_client("local", n_workers=2) as client:
+        client.wait_for_workers(2, timeout=120)
+
+        def end_every_job(progress: runner.Progress) -> None:
+            if progress.chunks_done == 2:
+                client.cluster.scale(0)  # as batch jobs reaching their walltime
+
+        options = runner.RunOptions(
+            checkpoint_dir=checkpoints, no_workers_timeout=3.0, progress=end_every_job
+        )
+        with pytest.raises(ProcessingError) as err:
+            runner.run(production, DATASETS, proc, "ita", client, 1000, options)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "no Dask workers for 3 s" in message
+    kept = len(list(checkpoints.rglob("*.pkl")))
+    assert kept >= 2
+    with get_client("local", n_workers=2) as client:
+        again = runner.RunOptions(checkpoint_dir=checkpoints)
+        out, report = runner.run(production, DATASETS, proc, "ita", client, 1000, again)
+    assert report.chunks_from_checkpoint == kept
+    assert_identical(out, reference[0])

@@ -141,10 +141,10 @@ def test_signal_side_moments_match_their_definition():
     for s in range(n_t):
         for name, value in want[s].items():
             # the ROE thrust is iterated from 3 seeds: a local maximum, never above the exact one
-            tol = 0.02 if name == "thrustOm" else 1e-10
+            tol = 0.02 if name == "thrustOm" else 1e-6  # stored as float32
             assert got[name][s] == pytest.approx(value, abs=tol), (s, name)
             if name == "thrustOm":
-                assert got[name][s] <= value + 1e-12
+                assert got[name][s] <= value + 1e-6  # float32
         assert 0.0 <= got["cosTBTO"][s] <= 1.0
 
 

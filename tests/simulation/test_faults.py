@@ -1,0 +1,71 @@
+"""Faults during a production: a full disk, a production killed and started again."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import uproot
+
+from knunu.cluster import get_client
+from knunu.errors import SimulationError
+from knunu.processors.run import Catalogue
+from knunu.rundir import adler32
+from knunu.simulation.production import done_path, plan_production, run_production
+
+#: Branches compared file by file against the undisturbed production.
+COMPARED = ("__event__", "__weight__", "nTracks", "E_miss", "K_q2rec", "K_cosTBTO")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs (the run directory on a nearly full disk); unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def _content(catalogue: Catalogue) -> dict[str, tuple]:
+    """Per file (relative path): the catalogue's numbers and some branches of the ITA tree."""
+    out = {}
+    for name, entry in catalogue.datasets.items():
+        for f in entry["files"]:
+            path = Path(f["path"])  # absolute once loaded
+            numbers = tuple(f[k] for k in ("generated", "sum_weights", "entries_ita", "events"))
+            with uproot.open(path) as rf:
+                tree = rf["ita"]
+                arrays = tuple(tree[b].array(library="ak").tolist() for b in COMPARED)
+            out[f"{name}/{Path(f['path']).name}"] = (numbers, arrays)
+    return out
+
+
+def test_a_full_disk_ends_in_one_line_and_the_production_resumes(cfg, production, small_disk):
+    plan = plan_production(cfg, small_disk / "ntuples")
+    with get_client("local", n_workers=2) as client:
+        with pytest.raises(SimulationError, match="disk full") as err:
+            run_production(plan, client)
+        assert "\n" not in str(err.value)
+        assert str(small_disk) in str(err.value)  # the file it was writing
+        # nothing half-written looks complete: no temporary file, no catalogue, and every file
+        # that is there is whole (written to a temporary name, renamed when complete)
+        assert not [p for p in small_disk.rglob("*") if p.name.endswith(".part")]
+        assert not (small_disk / "ntuples" / "catalogue.json").exists()
+        finished = sorted(small_disk.rglob("*.root"))
+        assert finished, "the disk filled before the first file: make it larger"
+        for path in finished:
+            with uproot.open(path) as rf:
+                assert rf["ita"].num_entries >= 0
+        before = {p: p.stat().st_mtime_ns for p in finished if done_path(p).exists()}
+        assert before
+        # space freed: the same production started again reuses what finished and ends whole
+        subprocess.run(["mount", "-o", "remount,size=400M", str(small_disk)], check=True)
+        path = run_production(plan, client)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    resumed = Catalogue.load(path)
+    for entry in resumed.datasets.values():
+        for f in entry["files"]:
+            assert adler32(f["path"]) == f["adler32"]
+    assert _content(resumed) == _content(production)
