@@ -575,10 +575,21 @@ class Likelihood:
 
         Main data are Poisson; auxiliary data come from the constraint terms (Gaussian with the
         prior width around the parameter, Poisson for shapesys-type constraints).
+
+        Raises:
+            FitError: the model expects a negative or non-finite yield in a bin at ``x``.
         """
         rng = np.random.default_rng(seed)
-        expected = self.expected_data(x)
-        main = rng.poisson(expected[: self.nmain], size=(n, self.nmain)).astype(float)
+        expected = np.asarray(self.expected_data(x), dtype=float)
+        lam = expected[: self.nmain]
+        bad = ~np.isfinite(lam) | (lam < -1e-9 * max(1.0, float(np.nanmax(np.abs(lam)))))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise FitError(
+                f"no pseudo-experiments from this point: the model expects {lam[i]:.3g} events "
+                f"in bin {i} ({int(bad.sum())} bin(s) negative or not finite)"
+            )
+        main = rng.poisson(np.clip(lam, 0.0, None), size=(n, self.nmain)).astype(float)
         aux = np.empty((n, len(expected) - self.nmain))
         cfg = self.model.config
         col = 0

@@ -902,6 +902,9 @@ def _gather(client: Any, func: Any, tasks: list[Any], what: str) -> list[Any]:
             why = worker_death(exc, limit) or f"{type(exc).__name__}: {exc}"
             failures.append(f"{task.path}: {why}")
             continue
+        # released at once: a result the scheduler still holds is recomputed when its worker
+        # dies, and the file written again (other bytes) after its checksum was taken
+        future.release()
         if isinstance(result, _Failed):
             failures.append(f"{task.path}: {result.problem}")
             continue

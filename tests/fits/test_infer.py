@@ -142,6 +142,44 @@ def test_sample_has_the_model_mean():
     np.testing.assert_array_equal(toys, lh.sample(x, 20000, seed=3))
 
 
+def test_no_toys_from_a_point_with_negative_expected_yields():
+    """A histosys extrapolated far enough empties a bin: one clear error, not numpy's."""
+    spec = {
+        "channels": [
+            {
+                "name": "c",
+                "samples": [
+                    {
+                        "name": "s",
+                        "data": [5.0],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {
+                        "name": "b",
+                        "data": [5.0],
+                        "modifiers": [
+                            {
+                                "name": "shape",
+                                "type": "histosys",
+                                "data": {"hi_data": [9.0], "lo_data": [1.0]},
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+        "observations": [{"name": "c", "data": [10.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
+    lh = Likelihood.from_workspace(pyhf.Workspace(spec))
+    x = np.array(lh.init, dtype=float)
+    x[lh.model.config.par_slice("mu")] = 0.0
+    x[lh.model.config.par_slice("shape")] = -3.0  # 5 + 3 (1 - 5) = -7 events
+    with pytest.raises(FitError, match=r"expects -7 events in bin 0"):
+        lh.sample(x, 10, seed=1)
+
+
 def test_analysis_selection(tmp_path):
     ws = _workspace()
     assert analyses_in(ws) == []

@@ -1,0 +1,185 @@
+"""Chaos: `knunu run` with workers SIGKILLed at seeded random moments and the whole run killed
+mid-simulation, then started again, ends with the outputs of an undisturbed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyhf
+import pytest
+import uproot
+import yaml
+
+KNUNU = shutil.which("knunu", path=str(Path(sys.executable).parent)) or "knunu"
+pytestmark = pytest.mark.slow
+
+#: Branches compared file by file (event and candidate level, weights, truth).
+COMPARED = ("__event__", "__weight__", "nTracks", "E_miss", "mcEinv", "K_q2rec", "K_hso02")
+MODELS = ("bdt1.json", "bdt2.json", "bdtc.json", "eta.json", "bdth.json", "eta_h.json")
+
+
+def _config(tmp_path: Path) -> Path:
+    """The tiny scale, with the test suite's small trainings and a small workspace to fit."""
+    model = pyhf.simplemodels.uncorrelated_background([3.0, 6.0], [40.0, 20.0], [4.0, 3.0])
+    workspace = tmp_path / "small.json"
+    workspace.write_text(
+        json.dumps(
+            {
+                "channels": model.spec["channels"],
+                "observations": [{"name": "singlechannel", "data": [46.0, 27.0]}],
+                "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+                "version": "1.0.0",
+            }
+        )
+    )
+    rounds = {"rounds": 60}
+    doc = {
+        "scale": "tiny",
+        "ita": {
+            "folds": 2,
+            "bdtc_bdt1_min": 0.0,
+            "bdtc_eta_min": 0.0,
+            "chunksize": 5000,
+            "xgboost": {"bdt1": rounds, "bdt2": rounds, "bdtc": rounds},
+        },
+        "hta": {
+            "folds": 2,
+            "chunksize": 5000,
+            "continuum_min_data": 1,
+            "xgboost": {"bdth": rounds},
+        },
+        "fit": {"workspace": str(workspace), "gof_toys": 10},
+        "validation": {"injection_toys": 5},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _start(config: Path, run_dir: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return subprocess.Popen(
+        [KNUNU, "run", "-c", str(config), "--cluster", "local", "-o", str(run_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: the whole run can be killed at once
+    )
+
+
+def _workers(pid: int) -> list[psutil.Process]:
+    """The Dask worker processes of a `knunu run` (spawned children, not the resource tracker)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for child in children:
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in cmd and "resource_tracker" not in cmd:
+            out.append(child)
+    return out
+
+
+class _Chaos(threading.Thread):
+    """SIGKILLs one worker of the running `knunu run` every 2-6 s (seeded)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.rng = np.random.default_rng(seed)
+        self.pid: int | None = None
+        self.kills = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.rng.uniform(2.0, 6.0)):
+            workers = _workers(self.pid) if self.pid else []
+            if workers:
+                victim = workers[int(self.rng.integers(len(workers)))]
+                try:
+                    victim.send_signal(signal.SIGKILL)
+                    self.kills += 1
+                except psutil.Error:
+                    pass
+
+
+def _ntuples(run_dir: Path) -> dict[str, tuple]:
+    catalogue = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())["datasets"]
+    out = {}
+    for name, entry in catalogue.items():
+        for f in entry["files"]:
+            numbers = tuple(f[k] for k in ("generated", "sum_weights", "entries_ita", "events"))
+            with uproot.open(run_dir / "ntuples" / f["path"]) as rf:
+                tree = rf["ita"]  # data files have no truth branches
+                arrays = tuple(tree[b].array(library="ak").tolist() for b in COMPARED if b in tree)
+            out[f"{name}/{f['path']}"] = (numbers, arrays)
+    return out
+
+
+def _histograms(path: Path) -> dict[str, tuple]:
+    with uproot.open(path) as rf:
+        return {
+            key: (rf[key].values(flow=True).tolist(), rf[key].variances(flow=True).tolist())
+            for key in rf.keys(cycle=False)
+        }
+
+
+def test_killed_workers_and_a_killed_run_change_no_output(tmp_path):
+    config = _config(tmp_path)
+    reference = tmp_path / "reference"
+    quiet = _start(config, reference)
+    log = quiet.communicate(timeout=1200)[0]
+    assert quiet.returncode == 0, log
+
+    chaos = _Chaos(seed=20231114)
+    chaos.start()
+    run_dir = tmp_path / "chaos"
+    first = _start(config, run_dir)
+    chaos.pid = first.pid
+    # the whole run (client, scheduler, workers) killed in the middle of the simulation
+    records = run_dir / "ntuples"
+    deadline = time.monotonic() + 600
+    while len(list(records.rglob(".*.root.done.json"))) < 8:
+        assert first.poll() is None, first.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=60)  # reaps it and closes its pipe
+    assert not (records / "catalogue.json").exists()
+    finished = {
+        p.with_name(p.name[1 : -len(".done.json")]): None for p in records.rglob(".*.done.json")
+    }
+    finished = {p: p.stat().st_mtime_ns for p in finished if p.exists()}
+    # started again on the same run directory, still losing workers
+    again = _start(config, run_dir)
+    chaos.pid = again.pid
+    log = again.communicate(timeout=1500)[0]
+    chaos.stop.set()
+    assert again.returncode == 0, log
+    assert chaos.kills >= 5, f"only {chaos.kills} workers killed"
+    # what had finished before the kill was reused, not made again
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+
+    assert _ntuples(run_dir) == _ntuples(reference)
+    for name in MODELS:
+        a = json.loads((reference / "models" / name).read_text())
+        b = json.loads((run_dir / "models" / name).read_text())
+        assert a == b, name
+    assert _histograms(run_dir / "histograms.root") == _histograms(reference / "histograms.root")
+    fit_a = json.loads((reference / "fit" / "results.json").read_text())
+    fit_b = json.loads((run_dir / "fit" / "results.json").read_text())
+    assert fit_a == fit_b
