@@ -138,7 +138,7 @@ def _histograms(path: Path) -> dict[str, tuple]:
         }
 
 
-def test_killed_workers_and_a_killed_run_change_no_output(tmp_path):
+def test_killed_workers_and_a_killed_run_change_no_output(tmp_path, record_property):
     config = _config(tmp_path)
     reference = tmp_path / "reference"
     quiet = _start(config, reference)
@@ -170,6 +170,7 @@ def test_killed_workers_and_a_killed_run_change_no_output(tmp_path):
     log = again.communicate(timeout=1500)[0]
     chaos.stop.set()
     assert again.returncode == 0, log
+    record_property("worker_kills", chaos.kills)  # in --junitxml reports
     assert chaos.kills >= 5, f"only {chaos.kills} workers killed"
     # what had finished before the kill was reused, not made again
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
