@@ -33,6 +33,14 @@ class Backend(NamedTuple):
     make: Callable[[dict[str, Any]], Any]
 
 
+#: Dask settings of every knunu worker (batch workers get them as DASK_* variables, see
+#: ``worker_env`` in configs/cluster.yaml). A worker paused at 80 % memory resumes only when
+#: its memory falls, which unmanaged memory need not do: a measurement run stalled for good
+#: with both workers paused at 81 %. Unpaused, a worker that keeps growing is restarted at
+#: 95 % by its nanny, and a chunk that kills its workers is named (processors.run).
+WORKER_CONFIG = {"distributed.worker.memory.pause": False}
+
+
 def _local(settings: dict[str, Any]) -> LocalCluster:
     # glibc reads MALLOC_* when a process starts: they must be in the environment the nanny
     # spawns the worker with (pre-spawn-environ; an OS value set before wins), not set later
@@ -40,7 +48,7 @@ def _local(settings: dict[str, Any]) -> LocalCluster:
         **dask.config.get("distributed.nanny.pre-spawn-environ"),
         **{k: str(v) for k, v in settings["worker_env"].items()},
     }
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env, **WORKER_CONFIG}):
         return LocalCluster(
             n_workers=settings["n_workers"],
             threads_per_worker=settings["threads_per_worker"],

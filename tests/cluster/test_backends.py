@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import dask.config
 import pytest
@@ -63,3 +64,34 @@ def test_slurm_job_script_has_lifetime_and_tls():
         tls_dir = cluster.knunu_cleanup.peek()[2][0]
         cluster.knunu_cleanup()
     assert not tls_dir.exists()
+
+
+def _leak_factory():
+    # defined at run time: pickled by value, workers need not import this module
+    def leak(gib: float) -> int:
+        import sys
+
+        import numpy as np
+
+        kept = np.ones(int(gib * 2**30 / 8))
+        sys.__dict__.setdefault("_knunu_leak", []).append(kept)  # never freed: unmanaged
+        return len(kept)
+
+    def after(x: int) -> int:
+        return x + 1
+
+    return leak, after
+
+
+def test_a_worker_above_the_pause_threshold_keeps_working():
+    """Dask pauses a worker at 80 % memory until it falls; unmanaged memory need not fall.
+
+    knunu's workers do not pause (a measurement run stalled with both workers paused): the
+    next task runs; a worker growing on to 95 % is restarted by its nanny instead.
+    """
+    leak, after = _leak_factory()
+    with get_client("local", n_workers=1, memory_limit="1GiB") as client:
+        client.wait_for_workers(1, timeout=60)
+        client.submit(leak, 0.85, pure=False).result(timeout=60)
+        time.sleep(1.0)  # the memory monitor has seen it (every 100 ms)
+        assert client.submit(after, 1, pure=False).result(timeout=30) == 2
