@@ -186,6 +186,10 @@ def cluster_settings(backend: str, **overrides: Any) -> dict[str, Any]:
     return settings
 
 
+#: Attempts to start a cluster before giving up (a worker can die while it starts).
+START_ATTEMPTS = 3
+
+
 @contextlib.contextmanager
 def get_client(backend: str = "local", **overrides: Any) -> Iterator[Client]:
     """A ``distributed.Client`` on a fresh cluster of the named backend, closed on exit.
@@ -198,10 +202,17 @@ def get_client(backend: str = "local", **overrides: Any) -> Iterator[Client]:
         The connected client.
     """
     settings = cluster_settings(backend, **overrides)
-    try:
-        cluster = BACKENDS[backend].make(settings)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cluster backend {backend!r} failed to start: {exc}") from exc
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            cluster = BACKENDS[backend].make(settings)
+            break
+        except (OSError, RuntimeError, ValueError) as exc:
+            # e.g. a worker process killed while its nanny starts it ("Nanny failed to start")
+            if attempt == START_ATTEMPTS:
+                raise ClusterError(
+                    f"cluster backend {backend!r} failed to start ({attempt} attempts): {exc}"
+                ) from exc
+            log.warning("cluster backend %r failed to start (%s); trying again", backend, exc)
     try:
         if backend != "local":
             if settings.get("maximum_jobs"):
