@@ -113,28 +113,6 @@ def _cancel_every_job(chunks: int) -> Callable:
     return progress
 
 
-def test_adaptive_scaling_replaces_workers_that_reach_their_lifetime(
-    slurm, production, cfg, trained, local_histograms, tmp_path
-):
-    """Workers retire before the walltime (``lifetime``) and come back; nothing is lost.
-
-    (Jobs killed from outside, e.g. ``scancel``, are not replaced by dask-jobqueue's adaptive
-    scaling: dask-jobqueue issues 122 and 611; such a run stops after ``no_workers_timeout``,
-    tested below.)
-    """
-    seen: set[str] = set()
-    short = {**SETTINGS, "lifetime": "8s", "lifetime_stagger": "1s"}
-    with get_client("slurm", minimum_jobs=1, maximum_jobs=2, **short) as client:
-        client.wait_for_workers(1, timeout=120)
-
-        def note_workers(p: Any) -> None:
-            seen.update(client.scheduler_info(n_workers=-1)["workers"])
-
-        out = process(production, cfg, trained, tmp_path, client, note_workers)
-    assert len(seen) > 2  # workers retired and new ones took over
-    assert_same_histograms(out, local_histograms)
-
-
 def test_without_adaptive_scaling_a_run_without_workers_stops_in_one_line(
     slurm, production, cfg, trained, tmp_path
 ):
