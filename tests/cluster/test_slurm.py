@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from distributed import Client
 from distributed.security import Security
 
 from knunu.cluster import get_client
-from knunu.errors import ProcessingError
-from knunu.processors import run as runner
-from knunu.processors.ita import ITAProcessor
 
 from .helpers import assert_on_loopback, assert_same_histograms, jobs_left, kill_after, process
 
@@ -98,42 +93,3 @@ def test_scancel_mid_processing_changes_no_histogram(
         out = process(production, cfg, trained, tmp_path, client, progress)
     assert progress.killed
     assert_same_histograms(out, local_histograms)
-
-
-def _cancel_every_job(chunks: int) -> Callable:
-    """A progress callback that cancels every batch job once ``chunks`` ITA chunks are done."""
-    cancelled: list[str] = []
-
-    def progress(p: Any) -> None:
-        if p.label.startswith("ITAProcessor") and p.chunks_done == chunks and not cancelled:
-            cancelled.extend(_jobs())
-            subprocess.run(["scancel", *cancelled], check=True)  # as the walltime would
-
-    progress.cancelled = cancelled  # type: ignore[attr-defined]
-    return progress
-
-
-def test_without_adaptive_scaling_a_run_without_workers_stops_in_one_line(
-    slurm, production, cfg, trained, tmp_path
-):
-    progress = _cancel_every_job(3)
-    options = runner.RunOptions(
-        progress=progress, no_workers_timeout=5.0, checkpoint_dir=tmp_path / "checkpoints"
-    )
-    ita = {**cfg["ita"], "chunksize": 1000}
-    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
-        client.wait_for_workers(2, timeout=120)
-        with pytest.raises(ProcessingError) as err:
-            runner.run(
-                production,
-                ["signal", "charged"],
-                ITAProcessor(str(trained[0] / "models"), ita),
-                "ita",
-                client,
-                1000,
-                options,
-            )
-    assert progress.cancelled
-    assert "\n" not in str(err.value)
-    assert "no Dask workers for 5 s" in str(err.value)
-    assert len(list((tmp_path / "checkpoints").rglob("*.pkl"))) >= 3
