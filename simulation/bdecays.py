@@ -440,9 +440,7 @@ class Mixture:
         weight = np.empty(len(species))
         for sp in np.unique(species):
             mask = species == sp
-            rows = self.draws[int(sp)]
-            if natural:
-                rows = tuple((first, size, q * w, 1.0) for first, size, q, w in rows)
+            rows = self._rows(int(sp), natural)
             if bias is not None:
                 entry[mask], weight[mask] = _draw_biased(rows, bias, int(mask.sum()), rng)
                 continue
@@ -453,6 +451,73 @@ class Mixture:
             entry[mask] = first + (rng.random(len(which)) * size).astype(np.int64)
             weight[mask] = np.array([r[3] for r in rows])[which]
         return entry, weight
+
+    def _rows(self, species: int, natural: bool) -> tuple[tuple[int, int, float, float], ...]:
+        rows = self.draws[species]
+        if natural:
+            return tuple((first, size, q * w, 1.0) for first, size, q, w in rows)
+        return rows
+
+    def draw_pairs(
+        self,
+        first: np.ndarray,
+        rng: np.random.Generator,
+        factor: np.ndarray,
+        share: float,
+        natural: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """B Bbar pairs with one B (either) drawn in proportion to a per-entry factor.
+
+        The proposal for a pair (e1, e2) is the defensive mixture
+        ``g = (1 - share) m(e1) m(e2) + share/2 [k(e1) m(e2) + m(e1) k(e2)]``: ``m`` is the
+        untargeted draw (:meth:`draw`), ``k`` the same tilted by ``factor`` (``k = m f / Z``,
+        ``Z = E_m[f]`` per species). So a B with a large factor (the signal-side B: a hard
+        kaon and invisible energy) is drawn next to a B as nature makes it (the tag side), and
+        no pair carries more than ``1 / (1 - share)`` times its untargeted weight. Each pair
+        carries its untargeted weight over ``(1 - share) + share/2 (f(e1)/Z + f(e2)/Z)``:
+        every weighted sum keeps its expectation exactly.
+
+        Args:
+            first: Signed PDG code of the first B per pair (the second is its antiparticle).
+            rng: The random stream.
+            factor: Non-negative factor per library entry (zero: never drawn by ``k``).
+            share: Fraction of pairs with a tilted B (0 < share < 1).
+            natural: Strata at their branching fractions (the weighted nature stream).
+
+        Returns:
+            First entries, second entries and weights.
+        """
+        n = len(first)
+        role = rng.random(n)
+        tilt_first = role < share / 2
+        tilt_second = (role >= share / 2) & (role < share)
+        e1, _ = self.draw(first, rng, natural=natural)
+        e2, _ = self.draw(-first, rng, natural=natural)
+        if tilt_first.any():
+            e1[tilt_first], _ = self.draw(first[tilt_first], rng, natural=natural, bias=factor)
+        if tilt_second.any():
+            sub = -first[tilt_second]
+            e2[tilt_second], _ = self.draw(sub, rng, natural=natural, bias=factor)
+        untargeted = np.zeros(len(self.library))  # the untargeted weight per entry
+        scaled = np.empty(n)  # f(e1)/Z1 + f(e2)/Z2
+        for sp in np.unique(first):
+            for species in (int(sp), -int(sp)):
+                for start, size, _, w in self._rows(species, natural):
+                    untargeted[start : start + size] = w
+            mask = first == sp
+            scaled[mask] = factor[e1[mask]] / self._mean_factor(int(sp), natural, factor)
+            scaled[mask] += factor[e2[mask]] / self._mean_factor(-int(sp), natural, factor)
+        weight = untargeted[e1] * untargeted[e2] / ((1.0 - share) + share / 2 * scaled)
+        return e1, e2, weight
+
+    def _mean_factor(self, species: int, natural: bool, factor: np.ndarray) -> float:
+        """E_m[factor]: the factor's mean over the untargeted draw of a species."""
+        rows = self._rows(species, natural)
+        z = sum(q * float(factor[first : first + size].mean()) for first, size, q, _ in rows)
+        z /= sum(q for *_, q, _ in rows)
+        if z <= 0:
+            raise ConfigError(f"B {species}: no library entry has a positive targeting factor")
+        return z
 
     def draw_control(self, species: int, name: str, n: int, rng: np.random.Generator) -> Any:
         """Entries of a control stratum (weight 1: its rate is applied by its luminosity)."""
@@ -506,6 +571,21 @@ def invisible_energy_of(p: Particles) -> np.ndarray:
     """Energy of the neutrinos, K_L and neutrons per event of a particle table."""
     invisible = np.isin(np.abs(p.pdg), (12, 14, 16, 130, 2112))
     return p.per_event_sum(np.where(invisible, p.p4[:, 0], 0.0))
+
+
+def hardest_momentum(lib: Library, kaons: bool = True) -> np.ndarray:
+    """Largest charged-kaon (or other charged, ``kaons=False``) momentum per entry.
+
+    GeV in the B rest frame, 0 where there is none. What makes a B the signal side of an ITA
+    background event: a hard kaon, or a hard track taken for one (a fake).
+    """
+    p = lib.particles
+    kaon = np.abs(p.pdg) == 321
+    pick = kaon if kaons else (p.charge != 0) & ~kaon
+    out = np.zeros(len(lib))
+    entry = np.repeat(np.arange(len(lib)), p.counts())
+    np.maximum.at(out, entry[pick], np.sqrt(np.sum(p.p4[pick, 1:] ** 2, axis=1)))
+    return out
 
 
 def _concat(libs: list[Library]) -> Library:

@@ -232,13 +232,16 @@ def _weighted_hist(path, branch, edges):
 
 
 @pytest.mark.parametrize(
-    ("sample", "aim"),
+    ("sample", "aim", "einv_tail"),
     [
-        ("charged", Targeting(slope=1.5, cap_gev=2.0, threshold_gev=2.5, keep_below=0.3)),
-        ("ccbar", Targeting(threshold_gev=1.0, keep_below=0.3)),
+        ("charged", Targeting(slope=1.5, cap_gev=2.0, threshold_gev=2.5, keep_below=0.3), True),
+        ("ccbar", Targeting(threshold_gev=1.0, keep_below=0.3), True),
+        # the kaon side: aims at hard kaons, not at the E_inv tail (test_kaon_side_pairs_...)
+        ("mixed", Targeting(slope=1.5, cap_gev=3.5, mix=0.5, kaon_p_gev=1.1, threshold_gev=2.5,
+                            keep_below=0.3), False),
     ],
-)
-def test_targeted_and_untargeted_production_agree(libraries, tmp_path, sample, aim):
+)  # fmt: skip
+def test_targeted_and_untargeted_production_agree(libraries, tmp_path, sample, aim, einv_tail):
     """Targeting moves statistics, not expectations: weighted sums agree within MC errors."""
     n = 6000
     plain = produce_file(FileTask(sample, n, 21, str(tmp_path / "a.root"), libraries=libraries))
@@ -262,7 +265,8 @@ def test_targeted_and_untargeted_production_agree(libraries, tmp_path, sample, a
     assert chi2 < 20, chi2  # 5 bins
     # ... with smaller relative errors in the large-E_inv bins than the untargeted sample
     rel = {k: np.sqrt(variances[k][-2:]) / values[k][-2:] for k in values}
-    assert np.all(rel["aimed"] < rel["plain"])
+    if einv_tail:
+        assert np.all(rel["aimed"] < rel["plain"])
 
 
 def test_biased_library_draws_carry_exact_weights(libraries):
@@ -298,3 +302,62 @@ def test_the_nature_stream_is_weighted_data_with_boosted_tags(libraries, tmp_pat
         hta = f["hta"]["__weight__"].array(library="np")
     assert np.all(hta <= 0.5)  # nature's weight times the tag probability p / q
     assert np.any(hta < 0.5)
+
+
+@pytest.mark.parametrize("natural", [False, True])
+def test_kaon_side_pairs_carry_exact_weights(libraries, natural):
+    """The kaon-side proposal moves pairs, not expectations (MC and the weighted nature)."""
+    from knunu.simulation.production import (
+        entry_hardest,
+        entry_invisible_energy,
+        entry_kaon_factor,
+        load_mixture,
+    )
+
+    mix = load_mixture(libraries)
+    rng = np.random.default_rng(5)
+    first = np.where(rng.random(200_000) < 0.5, 521, -521)
+    share = 0.9
+    factor = entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 0.5, 0.06)
+    e1, e2, w = mix.draw_pairs(first, rng, factor, share, natural=natural)
+    p1, w1 = mix.draw(first, rng, natural=natural)
+    p2, w2 = mix.draw(-first, rng, natural=natural)
+    w0 = w1 * w2
+    kaon, einv = entry_hardest(libraries), entry_invisible_energy(libraries)
+    hard = (np.maximum(kaon[e1], kaon[e2]) > 1.1).astype(float)
+    hard0 = (np.maximum(kaon[p1], kaon[p2]) > 1.1).astype(float)
+    for f, f0 in (
+        (np.ones(len(w)), np.ones(len(w))),  # the weights' mean: 1, exactly in expectation
+        (einv[e1] + einv[e2], einv[p1] + einv[p2]),
+        (hard, hard0),
+        (hard * einv[e1], hard0 * einv[p1]),
+        (mix.library.code[e2] == 1, mix.library.code[p2] == 1),  # B -> D(*) l nu
+    ):
+        a, b = np.mean(w * f), np.mean(w0 * f0)
+        err = np.hypot(np.std(w * f), np.std(w0 * f0)) / np.sqrt(len(w))
+        assert abs(a - b) < 5 * err, (a, b, err)
+    assert abs(np.mean(w0) - 1) < 0.01
+    # a hard kaon in most pairs (about 10 % without targeting) ...
+    assert hard.mean() > 0.6 > 0.2 > hard0.mean()
+    # ... and no pair heavier than 1 / (1 - share) times its untargeted weight
+    untargeted = np.zeros(len(mix.library))
+    for sp in (521, -521):
+        for start, size, _, weight in mix._rows(sp, natural):
+            untargeted[start : start + size] = weight
+    assert np.all(w <= untargeted[e1] * untargeted[e2] / (1 - share) * (1 + 1e-12))
+
+
+def test_kaon_side_factor_counts_fakes_and_needs_a_hard_kaon(libraries):
+    from knunu.simulation.production import entry_hardest, entry_kaon_factor, load_mixture
+
+    factor = entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 0.5, 0.06)
+    kaon = entry_hardest(libraries) > 1.1
+    other = entry_hardest(libraries, kaons=False) > 1.1
+    assert np.all(factor[~kaon & ~other] == 0)
+    assert np.all(factor[kaon] > 0)
+    fake = ~kaon & other
+    assert fake.any()
+    assert factor[fake].max() < 0.06 * factor[kaon].max() * (1 + 1e-12)
+    mix = load_mixture(libraries)
+    with pytest.raises(ConfigError, match="no library entry has a positive targeting factor"):
+        mix.draw_pairs(np.array([521]), np.random.default_rng(1), np.zeros(len(mix.library)), 0.5)
