@@ -14,7 +14,8 @@ import logging
 import os
 import pickle
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -409,11 +410,29 @@ def _run_dask(
     naming it and the workers' memory limit; so does a cluster left without workers for
     ``no_workers_timeout`` seconds. Chunks finished until then are kept by ``finish``.
     """
-    from distributed import wait
-
     keys = [f"knunu-{prefix[:12]}-{c.index}" for c in todo]
     futures = client.map(_guarded, todo, *[[a] * len(todo) for a in args], key=keys)
-    chunk_of = {f.key: c for f, c in zip(futures, todo, strict=True)}
+    with closing(_completed(client, futures, name, "chunks", no_workers_timeout)) as results:
+        for k, result, limit in results:
+            if isinstance(result, BaseException):  # the processor failed, or workers kept dying
+                why = worker_death(result, limit) or first_line(result)
+                chunk = todo[k].describe()
+                raise ProcessingError(f"{name}: chunk {chunk} failed: {why}") from result
+            finish(result)
+
+
+def _completed(
+    client: Any, futures: list[Any], name: str, what: str, no_workers_timeout: float
+) -> Iterator[tuple[int, Any, float | None]]:
+    """(position, result or the exception it raised, workers' memory limit) as futures finish.
+
+    Watches the cluster meanwhile: left without workers for ``no_workers_timeout`` seconds,
+    it stops with one line. Unfinished futures are cancelled when it is closed (use it with
+    ``contextlib.closing``: a caller that stops early cancels what is left at once).
+    """
+    from distributed import wait
+
+    position = {f.key: k for k, f in enumerate(futures)}
     pending = set(futures)
     alone_since: float | None = None
     limit = memory_limit(client)
@@ -423,15 +442,13 @@ def _run_dask(
                 done, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished in the meantime
                 done = set()
-            for future in sorted(done, key=lambda f: chunk_of[f.key].index):
+            for future in sorted(done, key=lambda f: position[f.key]):
                 try:
                     result = future.result()
-                except Exception as exc:  # the processor itself failed, or workers kept dying
-                    chunk = chunk_of[future.key].describe()
-                    why = worker_death(exc, limit) or first_line(exc)
-                    raise ProcessingError(f"{name}: chunk {chunk} failed: {why}") from exc
+                except Exception as exc:
+                    result = exc
                 future.release()
-                finish(result)
+                yield position[future.key], result, limit
             if done:
                 alone_since = None
                 continue
@@ -443,7 +460,7 @@ def _run_dask(
             if time.monotonic() - alone_since > no_workers_timeout:
                 raise ProcessingError(
                     f"{name}: no Dask workers for {no_workers_timeout:.0f} s (batch jobs ended?)"
-                    f" with {len(pending)} of {len(futures)} chunks to go; finished chunks are"
+                    f" with {len(pending)} of {len(futures)} {what} to go; finished chunks are"
                     " checkpointed: run again to resume"
                 )
     finally:
@@ -586,7 +603,15 @@ def _plan(
     if client is None or not todo:
         found = [_inspected(*args) for args in todo]
     else:
-        found = client.gather(client.map(_inspected, *zip(*todo, strict=True), pure=False))
+        futures = client.map(_inspected, *zip(*todo, strict=True), pure=False)
+        found: list[Any] = [None] * len(todo)
+        timeout = options.no_workers_timeout
+        watched = _completed(client, futures, tree, "file inspections", timeout)
+        with closing(watched) as results:
+            for k, result, _ in results:
+                if isinstance(result, BaseException):
+                    raise result
+                found[k] = result
     branches: dict[str, dict[str, set[str]]] = {ds: {} for ds in datasets}
     problems: dict[str, dict[str, str]] = {ds: {} for ds in datasets}
     for (ds, (path, *_)), (names, problem) in zip(jobs, found, strict=True):

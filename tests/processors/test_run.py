@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import awkward as ak
@@ -372,3 +373,21 @@ def test_a_cluster_without_workers_stops_and_the_run_resumes(production, proc, r
         out, report = runner.run(production, DATASETS, proc, "ita", client, 1000, again)
     assert report.chunks_from_checkpoint == kept
     assert_identical(out, reference[0])
+
+
+def test_a_cluster_without_workers_stops_the_file_inspection_with_one_line(
+    production, proc, tmp_path
+):
+    """The plan inspects the files on the workers; none there: one line, no hang (issue 21)."""
+    with get_client("local", n_workers=1) as client:
+        client.wait_for_workers(1, timeout=120)
+        client.cluster.scale(0)  # every worker gone before the run starts
+        while client.scheduler_info(n_workers=-1)["workers"]:
+            time.sleep(0.1)
+        options = runner.RunOptions(checkpoint_dir=tmp_path / "ck", no_workers_timeout=3.0)
+        with pytest.raises(ProcessingError) as err:
+            runner.run(production, DATASETS, proc, "ita", client, 1000, options)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "ita: no Dask workers for 3 s" in message
+    assert "file inspections to go" in message
