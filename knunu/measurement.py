@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -98,6 +99,8 @@ class Scaled(NamedTuple):
     dropped: tuple[tuple[str, int, float], ...]  # (histogram, bin, pseudo-data) without MC
     mc: tuple[McStatistics, ...]
     nature: tuple[McStatistics, ...]
+    factorised: dict[str, dict[str, Any]] | None = None  # per template (see _factorise)
+    nature_factorised: dict[str, list[str]] | None = None  # per histogram: sources factorised
 
 
 def measurement_histograms(
@@ -106,6 +109,7 @@ def measurement_histograms(
     data_luminosity: dict[str, float],
     target_luminosity: dict[str, float],
     seed: int,
+    factorise: Mapping[str, Any] | None = None,
 ) -> Scaled:
     """Templates and histogram-level pseudo-data at the measurement luminosity.
 
@@ -115,6 +119,12 @@ def measurement_histograms(
     Poisson counts of the scaled nature histogram (seeded). A bin where nature expects
     events but no template MC has any cannot be fitted: its pseudo-data are removed and the
     bin listed (``dropped``), so the loss is reported, never silent.
+
+    With ``factorise`` (``measurement.factorise``: ``samples``, ``loose_eta``, ``replicas``),
+    the ITA templates of those samples (every variation) are factorised from
+    their loose histograms (:mod:`knunu.fits.factorise`), with the systematic variation
+    ``factorisation_{up,down}`` (the eta curvature of every configured sample of the channel
+    together) and the closure tests in ``factorised``.
 
     Raises:
         InputError: the file has no nature stream (``nature`` fit histograms).
@@ -137,6 +147,13 @@ def measurement_histograms(
                 continue
             written[key] = f[key].to_hist() * factors[RESONANCE[name]]
         nature = {n: f[f"{n}_nature_nominal"].to_hist() * factors[RESONANCE[n]] for n in natures}
+        done = _factorise(f, keys, written, factors, factorise, seed) if factorise else {}
+        nature_sources: dict[str, list[str]] = {}
+        for name in ("ita_on", "ita_off") if factorise else ():
+            if name in nature:
+                used = _factorise_nature(f, keys, name, nature, factors, factorise, seed)
+                if used is not None:
+                    nature_sources[name] = used
     pseudo, dropped, mc, nat = {}, [], [], []
     for name in sorted(natures):
         template = sum(
@@ -167,7 +184,157 @@ def measurement_histograms(
     with atomic_path(out) as tmp, uproot.recreate(tmp) as g:
         for key in sorted(written):
             g[key] = written[key]
-    return Scaled(out, factors, pseudo, tuple(dropped), tuple(mc), tuple(nat))
+    return Scaled(out, factors, pseudo, tuple(dropped), tuple(mc), tuple(nat), done, nature_sources)
+
+
+def _factorise_nature(
+    f: Any,
+    keys: list[str],
+    name: str,
+    nature: dict[str, Any],
+    factors: dict[str, float],
+    spec: Mapping[str, Any],
+    seed: int,
+) -> list[str] | None:
+    """Nature's expectation of an ITA fit histogram, its configured sources factorised.
+
+    The nature stream is an MC too: its signal-region expectation, filled event by event, holds
+    few MC events, and the pseudo-data would carry its fluctuations. Per source sample
+    (``{name}_source_{sample}_nominal``, eta 0.5-1 x q2rec), the configured ones are
+    factorised like the templates, the others (signal at ``mu_true``, control modes) summed as
+    filled. Their sum replaces ``nature[name]`` (the filled sum must agree with it).
+    """
+    from knunu.fits import factorise as fz
+    from knunu.processors.ita import ETA_EDGES
+
+    prefix = f"{name}_source_"
+    sources = sorted(k[len(prefix) : -len("_nominal")] for k in keys if k.startswith(prefix))
+    if not sources:
+        log.warning("measurement: %s: nature stream without its sources, not factorised", name)
+        return None
+    scale = factors[RESONANCE[name]]
+    rows = np.searchsorted(fz.LOOSE_EDGES, np.asarray(ETA_EDGES[:-1]) - 1e-9)
+    total = np.zeros(nature[name].values().shape)
+    total_var = np.zeros_like(total)
+    filled = np.zeros_like(total)
+    used = []
+    for source in sources:
+        h = f[f"{prefix}{source}_nominal"].to_hist() * scale
+        values, variances = h.values(), h.variances()
+        own = np.add.reduceat(values[rows[0] :], rows - rows[0], axis=0)
+        own_var = np.add.reduceat(variances[rows[0] :], rows - rows[0], axis=0)
+        filled += own
+        made = None
+        if source in spec["samples"]:
+            made = fz.factorise(
+                values,
+                variances,
+                np.asarray(ETA_EDGES),
+                float(spec["loose_eta"]),
+                int(spec["replicas"]),
+                seed,
+            )
+        if made is None:
+            total += own
+            total_var += own_var
+        else:
+            total += made.values
+            total_var += made.variances
+            used.append(source)
+    if not math.isclose(filled.sum(), nature[name].values().sum(), rel_tol=1e-6, abs_tol=1e-9):
+        raise InputError(f"{name}: the nature stream's sources do not add up to it")
+    h = nature[name].copy()
+    h.view().value = total
+    h.view().variance = total_var
+    nature[name] = h
+    return used
+
+
+def _factorise(
+    f: Any,
+    keys: list[str],
+    written: dict[str, Any],
+    factors: dict[str, float],
+    spec: Mapping[str, Any],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Replace the configured ITA templates by factorised ones (see :func:`measurement_histograms`).
+
+    Returns:
+        Per ``{histogram}_{sample}``: the loose effective events, the fitted slope, the
+        closure against the filled template (signal region) and one step down (eta 0.75-0.92).
+    """
+    from knunu.fits import factorise as fz
+    from knunu.processors.ita import ETA_EDGES
+
+    done: dict[str, dict[str, Any]] = {}
+    for name in ("ita_on", "ita_off"):
+        pooled = [
+            f[f"{name}_loose_{s}_nominal"].values()
+            for s in spec["samples"]
+            if f"{name}_loose_{s}_nominal" in keys
+        ]
+        bend = (
+            fz.curvature(sum(pooled), np.asarray(ETA_EDGES), float(spec["loose_eta"]))
+            if pooled
+            else None
+        )
+        for sample in spec["samples"]:
+            prefix = f"{name}_loose_{sample}_"
+            variations = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
+            if f"{name}_{sample}_nominal" not in written:
+                continue
+            if "nominal" not in variations:
+                log.warning("measurement: %s %s: no loose histogram, not factorised", name, sample)
+                continue
+            scale = factors[RESONANCE[name]]
+            result = None
+            for variation in sorted(variations, key=lambda v: v != "nominal"):
+                key = f"{name}_{sample}_{variation}"
+                if key not in written:
+                    continue
+                loose = f[prefix + variation].to_hist() * scale
+                made = fz.factorise(
+                    loose.values(),
+                    loose.variances(),
+                    np.asarray(ETA_EDGES),
+                    float(spec["loose_eta"]),
+                    int(spec["replicas"]) if variation == "nominal" else 0,
+                    seed,
+                    curvature=bend,
+                )
+                if made is None:  # too few loose events: the filled template stays
+                    break
+                h = written[key].copy()
+                if variation == "nominal":
+                    result, filled = made, written[key]
+                    h.view().variance = made.variances
+                    for label, alt in (
+                        ("up", made.alternative),
+                        ("down", np.clip(2 * made.values - made.alternative, 0, None)),
+                    ):
+                        hv = written[key].copy()
+                        hv.view().value = alt
+                        hv.view().variance = made.variances
+                        written[f"{name}_{sample}_factorisation_{label}"] = hv
+                else:
+                    h.view().variance = written[key].variances()
+                h.view().value = made.values
+                written[key] = h
+            if result is None:
+                continue
+            close = fz.closure(filled.values(), result.values, result.variances, result.mean_weight)
+            side = fz.sideband_closure(
+                (f[prefix + "nominal"].to_hist() * scale).values(),
+                (f[prefix + "nominal"].to_hist() * scale).variances(),
+            )
+            done[f"{name}_{sample}"] = {
+                "loose_effective": result.loose_effective,
+                "slope": result.slope,
+                "closure": close._asdict(),
+                "sideband_closure": side._asdict(),
+            }
+    return done
 
 
 def _sr(name: str, values: np.ndarray) -> np.ndarray:
@@ -224,10 +391,15 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
         }
         write_json(out / "summary.json", summary)
         return summary
-    scaled = measurement_histograms(
-        run_dir / "histograms.root", out / "histograms.root", data_lum, target, config["seed"]
-    )
     meas = config["measurement"]
+    scaled = measurement_histograms(
+        run_dir / "histograms.root",
+        out / "histograms.root",
+        data_lum,
+        target,
+        config["seed"],
+        meas.get("factorise"),
+    )
     blind = bool(config.get("blind", True))
     summary: dict[str, Any] = {
         "blind": blind,
@@ -238,6 +410,8 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
         "dropped_bins": [list(d) for d in scaled.dropped],
         "mc_statistics": [m._asdict() for m in scaled.mc],
         "nature_statistics": [m._asdict() for m in scaled.nature],
+        "factorised": scaled.factorised or {},
+        "nature_factorised": scaled.nature_factorised or {},
         "expected_mu": float(meas["expected_mu"]),
         "injection_toys": int(meas["injection_toys"]),
         "expected": [],
@@ -250,7 +424,7 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
         paths = write_workspaces(
             scaled.path,
             out / "workspaces",
-            load_catalogue(),
+            load_catalogue() + factorisation_systematics(scaled.factorised or {}),
             config["fit"]["prune_threshold"],
             analyses,
         )
@@ -280,6 +454,37 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
         summary["injection"] = _injection(workspace, meas, config["seed"], out)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def factorisation_systematics(factorised: Mapping[str, Any]) -> tuple[Any, ...]:
+    """One shape systematic per factorised ITA sample, on the channels it was factorised in.
+
+    Each is its own, uncorrelated parameter.
+
+    >>> rows = factorisation_systematics({"ita_on_ccbar": {}, "ita_off_ccbar": {}})
+    >>> [(s.name, s.channels) for s in rows]  # doctest: +NORMALIZE_WHITESPACE
+    [('factorisation_ccbar', ('ita_on_sr', 'ita_on_cr', 'ita_off_sr', 'ita_off_cr'))]
+    """
+    from knunu.fits.catalogue import Systematic
+
+    channels: dict[str, list[str]] = {}
+    for key in factorised:
+        if key.startswith("ita_off_"):
+            name, sample = "ita_off", key[len("ita_off_") :]
+        else:
+            name, sample = "ita_on", key[len("ita_on_") :]
+        channels.setdefault(sample, []).extend((f"{name}_sr", f"{name}_cr"))
+    return tuple(
+        Systematic(
+            f"factorisation_{s}",
+            "histosys",
+            False,
+            {"ita": (s,)},
+            variation="factorisation",
+            channels=tuple(c),
+        )
+        for s, c in channels.items()
+    )
 
 
 def _likelihood(workspace: pyhf.Workspace, model: str) -> Any:
@@ -413,8 +618,9 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     bkg = [m for m in summary["mc_statistics"] if m["sample"] == "background"]
     lines.append("")
     lines.append(
-        "MC statistics in the signal regions (effective events (sum w)^2/sum w^2; the fit's "
-        "staterror carries them): "
+        "MC statistics in the signal regions (effective events (sum w)^2/sum w^2, of the "
+        "factorised templates from their replicas' errors; the fit's staterror carries "
+        "them): "
         + "; ".join(
             f"{m['histogram']} background {m['effective']:.0f} effective for "
             f"{m['expected']:.0f} expected (worst bin {m['min_ratio']:.3f} x the data)"
@@ -429,6 +635,19 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
         + "; nature stream "
         + ", ".join(f"{m['histogram']} {m['effective']:.0f}" for m in summary["nature_statistics"])
     )
+    factorised = summary.get("factorised") or {}
+    if factorised:
+        lines.append(
+            "ITA templates factorised from a looser eta cut (loose effective MC events; "
+            "closure chi2/ndf against the filled template in the signal region, and one step "
+            "down, fitted below 0.75, in eta 0.75-0.92): "
+            + "; ".join(
+                f"{key} {d['loose_effective']:.0f} ({d['closure']['chi2']:.1f}/"
+                f"{d['closure']['ndf']}, {d['sideband_closure']['chi2']:.1f}/"
+                f"{d['sideband_closure']['ndf']})"
+                for key, d in factorised.items()
+            )
+        )
     if summary["dropped_bins"]:
         n = sum(d[2] for d in summary["dropped_bins"])
         lines.append(

@@ -154,6 +154,27 @@ def _measurement_tables(run_dir: Path) -> list[str]:
             f"| {m['histogram']} | {m['sample']} | {m['expected']:.4g} | "
             f"{m['effective']:.4g} | {ratio} |"
         )
+    factorised = summary.get("factorised") or {}
+    if factorised:
+        lines += [
+            "",
+            "**Factorised ITA templates** (per q2rec bin: events above the loose eta cut x "
+            "an exponential eta shape, knunu.fits.factorise): loose effective MC events, the "
+            "fitted slope (all q2rec bins), "
+            "closure against the template filled event by event (signal-region bins, both MC "
+            "errors) and one step down (fitted on eta 0.5-0.75, compared in eta 0.75-0.92)",
+            "",
+            "| template | loose effective | slope a | closure chi2/ndf | factorised/filled "
+            "| sideband chi2/ndf | predicted/filled |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {key} | {d['loose_effective']:.0f} | {d['slope']:.1f} | "
+                f"{d['closure']['chi2']:.1f}/{d['closure']['ndf']} | "
+                f"{d['closure']['ratio']:.2f} | {d['sideband_closure']['chi2']:.1f}/"
+                f"{d['sideband_closure']['ndf']} | {d['sideband_closure']['ratio']:.2f} |"
+                for key, d in factorised.items()
+            ),
+        ]
     expected = {r["analysis"]: r for r in summary["expected"]}
     ranked = expected.get("combined", {}).get("impacts", [])
     if ranked:

@@ -5,6 +5,10 @@ load lazily on the worker (cached per process). ``process`` returns, per dataset
 ``hist.Hist`` objects with Weight storage and the cutflow:
 
 - ``ita``: variation x eta(BDT2) {0.92, ..., 1.00} x q2rec {-1, 4, 8, 25} GeV^2 (the fit layout);
+- ``ita_loose``: variation x eta 0.5-1 (50 bins) x the fit's q2rec bins (the factorised
+  templates of the measurement, :mod:`knunu.fits.factorise`);
+- ``nature_sources`` (the nature stream only): source sample x eta 0.5-1 x q2rec, nominal
+  (its signal-region expectation, factorised per source like the templates);
 - ``ita_control``: eta 0.75-1 x q2rec, nominal only (validation);
 - ``ita_split``: the fit layout, nominal only, for the consistency splits (:data:`SPLITS`:
   kaon charge, event-number parity, lepton multiplicity);
@@ -149,6 +153,15 @@ def _score(
     return out
 
 
+def nature_source(filename: str) -> str:
+    """The sample a nature-stream file was made from (the production names it so).
+
+    >>> nature_source("/runs/default/ntuples/nature_on/ccbar_0003.root")
+    'ccbar'
+    """
+    return Path(filename).stem.rsplit("_", 1)[0]
+
+
 class ITAProcessor(processor.ProcessorABC):
     """ITA histograms for the fit, with the systematic variations, per dataset."""
 
@@ -260,28 +273,46 @@ class ITAProcessor(processor.ProcessorABC):
             hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
             storage=hist.storage.Weight(),
         )
-        fit.fill(variation="nominal", eta=eta[p], q2rec=q2[p], weight=w_nom[p])
+        sources = None
+        if sample == "nature":  # the nature stream per sample it was made from
+            sources = hist.Hist(
+                hist.axis.StrCategory([], growth=True, name="source"),
+                hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
+                hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+                storage=hist.storage.Weight(),
+            )
+            source = nature_source(events.metadata["filename"])
+            sources.fill(source=source, eta=eta[p], q2rec=q2[p], weight=w_nom[p])
+        # the loose region (eta > 0.5) in the fit's q2rec bins, every variation: the
+        # factorised signal-region templates of the measurement (knunu.fits.factorise)
+        loose = hist.Hist(
+            hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
+            hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
+            hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+            storage=hist.storage.Weight(),
+        )
+
+        def fill(variation: str, eta: np.ndarray, q2rec: np.ndarray, weight: np.ndarray) -> None:
+            for h in (fit, loose):
+                h.fill(variation=variation, eta=eta, q2rec=q2rec, weight=weight)
+
+        fill("nominal", eta[p], q2[p], w_nom[p])
         if not is_data:
             ctx = Context(sample, bdtc)
             for name, factors in WEIGHT_VARIATIONS.items():
                 up, down = factors(cols, ctx)
                 for label, f in (("up", up), ("down", down)):
-                    fit.fill(
-                        variation=f"{name}_{label}",
-                        eta=eta[p],
-                        q2rec=q2[p],
-                        weight=(w_nom * f)[p],
-                    )
+                    fill(f"{name}_{label}", eta[p], q2[p], (w_nom * f)[p])
             for name, shift in INPUT_VARIATIONS.items():
                 for label, scale in (("up", 1.0), ("down", -1.0)):
                     varied = shift(cols, scale)
                     s = self._scores(models, varied, continuum, (cols, nominal))
                     v_p, v_eta, v_bdtc = self._eta_weight(models, s)
-                    fit.fill(
-                        variation=f"{name}_{label}",
-                        eta=v_eta[v_p],
-                        q2rec=varied["K_q2rec"][v_p],
-                        weight=(weight * v_bdtc)[v_p],
+                    fill(
+                        f"{name}_{label}",
+                        v_eta[v_p],
+                        varied["K_q2rec"][v_p],
+                        (weight * v_bdtc)[v_p],
                     )
         control = hist.Hist(
             hist.axis.Regular(25, 0.75, 1.0, name="eta", label="eta(BDT2)"),
@@ -317,6 +348,8 @@ class ITAProcessor(processor.ProcessorABC):
                 "events": len(events),
                 "chunks": 1,
                 "ita": fit,
+                "ita_loose": loose,
+                **({"nature_sources": sources} if sources is not None else {}),
                 "ita_control": control,
                 "ita_split": split,
                 **({"q2gen": q2gen} if q2gen is not None else {}),

@@ -269,7 +269,15 @@ def write_histogram_file(
             scale = 1.0 if is_data else lumi_scale(catalogue, ds, target)
             for var in ("nominal",) if is_data else HIST_VARIATIONS:
                 f[f"{channel}_{sample}_{var}"] = out["ita"][{"variation": var}] * scale
-            if sample == "nature":  # the fit histograms only (histogram-level pseudo-data)
+                if not is_data:
+                    f[f"{channel}_loose_{sample}_{var}"] = (
+                        out["ita_loose"][{"variation": var}] * scale
+                    )
+            if sample == "nature":  # the fit histograms (histogram-level pseudo-data) and
+                sources = out.get("nature_sources")  # its expectation per source sample
+                for source in [] if sources is None else sources.axes["source"]:
+                    h = sources[{"source": source}] * scale
+                    f[f"{channel}_source_{source}_nominal"] = h
                 continue
             f[f"{channel}_control_{sample}_nominal"] = out["ita_control"] * scale
             for split in SPLITS:

@@ -261,3 +261,53 @@ def test_a_production_without_nature_stream_is_its_own_measurement(run_dir):
     summary = run_measurement(_config(blind=True), run_dir)
     assert "no nature stream" in summary["skipped"]
     assert headline_lines(summary)[0].startswith("Measurement at Belle II's luminosity: no nature")
+
+
+def test_factorised_templates_replace_the_filled_ones_with_their_systematic(histograms, tmp_path):
+    """Loose histograms in the file: the configured ITA templates are factorised (every
+    variation), carry the factorisation systematic, and the workspace fits with it."""
+    from knunu.fits import factorise as fz
+    from knunu.fits.build import write_workspaces
+    from knunu.measurement import factorisation_systematics
+
+    path, hists = histograms
+    rng = np.random.default_rng(21)
+    centres = (fz.LOOSE_EDGES[:-1] + fz.LOOSE_EDGES[1:]) / 2
+    shape = np.exp(-12.0 * centres)[:, None] * np.array([0.2, 0.3, 0.5])[None, :]
+    with uproot.open(path) as f:
+        names = [k.split(";")[0] for k in f.keys()]  # noqa: SIM118 - a ROOT directory
+        variations = [k[len("ita_on_ccbar_") :] for k in names if k.startswith("ita_on_ccbar_")]
+    with uproot.update(path) as f:
+        for variation in variations:
+            h = hist.Hist(
+                hist.axis.Regular(50, 0.5, 1.0, name="eta"),
+                hist.axis.Variable(histfile.Q2_EDGES, name="q2rec"),
+                storage=hist.storage.Weight(),
+            )
+            values = rng.poisson(2000 * shape / shape.sum() * 50) * 0.01
+            h.view().value = values
+            h.view().variance = values * 0.01
+            f[f"ita_on_loose_ccbar_{variation}"] = h
+    spec = {"samples": ["ccbar", "uubar"], "loose_eta": 0.8, "replicas": 50}
+    lum, target = {"on": 0.5, "off": 0.05}, {"on": 362.0, "off": 42.0}
+    scaled = measurement_histograms(path, tmp_path / "m.root", lum, target, 11, spec)
+    assert list(scaled.factorised) == ["ita_on_ccbar"]  # uubar has no loose histogram
+    done = scaled.factorised["ita_on_ccbar"]
+    assert done["slope"] == pytest.approx(-12.0, abs=1.5)
+    assert done["sideband_closure"]["ndf"] == 12
+    with uproot.open(scaled.path) as b:
+        made = b["ita_on_ccbar_nominal"]
+        up, down = b["ita_on_ccbar_factorisation_up"], b["ita_on_ccbar_factorisation_down"]
+        # per q2rec bin an exponential in eta: equal eta bins in a constant ratio
+        v = made.values()
+        steps = v[1:] / v[:-1]
+        np.testing.assert_allclose(steps, np.broadcast_to(steps[:1], steps.shape), rtol=1e-9)
+        assert np.all(steps < 1)  # falling, as the loose histogram
+        assert v.sum() != pytest.approx(hists["ita_on_ccbar_nominal"].sum() * 724, rel=1e-3)
+        np.testing.assert_allclose(up.values() + down.values(), 2 * v, rtol=1e-9)
+        assert np.all(made.variances() > 0)
+    catalogue = load_catalogue() + factorisation_systematics(scaled.factorised)
+    paths = write_workspaces(scaled.path, tmp_path / "ws", catalogue, 0.0, ("ita",))
+    model = pyhf.Workspace(json.loads(paths["ita"].read_text())).model()
+    assert "factorisation_ccbar" in model.config.parameters
+    assert "factorisation_uubar" not in model.config.parameters

@@ -1,0 +1,270 @@
+"""Signal-region templates factorised from a looser eta cut: MC statistics where MC is scarce.
+
+The ITA signal region (eta(BDT2) > 0.92) keeps a few 1e-5 of the background MC, so a
+template filled event by event holds few MC events per bin. The region eta > ``loose`` (0.8
+by default) holds 5-20x more. The factorised template of one sample is, per q2rec bin j,
+
+    T(i, j) = N_j x F_j(i),
+
+with ``N_j`` the sample's weighted events at eta > ``loose`` in that q2rec bin and ``F_j(i)``
+the fraction of an exponential density ``exp(a_j eta)``, fitted (weighted maximum likelihood)
+to their eta distribution, in the fit's eta bin ``i`` (q2rec and eta are correlated: harder
+kaons, lower q2rec, higher eta; so each q2rec bin has its own shape). It assumes the eta
+density is exponential above ``loose``; this is tested (:func:`closure`, and one step down in
+:func:`sideband_closure`), and the difference to an exp(a eta + b eta^2) density, fitted to
+every background of the channel together (:func:`curvature`), is a shape systematic
+(``alternative``; its mirror the other side). The MC statistical uncertainty per
+bin comes from Gaussian replicas of the loose histogram (each bin moved within its sum of
+squared weights), refitted.
+
+The loose histogram is the ITA processor's ``ita_loose`` (eta 0.5-1 in 50 bins x the fit's
+q2rec bins, every variation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import NamedTuple
+
+import numpy as np
+from scipy import optimize
+
+log = logging.getLogger(__name__)
+
+#: The loose histogram's eta axis (ITA processor, ``ita_loose``).
+LOOSE_EDGES = np.linspace(0.5, 1.0, 51)
+#: Fewer effective loose events than this: the sample's template stays as filled.
+MIN_EFFECTIVE = 5.0
+#: A q2rec bin with fewer effective loose events takes the eta shape of all q2rec bins.
+MIN_COLUMN = 3.0
+
+
+class Factorised(NamedTuple):
+    """A factorised template (the fit's eta bins x q2rec bins) and what it rests on."""
+
+    values: np.ndarray
+    variances: np.ndarray
+    alternative: np.ndarray  # the alternative factorisation (the systematic's up)
+    slope: float  # the fitted a of exp(a eta), all q2rec bins together
+    loose_effective: float  # (sum w)^2 / sum w^2 of the loose events
+    mean_weight: float  # sum w^2 / sum w of the loose events (an event's typical weight)
+
+
+def _fractions(edges: np.ndarray, lo: float, hi: float, a: float, b: float = 0.0) -> np.ndarray:
+    """Fractions of ``exp(a x + b x^2)`` on [lo, hi] in the bins ``edges`` (inside [lo, hi])."""
+    if b == 0.0:
+        if abs(a) < 1e-9:
+            return np.diff(edges) / (hi - lo)
+        # the integral of exp(a (x - hi)): no overflow for large |a|
+        cdf = np.expm1(a * (edges - hi)) / a
+        return np.diff(cdf) / (-np.expm1(a * (lo - hi)) / a)
+    grid = np.linspace(lo, hi, 2001)
+    dens = np.exp(a * (grid - hi) + b * (grid**2 - hi**2))
+    cdf = np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * np.diff(grid))])
+    return np.diff(np.interp(edges, grid, cdf)) / cdf[-1]
+
+
+def fit_slope(
+    counts: np.ndarray, edges: np.ndarray, quadratic: bool = False
+) -> tuple[float, float]:
+    """Weighted maximum-likelihood (a, b) of ``exp(a x + b x^2)`` to binned counts.
+
+    >>> edges = np.linspace(0.75, 1.0, 26)
+    >>> truth = 1e6 * _fractions(edges, 0.75, 1.0, -20.0)
+    >>> round(fit_slope(truth, edges)[0], 3)
+    -20.0
+    """
+    lo, hi = float(edges[0]), float(edges[-1])
+    total = float(counts.sum())
+
+    def nll(params: np.ndarray) -> float:
+        a, b = (params[0], params[1]) if quadratic else (params[0], 0.0)
+        p = _fractions(edges, lo, hi, a, b)
+        return -float(np.sum(counts * np.log(np.clip(p, 1e-300, None)))) / total
+
+    if not quadratic:
+        res = optimize.minimize_scalar(lambda a: nll(np.array([a])), bounds=(-200, 200),
+                                       method="bounded", options={"xatol": 1e-6})  # fmt: skip
+        return float(res.x), 0.0
+    start = np.array([fit_slope(counts, edges)[0], 0.0])
+    options = {"xatol": 1e-6, "fatol": 1e-12}
+    res = optimize.minimize(nll, start, method="Nelder-Mead", options=options)
+    return float(res.x[0]), float(res.x[1])
+
+
+def _template(
+    values: np.ndarray,
+    variances: np.ndarray,
+    loose_edges: np.ndarray,
+    eta_edges: np.ndarray,
+    loose: float,
+    quadratic: bool,
+) -> tuple[np.ndarray, float]:
+    """Per q2rec bin: its loose events x the fitted eta shape's fractions; the pooled slope.
+
+    A q2rec bin with fewer than :data:`MIN_COLUMN` effective loose events takes the shape
+    fitted to all q2rec bins together.
+    """
+    rows = loose_edges[:-1] >= loose - 1e-9
+    sub, sub_var = values[rows], variances[rows]
+    edges = loose_edges[np.concatenate([rows, [True]])]
+    lo, hi = float(edges[0]), float(edges[-1])
+    out = np.zeros((len(eta_edges) - 1, values.shape[1]))
+    if sub.sum() <= 0:
+        return out, 0.0
+    pooled = fit_slope(sub.sum(axis=1), edges, quadratic)
+    for j in range(values.shape[1]):
+        n, n2 = float(sub[:, j].sum()), float(sub_var[:, j].sum())
+        if n <= 0:
+            continue
+        a, b = fit_slope(sub[:, j], edges, quadratic) if n * n >= MIN_COLUMN * n2 else pooled
+        out[:, j] = n * _fractions(np.asarray(eta_edges, dtype=float), lo, hi, a, b)
+    return out, pooled[0]
+
+
+def factorise(
+    values: np.ndarray,
+    variances: np.ndarray,
+    eta_edges: np.ndarray,
+    loose: float = 0.8,
+    replicas: int = 200,
+    seed: int = 0,
+    loose_edges: np.ndarray = LOOSE_EDGES,
+    curvature: np.ndarray | None = None,
+) -> Factorised | None:
+    """The factorised template of one sample from its loose histogram.
+
+    Args:
+        values: Loose histogram (eta rows on ``loose_edges`` x q2rec bins), sum of weights.
+        variances: Its sum of squared weights.
+        eta_edges: The fit's eta edges (inside [loose, 1]).
+        loose: The loose eta cut.
+        replicas: Gaussian replicas for the MC statistical uncertainty.
+        seed: Their random stream.
+        loose_edges: The loose histogram's eta edges.
+        curvature: Per fit eta bin, the alternative over the nominal shape (:func:`curvature`
+            of a larger sample, e.g. every background together); ``None``: this sample's own
+            exp(a eta + b eta^2) fit.
+
+    Returns:
+        The template, or ``None`` when the loose region holds fewer than
+        :data:`MIN_EFFECTIVE` effective events (too few to fit a shape).
+    """
+    rows = loose_edges[:-1] >= loose - 1e-9
+    s, s2 = float(values[rows].sum()), float(variances[rows].sum())
+    effective = s * s / s2 if s2 > 0 else 0.0
+    if effective < MIN_EFFECTIVE:
+        return None
+    nominal, slope = _template(values, variances, loose_edges, eta_edges, loose, False)
+    if curvature is None:
+        alternative, _ = _template(values, variances, loose_edges, eta_edges, loose, True)
+    else:
+        alternative = nominal * np.asarray(curvature)[:, None]
+    mean_weight = s2 / s
+    if replicas < 1:
+        zero = np.zeros_like(nominal)
+        return Factorised(nominal, zero, alternative, slope, effective, mean_weight)
+    rng = np.random.default_rng(seed)
+    sigma = np.sqrt(np.clip(variances, 0.0, None))
+    draws = np.empty((replicas, *nominal.shape))
+    for r in range(replicas):
+        moved = np.clip(values + sigma * rng.standard_normal(values.shape), 0.0, None)
+        draws[r] = _template(moved, variances, loose_edges, eta_edges, loose, False)[0]
+    return Factorised(nominal, draws.var(axis=0), alternative, slope, effective, mean_weight)
+
+
+def curvature(
+    values: np.ndarray,
+    eta_edges: np.ndarray,
+    loose: float = 0.8,
+    loose_edges: np.ndarray = LOOSE_EDGES,
+) -> np.ndarray:
+    """Per fit eta bin, exp(a eta + b eta^2) over exp(a eta), both fitted above ``loose``.
+
+    Fitted to a loose histogram's eta distribution (all q2rec bins): of a large sample (every
+    background of a channel together), it is the systematic's shape for each of them; a small
+    sample's own curvature is mostly its MC fluctuation.
+    """
+    rows = loose_edges[:-1] >= loose - 1e-9
+    counts = values[rows].sum(axis=1)
+    edges = loose_edges[np.concatenate([rows, [True]])]
+    lo, hi = float(edges[0]), float(edges[-1])
+    if counts.sum() <= 0:
+        return np.ones(len(eta_edges) - 1)
+    eta_edges = np.asarray(eta_edges, dtype=float)
+    flat = _fractions(eta_edges, lo, hi, *fit_slope(counts, edges))
+    bent = _fractions(eta_edges, lo, hi, *fit_slope(counts, edges, quadratic=True))
+    return np.divide(bent, flat, out=np.ones_like(flat), where=flat > 0)
+
+
+class Closure(NamedTuple):
+    """A factorisation compared with the template filled event by event.
+
+    ``chi2`` over ``ndf`` bins; ``ratio`` the factorised over the filled total.
+    """
+
+    chi2: float
+    ndf: int
+    ratio: float
+
+
+def closure(
+    filled: np.ndarray, predicted: np.ndarray, predicted_var: np.ndarray, mean_weight: float
+) -> Closure:
+    """Filled against predicted, bin by bin, Pearson's chi2.
+
+    The filled template's variance is the prediction's: ``predicted x mean_weight`` (events
+    of the typical weight; an empty bin where some are expected counts), plus the
+    prediction's own MC variance.
+
+    >>> closure(np.array([4.0, 1.0]), np.array([4.0, 1.0]), np.zeros(2), 1.0)
+    Closure(chi2=0.0, ndf=2, ratio=1.0)
+    """
+    var = predicted * mean_weight + predicted_var
+    used = var > 0
+    chi2 = float(np.sum((filled[used] - predicted[used]) ** 2 / var[used]))
+    total = float(filled.sum())
+    ratio = float(predicted.sum()) / total if total > 0 else float("nan")
+    return Closure(chi2, int(used.sum()), ratio)
+
+
+def sideband_closure(
+    values: np.ndarray, variances: np.ndarray, loose_edges: np.ndarray = LOOSE_EDGES
+) -> Closure:
+    """The method one step down: fitted on eta 0.5-0.75, predicting eta 0.75-0.92.
+
+    Per q2rec bin, the exponential fitted below 0.75 (or to all q2rec bins together when a
+    bin has too few events) is extrapolated into four eta bins of 0.75-0.92 and compared
+    there with what was filled (the region the factorisation extrapolates into is, for it,
+    what the signal region is for the real one).
+    """
+    rows = loose_edges[:-1] < 0.75 - 1e-9
+    lower, lower_var = values[rows], variances[rows]
+    inside = np.flatnonzero((loose_edges[:-1] >= 0.75 - 1e-9) & (loose_edges[1:] <= 0.92 + 1e-9))
+    groups = np.array_split(inside, 4)
+    filled = np.array([values[g].sum(axis=0) for g in groups])
+    target = np.array([loose_edges[g[0]] for g in groups] + [loose_edges[inside[-1] + 1]])
+    n_all, n2_all = float(lower.sum()), float(lower_var.sum())
+    if n_all <= 0:
+        return Closure(float("nan"), 0, float("nan"))
+    edges = loose_edges[: int(rows.sum()) + 1]
+    pooled, _ = fit_slope(lower.sum(axis=1), edges)
+    predicted = np.zeros_like(filled)
+    for j in range(values.shape[1]):
+        n, n2 = float(lower[:, j].sum()), float(lower_var[:, j].sum())
+        if n <= 0:
+            continue
+        a = fit_slope(lower[:, j], edges)[0] if n * n >= MIN_COLUMN * n2 else pooled
+        scale = n / _integral(float(edges[0]), float(edges[-1]), a)
+        predicted[:, j] = scale * np.array(
+            [_integral(x0, x1, a) for x0, x1 in itertools.pairwise(target)]
+        )
+    return closure(filled, predicted, np.zeros_like(predicted), n2_all / n_all)
+
+
+def _integral(x0: float, x1: float, a: float) -> float:
+    """Integral of exp(a (x - 1)) from x0 to x1."""
+    if abs(a) < 1e-9:
+        return x1 - x0
+    return float((np.exp(a * (x1 - 1.0)) - np.exp(a * (x0 - 1.0))) / a)
