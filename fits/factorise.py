@@ -11,9 +11,10 @@ the fraction of an exponential density ``exp(a_j eta)``, fitted (weighted maximu
 to their eta distribution, in the fit's eta bin ``i`` (q2rec and eta are correlated: harder
 kaons, lower q2rec, higher eta; so each q2rec bin has its own shape). It assumes the eta
 density is exponential above ``loose``; this is tested (:func:`closure`, and one step down in
-:func:`sideband_closure`), and the difference to an exp(a eta + b eta^2) density, fitted to
-every background of the channel together (:func:`curvature`), is a shape systematic
-(``alternative``; its mirror the other side). The MC statistical uncertainty per
+:func:`sideband_closure`), and the difference to a power law ``(1 - eta)^k`` (a density that
+vanishes at eta = 1, which the exponential does not; on the pooled backgrounds of the
+measurement config the two fit eta 0.8-1 equally well and differ by 2-5x in the last bin) is
+a shape systematic (``alternative``; its mirror the other side). The MC statistical uncertainty per
 bin comes from Gaussian replicas of the loose histogram (each bin moved within its sum of
 squared weights), refitted.
 
@@ -51,46 +52,46 @@ class Factorised(NamedTuple):
     mean_weight: float  # sum w^2 / sum w of the loose events (an event's typical weight)
 
 
-def _fractions(edges: np.ndarray, lo: float, hi: float, a: float, b: float = 0.0) -> np.ndarray:
-    """Fractions of ``exp(a x + b x^2)`` on [lo, hi] in the bins ``edges`` (inside [lo, hi])."""
-    if b == 0.0:
-        if abs(a) < 1e-9:
-            return np.diff(edges) / (hi - lo)
-        # the integral of exp(a (x - hi)): no overflow for large |a|
-        cdf = np.expm1(a * (edges - hi)) / a
-        return np.diff(cdf) / (-np.expm1(a * (lo - hi)) / a)
-    grid = np.linspace(lo, hi, 2001)
-    dens = np.exp(a * (grid - hi) + b * (grid**2 - hi**2))
-    cdf = np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * np.diff(grid))])
-    return np.diff(np.interp(edges, grid, cdf)) / cdf[-1]
+def _fractions(edges: np.ndarray, lo: float, hi: float, a: float, model: str = "exp") -> np.ndarray:
+    """Fractions of a density on [lo, hi] in the bins ``edges`` (inside [lo, hi], hi <= 1).
+
+    ``exp``: ``exp(a x)``; ``power``: ``(1 - x)^a`` (a > -1: vanishing at x = 1 for a > 0).
+    """
+    edges = np.asarray(edges, dtype=float)
+    if model == "power":
+        cdf = -((1.0 - edges) ** (a + 1.0))
+        return np.diff(cdf) / (-((1.0 - hi) ** (a + 1.0)) + (1.0 - lo) ** (a + 1.0))
+    if abs(a) < 1e-9:
+        return np.diff(edges) / (hi - lo)
+    # the integral of exp(a (x - hi)): no overflow for large |a|
+    cdf = np.expm1(a * (edges - hi)) / a
+    return np.diff(cdf) / (-np.expm1(a * (lo - hi)) / a)
 
 
-def fit_slope(
-    counts: np.ndarray, edges: np.ndarray, quadratic: bool = False
-) -> tuple[float, float]:
-    """Weighted maximum-likelihood (a, b) of ``exp(a x + b x^2)`` to binned counts.
+#: The parameter range of each shape.
+_BOUNDS = {"exp": (-200.0, 200.0), "power": (-0.99, 100.0)}
+
+
+def fit_slope(counts: np.ndarray, edges: np.ndarray, model: str = "exp") -> float:
+    """Weighted maximum-likelihood parameter of a shape (:func:`_fractions`) to binned counts.
 
     >>> edges = np.linspace(0.75, 1.0, 26)
-    >>> truth = 1e6 * _fractions(edges, 0.75, 1.0, -20.0)
-    >>> round(fit_slope(truth, edges)[0], 3)
+    >>> round(fit_slope(1e6 * _fractions(edges, 0.75, 1.0, -20.0), edges), 3)
     -20.0
+    >>> round(fit_slope(1e6 * _fractions(edges, 0.75, 1.0, 1.5, "power"), edges, "power"), 3)
+    1.5
     """
     lo, hi = float(edges[0]), float(edges[-1])
     total = float(counts.sum())
 
-    def nll(params: np.ndarray) -> float:
-        a, b = (params[0], params[1]) if quadratic else (params[0], 0.0)
-        p = _fractions(edges, lo, hi, a, b)
+    def nll(a: float) -> float:
+        p = _fractions(edges, lo, hi, a, model)
         return -float(np.sum(counts * np.log(np.clip(p, 1e-300, None)))) / total
 
-    if not quadratic:
-        res = optimize.minimize_scalar(lambda a: nll(np.array([a])), bounds=(-200, 200),
-                                       method="bounded", options={"xatol": 1e-6})  # fmt: skip
-        return float(res.x), 0.0
-    start = np.array([fit_slope(counts, edges)[0], 0.0])
-    options = {"xatol": 1e-6, "fatol": 1e-12}
-    res = optimize.minimize(nll, start, method="Nelder-Mead", options=options)
-    return float(res.x[0]), float(res.x[1])
+    res = optimize.minimize_scalar(
+        nll, bounds=_BOUNDS[model], method="bounded", options={"xatol": 1e-6}
+    )
+    return float(res.x)
 
 
 def _template(
@@ -99,7 +100,7 @@ def _template(
     loose_edges: np.ndarray,
     eta_edges: np.ndarray,
     loose: float,
-    quadratic: bool,
+    model: str,
 ) -> tuple[np.ndarray, float]:
     """Per q2rec bin: its loose events x the fitted eta shape's fractions; the pooled slope.
 
@@ -113,14 +114,14 @@ def _template(
     out = np.zeros((len(eta_edges) - 1, values.shape[1]))
     if sub.sum() <= 0:
         return out, 0.0
-    pooled = fit_slope(sub.sum(axis=1), edges, quadratic)
+    pooled = fit_slope(sub.sum(axis=1), edges, model)
     for j in range(values.shape[1]):
         n, n2 = float(sub[:, j].sum()), float(sub_var[:, j].sum())
         if n <= 0:
             continue
-        a, b = fit_slope(sub[:, j], edges, quadratic) if n * n >= MIN_COLUMN * n2 else pooled
-        out[:, j] = n * _fractions(np.asarray(eta_edges, dtype=float), lo, hi, a, b)
-    return out, pooled[0]
+        a = fit_slope(sub[:, j], edges, model) if n * n >= MIN_COLUMN * n2 else pooled
+        out[:, j] = n * _fractions(eta_edges, lo, hi, a, model)
+    return out, pooled
 
 
 def factorise(
@@ -131,7 +132,6 @@ def factorise(
     replicas: int = 200,
     seed: int = 0,
     loose_edges: np.ndarray = LOOSE_EDGES,
-    curvature: np.ndarray | None = None,
 ) -> Factorised | None:
     """The factorised template of one sample from its loose histogram.
 
@@ -143,9 +143,6 @@ def factorise(
         replicas: Gaussian replicas for the MC statistical uncertainty.
         seed: Their random stream.
         loose_edges: The loose histogram's eta edges.
-        curvature: Per fit eta bin, the alternative over the nominal shape (:func:`curvature`
-            of a larger sample, e.g. every background together); ``None``: this sample's own
-            exp(a eta + b eta^2) fit.
 
     Returns:
         The template, or ``None`` when the loose region holds fewer than
@@ -156,11 +153,8 @@ def factorise(
     effective = s * s / s2 if s2 > 0 else 0.0
     if effective < MIN_EFFECTIVE:
         return None
-    nominal, slope = _template(values, variances, loose_edges, eta_edges, loose, False)
-    if curvature is None:
-        alternative, _ = _template(values, variances, loose_edges, eta_edges, loose, True)
-    else:
-        alternative = nominal * np.asarray(curvature)[:, None]
+    nominal, slope = _template(values, variances, loose_edges, eta_edges, loose, "exp")
+    alternative, _ = _template(values, variances, loose_edges, eta_edges, loose, "power")
     mean_weight = s2 / s
     if replicas < 1:
         zero = np.zeros_like(nominal)
@@ -170,32 +164,8 @@ def factorise(
     draws = np.empty((replicas, *nominal.shape))
     for r in range(replicas):
         moved = np.clip(values + sigma * rng.standard_normal(values.shape), 0.0, None)
-        draws[r] = _template(moved, variances, loose_edges, eta_edges, loose, False)[0]
+        draws[r] = _template(moved, variances, loose_edges, eta_edges, loose, "exp")[0]
     return Factorised(nominal, draws.var(axis=0), alternative, slope, effective, mean_weight)
-
-
-def curvature(
-    values: np.ndarray,
-    eta_edges: np.ndarray,
-    loose: float = 0.8,
-    loose_edges: np.ndarray = LOOSE_EDGES,
-) -> np.ndarray:
-    """Per fit eta bin, exp(a eta + b eta^2) over exp(a eta), both fitted above ``loose``.
-
-    Fitted to a loose histogram's eta distribution (all q2rec bins): of a large sample (every
-    background of a channel together), it is the systematic's shape for each of them; a small
-    sample's own curvature is mostly its MC fluctuation.
-    """
-    rows = loose_edges[:-1] >= loose - 1e-9
-    counts = values[rows].sum(axis=1)
-    edges = loose_edges[np.concatenate([rows, [True]])]
-    lo, hi = float(edges[0]), float(edges[-1])
-    if counts.sum() <= 0:
-        return np.ones(len(eta_edges) - 1)
-    eta_edges = np.asarray(eta_edges, dtype=float)
-    flat = _fractions(eta_edges, lo, hi, *fit_slope(counts, edges))
-    bent = _fractions(eta_edges, lo, hi, *fit_slope(counts, edges, quadratic=True))
-    return np.divide(bent, flat, out=np.ones_like(flat), where=flat > 0)
 
 
 class Closure(NamedTuple):
@@ -249,13 +219,13 @@ def sideband_closure(
     if n_all <= 0:
         return Closure(float("nan"), 0, float("nan"))
     edges = loose_edges[: int(rows.sum()) + 1]
-    pooled, _ = fit_slope(lower.sum(axis=1), edges)
+    pooled = fit_slope(lower.sum(axis=1), edges)
     predicted = np.zeros_like(filled)
     for j in range(values.shape[1]):
         n, n2 = float(lower[:, j].sum()), float(lower_var[:, j].sum())
         if n <= 0:
             continue
-        a = fit_slope(lower[:, j], edges)[0] if n * n >= MIN_COLUMN * n2 else pooled
+        a = fit_slope(lower[:, j], edges) if n * n >= MIN_COLUMN * n2 else pooled
         scale = n / _integral(float(edges[0]), float(edges[-1]), a)
         predicted[:, j] = scale * np.array(
             [_integral(x0, x1, a) for x0, x1 in itertools.pairwise(target)]

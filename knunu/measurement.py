@@ -123,8 +123,8 @@ def measurement_histograms(
     With ``factorise`` (``measurement.factorise``: ``samples``, ``loose_eta``, ``replicas``),
     the ITA templates of those samples (every variation) are factorised from
     their loose histograms (:mod:`knunu.fits.factorise`), with the systematic variation
-    ``factorisation_{up,down}`` (the eta curvature of every configured sample of the channel
-    together) and the closure tests in ``factorised``.
+    ``factorisation_{up,down}`` (a power law in 1 - eta for the exponential) and the closure
+    tests in ``factorised``.
 
     Raises:
         InputError: the file has no nature stream (``nature`` fit histograms).
@@ -269,16 +269,6 @@ def _factorise(
 
     done: dict[str, dict[str, Any]] = {}
     for name in ("ita_on", "ita_off"):
-        pooled = [
-            f[f"{name}_loose_{s}_nominal"].values()
-            for s in spec["samples"]
-            if f"{name}_loose_{s}_nominal" in keys
-        ]
-        bend = (
-            fz.curvature(sum(pooled), np.asarray(ETA_EDGES), float(spec["loose_eta"]))
-            if pooled
-            else None
-        )
         for sample in spec["samples"]:
             prefix = f"{name}_loose_{sample}_"
             variations = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
@@ -301,7 +291,6 @@ def _factorise(
                     float(spec["loose_eta"]),
                     int(spec["replicas"]) if variation == "nominal" else 0,
                     seed,
-                    curvature=bend,
                 )
                 if made is None:  # too few loose events: the filled template stays
                     break

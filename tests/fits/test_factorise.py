@@ -68,7 +68,7 @@ def test_the_factorised_template_estimates_the_signal_region_with_its_stated_err
 def test_closure_tests_pass_where_the_model_holds_and_fail_where_it_does_not():
     rng = np.random.default_rng(12)
     eta, q2, w = _sample(rng, 200_000)
-    loose, loose2, fit, fit2 = _histograms(eta, q2, w)
+    loose, loose2, fit, _ = _histograms(eta, q2, w)
     out = fz.factorise(loose, loose2, ETA_EDGES, replicas=50)
     good = fz.closure(fit, out.values, out.variances, out.mean_weight)
     assert good.chi2 / good.ndf < 2.5
@@ -78,11 +78,11 @@ def test_closure_tests_pass_where_the_model_holds_and_fail_where_it_does_not():
     assert side.chi2 / side.ndf < 2.5
     # not exponential above the loose cut: events above eta 0.95 weigh three times more
     w_bad = np.where(eta > 0.95, 3 * w, w)
-    loose, loose2, fit, fit2 = _histograms(eta, q2, w_bad)
+    loose, loose2, fit, _fit2 = _histograms(eta, q2, w_bad)
     out = fz.factorise(loose, loose2, ETA_EDGES, replicas=50)
     bad = fz.closure(fit, out.values, out.variances, out.mean_weight)
     assert bad.chi2 / bad.ndf > 5, bad
-    # ... which the alternative shape (curvature) partly sees: a systematic of 10 % or more
+    # ... which the alternative shape (a power law) partly sees: a systematic of 10 % or more
     assert np.max(np.abs(out.alternative - out.values) / out.values) > 0.1
 
 
