@@ -123,8 +123,8 @@ def measurement_histograms(
     With ``factorise`` (``measurement.factorise``: ``samples``, ``loose_eta``, ``replicas``),
     the ITA templates of those samples (every variation) are factorised from
     their loose histograms (:mod:`knunu.fits.factorise`), with the systematic variation
-    ``factorisation_{up,down}`` (a power law in 1 - eta for the exponential) and the closure
-    tests in ``factorised``.
+    ``factorisation_{up,down}`` (the exponential and the power-law shapes, whose mean the
+    template is) and the closure tests in ``factorised``.
 
     Raises:
         InputError: the file has no nature stream (``nature`` fit histograms).
@@ -298,10 +298,7 @@ def _factorise(
                 if variation == "nominal":
                     result, filled = made, written[key]
                     h.view().variance = made.variances
-                    for label, alt in (
-                        ("up", made.alternative),
-                        ("down", np.clip(2 * made.values - made.alternative, 0, None)),
-                    ):
+                    for label, alt in (("up", made.up), ("down", made.down)):
                         hv = written[key].copy()
                         hv.view().value = alt
                         hv.view().variance = made.variances

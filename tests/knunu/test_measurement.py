@@ -273,7 +273,7 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
     path, hists = histograms
     rng = np.random.default_rng(21)
     centres = (fz.LOOSE_EDGES[:-1] + fz.LOOSE_EDGES[1:]) / 2
-    shape = np.exp(-12.0 * centres)[:, None] * np.array([0.2, 0.3, 0.5])[None, :]
+    shape = (1 - centres)[:, None] ** 1.5 * np.array([0.2, 0.3, 0.5])[None, :]
     with uproot.open(path) as f:
         names = [k.split(";")[0] for k in f.keys()]  # noqa: SIM118 - a ROOT directory
         variations = [k[len("ita_on_ccbar_") :] for k in names if k.startswith("ita_on_ccbar_")]
@@ -285,6 +285,8 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
                 storage=hist.storage.Weight(),
             )
             values = rng.poisson(2000 * shape / shape.sum() * 50) * 0.01
+            if variation == "nominal":
+                loose_values = [values[30:, j] * 362.0 / 0.5 for j in range(3)]
             h.view().value = values
             h.view().variance = values * 0.01
             f[f"ita_on_loose_ccbar_{variation}"] = h
@@ -293,18 +295,24 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
     scaled = measurement_histograms(path, tmp_path / "m.root", lum, target, 11, spec)
     assert list(scaled.factorised) == ["ita_on_ccbar"]  # uubar has no loose histogram
     done = scaled.factorised["ita_on_ccbar"]
-    assert done["slope"] == pytest.approx(-12.0, abs=1.5)
+    assert done["slope"] == pytest.approx(1.5, abs=0.5)
     assert done["sideband_closure"]["ndf"] == 12
     with uproot.open(scaled.path) as b:
         made = b["ita_on_ccbar_nominal"]
         up, down = b["ita_on_ccbar_factorisation_up"], b["ita_on_ccbar_factorisation_down"]
-        # per q2rec bin an exponential in eta: equal eta bins in a constant ratio
-        v = made.values()
-        steps = v[1:] / v[:-1]
-        np.testing.assert_allclose(steps, np.broadcast_to(steps[:1], steps.shape), rtol=1e-9)
-        assert np.all(steps < 1)  # falling, as the loose histogram
+        # per q2rec bin: the power law fitted to the loose histogram of that bin (the
+        # systematic's down), the exponential (its up), the template their mean
+        v, up_v, down_v = made.values(), up.values(), down.values()
+        for j in range(3):
+            k = fz.fit_slope(loose_values[j], fz.LOOSE_EDGES[30:], "power")
+            expected = fz._fractions(histfile.ETA_EDGES, 0.8, 1.0, k, "power")
+            np.testing.assert_allclose(
+                down_v[:, j] / down_v[:, j].sum(), expected / expected.sum(), 1e-9
+            )
+        np.testing.assert_allclose(v, (up_v + down_v) / 2, rtol=1e-9)
         assert v.sum() != pytest.approx(hists["ita_on_ccbar_nominal"].sum() * 724, rel=1e-3)
-        np.testing.assert_allclose(up.values() + down.values(), 2 * v, rtol=1e-9)
+        assert np.all(down_v > 0)
+        assert np.all(up_v[-1] > down_v[-1])  # the exponential does not vanish at eta = 1
         assert np.all(made.variances() > 0)
     catalogue = load_catalogue() + factorisation_systematics(scaled.factorised)
     paths = write_workspaces(scaled.path, tmp_path / "ws", catalogue, 0.0, ("ita",))
