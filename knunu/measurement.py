@@ -262,7 +262,7 @@ def _factorise(
 
     Returns:
         Per ``{histogram}_{sample}``: the loose effective events, the fitted slope, the
-        closure against the filled template (signal region) and one step down (eta 0.75-0.92).
+        closure against the filled template (signal region) and one step down (eta 0.6-0.8).
     """
     from knunu.fits import factorise as fz
     from knunu.processors.ita import ETA_EDGES
@@ -626,7 +626,7 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(
             "ITA templates factorised from a looser eta cut (loose effective MC events; "
             "closure chi2/ndf against the filled template in the signal region, and one step "
-            "down, fitted below 0.75, in eta 0.75-0.92): "
+            "down, fitted on eta 0.6-0.8, in eta 0.72-0.8): "
             + "; ".join(
                 f"{key} {d['loose_effective']:.0f} ({d['closure']['chi2']:.1f}/"
                 f"{d['closure']['ndf']}, {d['sideband_closure']['chi2']:.1f}/"

@@ -162,7 +162,7 @@ def _measurement_tables(run_dir: Path) -> list[str]:
             "an exponential eta shape, knunu.fits.factorise): loose effective MC events, the "
             "fitted slope (all q2rec bins), "
             "closure against the template filled event by event (signal-region bins, both MC "
-            "errors) and one step down (fitted on eta 0.5-0.75, compared in eta 0.75-0.92)",
+            "errors) and one step down (fitted on eta 0.6-0.8, compared in eta 0.72-0.8)",
             "",
             "| template | loose effective | slope a | closure chi2/ndf | factorised/filled "
             "| sideband chi2/ndf | predicted/filled |",
