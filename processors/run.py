@@ -442,13 +442,21 @@ def _completed(
                 done, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished in the meantime
                 done = set()
+            # every result of the batch is fetched before the caller sees any: the caller may
+            # end workers (a progress callback, a batch system) that hold the others
+            batch = []
             for future in sorted(done, key=lambda f: position[f.key]):
                 try:
-                    result = future.result()
+                    result = future.result(timeout=_RESULT_S)
+                except TimeoutError:  # its result went with its worker: it is computed again
+                    pending.add(future)
+                    continue
                 except Exception as exc:
                     result = exc
                 future.release()
-                yield position[future.key], result, limit
+                batch.append((position[future.key], result))
+            for k, result in batch:
+                yield k, result, limit
             if done:
                 alone_since = None
                 continue
@@ -469,6 +477,8 @@ def _completed(
 
 #: Seconds between checks for finished chunks and for workers.
 _POLL_S = 2.0
+#: Seconds to fetch a finished chunk's result before taking it for lost with its worker.
+_RESULT_S = 30.0
 
 
 def _guarded(chunk: Chunk, proc: Any, retries: int, wait: float) -> ChunkResult:
