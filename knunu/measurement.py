@@ -224,16 +224,7 @@ def _factorise_nature(
         own = np.add.reduceat(values[rows[0] :], rows - rows[0], axis=0)
         own_var = np.add.reduceat(variances[rows[0] :], rows - rows[0], axis=0)
         filled += own
-        made = None
-        if source in spec["samples"]:
-            made = fz.factorise(
-                values,
-                variances,
-                np.asarray(ETA_EDGES),
-                float(spec["loose_eta"]),
-                int(spec["replicas"]),
-                seed,
-            )
+        made = _factorised(fz, values, variances, spec, seed) if source in spec["samples"] else None
         if made is None:
             total += own
             total_var += own_var
@@ -250,6 +241,27 @@ def _factorise_nature(
     return used
 
 
+def _factorised(
+    fz: Any,
+    values: np.ndarray,
+    variances: np.ndarray,
+    spec: Mapping[str, Any],
+    seed: int,
+    replicas: bool = True,
+) -> Any:
+    """One loose histogram factorised as ``measurement.factorise`` says."""
+    from knunu.processors.ita import ETA_EDGES
+
+    return fz.factorise(
+        values,
+        variances,
+        np.asarray(ETA_EDGES),
+        float(spec["loose_eta"]),
+        int(spec["replicas"]) if replicas else 0,
+        seed,
+    )
+
+
 def _factorise(
     f: Any,
     keys: list[str],
@@ -260,14 +272,18 @@ def _factorise(
 ) -> dict[str, dict[str, Any]]:
     """Replace the configured ITA templates by factorised ones (see :func:`measurement_histograms`).
 
+    A variation whose loose histogram is too thin to fit (:data:`~knunu.fits.factorise.
+    MIN_EFFECTIVE`) takes the factorised nominal scaled per q2rec bin by its loose events
+    over the nominal's, so no variation of a factorised template stays filled event by event.
+
     Returns:
         Per ``{histogram}_{sample}``: the loose effective events, the fitted slope, the
         closure against the filled template (signal region) and one step down (eta 0.6-0.8).
     """
     from knunu.fits import factorise as fz
-    from knunu.processors.ita import ETA_EDGES
 
     done: dict[str, dict[str, Any]] = {}
+    rows = fz.LOOSE_EDGES[:-1] >= float(spec["loose_eta"]) - 1e-9
     for name in ("ita_on", "ita_off"):
         for sample in spec["samples"]:
             prefix = f"{name}_loose_{sample}_"
@@ -278,42 +294,45 @@ def _factorise(
                 log.warning("measurement: %s %s: no loose histogram, not factorised", name, sample)
                 continue
             scale = factors[RESONANCE[name]]
-            result = None
-            for variation in sorted(variations, key=lambda v: v != "nominal"):
+            nominal = f[prefix + "nominal"].to_hist() * scale
+            result = _factorised(fz, nominal.values(), nominal.variances(), spec, seed)
+            if result is None:  # too few loose events: the filled templates stay
+                continue
+            filled = written[f"{name}_{sample}_nominal"]
+            base = nominal.values()[rows].sum(axis=0)
+            for variation in variations:
                 key = f"{name}_{sample}_{variation}"
                 if key not in written:
                     continue
-                loose = f[prefix + variation].to_hist() * scale
-                made = fz.factorise(
-                    loose.values(),
-                    loose.variances(),
-                    np.asarray(ETA_EDGES),
-                    float(spec["loose_eta"]),
-                    int(spec["replicas"]) if variation == "nominal" else 0,
-                    seed,
-                )
-                if made is None:  # too few loose events: the filled template stays
-                    break
                 h = written[key].copy()
                 if variation == "nominal":
-                    result, filled = made, written[key]
+                    made = result
                     h.view().variance = made.variances
                     for label, alt in (("up", made.up), ("down", made.down)):
                         hv = written[key].copy()
                         hv.view().value = alt
                         hv.view().variance = made.variances
                         written[f"{name}_{sample}_factorisation_{label}"] = hv
+                    h.view().value = made.values
                 else:
+                    loose = f[prefix + variation].to_hist() * scale
+                    made = _factorised(
+                        fz, loose.values(), loose.variances(), spec, seed, replicas=False
+                    )
+                    if made is None:
+                        ratio = np.divide(
+                            loose.values()[rows].sum(axis=0),
+                            base,
+                            out=np.ones_like(base),
+                            where=base > 0,
+                        )
+                        h.view().value = result.values * ratio[None, :]
+                    else:
+                        h.view().value = made.values
                     h.view().variance = written[key].variances()
-                h.view().value = made.values
                 written[key] = h
-            if result is None:
-                continue
             close = fz.closure(filled.values(), result.values, result.variances, result.mean_weight)
-            side = fz.sideband_closure(
-                (f[prefix + "nominal"].to_hist() * scale).values(),
-                (f[prefix + "nominal"].to_hist() * scale).variances(),
-            )
+            side = fz.sideband_closure(nominal.values(), nominal.variances())
             done[f"{name}_{sample}"] = {
                 "loose_effective": result.loose_effective,
                 "slope": result.slope,

@@ -277,6 +277,7 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
     with uproot.open(path) as f:
         names = [k.split(";")[0] for k in f.keys()]  # noqa: SIM118 - a ROOT directory
         variations = [k[len("ita_on_ccbar_") :] for k in names if k.startswith("ita_on_ccbar_")]
+    thin = next(v for v in variations if v != "nominal")
     with uproot.update(path) as f:
         for variation in variations:
             h = hist.Hist(
@@ -285,10 +286,16 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
                 storage=hist.storage.Weight(),
             )
             values = rng.poisson(2000 * shape / shape.sum() * 50) * 0.01
+            variances = values * 0.01
             if variation == "nominal":
                 loose_values = [values[30:, j] * 362.0 / 0.5 for j in range(3)]
+                nominal_loose = values[30:].sum(axis=0)
+            if variation == thin:  # one event per q2rec bin: too few to fit a shape
+                values = np.zeros_like(values)
+                values[40] = [0.2, 0.3, 0.5]
+                variances = values**2
             h.view().value = values
-            h.view().variance = values * 0.01
+            h.view().variance = variances
             f[f"ita_on_loose_ccbar_{variation}"] = h
     spec = {"samples": ["ccbar", "uubar"], "loose_eta": 0.8, "replicas": 50}
     lum, target = {"on": 0.5, "off": 0.05}, {"on": 362.0, "off": 42.0}
@@ -314,6 +321,14 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
         assert np.all(down_v > 0)
         assert np.all(up_v[-1] > down_v[-1])  # the exponential does not vanish at eta = 1
         assert np.all(made.variances() > 0)
+        # a variation too thin to fit: the factorised nominal scaled per q2rec bin by its
+        # loose events over the nominal's
+        ratio = np.array([0.2, 0.3, 0.5]) / nominal_loose
+        np.testing.assert_allclose(b[f"ita_on_ccbar_{thin}"].values(), v * ratio, rtol=1e-9)
+        # every variation is factorised too, not left as filled
+        for variation in variations:
+            filled = hists[f"ita_on_ccbar_{variation}"].sum() * 724
+            assert b[f"ita_on_ccbar_{variation}"].values().sum() != pytest.approx(filled, 1e-3)
     catalogue = load_catalogue() + factorisation_systematics(scaled.factorised)
     paths = write_workspaces(scaled.path, tmp_path / "ws", catalogue, 0.0, ("ita",))
     model = pyhf.Workspace(json.loads(paths["ita"].read_text())).model()
