@@ -49,7 +49,7 @@ def _local(settings: dict[str, Any]) -> LocalCluster:
         **{k: str(v) for k, v in settings["worker_env"].items()},
     }
     with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env, **WORKER_CONFIG}):
-        return LocalCluster(
+        cluster = LocalCluster(
             n_workers=settings["n_workers"],
             threads_per_worker=settings["threads_per_worker"],
             processes=settings["processes"],
@@ -57,6 +57,47 @@ def _local(settings: dict[str, Any]) -> LocalCluster:
             host=settings["host"],
             dashboard_address=settings["dashboard_address"],
         )
+    if settings["processes"]:
+        keep_workers(cluster)
+    return cluster
+
+
+#: Seconds between the checks of :func:`keep_workers`.
+KEEP_WORKERS_S = 2.0
+
+
+def keep_workers(cluster: Any, interval: float = KEEP_WORKERS_S) -> None:
+    """Replace the workers of a cluster whose nanny gave up, for as long as the cluster runs.
+
+    A nanny restarts its worker process when it dies, but a worker killed while its nanny
+    starts it (``Failed to start process``) closes the nanny for good, and the cluster keeps
+    the closed nanny in its plan: a LocalCluster ran on with one worker fewer, and with none
+    once the same happened to the other (found by the chaos test in CI). Every ``interval``
+    seconds a closed or failed worker is dropped from the cluster's workers, and the cluster
+    starts its planned workers again (``SpecCluster._correct_state``).
+    """
+    from distributed.core import Status
+    from tornado.ioloop import PeriodicCallback
+
+    gone = (Status.closed, Status.failed)
+
+    async def check() -> None:
+        if cluster.status != Status.running:
+            return
+        lost = [name for name, w in cluster.workers.items() if w.status in gone]
+        if not lost:
+            return
+        for name in lost:
+            log.warning("cluster: worker %s lost for good by its nanny; starting it again", name)
+            del cluster.workers[name]
+        try:
+            await cluster._correct_state()
+        except Exception as exc:  # tried again at the next check
+            log.warning("cluster: starting lost workers failed (%s); trying again", exc)
+
+    callback = PeriodicCallback(check, interval * 1000)
+    cluster.periodic_callbacks["knunu-keep-workers"] = callback
+    cluster.loop.add_callback(callback.start)
 
 
 def _jobqueue(cls_name: str, own_keys: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:

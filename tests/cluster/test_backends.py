@@ -95,3 +95,29 @@ def test_a_worker_above_the_pause_threshold_keeps_working():
         client.submit(leak, 0.85, pure=False).result(timeout=60)
         time.sleep(1.0)  # the memory monitor has seen it (every 100 ms)
         assert client.submit(after, 1, pure=False).result(timeout=30) == 2
+
+
+@pytest.mark.slow
+def test_a_worker_whose_nanny_gave_up_is_started_again():
+    """A nanny closes for good when its worker is killed while it starts it; the local
+    cluster replaces it (knunu.cluster.backends.keep_workers) and the work goes on."""
+    with get_client("local", n_workers=2) as client:
+        client.wait_for_workers(2, timeout=120)
+        cluster = client.cluster
+        name, nanny = next(iter(cluster.workers.items()))
+        cluster.sync(nanny.close)  # what "Failed to start process" leaves behind
+        assert str(nanny.status) == "Status.closed"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            fresh = cluster.workers.get(name)
+            if (
+                fresh is not None
+                and fresh is not nanny
+                and len(client.scheduler_info()["workers"]) == 2
+            ):
+                break
+            time.sleep(0.5)
+        assert cluster.workers[name] is not nanny, "the closed nanny was not replaced"
+        assert str(cluster.workers[name].status) == "Status.running"
+        assert len(client.scheduler_info()["workers"]) == 2
+        assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
