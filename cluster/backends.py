@@ -303,10 +303,14 @@ def cluster_check(backend: str, n_workers: int = 2, timeout: float = 120.0) -> s
         )
 
 
-def memory_limit(client: Any) -> int | None:
-    """The largest memory limit (bytes) among the client's workers now; None without any."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    limits = [int(w.get("memory_limit") or 0) for w in workers]
+def memory_limit(client: Any, workers: dict[str, Any] | None = None) -> int | None:
+    """The largest memory limit (bytes) among the client's workers now; None without any.
+
+    ``workers``: the scheduler's workers if the caller has just asked for them.
+    """
+    if workers is None:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
     return max(limits) if limits and max(limits) else None
 
 

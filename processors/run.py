@@ -460,9 +460,10 @@ def _completed(
             if done:
                 alone_since = None
                 continue
-            if client.scheduler_info(n_workers=-1)["workers"]:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            if workers:
                 alone_since = None
-                limit = memory_limit(client) or limit
+                limit = memory_limit(client, workers) or limit
                 continue
             alone_since = alone_since or time.monotonic()
             if time.monotonic() - alone_since > no_workers_timeout:
