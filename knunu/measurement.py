@@ -224,7 +224,7 @@ def _factorise_nature(
         own = np.add.reduceat(values[rows[0] :], rows - rows[0], axis=0)
         own_var = np.add.reduceat(variances[rows[0] :], rows - rows[0], axis=0)
         filled += own
-        made = _factorised(fz, values, variances, spec, seed) if source in spec["samples"] else None
+        made = _factorised(values, variances, spec, seed) if source in spec["samples"] else None
         if made is None:
             total += own
             total_var += own_var
@@ -242,7 +242,6 @@ def _factorise_nature(
 
 
 def _factorised(
-    fz: Any,
     values: np.ndarray,
     variances: np.ndarray,
     spec: Mapping[str, Any],
@@ -250,9 +249,10 @@ def _factorised(
     replicas: bool = True,
 ) -> Any:
     """One loose histogram factorised as ``measurement.factorise`` says."""
+    from knunu.fits.factorise import factorise
     from knunu.processors.ita import ETA_EDGES
 
-    return fz.factorise(
+    return factorise(
         values,
         variances,
         np.asarray(ETA_EDGES),
@@ -295,7 +295,7 @@ def _factorise(
                 continue
             scale = factors[RESONANCE[name]]
             nominal = f[prefix + "nominal"].to_hist() * scale
-            result = _factorised(fz, nominal.values(), nominal.variances(), spec, seed)
+            result = _factorised(nominal.values(), nominal.variances(), spec, seed)
             if result is None:  # too few loose events: the filled templates stay
                 continue
             filled = written[f"{name}_{sample}_nominal"]
@@ -315,13 +315,11 @@ def _factorise(
                         written[f"{name}_{sample}_factorisation_{label}"] = hv
                     h.view().value = made.values
                 else:
-                    loose = f[prefix + variation].to_hist() * scale
-                    made = _factorised(
-                        fz, loose.values(), loose.variances(), spec, seed, replicas=False
-                    )
+                    loose = (f[prefix + variation].to_hist() * scale).view()
+                    made = _factorised(loose.value, loose.variance, spec, seed, replicas=False)
                     if made is None:
                         ratio = np.divide(
-                            loose.values()[rows].sum(axis=0),
+                            loose.value[rows].sum(axis=0),
                             base,
                             out=np.ones_like(base),
                             where=base > 0,
