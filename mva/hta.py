@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from knunu.errors import ModelError
 from knunu.mva.bdt import train_kfold
@@ -31,11 +32,13 @@ from knunu.mva.train import (
     SIGNAL,
     balanced_weights,
     bdtc_weight,
+    columns_of,
     labelled_columns,
     read_tables,
     weighted_auc,
 )
 from knunu.processors.hta import HTA_MODEL_FILES
+from knunu.processors.variations import corrected_hta_inputs
 from knunu.rundir import write_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,22 @@ class HTATrainingSummary:
     continuum_weight_mean: float
 
 
+def corrected_tables(
+    frames: Mapping[str, pd.DataFrame], corrections: Mapping[str, float]
+) -> dict[str, pd.DataFrame]:
+    """The MC tables with the nominal detector corrections the HTA processor applies.
+
+    So that BDTh, eta(BDTh) and the continuum classifier learn the inputs they are applied to
+    (:func:`~knunu.processors.variations.corrected_hta_inputs`); data tables stay as they are.
+    """
+    return {
+        ds: frame
+        if ds.startswith("data_") or not len(frame)
+        else pd.DataFrame(corrected_hta_inputs(columns_of(frame), corrections))
+        for ds, frame in frames.items()
+    }
+
+
 def train_hta(
     tables: str | Path,
     catalogue: Mapping[str, Any],
@@ -69,7 +88,7 @@ def train_hta(
     """
     out = Path(out_dir)
     folds = int(cfg["folds"])
-    frames = read_tables(tables, (SIGNAL, *BACKGROUNDS))
+    frames = corrected_tables(read_tables(tables, (SIGNAL, *BACKGROUNDS)), cfg["corrections"])
     cols = labelled_columns(frames, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
@@ -120,7 +139,7 @@ def _train_continuum(
     target = out / HTA_MODEL_FILES["continuum"]
     target.unlink(missing_ok=True)  # a stale classifier must not outlive a retraining
     offres = tuple(ds for ds in OFFRES_MC if ds in catalogue)  # the data hold tau pairs too
-    frames = read_tables(tables, ("data_off", *offres))
+    frames = corrected_tables(read_tables(tables, ("data_off", *offres)), cfg["corrections"])
     n_data = len(frames["data_off"])
     if n_data < int(cfg["continuum_min_data"]):
         note = (

@@ -114,7 +114,8 @@ def lumi_scale(catalogue: Mapping[str, Any], dataset: str, target: str) -> float
     return float(lum) / float(ds["luminosity_fb"])
 
 
-def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A table's columns as numpy arrays."""
     return {c: frame[c].to_numpy() for c in frame.columns}
 
 
@@ -138,7 +139,7 @@ def labelled_columns(
         parts.append(
             frame.assign(_label=int(ds == positive), _w=frame["__weight__"] * scale, **extra)
         )
-    return _columns(pd.concat(parts, ignore_index=True))
+    return columns_of(pd.concat(parts, ignore_index=True))
 
 
 def train_ita(

@@ -40,7 +40,13 @@ from knunu.processors.selection import (
     cumulative,
     cutflow_histograms,
 )
-from knunu.processors.variations import WEIGHT_VARIATIONS, Context
+from knunu.processors.variations import (
+    HTA_INPUT_VARIATIONS,
+    WEIGHT_VARIATIONS,
+    Context,
+    corrected_hta_inputs,
+)
+from knunu.simulation.reconstruction import HTA_TRUTH_COLUMNS
 
 #: Catalogue sample -> HTA fit sample (tau pairs, 3 % of the HTA continuum, go with uds).
 HTA_SAMPLE = {
@@ -60,7 +66,19 @@ CONTINUUM = ("uds", "ccbar")
 HTA_MODEL_FILES = {"bdth": "bdth.json", "eta": "eta_h.json", "continuum": "hta_continuum.json"}
 STEPS = ("all", "tag", "one signal track", "kaon", "opposite charge", "signal region")
 #: MC truth the HTA variations read (absent from data).
-HTA_TRUTH = ("mcB1Mode", "mcB2Mode", "mcDtoKL", "nKL", "q2gen", "Ksig_mcPDG")
+HTA_TRUTH = (
+    "mcB1Mode",
+    "mcB2Mode",
+    "mcDtoKL",
+    "nKL",
+    "q2gen",
+    *HTA_TRUTH_COLUMNS,
+    "mcE_hadronic",
+    "mcE_KL",
+    "mcKLclusters",
+)
+#: Inputs the MC corrections move (:class:`~knunu.processors.variations.HTAShift`).
+HTA_CORRECTED = ("E_extra", "nExtraClusters", "E_miss_all", "m2_miss_all", "E_miss", "nClusters")
 #: Weight variations shared with the ITA (the catalogue's HTA rows).
 HTA_WEIGHT_VARIATIONS = (
     "br_c1",
@@ -79,7 +97,7 @@ HTA_WEIGHT_VARIATIONS = (
     "ff_c3",
     "bdtc",
 )
-HTA_VARIATIONS = (*HTA_WEIGHT_VARIATIONS, "extra_energy")
+HTA_VARIATIONS = (*HTA_WEIGHT_VARIATIONS, *HTA_INPUT_VARIATIONS, "extra_energy")
 HIST_VARIATIONS = ("nominal", *(f"{v}_{d}" for v in HTA_VARIATIONS for d in ("up", "down")))
 
 
@@ -169,6 +187,7 @@ def hta_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:
                 *BOOKKEEPING,
                 *HTA_TRUTH,
                 "nTracks",
+                *HTA_CORRECTED,
                 *cfg["features"]["bdth"],
                 *cfg["features"]["continuum"],
             ]
@@ -206,6 +225,7 @@ class HTAProcessor(processor.ProcessorABC):
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
             weight = weight * cfg["corrections"]["d_to_kl_scale"] ** cols["mcDtoKL"]
+            cols = corrected_hta_inputs(cols, cfg["corrections"])
         bdth = models.bdth.predict(cols, cols["__run__"], cols["__event__"])
         eta = models.eta(bdth)
         cont = np.ones(len(weight))
@@ -225,6 +245,10 @@ class HTAProcessor(processor.ProcessorABC):
                 up, down = WEIGHT_VARIATIONS[name](cols, ctx)
                 for label, f in (("up", up), ("down", down)):
                     fit.fill(variation=f"{name}_{label}", eta=eta, weight=w_nom * f)
+            for name, shifts in HTA_INPUT_VARIATIONS.items():
+                for label, shift in zip(("up", "down"), shifts, strict=True):
+                    s = models.bdth.rescore(bdth, cols, shift(cols))
+                    fit.fill(variation=f"{name}_{label}", eta=models.eta(s), weight=w_nom)
             delta = float(cfg["extra_energy_scale"])
             for label, scale in (("up", 1 + delta), ("down", 1 - delta)):
                 varied = {**cols, "E_extra": cols["E_extra"] * scale}

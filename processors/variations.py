@@ -210,6 +210,79 @@ def corrected_inputs(cols: Columns, corrections: Mapping[str, float]) -> dict[st
     return EnergyShift("mcE_hadronic", corrections["hadronic_energy_scale"] - 1.0)(cols, 1.0)
 
 
+@dataclass(frozen=True)
+class HTAShift:
+    """The HTA's inputs after the K_L efficiency and a hadronic energy scale, as the ITA's.
+
+    The HTA tree carries, per event, the extra clusters' (not used by the tag or the kaon)
+    energy from hadrons and from K_L in the lab (``mcEextra_hadronic``, ``mcEextra_KL``: the
+    frame of ``E_extra``) and CM (``_cm``: the frame of the signal side's missing four-momentum)
+    and their K_L count, and the whole event's (``mcE_hadronic``, ``mcE_KL``, ``mcKLclusters``,
+    CM, for ``E_miss`` and ``nClusters``). An event loses k of its n K_L clusters,
+    k ~ Binomial(n, 1 - ``kl_scale``) from the same :func:`event_uniform` as
+    :class:`KLongLoss` (the extra clusters: the same quantile of their own count; with a
+    correct tag every K_L cluster is extra, and both are equal). Then the remaining hadronic
+    energy is scaled by ``energy_scale``. ``E_extra``, ``nExtraClusters``, ``E_miss``,
+    ``nClusters``, ``E_miss_all`` and ``m2_miss_all`` (at fixed missing momentum) follow.
+    """
+
+    kl_scale: float
+    energy_scale: float
+
+    def __call__(self, cols: Columns) -> dict[str, np.ndarray]:
+        """The columns after the shift."""
+        from scipy import stats
+
+        u = event_uniform(cols["__run__"], cols["__event__"], salt=130)
+
+        def lost(n: np.ndarray) -> np.ndarray:
+            n = n.astype(np.int64)
+            if self.kl_scale == 1.0:
+                return np.zeros(len(n))
+            k = np.where(n > 0, stats.binom.ppf(u, np.maximum(n, 1), 1.0 - self.kl_scale), 0)
+            return np.clip(k, 0, n) / np.maximum(n, 1)
+
+        scale = self.energy_scale
+        out: dict[str, np.ndarray] = {}
+
+        def shift(hadronic: str, klong: str, fraction: np.ndarray) -> np.ndarray:
+            # the lost K_L clusters leave, then the remaining hadronic energy is scaled
+            had, kl = cols[hadronic], cols[klong]
+            out[hadronic] = (had - kl * fraction) * scale
+            out[klong] = kl * (1.0 - fraction) * scale
+            return out[hadronic] - had
+
+        f_extra, f_all = lost(cols["mcKLextraClusters"]), lost(cols["mcKLclusters"])
+        k_extra = np.rint(f_extra * cols["mcKLextraClusters"])
+        k_all = np.rint(f_all * cols["mcKLclusters"])
+        d_lab = shift("mcEextra_hadronic", "mcEextra_KL", f_extra)
+        d_cm = shift("mcEextra_hadronic_cm", "mcEextra_KL_cm", f_extra)
+        d_all = shift("mcE_hadronic", "mcE_KL", f_all)
+        e_miss = cols["E_miss_all"] - d_cm
+        out |= {
+            "mcKLextraClusters": cols["mcKLextraClusters"] - k_extra,
+            "mcKLclusters": cols["mcKLclusters"] - k_all,
+            "E_extra": cols["E_extra"] + d_lab,
+            "nExtraClusters": cols["nExtraClusters"] - k_extra,
+            "E_miss_all": e_miss,
+            "m2_miss_all": cols["m2_miss_all"] + e_miss**2 - cols["E_miss_all"] ** 2,
+            "E_miss": cols["E_miss"] - d_all,
+            "nClusters": cols["nClusters"] - k_all,
+        }
+        return {**cols, **{k: np.asarray(v).astype(cols[k].dtype) for k, v in out.items()}}
+
+
+def corrected_hta_inputs(cols: Columns, corrections: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """HTA MC inputs with the nominal detector corrections (``hta.corrections``)."""
+    return HTAShift(corrections["kl_efficiency_scale"], corrections["hadronic_energy_scale"])(cols)
+
+
+#: HTA input variations after the nominal correction, name -> (up, down): the hadronic
+#: energy scale +-10 % (as the ITA's ``hadronic_energy``).
+HTA_INPUT_VARIATIONS: dict[str, tuple[HTAShift, HTAShift]] = {
+    "hadronic_energy": (HTAShift(1.0, 1.10), HTAShift(1.0, 0.90)),
+}
+
 #: Input variations: name -> shift of one unit (up = +1, down = -1), after the nominal correction.
 INPUT_VARIATIONS: dict[str, EnergyShift] = {
     "hadronic_energy": EnergyShift("mcE_hadronic", 0.10),

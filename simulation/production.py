@@ -37,6 +37,7 @@ from knunu.simulation.generators import Generator, Particles
 from knunu.simulation.kinematics import OFF_RESONANCE, ON_RESONANCE, sample_beams
 from knunu.simulation.ntuple import TREE_HTA, TREE_ITA, Tree, write_ntuple
 from knunu.simulation.reconstruction import (
+    HTA_TRUTH_COLUMNS,
     M_PI,
     TagModel,
     hta_variables,
@@ -553,11 +554,15 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         candidates |= truth_candidates
     hta_header = {k: v[hta_idx] for k, v in header.items()}
     if task.data:
-        del hta_event["Ksig_mcPDG"]
+        for name in HTA_TRUTH_COLUMNS:
+            del hta_event[name]
     # pseudo-data draw tags without a boost, so their tag weights are exactly 1
     hta_header["__weight__"] = hta_header["__weight__"] * tag_w
     # the HTA tree's event-shape inputs come from the full event reconstruction
-    hta_shapes = {k: v for k, v in ita_variables(seen.take(hta_idx))[0].items() if k in _HTA_SHAPES}
+    hta_seen = seen.take(hta_idx)
+    hta_shapes = {k: v for k, v in ita_variables(hta_seen)[0].items() if k in _HTA_SHAPES}
+    if not task.data:  # their K_L and hadronic cluster energies, for the MC corrections
+        hta_shapes |= ita_truth(hta_seen)[0]
     trees = {
         TREE_ITA: Tree(
             {**{k: v[ita_idx] for k, v in header.items()}, **event},

@@ -139,7 +139,7 @@ def ita_truth(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str, np
     """
     cl = seen.clusters
     energy = cl.p4_cm[:, 0]
-    hadronic = np.isin(cl.origin, (det.KLONG, det.NEUTRON, det.ANTINEUTRON, det.SPLITOFF))
+    hadronic = np.isin(cl.origin, HADRONIC)
     photon = cl.origin == det.PHOTON
     klong = cl.origin == det.KLONG
     event = {
@@ -287,6 +287,7 @@ def hta_variables(
     sig_visible += per_event_sum(cl.offsets, cl.p4_cm * (~in_tag_c)[:, None])[keep]
     extra_e = per_event_sum(cl.offsets, cl.p4_lab[:, 0] * ~in_tag_c)[keep]
     n_extra = np.bincount(c_event[~in_tag_c], minlength=n)[keep]
+    missing = sig_b - sig_visible
     k_in_b = boost(k4, -(sig_b[:, 1:] / sig_b[:, :1]))
     event = {
         "nSignalTracks": n_sig[keep].astype(np.int32),
@@ -301,7 +302,11 @@ def hta_variables(
         "E_extra": extra_e,
         "nExtraClusters": n_extra.astype(np.int32),
         "m2_miss": _m2(sig_b - k4),
-        "m2_miss_all": _m2(sig_b - sig_visible),
+        "m2_miss_all": _m2(missing),
+        "E_miss_all": missing[:, 0],
+        # MC truth of the extra clusters by origin (dropped for data): the HTA's K_L
+        # efficiency and hadronic energy corrections, as the ITA's (``ita_truth``)
+        **_extra_truth(cl, ~in_tag_c, keep),
     }
     candidates = {
         "Btag_mbc": mbc[keep],
@@ -311,6 +316,35 @@ def hta_variables(
         "Btag_mcCorrect": (~fake[keep]).astype(np.int32),
     }
     return keep, (p / q)[keep], event, candidates
+
+
+#: Cluster origins whose energy the hadronic energy scale moves (K_L, (anti)neutrons, split-offs).
+HADRONIC = (det.KLONG, det.NEUTRON, det.ANTINEUTRON, det.SPLITOFF)
+#: MC-truth columns of the HTA tree (dropped for data).
+HTA_TRUTH_COLUMNS = (
+    "Ksig_mcPDG",
+    "mcEextra_hadronic",
+    "mcEextra_hadronic_cm",
+    "mcEextra_KL",
+    "mcEextra_KL_cm",
+    "mcKLextraClusters",
+)
+
+
+def _extra_truth(cl: det.Clusters, extra: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Energy (lab and CM) of the extra clusters from hadrons and from K_L, and their K_L count."""
+    hadronic = extra & np.isin(cl.origin, HADRONIC)
+    klong = extra & (cl.origin == det.KLONG)
+    lab, cm = cl.p4_lab[:, 0], cl.p4_cm[:, 0]
+    return {
+        "mcEextra_hadronic": per_event_sum(cl.offsets, lab * hadronic)[keep],
+        "mcEextra_hadronic_cm": per_event_sum(cl.offsets, cm * hadronic)[keep],
+        "mcEextra_KL": per_event_sum(cl.offsets, lab * klong)[keep],
+        "mcEextra_KL_cm": per_event_sum(cl.offsets, cm * klong)[keep],
+        "mcKLextraClusters": per_event_sum(cl.offsets, klong.astype(np.int64))[keep].astype(
+            np.int32
+        ),
+    }
 
 
 def _m2(p4: np.ndarray) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""The nominal MC corrections as the processors apply them (pure numpy, no files)."""
+"""The nominal MC corrections as the processors apply them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import uproot
 
-from knunu.processors.variations import KLongLoss, event_uniform
+from knunu.processors.variations import HTAShift, KLongLoss, corrected_hta_inputs, event_uniform
+from knunu.simulation.detector import DetectorConfig
+from knunu.simulation.production import FileTask, Nature, produce_file
 
 
 def _columns(n: int, seed: int = 2) -> dict[str, np.ndarray]:
@@ -67,3 +70,67 @@ def test_event_uniform_is_uniform_and_reproducible():
     counts, _ = np.histogram(u, bins=20, range=(0, 1))
     assert np.all(np.abs(counts / len(u) - 0.05) < 0.003)
     assert not np.array_equal(u, event_uniform(run, event, salt=1))
+
+
+@pytest.fixture(scope="module")
+def hta_trees(libraries, tmp_path_factory):
+    """The HTA trees of the same B+B- events seen by the nominal detector and by nature's."""
+    out = tmp_path_factory.mktemp("hta_corrections")
+    nature = Nature(kl_efficiency_scale=0.83, hadronic_energy_scale=0.9)
+    trees = {}
+    for name, detector in (
+        ("nominal", DetectorConfig()),
+        ("nature", nature.detector(DetectorConfig())),
+    ):
+        path = str(out / f"{name}.root")
+        # every event tagged (tag_boost saturates q), so the trees hold 20k+ events each
+        task = FileTask("charged", 40_000, 11, path, libraries=libraries, tag_boost=1000.0)
+        produce_file(task, detector)
+        with uproot.open(path) as f:
+            trees[name] = f["hta"].arrays(filter_name=HTA_INPUTS, library="np")
+    return trees
+
+
+HTA_INPUTS = [
+    "__run__", "__event__", "E_extra", "nExtraClusters", "E_miss_all", "m2_miss_all", "E_miss",
+    "nClusters", "mcEextra_hadronic", "mcEextra_hadronic_cm", "mcEextra_KL", "mcEextra_KL_cm",
+    "mcKLextraClusters", "mcE_hadronic", "mcE_KL", "mcKLclusters",
+]  # fmt: skip
+
+
+def test_hta_corrections_make_the_mc_look_like_natures_detector(hta_trees):
+    """MC corrected with nature's K_L efficiency and hadronic scale agrees with nature's detector.
+
+    Means over 20k+ tagged B+B- events: the corrected MC within 3 sigma of nature for the extra
+    clusters' hadronic energy and K_L count, E_extra and E_miss; the uncorrected MC differs
+    from nature by more than 4 sigma in the first two (the test can tell).
+    """
+    nominal, nature = hta_trees["nominal"], hta_trees["nature"]
+    corrections = {"d_to_kl_scale": 1.3, "kl_efficiency_scale": 0.83, "hadronic_energy_scale": 0.9}
+    corrected = corrected_hta_inputs(nominal, corrections)
+
+    def pull(a: np.ndarray, b: np.ndarray) -> float:
+        err = np.hypot(a.std() / np.sqrt(len(a)), b.std() / np.sqrt(len(b)))
+        return float((a.mean() - b.mean()) / err)
+
+    for name in ("mcEextra_hadronic", "mcKLextraClusters", "E_extra", "E_miss", "nExtraClusters"):
+        assert abs(pull(corrected[name], nature[name])) < 3, name
+    for name in ("mcEextra_hadronic", "mcKLextraClusters"):
+        assert abs(pull(nominal[name], nature[name])) > 4, name
+    # the corrections only take energy and clusters away, and keep the event count
+    assert np.all(corrected["E_extra"] <= nominal["E_extra"] + 1e-6)
+    assert np.all(corrected["nExtraClusters"] <= nominal["nExtraClusters"])
+    assert len(corrected["E_extra"]) == len(nominal["E_extra"])
+
+
+def test_hta_shift_is_the_identity_without_corrections_and_chunking_free(hta_trees):
+    cols = hta_trees["nominal"]
+    same = HTAShift(1.0, 1.0)(cols)
+    for name in HTA_INPUTS:
+        np.testing.assert_allclose(same[name], cols[name], rtol=1e-6, err_msg=name)
+    whole = HTAShift(0.83, 0.9)(cols)
+    parts = [
+        HTAShift(0.83, 0.9)({k: v[a:b] for k, v in cols.items()}) for a, b in ((0, 99), (99, None))
+    ]
+    for name in ("E_extra", "nClusters", "m2_miss_all"):
+        np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), whole[name])
