@@ -1,12 +1,13 @@
 """Targeted B Bbar MC: effective signal-region events per CPU-second, side by side.
 
 The same B Bbar sample (same libraries, same seeds, same number of events) made untargeted
-(``bbbar_bias = 0``, today's production) and targeted at the ITA signal region (library entries
-drawn with ``exp(slope x invisible energy)``, exact weights), each produced and run through the
-ITA processor with a run's models in this process (one core). Reported per slope: CPU seconds
-(production + processor), the weighted signal-region yield (it must agree between slopes
-within its MC error: the weights are exact), the effective signal-region events
-(sum w)^2 / sum w^2 and their ratio per CPU-second to the untargeted sample.
+(``bbbar_bias = 0``, today's production) and targeted at the signal regions (library entries
+drawn with exact weights: :class:`~knunu.simulation.production.Targeting`), each produced and
+run through the ITA and HTA processors with a run's models in this process (one core).
+Reported per variant: CPU seconds (production + processors), the weighted signal-region
+yield (it must agree between variants within its MC error: the weights are exact), the
+effective signal-region events (sum w)^2 / sum w^2 and their ratio per CPU-second to the
+untargeted sample, for the ITA signal region (eta > 0.94) and the HTA's (eta(BDTh) > 0.4).
 
 Needs a finished run directory (``--run runs/default`` after `make analysis`). Writes
 benchmarks/results/targeting.json.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from knunu.config import load_config
 from knunu.processors import run as runner
+from knunu.processors.hta import HTAProcessor
 from knunu.processors.ita import ITAProcessor
 from knunu.simulation.production import FileTask, Targeting, produce_file
 
@@ -58,10 +60,16 @@ def one(run: Path, sample: str, aim: Targeting | None, events: int, seed: int, t
     out, _ = runner.run(
         catalogue, [sample], ITAProcessor(str(run / "models"), config["ita"]), "ita", None, 200_000
     )
+    cpu = time.process_time()
+    hta, _ = runner.run(
+        catalogue, [sample], HTAProcessor(str(run / "models"), config["hta"]), "hta", None, 200_000
+    )
     processed = time.process_time() - cpu
     h = out[sample]["ita"][{"variation": "nominal"}]
     values, variances = h.values()[1:], h.variances()[1:]  # eta > 0.94: the SR proper
     total, var = float(values.sum()), float(variances.sum())
+    g = hta[sample]["hta"][{"variation": "nominal"}]  # eta(BDTh) > 0.4: the HTA's SR
+    hta_total, hta_var = float(g.values().sum()), float(g.variances().sum())
     return {
         "sample": sample,
         "targeting": None if aim is None else aim.__dict__,
@@ -73,6 +81,10 @@ def one(run: Path, sample: str, aim: Targeting | None, events: int, seed: int, t
         "sr_yield_error": var**0.5,
         "sr_effective": total**2 / var if var > 0 else 0.0,
         "sr_raw": int(out[sample]["cutflow_unweighted"].values()[-1]),
+        "hta_yield": hta_total,
+        "hta_yield_error": hta_var**0.5,
+        "hta_effective": hta_total**2 / hta_var if hta_var > 0 else 0.0,
+        "hta_raw": int(hta[sample]["cutflow_unweighted"].values()[-1]),
     }
 
 
@@ -84,6 +96,18 @@ VARIANTS: dict[str, Targeting | None] = {
     # one B per pair with a hard kaon (configs/analysis.yaml now)
     "kaon": Targeting(
         slope=1.5, cap_gev=3.5, mix=0.5, kaon_p_gev=1.1, kaon_share=0.9, kaon_misid=0.02
+    ),
+    # and a share of the pairs for the HTA: a kaon among few charged particles next to a
+    # fully visible B (configs/analysis.yaml from stop 28)
+    "kaon+hta": Targeting(
+        slope=1.5,
+        cap_gev=3.5,
+        mix=0.5,
+        kaon_p_gev=1.1,
+        kaon_share=0.8,
+        kaon_misid=0.02,
+        hta_share=0.1,
+        hta_slope=1.5,
     ),
 }
 
@@ -124,7 +148,9 @@ def main() -> int:
                     f"{sample:8s} {name:22s}: cpu {r['cpu_produce']:6.1f} + "
                     f"{r['cpu_process']:5.1f} s, sum w {r['sum_weights']:9.0f}, SR yield "
                     f"{r['sr_yield']:7.2f} +- {r['sr_yield_error']:5.2f}, effective "
-                    f"{r['sr_effective']:7.1f} (raw {r['sr_raw']})",
+                    f"{r['sr_effective']:7.1f} (raw {r['sr_raw']}); HTA SR yield "
+                    f"{r['hta_yield']:7.2f} +- {r['hta_yield_error']:5.2f}, effective "
+                    f"{r['hta_effective']:7.1f} (raw {r['hta_raw']})",
                     flush=True,
                 )
     for sample in args.samples:
@@ -135,11 +161,16 @@ def main() -> int:
                 continue
             rate = r["sr_effective"] / (r["cpu_produce"] + r["cpu_process"])
             r["effective_per_cpu_ratio"] = rate / rate0 if rate0 > 0 else float("nan")
+            cpu = r["cpu_produce"] + r["cpu_process"]
+            hta_rate0 = base["hta_effective"] / (base["cpu_produce"] + base["cpu_process"])
+            r["hta_effective_per_cpu_ratio"] = (
+                r["hta_effective"] / cpu / hta_rate0 if hta_rate0 > 0 else float("nan")
+            )
             print(
                 f"{sample:8s} {r['variant']:22s}: effective SR events per CPU-second "
                 f"{rate:.3f} ({r['effective_per_cpu_ratio']:.1f}x untargeted); SR yield "
                 f"{r['sr_yield']:.2f} +- {r['sr_yield_error']:.2f} per sum of weights "
-                f"{r['sum_weights']:.0f}"
+                f"{r['sum_weights']:.0f}; HTA {r['hta_effective_per_cpu_ratio']:.1f}x"
             )
     out = Path(__file__).parent / "results" / "targeting.json"
     out.parent.mkdir(exist_ok=True)

@@ -465,6 +465,7 @@ class Mixture:
         factor: np.ndarray,
         share: float,
         natural: bool = False,
+        tag: tuple[np.ndarray, np.ndarray, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """B Bbar pairs with one B (either) drawn in proportion to a per-entry factor.
 
@@ -477,37 +478,64 @@ class Mixture:
         carries its untargeted weight over ``(1 - share) + share/2 (f(e1)/Z + f(e2)/Z)``:
         every weighted sum keeps its expectation exactly.
 
+        ``tag = (a, b, tag_share)`` adds a component for the hadronic-tag analysis: in a
+        further fraction ``tag_share`` of the pairs one B (either) is drawn in proportion to
+        ``a`` (the HTA's signal side: a kaon among few charged particles) and the other in
+        proportion to ``b`` (a B the tag can reconstruct); the untargeted share becomes
+        ``1 - share - tag_share`` and the denominator gains
+        ``tag_share/2 (a(e1) b(e2) + b(e1) a(e2)) / (Z_a Z_b)``.
+
         Args:
             first: Signed PDG code of the first B per pair (the second is its antiparticle).
             rng: The random stream.
             factor: Non-negative factor per library entry (zero: never drawn by ``k``).
             share: Fraction of pairs with a tilted B (0 < share < 1).
             natural: Strata at their branching fractions (the weighted nature stream).
+            tag: Factors ``a``, ``b`` per library entry and the fraction of pairs drawn with
+                them (``share + tag_share < 1``); None: no such component.
 
         Returns:
             First entries, second entries and weights.
         """
         n = len(first)
+        a, b, tag_share = tag if tag is not None else (factor, factor, 0.0)
         role = rng.random(n)
-        tilt_first = role < share / 2
-        tilt_second = (role >= share / 2) & (role < share)
         e1, _ = self.draw(first, rng, natural=natural)
         e2, _ = self.draw(-first, rng, natural=natural)
-        if tilt_first.any():
-            e1[tilt_first], _ = self.draw(first[tilt_first], rng, natural=natural, bias=factor)
-        if tilt_second.any():
-            sub = -first[tilt_second]
-            e2[tilt_second], _ = self.draw(sub, rng, natural=natural, bias=factor)
+        # (lower edge of role, upper edge, the first B's factor, the second B's)
+        components = (
+            (0.0, share / 2, factor, None),
+            (share / 2, share, None, factor),
+            (share, share + tag_share / 2, a, b),
+            (share + tag_share / 2, share + tag_share, b, a),
+        )
+        for lo, hi, f1, f2 in components:
+            on = (role >= lo) & (role < hi)
+            if on.any() and f1 is not None:
+                e1[on], _ = self.draw(first[on], rng, natural=natural, bias=f1)
+            if on.any() and f2 is not None:
+                e2[on], _ = self.draw(-first[on], rng, natural=natural, bias=f2)
         untargeted = np.zeros(len(self.library))  # the untargeted weight per entry
-        scaled = np.empty(n)  # f(e1)/Z1 + f(e2)/Z2
+        density = np.full(n, 1.0 - share - tag_share)  # proposal / untargeted, per pair
         for sp in np.unique(first):
             for species in (int(sp), -int(sp)):
                 for start, size, _, w in self._rows(species, natural):
                     untargeted[start : start + size] = w
-            mask = first == sp
-            scaled[mask] = factor[e1[mask]] / self._mean_factor(int(sp), natural, factor)
-            scaled[mask] += factor[e2[mask]] / self._mean_factor(-int(sp), natural, factor)
-        weight = untargeted[e1] * untargeted[e2] / ((1.0 - share) + share / 2 * scaled)
+            on = first == sp
+            i, j = e1[on], e2[on]
+
+            def z(f: np.ndarray, species: int) -> float:
+                return self._mean_factor(species, natural, f)
+
+            s1, s2 = int(sp), -int(sp)
+            density[on] += share / 2 * (factor[i] / z(factor, s1) + factor[j] / z(factor, s2))
+            if tag_share > 0:
+                density[on] += (
+                    tag_share
+                    / 2
+                    * (a[i] * b[j] / (z(a, s1) * z(b, s2)) + b[i] * a[j] / (z(b, s1) * z(a, s2)))
+                )
+        weight = untargeted[e1] * untargeted[e2] / density
         return e1, e2, weight
 
     def _mean_factor(self, species: int, natural: bool, factor: np.ndarray) -> float:
@@ -586,6 +614,32 @@ def hardest_momentum(lib: Library, kaons: bool = True) -> np.ndarray:
     entry = np.repeat(np.arange(len(lib)), p.counts())
     np.maximum.at(out, entry[pick], np.sqrt(np.sum(p.p4[pick, 1:] ** 2, axis=1)))
     return out
+
+
+def hta_sides(lib: Library, slope: float, tag_slope: float) -> tuple[np.ndarray, np.ndarray]:
+    """The hadronic-tag analysis' factors per entry: (signal side, tag side).
+
+    Signal side: ``exp(-slope (n_charged - 1))`` for an entry with a charged kaon among its
+    final-state particles, else 0 (the HTA keeps exactly one signal-side track, the kaon).
+    Tag side: ``exp(-tag_slope n_charged)`` for an entry with no neutrino, K_L or
+    (anti)neutron, else 0: a B the hadronic tag can reconstruct, in proportion to its tag
+    probability (:class:`~knunu.simulation.reconstruction.TagModel`, ``correct_slope``), so
+    that the tag weight p / q varies less among the drawn pairs.
+
+    >>> parts = Particles(np.array([0, 1, 3, 4]), np.array([321, -321, 211, 12]),
+    ...                   np.zeros((4, 4)), np.array([1, -1, 1, 0]))
+    >>> lib = Library(parts, np.zeros(3, int), np.zeros(3, int), np.zeros(3, int))
+    >>> [f.round(3).tolist() for f in hta_sides(lib, 1.0, 0.5)]
+    [[1.0, 0.368, 0.0], [0.607, 0.368, 0.0]]
+    """
+    p = lib.particles
+    entry = np.repeat(np.arange(len(lib)), p.counts())
+    n = len(lib)
+    charged = np.bincount(entry[p.charge != 0], minlength=n)
+    kaons = np.bincount(entry[np.abs(p.pdg) == 321], minlength=n)
+    invisible = np.bincount(entry[np.isin(np.abs(p.pdg), (12, 14, 16, 130, 2112))], minlength=n)
+    signal = np.where(kaons > 0, np.exp(-slope * (charged - 1.0)), 0.0)
+    return signal, np.where(invisible == 0, np.exp(-tag_slope * charged), 0.0)
 
 
 def _concat(libs: list[Library]) -> Library:

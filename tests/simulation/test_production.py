@@ -304,11 +304,16 @@ def test_the_nature_stream_is_weighted_data_with_boosted_tags(libraries, tmp_pat
     assert np.any(hta < 0.5)
 
 
-@pytest.mark.parametrize("natural", [False, True])
-def test_kaon_side_pairs_carry_exact_weights(libraries, natural):
-    """The kaon-side proposal moves pairs, not expectations (MC and the weighted nature)."""
+@pytest.mark.parametrize(("natural", "hta_share"), [(False, 0.0), (True, 0.0), (True, 0.1)])
+def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share):
+    """The kaon-side proposal (and the HTA's share) moves pairs, not expectations.
+
+    MC and the weighted nature stream; with ``hta_share`` a tenth of the pairs go to a kaon
+    among few charged particles next to a fully visible B (the hadronic tag's events).
+    """
     from knunu.simulation.production import (
         entry_hardest,
+        entry_hta_factors,
         entry_invisible_energy,
         entry_kaon_factor,
         load_mixture,
@@ -317,21 +322,29 @@ def test_kaon_side_pairs_carry_exact_weights(libraries, natural):
     mix = load_mixture(libraries)
     rng = np.random.default_rng(5)
     first = np.where(rng.random(200_000) < 0.5, 521, -521)
-    share = 0.9
+    share = 0.9 - hta_share
     factor = entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 0.5, 0.06)
-    e1, e2, w = mix.draw_pairs(first, rng, factor, share, natural=natural)
+    signal_side, tag_side = entry_hta_factors(libraries, 1.5)
+    tag = (signal_side, tag_side, hta_share) if hta_share else None
+    e1, e2, w = mix.draw_pairs(first, rng, factor, share, natural=natural, tag=tag)
     p1, w1 = mix.draw(first, rng, natural=natural)
     p2, w2 = mix.draw(-first, rng, natural=natural)
     w0 = w1 * w2
     kaon, einv = entry_hardest(libraries), entry_invisible_energy(libraries)
     hard = (np.maximum(kaon[e1], kaon[e2]) > 1.1).astype(float)
     hard0 = (np.maximum(kaon[p1], kaon[p2]) > 1.1).astype(float)
+
+    def hta_like(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # a lone kaon, a visible B
+        lone = signal_side == 1.0
+        return ((lone[a] & (tag_side[b] > 0)) | (lone[b] & (tag_side[a] > 0))).astype(float)
+
     for f, f0 in (
         (np.ones(len(w)), np.ones(len(w))),  # the weights' mean: 1, exactly in expectation
         (einv[e1] + einv[e2], einv[p1] + einv[p2]),
         (hard, hard0),
         (hard * einv[e1], hard0 * einv[p1]),
         (mix.library.code[e2] == 1, mix.library.code[p2] == 1),  # B -> D(*) l nu
+        (hta_like(e1, e2), hta_like(p1, p2)),
     ):
         a, b = np.mean(w * f), np.mean(w0 * f0)
         err = np.hypot(np.std(w * f), np.std(w0 * f0)) / np.sqrt(len(w))
@@ -339,12 +352,16 @@ def test_kaon_side_pairs_carry_exact_weights(libraries, natural):
     assert abs(np.mean(w0) - 1) < 0.01
     # a hard kaon in most pairs (about 10 % without targeting) ...
     assert hard.mean() > 0.6 > 0.2 > hard0.mean()
+    # ... the HTA's pairs 10x more often with its share than without ...
+    if hta_share:
+        assert hta_like(e1, e2).mean() > 10 * np.average(hta_like(p1, p2), weights=w0)
     # ... and no pair heavier than 1 / (1 - share) times its untargeted weight
     untargeted = np.zeros(len(mix.library))
     for sp in (521, -521):
         for start, size, _, weight in mix._rows(sp, natural):
             untargeted[start : start + size] = weight
-    assert np.all(w <= untargeted[e1] * untargeted[e2] / (1 - share) * (1 + 1e-12))
+    limit = 1 / (1 - share - hta_share)
+    assert np.all(w <= untargeted[e1] * untargeted[e2] * limit * (1 + 1e-12))
 
 
 def test_kaon_side_factor_counts_fakes_and_needs_a_hard_kaon(libraries):
