@@ -488,6 +488,9 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
         "mcB2Mode": lib.code[second_entry].astype(np.int32),
         "mcDtoKL": (dkl1 + lib.d_to_kl[second_entry]).astype(np.int32),
         "q2gen": q2,
+        # the library entries of the pair (-1: the signal B), for MC errors that know reuse
+        "mcB1Entry": first_entry.astype(np.int64),
+        "mcB2Entry": second_entry.astype(np.int64),
     }
     return GeneratedEvents(parts, total, truth)
 
@@ -564,6 +567,8 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
             "mcEinv": bdecays.invisible_energy_of(parts).astype(np.float32),
             "mcB1Einv": batch.truth.get("mcB1Einv", np.zeros(n, np.float32)),
             "mcB2Einv": batch.truth.get("mcB2Einv", np.zeros(n, np.float32)),
+            "mcB1Entry": batch.truth.get("mcB1Entry", np.full(n, -1, np.int64)),
+            "mcB2Entry": batch.truth.get("mcB2Entry", np.full(n, -1, np.int64)),
         }
     # HTA first: it uses the random stream, the ITA reconstruction does not
     tags = TagModel(boost=task.tag_boost)  # pseudo-data: 1 (the plan); nature: boosted
