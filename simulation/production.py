@@ -587,6 +587,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     if task.data:
         for name in HTA_TRUTH_COLUMNS:
             del hta_event[name]
+        del btag["Btag_mcCorrect"]  # truth: whether the tag is the right B
     # pseudo-data draw tags without a boost, so their tag weights are exactly 1
     hta_header["__weight__"] = hta_header["__weight__"] * tag_w
     # the HTA tree's event-shape inputs come from the full event reconstruction

@@ -56,6 +56,8 @@ def test_every_generated_event_is_accounted_for(produced):
             assert events.max(initial=0) < task.n_events
             if task.data:
                 assert "mcProcess" not in ita.keys()  # noqa: SIM118 - a TTree  # data carry no truth
+                truth = [k for k in hta.keys() if k.startswith("mc") or "mc" in k.split("_")[-1]]  # noqa: SIM118
+                assert not truth, truth  # nor does their HTA tree (tag, kaon, cluster origins)
                 assert set(ita["__weight__"].array(library="np").tolist()) <= {1.0}
             else:
                 code = load_samples()[task.sample].process_code
