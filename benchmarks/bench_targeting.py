@@ -60,7 +60,6 @@ def one(run: Path, sample: str, aim: Targeting | None, events: int, seed: int, t
     out, _ = runner.run(
         catalogue, [sample], ITAProcessor(str(run / "models"), config["ita"]), "ita", None, 200_000
     )
-    cpu = time.process_time()
     hta, _ = runner.run(
         catalogue, [sample], HTAProcessor(str(run / "models"), config["hta"]), "hta", None, 200_000
     )

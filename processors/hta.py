@@ -245,15 +245,20 @@ class HTAProcessor(processor.ProcessorABC):
                 up, down = WEIGHT_VARIATIONS[name](cols, ctx)
                 for label, f in (("up", up), ("down", down)):
                     fit.fill(variation=f"{name}_{label}", eta=eta, weight=w_nom * f)
-            for name, shifts in HTA_INPUT_VARIATIONS.items():
-                for label, shift in zip(("up", "down"), shifts, strict=True):
-                    s = models.bdth.rescore(bdth, cols, shift(cols))
-                    fit.fill(variation=f"{name}_{label}", eta=models.eta(s), weight=w_nom)
             delta = float(cfg["extra_energy_scale"])
+            shifted = {
+                f"{name}_{label}": shift(cols)
+                for name, shifts in HTA_INPUT_VARIATIONS.items()
+                for label, shift in zip(("up", "down"), shifts, strict=True)
+            }
             for label, scale in (("up", 1 + delta), ("down", 1 - delta)):
-                varied = {**cols, "E_extra": cols["E_extra"] * scale}
+                shifted[f"extra_energy_{label}"] = {**cols, "E_extra": cols["E_extra"] * scale}
+            for variation, varied in shifted.items():
                 s = models.bdth.rescore(bdth, cols, varied)
-                fit.fill(variation=f"extra_energy_{label}", eta=models.eta(s), weight=w_nom)
+                w = w_nom  # the continuum correction follows its shifted inputs, as the ITA's
+                if sample in CONTINUUM:
+                    w = weight * continuum_weight(models, varied, cfg["continuum_clip"])
+                fit.fill(variation=variation, eta=models.eta(s), weight=w)
         control = hist.Hist(
             hist.axis.Regular(20, 0.0, 1.0, name="eta", label="eta(BDTh)"),
             storage=hist.storage.Weight(),

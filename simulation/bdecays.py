@@ -499,6 +499,14 @@ class Mixture:
         """
         n = len(first)
         a, b, tag_share = tag if tag is not None else (factor, factor, 0.0)
+        used = (factor, a, b) if tag_share > 0 else (factor,)
+        # the normalisations first: a species no entry of which can be drawn is a config error
+        norm = {
+            (id(f), int(s)): self._mean_factor(int(s), natural, f)
+            for f in used
+            for sp in np.unique(first)
+            for s in (sp, -sp)
+        }
         role = rng.random(n)
         e1, _ = self.draw(first, rng, natural=natural)
         e2, _ = self.draw(-first, rng, natural=natural)
@@ -525,7 +533,7 @@ class Mixture:
             i, j = e1[on], e2[on]
 
             def z(f: np.ndarray, species: int) -> float:
-                return self._mean_factor(species, natural, f)
+                return norm[(id(f), species)]
 
             s1, s2 = int(sp), -int(sp)
             density[on] += share / 2 * (factor[i] / z(factor, s1) + factor[j] / z(factor, s2))

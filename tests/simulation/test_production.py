@@ -306,7 +306,9 @@ def test_the_nature_stream_is_weighted_data_with_boosted_tags(libraries, tmp_pat
     assert np.any(hta < 0.5)
 
 
-@pytest.mark.parametrize(("natural", "hta_share"), [(False, 0.0), (True, 0.0), (True, 0.1)])
+@pytest.mark.parametrize(
+    ("natural", "hta_share"), [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.1)]
+)
 def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share):
     """The kaon-side proposal (and the HTA's share) moves pairs, not expectations.
 
