@@ -24,7 +24,7 @@ from knunu.processors import hta, ita
 from knunu.processors import run as runner
 from knunu.processors.schema import Belle2Schema
 from knunu.processors.stage import HTA_DATASETS, make_histograms, overlap_fraction
-from knunu.processors.variations import INPUT_VARIATIONS
+from knunu.processors.variations import INPUT_VARIATIONS, corrected_hta_inputs
 from knunu.rundir import write_json
 
 pytestmark = pytest.mark.slow
@@ -109,14 +109,17 @@ def test_overlap_keys_match_on_experiment_run_and_event():
     assert found.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
 
 
-def test_hta_training_and_eta_definition(trained):
+def test_hta_training_and_eta_definition(trained, cfg):
     summary = trained[4]
     assert summary.auc_bdth > 0.8
     # eta(BDTh) > 0.4 keeps 60 % of the HTA-selected signal by construction: the kept weight
     # fraction is the largest fraction below 0.6 that a cut on the (out-of-fold) score can keep
     ratio = summary.signal_efficiency_sr / summary.signal_efficiency_selection
     table = pd.concat(pd.read_parquet(f) for f in (trained[0] / "tables_hta/signal").glob("*"))
-    cols = {c: table[c].to_numpy() for c in table.columns}
+    # BDTh learns the MC with its nominal corrections, as the processor applies them
+    cols = corrected_hta_inputs(
+        {c: table[c].to_numpy() for c in table.columns}, cfg["hta"]["corrections"]
+    )
     score = KFoldBDT.load(trained[0] / "models/bdth.json").predict(
         cols, cols["__run__"], cols["__event__"]
     )
