@@ -37,8 +37,10 @@ from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
     BOOKKEEPING,
     Q2GEN_BINS,
+    Q2GEN_MAP_EDGES,
     cumulative,
     cutflow_histograms,
+    map_q2gen,
 )
 from knunu.processors.variations import (
     HTA_INPUT_VARIATIONS,
@@ -274,6 +276,13 @@ class HTAProcessor(processor.ProcessorABC):
             )
             q2gen.fill(q2gen=cols["q2gen"][in_sr], weight=w_nom[in_sr])
             extra["q2gen"] = q2gen
+            qmap = hist.Hist(  # the reinterpretation map: the fit template by q2gen
+                hist.axis.Variable(edges, name="eta", label="eta(BDTh)"),
+                hist.axis.Variable(Q2GEN_MAP_EDGES, name="q2gen", label="q2gen [GeV^2]"),
+                storage=hist.storage.Weight(),
+            )
+            qmap.fill(eta=eta, q2gen=map_q2gen(cols["q2gen"]), weight=w_nom)
+            extra["map"] = qmap
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         cutflow, raw = cutflow_histograms(sel.steps, {STEPS[-1]: in_sr}, mc_weight)
         keys = zip(

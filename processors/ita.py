@@ -42,8 +42,10 @@ from knunu.processors.selection import (
     CUTFLOW_STEPS,
     ENERGY,
     Q2GEN_BINS,
+    Q2GEN_MAP_EDGES,
     TRUTH,
     cutflow_histograms,
+    map_q2gen,
     select,
 )
 from knunu.processors.variations import (
@@ -266,6 +268,14 @@ class ITAProcessor(processor.ProcessorABC):
             weight = weight * (1.0 - frac)
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
+        if q2gen is not None:  # the reinterpretation map: the fit template by q2gen
+            qmap = hist.Hist(
+                hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
+                hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+                hist.axis.Variable(Q2GEN_MAP_EDGES, name="q2gen", label="q2gen [GeV^2]"),
+                storage=hist.storage.Weight(),
+            )
+            qmap.fill(eta=eta[p], q2rec=q2[p], q2gen=map_q2gen(cols["q2gen"][p]), weight=w_nom[p])
 
         fit = hist.Hist(
             hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
@@ -352,7 +362,7 @@ class ITAProcessor(processor.ProcessorABC):
                 **({"nature_sources": sources} if sources is not None else {}),
                 "ita_control": control,
                 "ita_split": split,
-                **({"q2gen": q2gen} if q2gen is not None else {}),
+                **({"q2gen": q2gen, "map": qmap} if q2gen is not None else {}),
                 "cutflow": cutflow,
                 "cutflow_unweighted": raw,
                 "overlap": overlap,

@@ -33,6 +33,22 @@ TRUTH = (
 )
 #: q2gen binning of the efficiency histograms (GeV^2; the endpoint is (mB - mK)^2 = 22.9).
 Q2GEN_BINS = (12, 0.0, 24.0)
+#: q2gen binning of the reinterpretation map (the published convention, arXiv:2507.12393):
+#: one bin below 0 (``[-1, 0)``, events without a generated q2) and 100 equal bins over
+#: 0-22.885 GeV^2; q2gen at the kinematic endpoint above 22.885 is counted in the last bin.
+Q2GEN_MAP_EDGES = tuple([-1.0, *(22.885 * k / 100 for k in range(101))])
+
+
+def map_q2gen(q2gen: np.ndarray) -> np.ndarray:
+    """q2gen placed on :data:`Q2GEN_MAP_EDGES` (none, i.e. negative: first bin; endpoint: last).
+
+    >>> map_q2gen(np.array([-5.0, 3.0, 22.9])).tolist()
+    [-0.5, 3.0, 22.884]
+    """
+    q2gen = np.asarray(q2gen, dtype=float)
+    return np.where(q2gen < 0, -0.5, np.minimum(q2gen, Q2GEN_MAP_EDGES[-1] - 1e-3))
+
+
 #: Event branches the energy-scale variations need.
 ENERGY = ("sqrt_s", "E_tot", "E_miss")
 

@@ -243,7 +243,9 @@ def write_histogram_file(
     HTA datasets are summed into the HTA fit samples (``charged`` + ``mixed`` -> ``bbbar``, ...).
     The consistency splits go to ``{channel}_{split}_{sample}_nominal`` (scaled like the fit
     histograms); ``ita_q2gen_signal_nominal`` and ``hta_q2gen_signal_nominal`` hold the signal
-    MC's q2gen in the signal regions with MC weights, *not* scaled (efficiency numerators).
+    MC's q2gen in the signal regions with MC weights, *not* scaled (efficiency numerators);
+    ``ita_on_map_signal_nominal`` and ``hta_map_signal_nominal`` the signal fit templates
+    (scaled, after the overlap removal) split by q2gen (the reinterpretation map).
     The pion-candidate sample goes to ``pion_{sample}_{dkl|other}_nominal`` (MC, scaled to the
     on-resonance data) and ``pion_data_nominal``; its events with an identified lepton also to
     ``pion_lepton_*`` (the lepton-enriched sideband).
@@ -286,9 +288,12 @@ def write_histogram_file(
                 )
             if "q2gen" in out:
                 f["ita_q2gen_signal_nominal"] = out["q2gen"]
+                f[f"{channel}_map_signal_nominal"] = out["map"] * scale
         for ds in sorted(hta_output or {}):
             if "q2gen" in hta_output[ds]:
                 f["hta_q2gen_signal_nominal"] = hta_output[ds]["q2gen"]
+                scale = lumi_scale(catalogue, ds, "data_on")
+                f["hta_map_signal_nominal"] = hta_output[ds]["map"] * scale
         for ds in sorted(pion_output or {}):
             sample, is_data = dataset_kind(ds)
             scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
