@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import jax
@@ -100,6 +101,8 @@ class ManyFits:
 
 #: The likelihood engines (:class:`Likelihood`).
 ENGINES = ("dense", "pyhf")
+#: The dense arrays a :meth:`Likelihood.variant` may change: the templates and their MC errors.
+VARIANT_FIELDS = ("nominal", "histo_up", "histo_dn", "constraint_sigma")
 #: Datasets per call of the batched kernels (one compiled shape; the last chunk is padded).
 BATCH = 64
 
@@ -215,6 +218,70 @@ class Likelihood:
         other.__dict__.update(self.__dict__)
         other.data = np.asarray(data, dtype=float)
         return other
+
+    def variant(self, model: Any) -> Likelihood:
+        """The likelihood of ``model`` (differing only in templates), compiled once for both.
+
+        For a scan over a family of models, e.g. a new particle's mass.
+        The dense kernels are compiled once, taking the templates (:data:`VARIANT_FIELDS`)
+        as arguments; the variant shares them and this likelihood's data.
+
+        Raises:
+            FitError: no dense model, or ``model`` differs in more than its templates.
+        """
+        if self.dense is None:
+            raise FitError("variant: the model has no dense form")
+        other_dm = dense.compile_model(model)
+        for name in dense.DenseModel._fields:
+            a, b = getattr(self.dense, name), getattr(other_dm, name)
+            same = np.shape(a) == np.shape(b) and (
+                name in VARIANT_FIELDS or np.array_equal(np.asarray(a), np.asarray(b))
+            )
+            if not same:
+                raise FitError(f"variant: the models differ in {name}, not only in templates")
+        if tuple(model.config.suggested_fixed()) != tuple(self.model.config.suggested_fixed()):
+            raise FitError("variant: the models fix different parameters (a template's empty bins)")
+        kernels = self._variant_kernels()
+        args = tuple(jnp.asarray(getattr(other_dm, f)) for f in VARIANT_FIELDS)
+        other = object.__new__(Likelihood)
+        other.__dict__.update(self.__dict__)
+        other.model, other.dense = model, other_dm
+        other._fn = {"variant": kernels}
+        for key in ("nll", "vg", "fisher", "hessian", "expected", "batch_step", "batch_nll"):
+            other._fn[key] = partial(kernels[key], args)
+        return other
+
+    def _variant_kernels(self) -> dict[str, Any]:
+        if "variant" not in self._fn:
+            base, bounds = self.dense, jnp.asarray(self.bounds)
+
+            def dm_of(args: tuple[jnp.ndarray, ...]) -> dense.DenseModel:
+                return base._replace(**dict(zip(VARIANT_FIELDS, args, strict=True)))
+
+            def grad(a: tuple, x: jnp.ndarray, d: jnp.ndarray) -> jnp.ndarray:
+                return dense.nll_and_grad(dm_of(a), x, d)[1]
+
+            def expected(a: tuple, x: jnp.ndarray) -> jnp.ndarray:
+                main = dense.expected_main(dm_of(a), x)
+                return jnp.concatenate([main, x[base.constraint_par]])
+
+            self._fn["variant"] = {
+                "nll": jax.jit(lambda a, x, d: -dense.logpdf(dm_of(a), x, d)),
+                "vg": jax.jit(lambda a, x, d: dense.nll_and_grad(dm_of(a), x, d)),
+                "fisher": jax.jit(lambda a, x, d: dense.nll_grad_fisher(dm_of(a), x, d)[2]),
+                "hessian": jax.jit(jax.jacfwd(grad, argnums=1)),
+                "expected": jax.jit(expected),
+                "batch_step": jax.jit(
+                    jax.vmap(
+                        lambda a, x, d, f: dense.newton_step(dm_of(a), x, d, f, bounds),
+                        in_axes=(None, 0, 0, 0),
+                    )
+                ),
+                "batch_nll": jax.jit(
+                    jax.vmap(lambda a, x, d: -dense.logpdf(dm_of(a), x, d), in_axes=(None, 0, 0))
+                ),
+            }
+        return self._fn["variant"]
 
     # ------------------------------------------------------------------ evaluation
     def nll(self, x: np.ndarray) -> float:

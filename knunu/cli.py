@@ -237,6 +237,31 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reinterpret(args: argparse.Namespace) -> int:
+    """WET couplings and B+ -> K+ X on the published likelihood and on the run's own."""
+    from knunu.reinterpret.run import published_source, reinterpret, run_source, write_maps
+
+    config = load_config(args.config)
+    run_dir = Path(args.output or config["output_dir"])
+    cfg = dict(config["reinterpret"])
+    if args.grid is not None:
+        cfg["grid"] = cfg["grid_2d"] = args.grid
+    if args.masses is not None:
+        cfg["masses"] = {**cfg["masses"], "n": args.masses}
+    which = args.likelihood or ["published", "run"]
+    out = run_dir / "reinterpret"
+    for name in dict.fromkeys(which):
+        if name == "published":
+            source = published_source()
+        else:
+            source = run_source(run_dir, args.unblind, config["measurement"]["expected_mu"])
+            write_maps(source, out / "maps")
+        summary = reinterpret(source, out / name, cfg)
+        print(summary.markdown)
+        print(f"results written to {summary.directory}\n")
+    return EXIT_OK
+
+
 def cmd_checksum(args: argparse.Namespace) -> int:
     """Add the Adler-32 of every local file to a catalogue; verify the ones it has."""
     from knunu.processors.run import add_checksums
@@ -310,6 +335,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="the unblind step: also fit the pseudo-data and print the observed mu, B and Z "
         "next to mu_true (default: the config's `blind`, true: expected results only)",
     )
+    rei = add(
+        "reinterpret",
+        cmd_reinterpret,
+        "new physics in the likelihoods: Weak Effective Theory couplings (profiles, contours) "
+        "and B+ -> K+ X limits versus m_X, on the published likelihood and the run's own",
+    )
+    rei.add_argument(
+        "--likelihood",
+        action="append",
+        choices=["published", "run"],
+        help="which likelihood (repeatable; default: both; `run` needs a finished `knunu run`)",
+    )
+    rei.add_argument(
+        "--unblind",
+        action="store_true",
+        help="fit the run's pseudo-data (default: its Asimov data at measurement.expected_mu)",
+    )
+    rei.add_argument("--grid", type=int, metavar="N", help="scan points per coupling axis")
+    rei.add_argument("--masses", type=int, metavar="N", help="m_X points of the mass scan")
+    rei.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
     clu = add(
         "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"
     )
