@@ -13,7 +13,7 @@ CLUSTER   ?= local
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 WORKSPACE ?=
 
-.PHONY: help setup analysis simulate process train fit cluster scheduler-up scheduler-down test lint format bench clean distclean
+.PHONY: help setup analysis simulate process train fit reinterpret cluster scheduler-up scheduler-down test lint format bench clean distclean
 
 help: ## list the targets (default)
 	@echo "knunu make targets:"
@@ -50,6 +50,9 @@ train: $(STAMP) ## train the BDTs
 fit: $(STAMP) ## fit a workspace (WORKSPACE=file, default: the run's or the configured one)
 	$(BIN)/knunu fit $(CONFIG_ARG) $(if $(WORKSPACE),--workspace $(WORKSPACE),)
 
+reinterpret: $(STAMP) ## WET couplings and B+ -> K+ X limits on the published likelihood and the run's own
+	$(BIN)/knunu reinterpret $(CONFIG_ARG)
+
 cluster: $(STAMP) ## start the CLUSTER backend, run a check task, print its addresses
 	$(BIN)/knunu cluster --cluster $(CLUSTER) $(CONFIG_ARG)
 
@@ -78,6 +81,8 @@ bench: $(STAMP) ## run the benchmarks against their peers (results in benchmarks
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_ita.py
 	$(BIN)/python benchmarks/bench_cluster.py --start
+	$(if $(filter pip,$(INSTALLER)),$(BIN)/python -m pip install --quiet,$(BIN)/uv pip install --quiet --python $(BIN)/python) --no-deps redistpy==2.0.0 numexpr==2.14.2
+	$(BIN)/python benchmarks/bench_reinterpret.py
 	@if test -d runs/default/ntuples; then $(BIN)/python benchmarks/bench_rdataframe.py --run runs/default; \
 	else echo "bench_rdataframe.py: needs a finished runs/default (make analysis)"; fi
 	@if test -d runs/default/models; then $(BIN)/python benchmarks/bench_targeting.py --run runs/default; \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import hist
@@ -95,4 +96,34 @@ def write_histogram_file(
             view.value = values
             view.variance = values * (1.0 if "_data_" in key else MC_WEIGHT)
             f[key] = h
+        _write_maps(f, hists)
     return hists
+
+
+def _write_maps(f: uproot.WritableDirectory, hists: dict[str, np.ndarray]) -> None:
+    """The signal templates split by q2gen (the reinterpretation map): the SM spectrum,
+    harder in the lower q2rec bins."""
+    from knunu.processors.selection import Q2GEN_MAP_EDGES
+    from knunu.simulation.signal import branching_fraction
+
+    edges = np.asarray(Q2GEN_MAP_EDGES)
+    spectrum = np.array(
+        [branching_fraction(lo, hi, 11) if lo >= 0 else 0.0 for lo, hi in itertools.pairwise(edges)]
+    )
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    for key, rows in (("ita_on", 3), ("hta", 1)):
+        nominal = hists[f"{key}_signal_nominal"]
+        tilt = np.exp(-np.outer(np.arange(rows) - 1.0, centres) / 10.0)  # per q2rec column
+        shape = spectrum * tilt  # (rows, 101)
+        shape /= shape.sum(axis=1, keepdims=True)
+        values = nominal[..., None] * (shape if rows > 1 else shape[0])
+        axes = (
+            [hist.axis.Variable(ETA_EDGES), hist.axis.Variable(Q2_EDGES)]
+            if rows > 1
+            else [hist.axis.Regular(6, 0.4, 1.0)]
+        )
+        h = hist.Hist(*axes, hist.axis.Variable(edges), storage=hist.storage.Weight())
+        view = h.view()
+        view.value = values
+        view.variance = values * MC_WEIGHT
+        f[f"{key}_map_signal_nominal"] = h

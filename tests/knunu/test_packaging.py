@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-AREAS = ("simulation", "processors", "mva", "cluster", "fits", "configs")
+AREAS = ("simulation", "processors", "mva", "cluster", "fits", "reinterpret", "configs")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,6 +46,7 @@ def test_built_wheel_holds_only_the_knunu_package(tmp_path):
         "knunu/configs/analysis.yaml",
         "knunu/schemas/analysis.schema.json",
         "knunu/data/belle2_knunu_2023_combined.json",
+        "knunu/data/number_density_ita_regA.csv",
     ):
         assert data in names
 
@@ -53,7 +54,7 @@ def test_built_wheel_holds_only_the_knunu_package(tmp_path):
 def test_cli_help_lists_every_stage(run_cli):
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for stage in ("simulate", "process", "train", "fit", "run", "cluster"):
+    for stage in ("simulate", "process", "train", "fit", "run", "reinterpret", "cluster"):
         assert stage in proc.stdout
 
 
@@ -69,6 +70,7 @@ def test_make_help_lists_the_targets():
         "simulate",
         "process",
         "fit",
+        "reinterpret",
         "test",
         "lint",
         "bench",
