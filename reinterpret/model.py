@@ -158,9 +158,11 @@ def alternative_workspace(
             t.name: _templates(maps[region], template, np.asarray(t.weights), channel["name"])
             for t in terms
         }
-        total = sum(
+        # the samples sharing the SM signal's staterror: sigma_s = rel x combined / sqrt(n)
+        # each, so that pyhf's combined width (quadrature sum over the sum) stays rel
+        combined = sum(
             (built[t.name][0] for t in terms if not t.own_staterror), np.zeros_like(template)
-        )
+        ) + (template if keep_sm_signal else 0.0)
         for term in terms:
             values, var = built[term.name]
             ratio = np.divide(values, template, out=np.ones_like(values), where=template > 0)
@@ -177,7 +179,7 @@ def alternative_workspace(
                         mod["name"] = f"staterror_{channel['name']}_{term.name}"
                         mod["data"] = np.sqrt(var).tolist()
                     else:  # shared gamma: the combined relative width stays the SM's
-                        mod["data"] = (rel * total * share).tolist()
+                        mod["data"] = (rel * combined * share).tolist()
                 out_mods.append(mod)
             for nuisance, (hi_w, lo_w) in term.variations.items():
                 hi = _templates(maps[region], template, np.asarray(hi_w), channel["name"])[0]
@@ -199,7 +201,7 @@ def alternative_workspace(
         if keep_sm_signal:
             for mod in sm["modifiers"]:
                 if mod["type"] == "staterror" and not all(t.own_staterror for t in terms):
-                    mod["data"] = (rel * (total + template) * share).tolist()
+                    mod["data"] = (rel * combined * share).tolist()
         rest = [s for s in samples if s is not sm or keep_sm_signal]
         channel["samples"] = rest + new
     if not n_signal:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pyhf
 import pytest
 
 from knunu.fits.catalogue import load_catalogue
 
-from ..fits.histfile import write_histogram_file
+_spec = importlib.util.spec_from_file_location(
+    "histfile", Path(__file__).parents[1] / "fits" / "histfile.py"
+)
+histfile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(histfile)
+write_histogram_file = histfile.write_histogram_file
 
 pytestmark = pytest.mark.slow
 

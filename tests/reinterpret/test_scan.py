@@ -93,13 +93,15 @@ def test_a_narrow_particle_agrees_with_a_direct_template_fit_in_pyhf(published):
             stat = {**rel, "data": (share * (column + np.asarray(sm["data"]))).tolist()}
             sm = {**sm, "modifiers": [stat if mod is rel else mod for mod in sm["modifiers"]]}
             samples = [s if s["name"] not in SIGNAL_SAMPLES else sm for s in samples]
-            samples.append(
-                {
-                    "name": "direct_X",
-                    "data": column.tolist(),
-                    "modifiers": [{"name": "bf", "type": "normfactor", "data": None}, stat],
-                }
-            )
+            ratio = column / np.asarray(sm["data"])
+            mods = [{"name": "bf", "type": "normfactor", "data": None}, stat]
+            for mod in sm["modifiers"]:  # the signal's systematics, relative (FF: the SM's)
+                if mod["type"] == "normsys":
+                    mods.append(mod)
+                elif mod["type"] == "histosys" and not mod["name"].startswith("corr_ff"):
+                    data = {k: (np.asarray(v) * ratio).tolist() for k, v in mod["data"].items()}
+                    mods.append({**mod, "data": data})
+            samples.append({"name": "direct_X", "data": column.tolist(), "modifiers": mods})
         channels.append({**channel, "samples": samples})
     params = [{"name": "bf", "bounds": [[0, 1e4]], "inits": [1.0]},
               {"name": "mu", "fixed": True, "inits": [1.0]}]  # fmt: skip
@@ -107,7 +109,7 @@ def test_a_narrow_particle_agrees_with_a_direct_template_fit_in_pyhf(published):
         {**spec, "channels": channels,
          "measurements": [{"name": "d", "config": {"poi": "bf", "parameters": params}}]}
     )  # fmt: skip
-    pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer())
+    pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer(tolerance=1e-12))
     model = direct.model()
     best = pyhf.infer.mle.fit(direct.data(model), model)
     ours = scan.scan_x(ws, pm, NULL, [m_x], expected=False)
