@@ -174,8 +174,9 @@ def _markdown(source: Source, wet: scan.WetResult, x: scan.XResult, plain_mu: fl
     for name in spectra.WET_TERMS:
         mode, (lo, hi) = PUBLISHED_WET[name]
         iv = wet.intervals[name]
+        label = plots.LABELS[name].replace("|", "\\|")  # a table cell
         lines.append(
-            f"| {plots.LABELS[name]} | {wet.best[name]:.2f} | {_fmt_interval(iv['68%'])} | "
+            f"| {label} | {wet.best[name]:.2f} | {_fmt_interval(iv['68%'])} | "
             f"{_fmt_interval(iv['95%'])} | {mode:.2f} [{lo:.2f}, {hi:.2f}] |"
         )
     lines += [
@@ -205,7 +206,11 @@ def _markdown(source: Source, wet: scan.WetResult, x: scan.XResult, plain_mu: fl
                 f"{np.nanmin(x.expected):.2e} to {np.nanmax(x.expected):.2e}"
             )
         if x.failed:
-            lines.append(f"- no limit at {len(x.failed)} masses: {list(x.failed)}")
+            where = ", ".join(f"{m:.2f}" for m in x.failed)
+            lines.append(
+                f"- no limit at {len(x.failed)} masses (above B = "
+                f"{scan.X_MAX * spectra.BF_UNIT:g}, or a fit failed: see the log): {where} GeV"
+            )
     return "\n".join(lines) + "\n"
 
 
