@@ -239,13 +239,23 @@ class Likelihood:
             )
             if not same:
                 raise FitError(f"variant: the models differ in {name}, not only in templates")
-        if tuple(model.config.suggested_fixed()) != tuple(self.model.config.suggested_fixed()):
-            raise FitError("variant: the models fix different parameters (a template's empty bins)")
+        mine, theirs = self.model.config, model.config
+        for what, get in (
+            ("parameters", lambda c: tuple(c.par_order)),
+            ("fixed parameters (a template's empty bins)", lambda c: tuple(c.suggested_fixed())),
+            ("bounds", lambda c: np.asarray(c.suggested_bounds(), dtype=float).tolist()),
+            ("initial values", lambda c: np.asarray(c.suggested_init(), dtype=float).tolist()),
+            ("POI", lambda c: c.poi_index),
+            ("auxiliary data", lambda c: np.asarray(c.auxdata, dtype=float).tolist()),
+        ):
+            if get(mine) != get(theirs):
+                raise FitError(f"variant: the models differ in their {what}")
         kernels = self._variant_kernels()
         args = tuple(jnp.asarray(getattr(other_dm, f)) for f in VARIANT_FIELDS)
         other = object.__new__(Likelihood)
         other.__dict__.update(self.__dict__)
         other.model, other.dense = model, other_dm
+        other.prior_width = _prior_widths(model.config)
         other._fn = {"variant": kernels}
         for key in ("nll", "vg", "fisher", "hessian", "expected", "batch_step", "batch_nll"):
             other._fn[key] = partial(kernels[key], args)

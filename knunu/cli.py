@@ -239,7 +239,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_reinterpret(args: argparse.Namespace) -> int:
     """WET couplings and B+ -> K+ X on the published likelihood and on the run's own."""
-    from knunu.reinterpret.run import published_source, reinterpret, run_source, write_maps
+    from knunu.reinterpret.run import (
+        check_run,
+        published_source,
+        reinterpret,
+        run_source,
+        write_maps,
+    )
 
     config = load_config(args.config)
     run_dir = Path(args.output or config["output_dir"])
@@ -249,6 +255,8 @@ def cmd_reinterpret(args: argparse.Namespace) -> int:
     if args.masses is not None:
         cfg["masses"] = {**cfg["masses"], "n": args.masses}
     which = args.likelihood or ["published", "run"]
+    if "run" in which:  # before the published likelihood's long scans
+        check_run(run_dir)
     out = run_dir / "reinterpret"
     for name in dict.fromkeys(which):
         if name == "published":
@@ -272,6 +280,21 @@ def cmd_checksum(args: argparse.Namespace) -> int:
         f"{done.remote} remote file(s) left without one"
     )
     return EXIT_OK
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fit the run's pseudo-data (default: its Asimov data at measurement.expected_mu)",
     )
-    rei.add_argument("--grid", type=int, metavar="N", help="scan points per coupling axis")
-    rei.add_argument("--masses", type=int, metavar="N", help="m_X points of the mass scan")
+    rei.add_argument(
+        "--grid", type=_at_least(3), metavar="N", help="scan points per coupling axis (>= 3)"
+    )
+    rei.add_argument(
+        "--masses", type=_at_least(0), metavar="N", help="m_X points of the mass scan (>= 0)"
+    )
     rei.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
     clu = add(
         "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"

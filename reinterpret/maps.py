@@ -32,8 +32,9 @@ from knunu.rundir import atomic_path
 
 log = logging.getLogger(__name__)
 
-#: q2gen bin edges of every map (GeV^2).
+#: q2gen bin edges of every map (GeV^2), and the bins' centres.
 Q2_EDGES = np.asarray(Q2GEN_MAP_EDGES, dtype=float)
+Q2_CENTRES = 0.5 * (Q2_EDGES[1:] + Q2_EDGES[:-1])
 
 #: The map regions (the run's fit channels with signal) and the histogram each is cut from.
 REGIONS: dict[str, str] = {
@@ -78,11 +79,6 @@ class Map(NamedTuple):
     values: np.ndarray  # (rows, 101)
     variances: np.ndarray | None  # sum of squared weights; None where unknown
     source: str
-
-    @property
-    def efficiency_shape(self) -> np.ndarray:
-        """Column sums (the region's yield by q2gen)."""
-        return self.values.sum(axis=0)
 
     def normalised(self) -> np.ndarray:
         """Values over their total (a number density)."""

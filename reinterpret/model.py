@@ -62,17 +62,26 @@ def region_of(channel: str) -> str | None:
 
 
 def _align(m: Map, template: np.ndarray, channel: str) -> np.ndarray:
-    """Map rows in the channel's bin order (a channel may have lost empty bins)."""
+    """Map rows in the channel's bin order (a channel may have lost empty bins).
+
+    Map and template may differ by a luminosity factor (the measurement's templates are
+    scaled to 362 fb^-1), so their shapes are compared: the map's row sums over their total
+    against the template over its total (bins dropped as empty held no signal). A map that
+    is not the template split by q2gen is refused (a relative 1e-4 allows the published
+    map's own rounding).
+
+    Raises:
+        InputError: no order-preserving match of the map's rows to the channel's bins.
+    """
     rows = m.values.sum(axis=1)
-    if len(rows) == len(template):
-        return np.arange(len(rows))
-    # bins no sample populated were dropped: the signal's bins are the map's row sums (the
-    # map is the template split by q2gen), in order; a zero-signal bin reads a zero row
+    if rows.sum() <= 0 or template.sum() <= 0:
+        raise InputError(f"channel {channel}: the map or the signal template is empty")
+    a, b = rows / rows.sum(), template / template.sum()
     idx, r = [], 0
-    for value in template:
-        while r < len(rows) and not np.isclose(rows[r], value, rtol=1e-6, atol=1e-12):
+    for value in b:
+        while r < len(a) and not np.isclose(a[r], value, rtol=1e-4, atol=1e-12):
             r += 1
-        if r == len(rows):
+        if r == len(a):
             raise InputError(
                 f"channel {channel}: its {len(template)} signal bins do not match the map's "
                 f"{len(rows)} rows (map and template from different productions?)"
@@ -125,7 +134,7 @@ def alternative_workspace(
 
     Raises:
         WorkspaceError: the result fails pyhf's schema, or no channel has a signal.
-        InputError: a signal channel has no map, or map and template disagree.
+        InputError: a signal channel has no map, or map and template disagree in shape.
     """
     spec = copy.deepcopy(dict(workspace))
     bounds = dict(bounds or {})

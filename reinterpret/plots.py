@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from knunu.reinterpret.maps import Q2_EDGES, MapComparison
-from knunu.reinterpret.scan import LEVELS_1D, LEVELS_2D, WetResult, XResult
+from knunu.reinterpret.maps import Q2_CENTRES, MapComparison
+from knunu.reinterpret.scan import LEVELS_1D, LEVELS_2D, PUBLISHED_WET, WetResult, XResult
 
 LABELS = {"wet_V": "|C_VL + C_VR|", "wet_S": "|C_SL + C_SR|", "wet_T": "|C_TL|"}
 #: The published posterior modes (arXiv:2507.12393), for reference on the plots.
-PUBLISHED_MODE = {"wet_V": 11.3, "wet_S": 0.0, "wet_T": 8.21}
+PUBLISHED_MODE = {name: mode for name, (mode, _) in PUBLISHED_WET.items()}
 
 
 def profiles(result: WetResult) -> Figure:
@@ -74,7 +74,7 @@ def map_comparison(comparisons: dict[str, MapComparison]) -> Figure:
     fig = Figure(figsize=(12, 7))
     axes = fig.subplots(2, len(comparisons))
     axes = np.atleast_2d(axes).reshape(2, -1)
-    centres = 0.5 * (Q2_EDGES[1:] + Q2_EDGES[:-1])
+    centres = Q2_CENTRES
     for k, (region, cmp) in enumerate(comparisons.items()):
         ax = axes[0, k]
         ax.step(centres[1:], cmp.q2_published[1:], where="mid", label="published (Belle II MC)")

@@ -27,12 +27,6 @@ from knunu.rundir import atomic_path
 
 log = logging.getLogger(__name__)
 
-#: Published results to compare with (Bayesian, flat priors).
-PUBLISHED_WET = {  # arXiv:2507.12393: posterior mode and 95 % credible interval
-    "wet_V": (11.3, (1.86, 16.2)),
-    "wet_S": (0.00, (0.00, 15.4)),
-    "wet_T": (8.21, (0.00, 11.2)),
-}
 PUBLISHED_X = "m_X = 2.1 +0.2 -0.1 GeV, B x P_inv = (9.2 +1.8 -3.4) x 10^-6 (arXiv:2602.09666)"
 
 
@@ -59,19 +53,38 @@ def published_source() -> Source:
     )
 
 
+def check_run(run_dir: str | Path) -> None:
+    """The run's inputs exist (checked before any long fit).
+
+    Raises:
+        InputError: the measurement workspace or the histogram file is missing.
+    """
+    run_dir = Path(run_dir)
+    for path in (
+        run_dir / "measurement" / "workspaces" / "combined.json",
+        run_dir / "histograms.root",
+    ):
+        if not path.is_file():
+            raise InputError(f"{path}: missing (run `knunu run` first: a measurement and its maps)")
+
+
 def run_source(run_dir: str | Path, unblind: bool, expected_mu: float) -> Source:
     """The run's measurement at 362 fb^-1 with its own maps (Asimov data while blind).
 
     Raises:
-        InputError: the run has no measurement workspace or no maps.
+        InputError: the run has no measurement workspace, summary or maps.
     """
+    check_run(run_dir)
     run_dir = Path(run_dir)
     path = run_dir / "measurement" / "workspaces" / "combined.json"
-    if not path.is_file():
-        raise InputError(f"{path}: no measurement workspace (run `knunu run` first)")
     workspace = load_workspace(path)
-    summary = json.loads((run_dir / "measurement" / "summary.json").read_text())
-    lumi = summary["luminosity_fb"]["on"]
+    summary_path = run_dir / "measurement" / "summary.json"
+    try:
+        lumi = float(json.loads(summary_path.read_text())["luminosity_fb"]["on"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{summary_path}: no measurement summary with its luminosity ({exc!r})"
+        ) from None
     data, label = None, f"pseudo-data, {lumi:g} fb^-1 (unblinded)"
     if not unblind:
         plain = Likelihood.from_workspace(workspace)
@@ -172,7 +185,7 @@ def _markdown(source: Source, wet: scan.WetResult, x: scan.XResult, plain_mu: fl
         "|---|---|---|---|---|",
     ]
     for name in spectra.WET_TERMS:
-        mode, (lo, hi) = PUBLISHED_WET[name]
+        mode, (lo, hi) = scan.PUBLISHED_WET[name]
         iv = wet.intervals[name]
         label = plots.LABELS[name].replace("|", "\\|")  # a table cell
         lines.append(
@@ -222,8 +235,8 @@ def write_maps(source: Source, out_dir: str | Path) -> dict[str, Any]:
     doc = {
         region: {
             "row_ratio_run_over_published": c.row_ratio.tolist(),
-            "q2gen_mean_run": float(np.sum(c.q2_ours[1:] * _centres()[1:])),
-            "q2gen_mean_published": float(np.sum(c.q2_published[1:] * _centres()[1:])),
+            "q2gen_mean_run": _mean_q2(c.q2_ours),
+            "q2gen_mean_published": _mean_q2(c.q2_published),
         }
         for region, c in comparison.items()
     }
@@ -233,5 +246,6 @@ def write_maps(source: Source, out_dir: str | Path) -> dict[str, Any]:
     return doc
 
 
-def _centres() -> np.ndarray:
-    return 0.5 * (maps_.Q2_EDGES[1:] + maps_.Q2_EDGES[:-1])
+def _mean_q2(columns: np.ndarray) -> float:
+    """Mean q2gen of a map's column sums (the bin below 0 left out)."""
+    return float(columns[1:] @ maps_.Q2_CENTRES[1:] / columns[1:].sum())

@@ -33,6 +33,13 @@ C_MAX = 20.0
 #: 2 Delta NLL thresholds: 1D 68 / 95 %, 2D 68 / 95 %.
 LEVELS_1D = {"68%": 1.0, "95%": 3.841458820694124}
 LEVELS_2D = {"68%": 2.295748928898636, "95%": 5.991464547107979}
+#: Published WET results (arXiv:2507.12393, Bayesian, flat priors): posterior mode and 95 %
+#: credible interval of each |C|.
+PUBLISHED_WET = {
+    "wet_V": (11.3, (1.86, 16.2)),
+    "wet_S": (0.00, (0.00, 15.4)),
+    "wet_T": (8.21, (0.00, 11.2)),
+}
 #: The new particle's normfactor (B(B+ -> K+ X) in units of spectra.BF_UNIT).
 X_TERM = "bf_X"
 X_MAX = 1.0e4
@@ -103,6 +110,8 @@ def intervals(grid: np.ndarray, q: np.ndarray, threshold: float) -> list[tuple[f
     >>> intervals(g, (g - 2.0) ** 2, 1.0)
     [(1.0, 3.0)]
     """
+    ok = np.isfinite(q)  # a failed fit is no information, not a boundary
+    grid, q = np.asarray(grid)[ok], np.asarray(q)[ok]
     inside = q < threshold
     out = []
     k = 0
@@ -133,7 +142,9 @@ class WetResult:
     best: dict[str, float]  # |C_V|, |C_S|, |C_T| at the profile-likelihood maximum
     nll: float
     vector_only: float  # |C_V| with C_S = C_T = 0
-    mu_equivalent: float  # the vector-only fit as a signal strength: (|C_V|/C_SM)^2 x SM yield
+    # the vector-only fit as a signal strength: (|C_V|/C_SM)^2 x (the vector term's yield at
+    # the SM point / the SM template's)
+    mu_equivalent: float
     profiles: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)
     intervals: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
     contours: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
@@ -265,11 +276,13 @@ def scan_x(
     for k, m in enumerate(masses):
         ws = x_workspace(workspace, maps, null, float(m))
         model = ws.model()
-        try:
-            if base is None:
-                raise FitError("first mass")
-            lh = base.variant(model)
-        except FitError:
+        lh = None
+        if base is not None:
+            try:
+                lh = base.variant(model)
+            except FitError as exc:  # e.g. other empty bins: compiled afresh
+                log.debug("m_X = %.3f GeV: %s", m, exc)
+        if lh is None:
             lh = Likelihood(model, np.asarray(ws.data(model), dtype=float))
             base = base or lh
         if data is not None:

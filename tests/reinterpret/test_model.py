@@ -84,9 +84,18 @@ def test_maps_align_with_a_channel_that_lost_empty_bins():
     alt = alternative_workspace(pyhf.Workspace(spec), m, [Term("c", weights)])
     (sig,) = [s for s in alt["channels"][0]["samples"] if s["name"] == "signal_c"]
     assert sig["data"] == [2.0, 6.0]
+    # a map at the run's luminosity against templates scaled to another: the same alignment
+    m_small = {"hta_sr": m["hta_sr"]._replace(values=values / 3300.0)}
+    alt = alternative_workspace(pyhf.Workspace(spec), m_small, [Term("c", weights)])
+    (sig,) = [s for s in alt["channels"][0]["samples"] if s["name"] == "signal_c"]
+    np.testing.assert_allclose(sig["data"], [2.0, 6.0], rtol=1e-12)
     values[3, 50] = 4.0  # a map from another production: no alignment
     with pytest.raises(InputError, match="do not match"):
         alternative_workspace(pyhf.Workspace(spec), m, [Term("c", weights)])
+    values[0, 7] = 1.0  # same number of rows as bins, other shape: refused too
+    full = {"hta_sr": maps.Map("hta_sr", values[[1, 3]] * [[1.0], [0.5]], None, "test")}
+    with pytest.raises(InputError, match="do not match"):
+        alternative_workspace(pyhf.Workspace(spec), full, [Term("c", weights)])
 
 
 def test_form_factor_nuisances_follow_the_exact_rate(published):

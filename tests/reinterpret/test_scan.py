@@ -6,10 +6,11 @@ import numpy as np
 import pyhf
 import pytest
 
+from knunu.errors import FitError
 from knunu.fits.infer import Likelihood
 from knunu.fits.workspace import load_workspace, published_workspace_path
 from knunu.reinterpret import maps, scan, spectra
-from knunu.reinterpret.model import SIGNAL_SAMPLES
+from knunu.reinterpret.model import SIGNAL_SAMPLES, Term, alternative_workspace
 
 NULL = spectra.NULLS["belle2"]
 
@@ -110,8 +111,11 @@ def test_a_narrow_particle_agrees_with_a_direct_template_fit_in_pyhf(published):
          "measurements": [{"name": "d", "config": {"poi": "bf", "parameters": params}}]}
     )  # fmt: skip
     pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer(tolerance=1e-12))
-    model = direct.model()
-    best = pyhf.infer.mle.fit(direct.data(model), model)
+    try:
+        model = direct.model()
+        best = pyhf.infer.mle.fit(direct.data(model), model)
+    finally:
+        pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer())
     ours = scan.scan_x(ws, pm, NULL, [m_x], expected=False)
     assert ours.best[0] == pytest.approx(best[model.config.poi_index] * spectra.BF_UNIT, rel=2e-3)
 
@@ -128,3 +132,10 @@ def test_a_variant_is_the_model_compiled_afresh(published):
         assert variant.nll(x) == pytest.approx(fresh.nll(x), rel=1e-12)
         np.testing.assert_allclose(variant.value_and_grad(x)[1], fresh.value_and_grad(x)[1])
     assert variant.fit().nll == pytest.approx(fresh.fit().nll, abs=1e-6)
+    # a model that differs in more than its templates is refused, never fitted wrongly
+    other = alternative_workspace(
+        ws, pm, [Term(scan.X_TERM, spectra.x_weights(2.5, NULL))], keep_sm_signal=True,
+        bounds={scan.X_TERM: (0.0, 50.0)},
+    )  # fmt: skip
+    with pytest.raises(FitError, match="bounds"):
+        base.variant(other.model())
