@@ -20,6 +20,7 @@ import pyhf
 from knunu.errors import InputError
 from knunu.fits.infer import Likelihood
 from knunu.fits.plots import save
+from knunu.fits.validation import nominal_point
 from knunu.fits.workspace import load_workspace, published_workspace_path
 from knunu.reinterpret import maps as maps_
 from knunu.reinterpret import plots, scan, spectra
@@ -88,9 +89,7 @@ def run_source(run_dir: str | Path, unblind: bool, expected_mu: float) -> Source
     data, label = None, f"pseudo-data, {lumi:g} fb^-1 (unblinded)"
     if not unblind:
         plain = Likelihood.from_workspace(workspace)
-        x = plain.init.copy()
-        x[plain.poi] = expected_mu
-        data = plain.expected_data(x)[: plain.nmain]
+        data = plain.expected_data(nominal_point(plain, expected_mu))[: plain.nmain]
         label = f"expected: Asimov at mu = {expected_mu:g}, {lumi:g} fb^-1 (blinded)"
     return Source(
         "run",
@@ -104,9 +103,7 @@ def run_source(run_dir: str | Path, unblind: bool, expected_mu: float) -> Source
 
 def _likelihood(workspace: pyhf.Workspace, data: np.ndarray | None) -> Likelihood:
     lh = Likelihood.from_workspace(workspace)
-    if data is not None:
-        lh = lh.with_data(np.concatenate([data, lh.data[lh.nmain :]]))
-    return lh
+    return lh if data is None else scan.with_main_data(lh, data)
 
 
 def _fmt_interval(ivals: list[tuple[float, float]]) -> str:

@@ -92,6 +92,11 @@ def x_workspace(
     )
 
 
+def with_main_data(lh: Likelihood, main: np.ndarray) -> Likelihood:
+    """``lh`` with its main data replaced (its auxiliary data kept, e.g. blinded Asimov)."""
+    return lh.with_data(np.concatenate([np.asarray(main, dtype=float), lh.data[lh.nmain :]]))
+
+
 def _theta(c: np.ndarray | float) -> np.ndarray:
     return (np.asarray(c, dtype=float) / spectra.C_VL_SM) ** 2
 
@@ -286,7 +291,7 @@ def scan_x(
             lh = Likelihood(model, np.asarray(ws.data(model), dtype=float))
             base = base or lh
         if data is not None:
-            lh = lh.with_data(np.concatenate([data, lh.data[lh.nmain :]]))
+            lh = with_main_data(lh, data)
         try:
             fit = lh.fit()
             best[k] = fit.x[lh.poi] * spectra.BF_UNIT
