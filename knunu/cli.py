@@ -118,11 +118,20 @@ def _run_dir(args: argparse.Namespace, config: dict) -> Path:
     return Path(args.output or config["output_dir"])
 
 
-def _check_catalogue(run_dir: Path) -> None:
-    """Fail with one line before any cluster starts when the run has no catalogue."""
+def _check_catalogue(run_dir: Path, args: argparse.Namespace | None = None) -> None:
+    """Import the user's catalogue (``--catalogue``); fail with one line when there is none.
+
+    Checked before any cluster starts.
+    """
     from knunu.processors.run import Catalogue
 
-    Catalogue.load(run_dir / "ntuples" / "catalogue.json")
+    target = run_dir / "ntuples" / "catalogue.json"
+    if args is not None and getattr(args, "catalogue", None):
+        from knunu.catalogue import import_catalogue
+
+        import_catalogue(args.catalogue, target)
+        print(f"imported {args.catalogue} into {target}", file=sys.stderr)
+    Catalogue.load(target)
 
 
 @contextlib.contextmanager
@@ -174,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _skip_option(args, load_config(args.config))
     run_dir = _run_dir(args, config)
-    _check_catalogue(run_dir)
+    _check_catalogue(run_dir, args)
     with _client(args, config) as client:
         summary = train_stage(config, run_dir, client, ProgressPrinter())
     print(f"models written to {run_dir / 'models'}")
@@ -188,7 +197,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     config = _skip_option(args, load_config(args.config))
     run_dir = _run_dir(args, config)
-    _check_catalogue(run_dir)
+    _check_catalogue(run_dir, args)
     with _client(args, config) as client:
         report = process_stage(config, run_dir, client, ProgressPrinter())
     lost = report.events_lost
@@ -220,6 +229,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["output_dir"] = args.output
     if args.unblind:
         config["blind"] = False
+    if args.catalogue:
+        from knunu.catalogue import load_user_catalogue
+
+        load_user_catalogue(args.catalogue)  # one line now, not after a cluster started
+        config["catalogue"] = str(Path(args.catalogue).resolve())
     report = run_analysis(
         config, ProgressPrinter(), force=args.force, client_factory=lambda: _client(args, config)
     )
@@ -319,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim = add("simulate", cmd_simulate, STAGES["simulate"].help)
     sim.add_argument("--scale", choices=["tiny", "default", "belle2"], help="override the scale")
     sim.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
+    catalogue_help = (
+        "a user dataset catalogue (YAML: files, tree, layout, aliases, luminosity or cross "
+        "section and generated events) imported into the run instead of simulating"
+    )
     skip_help = (
         "bad input files or chunks are listed in the report and the run goes on "
         "(default: processing.skip_bad_inputs, false: they fail the run)"
@@ -327,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(stage, func, STAGES[stage].help)
         p.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
         p.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
+        p.add_argument("--catalogue", metavar="YAML", help=catalogue_help)
     fit = add("fit", cmd_fit, STAGES["fit"].help)
     fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
     fit.add_argument(
@@ -350,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are up to date are skipped",
     )
     run.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
+    run.add_argument("--catalogue", metavar="YAML", help=catalogue_help)
     run.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
     run.add_argument("--force", action="store_true", help="run every stage, up to date or not")
     run.add_argument(

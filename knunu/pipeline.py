@@ -50,6 +50,8 @@ class Step(NamedTuple):
     upstream: tuple[str, ...]  # stages whose outputs are its inputs
     run: Callable[[dict[str, Any], RunDir, Any, Any], StepResult]
     needs_cluster: bool = False
+    #: What else its outputs depend on, from the configuration (e.g. a user's input files)
+    fingerprint: Callable[[dict[str, Any]], str] | None = None
 
 
 def run_analysis(
@@ -81,6 +83,8 @@ def run_analysis(
     with contextlib.ExitStack() as stack:
         for step in STEPS.values():
             inputs = {k: v for up in step.upstream for k, v in digests[up].items()}
+            if step.fingerprint is not None:
+                inputs["fingerprint"] = step.fingerprint(config)
             key = stamps.stage_key(step.name, config, step.config_keys, step.areas, inputs)
             stamp = stamps.load_stamp(run.path, step.name)
             reason = "forced" if force else stamps.why_stale(run.path, stamp, key)
@@ -119,9 +123,22 @@ def _record_outputs(run: RunDir, stamp: stamps.Stamp) -> None:
 
 
 def _run_simulate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
+    """Simulate the datasets, or import them from the user's catalogue (``catalogue``)."""
     from knunu.processors.run import Catalogue
     from knunu.simulation.production import plan_production, run_production
 
+    if config.get("catalogue"):
+        from knunu.catalogue import import_catalogue
+
+        path = import_catalogue(config["catalogue"], run.path / "ntuples" / "catalogue.json")
+        summary = catalogue_summary(path)
+        return StepResult(
+            (path,),
+            (
+                f"            imported {config['catalogue']} (no simulation) into {path.resolve()}",
+                *(f"            {x}" for x in summary),
+            ),
+        )
     path = run_production(plan_production(config, run.path / "ntuples"), client)
     catalogue = Catalogue.load(path)
     files = [Path(p) for p in catalogue.paths(list(catalogue.datasets))]
@@ -255,6 +272,13 @@ def _run_validate(config: dict[str, Any], run: RunDir, client: Any, progress: An
     return StepResult(tuple(files), tuple(f"            {line}" for line in summary))
 
 
+def _user_inputs(config: dict[str, Any]) -> str:
+    """A user catalogue's digest over its files (path, size, mtime); empty when simulating."""
+    from knunu.catalogue import files_digest
+
+    return files_digest(config["catalogue"]) if config.get("catalogue") else ""
+
+
 #: Configuration that never changes a stage's outputs (histograms do not depend on chunking).
 _RUN_KEYS = ("processing.skip_bad_inputs",)
 
@@ -264,11 +288,12 @@ STEPS: dict[str, Step] = {
     for s in (
         Step(
             "simulate",
-            ("seed", "scale", "simulation"),
-            ("simulation", "configs/samples.yaml", "configs/bdecays.yaml"),
+            ("seed", "scale", "simulation", "catalogue"),
+            ("simulation", "configs/samples.yaml", "configs/bdecays.yaml", "knunu/catalogue.py"),
             (),
             _run_simulate,
             needs_cluster=True,
+            fingerprint=_user_inputs,
         ),
         Step(
             "train",

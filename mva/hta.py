@@ -34,6 +34,7 @@ from knunu.mva.train import (
     bdtc_weight,
     columns_of,
     labelled_columns,
+    present,
     read_tables,
     weighted_auc,
 )
@@ -88,7 +89,8 @@ def train_hta(
     """
     out = Path(out_dir)
     folds = int(cfg["folds"])
-    frames = corrected_tables(read_tables(tables, (SIGNAL, *BACKGROUNDS)), cfg["corrections"])
+    sets = present(catalogue, (SIGNAL, *BACKGROUNDS))
+    frames = corrected_tables(read_tables(tables, sets), cfg["corrections"])
     cols = labelled_columns(frames, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():

@@ -105,6 +105,19 @@ def read_tables(tables: str | Path, datasets: tuple[str, ...]) -> dict[str, pd.D
     return out
 
 
+def present(catalogue: Mapping[str, Any], datasets: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``datasets`` the catalogue has; the first one (signal, or the data) is required.
+
+    A user's catalogue need not hold every sample.
+
+    Raises:
+        InputError: the first dataset is not in the catalogue.
+    """
+    if datasets[0] not in catalogue:
+        raise InputError(f"catalogue: no dataset '{datasets[0]}', which training needs")
+    return tuple(d for d in datasets if d in catalogue)
+
+
 def lumi_scale(catalogue: Mapping[str, Any], dataset: str, target: str) -> float:
     """Factor bringing a simulated dataset to the luminosity of the ``target`` data."""
     ds = catalogue[dataset]
@@ -166,7 +179,7 @@ def train_ita(
     folds = int(cfg["folds"])
     f1 = tuple(cfg["features"]["bdt1"])
     f2 = bdt2_features(cfg)
-    on = read_tables(tables, (SIGNAL, *BACKGROUNDS))
+    on = read_tables(tables, present(catalogue, (SIGNAL, *BACKGROUNDS)))
     cols = labelled_columns(on, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
@@ -252,7 +265,7 @@ def _train_bdtc(
     from knunu.fits.plots import save
     from knunu.mva.plots import offres_comparison
 
-    frames = read_tables(tables, ("data_off", *OFFRES_MC))
+    frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
     cols = labelled_columns(
         frames,
         catalogue,

@@ -25,10 +25,21 @@ from coffea import processor
 
 from knunu.cluster.backends import memory_limit, worker_death
 from knunu.errors import InputError, ProcessingError, first_line
-from knunu.processors.schema import Belle2Schema
+from knunu.processors.layouts import (
+    LAYOUTS,
+    FileLayout,
+    Source,
+    duplicate_events,
+    file_ids,
+    inspect_tree,
+    overlapping,
+)
 from knunu.rundir import adler32, input_file
 
 log = logging.getLogger(__name__)
+
+#: knunu's own files: event-based trees with the analysis names and normalised weights.
+EVENT_BASED = Source()
 
 
 def dataset_kind(dataset: str) -> tuple[str, bool]:
@@ -88,8 +99,12 @@ class Catalogue(NamedTuple):
         return [f["path"] for name in datasets for f in self.datasets[name]["files"]]
 
     def entries(self, tree: str, dataset: str) -> int:
-        """Entries the catalogue says the dataset's files hold in ``tree``."""
+        """Events the catalogue says the dataset's files hold in ``tree``."""
         return sum(int(f[f"entries_{tree}"]) for f in self.datasets[dataset]["files"])
+
+    def source(self, dataset: str, file: Mapping[str, Any], tree: str) -> Source:
+        """How a tree of one of the dataset's files is read (layout, names, weights)."""
+        return Source.of(self.datasets[dataset], file, tree)
 
 
 class Checksums(NamedTuple):
@@ -155,7 +170,11 @@ def _absolute(name: str, base: Path) -> str:
 
 
 class Chunk(NamedTuple):
-    """An entry range of one file: the unit of work, of retries, of checkpoints and of loss."""
+    """An entry range of one file: the unit of work, of retries, of checkpoints and of loss.
+
+    In a candidate-based tree the range is in rows and starts and ends at event boundaries;
+    ``n_events`` then counts its events.
+    """
 
     index: int
     dataset: str
@@ -163,11 +182,13 @@ class Chunk(NamedTuple):
     tree: str
     start: int
     stop: int
+    source: Source = EVENT_BASED
+    n_events: int = -1
 
     @property
     def events(self) -> int:
-        """Entries in the range."""
-        return self.stop - self.start
+        """Events in the range."""
+        return self.stop - self.start if self.n_events < 0 else self.n_events
 
     def describe(self) -> str:
         """``file [start, stop)``."""
@@ -182,11 +203,12 @@ class Lost(NamedTuple):
     start: int
     stop: int
     reason: str
+    n_events: int = -1  # events in [start, stop) when the range is in rows (candidate layout)
 
     @property
     def events(self) -> int:
-        """Entries lost."""
-        return self.stop - self.start
+        """Events lost."""
+        return self.stop - self.start if self.n_events < 0 else self.n_events
 
 
 class Progress(NamedTuple):
@@ -323,7 +345,16 @@ def run(
             if not options.skip_bad_inputs:
                 raise InputError(f"{result.problem} ({name}, entries {chunk.start}-{chunk.stop})")
             log.warning("lost %d events: %s", chunk.events, result.problem)
-            lost.append(Lost(chunk.dataset, chunk.path, chunk.start, chunk.stop, result.problem))
+            lost.append(
+                Lost(
+                    chunk.dataset,
+                    chunk.path,
+                    chunk.start,
+                    chunk.stop,
+                    result.problem,
+                    chunk.n_events,
+                )
+            )
             merger.add(chunk.index, None)
         else:
             if not from_checkpoint:
@@ -523,28 +554,19 @@ def _process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
         The processor's output and the seconds ``process`` took.
     """
     import uproot
-    from coffea.nanoevents import NanoEventsFactory
 
     with uproot.open(chunk.path) as rf:
-        _check_file(rf, chunk.path, chunk.tree, chunk.stop)
+        _check_file(rf, chunk.path, chunk.source.file_tree(chunk.tree), chunk.stop)
         cache: dict[str, Any] = {}
-        events = NanoEventsFactory.from_root(
-            file=rf,
-            treepath=chunk.tree,
-            schemaclass=Belle2Schema,
-            metadata={
-                "dataset": chunk.dataset,
-                "filename": chunk.path,
-                "treename": chunk.tree,
-                "entrystart": chunk.start,
-                "entrystop": chunk.stop,
-                "fileuuid": str(rf.file.uuid),
-            },
-            mode="virtual",
-            entry_start=chunk.start,
-            entry_stop=chunk.stop,
-            buffer_cache=cache,
-        ).events()
+        metadata = {
+            "dataset": chunk.dataset,
+            "filename": chunk.path,
+            "treename": chunk.tree,
+            "entrystart": chunk.start,
+            "entrystop": chunk.stop,
+            "fileuuid": str(rf.file.uuid),
+        }
+        events = LAYOUTS[chunk.source.layout](rf, chunk, metadata, cache)
         tic = time.perf_counter()
         try:
             output = proc.process(events)
@@ -605,10 +627,15 @@ def _plan(
     for ds in datasets:
         if ds not in catalogue.datasets:
             raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
+        paths = catalogue.paths([ds])
+        if len(set(paths)) != len(paths):
+            twice = next(p for p in paths if paths.count(p) > 1)
+            raise InputError(f"{twice}: listed twice in dataset {ds} ({catalogue.path})")
     jobs = [
-        (ds, (f["path"], tree, int(f[f"entries_{tree}"]), f.get("adler32") or None))
+        (ds, (f["path"], tree, int(f[f"entries_{tree}"]), f.get("adler32") or None, src))
         for ds in datasets
         for f in catalogue.datasets[ds]["files"]
+        for src in [catalogue.source(ds, f, tree)]
     ]
     todo = [(*args, options.retries, options.retry_wait) for _, args in jobs]
     if client is None or not todo:
@@ -623,21 +650,22 @@ def _plan(
                 if isinstance(result, BaseException):
                     raise result
                 found[k] = result
-    branches: dict[str, dict[str, set[str]]] = {ds: {} for ds in datasets}
+    layouts: dict[str, dict[str, FileLayout]] = {ds: {} for ds in datasets}
     problems: dict[str, dict[str, str]] = {ds: {} for ds in datasets}
-    for (ds, (path, *_)), (names, problem) in zip(jobs, found, strict=True):
+    for (ds, (path, *_)), (layout, problem) in zip(jobs, found, strict=True):
         if problem:
             problems[ds][path] = problem
         else:
-            branches[ds][path] = names
+            layouts[ds][path] = layout
     chunks: list[Chunk] = []
     lost: list[Lost] = []
     for ds in datasets:
-        seen, bad = branches[ds], problems[ds]
-        union = set().union(*seen.values())
-        for path, names in seen.items():
-            if missing := sorted(union - names):
+        seen, bad = layouts[ds], problems[ds]
+        union = set().union(*(x.names for x in seen.values()))
+        for path, layout in seen.items():
+            if missing := sorted(union - layout.names):
                 bad[path] = f"{path}: missing branch(es) {', '.join(missing)} of dataset {ds}"
+        _no_event_twice(catalogue, ds, tree, {p: x for p, x in seen.items() if p not in bad})
         for f in catalogue.datasets[ds]["files"]:
             path, want = f["path"], int(f[f"entries_{tree}"])
             if path in bad:
@@ -646,22 +674,57 @@ def _plan(
                 log.warning("lost %d events: %s", want, bad[path])
                 lost.append(Lost(ds, path, 0, want, bad[path]))
                 continue
-            for start in range(0, want, chunksize):
-                stop = min(start + chunksize, want)
-                chunks.append(Chunk(len(chunks), ds, path, tree, start, stop))
+            source, starts = catalogue.source(ds, f, tree), seen[path].starts
+            for first in range(0, want, chunksize):
+                last = min(first + chunksize, want)
+                if starts is None:  # event-based: a row is an event
+                    chunks.append(Chunk(len(chunks), ds, path, tree, first, last, source))
+                else:  # candidate-based: rows of whole events
+                    rows = int(starts[first]), int(starts[last])
+                    chunks.append(Chunk(len(chunks), ds, path, tree, *rows, source, last - first))
     return chunks, lost
 
 
+def _no_event_twice(
+    catalogue: Catalogue, ds: str, tree: str, layouts: Mapping[str, FileLayout]
+) -> None:
+    """Raise when two files of a dataset hold the same event.
+
+    Files whose event-number ranges of a run overlap are compared event by event (read again
+    here); knunu's own files never overlap (a run per file), so they cost nothing more.
+    """
+    suspects = overlapping({p: x.ranges for p, x in layouts.items()})
+    if not suspects:
+        return
+    files = {f["path"]: f for f in catalogue.datasets[ds]["files"]}
+    ids = {p: file_ids(p, tree, catalogue.source(ds, files[p], tree)) for p in suspects}
+    if twice := duplicate_events(ids):
+        first, second, event = twice
+        raise InputError(
+            f"{second}: event {event} is also in {first} "
+            f"(dataset {ds}: a file copied under another name?)"
+        )
+
+
 def _inspected(
-    path: str, tree: str, want: int, checksum: str | None, retries: int, wait: float
-) -> tuple[set[str], str | None]:
-    """A file's branch names, or the problem that makes it a bad input (retried)."""
-    names, problem, _ = _attempt(path, _inspect, (path, tree, want, checksum), retries, wait)
-    return names or set(), problem
+    path: str,
+    tree: str,
+    want: int,
+    checksum: str | None,
+    source: Source,
+    retries: int,
+    wait: float,
+) -> tuple[FileLayout | None, str | None]:
+    """A file's layout, or the problem that makes it a bad input (retried)."""
+    args = (path, tree, want, checksum, source)
+    layout, problem, _ = _attempt(path, _inspect, args, retries, wait)
+    return layout, problem
 
 
-def _inspect(path: str, tree: str, want: int, checksum: str | None = None) -> set[str]:
-    """Raise :class:`InputError` for a bad input file; a good one's branch names.
+def _inspect(
+    path: str, tree: str, want: int, checksum: str | None = None, source: Source = EVENT_BASED
+) -> FileLayout:
+    """Raise :class:`InputError` for a bad input file; a good one's layout.
 
     With a ``checksum`` (the catalogue's Adler-32 of the file as written), the file's bytes
     must still have it (:func:`verify_checksum`).
@@ -670,19 +733,21 @@ def _inspect(path: str, tree: str, want: int, checksum: str | None = None) -> se
 
     if os.path.exists(path) and os.path.getsize(path) == 0:
         raise InputError(f"{path}: empty file")
+    name = source.file_tree(tree)
     try:
         with uproot.open(path) as rf:
-            got = _check_file(rf, path, tree)
-            names = set(rf[tree].keys())
+            _check_file(rf, path, name)
+            layout = inspect_tree(rf[name], path, source)
     except (InputError, OSError):  # OSError: maybe transient, retried by the caller
         raise
     except Exception as exc:  # not ROOT, corrupt header
-        raise InputError(f"{path}: cannot read tree '{tree}' ({first_line(exc)})") from None
-    if got != want:
-        raise InputError(f"{path}: {got} entries in '{tree}', catalogue says {want}")
+        raise InputError(f"{path}: cannot read tree '{name}' ({first_line(exc)})") from None
+    if layout.events != want:
+        what = "entries" if layout.starts is None else "events"
+        raise InputError(f"{path}: {layout.events} {what} in '{name}', catalogue says {want}")
     if checksum is not None and os.path.exists(path):
         verify_checksum(path, checksum)
-    return names
+    return layout
 
 
 class _OrderedMerge:

@@ -204,6 +204,7 @@ class FileTask:
     embedded: bool = False
     weight: float | None = None
     targeting: Targeting | None = None
+    layout: str = "event"
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ class FileRecord:
     embedded: bool = False
     nature: bool = False  # the nature stream (weighted, data-like)
     adler32: str = ""  # of the written file, verified before processing
+    layout: str = "event"  # basf2's event- or candidate-based trees
 
 
 # ---------------------------------------------------------------------------- generation
@@ -605,7 +607,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
             {"Btag_": (np.arange(len(hta_idx) + 1), btag)},
         ),
     }
-    write_ntuple(task.path, trees, task.seed)
+    written = write_ntuple(task.path, trees, task.seed, task.layout)
     return FileRecord(
         sample=task.sample,
         path=task.path,
@@ -614,12 +616,13 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         seed=task.seed,
         generated=int(batch.truth["generated"]),
         sum_weights=float(np.sum(weight)),
-        entries_ita=len(ita_idx),
-        entries_hta=len(hta_idx),
+        entries_ita=written[TREE_ITA],
+        entries_hta=written[TREE_HTA],
         seconds=time.perf_counter() - start,
         events=n,
         embedded=task.embedded,
         nature=task.weight is not None,
+        layout=task.layout,
         adler32=adler32(task.path),
     )
 
@@ -703,14 +706,18 @@ def write_catalogue(
                 "entries_ita": 0,
                 "entries_hta": 0,
                 "events": 0,
+                "layout": rec.layout,
             },
         )
         if rec.sample not in entry["samples"]:
             entry["samples"].append(rec.sample)
         # relative to the catalogue: the run directory can move, batch jobs get absolute paths
-        entry["files"].append(
-            {**asdict(rec), "path": os.path.relpath(Path(rec.path).resolve(), here)}
-        )
+        if rec.layout != entry["layout"]:
+            raise ValueError(
+                f"dataset {name}: files in both the {rec.layout} and the {entry['layout']} layout"
+            )
+        record = {k: v for k, v in asdict(rec).items() if k != "layout"}  # the dataset's
+        entry["files"].append({**record, "path": os.path.relpath(Path(rec.path).resolve(), here)})
         for key in ("generated", "sum_weights", "entries_ita", "entries_hta", "events"):
             entry[key] += getattr(rec, key)
     for name, entry in out.items():
@@ -826,6 +833,7 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
                     else 1.0,
                     weight=job.weight,
                     targeting=_targeting(sim, job.sample),
+                    layout=sim.get("layout", "event"),
                 )
             )
     data_lum = {"data_on": lum["on"], "data_off": lum["off"]}

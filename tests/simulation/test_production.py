@@ -12,6 +12,7 @@ import uproot
 from knunu.config import load_config
 from knunu.errors import ConfigError
 from knunu.samples import load_samples
+from knunu.simulation.ntuple import read_event_tree
 from knunu.simulation.production import (
     PREFILTER,
     FileTask,
@@ -93,6 +94,31 @@ def test_same_seed_same_file_content(libraries, tmp_path):
             for name in fa[tree].keys():  # noqa: SIM118 - a TTree, not a dict
                 x = fa[tree][name].array(library="ak").tolist()
                 assert x == fb[tree][name].array(library="ak").tolist(), name
+
+
+def test_the_candidate_layout_holds_the_same_events(libraries, tmp_path):
+    """`simulation.layout: candidate` writes the events of the event layout, a row a candidate."""
+    records = {}
+    for layout in ("event", "candidate"):
+        path = str(tmp_path / f"{layout}.root")
+        task = FileTask("charged", 300, 11, path, libraries=libraries, layout=layout)
+        records[layout] = produce_file(task)
+    event, candidate = records["event"], records["candidate"]
+    assert candidate.layout == "candidate"
+    assert (candidate.entries_ita, candidate.entries_hta) == (event.entries_ita, event.entries_hta)
+    assert candidate.adler32 != event.adler32
+    for tree, prefix in (("ita", "K_"), ("hta", "Btag_")):
+        want = read_event_tree(event.path, tree, keep_empty=False)
+        with uproot.open(candidate.path) as f:
+            rows = f[tree].arrays(library="np")
+        ((_, (offsets, columns)),) = want.collections.items()
+        counts = np.diff(offsets)
+        assert len(rows["__candidate__"]) == counts.sum() > 0
+        for name, values in want.columns.items():
+            np.testing.assert_array_equal(rows[name], np.repeat(values, counts), err_msg=name)
+        for name, values in columns.items():
+            assert name.startswith(prefix)
+            np.testing.assert_array_equal(rows[name], values, err_msg=name)
 
 
 def test_prefilter_is_safe(libraries, tmp_path):

@@ -1,0 +1,145 @@
+"""basf2's two ntuple layouts: the ITA processor against a raw uproot read, per layout.
+
+The production's ITA datasets are rewritten in the candidate-based layout (VariablesToNtuple:
+one row per candidate, event-level branches repeated); the event-based files are the
+production's own. Side by side in one process (1 core): the full ITA processor (selection,
+BDTs, every variation, histograms) through ``knunu.processors.run`` over each layout, and the
+peer, ``uproot.iterate`` reading the branches the processor uses from the same files (in the
+candidate layout, rows: the same events). Reported: events per CPU-second and the ratio to the
+peer of the same layout (target for the candidate layout: >= 0.8). Both layouts' histograms
+must be identical (checked). Uses ``--run DIR`` (after `make analysis`) or a tiny production
+made in a temporary folder. Writes benchmarks/results/layouts.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import uproot
+from bench_ita import _prepare  # benchmarks/ is the script's folder
+
+from knunu.config import load_config
+from knunu.processors import run as runner
+from knunu.processors.ita import ITAProcessor
+from knunu.processors.stage import ITA_DATASETS
+from knunu.simulation.ntuple import read_event_tree, write_ntuple
+
+
+def candidate_copy(
+    catalogue: runner.Catalogue, datasets: list[str], where: Path
+) -> runner.Catalogue:
+    """The datasets' files rewritten candidate-based under ``where`` (same events)."""
+    out = copy.deepcopy(catalogue.datasets)
+    for ds in datasets:
+        out[ds]["layout"] = "candidate"
+        for f in out[ds]["files"]:
+            trees = {t: read_event_tree(f["path"], t, keep_empty=False) for t in ("ita", "hta")}
+            dst = where / ds / Path(f["path"]).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            written = write_ntuple(dst, trees, f["seed"], "candidate")
+            if written["ita"] != f["entries_ita"]:
+                raise SystemExit(f"{f['path']}: events without a candidate; not comparable")
+            f.update(path=str(dst), adler32=None, entries_hta=written["hta"])
+    return runner.Catalogue(catalogue.path, {ds: out[ds] for ds in datasets})
+
+
+def raw_read(files: list[str], branches: list[str], step: int) -> int:
+    """Rows read by ``uproot.iterate`` of ``branches`` (NumPy), in steps of ``step`` entries."""
+    n = 0
+    for arrays in uproot.iterate(
+        {f: "ita" for f in files}, filter_name=branches, step_size=step, library="np"
+    ):
+        n += len(next(iter(arrays.values())))
+    return n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path, help="run directory with ntuples/ and models/")
+    parser.add_argument("--chunksize", type=int, help="events per chunk (default: ita.chunksize)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes per side (best kept)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run:
+            run_dir, config = args.run, load_config()
+        else:
+            run_dir, config = _prepare(Path(tmp))
+        cfg = dict(config["ita"])
+        if args.chunksize:
+            cfg["chunksize"] = args.chunksize
+        size = cfg["chunksize"]
+        event = runner.Catalogue.load(run_dir / "ntuples" / "catalogue.json")
+        datasets = [d for d in ITA_DATASETS if d in event.datasets]
+        candidate = candidate_copy(event, datasets, Path(tmp) / "candidate")
+        proc = ITAProcessor(str((run_dir / "models").resolve()), cfg)
+        wanted = {*proc.names, "nK", "nTracks", "theta_miss", "E_tot"}
+        layouts = {"event": event, "candidate": candidate}
+        used, per_event = {}, {}
+        for name, cat in layouts.items():
+            with uproot.open(cat.paths(["signal"])[0]) as f:
+                branches = f["ita"].keys()  # names (iterating a TTree gives branches)
+                used[name] = [b for b in branches if b in wanted]
+            events = sum(cat.entries("ita", d) for d in datasets)
+            rows = sum(uproot.open(p)["ita"].num_entries for p in cat.paths(datasets))
+            per_event[name] = rows / events
+        outputs = {
+            n: runner.run(c, datasets, proc, "ita", None, size)[0] for n, c in layouts.items()
+        }
+        for ds in datasets:  # the same histograms from both layouts
+            a, b = outputs["event"][ds]["ita"], outputs["candidate"][ds]["ita"]
+            if not np.array_equal(a.values(flow=True), b.values(flow=True)):
+                raise SystemExit(f"{ds}: the layouts' histograms differ")
+
+        def processor_side(cat: runner.Catalogue) -> int:
+            report = runner.run(cat, datasets, proc, "ita", None, size)[1]
+            return sum(report.events_processed.values())
+
+        sides = {}
+        for name, cat in layouts.items():
+            step = int(size * per_event[name])
+            files = cat.paths(datasets)
+            sides[f"{name}: raw uproot read"] = (
+                lambda f=files, b=used[name], s=step: raw_read(f, b, s),
+                per_event[name],
+            )
+            sides[f"{name}: ITA processor"] = (lambda c=cat: processor_side(c), 1.0)
+        rows: dict[str, dict] = {}
+        for _ in range(args.repeat):
+            for name, (side, per) in sides.items():
+                t0 = time.process_time()
+                n = side() / per  # events (a raw read of the candidate layout counts rows)
+                cpu = time.process_time() - t0
+                if name not in rows or cpu < rows[name]["cpu_s"]:
+                    rows[name] = {"events": round(n), "cpu_s": cpu}
+        for row in rows.values():
+            row["events_per_cpu_s"] = row["events"] / row["cpu_s"]
+        result = {
+            "run": str(run_dir) if args.run else "tiny (temporary)",
+            "chunksize_events": size,
+            "repeat": args.repeat,
+            "candidates_per_event": per_event["candidate"],
+            "branches_used": {k: len(v) for k, v in used.items()},
+            "rows": rows,
+            "ratio_to_raw_read": {
+                name: rows[f"{name}: ITA processor"]["events_per_cpu_s"]
+                / rows[f"{name}: raw uproot read"]["events_per_cpu_s"]
+                for name in layouts
+            },
+            "candidate_over_event_processor": rows["candidate: ITA processor"]["events_per_cpu_s"]
+            / rows["event: ITA processor"]["events_per_cpu_s"],
+        }
+    out = Path(__file__).parent / "results" / "layouts.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
