@@ -2,13 +2,14 @@
 
 The production's ITA datasets are rewritten in the candidate-based layout (VariablesToNtuple:
 one row per candidate, event-level branches repeated); the event-based files are the
-production's own. Side by side in one process (1 core): the full ITA processor (selection,
-BDTs, every variation, histograms) through ``knunu.processors.run`` over each layout, and the
-peer, ``uproot.iterate`` reading the branches the processor uses from the same files (in the
-candidate layout, rows: the same events). Reported: events per CPU-second and the ratio to the
-peer of the same layout (target for the candidate layout: >= 0.8). Both layouts' histograms
-must be identical (checked). Uses ``--run DIR`` (after `make analysis`) or a tiny production
-made in a temporary folder. Writes benchmarks/results/layouts.json.
+production's own. Side by side in one process (1 core), over each layout through
+``knunu.processors.run``: the layout alone (a processor that reads every branch the ITA uses
+through the NanoEvents and does nothing else) and the full ITA processor (selection, BDTs, every
+variation, histograms); the peer is ``uproot.iterate`` reading the same branches from the same
+files (in the candidate layout, rows: the same events). Reported: events per CPU-second and the
+ratio to the peer of the same layout (target for the candidate layout: >= 0.8). Both layouts'
+histograms must be identical (checked). Uses ``--run DIR`` (after `make analysis`) or a tiny
+production made in a temporary folder. Writes benchmarks/results/layouts.json.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import uproot
 from bench_ita import _prepare  # benchmarks/ is the script's folder
+from coffea import processor
 
 from knunu.config import load_config
 from knunu.processors import run as runner
@@ -47,6 +50,27 @@ def candidate_copy(
                 raise SystemExit(f"{f['path']}: events without a candidate; not comparable")
             f.update(path=str(dst), adler32=None, entries_hta=written["hta"])
     return runner.Catalogue(catalogue.path, {ds: out[ds] for ds in datasets})
+
+
+class Touch(processor.ProcessorABC):
+    """Reads every given branch through the layout (NanoEvents) and nothing else: the cost of
+    the layout layer itself, to set against a raw read of the same branches."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+
+    def process(self, events: ak.Array) -> dict:
+        n, kaons = 0, events.K
+        for name in self.names:
+            if name.startswith("K_"):
+                if name[2:] in kaons.fields:  # data have no truth
+                    n += len(ak.to_numpy(ak.flatten(kaons[name[2:]])))
+            elif name in events.fields:
+                n += len(ak.to_numpy(events[name]))
+        return {events.metadata["dataset"]: {"events": len(events), "values": n}}
+
+    def postprocess(self, accumulator: dict) -> dict:
+        return accumulator
 
 
 def raw_read(files: list[str], branches: list[str], step: int) -> int:
@@ -96,8 +120,8 @@ def main() -> int:
             if not np.array_equal(a.values(flow=True), b.values(flow=True)):
                 raise SystemExit(f"{ds}: the layouts' histograms differ")
 
-        def processor_side(cat: runner.Catalogue) -> int:
-            report = runner.run(cat, datasets, proc, "ita", None, size)[1]
+        def processor_side(cat: runner.Catalogue, work: processor.ProcessorABC) -> int:
+            report = runner.run(cat, datasets, work, "ita", None, size)[1]
             return sum(report.events_processed.values())
 
         sides = {}
@@ -108,7 +132,12 @@ def main() -> int:
                 lambda f=files, b=used[name], s=step: raw_read(f, b, s),
                 per_event[name],
             )
-            sides[f"{name}: ITA processor"] = (lambda c=cat: processor_side(c), 1.0)
+            touch = Touch([b for b in used["event"] if b != "nK"])
+            sides[f"{name}: layout only (every used branch read through it)"] = (
+                lambda c=cat, t=touch: processor_side(c, t),
+                1.0,
+            )
+            sides[f"{name}: ITA processor"] = (lambda c=cat: processor_side(c, proc), 1.0)
         rows: dict[str, dict] = {}
         for _ in range(args.repeat):
             for name, (side, per) in sides.items():
@@ -127,9 +156,10 @@ def main() -> int:
             "branches_used": {k: len(v) for k, v in used.items()},
             "rows": rows,
             "ratio_to_raw_read": {
-                name: rows[f"{name}: ITA processor"]["events_per_cpu_s"]
+                f"{name}: {side}": rows[f"{name}: {side}"]["events_per_cpu_s"]
                 / rows[f"{name}: raw uproot read"]["events_per_cpu_s"]
                 for name in layouts
+                for side in ("layout only (every used branch read through it)", "ITA processor")
             },
             "candidate_over_event_processor": rows["candidate: ITA processor"]["events_per_cpu_s"]
             / rows["event: ITA processor"]["events_per_cpu_s"],

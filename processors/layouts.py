@@ -122,7 +122,6 @@ class FileLayout(NamedTuple):
 
     Attributes:
         names: The analysis names the tree provides (after aliases).
-        rows: Entries of the tree.
         events: Events in it (rows of an event-based tree; distinct events of a candidate one).
         starts: Candidate layout: the first row of every event, and ``rows`` at the end.
         ranges: Per (production, experiment, run) of the file, its lowest and highest event
@@ -130,7 +129,6 @@ class FileLayout(NamedTuple):
     """
 
     names: frozenset[str]
-    rows: int
     events: int
     starts: np.ndarray | None
     ranges: np.ndarray
@@ -149,6 +147,24 @@ def _ids(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     if PRODUCTION in arrays:
         out["p"] = arrays[PRODUCTION]
     return out
+
+
+def sort_ids(ids: np.ndarray) -> np.ndarray:
+    """Event identities in order; fast for a file of one run.
+
+    Sorting a structured array by its fields is 10x slower than sorting its event numbers.
+
+    >>> ids = np.array([(0, 1, 7, 5), (0, 1, 7, 2)], dtype=ID)
+    >>> sort_ids(ids)["v"].tolist(), sort_ids(np.concatenate([ids, ids[:1]]))["v"].tolist()
+    ([2, 5], [2, 5, 5])
+    """
+    if not len(ids):
+        return ids
+    run = ids[["p", "e", "r"]]
+    if (run == run[0]).all():
+        v = ids["v"]
+        return ids if (v[1:] > v[:-1]).all() else ids[np.argsort(v, kind="stable")]
+    return ids[np.lexsort((ids["v"], ids["r"], ids["e"], ids["p"]))]
 
 
 def _ranges(ids: np.ndarray) -> np.ndarray:
@@ -202,13 +218,13 @@ def inspect_tree(tree: Any, path: str, source: Source) -> FileLayout:
             f"{where}: no {', '.join(missing)} (not a basf2 {source.layout}-based tree)"
         )
     starts, ids = _read_ids(tree, names, source.layout, where)
-    order = np.sort(ids)
+    order = sort_ids(ids)
     if (dup := np.flatnonzero(order[1:] == order[:-1])).size:
         raise InputError(
             f"{where}: event {describe(order[dup[0]])} appears more than once "
             "(its rows are not contiguous, or it was written twice)"
         )
-    return FileLayout(frozenset(names), tree.num_entries, len(ids), starts, _ranges(order))
+    return FileLayout(frozenset(names), len(ids), starts, _ranges(order))
 
 
 def _read_ids(

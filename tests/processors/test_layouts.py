@@ -222,6 +222,7 @@ def _catalogue(paths: list[str], **keys) -> runner.Catalogue:
 def test_an_empty_candidate_tree_holds_no_event(tmp_path):
     path = _candidate_file(tmp_path, {k: np.asarray(v)[:0] for k, v in GOOD.items()})
     out, report = runner.run(_catalogue([(path, 0)]), ["charged"], Best(), "ita", None, 2)
+    assert out == {}
     assert report.chunks == 0
     assert report.events_in == {"charged": 0}
 
