@@ -207,10 +207,14 @@ def import_catalogue(path: str | Path, out: str | Path) -> Path:
         files = []
         for f in resolve_files(entry, base, where):
             found = inspect_file(f["path"], entry, where)
-            files.append({**f, **found, **_reading(entry)})
+            files.append({**f, **found, **_reading(entry), **_stat(f["path"])})
         if entry["kind"] == "data":
-            lum = entry.get(
-                "luminosity_fb", doc.get("luminosity_fb", {}).get("off" if off else "on")
+            # the catalogue's luminosity is the whole dataset's: it does not add up
+            lum = entry.get("luminosity_fb")
+            if lum is None and name in datasets:
+                raise InputError(f"{where}: a second entry of {name} needs its own luminosity_fb")
+            lum = (
+                lum if lum is not None else doc.get("luminosity_fb", {}).get("off" if off else "on")
             )
             if lum is None:
                 raise InputError(f"{where}: data without luminosity_fb")
@@ -245,6 +249,13 @@ def import_catalogue(path: str | Path, out: str | Path) -> Path:
             raise InputError(
                 f"{where}: cross section {xs} nb differs from that of {name}'s other entries"
             )
+        layouts = {f["layout"] for f in (*target["files"], *files)}
+        if len(layouts) > 1:
+            raise InputError(
+                f"{where}: {name} would mix the {' and '.join(sorted(layouts))} layouts"
+            )
+        if not entry.get("unique_events", True):
+            target["unique_events"] = False
         target["labels"].append(label)
         target["files"] += files
         target["luminosity_fb"] += norm["luminosity_fb"]
@@ -262,6 +273,17 @@ def import_catalogue(path: str | Path, out: str | Path) -> Path:
         sum(len(d["files"]) for d in datasets.values()),
     )
     return write_json(out, {"datasets": datasets, "source": str(Path(path).resolve())})
+
+
+def _stat(path: str) -> dict[str, int]:
+    """Size and modification time of a local file.
+
+    A changed file changes the catalogue, and so the stamp of every stage after the import.
+    """
+    if "://" in path:
+        return {}
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _reading(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -124,6 +124,7 @@ def _record_outputs(run: RunDir, stamp: stamps.Stamp) -> None:
 
 def _run_simulate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
     """Simulate the datasets, or import them from the user's catalogue (``catalogue``)."""
+    from knunu.errors import InputError
     from knunu.processors.run import Catalogue
     from knunu.simulation.production import plan_production, run_production
 
@@ -138,6 +139,12 @@ def _run_simulate(config: dict[str, Any], run: RunDir, client: Any, progress: An
                 f"            imported {config['catalogue']} (no simulation) into {path.resolve()}",
                 *(f"            {x}" for x in summary),
             ),
+        )
+    imported = run.path / "ntuples" / "catalogue.json"
+    if imported.exists() and (source := json.loads(imported.read_text()).get("source")):
+        raise InputError(
+            f"{run.path}: its datasets were imported from {source}; give --catalogue {source} "
+            "(or the config's catalogue), or another run directory, to simulate"
         )
     path = run_production(plan_production(config, run.path / "ntuples"), client)
     catalogue = Catalogue.load(path)

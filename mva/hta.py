@@ -140,8 +140,9 @@ def _train_continuum(
     """The continuum classifier, if there are enough off-resonance data; (note, mean weight)."""
     target = out / HTA_MODEL_FILES["continuum"]
     target.unlink(missing_ok=True)  # a stale classifier must not outlive a retraining
-    offres = tuple(ds for ds in OFFRES_MC if ds in catalogue)  # the data hold tau pairs too
-    frames = corrected_tables(read_tables(tables, ("data_off", *offres)), cfg["corrections"])
+    # the data hold tau pairs too
+    frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
+    frames = corrected_tables(frames, cfg["corrections"])
     n_data = len(frames["data_off"])
     if n_data < int(cfg["continuum_min_data"]):
         note = (

@@ -114,7 +114,9 @@ def present(catalogue: Mapping[str, Any], datasets: tuple[str, ...]) -> tuple[st
         InputError: the first dataset is not in the catalogue.
     """
     if datasets[0] not in catalogue:
-        raise InputError(f"catalogue: no dataset '{datasets[0]}', which training needs")
+        raise InputError(
+            f"the run's catalogue has no dataset '{datasets[0]}', which training needs"
+        )
     return tuple(d for d in datasets if d in catalogue)
 
 

@@ -4,7 +4,8 @@ basf2 writes analysis ntuples in two layouts (a registry, :data:`LAYOUTS`):
 
 - ``event`` (VariablesToEventBasedTree, what knunu's simulation writes by default): one entry per
   event, event-level branches and jagged candidate branches ``K_*`` (``Btag_*``) with their
-  counter ``nK`` (``nBtag``);
+  counter ``nK`` (``nBtag``). basf2's own module names the counter ``__ncandidates__`` and the
+  candidate variables by their basf2 names: alias them (``K_p: p``, ``nK: __ncandidates__``);
 - ``candidate`` (VariablesToNtuple, what most analyses write): one row per candidate, with
   ``__candidate__`` and ``__ncandidates__``; event-level variables repeat on every row of the
   event, and an event without a candidate has no row at all.
@@ -110,10 +111,20 @@ class Source(NamedTuple):
         return dict(self.trees).get(tree, tree)
 
     def renames(self) -> dict[str, str]:
-        """File branch -> analysis name, for every alias and the weight branch."""
-        out = {root_compatible(basf2): name for name, basf2 in self.aliases}
+        """File branch -> analysis name, for every alias and the weight branch.
+
+        Raises:
+            ValueError: two analysis names read the same branch.
+        """
+        pairs = [(root_compatible(basf2), name) for name, basf2 in self.aliases]
         if self.weight_branch != "__weight__":
-            out[root_compatible(self.weight_branch)] = "__weight__"
+            pairs.append((root_compatible(self.weight_branch), "__weight__"))
+        out: dict[str, str] = {}
+        for branch, name in pairs:
+            if out.setdefault(branch, name) != name:
+                raise ValueError(
+                    f"aliases '{out[branch]}' and '{name}' both read branch '{branch}'"
+                )
         return out
 
 
@@ -183,7 +194,10 @@ def _ranges(ids: np.ndarray) -> np.ndarray:
 
 def _analysis_names(keys: list[str], source: Source, where: str) -> dict[str, str]:
     """Analysis name -> file branch; every alias must name a branch that is there."""
-    renames = source.renames()
+    try:
+        renames = source.renames()
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
     have = set(keys)
     for branch, name in renames.items():
         if branch not in have:
@@ -302,7 +316,7 @@ def event_starts(arrays: Mapping[str, np.ndarray], where: str) -> np.ndarray:
     new = np.ones(n, dtype=bool)
     if n:
         same = np.ones(n - 1, dtype=bool)
-        for b in ID_BRANCHES:
+        for b in (*ID_BRANCHES, *((PRODUCTION,) if PRODUCTION in arrays else ())):
             same &= arrays[b][1:] == arrays[b][:-1]
         new[1:] = ~same
     starts = np.append(np.flatnonzero(new), n)
@@ -379,7 +393,7 @@ def _candidate_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Ar
     where = f"{chunk.path}: tree '{tree.name}'"
     names = _analysis_names(list(tree.keys()), source, where)
     span = {"entry_start": chunk.start, "entry_stop": chunk.stop}
-    need = ID_BRANCHES + CANDIDATE_BRANCHES
+    need = ID_BRANCHES + CANDIDATE_BRANCHES + ((PRODUCTION,) if PRODUCTION in names else ())
     ids = tree.arrays([names[b] for b in need], library="np", how=dict, **span)
     starts = event_starts({b: ids[names[b]] for b in need}, where)
     counts = np.diff(starts)
@@ -396,8 +410,19 @@ def _candidate_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Ar
         values = tree[names[name]].array(library="np", **span)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
-            raise InputError(f"{chunk.path}: {bad} NaN/inf value(s) in branch '{names[name]}'")
+            raise InputError(f"{where}: {bad} NaN/inf value(s) in branch '{names[name]}'")
         return values
+
+    def per_event(name: str) -> np.ndarray:
+        values = read(name)
+        first = values[starts[:-1]]
+        if (differ := np.flatnonzero(values != np.repeat(first, counts))).size:
+            raise InputError(
+                f"{where}: branch '{names[name]}' ({name}) differs between the rows of one event"
+                f" (row {chunk.start + int(differ[0])}): a candidate variable needs an alias "
+                f"with the {prefix} prefix"
+            )
+        return first
 
     container: dict[str, Callable[[], np.ndarray]] = {}
     fields: dict[str, dict] = {}
@@ -415,7 +440,7 @@ def _candidate_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Ar
             container[f"{name}-data"] = _later(read, name)
         else:
             fields[name] = form
-            container[f"{name}-data"] = _later(lambda n: read(n)[starts[:-1]], name)
+            container[f"{name}-data"] = _later(per_event, name)
     fields[f"n{collection}"] = {"class": "NumpyArray", "primitive": "int64", "form_key": "!n"}
     container["!n-data"] = lambda: counts.astype(np.int64)
     fields[collection] = {

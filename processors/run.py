@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
@@ -321,7 +322,7 @@ def run(
         proc: The processor; per chunk its output must hold ``{dataset: {"events": n, ...}}``.
         tree: The tree name.
         client: A ``distributed.Client``; ``None`` runs in this process.
-        chunksize: Entries per chunk.
+        chunksize: Events per chunk (a candidate-based chunk holds all their rows).
         options: Retries, skipping, checkpoints, progress (defaults: :class:`RunOptions`).
 
     Raises:
@@ -343,7 +344,8 @@ def run(
         chunk = result.chunk
         if result.problem is not None:
             if not options.skip_bad_inputs:
-                raise InputError(f"{result.problem} ({name}, entries {chunk.start}-{chunk.stop})")
+                unit = "entries" if chunk.n_events < 0 else "rows"
+                raise InputError(f"{result.problem} ({name}, {unit} {chunk.start}-{chunk.stop})")
             log.warning("lost %d events: %s", chunk.events, result.problem)
             lost.append(
                 Lost(
@@ -627,9 +629,8 @@ def _plan(
     for ds in datasets:
         if ds not in catalogue.datasets:
             raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
-        paths = catalogue.paths([ds])
-        if len(set(paths)) != len(paths):
-            twice = next(p for p in paths if paths.count(p) > 1)
+        counts = Counter(catalogue.paths([ds]))
+        if twice := next((p for p, n in counts.items() if n > 1), None):
             raise InputError(f"{twice}: listed twice in dataset {ds} ({catalogue.path})")
     jobs = [
         (ds, (f["path"], tree, int(f[f"entries_{tree}"]), f.get("adler32") or None, src))
@@ -691,18 +692,33 @@ def _no_event_twice(
     """Raise when two files of a dataset hold the same event.
 
     Files whose event-number ranges of a run overlap are compared event by event (read again
-    here); knunu's own files never overlap (a run per file), so they cost nothing more.
+    here); knunu's own files never overlap (a run per file), so they cost nothing more. A
+    dataset with ``unique_events: false`` (private MC whose jobs all number their events from 1
+    in the same run) is not checked. Not skipped with ``skip_bad_inputs``: which file is the
+    bad one is not known.
     """
+    if not catalogue.datasets[ds].get("unique_events", True):
+        return
     suspects = overlapping({p: x.ranges for p, x in layouts.items()})
     if not suspects:
         return
     files = {f["path"]: f for f in catalogue.datasets[ds]["files"]}
-    ids = {p: file_ids(p, tree, catalogue.source(ds, files[p], tree)) for p in suspects}
+    ids = {}
+    for path in suspects:
+        source = catalogue.source(ds, files[path], tree)
+        try:
+            ids[path] = file_ids(path, tree, source)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{path}: cannot read its event numbers ({first_line(exc)})") from None
     if twice := duplicate_events(ids):
         first, second, event = twice
+        name = catalogue.source(ds, files[second], tree).file_tree(tree)
         raise InputError(
-            f"{second}: event {event} is also in {first} "
-            f"(dataset {ds}: a file copied under another name?)"
+            f"{second}: tree '{name}': event {event} is also in {first} (dataset {ds}: a file "
+            "copied under another name? MC numbering its events alike in every job: "
+            "unique_events: false)"
         )
 
 

@@ -9,6 +9,7 @@ catalogue gives, and the README's worked example must run on such files.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -122,6 +123,44 @@ def test_two_campaigns_of_a_sample_are_merged(production, user, tmp_path):
     # here both campaigns are the same files: the run refuses to count them twice
     with pytest.raises(InputError, match=r"\.root: listed twice in dataset charged"):
         runner.run(out, ["charged"], _layouts.Best(), "ita", None, 1000)
+
+
+def test_a_changed_file_changes_the_imported_catalogue(user, tmp_path):
+    path, _ = user
+    first = import_catalogue(path, tmp_path / "a.json").read_text()
+    doc = yaml.safe_load(path.read_text())
+    pattern = doc["datasets"]["my_charged"]["files"][0]
+    victim = sorted(path.parent.glob(pattern))[0]
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten in place
+    second = import_catalogue(path, tmp_path / "b.json").read_text()
+    assert first != second  # so every stage after the import runs again
+
+
+def test_merged_data_keep_one_luminosity_and_layouts_do_not_mix(production, user, tmp_path):
+    path, _ = user
+    doc = yaml.safe_load(path.read_text())
+    data = doc["datasets"]["my_data_on"]
+    second = {**data, "files": data["files"]}
+    second.pop("luminosity_fb")
+    doc["datasets"]["my_data_on_2"] = second
+    merged = path.parent / "merged_data.yaml"
+    merged.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match=r"a second entry of data_on needs its own luminosity_fb"):
+        import_catalogue(merged, tmp_path / "c.json")
+    doc["datasets"].pop("my_data_on_2")
+    # the simulation's own (event-based) charged files as a second campaign
+    folder = Path(production.datasets["charged"]["files"][0]["path"]).parent
+    doc["datasets"]["sim_charged"] = {
+        "kind": "mc",
+        "sample": "charged",
+        "luminosity_fb": 1.0,
+        "files": [str(folder / "*.root")],
+    }
+    mixed = path.parent / "mixed.yaml"
+    mixed.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match=r"charged would mix the candidate and event layouts"):
+        import_catalogue(mixed, tmp_path / "d.json")
 
 
 BAD = {

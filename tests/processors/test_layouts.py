@@ -127,6 +127,7 @@ class Best(processor.ProcessorABC):
                 "events": len(events),
                 "q2": h,
                 "candidates": int(ak.sum(events.nK)),
+                "E_tot": float(np.sum(ak.to_numpy(events.E_tot))),
                 "ids": [
                     (int(r), int(e)) for r, e in zip(events.__run__, events.__event__, strict=True)
                 ],
@@ -282,9 +283,64 @@ def test_the_same_event_in_two_files_of_a_dataset_is_refused(tmp_path):
     a = _candidate_file(tmp_path, GOOD, "a.root")
     b = _candidate_file(tmp_path, {**GOOD, "__event__": [20, 20, 21, 11]}, "b.root")
     with pytest.raises(
-        InputError, match=r"b\.root: event \(experiment 1, run 2, event 11\) is also in .*a\.root"
+        InputError,
+        match=r"b\.root: tree 'ita': event \(experiment 1, run 2, event 11\) is also in .*a\.root",
     ):
         runner.run(_catalogue([(a, 3), (b, 3)]), ["charged"], Best(), "ita", None, 2)
+
+
+def test_mc_numbering_its_events_alike_in_every_job_can_say_so(tmp_path):
+    a = _candidate_file(tmp_path, GOOD, "a.root")
+    b = _candidate_file(tmp_path, {**GOOD, "__event__": [20, 20, 21, 11]}, "b.root")
+    catalogue = _catalogue([(a, 3), (b, 3)], unique_events=False)
+    out, _ = runner.run(catalogue, ["charged"], Best(), "ita", None, 2)
+    assert out["charged"]["events"] == 6
+
+
+def test_an_event_variable_that_differs_between_its_rows_is_refused(tmp_path):
+    path = _candidate_file(tmp_path, {**GOOD, "E_tot": [5.0, 5.5, 6.0, 7.0]})
+    with pytest.raises(
+        InputError,
+        match=r"tree 'ita': branch 'E_tot' \(E_tot\) differs between the rows of one event "
+        r"\(row 1\): a candidate variable needs an alias with the K_ prefix",
+    ):
+        runner.run(_catalogue([(path, 3)]), ["charged"], Best(), "ita", None, 2)
+
+
+def test_two_aliases_of_one_branch_are_refused(tmp_path):
+    path = _candidate_file(tmp_path, {**GOOD, "q2": GOOD["K_q2rec"]})
+    aliases = {"K_q2rec": "q2", "K_p": "q2"}
+    with pytest.raises(InputError, match=r"tree 'ita': aliases 'K_p' and 'K_q2rec' both read"):
+        runner.run(_catalogue([(path, 3)], aliases=aliases), ["charged"], Best(), "ita", None, 2)
+
+
+def test_event_layout_with_basf2_names_tree_names_and_weight_branch(small, tmp_path):
+    """The event layout through the renamed schema: event-level aliases, a weight branch,
+    the file's own tree names."""
+    ref, _ = runner.run(small("event"), ["charged"], Best(), "ita", None, 40)
+    (f,) = small("event").datasets["charged"]["files"]
+    trees = {}
+    for tree, name in (("ita", "myITA"), ("hta", "myHTA")):
+        t = read_tree(f["path"], tree)
+        columns = {
+            {"__weight__": "mcWeight", "E_tot": "useCMSFrame__boE__bc"}.get(k, k): v
+            for k, v in t.columns.items()
+        }
+        columns["__weight__"] = np.zeros(len(columns["__event__"]))  # basf2's own weight
+        trees[name] = Tree(columns, t.collections)
+    path = tmp_path / "renamed.root"
+    write_ntuple(path, trees, 1, "event")
+    entry = {
+        "layout": "event",
+        "trees": {"ita": "myITA", "hta": "myHTA"},
+        "aliases": {"E_tot": "useCMSFrame(E)"},
+        "weight_branch": "mcWeight",
+        "files": [{**f, "path": str(path)}],
+    }
+    out, _ = runner.run(
+        runner.Catalogue(tmp_path, {"charged": entry}), ["charged"], Best(), "ita", None, 40
+    )
+    assert_identical(out, ref)
 
 
 def test_a_missing_weight_branch_or_alias_is_named_before_any_chunk(tmp_path):
