@@ -56,6 +56,16 @@ _BASF2_ESCAPES = {
 _NOT_ROOT = re.compile(r"[^A-Za-z0-9_]")
 
 
+def mc_only(name: str) -> bool:
+    """Whether an analysis name is MC truth, which data files do not have.
+
+    >>> [mc_only(n) for n in ("mcDtoKL", "K_mcPDG", "Btag_mcCorrect", "q2gen", "E_miss")]
+    [True, True, True, True, False]
+    """
+    local = name.split("_", 1)[1] if "_" in name[1:] else name
+    return name.startswith("mc") or local.startswith("mc") or name in ("nKL", "q2gen")
+
+
 def root_compatible(name: str) -> str:
     """A basf2 variable name as basf2 stores it as a branch (``makeROOTCompatible``).
 

@@ -33,6 +33,7 @@ from knunu.processors.layouts import (
     duplicate_events,
     file_ids,
     inspect_tree,
+    mc_only,
     overlapping,
 )
 from knunu.rundir import adler32, input_file
@@ -333,7 +334,8 @@ def run(
     options = options or RunOptions()
     name = type(proc).__name__
     start_time = time.perf_counter()
-    chunks, lost = _plan(catalogue, datasets, tree, chunksize, options, client)
+    needs = frozenset(getattr(proc, "names", ()))
+    chunks, lost = _plan(catalogue, datasets, tree, chunksize, options, client, (name, needs))
     events_in = {ds: catalogue.entries(tree, ds) for ds in datasets}
     store = _Checkpoints(options, proc, tree, chunks)
     merger = _OrderedMerge(len(chunks))
@@ -617,8 +619,12 @@ def _plan(
     chunksize: int,
     options: RunOptions,
     client: Any | None = None,
+    reader: tuple[str, frozenset[str]] = ("", frozenset()),
 ) -> tuple[list[Chunk], list[Lost]]:
     """Check every file (with retries), cut the good ones into chunks; bad ones lost or raised.
+
+    ``reader`` is (processor name, the variables it reads): a dataset without one of them
+    (MC truth excepted in data) stops the run here, naming a file and its tree.
 
     The files are inspected on the cluster's workers when there is a ``client`` (reading a
     file's tree metadata costs about 10 ms locally, more on remote storage: thousands of files
@@ -663,6 +669,7 @@ def _plan(
     for ds in datasets:
         seen, bad = layouts[ds], problems[ds]
         union = set().union(*(x.names for x in seen.values()))
+        _has_what_is_read(catalogue, ds, tree, union, seen, reader)
         for path, layout in seen.items():
             if missing := sorted(union - layout.names):
                 bad[path] = f"{path}: missing branch(es) {', '.join(missing)} of dataset {ds}"
@@ -684,6 +691,28 @@ def _plan(
                     rows = int(starts[first]), int(starts[last])
                     chunks.append(Chunk(len(chunks), ds, path, tree, *rows, source, last - first))
     return chunks, lost
+
+
+def _has_what_is_read(
+    catalogue: Catalogue,
+    ds: str,
+    tree: str,
+    have: set[str],
+    seen: Mapping[str, FileLayout],
+    reader: tuple[str, frozenset[str]],
+) -> None:
+    """Raise unless the dataset's files give every variable the processor reads."""
+    name, needs = reader
+    is_data = dataset_kind(ds)[1]
+    if not seen or not (missing := sorted(n for n in needs - have if not (is_data and mc_only(n)))):
+        return
+    path = next(iter(seen))
+    file = next(f for f in catalogue.datasets[ds]["files"] if f["path"] == path)
+    where = f"{path}: tree '{catalogue.source(ds, file, tree).file_tree(tree)}'"
+    raise InputError(
+        f"{where}: no {', '.join(missing)} (read by {name}; dataset {ds}): "
+        "alias the file's names in the catalogue"
+    )
 
 
 def _no_event_twice(

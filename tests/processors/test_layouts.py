@@ -343,6 +343,25 @@ def test_event_layout_with_basf2_names_tree_names_and_weight_branch(small, tmp_p
     assert_identical(out, ref)
 
 
+class Reads(Best):
+    """Best, saying which variables it reads (as knunu's processors do in ``names``)."""
+
+    names = ("K_q2rec", "K_pstar", "mcDtoKL", "E_tot")
+
+
+def test_a_variable_the_processor_reads_is_named_before_any_chunk(tmp_path):
+    path = _candidate_file(tmp_path, GOOD)
+    mc = _catalogue([(path, 3)])
+    with pytest.raises(
+        InputError,
+        match=rf"^{path}: tree 'ita': no K_pstar, mcDtoKL \(read by Reads; dataset charged\)",
+    ):
+        runner.run(mc, ["charged"], Reads(), "ita", None, 2)
+    data = runner.Catalogue(mc.path, {"data_on": mc.datasets["charged"]})
+    with pytest.raises(InputError, match=r"tree 'ita': no K_pstar \(read by Reads"):  # no truth
+        runner.run(data, ["data_on"], Reads(), "ita", None, 2)
+
+
 def test_a_missing_weight_branch_or_alias_is_named_before_any_chunk(tmp_path):
     path = _candidate_file(tmp_path, GOOD)
     with pytest.raises(
