@@ -143,6 +143,7 @@ def _rewrite(src: str, dst: Path, tree: str = "ita", drop: str = "", poison: str
             candidates[name] = ak.to_numpy(ak.flatten(values))
         else:
             columns[name] = ak.to_numpy(values).copy()
+    columns["__run__"] = columns["__run__"] + 1  # other events than the source's
     if poison:
         columns[poison][[5, 1500]] = [np.nan, np.inf]
     offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(arrays["nK"]))])
