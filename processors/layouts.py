@@ -263,7 +263,8 @@ def _read_ids(
     if layout == "event":
         return None, _ids(arrays)
     starts = event_starts(arrays, where)
-    return starts, _ids(arrays)[starts[:-1]]
+    first_rows = starts[:-1]
+    return starts, _ids({b: arrays[b][first_rows] for b in arrays if b not in CANDIDATE_BRANCHES})
 
 
 def file_ids(path: str, tree: str, source: Source) -> np.ndarray:
@@ -368,8 +369,20 @@ def duplicate_events(ids: Mapping[str, np.ndarray]) -> tuple[str, str, str] | No
 # ---------------------------------------------------------------------------- reading chunks
 
 
-def _event_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Array:
-    """NanoEvents of an event-based tree (lazy, knunu's :class:`Belle2Schema`)."""
+def _preloaded(names: Mapping[str, str], wanted: frozenset[str]) -> list[str]:
+    """The file's branches of the ``wanted`` analysis names, and their collections' counters.
+
+    They are read in one request: a request per branch costs a round trip each.
+    """
+    counters = {f"n{c}" for p, c in COLLECTIONS.items() if any(w.startswith(p) for w in wanted)}
+    return sorted(names[n] for n in names if n in wanted or n in counters)
+
+
+def _event_layout(rf: Any, chunk: Any, metadata: dict, cache: dict, wanted: frozenset) -> ak.Array:
+    """NanoEvents of an event-based tree (knunu's :class:`Belle2Schema`).
+
+    The ``wanted`` variables are read in one request, any other when a processor touches it.
+    """
     from coffea.nanoevents import NanoEventsFactory
 
     from knunu.processors.schema import Belle2Schema
@@ -377,6 +390,8 @@ def _event_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Array:
     source = chunk.source
     renames = source.renames()
     schema = Belle2Schema.renamed(renames) if renames else Belle2Schema
+    tree = rf[source.file_tree(chunk.tree)]
+    names = {renames.get(k, k): k for k in tree.keys()}  # noqa: SIM118 (names)
     return NanoEventsFactory.from_root(
         file=rf,
         treepath=source.file_tree(chunk.tree),
@@ -385,16 +400,20 @@ def _event_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Array:
         mode="virtual",
         entry_start=chunk.start,
         entry_stop=chunk.stop,
+        preload=_preloaded(names, wanted) or None,
         buffer_cache=cache,
     ).events()
 
 
-def _candidate_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Array:
+def _candidate_layout(
+    rf: Any, chunk: Any, metadata: dict, cache: dict, wanted: frozenset
+) -> ak.Array:
     """NanoEvents of a candidate-based tree: rows grouped into events, read lazily.
 
     Event-level branches take the value of each event's first row; branches with a
     collection prefix (``K_``, ``Btag_``) become the candidate collection with its counter.
-    A branch is read when a processor first touches it (and then checked for NaN and inf).
+    The ``wanted`` variables are read in one request when a processor first touches one of
+    them, any other when touched; each is checked for NaN and inf when first touched.
     """
     from coffea.nanoevents.methods import base
 
@@ -403,10 +422,17 @@ def _candidate_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Ar
     where = f"{chunk.path}: tree '{tree.name}'"
     names = _analysis_names(list(tree.keys()), source, where)
     span = {"entry_start": chunk.start, "entry_stop": chunk.stop}
-    need = ID_BRANCHES + CANDIDATE_BRANCHES + ((PRODUCTION,) if PRODUCTION in names else ())
-    ids = tree.arrays([names[b] for b in need], library="np", how=dict, **span)
-    starts = event_starts({b: ids[names[b]] for b in need}, where)
+    # The plan checked the bookkeeping (contiguous events, __candidate__ 0, 1, ... per event):
+    # an event starts where __candidate__ is 0, and the chunk holds the events it planned.
+    cand = tree[names["__candidate__"]].array(library="np", **span)
+    starts = np.append(np.flatnonzero(cand == 0), len(cand))
+    if (len(cand) and cand[0] != 0) or (chunk.n_events >= 0 and len(starts) - 1 != chunk.n_events):
+        raise InputError(
+            f"{where}: rows [{chunk.start}, {chunk.stop}) hold {len(starts) - 1} whole event(s),"
+            f" planned {chunk.n_events} (the file changed since it was inspected)"
+        )
     counts = np.diff(starts)
+    later_row = cand[1:] != 0  # row k + 1 is not its event's first
     prefixes = sorted({p for p in COLLECTIONS for n in names if n.startswith(p)})
     if len(prefixes) != 1:
         raise InputError(
@@ -416,8 +442,14 @@ def _candidate_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Ar
     prefix = prefixes[0]
     collection = COLLECTIONS[prefix]
 
+    together = _preloaded(names, wanted)
+    bulk: dict[str, np.ndarray] = {}
+
     def read(name: str) -> np.ndarray:
-        values = tree[names[name]].array(library="np", **span)
+        branch = names[name]
+        if branch in together and "" not in bulk:
+            bulk.update(tree.arrays(together, library="np", how=dict, **span), **{"": None})
+        values = bulk.pop(branch) if branch in bulk else tree[branch].array(library="np", **span)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             raise InputError(f"{where}: {bad} NaN/inf value(s) in branch '{names[name]}'")
@@ -425,14 +457,15 @@ def _candidate_layout(rf: Any, chunk: Any, metadata: dict, cache: dict) -> ak.Ar
 
     def per_event(name: str) -> np.ndarray:
         values = read(name)
-        first = values[starts[:-1]]
-        if (differ := np.flatnonzero(values != np.repeat(first, counts))).size:
+        differ = values[1:] != values[:-1]
+        differ &= later_row
+        if differ.any():
             raise InputError(
                 f"{where}: branch '{names[name]}' ({name}) differs between the rows of one event"
-                f" (row {chunk.start + int(differ[0])}): a candidate variable needs an alias "
-                f"with the {prefix} prefix"
+                f" (row {chunk.start + 1 + int(np.argmax(differ))}): a candidate variable needs "
+                f"an alias with the {prefix} prefix"
             )
-        return first
+        return values[starts[:-1]]
 
     container: dict[str, Callable[[], np.ndarray]] = {}
     fields: dict[str, dict] = {}
@@ -482,7 +515,7 @@ def _primitive(dtype: np.dtype) -> str:
 
 
 #: Layout name -> the reader of one chunk into NanoEvents.
-LAYOUTS: dict[str, Callable[[Any, Any, dict, dict], ak.Array]] = {
+LAYOUTS: dict[str, Callable[[Any, Any, dict, dict, frozenset], ak.Array]] = {
     "event": _event_layout,
     "candidate": _candidate_layout,
 }

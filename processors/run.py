@@ -570,7 +570,8 @@ def _process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
             "entrystop": chunk.stop,
             "fileuuid": str(rf.file.uuid),
         }
-        events = LAYOUTS[chunk.source.layout](rf, chunk, metadata, cache)
+        wanted = frozenset(getattr(proc, "names", ()))
+        events = LAYOUTS[chunk.source.layout](rf, chunk, metadata, cache, wanted)
         tic = time.perf_counter()
         try:
             output = proc.process(events)
