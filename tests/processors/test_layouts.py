@@ -396,3 +396,33 @@ def test_a_nan_in_a_branch_the_processor_reads_is_a_bad_input(tmp_path):
     clean = _candidate_file(tmp_path, {**GOOD, "unused": [np.nan] * 4}, "clean.root")
     out, _ = runner.run(_catalogue([(clean, 3)]), ["charged"], Best(), "ita", None, 2)
     assert out["charged"]["events"] == 3
+
+
+class Declared(Best):
+    """:class:`Best` declaring what it reads (``names``): those branches come in one request."""
+
+    names = ("K_q2rec", "E_tot", "__weight__", "unused")
+
+
+def test_a_nan_in_a_declared_branch_read_in_one_request_is_still_caught(tmp_path):
+    path = _candidate_file(
+        tmp_path, {**GOOD, "E_tot": [5.0, 5.0, np.inf, 7.0], "unused": [np.nan] * 4}
+    )
+    with pytest.raises(InputError, match=r"1 NaN/inf value\(s\) in branch 'E_tot'"):
+        runner.run(_catalogue([(path, 3)]), ["charged"], Declared(), "ita", None, 2)
+    # declared but never touched: read with the others, its NaN no error
+    clean = _candidate_file(tmp_path, {**GOOD, "unused": [np.nan] * 4}, "clean.root")
+    out, _ = runner.run(_catalogue([(clean, 3)]), ["charged"], Declared(), "ita", None, 2)
+    assert out["charged"]["events"] == 3
+    assert out["charged"]["E_tot"] == 18.0
+
+
+def test_a_file_changed_after_the_plan_is_refused_by_its_chunk(tmp_path):
+    path = _candidate_file(tmp_path, GOOD)
+    chunks, _ = runner._plan(_catalogue([(path, 3)]), ["charged"], "ita", 3, runner.RunOptions())
+    assert [(c.start, c.stop, c.n_events) for c in chunks] == [(0, 4, 3)]
+    _candidate_file(  # rewritten in place: the same rows now hold two events
+        tmp_path, {**GOOD, "__event__": [10, 10, 11, 11], "__candidate__": [0, 1, 0, 1]}
+    )
+    with pytest.raises(InputError, match=r"rows \[0, 4\) hold 2 whole event\(s\), planned 3"):
+        runner._process(chunks[0], Declared())
