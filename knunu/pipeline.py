@@ -46,12 +46,15 @@ class Step(NamedTuple):
 
     name: str
     config_keys: tuple[str, ...]  # dotted configuration keys it reads
-    areas: tuple[str, ...]  # knunu subpackages (or ``area/file``) whose code it runs
     upstream: tuple[str, ...]  # stages whose outputs are its inputs
     run: Callable[[dict[str, Any], RunDir, Any, Any], StepResult]
     needs_cluster: bool = False
     #: What else its outputs depend on, from the configuration (e.g. a user's input files)
     fingerprint: Callable[[dict[str, Any]], str] | None = None
+
+    def code(self) -> tuple[str, ...]:
+        """The code its outputs depend on (:func:`knunu.stamps.code_of` of its ``run``)."""
+        return stamps.code_of(self.run)
 
 
 def run_analysis(
@@ -85,7 +88,7 @@ def run_analysis(
             inputs = {k: v for up in step.upstream for k, v in digests[up].items()}
             if step.fingerprint is not None:
                 inputs["fingerprint"] = step.fingerprint(config)
-            key = stamps.stage_key(step.name, config, step.config_keys, step.areas, inputs)
+            key = stamps.stage_key(step.name, config, step.config_keys, step.code(), inputs)
             stamp = stamps.load_stamp(run.path, step.name)
             reason = "forced" if force else stamps.why_stale(run.path, stamp, key)
             if reason is None:
@@ -296,7 +299,6 @@ STEPS: dict[str, Step] = {
         Step(
             "simulate",
             ("seed", "scale", "simulation", "catalogue"),
-            ("simulation", "configs/samples.yaml", "configs/bdecays.yaml", "knunu/catalogue.py"),
             (),
             _run_simulate,
             needs_cluster=True,
@@ -305,7 +307,6 @@ STEPS: dict[str, Step] = {
         Step(
             "train",
             ("seed", "ita", "hta", *_RUN_KEYS),
-            ("processors", "mva"),
             ("simulate",),
             _run_train,
             needs_cluster=True,
@@ -313,7 +314,6 @@ STEPS: dict[str, Step] = {
         Step(
             "process",
             ("ita", "hta", *_RUN_KEYS),
-            ("processors", "mva"),
             ("simulate", "train"),
             _run_process,
             needs_cluster=True,
@@ -321,7 +321,6 @@ STEPS: dict[str, Step] = {
         Step(
             "fit",
             ("seed", "fit"),
-            ("fits", "configs/systematics.yaml"),
             ("process",),
             _run_fit,
         ),
@@ -336,7 +335,6 @@ STEPS: dict[str, Step] = {
                 "fit.prune_threshold",
                 "fit.cls_level",
             ),
-            ("fits", "knunu/measurement.py", "configs/systematics.yaml"),
             ("simulate", "process"),
             _run_measure,
         ),
@@ -352,7 +350,6 @@ STEPS: dict[str, Step] = {
                 "ita.pion",
                 "ita.corrections.d_to_kl_scale",
             ),
-            ("fits", "configs/systematics.yaml", "configs/bdecays.yaml", "simulation/bdecays.py"),
             ("simulate", "train", "process", "fit"),
             _run_validate,
         ),

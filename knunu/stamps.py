@@ -1,12 +1,17 @@
 """Stage stamps: which pipeline stages are up to date in a run directory.
 
 A stage's *key* hashes everything its outputs depend on: the configuration sections it reads,
-the source code and packaged data of the areas it runs, and the digests of its inputs (the
-outputs of the stages before it). When a stage finishes, ``<run>/stages/<stage>.json`` records
-the key and every output file with its SHA-256, size and modification time. A later run skips
-the stage when the key is the same and every output is still there, unchanged; anything else
-(a config change, edited code, a touched or missing output, an upstream stage re-run) runs it
-again, and with it every stage downstream, whose input digests change.
+the code it runs, and the digests of its inputs (the outputs of the stages before it). The code
+is derived from the import graph (:func:`code_of`, :func:`module_closure`): the source of the
+stage's own functions, every knunu module they import, directly or not (import statements
+inside functions too), the packaged data of those modules' packages, and the configuration
+tables those modules read (:data:`TABLES`).
+
+When a stage finishes, ``<run>/stages/<stage>.json`` records the key and every output file
+with its SHA-256, size and modification time. A later run skips the stage when the key is the
+same and every output is still there, unchanged; anything else (a config change, edited code,
+a touched or missing output, an upstream stage re-run) runs it again, and with it every stage
+downstream, whose input digests change.
 
 Checking a stamp costs a ``stat`` per output: a file whose size and modification time match the
 stamp keeps its recorded digest (as ``make`` trusts timestamps); any other is hashed again.
@@ -14,10 +19,16 @@ stamp keeps its recorded digest (as ``make`` trusts timestamps); any other is ha
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
+import inspect
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,24 +58,163 @@ def digest_file(path: Path) -> FileDigest:
     return FileDigest(sha256(path), st.st_size, st.st_mtime_ns)
 
 
-def code_digest(areas: Iterable[str]) -> str:
-    """SHA-256 over the source and packaged data of ``knunu.<area>`` subpackages.
+#: The packaged configuration is read by file name, not imported: its files count for the
+#: modules that read them (:data:`TABLES`); the rest of it is the run's configuration, which
+#: stage keys take section by section.
+_LISTED_DATA = ("knunu.configs",)
+#: Module -> the packaged table it reads.
+TABLES = {
+    "knunu.samples": "configs/samples.yaml",
+    "knunu.fits.catalogue": "configs/systematics.yaml",
+    "knunu.simulation.bdecays": "configs/bdecays.yaml",
+}
+_DATA_SUFFIXES = (".yaml", ".json", ".csv")
 
-    An area ``configs/samples.yaml`` stands for that one file of the subpackage.
 
-    >>> len(code_digest(["fits"]))
+@cache
+def _locate(module: str) -> Path | None:
+    """The source file of a knunu module (a package's ``__init__.py``), without importing it.
+
+    Only packages are imported (to find where their modules live); ``None`` when ``module`` is
+    not a module (``from knunu.fits.plots import fit_plot`` names a function too).
+    """
+    parent, _, leaf = module.rpartition(".")
+    if parent in ("", "knunu"):  # knunu and its areas (folders mapped by package-dir)
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+        return Path(spec.origin) if spec is not None and spec.origin else None
+    above = _locate(parent)
+    if above is None or above.name != "__init__.py":
+        return None
+    for path in (above.parent / leaf / "__init__.py", above.parent / f"{leaf}.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _knunu_imports(tree: ast.AST, module: str, package: bool) -> set[str]:
+    """Every knunu module (or module attribute) an AST imports, anywhere in it."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")[: None if package else -1]
+                base = base[: len(base) - node.level + 1]
+                name = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                name = node.module or ""
+            out |= {name, *(f"{name}.{alias.name}" for alias in node.names)}
+    return {n for n in out if n == "knunu" or n.startswith("knunu.")}
+
+
+def module_closure(roots: Iterable[str]) -> tuple[str, ...]:
+    """The knunu modules ``roots`` import, directly or not, with the packages above them.
+
+    Static: every import statement counts, those inside functions included.
+
+    Raises:
+        ValueError: a root is not a knunu module.
+
+    >>> "knunu.errors" in module_closure(["knunu.rundir"])
+    True
+    """
+    todo = list(roots)
+    if missing := [r for r in todo if _locate(r) is None]:
+        raise ValueError(f"not knunu modules: {', '.join(missing)}")
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or (path := _locate(name)) is None:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:k]) for k in range(1, len(parts))]
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        todo += _knunu_imports(tree, name, path.name == "__init__.py")
+    return tuple(sorted(seen))
+
+
+def code_files(entries: Iterable[str]) -> tuple[Path, ...]:
+    """The files a stage's code entries stand for (see :func:`code_digest`)."""
+    entries = list(entries)
+    modules = module_closure(e for e in entries if "/" not in e and ":" not in e)
+    entries += [TABLES[m] for m in modules if m in TABLES]
+    files = {_locate(m) for m in modules}
+    for m in modules:
+        path = _locate(m)
+        if path is None or path.name != "__init__.py" or m in _LISTED_DATA:
+            continue
+        for sub in (path.parent, *(d for d in path.parent.iterdir() if d.is_dir())):
+            if sub != path.parent and (sub / "__init__.py").exists():
+                continue  # a subpackage: its own modules decide
+            files |= {f for f in sub.iterdir() if f.is_file() and f.suffix in _DATA_SUFFIXES}
+    for entry in entries:
+        if "/" in entry:
+            package, _, only = entry.partition("/")
+            root = resources.files("knunu" if package == "knunu" else f"knunu.{package}")
+            files.add(Path(str(root.joinpath(only))))
+    return tuple(sorted(f for f in files if f is not None))
+
+
+def code_of(func: Callable[..., Any]) -> tuple[str, ...]:
+    """The code entries of a function (see :func:`code_digest`).
+
+    They are the function itself, the functions of its module it calls (and those they call),
+    and the knunu modules that all of them, and their module, import.
+    """
+    module = sys.modules[func.__module__]
+    top = ast.parse(inspect.getsource(module))
+    imports = {
+        n
+        for n in _knunu_imports(
+            ast.Module([x for x in top.body if isinstance(x, ast.Import | ast.ImportFrom)], []),
+            module.__name__,
+            False,
+        )
+    }
+    seen: set[str] = set()
+    todo = [func]
+    while todo:
+        f = todo.pop()
+        if f.__qualname__ in seen:
+            continue
+        seen.add(f.__qualname__)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
+        imports |= _knunu_imports(tree, module.__name__, False)
+        for node in ast.walk(tree):
+            g = vars(module).get(node.id) if isinstance(node, ast.Name) else None
+            if inspect.isfunction(g) and g.__module__ == module.__name__:
+                todo.append(g)
+    modules = sorted(n for n in imports if _locate(n) is not None)
+    return (*sorted(f"{module.__name__}:{q}" for q in seen), *modules)
+
+
+def code_digest(entries: Iterable[str]) -> str:
+    """SHA-256 over the code a stage runs.
+
+    An entry is a module (``knunu.mva.train``: with every knunu module it imports and their
+    packages' data, :func:`module_closure`), a function (``knunu.pipeline:train_stage``: its
+    source), or a packaged file read by name (``configs/samples.yaml``).
+
+    >>> len(code_digest(["knunu.fits.infer", "configs/systematics.yaml"]))
     64
     """
+    entries = sorted(set(entries))
     h = hashlib.sha256()
-    for area in sorted(areas):
-        package, _, only = area.partition("/")
-        root = resources.files("knunu" if package == "knunu" else f"knunu.{package}")
-        for item in sorted(root.iterdir(), key=lambda p: p.name):
-            if only and item.name != only:
-                continue
-            if item.is_file() and item.name.endswith((".py", ".yaml", ".json")):
-                h.update(f"{package}/{item.name}\0".encode())
-                h.update(item.read_bytes())
+    for path in code_files(entries):
+        h.update(f"{path.parent.name}/{path.name}\0".encode())
+        h.update(path.read_bytes())
+    for entry in entries:
+        if ":" in entry:
+            name, _, qualname = entry.partition(":")
+            obj: Any = sys.modules[name]
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            h.update(f"{entry}\0{inspect.getsource(obj)}".encode())
     return h.hexdigest()
 
 
@@ -72,7 +222,7 @@ def stage_key(
     stage: str,
     config: Mapping[str, Any],
     config_keys: Iterable[str],
-    areas: Iterable[str],
+    code: Iterable[str],
     inputs: Mapping[str, str],
 ) -> str:
     """The key of a stage: its config sections, its code and its inputs' digests.
@@ -82,7 +232,7 @@ def stage_key(
         config: The run's configuration.
         config_keys: Dotted keys of the configuration the stage reads (``ita``, ``seed``,
             ``processing.skip_bad_inputs``).
-        areas: The knunu subpackages whose code the stage runs.
+        code: The code the stage runs (entries of :func:`code_digest`).
         inputs: Input name -> SHA-256.
     """
     chosen = {}
@@ -96,7 +246,7 @@ def stage_key(
     doc = {
         "stage": stage,
         "config": chosen,
-        "code": code_digest(areas),
+        "code": code_digest(code),
         "inputs": dict(sorted(inputs.items())),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

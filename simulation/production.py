@@ -940,7 +940,7 @@ def done_path(path: str | Path) -> Path:
 def _code() -> str:
     from knunu.stamps import code_digest
 
-    return code_digest(("simulation", "configs/samples.yaml", "configs/bdecays.yaml"))
+    return code_digest(("knunu.simulation.production",))
 
 
 def _fingerprint(task: FileTask | LibraryTask) -> str:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from knunu import stamps
+from knunu.pipeline import STEPS
 
 
 def _config():
@@ -13,28 +19,99 @@ def _config():
 
 def test_key_follows_config_code_and_inputs():
     cfg = _config()
-    key = stamps.stage_key("train", cfg, ("seed", "ita"), ("mva",), {"a": "1"})
-    assert key == stamps.stage_key("train", _config(), ("ita", "seed"), ("mva",), {"a": "1"})
+    key = stamps.stage_key("train", cfg, ("seed", "ita"), ("knunu.mva.train",), {"a": "1"})
+    assert key == stamps.stage_key(
+        "train", _config(), ("ita", "seed"), ("knunu.mva.train",), {"a": "1"}
+    )
     changed = _config()
     changed["ita"]["folds"] = 5
-    assert stamps.stage_key("train", changed, ("seed", "ita"), ("mva",), {"a": "1"}) != key
+    assert (
+        stamps.stage_key("train", changed, ("seed", "ita"), ("knunu.mva.train",), {"a": "1"}) != key
+    )
     # histograms do not depend on chunking: the chunk size is not part of the key
     rechunked = _config()
     rechunked["ita"]["chunksize"] = 7
-    assert stamps.stage_key("train", rechunked, ("seed", "ita"), ("mva",), {"a": "1"}) == key
+    assert (
+        stamps.stage_key("train", rechunked, ("seed", "ita"), ("knunu.mva.train",), {"a": "1"})
+        == key
+    )
     # a section the stage does not read does not matter
     other = _config()
     other["fit"]["cls_level"] = 0.95
-    assert stamps.stage_key("train", other, ("seed", "ita"), ("mva",), {"a": "1"}) == key
-    assert stamps.stage_key("train", cfg, ("seed", "ita"), ("mva",), {"a": "2"}) != key
-    assert stamps.stage_key("train", cfg, ("seed", "ita"), ("fits",), {"a": "1"}) != key
+    assert (
+        stamps.stage_key("train", other, ("seed", "ita"), ("knunu.mva.train",), {"a": "1"}) == key
+    )
+    assert stamps.stage_key("train", cfg, ("seed", "ita"), ("knunu.mva.train",), {"a": "2"}) != key
+    assert stamps.stage_key("train", cfg, ("seed", "ita"), ("knunu.fits.infer",), {"a": "1"}) != key
 
 
-def test_code_digest_of_one_file_differs_from_its_package():
+def test_code_digest_of_one_file_differs_from_another():
     one = stamps.code_digest(["configs/samples.yaml"])
     assert one != stamps.code_digest(["configs/bdecays.yaml"])
-    assert one != stamps.code_digest(["configs"])
     assert one == stamps.code_digest(["configs/samples.yaml"])
+    with pytest.raises(ValueError, match="not knunu modules: mva"):
+        stamps.code_digest(["mva"])  # the folder's name is not its module's
+
+
+def _names(files):
+    return {f"{f.parent.name}/{f.name}" for f in files}
+
+
+def test_a_stage_hashes_every_module_its_code_imports_and_the_tables_they_read():
+    train = _names(stamps.code_files(STEPS["train"].code()))
+    # mva/train.py draws its plots with fits/plots.py: an edit there re-runs the training
+    assert {"mva/train.py", "mva/hta.py", "fits/plots.py", "processors/layouts.py"} <= train
+    assert {"fits/build.py", "knunu/measurement.py", "configs/systematics.yaml"}.isdisjoint(train)
+    fit = _names(stamps.code_files(STEPS["fit"].code()))
+    assert {"fits/build.py", "fits/catalogue.py", "configs/systematics.yaml"} <= fit
+    assert "mva/train.py" not in fit
+    simulate = _names(stamps.code_files(STEPS["simulate"].code()))
+    assert {"simulation/production.py", "configs/samples.yaml", "configs/bdecays.yaml"} <= simulate
+    assert "knunu/catalogue.py" in simulate  # it imports a user's catalogue
+
+
+def test_editing_a_file_changes_exactly_the_keys_of_the_stages_that_run_it(monkeypatch, cfg):
+    keys = {n: stamps.stage_key(n, cfg, s.config_keys, s.code(), {}) for n, s in STEPS.items()}
+    runs = {n: _names(stamps.code_files(s.code())) for n, s in STEPS.items()}
+    read_bytes = Path.read_bytes
+
+    def edited(path):
+        data = read_bytes(path)
+        return (
+            data + b"\n# edited\n"
+            if path.name == "plots.py" and path.parent.name == "fits"
+            else data
+        )
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    changed = {
+        n
+        for n, s in STEPS.items()
+        if stamps.stage_key(n, cfg, s.config_keys, s.code(), {}) != keys[n]
+    }
+    assert changed == {n for n in STEPS if "fits/plots.py" in runs[n]}
+    assert {"train", "fit"} <= changed
+    assert "simulate" not in changed
+
+
+def test_the_modules_a_stage_imports_at_run_time_are_all_hashed():
+    """Imports the stages' entry modules in a fresh interpreter: whatever knunu module that
+    loads (a dynamic import the static graph missed would show here) must be in the closure."""
+    entries = sorted({e for s in STEPS.values() for e in s.code() if ":" not in e})
+    script = (
+        "import importlib, sys\n"
+        f"for m in {entries!r}: importlib.import_module(m)\n"
+        "print('\\n'.join(m for m in sys.modules if m == 'knunu' or m.startswith('knunu.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # knunu.configs is loaded by importlib.resources to read tables: those count per module
+    loaded = {m for m in out if stamps._locate(m) is not None} - {"knunu.configs"}
+    assert loaded, "nothing imported"
+    assert loaded <= set(stamps.module_closure(entries)), loaded - set(
+        stamps.module_closure(entries)
+    )
 
 
 def test_outputs_decide_staleness(tmp_path):
