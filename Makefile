@@ -65,7 +65,9 @@ scheduler-down: ## stop the daemons scheduler-up started (CLUSTER=slurm|htcondor
 	@test "$(CLUSTER)" != local || { echo "CLUSTER=slurm or CLUSTER=htcondor"; exit 2; }
 	bash cluster/scripts/$(CLUSTER).sh down
 
-test: $(STAMP) ## run the whole test suite
+test: $(STAMP) ## lint, then the whole test suite (doctests included)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 lint: $(STAMP) ## ruff lint and format check
