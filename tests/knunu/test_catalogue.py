@@ -315,5 +315,7 @@ def renamed(tree: Tree, renames: dict[str, str]) -> Tree:
 
 def _tiny_config(where: Path) -> Path:
     path = where / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"scale": "tiny"}))
+    toys = {"injection_toys": 5, "gof_toys": 20, "factorise": {"replicas": 20}}
+    tiny = {"scale": "tiny", "measurement": toys, "validation": {"injection_toys": 5}}
+    path.write_text(yaml.safe_dump(tiny))
     return path

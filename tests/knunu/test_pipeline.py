@@ -46,6 +46,9 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     config["output_dir"] = str(run_dir)
     config["fit"].update(workspace=str(workspace), gof_toys=10)
     config["validation"]["injection_toys"] = 5
+    # the measurement's statistics are tested in test_measurement.py; here its stage runs 3 times
+    config["measurement"].update(injection_toys=5, gof_toys=20)
+    config["measurement"]["factorise"]["replicas"] = 20
     clients = []
 
     def factory():
