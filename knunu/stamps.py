@@ -4,8 +4,7 @@ A stage's *key* hashes everything its outputs depend on: the configuration secti
 the code it runs, and the digests of its inputs (the outputs of the stages before it). The code
 is derived from the import graph (:func:`code_of`, :func:`module_closure`): the source of the
 stage's own functions, every knunu module they import, directly or not (import statements
-inside functions too), the packaged data of those modules' packages, and the configuration
-tables those modules read (:data:`TABLES`).
+inside functions too), and the packaged files those modules read by name (:data:`TABLES`).
 
 When a stage finishes, ``<run>/stages/<stage>.json`` records the key and every output file
 with its SHA-256, size and modification time. A later run skips the stage when the key is the
@@ -58,17 +57,25 @@ def digest_file(path: Path) -> FileDigest:
     return FileDigest(sha256(path), st.st_size, st.st_mtime_ns)
 
 
-#: The packaged configuration is read by file name, not imported: its files count for the
-#: modules that read them (:data:`TABLES`); the rest of it is the run's configuration, which
-#: stage keys take section by section.
-_LISTED_DATA = ("knunu.configs",)
-#: Module -> the packaged table it reads.
+#: Packaged files that modules read by name, not by import (module -> the files): they count
+#: for the stages whose code holds the module. The rest of the packaged configuration is the
+#: run's configuration (``analysis.yaml``, hashed section by section), cluster settings
+#: (``cluster.yaml``, no effect on an output), example configs and the JSON schemas (which
+#: only validate). A test checks that every other packaged data file is listed here.
 TABLES = {
-    "knunu.samples": "configs/samples.yaml",
-    "knunu.fits.catalogue": "configs/systematics.yaml",
-    "knunu.simulation.bdecays": "configs/bdecays.yaml",
+    "knunu.samples": ("configs/samples.yaml",),
+    "knunu.fits.catalogue": ("configs/systematics.yaml",),
+    "knunu.simulation.bdecays": ("configs/bdecays.yaml",),
+    "knunu.fits.workspace": ("knunu/data/belle2_knunu_2023_combined.json",),
+    "knunu.reinterpret.maps": (
+        "knunu/data/number_density_hta.csv",
+        "knunu/data/number_density_ita_regA.csv",
+        "knunu/data/number_density_ita_regB.csv",
+    ),
+    "knunu.reinterpret.spectra": ("knunu/data/bsz2015_formfactors_2507.12393.json",),
 }
-_DATA_SUFFIXES = (".yaml", ".json", ".csv")
+#: Modules in every closure that change no output: the keys' own code.
+_NOT_OUTPUTS = ("knunu.stamps",)
 
 
 @cache
@@ -76,8 +83,10 @@ def _locate(module: str) -> Path | None:
     """The source file of a knunu module (a package's ``__init__.py``), without importing it.
 
     Only packages are imported (to find where their modules live); ``None`` when ``module`` is
-    not a module (``from knunu.fits.plots import fit_plot`` names a function too).
+    not a knunu module (``from knunu.fits.plots import fit_plot`` names a function too).
     """
+    if module != "knunu" and not module.startswith("knunu."):
+        return None
     parent, _, leaf = module.rpartition(".")
     if parent in ("", "knunu"):  # knunu and its areas (folders mapped by package-dir)
         try:
@@ -138,26 +147,32 @@ def module_closure(roots: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def code_files(entries: Iterable[str]) -> tuple[Path, ...]:
-    """The files a stage's code entries stand for (see :func:`code_digest`)."""
+def _packaged(entry: str) -> Path:
+    """The file of a packaged-data entry (``configs/samples.yaml``, ``knunu/data/x.json``)."""
+    package, _, only = entry.partition("/")
+    root = resources.files("knunu" if package == "knunu" else f"knunu.{package}")
+    return Path(str(root.joinpath(only)))
+
+
+def _labelled(entries: Iterable[str]) -> list[tuple[str, Path]]:
+    """``(label, file)`` of what the entries stand for, in label order.
+
+    A label names the file the same way however knunu is installed (editable, wheel).
+    """
     entries = list(entries)
     modules = module_closure(e for e in entries if "/" not in e and ":" not in e)
-    entries += [TABLES[m] for m in modules if m in TABLES]
-    files = {_locate(m) for m in modules}
+    out = {}
     for m in modules:
-        path = _locate(m)
-        if path is None or path.name != "__init__.py" or m in _LISTED_DATA:
-            continue
-        for sub in (path.parent, *(d for d in path.parent.iterdir() if d.is_dir())):
-            if sub != path.parent and (sub / "__init__.py").exists():
-                continue  # a subpackage: its own modules decide
-            files |= {f for f in sub.iterdir() if f.is_file() and f.suffix in _DATA_SUFFIXES}
-    for entry in entries:
-        if "/" in entry:
-            package, _, only = entry.partition("/")
-            root = resources.files("knunu" if package == "knunu" else f"knunu.{package}")
-            files.add(Path(str(root.joinpath(only))))
-    return tuple(sorted(f for f in files if f is not None))
+        if m not in _NOT_OUTPUTS and (path := _locate(m)) is not None:
+            out[m + ("/__init__.py" if path.name == "__init__.py" else ".py")] = path
+    data = [e for e in entries if "/" in e] + [f for m in modules for f in TABLES.get(m, ())]
+    out |= {entry: _packaged(entry) for entry in data}
+    return sorted(out.items())
+
+
+def code_files(entries: Iterable[str]) -> tuple[Path, ...]:
+    """The files a stage's code entries stand for (see :func:`code_digest`)."""
+    return tuple(path for _, path in _labelled(entries))
 
 
 def code_of(func: Callable[..., Any]) -> tuple[str, ...]:
@@ -205,8 +220,8 @@ def code_digest(entries: Iterable[str]) -> str:
     """
     entries = sorted(set(entries))
     h = hashlib.sha256()
-    for path in code_files(entries):
-        h.update(f"{path.parent.name}/{path.name}\0".encode())
+    for label, path in _labelled(entries):
+        h.update(f"{label}\0".encode())
         h.update(path.read_bytes())
     for entry in entries:
         if ":" in entry:

@@ -391,7 +391,7 @@ def _event_layout(rf: Any, chunk: Any, metadata: dict, cache: dict, wanted: froz
     renames = source.renames()
     schema = Belle2Schema.renamed(renames) if renames else Belle2Schema
     tree = rf[source.file_tree(chunk.tree)]
-    names = {renames.get(k, k): k for k in tree.keys()}  # noqa: SIM118 (names)
+    names = _analysis_names(list(tree.keys()), source, f"{chunk.path}: tree '{tree.name}'")
     return NanoEventsFactory.from_root(
         file=rf,
         treepath=source.file_tree(chunk.tree),
@@ -423,13 +423,25 @@ def _candidate_layout(
     names = _analysis_names(list(tree.keys()), source, where)
     span = {"entry_start": chunk.start, "entry_stop": chunk.stop}
     # The plan checked the bookkeeping (contiguous events, __candidate__ 0, 1, ... per event):
-    # an event starts where __candidate__ is 0, and the chunk holds the events it planned.
-    cand = tree[names["__candidate__"]].array(library="np", **span)
+    # an event starts where __candidate__ is 0. The row after the chunk is read too: the chunk
+    # must start and end at event boundaries and hold the events it was planned with, else the
+    # file changed since it was inspected.
+    after = min(chunk.stop + 1, tree.num_entries)
+    cand = tree[names["__candidate__"]].array(
+        library="np", entry_start=chunk.start, entry_stop=after
+    )
+    changed = "(the file changed since it was inspected)"
+    if after > chunk.stop and cand[-1] != 0:
+        raise InputError(f"{where}: row {chunk.stop} continues an event that rows "
+                         f"[{chunk.start}, {chunk.stop}) end before {changed}")  # fmt: skip
+    cand = cand[: chunk.stop - chunk.start]
+    if len(cand) and cand[0] != 0:
+        raise InputError(f"{where}: row {chunk.start} does not start an event {changed}")
     starts = np.append(np.flatnonzero(cand == 0), len(cand))
-    if (len(cand) and cand[0] != 0) or (chunk.n_events >= 0 and len(starts) - 1 != chunk.n_events):
+    if chunk.n_events >= 0 and len(starts) - 1 != chunk.n_events:
         raise InputError(
-            f"{where}: rows [{chunk.start}, {chunk.stop}) hold {len(starts) - 1} whole event(s),"
-            f" planned {chunk.n_events} (the file changed since it was inspected)"
+            f"{where}: rows [{chunk.start}, {chunk.stop}) hold {len(starts) - 1} event(s),"
+            f" planned {chunk.n_events} {changed}"
         )
     counts = np.diff(starts)
     later_row = cand[1:] != 0  # row k + 1 is not its event's first

@@ -94,9 +94,9 @@ def test_editing_a_file_changes_exactly_the_keys_of_the_stages_that_run_it(monke
     assert "simulate" not in changed
 
 
-def test_the_modules_a_stage_imports_at_run_time_are_all_hashed():
+def test_the_modules_a_stage_loads_when_imported_are_all_hashed():
     """Imports the stages' entry modules in a fresh interpreter: whatever knunu module that
-    loads (a dynamic import the static graph missed would show here) must be in the closure."""
+    loads (an import the static graph missed would show here) must be in the closure."""
     entries = sorted({e for s in STEPS.values() for e in s.code() if ":" not in e})
     script = (
         "import importlib, sys\n"
@@ -138,3 +138,24 @@ def test_an_unreadable_stamp_means_run_again(tmp_path):
     path.parent.mkdir()
     path.write_text("{not json")
     assert stamps.load_stamp(tmp_path, "fit") is None
+
+
+def test_every_packaged_data_file_counts_for_the_modules_that_read_it():
+    listed = {f for files in stamps.TABLES.values() for f in files}
+    for f in listed:
+        assert stamps._packaged(f).is_file(), f
+    knunu_dir = stamps._locate("knunu").parent
+    configs = stamps._locate("knunu.configs").parent
+    found = {f"knunu/data/{p.name}" for p in (knunu_dir / "data").iterdir() if p.suffix != ".md"}
+    found |= {f"configs/{p.name}" for p in configs.glob("*.yaml")}
+    # the run's configuration (hashed by section), cluster settings, example configs
+    not_read_by_name = {"configs/analysis.yaml", "configs/cluster.yaml"}
+    examples = {"configs/belle2.yaml", "configs/measurement.yaml"}
+    assert found - not_read_by_name - examples == listed
+
+
+def test_keys_do_not_depend_on_where_knunu_is_installed():
+    labels = [label for label, _ in stamps._labelled(STEPS["fit"].code())]
+    assert labels == sorted(labels)
+    assert all(label.startswith(("knunu", "configs/")) for label in labels)
+    assert "knunu.stamps.py" not in labels  # the keys' own code changes no output

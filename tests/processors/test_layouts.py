@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 import awkward as ak
@@ -417,12 +418,31 @@ def test_a_nan_in_a_declared_branch_read_in_one_request_is_still_caught(tmp_path
     assert out["charged"]["E_tot"] == 18.0
 
 
-def test_a_file_changed_after_the_plan_is_refused_by_its_chunk(tmp_path):
+CHANGED = {  # the tiny file rewritten after the plan cut it into chunks of 2 and 1 events
+    "two events instead of three": (
+        {"__event__": [10, 10, 11, 11], "__candidate__": [0, 1, 0, 1]},
+        r"row 3 continues an event that rows \[0, 3\) end before",
+    ),
+    "a row appended to the last event": (
+        {k: [*v, v[-1]] for k, v in {**GOOD, "__candidate__": [0, 1, 0, 0]}.items()}
+        | {"__candidate__": [0, 1, 0, 0, 1]},
+        r"row 4 continues an event that rows \[3, 4\) end before",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CHANGED))
+def test_a_file_changed_after_the_plan_is_refused_by_its_chunks(tmp_path, case):
     path = _candidate_file(tmp_path, GOOD)
-    chunks, _ = runner._plan(_catalogue([(path, 3)]), ["charged"], "ita", 3, runner.RunOptions())
-    assert [(c.start, c.stop, c.n_events) for c in chunks] == [(0, 4, 3)]
-    _candidate_file(  # rewritten in place: the same rows now hold two events
-        tmp_path, {**GOOD, "__event__": [10, 10, 11, 11], "__candidate__": [0, 1, 0, 1]}
-    )
-    with pytest.raises(InputError, match=r"rows \[0, 4\) hold 2 whole event\(s\), planned 3"):
-        runner._process(chunks[0], Declared())
+    chunks, _ = runner._plan(_catalogue([(path, 3)]), ["charged"], "ita", 2, runner.RunOptions())
+    assert [(c.start, c.stop, c.n_events) for c in chunks] == [(0, 3, 2), (3, 4, 1)]
+    _candidate_file(tmp_path, {**GOOD, **CHANGED[case][0]})  # rewritten in place
+    problems = []
+    for chunk in chunks:
+        try:
+            runner._process(chunk, Declared())
+        except InputError as exc:
+            problems.append(str(exc))
+    assert problems, "a changed file went through unnoticed"
+    assert any(re.search(CHANGED[case][1], p) for p in problems), problems
+    assert all(p.startswith(f"{path}: tree 'ita': ") and p.endswith("inspected)") for p in problems)

@@ -35,7 +35,7 @@ def test_pion_sample_accounts_for_every_event_and_ignores_chunking_and_workers(
         assert flow["all"] == n >= flow["theta_miss"] >= flow["prescale"] >= flow["BDT1"]
     with get_client("local", n_workers=2) as client:
         others = [
-            _run(production, cfg, models, 997)[0],  # primes: unaligned chunk boundaries
+            _run(production, cfg, models, 211)[0],  # primes: unaligned chunk boundaries
             _run(production, cfg, models, 1499, client)[0],
         ]
     for other in others:
