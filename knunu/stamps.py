@@ -183,14 +183,8 @@ def code_of(func: Callable[..., Any]) -> tuple[str, ...]:
     """
     module = sys.modules[func.__module__]
     top = ast.parse(inspect.getsource(module))
-    imports = {
-        n
-        for n in _knunu_imports(
-            ast.Module([x for x in top.body if isinstance(x, ast.Import | ast.ImportFrom)], []),
-            module.__name__,
-            False,
-        )
-    }
+    heads = [x for x in top.body if isinstance(x, ast.Import | ast.ImportFrom)]
+    imports = _knunu_imports(ast.Module(heads, []), module.__name__, False)
     seen: set[str] = set()
     todo = [func]
     while todo:
@@ -211,9 +205,10 @@ def code_of(func: Callable[..., Any]) -> tuple[str, ...]:
 def code_digest(entries: Iterable[str]) -> str:
     """SHA-256 over the code a stage runs.
 
-    An entry is a module (``knunu.mva.train``: with every knunu module it imports and their
-    packages' data, :func:`module_closure`), a function (``knunu.pipeline:train_stage``: its
-    source), or a packaged file read by name (``configs/samples.yaml``).
+    An entry is a module (``knunu.mva.train``: with every knunu module it imports and the files
+    they read by name, :func:`module_closure`, :data:`TABLES`), a function
+    (``knunu.pipeline:train_stage``: its source), or a packaged file read by name
+    (``configs/samples.yaml``).
 
     >>> len(code_digest(["knunu.fits.infer", "configs/systematics.yaml"]))
     64

@@ -390,11 +390,12 @@ def _event_layout(rf: Any, chunk: Any, metadata: dict, cache: dict, wanted: froz
     source = chunk.source
     renames = source.renames()
     schema = Belle2Schema.renamed(renames) if renames else Belle2Schema
-    tree = rf[source.file_tree(chunk.tree)]
+    treepath = source.file_tree(chunk.tree)
+    tree = rf[treepath]
     names = _analysis_names(list(tree.keys()), source, f"{chunk.path}: tree '{tree.name}'")
     return NanoEventsFactory.from_root(
         file=rf,
-        treepath=source.file_tree(chunk.tree),
+        treepath=treepath,
         schemaclass=schema,
         metadata=metadata,
         mode="virtual",
@@ -455,12 +456,13 @@ def _candidate_layout(
     collection = COLLECTIONS[prefix]
 
     together = _preloaded(names, wanted)
-    bulk: dict[str, np.ndarray] = {}
+    bulk: dict[str, np.ndarray] = {}  # the wanted branches, read at the first touch of one
 
     def read(name: str) -> np.ndarray:
         branch = names[name]
-        if branch in together and "" not in bulk:
-            bulk.update(tree.arrays(together, library="np", how=dict, **span), **{"": None})
+        if branch in together and not bulk:
+            bulk.update(tree.arrays(together, library="np", how=dict, **span))
+            together.clear()  # read once; each array leaves ``bulk`` when it is used
         values = bulk.pop(branch) if branch in bulk else tree[branch].array(library="np", **span)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
