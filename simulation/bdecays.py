@@ -499,14 +499,8 @@ class Mixture:
         """
         n = len(first)
         a, b, tag_share = tag if tag is not None else (factor, factor, 0.0)
-        used = (factor, a, b) if tag_share > 0 else (factor,)
         # the normalisations first: a species no entry of which can be drawn is a config error
-        norm = {
-            (id(f), int(s)): self._mean_factor(int(s), natural, f)
-            for f in used
-            for sp in np.unique(first)
-            for s in (sp, -sp)
-        }
+        norm = self._norms(first, natural, (factor, a, b) if tag_share > 0 else (factor,))
         role = rng.random(n)
         e1, _ = self.draw(first, rng, natural=natural)
         e2, _ = self.draw(-first, rng, natural=natural)
@@ -524,17 +518,51 @@ class Mixture:
             if on.any() and f2 is not None:
                 e2[on], _ = self.draw(-first[on], rng, natural=natural, bias=f2)
         untargeted = np.zeros(len(self.library))  # the untargeted weight per entry
-        density = np.full(n, 1.0 - share - tag_share)  # proposal / untargeted, per pair
         for sp in np.unique(first):
             for species in (int(sp), -int(sp)):
                 for start, size, _, w in self._rows(species, natural):
                     untargeted[start : start + size] = w
+        density = self.density(first, e1, e2, factor, share, natural, tag, norm)
+        weight = untargeted[e1] * untargeted[e2] / density
+        return e1, e2, weight
+
+    def density(
+        self,
+        first: np.ndarray,
+        e1: np.ndarray,
+        e2: np.ndarray,
+        factor: np.ndarray,
+        share: float,
+        natural: bool = False,
+        tag: tuple[np.ndarray, np.ndarray, float] | None = None,
+        norm: dict[tuple[int, int], float] | None = None,
+    ) -> np.ndarray:
+        """The proposal of :meth:`draw_pairs` over the untargeted draw, per pair.
+
+        A pair's weight is its untargeted weight over this ratio, so the ratio under another
+        proposal re-weights pairs already drawn (``benchmarks/study_targeting.py``).
+
+        Args:
+            first: Signed PDG code of the first B per pair.
+            e1: The first B's library entries.
+            e2: The second B's.
+            factor: As for :meth:`draw_pairs`.
+            share: As for :meth:`draw_pairs`.
+            natural: As for :meth:`draw_pairs`.
+            tag: As for :meth:`draw_pairs`.
+            norm: The factors' means (:meth:`_norms`), if already computed.
+        """
+        a, b, tag_share = tag if tag is not None else (factor, factor, 0.0)
+        if norm is None:
+            norm = self._norms(first, natural, (factor, a, b) if tag_share > 0 else (factor,))
+
+        def z(f: np.ndarray, species: int) -> float:
+            return norm[(id(f), species)]
+
+        density = np.full(len(first), 1.0 - share - tag_share)
+        for sp in np.unique(first):
             on = first == sp
             i, j = e1[on], e2[on]
-
-            def z(f: np.ndarray, species: int) -> float:
-                return norm[(id(f), species)]
-
             s1, s2 = int(sp), -int(sp)
             density[on] += share / 2 * (factor[i] / z(factor, s1) + factor[j] / z(factor, s2))
             if tag_share > 0:
@@ -543,8 +571,35 @@ class Mixture:
                     / 2
                     * (a[i] * b[j] / (z(a, s1) * z(b, s2)) + b[i] * a[j] / (z(b, s1) * z(a, s2)))
                 )
-        weight = untargeted[e1] * untargeted[e2] / density
-        return e1, e2, weight
+        return density
+
+    def _norms(
+        self, first: np.ndarray, natural: bool, factors: tuple[np.ndarray, ...]
+    ) -> dict[tuple[int, int], float]:
+        """E_m[f] per factor (keyed by its id) and species of the pairs (both signs)."""
+        return {
+            (id(f), s): self._mean_factor(s, natural, f)
+            for f in factors
+            for sp in np.unique(first)
+            for s in (int(sp), -int(sp))
+        }
+
+    def species_of(self, entries: np.ndarray) -> np.ndarray:
+        """Signed PDG code of the B whose library holds each entry (mixture strata only).
+
+        >>> parts = Particles(np.arange(5), np.full(4, 22), np.zeros((4, 4)), np.zeros(4))
+        >>> lib = Library(parts, np.zeros(4, int), np.zeros(4, int), np.zeros(4, int))
+        >>> mix = Mixture(lib, {521: ((0, 3, 1.0, 1.0),), -521: ((3, 1, 1.0, 1.0),)})
+        >>> mix.species_of(np.array([2, 3])).tolist()
+        [521, -521]
+        """
+        out = np.zeros(len(entries), dtype=np.int64)
+        for species, rows in self.draws.items():
+            for start, size, _, _ in rows:
+                out[(entries >= start) & (entries < start + size)] = species
+        if (out == 0).any():
+            raise ConfigError(f"library entries {entries[out == 0][:3].tolist()} in no stratum")
+        return out
 
     def _mean_factor(self, species: int, natural: bool, factor: np.ndarray) -> float:
         """E_m[factor]: the factor's mean over the untargeted draw of a species."""

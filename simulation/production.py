@@ -118,8 +118,9 @@ class Targeting:
     detector takes 1.2 % of the pions for kaons at 1.5 GeV, and keeps 68 % of the kaons);
     ``sides`` does not apply.
 
-    ``hta_share`` > 0 (kaon-side pairs only) gives a further fraction of the pairs to the
-    hadronic-tag analysis (:func:`entry_hta_factors`): one B among the entries with a charged
+    ``hta_share`` > 0 (kaon-side pairs only) gives a further fraction of the B+B- pairs to the
+    hadronic-tag analysis (B0B0bar pairs give it to the kaon side: the HTA tags charged B
+    only; :func:`entry_hta_factors`): one B among the entries with a charged
     kaon, in proportion to ``exp(-hta_slope x (charged particles - 1))`` (the HTA keeps
     events with exactly one signal-side track, the kaon), the other among the fully visible
     entries (no neutrino, K_L or neutron: what the hadronic tag reconstructs, in proportion
@@ -284,6 +285,23 @@ def entry_hta_factors(directory: str, slope: float) -> tuple[np.ndarray, np.ndar
     return bdecays.hta_sides(load_mixture(directory).library, slope, TagModel.correct_slope)
 
 
+def pair_proposal(
+    directory: str, aim: Targeting, neutral: bool
+) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, float] | None]:
+    """The kaon-side factor, its share and the HTA component of targeted B Bbar pairs.
+
+    What :meth:`~knunu.simulation.bdecays.Mixture.draw_pairs` takes for a production with
+    ``kaon_p_gev > 0``. B0B0bar pairs (``neutral``) give the HTA share to the kaon side: the
+    HTA tags charged B only.
+    """
+    factor = entry_kaon_factor(
+        directory, aim.kaon_p_gev, aim.slope, aim.cap_gev, aim.mix, aim.kaon_misid
+    )
+    if aim.hta_share <= 0 or neutral:
+        return factor, aim.kaon_share + (aim.hta_share if neutral else 0.0), None
+    return factor, aim.kaon_share, (*entry_hta_factors(directory, aim.hta_slope), aim.hta_share)
+
+
 @lru_cache(maxsize=2)
 def load_mixture(directory: str) -> bdecays.Mixture:
     """The decay libraries of a production (cached per worker process)."""
@@ -405,11 +423,10 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
     if sample.kind != "bbbar" or (task.data and task.weight is None):
         aim = None
     pairs = aim is not None and aim.kaon_p_gev > 0  # the kaon-side proposal
-    bias = None
+    bias, share, tag = None, 0.0, None
+    neutral = sample.name == "mixed"
     if aim is not None and pairs:
-        bias = entry_kaon_factor(
-            task.libraries, aim.kaon_p_gev, aim.slope, aim.cap_gev, aim.mix, aim.kaon_misid
-        )
+        bias, share, tag = pair_proposal(task.libraries, aim, neutral)
     elif aim is not None and aim.slope:
         bias = entry_bias(task.libraries, aim.slope, aim.cap_gev, aim.mix)
     einv = entry_invisible_energy(task.libraries)
@@ -418,16 +435,12 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
     while have < n:
         m = n - have if not (natural and task.nature.d_to_kl_scale != 1) else 2 * (n - have)
         charge = np.where(rng.random(m) < 0.5, 1, -1)
-        neutral = sample.name == "mixed"
         first = (511 if neutral else 521) * charge
         if pairs:
             assert aim is not None
             assert bias is not None
-            tag = None
-            if aim.hta_share > 0:
-                tag = (*entry_hta_factors(task.libraries, aim.hta_slope), aim.hta_share)
             first_entry, second_entry, w2 = mix.draw_pairs(
-                first, rng, bias, aim.kaon_share, natural=natural, tag=tag
+                first, rng, bias, share, natural=natural, tag=tag
             )
         else:
             second_entry, w2 = mix.draw(

@@ -96,6 +96,28 @@ def test_same_seed_same_file_content(libraries, tmp_path):
                 assert x == fb[tree][name].array(library="ak").tolist(), name
 
 
+def test_neutral_pairs_give_the_hta_share_to_the_kaon_side(libraries, tmp_path):
+    """The HTA tags charged B only: B0B0bar pairs draw its share as kaon-side pairs.
+
+    The same seed with (kaon 0.7, HTA 0.2) and with (kaon 0.9, no HTA) makes the same file
+    for B0B0bar, and different files for B+B-.
+    """
+    kaon = dict(kaon_p_gev=1.1, slope=1.5, cap_gev=3.5, mix=0.5)
+    split = Targeting(**kaon, kaon_share=0.7, hta_share=0.2)
+    joined = Targeting(**kaon, kaon_share=0.9, hta_share=0.0)
+    for sample, same in (("mixed", True), ("charged", False)):
+        paths = [tmp_path / f"{sample}_{k}.root" for k in ("split", "joined")]
+        for path, aim in zip(paths, (split, joined), strict=True):
+            produce_file(FileTask(sample, 300, 12, str(path), libraries=libraries, targeting=aim))
+        with uproot.open(paths[0]) as fa, uproot.open(paths[1]) as fb:
+            columns = ("__weight__", "mcB1Entry", "mcB2Entry")
+            a, b = (f["ita"].arrays(columns, library="np") for f in (fa, fb))
+            # 0.7 + 0.2 is 0.9 up to rounding: the weights agree to 1e-12
+            equal = all(np.array_equal(a[c], b[c]) for c in columns[1:])
+            equal = equal and np.allclose(a[columns[0]], b[columns[0]], rtol=1e-12, atol=0)
+        assert equal == same, sample
+
+
 def test_the_candidate_layout_holds_the_same_events(libraries, tmp_path):
     """`simulation.layout: candidate` writes the events of the event layout, a row a candidate."""
     records = {}
