@@ -63,16 +63,18 @@ def reuse(w: np.ndarray, first: np.ndarray, second: np.ndarray) -> dict[str, flo
             "second": b, "pairs": a + b - 1.0}  # fmt: skip
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", type=Path, default=Path("runs/default"))
-    parser.add_argument("-c", "--config", help="the run's analysis YAML")
-    args = parser.parse_args()
-    cfg = load_config(args.config) if args.config else load_config()
-    models_dir = str(args.run / "models")
-    catalogue = Catalogue.load(args.run / "ntuples" / "catalogue.json").datasets
+def signal_region_rows(run: Path, cfg: dict[str, Any]) -> dict[tuple[str, str], np.ndarray]:
+    """The B Bbar MC's signal-region events of a run: (weight, first entry, second entry).
+
+    Keyed by (dataset, region), region ``ITA`` (eta(BDT2) > 0.92) or ``HTA`` (eta(BDTh) >
+    0.4), selected and scored as the processors do with nominal corrections; the ITA weight
+    includes the BDTc factor (1 for B Bbar), the HTA's the tag probability.
+    """
+    models_dir = str(run / "models")
+    catalogue = Catalogue.load(run / "ntuples" / "catalogue.json").datasets
     ita, hta = ITAProcessor(models_dir, cfg["ita"]), HTAProcessor(models_dir, cfg["hta"])
     models, hta_models = load_models(models_dir), load_hta_models(models_dir)
+    out = {}
     for dataset in ("charged", "mixed"):
         rows: dict[str, list[np.ndarray]] = {"ITA": [], "HTA": []}
         for record in catalogue[dataset]["files"]:
@@ -98,17 +100,27 @@ def main() -> int:
             sr = hta_models.eta(score) > cfg["hta"]["eta_edges"][0]
             rows["HTA"].append(np.stack([w, *(cols[e] for e in ENTRIES)])[:, sr])
         for region, parts in rows.items():
-            table = np.concatenate(parts, axis=1) if parts else np.zeros((3, 0))
-            if not table.shape[1]:
-                print(f"{dataset:8s} {region} signal region: no events")
-                continue
-            r = reuse(table[0], table[1].astype(np.int64), table[2].astype(np.int64))
-            print(
-                f"{dataset:8s} {region} signal region: {r['events']} events, "
-                f"{r['effective']:.1f} effective (sum w^2); variance / sum w^2 grouped by the "
-                f"first B's entry {r['first']:.2f}, by the second's {r['second']:.2f}, "
-                f"two-entry estimate {r['pairs']:.2f}"
-            )
+            out[(dataset, region)] = np.concatenate(parts, axis=1) if parts else np.zeros((3, 0))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path, default=Path("runs/default"))
+    parser.add_argument("-c", "--config", help="the run's analysis YAML")
+    args = parser.parse_args()
+    cfg = load_config(args.config) if args.config else load_config()
+    for (dataset, region), table in signal_region_rows(args.run, cfg).items():
+        if not table.shape[1]:
+            print(f"{dataset:8s} {region} signal region: no events")
+            continue
+        r = reuse(table[0], table[1].astype(np.int64), table[2].astype(np.int64))
+        print(
+            f"{dataset:8s} {region} signal region: {r['events']} events, "
+            f"{r['effective']:.1f} effective (sum w^2); variance / sum w^2 grouped by the "
+            f"first B's entry {r['first']:.2f}, by the second's {r['second']:.2f}, "
+            f"two-entry estimate {r['pairs']:.2f}"
+        )
     return 0
 
 

@@ -1,0 +1,110 @@
+"""Another B Bbar targeting, judged on a finished run's signal-region events, without new MC.
+
+Each B Bbar pair carries its untargeted weight over the proposal's density ratio ``g``
+(:meth:`~knunu.simulation.bdecays.Mixture.density`), so the same pairs drawn from another
+proposal ``g'`` would weigh ``w' = w g / g'``. For N pairs made with ``g'``, the expected
+sum of squared weights in a signal region is N E_g'[w'^2] = N E_g[w w']: over the run's own
+signal-region events, ``sum w w'`` estimates it, and ``sum w^2 / sum w w'`` is the factor by
+which the effective events (sum w)^2 / sum w^2 grow for the same number of pairs (the
+production's CPU per pair does not depend on the proposal). Exact in expectation wherever the
+run's proposal covers the other's (the defensive share makes it so); its own MC error is that
+of the heavy events, so a variant is believed only when two runs with different seeds agree.
+
+Signal regions and weights as in ``benchmarks/study_reuse.py``; the run's targeting is read
+from its manifest.
+
+Usage: python benchmarks/study_targeting.py --run runs/default [--run DIR ...]
+    [--variant kaon_share=0.7,hta_share=0.2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from bench_targeting import _libraries
+from study_reuse import signal_region_rows
+
+from knunu.simulation.production import Targeting, load_mixture, pair_proposal
+
+#: Variants measured by default: the HTA share and the defensive share moved, one at a time.
+VARIANTS = (
+    "untargeted",
+    "kaon_share=0.8,hta_share=0.1",
+    "kaon_share=0.7,hta_share=0.2",
+    "kaon_share=0.6,hta_share=0.3",
+    "kaon_share=0.6,hta_share=0.2",
+)
+
+
+def variant(base: Targeting, text: str) -> Targeting | None:
+    """``key=value,...`` over the run's targeting; ``untargeted``: None.
+
+    >>> variant(Targeting(kaon_p_gev=1.1), "hta_share=0.05").hta_share
+    0.05
+    """
+    if text == "untargeted":
+        return None
+    fields = {k: float(v) for k, v in (item.split("=") for item in text.split(","))}
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+def gain(
+    libraries: str, table: np.ndarray, neutral: bool, run: Targeting, other: Targeting | None
+) -> float:
+    """sum w^2 / sum w w': the effective events' factor under ``other`` for the same pairs."""
+    mix = load_mixture(libraries)
+    w, e1, e2 = table[0], table[1].astype(np.int64), table[2].astype(np.int64)
+    first = mix.species_of(e1)
+    g = mix.density(first, e1, e2, *_proposal(libraries, run, neutral))
+    g_other = np.ones(len(w))
+    if other is not None:
+        g_other = mix.density(first, e1, e2, *_proposal(libraries, other, neutral))
+    return float((w**2).sum() / (w * w * g / g_other).sum())
+
+
+def _proposal(libraries: str, aim: Targeting, neutral: bool) -> tuple:
+    factor, share, tag = pair_proposal(libraries, aim, neutral)
+    return factor, share, False, tag
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path, action="append", required=True)
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...")
+    args = parser.parse_args()
+    texts = args.variant or list(VARIANTS)
+    results = []
+    for run in args.run:
+        manifest = json.loads((run / "manifest.json").read_text())
+        base = Targeting(**manifest["config"]["simulation"]["targeting"]["bbbar"])
+        libraries = _libraries(run)
+        for (dataset, region), table in signal_region_rows(run, manifest["config"]).items():
+            if not table.shape[1]:
+                continue
+            w = table[0]
+            row = {"run": str(run), "seed": manifest["seed"], "dataset": dataset,
+                   "region": region, "events": int(table.shape[1]),
+                   "effective": float(w.sum() ** 2 / (w**2).sum()), "gain": {}}  # fmt: skip
+            for text in texts:
+                aim = variant(base, text)
+                row["gain"][text] = gain(libraries, table, dataset == "mixed", base, aim)
+            results.append(row)
+            print(
+                f"seed {row['seed']} {dataset:8s} {region}: {row['events']} events, "
+                f"{row['effective']:.1f} effective; effective events for the same pairs, "
+                "relative to this run's targeting: "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in row["gain"].items()),
+                flush=True,
+            )
+    out = Path(__file__).parent / "results" / "study_targeting.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
