@@ -474,9 +474,9 @@ class Mixture:
         untargeted draw (:meth:`draw`), ``k`` the same tilted by ``factor`` (``k = m f / Z``,
         ``Z = E_m[f]`` per species). So a B with a large factor (the signal-side B: a hard
         kaon and invisible energy) is drawn next to a B as nature makes it (the tag side), and
-        no pair carries more than ``1 / (1 - share)`` times its untargeted weight. Each pair
-        carries its untargeted weight over ``(1 - share) + share/2 (f(e1)/Z + f(e2)/Z)``:
-        every weighted sum keeps its expectation exactly.
+        no pair carries more than ``1 / (1 - share - tag_share)`` times its untargeted weight.
+        Each pair carries its untargeted weight over ``(1 - share) + share/2 (f(e1)/Z +
+        f(e2)/Z)`` (:meth:`density`): every weighted sum keeps its expectation exactly.
 
         ``tag = (a, b, tag_share)`` adds a component for the hadronic-tag analysis: in a
         further fraction ``tag_share`` of the pairs one B (either) is drawn in proportion to
@@ -500,7 +500,7 @@ class Mixture:
         n = len(first)
         a, b, tag_share = tag if tag is not None else (factor, factor, 0.0)
         # the normalisations first: a species no entry of which can be drawn is a config error
-        norm = self._norms(first, natural, (factor, a, b) if tag_share > 0 else (factor,))
+        self._norms(first, natural, (factor, a, b) if tag_share > 0 else (factor,))
         role = rng.random(n)
         e1, _ = self.draw(first, rng, natural=natural)
         e2, _ = self.draw(-first, rng, natural=natural)
@@ -522,7 +522,7 @@ class Mixture:
             for species in (int(sp), -int(sp)):
                 for start, size, _, w in self._rows(species, natural):
                     untargeted[start : start + size] = w
-        density = self.density(first, e1, e2, factor, share, natural, tag, norm)
+        density = self.density(first, e1, e2, factor, share, natural, tag)
         weight = untargeted[e1] * untargeted[e2] / density
         return e1, e2, weight
 
@@ -535,7 +535,6 @@ class Mixture:
         share: float,
         natural: bool = False,
         tag: tuple[np.ndarray, np.ndarray, float] | None = None,
-        norm: dict[tuple[int, int], float] | None = None,
     ) -> np.ndarray:
         """The proposal of :meth:`draw_pairs` over the untargeted draw, per pair.
 
@@ -550,11 +549,9 @@ class Mixture:
             share: As for :meth:`draw_pairs`.
             natural: As for :meth:`draw_pairs`.
             tag: As for :meth:`draw_pairs`.
-            norm: The factors' means (:meth:`_norms`), if already computed.
         """
         a, b, tag_share = tag if tag is not None else (factor, factor, 0.0)
-        if norm is None:
-            norm = self._norms(first, natural, (factor, a, b) if tag_share > 0 else (factor,))
+        norm = self._norms(first, natural, (factor, a, b) if tag_share > 0 else (factor,))
 
         def z(f: np.ndarray, species: int) -> float:
             return norm[(id(f), species)]

@@ -414,6 +414,11 @@ def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share):
             untargeted[start : start + size] = weight
     limit = 1 / (1 - share - hta_share)
     assert np.all(w <= untargeted[e1] * untargeted[e2] * limit * (1 + 1e-12))
+    # the weight is the untargeted one over Mixture.density (what study_targeting re-weights
+    # with), also for factors passed as new arrays
+    again = None if tag is None else (signal_side.copy(), tag_side.copy(), hta_share)
+    ratio = mix.density(first, e1, e2, factor.copy(), share, natural, again)
+    assert np.allclose(w * ratio, untargeted[e1] * untargeted[e2], rtol=1e-12, atol=0)
 
 
 def test_kaon_side_factor_counts_fakes_and_needs_a_hard_kaon(libraries):
