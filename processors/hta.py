@@ -9,6 +9,8 @@ impact-parameter cuts, with charge opposite to the tag B.
 
 - ``hta``: variation x eta(BDTh) in 6 bins of equal signal above 0.4 (the fit layout);
 - ``hta_control``: eta(BDTh) 0-1 in 20 bins, nominal only;
+- ``hta_reuse`` (MC with library-entry truth, not the nature stream): the nominal weights per
+  (library entry, bin) of ``hta`` (:mod:`knunu.processors.reuse`);
 - ``q2gen`` (signal MC only): q2gen of the signal-region events, MC weights and corrections;
 - ``cutflow`` / ``cutflow_unweighted``;
 - ``sr_events``: the set of (experiment, run, event, HTA weight) in the signal region (nominal),
@@ -33,6 +35,7 @@ from coffea import processor
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight
+from knunu.processors.reuse import ENTRIES, entry_histogram, flat_bins
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
     BOOKKEEPING,
@@ -214,6 +217,8 @@ class HTAProcessor(processor.ProcessorABC):
         self.models = str(models)
         self.cfg = dict(cfg)
         self.names = hta_names(cfg)
+        #: read where the files have them (knunu's MC): MC errors that know library reuse
+        self.optional = ENTRIES
 
     def process(self, events: ak.Array) -> dict[str, Any]:
         """Select, score and histogram one chunk."""
@@ -222,7 +227,7 @@ class HTAProcessor(processor.ProcessorABC):
         sample = HTA_SAMPLE[kind]
         models = load_hta_models(self.models)
         cfg = self.cfg
-        sel = select_hta(events, cfg["selection"], self.names)
+        sel = select_hta(events, cfg["selection"], (*self.names, *self.optional))
         cols = sel.columns
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
@@ -241,6 +246,11 @@ class HTAProcessor(processor.ProcessorABC):
             storage=hist.storage.Weight(),
         )
         fit.fill(variation="nominal", eta=eta, weight=w_nom)
+        extra = {}
+        if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
+            flat = flat_bins(fit.axes[1:], eta)
+            entries = [cols[e] for e in ENTRIES]
+            extra["hta_reuse"] = entry_histogram(entries, flat, len(edges) - 1, w_nom)
         if not is_data:
             ctx = Context(sample, cont)
             for name in HTA_WEIGHT_VARIATIONS:
@@ -268,7 +278,6 @@ class HTAProcessor(processor.ProcessorABC):
         control.fill(eta=eta, weight=w_nom)
 
         in_sr = eta > edges[0]
-        extra = {}
         if sample == "signal" and not is_data:
             q2gen = hist.Hist(
                 hist.axis.Regular(*Q2GEN_BINS, name="q2gen", label="q2gen [GeV^2]"),

@@ -7,6 +7,9 @@ load lazily on the worker (cached per process). ``process`` returns, per dataset
 - ``ita``: variation x eta(BDT2) {0.92, ..., 1.00} x q2rec {-1, 4, 8, 25} GeV^2 (the fit layout);
 - ``ita_loose``: variation x eta 0.5-1 (50 bins) x the fit's q2rec bins (the factorised
   templates of the measurement, :mod:`knunu.fits.factorise`);
+- ``ita_reuse`` / ``ita_loose_reuse`` (MC with library-entry truth, not the nature stream):
+  the nominal weights per (library entry, bin) of ``ita`` and ``ita_loose``, for MC errors
+  that know an entry is reused (:mod:`knunu.processors.reuse`);
 - ``nature_sources`` (the nature stream only): source sample x eta 0.5-1 x q2rec, nominal
   (its signal-region expectation, factorised per source like the templates);
 - ``ita_control``: eta 0.75-1 x q2rec, nominal only (validation);
@@ -36,6 +39,7 @@ from coffea import processor
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import CONTINUUM, MODEL_FILES, bdt2_features, bdtc_weight
+from knunu.processors.reuse import ENTRIES, entry_histogram, flat_bins
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
     BOOKKEEPING,
@@ -172,6 +176,8 @@ class ITAProcessor(processor.ProcessorABC):
         self.cfg = dict(cfg)
         # the experiment number is read only to match the HTA's events (overlap removal)
         overlap = ("__experiment__",) if self.cfg.get("overlap") else ()
+        #: read where the files have them (knunu's MC): MC errors that know library reuse
+        self.optional = ENTRIES
         self.names = tuple(
             dict.fromkeys(
                 [
@@ -233,7 +239,7 @@ class ITAProcessor(processor.ProcessorABC):
         sample, is_data = dataset_kind(dataset)
         continuum = sample in CONTINUUM
         models = load_models(self.models)
-        sel = select(events, self.cfg["selection"], self.names)
+        sel = select(events, self.cfg["selection"], (*self.names, *self.optional))
         cols = dict(sel.columns)
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
@@ -307,6 +313,13 @@ class ITAProcessor(processor.ProcessorABC):
                 h.fill(variation=variation, eta=eta, q2rec=q2rec, weight=weight)
 
         fill("nominal", eta[p], q2[p], w_nom[p])
+        reuse = {}
+        if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
+            entries = [cols[e][p] for e in ENTRIES]
+            for name, h in (("ita_reuse", fit), ("ita_loose_reuse", loose)):
+                n_bins = int(np.prod(h.axes.size[1:]))
+                flat = flat_bins(h.axes[1:], eta[p], q2[p])
+                reuse[name] = entry_histogram(entries, flat, n_bins, w_nom[p])
         if not is_data:
             ctx = Context(sample, bdtc)
             for name, factors in WEIGHT_VARIATIONS.items():
@@ -359,6 +372,7 @@ class ITAProcessor(processor.ProcessorABC):
                 "chunks": 1,
                 "ita": fit,
                 "ita_loose": loose,
+                **reuse,
                 **({"nature_sources": sources} if sources is not None else {}),
                 "ita_control": control,
                 "ita_split": split,

@@ -570,7 +570,7 @@ def _process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
             "entrystop": chunk.stop,
             "fileuuid": str(rf.file.uuid),
         }
-        wanted = frozenset(getattr(proc, "names", ()))
+        wanted = frozenset((*getattr(proc, "names", ()), *getattr(proc, "optional", ())))
         events = LAYOUTS[chunk.source.layout](rf, chunk, metadata, cache, wanted)
         tic = time.perf_counter()
         try:

@@ -27,6 +27,7 @@ from knunu.processors import hta
 from knunu.processors import run as runner
 from knunu.processors.ita import HIST_VARIATIONS, SPLITS, ITAProcessor
 from knunu.processors.pion import TRUTH_CLASSES, PionProcessor
+from knunu.processors.reuse import with_reuse
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import BOOKKEEPING, TRUTH
 from knunu.processors.tables import TableProcessor
@@ -241,6 +242,8 @@ def write_histogram_file(
     """Write the fit and control histograms, MC scaled to the data luminosity (atomically).
 
     HTA datasets are summed into the HTA fit samples (``charged`` + ``mixed`` -> ``bbbar``, ...).
+    The nominal fit and loose histograms' variances include the reuse of library entries
+    (:func:`knunu.processors.reuse.with_reuse`, per dataset before any sum).
     The consistency splits go to ``{channel}_{split}_{sample}_nominal`` (scaled like the fit
     histograms); ``ita_q2gen_signal_nominal`` and ``hta_q2gen_signal_nominal`` hold the signal
     MC's q2gen in the signal regions with MC weights, *not* scaled (efficiency numerators);
@@ -258,6 +261,11 @@ def write_histogram_file(
         scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
         for kind in ("hta", "hta_control"):
             h = hta_output[ds][kind] * scale
+            if kind == "hta" and "hta_reuse" in hta_output[ds]:  # MC errors know reuse
+                nominal = hta_output[ds]["hta"][{"variation": "nominal"}]
+                h[{"variation": "nominal"}] = with_reuse(
+                    nominal, hta_output[ds]["hta_reuse"], scale
+                ).view()
             key = f"{kind}/{name}"
             hta_hists[key] = hta_hists[key] + h if key in hta_hists else h
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
@@ -270,10 +278,16 @@ def write_histogram_file(
             target = "data_off" if channel == "ita_off" else "data_on"
             scale = 1.0 if is_data else lumi_scale(catalogue, ds, target)
             for var in ("nominal",) if is_data else HIST_VARIATIONS:
-                f[f"{channel}_{sample}_{var}"] = out["ita"][{"variation": var}] * scale
+                # the nominal's MC errors know library-entry reuse (knunu.processors.reuse)
+                reuse = var == "nominal"
+                f[f"{channel}_{sample}_{var}"] = with_reuse(
+                    out["ita"][{"variation": var}], out.get("ita_reuse") if reuse else None, scale
+                )
                 if not is_data:
-                    f[f"{channel}_loose_{sample}_{var}"] = (
-                        out["ita_loose"][{"variation": var}] * scale
+                    f[f"{channel}_loose_{sample}_{var}"] = with_reuse(
+                        out["ita_loose"][{"variation": var}],
+                        out.get("ita_loose_reuse") if reuse else None,
+                        scale,
                     )
             if sample == "nature":  # the fit histograms (histogram-level pseudo-data) and
                 sources = out.get("nature_sources")  # its expectation per source sample

@@ -20,10 +20,17 @@ from knunu.cluster import get_client
 from knunu.fits.build import analyses_in_file, write_workspaces
 from knunu.fits.catalogue import load_catalogue
 from knunu.mva.bdt import KFoldBDT
+from knunu.mva.train import lumi_scale
 from knunu.processors import hta, ita
 from knunu.processors import run as runner
+from knunu.processors.reuse import extra_variance
 from knunu.processors.schema import Belle2Schema
-from knunu.processors.stage import HTA_DATASETS, make_histograms, overlap_fraction
+from knunu.processors.stage import (
+    HTA_DATASETS,
+    make_histograms,
+    overlap_fraction,
+    write_histogram_file,
+)
 from knunu.processors.variations import INPUT_VARIATIONS, corrected_hta_inputs
 from knunu.rundir import write_json
 
@@ -144,9 +151,10 @@ def _hta_run(production, cfg, models, client=None, chunksize=None):
     return runner.run(production, sets, proc, "hta", client, hcfg["chunksize"])
 
 
-def test_hta_histograms_independent_of_executor_and_chunking(production, cfg, trained):
+def test_hta_histograms_independent_of_executor_and_chunking(production, cfg, trained, tmp_path):
     models = trained[0] / "models"
     reference, _ = _hta_run(production, cfg, models, chunksize=5000)
+    n_bins = len(cfg["hta"]["eta_edges"]) - 1
     assert sum(len(out["sr_events"]) for out in reference.values()) > 0
     for other in (
         _hta_run(production, cfg, models, chunksize=97)[0],
@@ -160,6 +168,27 @@ def test_hta_histograms_independent_of_executor_and_chunking(production, cfg, tr
                 a, b = reference[ds][name].view(flow=True), other[ds][name].view(flow=True)
                 for field in ("value", "variance"):
                     np.testing.assert_allclose(a[field], b[field], rtol=1e-12, atol=1e-300)
+            # library reuse summed over every chunk: the same extra variance for any chunking
+            assert ("hta_reuse" in other[ds]) == ("hta_reuse" in reference[ds])
+            if "hta_reuse" in reference[ds]:
+                np.testing.assert_allclose(
+                    extra_variance(other[ds]["hta_reuse"], n_bins),
+                    extra_variance(reference[ds]["hta_reuse"], n_bins),
+                    rtol=1e-9,
+                    atol=1e-300,
+                )
+    # the B Bbar template's errors: per dataset sum w^2 plus the reused entries', scaled
+    write_histogram_file(tmp_path / "h.root", {}, production.datasets, reference)
+    expected, naive = np.zeros(n_bins), np.zeros(n_bins)
+    for ds in ("charged", "mixed"):
+        scale = lumi_scale(production.datasets, ds, "data_on")
+        plain = reference[ds]["hta"][{"variation": "nominal"}].variances() * scale**2
+        naive += plain
+        expected += plain + extra_variance(reference[ds]["hta_reuse"], n_bins) * scale**2
+    with uproot.open(tmp_path / "h.root") as f:
+        written = f["hta_bbbar_nominal"].variances()
+    np.testing.assert_allclose(written, expected, rtol=1e-12)
+    assert np.all(written >= naive * (1 - 1e-12))
 
 
 def _run_on_dask(production, cfg, models):

@@ -21,6 +21,7 @@ from knunu.fits.build import HistogramFile, build_spec
 from knunu.fits.catalogue import load_catalogue
 from knunu.processors import run as runner
 from knunu.processors.ita import HIST_VARIATIONS, STEPS, ITAProcessor
+from knunu.processors.reuse import extra_variance
 from knunu.processors.stage import ITA_DATASETS, make_histograms, write_histogram_file
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,16 @@ def _same(a, b):
             va, vb = a[ds][name].view(flow=True), b[ds][name].view(flow=True)
             for field in ("value", "variance"):  # sums in another order: equal to rounding
                 np.testing.assert_allclose(va[field], vb[field], rtol=1e-12, atol=1e-300)
+        # library reuse is summed over every chunk: the same extra variance for any chunking
+        for name, n_bins in (("ita_reuse", 12), ("ita_loose_reuse", 150)):
+            assert (name in a[ds]) == (name in b[ds])
+            if name in a[ds]:
+                np.testing.assert_allclose(
+                    extra_variance(a[ds][name], n_bins),
+                    extra_variance(b[ds][name], n_bins),
+                    rtol=1e-9,
+                    atol=1e-300,
+                )
 
 
 def test_histograms_independent_of_executor_and_chunking(production, cfg, trained, tmp_path):
@@ -95,7 +106,26 @@ def test_histogram_file_contract_and_variations(production, cfg, trained, tmp_pa
     values, variances = hfile.get("ita_on", "signal", "nominal")
     hfile.close()
     np.testing.assert_allclose(values, nominal * scale, rtol=1e-12)
-    np.testing.assert_allclose(variances, sig[{"variation": "nominal"}].variances() * scale**2)
+    # the variance: sum w^2 plus what the reuse of library entries adds (the tag-side B)
+    naive = sig[{"variation": "nominal"}].variances() * scale**2
+    extra = extra_variance(out["signal"]["ita_reuse"], 12).reshape(4, 3) * scale**2
+    np.testing.assert_allclose(variances, naive + extra, rtol=1e-12)
+    # B Bbar: the same for the signal region and the loose region (factorised templates)
+    hfile = HistogramFile(tmp_path / "h.root")
+    _, charged = hfile.get("ita_on", "charged", "nominal")
+    _, loose = hfile.get("ita_on_loose", "charged", "nominal")
+    hfile.close()
+    scale = cat["data_on"]["luminosity_fb"] / cat["charged"]["luminosity_fb"]
+    naive = out["charged"]["ita"][{"variation": "nominal"}].variances() * scale**2
+    assert np.all(charged >= naive * (1 - 1e-12))  # (3 signal-region events here)
+    naive = out["charged"]["ita_loose"][{"variation": "nominal"}].variances() * scale**2
+    extra = extra_variance(out["charged"]["ita_loose_reuse"], 150).reshape(50, 3) * scale**2
+    np.testing.assert_allclose(loose, naive + extra, rtol=1e-12)
+    assert loose.sum() > naive.sum()  # a few loose-region bins hold events sharing an entry
+    # continuum MC has no library: its errors stay sum w^2
+    assert "ita_reuse" in out["charged"]
+    assert "ita_reuse" in out["uubar"]
+    assert extra_variance(out["uubar"]["ita_reuse"], 12).sum() == 0.0
 
 
 def test_a_missing_file_fails_loudly(production, cfg, trained, tmp_path):
