@@ -226,13 +226,21 @@ def train_kfold(
 ) -> KFoldBDT:
     """Train one booster per fold on the other folds (binary logistic, tree_method hist).
 
+    With ``early_stopping_rounds`` the number of rounds is learnt per fold, never from the
+    fold it scores: trained on the other folds but one, validated on that one (held-out
+    logloss), stopped when it has not improved for that many rounds, then retrained on all
+    the other folds with the best number (at most ``rounds``; 0 when the first round already
+    does not validate: the model is the constant it starts from). A reweighting classifier
+    trained on few data events then learns what validates, not their noise.
+
     Args:
         name: Model name (``bdt1``, ...).
         columns: Inputs plus ``__run__`` and ``__event__``.
         label: 1 for the signal class, 0 for the other.
         weight: Training weights (already balanced between the classes as wanted).
         features: Input names, in order.
-        params: ``max_depth``, ``learning_rate``, ``rounds``, optional ``min_child_weight``.
+        params: ``max_depth``, ``learning_rate``, ``rounds``, optional ``min_child_weight``
+            and ``early_stopping_rounds``.
         folds: Number of folds.
         seed: Seeds xgboost (identical inputs and seed give identical models).
 
@@ -250,13 +258,50 @@ def train_kfold(
         "seed": seed,
         "eval_metric": "logloss",
     }
+    patience = params.get("early_stopping_rounds")
+    if patience is not None:  # start from no separation: 0 rounds is p = 0.5, weight 1
+        booster_params["base_score"] = 0.5
     boosters = []
     for f in range(folds):
         train = fold != f
         classes = set(np.unique(label[train]).tolist())
         if classes != {0, 1}:
             raise ModelError(f"{name}: fold {f} has only class(es) {sorted(classes)} to train on")
+        rounds = int(params["rounds"])
+        if patience is not None and folds > 2:
+            rounds = _validated_rounds(
+                booster_params, x, label, weight, train & (fold != (f + 1) % folds),
+                fold == (f + 1) % folds, rounds, int(patience),
+            )  # fmt: skip
+            log.info("%s fold %d/%d: %d rounds validate", name, f + 1, folds, rounds)
         dtrain = xgb.DMatrix(x[train], label=label[train], weight=weight[train])
-        boosters.append(xgb.train(booster_params, dtrain, num_boost_round=int(params["rounds"])))
+        boosters.append(xgb.train(booster_params, dtrain, num_boost_round=rounds))
         log.info("%s fold %d/%d trained on %d events", name, f + 1, folds, int(train.sum()))
     return KFoldBDT(name, tuple(features), tuple(boosters), _digest(boosters))
+
+
+def _validated_rounds(
+    params: Mapping[str, Any],
+    x: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    train: np.ndarray,
+    valid: np.ndarray,
+    rounds: int,
+    patience: int,
+) -> int:
+    """Rounds (0 to ``rounds``) that minimise the held-out weighted logloss, early stopped."""
+    if set(np.unique(label[train]).tolist()) != {0, 1} or not valid.any():
+        return rounds
+    dtrain = xgb.DMatrix(x[train], label=label[train], weight=weight[train])
+    dvalid = xgb.DMatrix(x[valid], label=label[valid], weight=weight[valid])
+    history: dict[str, Any] = {}
+    xgb.train(
+        params, dtrain, num_boost_round=rounds, evals=[(dvalid, "valid")],
+        early_stopping_rounds=patience, evals_result=history, verbose_eval=False,
+    )  # fmt: skip
+    losses = np.asarray(history["valid"]["logloss"])
+    # against the constant start (p = 0.5: logloss ln 2 for any labels and weights), no
+    # round that does not beat it is kept
+    best = int(np.argmin(losses))
+    return best + 1 if losses[best] < np.log(2.0) else 0

@@ -137,3 +137,50 @@ def test_rescoring_shifted_inputs_equals_a_full_evaluation():
         np.testing.assert_array_equal(full[~moved], nominal[~moved])
     assert set(model.splits) == set(features)
     assert all(np.all(np.diff(th) > 0) for th in model.splits.values())
+
+
+BDTC_LIKE = {"max_depth": 3, "learning_rate": 0.05, "rounds": 150, "min_child_weight": 5.0}
+
+
+def test_early_stopping_learns_what_validates_and_not_noise():
+    rng = np.random.default_rng(11)
+    cols, noise = _noise_table(6000, rng)  # a reweighting classifier on few events: no signal
+    features = tuple(f"x{k}" for k in range(5))
+    stopped = {**BDTC_LIKE, "early_stopping_rounds": 20}
+    run, event = cols["__run__"], cols["__event__"]
+    free = train_kfold("c", cols, noise, np.ones(6000), features, BDTC_LIKE, 4, seed=3)
+    held = train_kfold("c", cols, noise, np.ones(6000), features, stopped, 4, seed=3)
+    w_free = bdtc_weight(free.predict(cols, run, event), (0.2, 5.0))
+    w_held = bdtc_weight(held.predict(cols, run, event), (0.2, 5.0))
+    # 150 rounds on noise give weights that scatter; the validated rounds stay near 1
+    assert np.std(w_free) > 0.15
+    assert np.std(w_held) < 0.05
+    assert sum(b.num_boosted_rounds() for b in held.boosters) < 40
+    # a real difference is still learnt (and as well as with the fixed rounds)
+    label = (cols["x0"] + 0.7 * rng.normal(size=6000) > 0).astype(int)
+    learnt = train_kfold("c", cols, label, np.ones(6000), features, stopped, 4, seed=3)
+    fixed = train_kfold("c", cols, label, np.ones(6000), features, BDTC_LIKE, 4, seed=3)
+    auc_learnt = weighted_auc(learnt.predict(cols, run, event), label, np.ones(6000))
+    auc_fixed = weighted_auc(fixed.predict(cols, run, event), label, np.ones(6000))
+    assert auc_learnt > 0.8
+    assert auc_learnt > auc_fixed - 0.01
+    assert all(b.num_boosted_rounds() > 10 for b in learnt.boosters)
+
+
+def test_the_rounds_of_a_fold_never_come_from_the_fold_it_scores():
+    rng = np.random.default_rng(12)
+    cols, _ = _noise_table(4000, rng)
+    label = (cols["x0"] + rng.normal(size=4000) > 0).astype(int)
+    features = ("x0", "x1")
+    stopped = {**BDTC_LIKE, "early_stopping_rounds": 10}
+    fold = fold_of(cols["__run__"], cols["__event__"], 4)
+    scrambled = label.copy()
+    scrambled[fold == 0] = rng.permutation(label[fold == 0])
+    a = train_kfold("c", cols, label, np.ones(4000), features, stopped, 4, seed=5)
+    b = train_kfold("c", cols, scrambled, np.ones(4000), features, stopped, 4, seed=5)
+    # fold 0's labels changed: only the booster that scores fold 0 never saw them
+    x = np.column_stack([cols[f] for f in features]).astype(np.float32)
+    np.testing.assert_array_equal(
+        a.boosters[0].inplace_predict(x), b.boosters[0].inplace_predict(x)
+    )
+    assert not np.array_equal(a.boosters[1].inplace_predict(x), b.boosters[1].inplace_predict(x))
