@@ -835,11 +835,16 @@ def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact
     poi = fits.x[:, lh.poi].copy()
     for k in fits.failed:
         ((i, value),) = fixes[k].items()
-        poi[k] = lh.profile(i, value).x[lh.poi]
+        try:
+            poi[k] = lh.profile(i, value).x[lh.poi]
+        except FitError as exc:  # one parameter's refit: said and left out, not the whole model
+            log.warning("impact of %s held at %.4g left out: %s", lh.labels[i], value, exc)
+            poi[k] = np.nan
     out = [
         Impact(lh.labels[i], float(best.x[i]), float(unc.error[i]),
                float(poi[2 * j]) - mu_hat, float(poi[2 * j + 1]) - mu_hat)
         for j, i in enumerate(todo)
+        if np.isfinite(poi[2 * j]) and np.isfinite(poi[2 * j + 1])
     ]  # fmt: skip
     return tuple(sorted(out, key=lambda imp: imp.size, reverse=True))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pyhf
@@ -130,6 +131,32 @@ def test_impacts_refit_from_the_init_where_the_best_fit_start_fails():
         tol = 3e-5 * unc.error[lh.poi]
         assert shift == pytest.approx(imp.up if value > best.x[i] else imp.down, abs=tol)
     assert all(np.isfinite([imp.up, imp.down]).all() for imp in ranked.values())
+
+
+def test_an_impact_whose_refit_fails_is_named_and_left_out(caplog):
+    # A refit neither the batch nor lh.profile can do (a real case: a MC-statistics gamma held
+    # at its best fit + 1.8 in the default scale's unblinded combined fit) is left out of the
+    # ranking and named; the rest stand. The failure is injected: the first parameter's
+    # batch refits are marked failed and its fallback raises, as that fit did.
+    lh = Likelihood.from_workspace(_workspace())
+    best = lh.fit()
+    unc = lh.uncertainties(best)
+    complete = impacts(lh, best, unc)
+    batch = lh.fit_many
+    first = next(i for i in range(lh.npars) if i != lh.poi)
+
+    def fit_many(*args, **kwargs):
+        return dataclasses.replace(batch(*args, **kwargs), failed=(0, 1))
+
+    def profile(index, value, *args, **kwargs):
+        raise FitError("fit did not converge (the NLL is not finite where every strategy stopped)")
+
+    lh.fit_many, lh.profile = fit_many, profile
+    with caplog.at_level("WARNING", logger="knunu.fits.infer"):
+        ranked = impacts(lh, best, unc)
+    assert {imp.name for imp in complete} - {imp.name for imp in ranked} == {lh.labels[first]}
+    assert sum(lh.labels[first] in r.getMessage() for r in caplog.records) == 2  # up and down
+    assert ranked == tuple(imp for imp in complete if imp.name != lh.labels[first])
 
 
 def test_sample_has_the_model_mean():
