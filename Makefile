@@ -83,6 +83,7 @@ bench: $(STAMP) ## run the benchmarks against their peers (results in benchmarks
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_ita.py
 	$(BIN)/python benchmarks/bench_layouts.py
+	$(BIN)/python benchmarks/bench_reuse.py
 	$(BIN)/python benchmarks/bench_cluster.py --start
 	$(if $(filter pip,$(INSTALLER)),$(BIN)/python -m pip install --quiet,$(BIN)/uv pip install --quiet --python $(BIN)/python) --no-deps redistpy==2.0.0 numexpr==2.14.2
 	$(BIN)/python benchmarks/bench_reinterpret.py

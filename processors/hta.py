@@ -9,8 +9,8 @@ impact-parameter cuts, with charge opposite to the tag B.
 
 - ``hta``: variation x eta(BDTh) in 6 bins of equal signal above 0.4 (the fit layout);
 - ``hta_control``: eta(BDTh) 0-1 in 20 bins, nominal only;
-- ``hta_reuse`` (MC with library-entry truth, not the nature stream): the nominal weights per
-  (library entry, bin) of ``hta`` (:mod:`knunu.processors.reuse`);
+- ``hta_reuse`` (MC with library-entry truth, not the nature stream): the nominal weights summed
+  per (library entry, bin) of ``hta`` (:class:`~knunu.processors.reuse.EntrySums`);
 - ``q2gen`` (signal MC only): q2gen of the signal-region events, MC weights and corrections;
 - ``cutflow`` / ``cutflow_unweighted``;
 - ``sr_events``: the set of (experiment, run, event, HTA weight) in the signal region (nominal),
@@ -35,7 +35,7 @@ from coffea import processor
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight
-from knunu.processors.reuse import ENTRIES, entry_histogram, flat_bins
+from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
     BOOKKEEPING,
@@ -250,7 +250,7 @@ class HTAProcessor(processor.ProcessorABC):
         if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
             flat = flat_bins(fit.axes[1:], eta)
             entries = [cols[e] for e in ENTRIES]
-            extra["hta_reuse"] = entry_histogram(entries, flat, len(edges) - 1, w_nom)
+            extra["hta_reuse"] = entry_sums(entries, flat, len(edges) - 1, w_nom)
         if not is_data:
             ctx = Context(sample, cont)
             for name in HTA_WEIGHT_VARIATIONS:

@@ -8,8 +8,9 @@ load lazily on the worker (cached per process). ``process`` returns, per dataset
 - ``ita_loose``: variation x eta 0.5-1 (50 bins) x the fit's q2rec bins (the factorised
   templates of the measurement, :mod:`knunu.fits.factorise`);
 - ``ita_reuse`` / ``ita_loose_reuse`` (MC with library-entry truth, not the nature stream):
-  the nominal weights per (library entry, bin) of ``ita`` and ``ita_loose``, for MC errors
-  that know an entry is reused (:mod:`knunu.processors.reuse`);
+  the nominal weights summed per (library entry, bin) of ``ita`` and ``ita_loose``
+  (:class:`~knunu.processors.reuse.EntrySums`, not a ``hist``: it merges in O(n log n)), for
+  MC errors that know an entry is reused (:mod:`knunu.processors.reuse`);
 - ``nature_sources`` (the nature stream only): source sample x eta 0.5-1 x q2rec, nominal
   (its signal-region expectation, factorised per source like the templates);
 - ``ita_control``: eta 0.75-1 x q2rec, nominal only (validation);
@@ -39,7 +40,7 @@ from coffea import processor
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import CONTINUUM, MODEL_FILES, bdt2_features, bdtc_weight
-from knunu.processors.reuse import ENTRIES, entry_histogram, flat_bins
+from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
     BOOKKEEPING,
@@ -319,7 +320,7 @@ class ITAProcessor(processor.ProcessorABC):
             for name, h in (("ita_reuse", fit), ("ita_loose_reuse", loose)):
                 n_bins = int(np.prod(h.axes.size[1:]))
                 flat = flat_bins(h.axes[1:], eta[p], q2[p])
-                reuse[name] = entry_histogram(entries, flat, n_bins, w_nom[p])
+                reuse[name] = entry_sums(entries, flat, n_bins, w_nom[p])
         if not is_data:
             ctx = Context(sample, bdtc)
             for name, factors in WEIGHT_VARIATIONS.items():

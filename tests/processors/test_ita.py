@@ -111,8 +111,7 @@ def test_histogram_file_contract_and_variations(production, cfg, trained, tmp_pa
     # signal events carry one library entry (the tag side's): per bin, their keys' sums are
     # the bin's content, so the keys land in the histogram's own bins (C order, no flow)
     reuse = out["signal"]["ita_reuse"]
-    keys = np.fromiter(reuse.axes[0], dtype=np.int64)
-    per_bin = np.bincount(keys % 12, weights=reuse.values(), minlength=12).reshape(4, 3)
+    per_bin = np.bincount(reuse.keys % 12, weights=reuse.sumw, minlength=12).reshape(4, 3)
     np.testing.assert_allclose(per_bin, nominal, rtol=1e-10, atol=1e-300)
     extra = extra_variance(out["signal"]["ita_reuse"], 12).reshape(4, 3) * scale**2
     np.testing.assert_allclose(variances, naive + extra, rtol=1e-12)
