@@ -53,8 +53,9 @@ class EntrySums:
     """Sums of weights and of squared weights per key = library entry x bins + bin.
 
     An accumulator (coffea merges chunk outputs with ``+``): the keys are sorted and unique,
-    and a sum merges two in O(n log n) with numpy. (A ``hist`` with a growing integer-category axis merges in O(n^2): 52 s
-    against 0.17 s for 40 chunks of 5,000 keys, ``benchmarks/bench_reuse.py``.)
+    and a sum merges two in O(n log n) with numpy. (A ``hist`` with a growing integer-category
+    axis merges in O(n^2): 52 s against 0.17 s for 40 chunks of 5,000 keys,
+    ``benchmarks/bench_reuse.py``.)
 
     >>> a = EntrySums.of(np.array([7, 3, 7]), np.array([1.0, 2.0, 3.0]))
     >>> b = EntrySums.of(np.array([3]), np.array([4.0]))
