@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -809,12 +809,20 @@ class Impact:
         return max(abs(self.up), abs(self.down))
 
 
-def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact, ...]:
+class Ranking(NamedTuple):
+    """The impacts of :func:`impacts`, largest first, and the parameters left out."""
+
+    impacts: tuple[Impact, ...]
+    failed: tuple[str, ...] = ()  # parameters whose refit no strategy could do
+
+
+def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> Ranking:
     """Post-fit impacts of every free nuisance parameter, ranked by size (real refits).
 
     The 2 x (npars - 1) refits run as one batch (:meth:`Likelihood.fit_many`, Fisher scoring
     from the best fit); a refit the batch and the one-by-one strategies cannot do from the best
-    fit starts again from the model's init (:meth:`Likelihood.profile`).
+    fit starts again from the model's init (:meth:`Likelihood.profile`). A parameter whose
+    refit still fails (up or down) is left out of the ranking and named in ``failed``.
     """
     mu_hat = float(best.x[lh.poi])
     todo = [i for i in range(lh.npars) if i != lh.poi and i not in best.fixed]
@@ -840,13 +848,17 @@ def impacts(lh: Likelihood, best: FitResult, unc: Uncertainties) -> tuple[Impact
         except FitError as exc:  # one parameter's refit: said and left out, not the whole model
             log.warning("impact of %s held at %.4g left out: %s", lh.labels[i], value, exc)
             poi[k] = np.nan
+    done = [np.isfinite(poi[2 * j]) and np.isfinite(poi[2 * j + 1]) for j in range(len(todo))]
     out = [
         Impact(lh.labels[i], float(best.x[i]), float(unc.error[i]),
                float(poi[2 * j]) - mu_hat, float(poi[2 * j + 1]) - mu_hat)
         for j, i in enumerate(todo)
-        if np.isfinite(poi[2 * j]) and np.isfinite(poi[2 * j + 1])
+        if done[j]
     ]  # fmt: skip
-    return tuple(sorted(out, key=lambda imp: imp.size, reverse=True))
+    return Ranking(
+        tuple(sorted(out, key=lambda imp: imp.size, reverse=True)),
+        tuple(lh.labels[i] for j, i in enumerate(todo) if not done[j]),
+    )
 
 
 # ---------------------------------------------------------------------- goodness of fit

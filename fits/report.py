@@ -19,6 +19,7 @@ from knunu.fits.infer import (
     GoodnessOfFit,
     Impact,
     Likelihood,
+    Ranking,
     Uncertainties,
     goodness_of_fit,
     impacts,
@@ -67,6 +68,7 @@ class AnalysisResult:
     limit_bound: float = 10.0  # the POI's upper bound
     impacts: tuple[tuple[str, float, float], ...] = ()  # (name, up, down), largest first
     pulls: tuple[tuple[str, float, float], ...] = ()  # (name, pull, post-fit error / prior)
+    impacts_failed: tuple[str, ...] = ()  # parameters whose impact refit failed (left out)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def analyse(
     total = total if curvature > 0 else math.nan
     down, up = lh.minos(best, sigma=total)
     mu = float(best.x[poi])
-    ranked = impacts(lh, best, unc) if with_impacts else ()
+    ranking = impacts(lh, best, unc) if with_impacts else Ranking(())
     gof = goodness_of_fit(lh, best, toys, seed) if toys else None
     result = AnalysisResult(
         analysis=analysis,
@@ -144,14 +146,15 @@ def analyse(
         gof_p_value=gof.p_value if gof else None,
         gof_toys=toys,
         gof_failed=len(gof.failed) if gof else 0,
-        impacts=tuple((i.name, i.up, i.down) for i in ranked),
+        impacts=tuple((i.name, i.up, i.down) for i in ranking.impacts),
+        impacts_failed=ranking.failed,
         pulls=tuple(
             (lh.labels[i], float((best.x[i] - lh.init[i]) / w), float(unc.error[i] / w))
             for i, w in enumerate(lh.prior_width)
             if np.isfinite(w) and i not in best.fixed
         ),
     )
-    return Inference(result, best, unc, ranked, gof)
+    return Inference(result, best, unc, ranking.impacts, gof)
 
 
 def _limit(lh: Likelihood, best: FitResult, cls_level: float) -> float | None:
@@ -198,6 +201,10 @@ def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
             lines.append(f"\n{r.analysis}: largest post-fit impacts on mu (up / down)")
             lines.extend(
                 f"  {name:45s} {up:+.3f} / {down:+.3f}" for name, up, down in r.impacts[:8]
+            )
+        if r.impacts_failed:
+            lines.append(
+                f"  left out, their refits did not converge: {', '.join(r.impacts_failed)}"
             )
     if published:
         lines.append(
@@ -290,5 +297,6 @@ def load_results(path: str | Path) -> list[AnalysisResult]:
     for r in data["results"]:
         r["impacts"] = tuple(tuple(i) for i in r.get("impacts", ()))
         r["pulls"] = tuple(tuple(p) for p in r.get("pulls", ()))
+        r["impacts_failed"] = tuple(r.get("impacts_failed", ()))
         out.append(AnalysisResult(**r))
     return out

@@ -608,7 +608,14 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for d in summary["observed"]:
-            r = AnalysisResult(**{**d, "impacts": tuple(d["impacts"]), "pulls": tuple(d["pulls"])})
+            r = AnalysisResult(
+                **{
+                    **d,
+                    "impacts": tuple(d["impacts"]),
+                    "pulls": tuple(d["pulls"]),
+                    "impacts_failed": tuple(d.get("impacts_failed", ())),
+                }
+            )
             pull = (r.mu - mu_true) / r.mu_hesse if r.mu_hesse > 0 else math.nan
             exp = expected.get(r.analysis, {}).get("mu_hesse", math.nan)
             lines.append(
@@ -620,6 +627,12 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"| {model} | FAILED: {why} |")
     bkg = [m for m in summary["mc_statistics"] if m["sample"] == "background"]
     lines.append("")
+    for d in summary.get("observed") or ():
+        if d.get("impacts_failed"):
+            lines.append(
+                f"{d['analysis']} (observed): impacts left out, their refits did not converge: "
+                + ", ".join(d["impacts_failed"])
+            )
     lines.append(
         "MC statistics in the signal regions (effective events (sum w)^2/sum w^2, of the "
         "factorised templates from their replicas' errors; the fit's staterror carries "
@@ -673,5 +686,10 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(
             "largest expected impacts on mu (combined): "
             + ", ".join(f"{n} {max(abs(u), abs(d)):.2f}" for n, u, d in combined["impacts"][:6])
+        )
+    if combined and combined.get("impacts_failed"):
+        lines.append(
+            "impacts left out (their refits did not converge): "
+            + ", ".join(combined["impacts_failed"])
         )
     return lines

@@ -123,7 +123,7 @@ def test_impacts_refit_from_the_init_where_the_best_fit_start_fails():
             except FitError:
                 failed.append((i, value))
     assert failed  # the case the fallback is for
-    ranked = {imp.name: imp for imp in impacts(lh, best, unc)}
+    ranked = {imp.name: imp for imp in impacts(lh, best, unc).impacts}
     for i, value in failed:
         imp = ranked[lh.labels[i]]
         shift = lh.profile(i, value).x[lh.poi] - best.x[lh.poi]
@@ -142,6 +142,8 @@ def test_an_impact_whose_refit_fails_is_named_and_left_out(caplog):
     best = lh.fit()
     unc = lh.uncertainties(best)
     complete = impacts(lh, best, unc)
+    assert complete.failed == ()
+    complete = complete.impacts
     batch = lh.fit_many
     first = next(i for i in range(lh.npars) if i != lh.poi)
 
@@ -153,10 +155,19 @@ def test_an_impact_whose_refit_fails_is_named_and_left_out(caplog):
 
     lh.fit_many, lh.profile = fit_many, profile
     with caplog.at_level("WARNING", logger="knunu.fits.infer"):
-        ranked = impacts(lh, best, unc)
+        ranking = impacts(lh, best, unc)
+    ranked = ranking.impacts
+    assert ranking.failed == (lh.labels[first],)
     assert {imp.name for imp in complete} - {imp.name for imp in ranked} == {lh.labels[first]}
     assert sum(lh.labels[first] in r.getMessage() for r in caplog.records) == 2  # up and down
     assert ranked == tuple(imp for imp in complete if imp.name != lh.labels[first])
+    # and the report names it
+    result = dataclasses.replace(
+        analyse(Likelihood.from_workspace(_workspace()), "toy", 0.9).result,
+        impacts=(("other", 0.1, -0.1),),
+        impacts_failed=ranking.failed,
+    )
+    assert f"did not converge: {lh.labels[first]}" in markdown_table((result,), False)
 
 
 def test_sample_has_the_model_mean():
@@ -244,7 +255,7 @@ def test_impacts_are_real_refits():
     lh = Likelihood.from_workspace(ws)
     best = lh.fit()
     unc = lh.uncertainties(best)
-    ranked = impacts(lh, best, unc)
+    ranked = impacts(lh, best, unc).impacts
     assert [i.size for i in ranked] == sorted((i.size for i in ranked), reverse=True)
     assert len(ranked) == lh.npars - 1
     for imp in ranked:
