@@ -19,7 +19,7 @@ import dask.config
 from knunu import __version__
 from knunu.config import load_config
 from knunu.errors import InputError, KnunuError
-from knunu.rundir import run_lock
+from knunu.rundir import DISK_FULL, run_lock
 
 log = logging.getLogger("knunu.cli")
 
@@ -435,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args)
     except KnunuError as exc:
         print(f"knunu: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a write outside knunu's atomic paths (a library's own file)
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"knunu: error: {exc.filename or ''}: disk full ({exc.strerror})", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("knunu: interrupted", file=sys.stderr)

@@ -57,5 +57,9 @@ class ProcessingError(KnunuError):
     """A processor run lost events or chunks, or its inputs do not match the catalogue."""
 
 
+class DiskFullError(KnunuError):
+    """A write ran out of disk space or quota; the file being written is not left behind."""
+
+
 class RunLockedError(KnunuError):
     """Another knunu process is writing into the same run directory."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from knunu.errors import InputError, KnunuError, RunLockedError
+from knunu.errors import DiskFullError, InputError, KnunuError, RunLockedError
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,16 @@ TRACKED_DISTRIBUTIONS = (
 )
 
 
+#: The errnos of a write that ran out of space: disk full, quota exceeded.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path that is renamed to ``path`` only if the block succeeds.
+
+    A full disk (or quota) while the block writes raises :class:`~knunu.errors.DiskFullError`
+    naming ``path``; the temporary file is removed either way.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -60,7 +68,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise DiskFullError(
+                    f"{path}: disk full ({exc.strerror}) while writing it; free space and run "
+                    "again (finished outputs are kept)"
+                ) from None
+            raise
         # mkstemp makes the file private (0600); outputs get the usual umask-given mode
         mask = os.umask(0)
         os.umask(mask)
@@ -158,12 +174,12 @@ def run_lock(path: str | Path) -> Iterator[Path]:
     import socket
 
     run = output_directory(path)
-    with open(run / LOCK, "a+") as handle:
+    with open(run / LOCK, "a+b", buffering=0) as handle:  # unbuffered: nothing left to flush
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "a process"
+            holder = handle.read().decode(errors="replace").strip() or "a process"
             raise RunLockedError(
                 f"{run}: in use by {holder}; wait for it to end or use another run directory "
                 "(-o DIR)"
@@ -171,8 +187,16 @@ def run_lock(path: str | Path) -> Iterator[Path]:
         handle.seek(0)
         handle.truncate()
         started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        handle.write(f"knunu pid {os.getpid()} on {socket.gethostname()} since {started}\n")
-        handle.flush()
+        try:
+            handle.write(
+                f"knunu pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode()
+            )
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise DiskFullError(
+                    f"{run}: disk full ({exc.strerror}); free space and run again"
+                ) from None
+            raise
         try:
             yield run
         finally:

@@ -36,7 +36,7 @@ from knunu.processors.layouts import (
     mc_only,
     overlapping,
 )
-from knunu.rundir import adler32, input_file
+from knunu.rundir import adler32, atomic_path, input_file
 
 log = logging.getLogger(__name__)
 
@@ -854,7 +854,5 @@ class _Checkpoints:
     def save(self, result: ChunkResult) -> None:
         if self.dir is None:
             return
-        path = self._path(result.chunk)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, path)
+        with atomic_path(self._path(result.chunk)) as tmp:
+            tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))

@@ -10,7 +10,6 @@ event read: ``events`` (entries read) and ``rows`` (selected, written) per datas
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from coffea import processor
 
 from knunu.processors.hta import select_hta
 from knunu.processors.selection import select
+from knunu.rundir import atomic_path
 
 #: Analysis -> its selection: (events, cuts, names) -> (step masks, columns of the kept events).
 SELECTIONS: dict[str, Callable[..., Any]] = {"ita": select, "hta": select_hta}
@@ -47,11 +47,9 @@ class TableProcessor(processor.ProcessorABC):
         key = f"{meta['fileuuid']}-{meta['entrystart']}-{meta['entrystop']}"
         stem = hashlib.sha256(f"{meta['filename']}|{key}".encode()).hexdigest()[:16]
         path = Path(self.out_dir) / dataset / f"{stem}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.table({k: np.ascontiguousarray(v) for k, v in sel.columns.items()})
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
         return {
             dataset: {
                 "events": len(events),

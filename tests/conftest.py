@@ -31,6 +31,30 @@ KNUNU = shutil.which("knunu", path=str(Path(sys.executable).parent)) or "knunu"
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs (the run directory on a nearly full disk); unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def full_disk(small_disk):
+    """:func:`small_disk` filled to the last block by one file, ``filler``."""
+    with open(small_disk / "filler", "wb") as fh:
+        block = b"\0" * (1 << 20)
+        try:
+            while True:
+                fh.write(block)
+                fh.flush()
+        except OSError:
+            pass
+    return small_disk
+
+
+@pytest.fixture
 def run_cli(tmp_path):
     """Run the installed `knunu` command in a scratch directory; returns CompletedProcess."""
 

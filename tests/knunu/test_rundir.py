@@ -9,7 +9,7 @@ import pytest
 
 from knunu.cli import main
 from knunu.config import load_config
-from knunu.errors import RunLockedError
+from knunu.errors import DiskFullError, RunLockedError
 from knunu.fits.workspace import published_workspace_path
 from knunu.rundir import LOCK, RunDir, atomic_path, run_lock, sha256, write_json
 
@@ -25,6 +25,31 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         interrupted_write()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_a_disk_full_error_naming_the_file_and_leaves_nothing(full_disk):
+    target = full_disk / "run" / "big.json"
+    target.parent.mkdir()
+    with pytest.raises(DiskFullError, match="disk full") as err:
+        write_json(target, {"x": "y" * (1 << 20)})
+    assert str(target) in str(err.value)
+    assert "\n" not in str(err.value)
+    assert list(target.parent.iterdir()) == []  # no partial or temporary file
+
+
+@pytest.mark.parametrize("free_kb", [0, 16])
+def test_a_full_disk_under_the_cli_is_one_line_and_exit_2(full_disk, run_cli, free_kb):
+    # 0: the lock's record cannot be written; 16 kB: the lock can, the fit's outputs cannot
+    filler = full_disk / "filler"
+    os.truncate(filler, filler.stat().st_size - free_kb * 1024)
+    run = full_disk / "run"
+    run.mkdir()
+    proc = run_cli("fit", "--workspace", str(published_workspace_path()), "-o", str(run))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "disk full" in proc.stderr
+    assert str(run) in proc.stderr  # names the run directory or the file it was writing
+    assert not [p for p in run.rglob("*") if p.name.endswith(".part")]  # no partial file
 
 
 def test_atomic_write_replaces_whole(tmp_path):

@@ -18,16 +18,6 @@ from knunu.simulation.production import done_path, plan_production, run_producti
 COMPARED = ("__event__", "__weight__", "nTracks", "E_miss", "K_q2rec", "K_cosTBTO")
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 40 MB tmpfs (the run directory on a nearly full disk); unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(disk)], check=True)
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
-
-
 def _content(catalogue: Catalogue) -> dict[str, tuple]:
     """Per file (relative path): the catalogue's numbers and some branches of the ITA tree."""
     out = {}
