@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
@@ -556,7 +557,33 @@ def _process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
 
     Returns:
         The processor's output and the seconds ``process`` took.
+
+    Raises:
+        InputError: a bad input, among them a basket that does not decompress or
+            deserialise (a corrupt file without a catalogue checksum to catch it before).
     """
+    try:
+        return _read_and_process(chunk, proc)
+    except (InputError, OSError):
+        raise
+    except Exception as exc:
+        if not _from_the_reader(exc):
+            raise  # a processor's bug: not the input's fault
+        raise InputError(f"{chunk.path}: corrupt data ({first_line(exc)})") from None
+
+
+def _from_the_reader(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while uproot decompressed or deserialised a file's bytes."""
+    import lzma
+    import zlib
+
+    if isinstance(exc, zlib.error | lzma.LZMAError) or type(exc).__name__ == "DecompressionError":
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"{os.sep}uproot{os.sep}" in frames[-1].filename
+
+
+def _read_and_process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
     import uproot
 
     with uproot.open(chunk.path) as rf:

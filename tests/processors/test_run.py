@@ -242,6 +242,40 @@ def test_flipped_bytes_anywhere_in_a_file_end_in_one_line_naming_it(production, 
         bad.unlink()
 
 
+def test_flipped_bytes_without_a_checksum_are_a_bad_input_or_read_unnoticed(
+    production, proc, tmp_path
+):
+    # Without the catalogue's checksum (a root:// file, a catalogue written by hand), a byte
+    # flipped where uproot decompresses or deserialises is a bad input naming the file, like
+    # any other, never a traceback; one inside an uncompressed basket changes values unnoticed
+    # (what the checksum is for). 40 seeded flips over the file, every outcome counted.
+    good = production.datasets["signal"]["files"][0]
+    data = Path(good["path"]).read_bytes()
+    rng = np.random.default_rng(2025)
+    outcomes, messages = {"bad input": 0, "read": 0}, []
+    for k, offset in enumerate(rng.integers(0, len(data), size=40)):
+        flipped = bytearray(data)
+        flipped[offset] ^= 1 << int(rng.integers(0, 8))
+        bad = tmp_path / f"flip_{k}.root"
+        bad.write_bytes(bytes(flipped))
+        entry = {**good, "path": str(bad), "adler32": None}
+        catalogue = runner.Catalogue(production.path, {"signal": {"files": [entry]}})
+        try:
+            runner.run(catalogue, ["signal"], proc, "ita", None, 1000, runner.RunOptions(retries=0))
+            outcomes["read"] += 1
+        except InputError as err:
+            outcomes["bad input"] += 1
+            messages.append((str(bad), str(err)))
+        bad.unlink()
+    for path, message in messages:  # one line naming the file
+        assert message.startswith(f"{path}: "), message
+        assert "\n" not in message, message
+    # measured: 4 bad inputs (a basket's LZ4 checksum or a structure uproot cannot read),
+    # 36 unnoticed (LZ4 keeps incompressible baskets raw): the checksum is what catches those
+    assert outcomes["bad input"] >= 2, (outcomes, messages)
+    assert any("corrupt data" in m for _, m in messages), messages
+
+
 # --- interrupted runs -------------------------------------------------------------------------
 
 
