@@ -245,7 +245,9 @@ def train_kfold(
         seed: Seeds xgboost (identical inputs and seed give identical models).
 
     Raises:
-        ModelError: a fold has no events of one class to train on.
+        ModelError: a fold has no events of one class to train on, or early stopping with
+            fewer than 3 folds. (A fold whose validation fold is empty, or whose other folds
+            hold one class, keeps 0 rounds, with a warning.)
     """
     x = matrix(columns, features)
     fold = fold_of(columns["__run__"], columns["__event__"], folds)
@@ -259,6 +261,11 @@ def train_kfold(
         "eval_metric": "logloss",
     }
     patience = params.get("early_stopping_rounds")
+    if patience is not None and folds < 3:
+        raise ModelError(
+            f"{name}: early_stopping_rounds needs folds >= 3 (each booster validates on a "
+            f"training fold that is not the one it scores), got folds = {folds}"
+        )
     if patience is not None:  # start from no separation: 0 rounds is p = 0.5, weight 1
         booster_params["base_score"] = 0.5
     boosters = []
@@ -268,11 +275,19 @@ def train_kfold(
         if classes != {0, 1}:
             raise ModelError(f"{name}: fold {f} has only class(es) {sorted(classes)} to train on")
         rounds = int(params["rounds"])
-        if patience is not None and folds > 2:
-            rounds = _validated_rounds(
-                booster_params, x, label, weight, train & (fold != (f + 1) % folds),
-                fold == (f + 1) % folds, rounds, int(patience),
-            )  # fmt: skip
+        if patience is not None:
+            valid = fold == (f + 1) % folds
+            if set(np.unique(label[train & ~valid]).tolist()) != {0, 1} or not valid.any():
+                # nothing to validate on: nothing it learns could be told from noise
+                log.warning(
+                    "%s fold %d/%d: its validation fold is empty or the rest holds one class; "
+                    "0 rounds (the constant p = 0.5)", name, f + 1, folds,
+                )  # fmt: skip
+                rounds = 0
+            else:
+                rounds = _validated_rounds(
+                    booster_params, x, label, weight, train & ~valid, valid, rounds, int(patience)
+                )
             log.info("%s fold %d/%d: %d rounds validate", name, f + 1, folds, rounds)
         dtrain = xgb.DMatrix(x[train], label=label[train], weight=weight[train])
         boosters.append(xgb.train(booster_params, dtrain, num_boost_round=rounds))
@@ -291,8 +306,6 @@ def _validated_rounds(
     patience: int,
 ) -> int:
     """Rounds (0 to ``rounds``) that minimise the held-out weighted logloss, early stopped."""
-    if set(np.unique(label[train]).tolist()) != {0, 1} or not valid.any():
-        return rounds
     dtrain = xgb.DMatrix(x[train], label=label[train], weight=weight[train])
     dvalid = xgb.DMatrix(x[valid], label=label[valid], weight=weight[valid])
     history: dict[str, Any] = {}

@@ -54,6 +54,24 @@ def test_training_fails_when_a_fold_lacks_a_class():
         train_kfold("one", cols, np.zeros(8, int), np.ones(8), ("x",), DEEP, 2, seed=1)
 
 
+def test_early_stopping_refuses_folds_it_cannot_validate_on(caplog):
+    rng = np.random.default_rng(3)
+    cols = {"x": rng.normal(size=400), "__run__": np.zeros(400, int), "__event__": np.arange(400)}
+    label, weight = rng.integers(0, 2, 400), np.ones(400)
+    params = {"max_depth": 2, "learning_rate": 0.3, "rounds": 5, "early_stopping_rounds": 3}
+    with pytest.raises(ModelError, match="needs folds >= 3"):
+        train_kfold("bdtc", cols, label, weight, ("x",), params, 2, 1)
+    # the signal class only in folds 1 and 2: fold 1's booster validates on fold 2, and the
+    # folds it then trains on (0 and 3) hold one class
+    fold = fold_of(cols["__run__"], cols["__event__"], 4)
+    label = np.isin(fold, (1, 2)).astype(int)
+    with caplog.at_level("WARNING", logger="knunu.mva.bdt"):
+        model = train_kfold("bdtc", cols, label, weight, ("x",), params, 4, 1)
+    assert "bdtc fold 2/4: its validation fold is empty" in caplog.text
+    assert "fold 1/4: its" not in caplog.text
+    assert model.boosters[1].num_boosted_rounds() == 0  # said, and the constant kept
+
+
 def test_model_file_round_trip_and_tamper_check(tmp_path):
     rng = np.random.default_rng(4)
     cols, _ = _noise_table(2000, rng)
