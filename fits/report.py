@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from knunu import published
 from knunu.errors import LimitAboveBoundError
 from knunu.fits import plots
 from knunu.fits.infer import (
@@ -35,11 +36,7 @@ log = logging.getLogger(__name__)
 BF_SM = 4.97e-6
 
 #: The published numbers (reference README; pyhf + Minuit with default tolerance).
-PUBLISHED = {
-    "combined": {"mu": 4.61, "minos": (-1.34, 1.34), "z_bkg": 3.46, "z_sm": 2.72},
-    "ita": {"mu": 5.42, "minos": (-1.47, 1.48), "z_bkg": 3.54, "z_sm": 2.93},
-    "hta": {"mu": 2.18, "minos": (-1.97, 2.36), "z_bkg": 1.11, "z_sm": 0.58},
-}
+PUBLISHED = published.FIT
 
 
 @dataclass(frozen=True)

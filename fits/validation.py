@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyhf
 
+from knunu import published
 from knunu.errors import FitError
 from knunu.fits.infer import MAX_FAILED_TOY_FRACTION, Likelihood
 from knunu.fits.workspace import analyses_in, select
@@ -295,16 +296,6 @@ def split_fits(histograms: Path) -> list[SplitPair]:
     return pairs
 
 
-#: Published ITA signal efficiency in the signal region in bins of q2gen [L].
-PUBLISHED_ITA_EFFICIENCY = {
-    (0.0, 2.0): 0.16,
-    (4.0, 6.0): 0.13,
-    (8.0, 10.0): 0.07,
-    (12.0, 14.0): 0.026,
-    (14.0, 16.0): 0.012,
-}
-
-
 class Efficiency(NamedTuple):
     """Signal-region efficiency in bins of q2gen (of all produced signal in the bin)."""
 
@@ -472,7 +463,8 @@ def _projection(
         + ", ".join(f"{a} {s:.1f}" for a, s in proj.sigma.items())
         + f" at {lumi:.3g} fb^-1; "
         + ", ".join(f"{a} {s:.2f}" for a, s in proj.sigma_projected.items())
-        + f" projected to {proj.projected_luminosity_fb:g} fb^-1 (published combined 1.34)"
+        + f" projected to {proj.projected_luminosity_fb:g} fb^-1 (published combined "
+        + f"{published.EXPECTED_SIGMA['combined']:g})"
     ]
     big_spec = scaled_spec(spec, val["projection_luminosity_fb"] / lumi)
     big = pyhf.Workspace(with_poi_bounds(big_spec, poi_range(big_spec)))
@@ -541,7 +533,7 @@ def _efficiency(run_dir: Path, histograms: Path, out: Path, summary: dict[str, A
         return []
     summary["efficiency"] = [e._asdict() for e in effs]
     lines = _embedding(run_dir, effs, out, summary)
-    plots.save(plots.efficiency_q2(effs, PUBLISHED_ITA_EFFICIENCY), out / "efficiency_q2gen.png")
+    plots.save(plots.efficiency_q2(effs, published.ITA_EFFICIENCY_Q2), out / "efficiency_q2gen.png")
     for e in effs:
         lines.append(
             f"{e.analysis.upper()} signal efficiency {e.total:.4f} in total; vs q2gen: "
@@ -553,7 +545,9 @@ def _efficiency(run_dir: Path, histograms: Path, out: Path, summary: dict[str, A
         )
     lines.append(
         "  published ITA: "
-        + ", ".join(f"{lo:g}-{hi:g}: {v:.3g}" for (lo, hi), v in PUBLISHED_ITA_EFFICIENCY.items())
+        + ", ".join(
+            f"{lo:g}-{hi:g}: {v:.3g}" for (lo, hi), v in published.ITA_EFFICIENCY_Q2.items()
+        )
     )
     return lines
 
@@ -573,7 +567,8 @@ def _embedding(
     return [
         f"J/psi K+ embedding (ITA signal region): efficiency {emb.data:.4f} +- "
         f"{emb.data_error:.4f} embedded in data, {emb.mc:.4f} +- {emb.mc_error:.4f} MC; data/MC "
-        f"{emb.ratio:.3f} +- {emb.ratio_error:.3f} (published 1.00 +- 0.03)"
+        f"{emb.ratio:.3f} +- {emb.ratio_error:.3f} (published "
+        f"{published.EMBEDDING_RATIO[0]:.2f} +- {published.EMBEDDING_RATIO[1]:.2f})"
     ]
 
 
@@ -655,7 +650,8 @@ def _closure(
         f"B = ({fit.bf * 1e5:.2f} +- {fit.bf_error * 1e5:.2f}) x 10^-5{bound} vs generated "
         f"{generated * 1e5:.2f} x 10^-5; expected +- {fit.expected_error * 1e5:.2f} here, "
         f"+- {fit.projected_error * 1e5:.2f} projected to {fit.projected_luminosity_fb:g} fb^-1 "
-        "(published (2.5 +- 0.5) x 10^-5)"
+        f"(published ({published.PI_K0_BF[0] * 1e5:.1f} +- {published.PI_K0_BF[1] * 1e5:.1f}) "
+        "x 10^-5)"
     ]
 
 
@@ -692,7 +688,9 @@ def _gof(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     return [
         "goodness of fit (saturated model): "
         + ", ".join(f"{a} p = {g['p_value']:.2f} ({g['toys']} toys)" for a, g in gof.items())
-        + " (published: ITA 0.47, HTA 0.61)"
+        + " (published: "
+        + ", ".join(f"{a.upper()} {p:.2f}" for a, p in published.GOF_P_VALUE.items())
+        + ")"
     ]
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from knunu import stamps
+from knunu import published, stamps
 from knunu.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -371,8 +371,9 @@ def training_summary(summaries: tuple[Any, Any]) -> list[str]:
         f"(ndf {ita.offres_ndf})",
         f"            HTA: BDTh AUC {hta.auc_bdth:.3f}; signal efficiency "
         f"{hta.signal_efficiency_selection:.5f} after the selection, "
-        f"{hta.signal_efficiency_sr:.5f} for eta(BDTh) > 0.4 (published 0.004), "
-        f"purity {hta.purity_sr:.3f} (published about 0.04)",
+        f"{hta.signal_efficiency_sr:.5f} for eta(BDTh) > 0.4 (published "
+        f"{published.HTA_SR_EFFICIENCY:g}), purity {hta.purity_sr:.3f} (published about "
+        f"{published.HTA_SR_PURITY:g})",
         f"            HTA continuum classifier: {hta.continuum_classifier}",
     ]
 
@@ -459,7 +460,8 @@ def process_summary(run_dir: Path) -> list[str]:
         f"{100 * overlap_fraction(doc['overlap'], mc, catalogue['datasets']):.2g} % of the "
         f"expected events at mu = 1 ({100 * signal:.2g} % of its signal), "
         f"{doc['overlap'].get('data_on', {}).get('matched', 0)} data events "
-        "(published: about 2 % of the ITA signal-region events)",
+        f"(published: about {100 * published.OVERLAP_FRACTION:g} % of the ITA signal-region "
+        "events)",
     ]
 
 

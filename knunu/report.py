@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from knunu import published
 from knunu.rundir import write_text
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,11 @@ def headline(run_dir: str | Path, config: dict[str, Any]) -> list[str]:
         *_run_luminosity_fit(run_dir, config),
         *lines,
         "",
-        "published (362 fb^-1): combined mu = 4.6 +- 1.0 (stat) +- 0.9 (syst), "
-        "B = (2.3 +- 0.7) x 10^-5, 3.5 sigma, 2.7 sigma above SM; ITA 5.4 +- 1.5, HTA 2.2 +- 2.1; "
-        "expected sigma(mu) at mu = 4.6: combined 1.34, ITA 1.47, HTA 2.1",
+        f"published (362 fb^-1): {published.HEADLINE}; expected sigma(mu) at mu = 4.6: "
+        + ", ".join(
+            f"{m if m == 'combined' else m.upper()} {s:g}"
+            for m, s in published.EXPECTED_SIGMA.items()
+        ),
     ]
 
 
@@ -239,7 +242,8 @@ def _training(run_dir: Path) -> list[str]:
         lines += [
             f"- ITA: BDT1 AUC {s['auc_bdt1']:.3f}, BDT2 AUC {s['auc_bdt2']:.3f} (out-of-fold); "
             f"signal efficiency {s['signal_efficiency_bdt1']:.3f} after BDT1, "
-            f"{s['signal_efficiency_sr']:.4f} for eta > 0.92 (published 0.08)",
+            f"{s['signal_efficiency_sr']:.4f} for eta > 0.92 "
+            f"(published {published.ITA_SR_EFFICIENCY:g})",
             f"- BDTc: AUC {s['auc_bdtc']:.3f}, weights {s['bdtc_weight_mean']:.2f} +- "
             f"{s['bdtc_weight_std']:.2f}",
         ]
@@ -247,8 +251,9 @@ def _training(run_dir: Path) -> list[str]:
         s = hta["summary"]
         lines.append(
             f"- HTA: BDTh AUC {s['auc_bdth']:.3f}; signal efficiency "
-            f"{s['signal_efficiency_sr']:.5f} for eta(BDTh) > 0.4 (published 0.004), purity "
-            f"{s['purity_sr']:.3f} (published about 0.04)"
+            f"{s['signal_efficiency_sr']:.5f} for eta(BDTh) > 0.4 (published "
+            f"{published.HTA_SR_EFFICIENCY:g}), purity {s['purity_sr']:.3f} (published about "
+            f"{published.HTA_SR_PURITY:g})"
         )
     return lines
 

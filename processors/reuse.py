@@ -96,6 +96,16 @@ class EntrySums:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __eq__(self, other: object) -> bool:
+        """Bit-identical keys and sums."""
+        if not isinstance(other, EntrySums):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f), getattr(other, f)) for f in ("keys", "sumw", "sumw2")
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, holds arrays
+
 
 def entry_sums(
     entries: Sequence[np.ndarray], flat: np.ndarray, n_bins: int, weight: np.ndarray
