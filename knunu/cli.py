@@ -109,7 +109,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{len(plan.files)} files, {events} events, on {backend}"
     )
     with get_client(backend) as client:
-        catalogue = run_production(plan, client)
+        catalogue = run_production(plan, client, ProgressPrinter())
     print(f"catalogue written to {catalogue}")
     return EXIT_OK
 
@@ -154,9 +154,9 @@ class ProgressPrinter:
         self.shown: dict[str, int] = {}
 
     def __call__(self, p: Any) -> None:
-        """Show one :class:`knunu.processors.run.Progress`."""
+        """Show one :class:`knunu.progress.Progress`."""
         line = (
-            f"{p.label}: {p.chunks_done}/{p.chunks_total} chunks, "
+            f"{p.label}: {p.chunks_done}/{p.chunks_total} {p.unit}, "
             f"{p.events_done}/{p.events_total} events, {p.rate_hz:,.0f} events/s"
         )
         finished = p.chunks_done == p.chunks_total

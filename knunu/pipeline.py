@@ -69,7 +69,8 @@ def run_analysis(
 
     Args:
         config: The validated analysis configuration.
-        progress: Called with every processor run's :class:`~knunu.processors.run.Progress`.
+        progress: Called with the simulation's and every processor run's
+            :class:`~knunu.progress.Progress`.
         client: A Dask client to use.
         force: Run every stage, up to date or not.
         client_factory: Starts a client when a stage needs one and none was given
@@ -149,7 +150,7 @@ def _run_simulate(config: dict[str, Any], run: RunDir, client: Any, progress: An
             f"{run.path}: its datasets were imported from {source}; give --catalogue {source} "
             "(or the config's catalogue), or another run directory, to simulate"
         )
-    path = run_production(plan_production(config, run.path / "ntuples"), client)
+    path = run_production(plan_production(config, run.path / "ntuples"), client, progress)
     catalogue = Catalogue.load(path)
     files = [Path(p) for p in catalogue.paths(list(catalogue.datasets))]
     return StepResult(

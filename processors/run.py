@@ -37,6 +37,7 @@ from knunu.processors.layouts import (
     mc_only,
     overlapping,
 )
+from knunu.progress import Progress
 from knunu.rundir import adler32, atomic_path, input_file
 
 log = logging.getLogger(__name__)
@@ -212,22 +213,6 @@ class Lost(NamedTuple):
     def events(self) -> int:
         """Events lost."""
         return self.stop - self.start if self.n_events < 0 else self.n_events
-
-
-class Progress(NamedTuple):
-    """Where a run is; handed to :attr:`RunOptions.progress` after every finished chunk."""
-
-    label: str
-    chunks_done: int
-    chunks_total: int
-    events_done: int
-    events_total: int
-    elapsed: float
-
-    @property
-    def rate_hz(self) -> float:
-        """Events per second so far."""
-        return self.events_done / max(self.elapsed, 1e-9)
 
 
 class RunOptions(NamedTuple):

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from knunu.errors import ConfigError, SimulationError
+from knunu.progress import Progress
 from knunu.rundir import adler32, write_json
 from knunu.samples import Sample, load_samples
 from knunu.simulation import bdecays
@@ -915,8 +916,13 @@ def _nature_jobs(
 # ---------------------------------------------------------------------------- running
 
 
-def run_production(plan: Plan, client: Any) -> Path:
+def run_production(
+    plan: Plan, client: Any, progress: Callable[[Progress], None] | None = None
+) -> Path:
     """Run a planned production on a Dask client; returns the catalogue written.
+
+    ``progress`` is called with a :class:`~knunu.progress.Progress` after every finished
+    task (decay libraries: their B decays; files: their events).
 
     Every finished task leaves a record beside its file (:func:`done_path`: the task's
     fingerprint, its result and the file's Adler-32). A production started again, after a
@@ -930,13 +936,14 @@ def run_production(plan: Plan, client: Any) -> Path:
     libs = plan.libraries
     done_libs = {t.path for t in libs if _finished(t) is not None}
     log.info("decay libraries: %d to build, %d reused", len(libs) - len(done_libs), len(done_libs))
-    _gather(client, build_library_file, [t for t in libs if t.path not in done_libs], "library")
+    todo_libs = [t for t in libs if t.path not in done_libs]
+    _gather(client, build_library_file, todo_libs, "library", progress)
     finished = {t.path: _finished(t) for t in plan.files}
     reused = {k: FileRecord(**v) for k, v in finished.items() if v is not None}
     if reused:
         log.info("files: %d of %d finished before, reused", len(reused), len(plan.files))
     todo = [t for t in plan.files if t.path not in reused]
-    made = {r.path: r for r in _gather(client, produce_file, todo, "file")}
+    made = {r.path: r for r in _gather(client, produce_file, todo, "file", progress)}
     records = [reused.get(t.path) or made[t.path] for t in plan.files]
     path = write_catalogue(Path(plan.directory) / "catalogue.json", records, plan.data_luminosity)
     log.info("production done: %d files, catalogue %s", len(records), path)
@@ -998,7 +1005,17 @@ def _captured(func: Any, task: Any) -> Any:
         return _Failed(f"{type(exc).__name__}: {exc}")
 
 
-def _gather(client: Any, func: Any, tasks: list[Any], what: str) -> list[Any]:
+#: What the progress line calls each kind of task and the work in it.
+_PROGRESS = {"library": ("simulate: decay libraries", "libraries"), "file": ("simulate", "files")}
+
+
+def _gather(
+    client: Any,
+    func: Any,
+    tasks: list[Any],
+    what: str,
+    progress: Callable[[Progress], None] | None = None,
+) -> list[Any]:
     from distributed import as_completed
 
     from knunu.cluster.backends import memory_limit, worker_death
@@ -1009,6 +1026,12 @@ def _gather(client: Any, func: Any, tasks: list[Any], what: str) -> list[Any]:
     futures = client.map(_captured, [func] * len(tasks), tasks, pure=False)
     owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
     results, failures = {}, []
+    size = {
+        f.key: t.n_events if hasattr(t, "n_events") else t.n
+        for f, t in zip(futures, tasks, strict=True)
+    }
+    label, unit = _PROGRESS[what]
+    start, done_events = time.perf_counter(), 0
     for k, future in enumerate(as_completed(futures), 1):
         task = owner[future.key]
         try:
@@ -1029,6 +1052,11 @@ def _gather(client: Any, func: Any, tasks: list[Any], what: str) -> list[Any]:
             log.warning("%s: no finished-task record (%s)", task.path, exc)
         results[future.key] = result
         log.info("%s %d/%d done", what, k, len(tasks))
+        done_events += size[future.key]
+        if progress is not None:
+            elapsed = time.perf_counter() - start
+            total = sum(size.values())
+            progress(Progress(label, k, len(tasks), done_events, total, elapsed, unit))
     if failures:
         raise SimulationError(f"{len(failures)} {what} task(s) failed; first: {failures[0]}")
     return [results[f.key] for f in futures]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -35,6 +36,15 @@ def test_tiny_scale_on_local_dask(run_cli, tmp_path):
     lum = datasets["data_on"]["luminosity_fb"]
     assert datasets["ccbar"]["luminosity_fb"] == pytest.approx(2 * lum, rel=1e-3)
     assert datasets["charged"]["luminosity_fb"] == pytest.approx(5 * lum, rel=0.03)
+    # progress on stderr (every 10 % in a log): libraries, then files, each to the end
+    files = sum(len(entry["files"]) for entry in datasets.values())
+    done = [re.fullmatch(r"(.+): (\d+)/(\d+) (\w+), (\d+)/(\d+) events, .+", line)
+            for line in proc.stderr.splitlines()]  # fmt: skip
+    last = {m[1]: m.groups()[1:] for m in done if m}
+    assert last["simulate"][:3] == (str(files), str(files), "files")
+    assert last["simulate"][3] == last["simulate"][4]
+    n, total, unit, *_ = last["simulate: decay libraries"]
+    assert (n, unit) == (total, "libraries")
 
 
 def test_a_failing_task_fails_the_production_and_writes_no_catalogue(tmp_path):
