@@ -71,7 +71,10 @@ def load_user_catalogue(path: str | Path) -> dict[str, Any]:
     """
     from knunu.samples import load_samples
 
-    doc = _on_off(read_yaml(path))
+    doc = read_yaml(path)
+    if doc is None:
+        raise ConfigError(f"{path}: empty file, not a dataset catalogue")
+    doc = _on_off(doc)
     validate(doc, "catalogue", path)
     samples = load_samples()
     for label, entry in doc["datasets"].items():

@@ -152,8 +152,10 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         ws_path = Path(workspace)
         if not ws_path.is_absolute():
             ws_path = (source.parent / ws_path).resolve()
-        if not ws_path.is_file():
-            raise ConfigError(f"{source}: key 'fit.workspace': file not found: {ws_path}")
+        try:
+            input_file(ws_path, ConfigError)
+        except ConfigError as exc:  # says which key named it
+            raise ConfigError(f"{source}: key 'fit.workspace': {exc}") from None
         config["fit"]["workspace"] = str(ws_path)
     config["_source"] = str(source)
     log.debug("configuration loaded from %s", source)

@@ -71,7 +71,7 @@ def test_missing_workspace_file_is_named(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(f)
     assert str(info.value) == (
-        f"{f}: key 'fit.workspace': file not found: {tmp_path / 'ws' / 'missing.json'}"
+        f"{f}: key 'fit.workspace': {tmp_path / 'ws' / 'missing.json'}: file not found"
     )
 
 
