@@ -439,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a write outside knunu's atomic paths (a library's own file)
         if exc.errno not in DISK_FULL:
             raise
-        print(f"knunu: error: {exc.filename or ''}: disk full ({exc.strerror})", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"knunu: error: {where}disk full ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("knunu: interrupted", file=sys.stderr)

@@ -147,6 +147,14 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
             f"{source}: key 'ita.pion.prescale': {processed} is not a multiple of "
             f"simulation.pion_prescale ({simulated}), whose stream it must select from"
         )
+    for area in ("ita", "hta"):  # early stopping validates on a fold neither scored nor empty
+        folds = config[area]["folds"]
+        for name, params in config[area]["xgboost"].items():
+            if params.get("early_stopping_rounds") is not None and folds < 3:
+                raise ConfigError(
+                    f"{source}: key '{area}.xgboost.{name}.early_stopping_rounds': needs "
+                    f"{area}.folds >= 3, got {folds}"
+                )
     workspace = config["fit"].get("workspace")
     if workspace:
         ws_path = Path(workspace)

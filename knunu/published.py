@@ -2,7 +2,7 @@
 
 Belle II, "Evidence for B+ -> K+ nu nubar decays", Phys. Rev. D 109, 112006 (2024),
 arXiv:2311.14647, with its likelihood (``knunu/data/belle2_knunu_2023_combined.json``, HEPData);
-the numbers knunu uses are collected in the project's ``notes/physics.md``. A leaf module:
+the numbers knunu uses are collected in ``../shared/notes/physics.md``. A leaf module:
 it imports nothing of knunu, so every layer may read it.
 """
 

@@ -80,8 +80,8 @@ class EntrySums:
         n = len(unique)
         return cls(
             unique,
-            np.bincount(inverse, weights=weight, minlength=n),
-            np.bincount(inverse, weights=weight2, minlength=n),
+            np.bincount(inverse, weights=weight, minlength=n).astype(float),
+            np.bincount(inverse, weights=weight2, minlength=n).astype(float),
         )
 
     def __add__(self, other: EntrySums) -> EntrySums:

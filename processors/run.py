@@ -554,18 +554,45 @@ def _process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
     except Exception as exc:
         if not _from_the_reader(exc):
             raise  # a processor's bug: not the input's fault
+        log.warning("%s: corrupt data", chunk.path, exc_info=exc)  # where uproot stopped
         raise InputError(f"{chunk.path}: corrupt data ({first_line(exc)})") from None
 
 
+#: Where uproot turns a file's bytes into arrays: an error raised there is the bytes' fault.
+_READER_CODE = tuple(
+    f"{os.sep}uproot{os.sep}{part}"
+    for part in ("compression.py", "deserialization.py", f"models{os.sep}TBasket.py",
+                 f"interpretation{os.sep}", f"source{os.sep}")
+)  # fmt: skip
+#: Never the input's fault, wherever raised: the machine, the environment, a bug.
+_NOT_THE_INPUT = (MemoryError, ImportError, AttributeError, TypeError, RecursionError)
+
+
 def _from_the_reader(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised while uproot decompressed or deserialised a file's bytes."""
+    """Whether ``exc`` says a file's bytes do not decompress or deserialise.
+
+    Decompression errors (zlib, lzma, cramjam) and uproot's ``DeserializationError`` always
+    do; a ``ValueError`` (an LZ4 checksum, a bad array size), ``IndexError`` or
+    ``struct.error`` only when raised in uproot's decompression, deserialisation, basket,
+    interpretation or source code. A processor's own errors, and memory, import or type
+    errors anywhere, never do.
+    """
     import lzma
+    import struct
     import zlib
 
-    if isinstance(exc, zlib.error | lzma.LZMAError) or type(exc).__name__ == "DecompressionError":
+    from uproot.deserialization import DeserializationError
+
+    if isinstance(exc, _NOT_THE_INPUT):
+        return False
+    if isinstance(exc, zlib.error | lzma.LZMAError | DeserializationError):
         return True
+    if type(exc).__name__ == "DecompressionError":  # cramjam's
+        return True
+    if not isinstance(exc, ValueError | IndexError | struct.error):
+        return False
     frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and f"{os.sep}uproot{os.sep}" in frames[-1].filename
+    return bool(frames) and any(part in frames[-1].filename for part in _READER_CODE)
 
 
 def _read_and_process(chunk: Chunk, proc: Any) -> tuple[dict[str, Any], float]:
@@ -831,6 +858,11 @@ class _OrderedMerge:
         return self.total or {}
 
 
+#: Bumped when what a chunk output holds changes type (2: reuse sums are EntrySums, not hists),
+#: so a run resumed across the change recomputes its chunks instead of merging unlike outputs.
+CHECKPOINT_FORMAT = 2
+
+
 class _Checkpoints:
     """Finished chunk outputs on disk, keyed by processor, inputs and chunking."""
 
@@ -838,7 +870,7 @@ class _Checkpoints:
         import cloudpickle
 
         digest = hashlib.sha256(cloudpickle.dumps(proc))
-        digest.update(f"{tree}|{options.fingerprint}".encode())
+        digest.update(f"{tree}|{options.fingerprint}|{CHECKPOINT_FORMAT}".encode())
         for c in chunks:
             stat = os.stat(c.path) if os.path.exists(c.path) else None
             ident = (c.dataset, c.path, c.start, c.stop, stat and (stat.st_size, stat.st_mtime_ns))

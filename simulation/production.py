@@ -1009,6 +1009,27 @@ def _captured(func: Any, task: Any) -> Any:
 _PROGRESS = {"library": ("simulate: decay libraries", "libraries"), "file": ("simulate", "files")}
 
 
+def _collect(future: Any, task: Any, limit: Any, results: dict[str, Any]) -> str | None:
+    """One finished task's result into ``results`` (recorded beside its file), or its problem."""
+    from knunu.cluster.backends import worker_death
+
+    try:
+        result = future.result()
+    except Exception as exc:  # reported with the task, then raised by the caller
+        return worker_death(exc, limit) or f"{type(exc).__name__}: {exc}"
+    # released at once: a result the scheduler still holds is recomputed when its worker
+    # dies, and the file written again (other bytes) after its checksum was taken
+    future.release()
+    if isinstance(result, _Failed):
+        return result.problem
+    try:
+        _record(task, result)
+    except OSError as exc:  # the record is a convenience; without it the task reruns
+        log.warning("%s: no finished-task record (%s)", task.path, exc)
+    results[future.key] = result
+    return None
+
+
 def _gather(
     client: Any,
     func: Any,
@@ -1018,7 +1039,7 @@ def _gather(
 ) -> list[Any]:
     from distributed import as_completed
 
-    from knunu.cluster.backends import memory_limit, worker_death
+    from knunu.cluster.backends import memory_limit
 
     if not tasks:
         return []
@@ -1032,30 +1053,17 @@ def _gather(
     }
     label, unit = _PROGRESS[what]
     start, done_events = time.perf_counter(), 0
+    total = sum(size.values())
     for k, future in enumerate(as_completed(futures), 1):
         task = owner[future.key]
-        try:
-            result = future.result()
-        except Exception as exc:  # reported with the task, then raised below
-            why = worker_death(exc, limit) or f"{type(exc).__name__}: {exc}"
-            failures.append(f"{task.path}: {why}")
-            continue
-        # released at once: a result the scheduler still holds is recomputed when its worker
-        # dies, and the file written again (other bytes) after its checksum was taken
-        future.release()
-        if isinstance(result, _Failed):
-            failures.append(f"{task.path}: {result.problem}")
-            continue
-        try:
-            _record(task, result)
-        except OSError as exc:  # the record is a convenience; without it the task reruns
-            log.warning("%s: no finished-task record (%s)", task.path, exc)
-        results[future.key] = result
-        log.info("%s %d/%d done", what, k, len(tasks))
-        done_events += size[future.key]
+        problem = _collect(future, task, limit, results)
+        if problem is not None:
+            failures.append(f"{task.path}: {problem}")
+        else:
+            log.info("%s %d/%d done", what, k, len(tasks))
+        done_events += size[future.key]  # finished, made or failed: the line reaches the end
         if progress is not None:
             elapsed = time.perf_counter() - start
-            total = sum(size.values())
             progress(Progress(label, k, len(tasks), done_events, total, elapsed, unit))
     if failures:
         raise SimulationError(f"{len(failures)} {what} task(s) failed; first: {failures[0]}")

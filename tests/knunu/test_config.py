@@ -75,6 +75,18 @@ def test_missing_workspace_file_is_named(tmp_path):
     )
 
 
+def test_early_stopping_with_two_folds_is_refused_when_the_config_loads(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("ita: {folds: 2}\n")  # the default BDTc learns its rounds on a held-out fold
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    assert str(info.value) == (
+        f"{f}: key 'ita.xgboost.bdtc.early_stopping_rounds': needs ita.folds >= 3, got 2"
+    )
+    f.write_text("ita: {folds: 2, xgboost: {bdtc: {early_stopping_rounds: null}}}\n")
+    assert load_config(f)["ita"]["folds"] == 2
+
+
 def test_cli_bad_config_is_one_line_exit_2(run_cli, tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("cluster_name: x\n")

@@ -17,6 +17,7 @@ import dask.config
 import numpy as np
 import pytest
 import uproot
+from coffea import processor
 
 from knunu.cluster import get_client
 from knunu.errors import InputError, ProcessingError
@@ -274,6 +275,27 @@ def test_flipped_bytes_without_a_checksum_are_a_bad_input_or_read_unnoticed(
     # 36 unnoticed (LZ4 keeps incompressible baskets raw): the checksum is what catches those
     assert outcomes["bad input"] >= 2, (outcomes, messages)
     assert any("corrupt data" in m for _, m in messages), messages
+
+
+class _Buggy(processor.ProcessorABC):
+    """Raises a given error from its own code, as a processor with a bug does."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def process(self, events):
+        raise self.error
+
+    def postprocess(self, accumulator):
+        return accumulator
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug"), IndexError("a bug"), MemoryError()])
+def test_a_processors_own_error_is_not_blamed_on_its_input(production, error):
+    # never a bad input (which skipping would list as a loss of a good file): it propagates
+    skip = runner.RunOptions(retries=0, skip_bad_inputs=True)
+    with pytest.raises(type(error)):
+        runner.run(production, ["signal"], _Buggy(error), "ita", None, 1000, skip)
 
 
 # --- interrupted runs -------------------------------------------------------------------------
