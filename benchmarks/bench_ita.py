@@ -37,7 +37,7 @@ def _prepare(tmp: Path) -> tuple[Path, dict]:
     config = load_config()
     config = {**config, "scale": "tiny", "ita": copy.deepcopy(config["ita"])}
     config["ita"].update(folds=2, bdtc_bdt1_min=0.0, bdtc_eta_min=0.0)
-    config["ita"]["xgboost"]["bdtc"].pop("early_stopping_rounds", None)  # needs 3 folds
+    config["ita"]["xgboost"]["bdtc"]["early_stopping_rounds"] = None  # needs 3 folds
     with get_client("local", n_workers=2) as client:
         run_production(plan_production(config, tmp / "ntuples"), client)
         train_stage(config, tmp, client)

@@ -100,8 +100,8 @@ def cfg():
     hta["xgboost"]["bdth"]["rounds"] = 60
     # 2 folds leave none to learn the rounds on: fixed rounds, as before early stopping (it
     # is tested in tests/mva; xgboost then estimates base_score, about 0.5 here)
-    ita["xgboost"]["bdtc"].pop("early_stopping_rounds", None)
-    hta["xgboost"]["continuum"].pop("early_stopping_rounds", None)
+    ita["xgboost"]["bdtc"]["early_stopping_rounds"] = None  # null: off, also in a YAML dump
+    hta["xgboost"]["continuum"]["early_stopping_rounds"] = None
     return {**config, "scale": "tiny", "ita": ita, "hta": hta}
 
 
