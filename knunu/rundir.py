@@ -48,6 +48,14 @@ TRACKED_DISTRIBUTIONS = (
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def _reraise_disk_full(exc: OSError, what: str) -> None:
+    """Raise :class:`DiskFullError` (``what``: the message's start) if ``exc`` is a full disk."""
+    if exc.errno in DISK_FULL:
+        raise DiskFullError(
+            f"{what}: disk full ({exc.strerror}); free space and run again"
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path that is renamed to ``path`` only if the block succeeds.
@@ -71,11 +79,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp
         except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise DiskFullError(
-                    f"{path}: disk full ({exc.strerror}) while writing it; free space and run "
-                    "again (finished outputs are kept)"
-                ) from None
+            _reraise_disk_full(exc, f"{path} (finished outputs are kept)")
             raise
         # mkstemp makes the file private (0600); outputs get the usual umask-given mode
         mask = os.umask(0)
@@ -192,10 +196,7 @@ def run_lock(path: str | Path) -> Iterator[Path]:
                 f"knunu pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode()
             )
         except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise DiskFullError(
-                    f"{run}: disk full ({exc.strerror}); free space and run again"
-                ) from None
+            _reraise_disk_full(exc, str(run))
             raise
         try:
             yield run

@@ -14,7 +14,6 @@ MC where the real analysis had to correct (:class:`Nature`, each a switch).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ import numpy as np
 
 from knunu.errors import ConfigError, SimulationError
 from knunu.progress import Progress
-from knunu.rundir import adler32, write_json
+from knunu.rundir import DISK_FULL, adler32, write_json
 from knunu.samples import Sample, load_samples
 from knunu.simulation import bdecays
 from knunu.simulation.detector import KAON_ID_CUT, DetectorConfig, DetectorEvents, simulate_detector
@@ -997,7 +996,7 @@ def _captured(func: Any, task: Any) -> Any:
     try:
         return func(task)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in DISK_FULL:
             return _Failed(
                 f"disk full ({exc.strerror}); free space and run again: "
                 "finished files are kept and reused"
