@@ -676,29 +676,41 @@ def hardest_momentum(lib: Library, kaons: bool = True) -> np.ndarray:
     return out
 
 
-def hta_sides(lib: Library, slope: float, tag_slope: float) -> tuple[np.ndarray, np.ndarray]:
+def hta_sides(
+    lib: Library, slope: float, tag_slope: float, photon_slope: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The hadronic-tag analysis' factors per entry: (signal side, tag side).
 
-    Signal side: ``exp(-slope (n_charged - 1))`` for an entry with a charged kaon among its
-    final-state particles, else 0 (the HTA keeps exactly one signal-side track, the kaon).
+    Signal side: ``exp(-slope (n_charged - 1) - photon_slope E_photons)`` for an entry with a
+    charged kaon among its final-state particles, else 0: the HTA keeps exactly one
+    signal-side track, the kaon, and little extra neutral energy (``E_extra``, its BDTh's main
+    input); ``E_photons`` is the photons' energy in the B rest frame (pi0 decays included).
     Tag side: ``exp(-tag_slope n_charged)`` for an entry with no neutrino, K_L or
     (anti)neutron, else 0: a B the hadronic tag can reconstruct, in proportion to its tag
     probability (:class:`~knunu.simulation.reconstruction.TagModel`, ``correct_slope``), so
     that the tag weight p / q varies less among the drawn pairs.
 
-    >>> parts = Particles(np.array([0, 1, 3, 4]), np.array([321, -321, 211, 12]),
-    ...                   np.zeros((4, 4)), np.array([1, -1, 1, 0]))
-    >>> lib = Library(parts, np.zeros(3, int), np.zeros(3, int), np.zeros(3, int))
+    Four entries: K+ (1.0 GeV); K- (0.5 GeV) pi+; a neutrino; K+ (1.2 GeV) and a 0.5 GeV photon.
+
+    >>> p4 = np.zeros((6, 4))
+    >>> p4[:, 0] = p4[:, 1] = [1.0, 0.5, 0.3, 1.0, 1.2, 0.5]
+    >>> parts = Particles(np.array([0, 1, 3, 4, 6]), np.array([321, -321, 211, 12, 321, 22]),
+    ...                   p4, np.array([1, -1, 1, 0, 1, 0]))
+    >>> lib = Library(parts, *np.zeros((3, 4), int))
     >>> [f.round(3).tolist() for f in hta_sides(lib, 1.0, 0.5)]
-    [[1.0, 0.368, 0.0], [0.607, 0.368, 0.0]]
+    [[1.0, 0.368, 0.0, 1.0], [0.607, 0.368, 0.0, 0.607]]
+    >>> hta_sides(lib, 1.0, 0.5, photon_slope=2.0)[0].round(3).tolist()
+    [1.0, 0.368, 0.0, 0.368]
     """
     p = lib.particles
     entry = np.repeat(np.arange(len(lib)), p.counts())
     n = len(lib)
     charged = np.bincount(entry[p.charge != 0], minlength=n)
-    kaons = np.bincount(entry[np.abs(p.pdg) == 321], minlength=n)
     invisible = np.bincount(entry[np.isin(np.abs(p.pdg), (12, 14, 16, 130, 2112))], minlength=n)
-    signal = np.where(kaons > 0, np.exp(-slope * (charged - 1.0)), 0.0)
+    kaons = np.bincount(entry[np.abs(p.pdg) == 321], minlength=n) > 0
+    photon = p.pdg == 22
+    e_photons = np.bincount(entry[photon], weights=p.p4[photon, 0], minlength=n)
+    signal = np.where(kaons, np.exp(-slope * (charged - 1.0) - photon_slope * e_photons), 0.0)
     return signal, np.where(invisible == 0, np.exp(-tag_slope * charged), 0.0)
 
 

@@ -121,8 +121,9 @@ class Targeting:
     ``hta_share`` > 0 (kaon-side pairs only) gives a further fraction of the B+B- pairs to the
     hadronic-tag analysis (B0B0bar pairs give it to the kaon side: the HTA tags charged B
     only; :func:`entry_hta_factors`): one B among the entries with a charged
-    kaon, in proportion to ``exp(-hta_slope x (charged particles - 1))`` (the HTA keeps
-    events with exactly one signal-side track, the kaon), the other among the fully visible
+    kaon, in proportion to ``exp(-hta_slope x (charged particles - 1) - hta_photon_slope x
+    photon energy)`` (the HTA keeps events with exactly one signal-side track, the kaon, and
+    little extra neutral energy), the other among the fully visible
     entries (no neutrino, K_L or neutron: what the hadronic tag reconstructs, in proportion
     to its tag probability ``exp(-0.3 x charged particles)``). Measured on
     the HTA-selected B+B- events with a correct tag: 88 % of their weight has a B with a kaon
@@ -141,12 +142,14 @@ class Targeting:
     kaon_misid: float = 0.02
     hta_share: float = 0.0
     hta_slope: float = 1.5
+    hta_photon_slope: float = 0.0
 
     def __post_init__(self) -> None:
         bad = self.sides not in (1, 2) or self.slope < 0 or self.cap_gev <= 0
         bad = bad or not (0 < self.mix <= 1) or self.kaon_p_gev < 0
         bad = bad or not (0 < self.kaon_share < 1) or not (0 <= self.kaon_misid <= 1)
         bad = bad or not (0 <= self.hta_share < 1 - self.kaon_share) or self.hta_slope < 0
+        bad = bad or self.hta_photon_slope < 0
         if bad or not (0 < self.keep_below <= 1):
             raise ConfigError(f"simulation.targeting: invalid {self}")
 
@@ -276,13 +279,16 @@ def entry_kaon_factor(
 
 
 @lru_cache(maxsize=4)
-def entry_hta_factors(directory: str, slope: float) -> tuple[np.ndarray, np.ndarray]:
+def entry_hta_factors(
+    directory: str, slope: float, photon_slope: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The HTA's factors per library entry (cached): (signal side, tag side).
 
     :func:`~knunu.simulation.bdecays.hta_sides` with the tag side tilted as the emulated
     tag's probability (``TagModel.correct_slope``).
     """
-    return bdecays.hta_sides(load_mixture(directory).library, slope, TagModel.correct_slope)
+    lib = load_mixture(directory).library
+    return bdecays.hta_sides(lib, slope, TagModel.correct_slope, photon_slope)
 
 
 def pair_proposal(
@@ -299,7 +305,8 @@ def pair_proposal(
     )
     if aim.hta_share <= 0 or neutral:
         return factor, aim.kaon_share + (aim.hta_share if neutral else 0.0), None
-    return factor, aim.kaon_share, (*entry_hta_factors(directory, aim.hta_slope), aim.hta_share)
+    hta = entry_hta_factors(directory, aim.hta_slope, aim.hta_photon_slope)
+    return factor, aim.kaon_share, (*hta, aim.hta_share)
 
 
 @lru_cache(maxsize=2)

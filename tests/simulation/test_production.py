@@ -355,13 +355,22 @@ def test_the_nature_stream_is_weighted_data_with_boosted_tags(libraries, tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("natural", "hta_share"), [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.1)]
+    ("natural", "hta_share", "hta"),
+    [
+        (False, 0.0, ()),
+        (True, 0.0, ()),
+        (False, 0.1, (1.5,)),
+        (True, 0.1, (1.5,)),
+        (False, 0.1, (1.5, 3.0)),
+        (True, 0.1, (1.5, 3.0)),
+    ],
 )
-def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share):
+def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share, hta):
     """The kaon-side proposal (and the HTA's share) moves pairs, not expectations.
 
     MC and the weighted nature stream; with ``hta_share`` a tenth of the pairs go to a kaon
-    among few charged particles next to a fully visible B (the hadronic tag's events).
+    among few charged particles next to a fully visible B (the hadronic tag's events), also
+    with the photon-energy tilt of the HTA's signal side.
     """
     from knunu.simulation.production import (
         entry_hardest,
@@ -376,7 +385,7 @@ def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share):
     first = np.where(rng.random(200_000) < 0.5, 521, -521)
     share = 0.9 - hta_share
     factor = entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 0.5, 0.06)
-    signal_side, tag_side = entry_hta_factors(libraries, 1.5)
+    signal_side, tag_side = entry_hta_factors(libraries, *(hta or (1.5,)))
     tag = (signal_side, tag_side, hta_share) if hta_share else None
     e1, e2, w = mix.draw_pairs(first, rng, factor, share, natural=natural, tag=tag)
     p1, w1 = mix.draw(first, rng, natural=natural)
@@ -387,7 +396,7 @@ def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share):
     hard0 = (np.maximum(kaon[p1], kaon[p2]) > 1.1).astype(float)
 
     def hta_like(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # a lone kaon, a visible B
-        lone = signal_side == 1.0
+        lone = signal_side > 0.5
         return ((lone[a] & (tag_side[b] > 0)) | (lone[b] & (tag_side[a] > 0))).astype(float)
 
     for f, f0 in (
