@@ -188,14 +188,16 @@ def drop_empty_bins(
     if not keep.all():
         log.warning("channel %s: bins %s dropped (empty)", cname, np.flatnonzero(~keep).tolist())
     idx = np.flatnonzero(keep)
-    out = []
+    out, empty = [], []
     for sample in samples:
         data = np.asarray(sample["data"])[idx]
         if not np.any(data > 0):
-            log.warning("sample %s dropped from %s: empty in every bin", sample["name"], cname)
+            empty.append(sample["name"])
             continue
         mods = [_cut_modifier(m, idx) for m in sample["modifiers"]]
         out.append({**sample, "data": data.tolist(), "modifiers": mods})
+    if empty:
+        log.warning("channel %s: samples %s dropped (empty in every bin)", cname, ", ".join(empty))
     return out, observed[idx].tolist(), idx
 
 

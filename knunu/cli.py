@@ -19,6 +19,7 @@ import dask.config
 from knunu import __version__
 from knunu.config import load_config
 from knunu.errors import InputError, KnunuError
+from knunu.logs import ShowOnce
 from knunu.rundir import DISK_FULL, run_lock
 
 log = logging.getLogger("knunu.cli")
@@ -421,12 +422,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    once = ShowOnce()  # a warning repeated (a workspace built five times) is shown once
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(once)
     # Dask logs every worker start at INFO; shown with -v only, so the progress line stays readable.
     # distributed sets its loggers' levels from dask config when it is imported (later, lazily).
     dask_level = level if args.verbose else logging.WARNING
     dask.config.set({"logging.distributed": logging.getLevelName(dask_level).lower()})
     for name in ("distributed", "dask_jobqueue"):
         logging.getLogger(name).setLevel(dask_level)
+    try:
+        return _dispatch(args)
+    finally:
+        if once.repeats:
+            log.warning(
+                "%d repeated warnings not shown again (a run's report lists each once)",
+                once.repeats,
+            )
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command: a knunu error or a full disk is one line and exit code 2."""
     try:
         if not hasattr(args, "output"):
             return args.func(args)

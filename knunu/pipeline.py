@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from knunu import published, stamps
+from knunu.logs import collect_warnings
 from knunu.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,9 @@ def run_analysis(
                 factory = client_factory or (lambda: get_client(config["cluster"]))
                 client = stack.enter_context(factory())
             start = time.perf_counter()
-            result = step.run(config, run, client, progress)
-            stamp = stamps.write_stamp(run.path, step.name, key, result.outputs)
+            with collect_warnings() as warned:
+                result = step.run(config, run, client, progress)
+            stamp = stamps.write_stamp(run.path, step.name, key, result.outputs, warned)
             digests[step.name] = stamp.digests()
             seconds = time.perf_counter() - start
             run.record_stage(step.name, "done", key=key, reason=reason, seconds=round(seconds, 1))

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from knunu import published
+from knunu import published, stamps
 from knunu.rundir import write_text
 
 log = logging.getLogger(__name__)
@@ -349,4 +349,17 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
     ]
     if validation is None:
         sections.append("(the validation stage has not run)")
+    sections += ["", "## Warnings", "", *_warnings(run_dir)]
     return write_text(run_dir / "report.md", "\n".join(sections) + "\n")
+
+
+def _warnings(run_dir: Path) -> list[str]:
+    """What each stage's last run logged at WARNING or above (its stamp), each once."""
+    found = sorted((run_dir / stamps.STAMP_DIR).glob("*.json"), key=lambda p: p.stat().st_mtime)
+    lines = []
+    for path in found:
+        stamp = stamps.load_stamp(run_dir, path.stem)
+        for w in stamp.warnings if stamp else ():
+            times = f" ({w.count} times)" if w.count > 1 else ""
+            lines.append(f"- {stamp.stage}: {w.level} {w.logger}: {w.message}{times}")
+    return lines or ["None: no stage logged a warning in its last run."]

@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from knunu.logs import Warned
 from knunu.rundir import sha256, write_json
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ class Stamp(NamedTuple):
     stage: str
     key: str
     outputs: dict[str, FileDigest]  # path relative to the run directory -> digest
+    warnings: tuple[Warned, ...] = ()  # what it logged at WARNING or above, each once
 
     def digests(self) -> dict[str, str]:
         """Output path -> SHA-256 (what downstream stages take as inputs)."""
@@ -285,23 +287,33 @@ def load_stamp(run_dir: Path, stage: str) -> Stamp | None:
     try:
         doc = json.loads(path.read_text())
         outputs = {k: FileDigest(*v) for k, v in doc["outputs"].items()}
-        return Stamp(doc["stage"], doc["key"], outputs)
+        warned = tuple(Warned(*w) for w in doc.get("warnings", []))
+        return Stamp(doc["stage"], doc["key"], outputs, warned)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def write_stamp(run_dir: Path, stage: str, key: str, outputs: Iterable[Path]) -> Stamp:
-    """Hash a finished stage's outputs and write its stamp (atomically)."""
+def write_stamp(
+    run_dir: Path,
+    stage: str,
+    key: str,
+    outputs: Iterable[Path],
+    warnings: Iterable[Warned] = (),
+) -> Stamp:
+    """Hash a finished stage's outputs and write its stamp (atomically), with its warnings."""
     run_dir = Path(run_dir)
     digests = {
         str(Path(p).resolve().relative_to(run_dir.resolve())): digest_file(Path(p))
         for p in sorted(outputs)
     }
-    stamp = Stamp(stage, key, digests)
-    write_json(
-        stamp_path(run_dir, stage),
-        {"stage": stage, "key": key, "outputs": {k: list(v) for k, v in digests.items()}},
-    )
+    stamp = Stamp(stage, key, digests, tuple(warnings))
+    doc = {
+        "stage": stage,
+        "key": key,
+        "outputs": {k: list(v) for k, v in digests.items()},
+        "warnings": [list(w) for w in stamp.warnings],
+    }
+    write_json(stamp_path(run_dir, stage), doc)
     return stamp
 
 

@@ -62,6 +62,7 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     report = (run_dir / "report.md").read_text()
     for section in ("## Headline", "## Cutflows", "## BDTs", "## Fit", "## Validation"):
         assert section in report
+    warned = report.split("## Warnings")[1]  # each stage's warnings, from its stamp
     summary = json.loads((run_dir / "validation" / "summary.json").read_text())
     assert [e["analysis"] for e in summary["efficiency"]] == ["ita", "hta"]
     ita = summary["efficiency"][0]
@@ -129,6 +130,8 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     assert set(_statuses(run_dir).values()) == {"up to date"}
     assert text.count("up to date (skipped)") == len(STEPS)
     assert len(clients) == 1
+    # the skipped stages' warnings stay in the report
+    assert (run_dir / "report.md").read_text().split("## Warnings")[1] == warned
     # the chunk size changes a histogram by float rounding only (sums in another order,
     # tested elsewhere): the outputs stay up to date
     config["ita"]["chunksize"] = 777
