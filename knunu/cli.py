@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, TextIO
 
 import dask.config
 
@@ -20,40 +20,12 @@ from knunu import __version__
 from knunu.config import load_config
 from knunu.errors import InputError, KnunuError
 from knunu.logs import ShowOnce
+from knunu.pipeline import STEPS
 from knunu.rundir import DISK_FULL, run_lock
 
 log = logging.getLogger("knunu.cli")
 
 EXIT_OK, EXIT_ERROR = 0, 2
-
-
-class Stage(NamedTuple):
-    """A pipeline stage as the CLI knows it."""
-
-    name: str
-    help: str
-
-
-#: The stage subcommands and their help (the pipeline itself: :data:`knunu.pipeline.STEPS`).
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        Stage(
-            "simulate",
-            "generate Belle II-like MC and pseudo-data as basf2-style ntuples",
-        ),
-        Stage(
-            "train",
-            "train the ITA BDTs (BDT1, BDT2, BDTc), the HTA BDTh and continuum classifier, "
-            "and the eta transforms, with xgboost",
-        ),
-        Stage(
-            "process",
-            "run the HTA and ITA coffea processors (overlap removed) into the fit histograms",
-        ),
-        Stage("fit", "build the pyhf workspaces and run inference"),
-    )
-}
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -331,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    sim = add("simulate", cmd_simulate, STAGES["simulate"].help)
+    sim = add("simulate", cmd_simulate, STEPS["simulate"].help)
     sim.add_argument("--scale", choices=["tiny", "default", "belle2"], help="override the scale")
     sim.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
     catalogue_help = (
@@ -343,11 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: processing.skip_bad_inputs, false: they fail the run)"
     )
     for stage, func in (("train", cmd_train), ("process", cmd_process)):
-        p = add(stage, func, STAGES[stage].help)
+        p = add(stage, func, STEPS[stage].help)
         p.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
         p.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
         p.add_argument("--catalogue", metavar="YAML", help=catalogue_help)
-    fit = add("fit", cmd_fit, STAGES["fit"].help)
+    fit = add("fit", cmd_fit, STEPS["fit"].help)
     fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
     fit.add_argument(
         "--histograms", metavar="FILE", help="processors' histogram file to build workspaces from"

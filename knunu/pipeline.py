@@ -46,6 +46,7 @@ class Step(NamedTuple):
     """A pipeline stage: what its outputs depend on and how to run it."""
 
     name: str
+    help: str  # one line: what it does (the CLI's help for its subcommand)
     config_keys: tuple[str, ...]  # dotted configuration keys it reads
     upstream: tuple[str, ...]  # stages whose outputs are its inputs
     run: Callable[[dict[str, Any], RunDir, Any, Any], StepResult]
@@ -301,6 +302,7 @@ STEPS: dict[str, Step] = {
     for s in (
         Step(
             "simulate",
+            "generate Belle II-like MC and pseudo-data as basf2-style ntuples",
             ("seed", "scale", "simulation", "catalogue"),
             (),
             _run_simulate,
@@ -309,6 +311,8 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "train",
+            "train the ITA BDTs (BDT1, BDT2, BDTc), the HTA BDTh and continuum classifier, "
+            "and the eta transforms, with xgboost",
             ("seed", "ita", "hta", *_RUN_KEYS),
             ("simulate",),
             _run_train,
@@ -316,6 +320,7 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "process",
+            "run the HTA and ITA coffea processors (overlap removed) into the fit histograms",
             ("ita", "hta", *_RUN_KEYS),
             ("simulate", "train"),
             _run_process,
@@ -323,12 +328,14 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "fit",
+            "build the pyhf workspaces and run inference",
             ("seed", "fit"),
             ("process",),
             _run_fit,
         ),
         Step(
             "measure",
+            "the measurement at 362 / 42 fb^-1: templates, histogram-level pseudo-data, fits",
             (
                 "seed",
                 "blind",
@@ -343,6 +350,7 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "validate",
+            "the validation suite: embedding, pion sideband, closure, injection, splits, GoF",
             (
                 "seed",
                 "fit",
