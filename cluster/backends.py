@@ -331,3 +331,76 @@ def worker_death(exc: BaseException, limit: int | None) -> str | None:
         f" {known}; a task needing more memory is killed: make chunks smaller, e.g."
         " ita.chunksize, or give the workers more memory)"
     )
+
+
+#: Seconds between checks for finished tasks and for workers.
+_POLL_S = 2.0
+#: Seconds to fetch a finished task's result before taking it for lost with its worker.
+_RESULT_S = 30.0
+
+
+def completed(
+    client: Any,
+    futures: list[Any],
+    name: str,
+    what: str,
+    no_workers_timeout: float,
+    error: Callable[[str], Exception],
+) -> Iterator[tuple[int, Any, int | None]]:
+    """(position, result or the exception it raised, workers' memory limit) as futures finish.
+
+    Watches the cluster meanwhile: left without workers for ``no_workers_timeout`` seconds
+    (batch jobs at their walltime, none coming back), it raises ``error(line)`` with one line
+    naming ``name`` and how many ``what`` were left. Unfinished futures are cancelled when it
+    is closed (use it with ``contextlib.closing``: a caller that stops early cancels what is
+    left at once). Results are released as they are fetched.
+    """
+    from distributed import wait
+
+    position = {f.key: k for k, f in enumerate(futures)}
+    pending = set(futures)
+    alone_since: float | None = None
+    limit = memory_limit(client)
+    try:
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished in the meantime
+                done = set()
+            # every result of the batch is fetched before the caller sees any: the caller may
+            # end workers (a progress callback, a batch system) that hold the others
+            batch = []
+            for future in sorted(done, key=lambda f: position[f.key]):
+                try:
+                    result = future.result(timeout=_RESULT_S)
+                except TimeoutError:  # its result went with its worker: it is computed again
+                    pending.add(future)
+                    continue
+                except Exception as exc:
+                    result = exc
+                future.release()
+                batch.append((position[future.key], result))
+            for k, result in batch:
+                yield k, result, limit
+            if done:
+                alone_since = None
+                continue
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            if workers:
+                alone_since = None
+                limit = memory_limit(client, workers) or limit
+                continue
+            alone_since = alone_since or time.monotonic()
+            if time.monotonic() - alone_since > no_workers_timeout:
+                raise error(
+                    f"{name}: no Dask workers for {no_workers_timeout:.0f} s (batch jobs ended?)"
+                    f" with {len(pending)} of {len(futures)} {what} to go"
+                )
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+#: Seconds between checks for finished chunks and for workers.
+_POLL_S = 2.0
+#: Seconds to fetch a finished chunk's result before taking it for lost with its worker.
+_RESULT_S = 30.0

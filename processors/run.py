@@ -16,7 +16,7 @@ import pickle
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +25,7 @@ from urllib.parse import unquote
 import numpy as np
 from coffea import processor
 
-from knunu.cluster.backends import memory_limit, worker_death
+from knunu.cluster.backends import completed, worker_death
 from knunu.errors import InputError, ProcessingError, first_line
 from knunu.processors.layouts import (
     LAYOUTS,
@@ -433,7 +433,8 @@ def _run_dask(
     """
     keys = [f"knunu-{prefix[:12]}-{c.index}" for c in todo]
     futures = client.map(_guarded, todo, *[[a] * len(todo) for a in args], key=keys)
-    with closing(_completed(client, futures, name, "chunks", no_workers_timeout)) as results:
+    watched = completed(client, futures, name, "chunks", no_workers_timeout, _no_workers)
+    with closing(watched) as results:
         for k, result, limit in results:
             if isinstance(result, BaseException):  # the processor failed, or workers kept dying
                 why = worker_death(result, limit) or first_line(result)
@@ -442,65 +443,8 @@ def _run_dask(
             finish(result)
 
 
-def _completed(
-    client: Any, futures: list[Any], name: str, what: str, no_workers_timeout: float
-) -> Iterator[tuple[int, Any, float | None]]:
-    """(position, result or the exception it raised, workers' memory limit) as futures finish.
-
-    Watches the cluster meanwhile: left without workers for ``no_workers_timeout`` seconds,
-    it stops with one line. Unfinished futures are cancelled when it is closed (use it with
-    ``contextlib.closing``: a caller that stops early cancels what is left at once).
-    """
-    from distributed import wait
-
-    position = {f.key: k for k, f in enumerate(futures)}
-    pending = set(futures)
-    alone_since: float | None = None
-    limit = memory_limit(client)
-    try:
-        while pending:
-            try:
-                done, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # nothing finished in the meantime
-                done = set()
-            # every result of the batch is fetched before the caller sees any: the caller may
-            # end workers (a progress callback, a batch system) that hold the others
-            batch = []
-            for future in sorted(done, key=lambda f: position[f.key]):
-                try:
-                    result = future.result(timeout=_RESULT_S)
-                except TimeoutError:  # its result went with its worker: it is computed again
-                    pending.add(future)
-                    continue
-                except Exception as exc:
-                    result = exc
-                future.release()
-                batch.append((position[future.key], result))
-            for k, result in batch:
-                yield k, result, limit
-            if done:
-                alone_since = None
-                continue
-            workers = client.scheduler_info(n_workers=-1)["workers"]
-            if workers:
-                alone_since = None
-                limit = memory_limit(client, workers) or limit
-                continue
-            alone_since = alone_since or time.monotonic()
-            if time.monotonic() - alone_since > no_workers_timeout:
-                raise ProcessingError(
-                    f"{name}: no Dask workers for {no_workers_timeout:.0f} s (batch jobs ended?)"
-                    f" with {len(pending)} of {len(futures)} {what} to go; finished chunks are"
-                    " checkpointed: run again to resume"
-                )
-    finally:
-        client.cancel([f for f in futures if not f.done()])
-
-
-#: Seconds between checks for finished chunks and for workers.
-_POLL_S = 2.0
-#: Seconds to fetch a finished chunk's result before taking it for lost with its worker.
-_RESULT_S = 30.0
+def _no_workers(message: str) -> ProcessingError:
+    return ProcessingError(f"{message}; finished chunks are checkpointed: run again to resume")
 
 
 def _guarded(chunk: Chunk, proc: Any, retries: int, wait: float) -> ChunkResult:
@@ -691,7 +635,7 @@ def _plan(
         futures = client.map(_inspected, *zip(*todo, strict=True), pure=False)
         found: list[Any] = [None] * len(todo)
         timeout = options.no_workers_timeout
-        watched = _completed(client, futures, tree, "file inspections", timeout)
+        watched = completed(client, futures, tree, "file inspections", timeout, _no_workers)
         with closing(watched) as results:
             for k, result, _ in results:
                 if isinstance(result, BaseException):

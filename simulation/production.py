@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -768,6 +769,8 @@ class Plan:
     files: tuple[FileTask, ...]
     data_luminosity: dict[str, float]
     directory: str
+    #: seconds without any Dask worker before the production stops (processing's setting)
+    no_workers_timeout: float = 600.0
 
 
 def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
@@ -858,7 +861,8 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
             )
     data_lum = {"data_on": lum["on"], "data_off": lum["off"]}
     data_lum |= {NATURE[False]: lum["on"], NATURE[True]: lum["off"]}
-    return Plan(libraries, tuple(files), data_lum, str(directory))
+    wait = float(config.get("processing", {}).get("no_workers_timeout_s", 600.0))
+    return Plan(libraries, tuple(files), data_lum, str(directory), wait)
 
 
 def _targeting(sim: Mapping[str, Any], sample: str) -> Targeting | None:
@@ -943,13 +947,14 @@ def run_production(
     done_libs = {t.path for t in libs if _finished(t) is not None}
     log.info("decay libraries: %d to build, %d reused", len(libs) - len(done_libs), len(done_libs))
     todo_libs = [t for t in libs if t.path not in done_libs]
-    _gather(client, build_library_file, todo_libs, "library", progress)
+    wait = plan.no_workers_timeout
+    _gather(client, build_library_file, todo_libs, "library", progress, wait)
     finished = {t.path: _finished(t) for t in plan.files}
     reused = {k: FileRecord(**v) for k, v in finished.items() if v is not None}
     if reused:
         log.info("files: %d of %d finished before, reused", len(reused), len(plan.files))
     todo = [t for t in plan.files if t.path not in reused]
-    made = {r.path: r for r in _gather(client, produce_file, todo, "file", progress)}
+    made = {r.path: r for r in _gather(client, produce_file, todo, "file", progress, wait)}
     records = [reused.get(t.path) or made[t.path] for t in plan.files]
     path = write_catalogue(Path(plan.directory) / "catalogue.json", records, plan.data_luminosity)
     log.info("production done: %d files, catalogue %s", len(records), path)
@@ -1015,24 +1020,22 @@ def _captured(func: Any, task: Any) -> Any:
 _PROGRESS = {"library": ("simulate: decay libraries", "libraries"), "file": ("simulate", "files")}
 
 
-def _collect(future: Any, task: Any, limit: Any, results: dict[str, Any]) -> str | None:
-    """One finished task's result into ``results`` (recorded beside its file), or its problem."""
+def _collect(result: Any, task: Any, limit: Any, results: list[Any], k: int) -> str | None:
+    """One finished task's result into ``results[k]`` (recorded beside its file), or its problem.
+
+    ``result`` is what the task returned or the exception it raised (its workers died).
+    """
     from knunu.cluster.backends import worker_death
 
-    try:
-        result = future.result()
-    except Exception as exc:  # reported with the task, then raised by the caller
-        return worker_death(exc, limit) or f"{type(exc).__name__}: {exc}"
-    # released at once: a result the scheduler still holds is recomputed when its worker
-    # dies, and the file written again (other bytes) after its checksum was taken
-    future.release()
+    if isinstance(result, BaseException):  # reported with the task, then raised by the caller
+        return worker_death(result, limit) or f"{type(result).__name__}: {result}"
     if isinstance(result, _Failed):
         return result.problem
     try:
         _record(task, result)
     except OSError as exc:  # the record is a convenience; without it the task reruns
         log.warning("%s: no finished-task record (%s)", task.path, exc)
-    results[future.key] = result
+    results[k] = result
     return None
 
 
@@ -1042,35 +1045,46 @@ def _gather(
     tasks: list[Any],
     what: str,
     progress: Callable[[Progress], None] | None = None,
+    no_workers_timeout: float = 600.0,
 ) -> list[Any]:
-    from distributed import as_completed
+    """Run ``func`` on every task on the cluster; their results in task order.
 
-    from knunu.cluster.backends import memory_limit
+    Finished results are released at once (a result the scheduler still holds is recomputed
+    when its worker dies, and the file written again, other bytes, after its checksum was
+    taken). A cluster left without workers for ``no_workers_timeout`` seconds stops the
+    production with one line; finished files are kept and reused when it runs again.
+
+    Raises:
+        SimulationError: a task failed (every failure is counted, the first named), or no
+            workers.
+    """
+    from knunu.cluster.backends import completed
 
     if not tasks:
         return []
-    limit = memory_limit(client)
     futures = client.map(_captured, [func] * len(tasks), tasks, pure=False)
-    owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-    results, failures = {}, []
-    size = {
-        f.key: t.n_events if hasattr(t, "n_events") else t.n
-        for f, t in zip(futures, tasks, strict=True)
-    }
+    results: list[Any] = [None] * len(tasks)
+    failures = []
+    size = [t.n_events if hasattr(t, "n_events") else t.n for t in tasks]
     label, unit = _PROGRESS[what]
-    start, done_events = time.perf_counter(), 0
-    total = sum(size.values())
-    for k, future in enumerate(as_completed(futures), 1):
-        task = owner[future.key]
-        problem = _collect(future, task, limit, results)
-        if problem is not None:
-            failures.append(f"{task.path}: {problem}")
-        else:
-            log.info("%s %d/%d done", what, k, len(tasks))
-        done_events += size[future.key]  # finished, made or failed: the line reaches the end
-        if progress is not None:
-            elapsed = time.perf_counter() - start
-            progress(Progress(label, k, len(tasks), done_events, total, elapsed, unit))
+    start, done_events, total = time.perf_counter(), 0, sum(size)
+    watched = completed(client, futures, label, unit, no_workers_timeout, _no_workers)
+    with closing(watched) as finished:
+        for n, (k, result, limit) in enumerate(finished, 1):
+            task = tasks[k]
+            problem = _collect(result, task, limit, results, k)
+            if problem is not None:
+                failures.append(f"{task.path}: {problem}")
+            else:
+                log.info("%s %d/%d done", what, n, len(tasks))
+            done_events += size[k]  # finished, made or failed: the line reaches the end
+            if progress is not None:
+                elapsed = time.perf_counter() - start
+                progress(Progress(label, n, len(tasks), done_events, total, elapsed, unit))
     if failures:
         raise SimulationError(f"{len(failures)} {what} task(s) failed; first: {failures[0]}")
-    return [results[f.key] for f in futures]
+    return results
+
+
+def _no_workers(message: str) -> SimulationError:
+    return SimulationError(f"{message}; finished files are kept: run again to resume")

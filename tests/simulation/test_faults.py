@@ -1,8 +1,9 @@
-"""Faults during a production: a full disk, a production killed and started again."""
+"""Faults during a production: a full disk, a cluster without workers; each resumes."""
 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import uproot
 from knunu.cluster import get_client
 from knunu.errors import SimulationError
 from knunu.processors.run import Catalogue
+from knunu.progress import Progress
 from knunu.rundir import adler32
 from knunu.simulation.production import done_path, plan_production, run_production
 
@@ -59,3 +61,30 @@ def test_a_full_disk_ends_in_one_line_and_the_production_resumes(cfg, production
         for f in entry["files"]:
             assert adler32(f["path"]) == f["adler32"]
     assert _content(resumed) == _content(production)
+
+
+@pytest.mark.slow
+def test_a_cluster_without_workers_stops_the_production_and_it_resumes(cfg, production, tmp_path):
+    """Every batch worker gone (walltime), none back: one line, finished files kept (issue 21)."""
+    plan = replace(plan_production(cfg, tmp_path / "ntuples"), no_workers_timeout=3.0)
+    with get_client("local", n_workers=2) as client:
+        client.wait_for_workers(2, timeout=120)
+
+        def end_every_job(progress: Progress) -> None:
+            if progress.unit == "files" and progress.chunks_done == 2:
+                client.cluster.scale(0)  # as batch jobs reaching their walltime
+
+        with pytest.raises(SimulationError) as err:
+            run_production(plan, client, end_every_job)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "simulate: no Dask workers for 3 s" in message
+    assert "files to go; finished files are kept" in message
+    assert not (tmp_path / "ntuples" / "catalogue.json").exists()
+    kept = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.root") if done_path(p).exists()}
+    assert len([p for p in kept if "libraries" not in str(p)]) >= 2
+    # workers back: the production resumes, reuses every finished file and ends identical
+    with get_client("local", n_workers=2) as client:
+        path = run_production(plan, client)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert _content(Catalogue.load(path)) == _content(production)
