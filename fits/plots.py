@@ -16,7 +16,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from knunu.fits.infer import GoodnessOfFit, Impact, Likelihood, Uncertainties
-from knunu.rundir import atomic_path
 
 mpl.rcParams["figure.max_open_warning"] = 0
 
@@ -267,11 +266,3 @@ def control_distributions(histograms: str | Path) -> dict[str, Figure]:
             fig.tight_layout()
             out[name] = fig
     return out
-
-
-def save(fig: Figure, path: str | Path) -> Path:
-    """Save a figure atomically (PNG by the suffix)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
-    return path

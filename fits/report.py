@@ -28,7 +28,7 @@ from knunu.fits.infer import (
     upper_limit,
 )
 from knunu.fits.workspace import analyses_in, load_workspace, published_workspace_path, select
-from knunu.rundir import sha256, write_json, write_text
+from knunu.rundir import save_figure, sha256, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -275,15 +275,15 @@ def write_plots(lh: Likelihood, inference: Inference, directory: Path) -> list[P
     for channel in lh.model.config.channels:
         for stage, x in (("prefit", lh.init), ("postfit", best.x)):
             fig = plots.stacked(lh, x, channel, f"{channel} ({stage})")
-            written.append(plots.save(fig, directory / f"{channel}_{stage}.png"))
-    written.append(plots.save(plots.pulls(lh, best.x, unc), directory / "pulls.png"))
-    written.append(plots.save(plots.correlation(lh, unc), directory / "correlation.png"))
+            written.append(save_figure(fig, directory / f"{channel}_{stage}.png"))
+    written.append(save_figure(plots.pulls(lh, best.x, unc), directory / "pulls.png"))
+    written.append(save_figure(plots.correlation(lh, unc), directory / "correlation.png"))
     if inference.impacts:
         written.append(
-            plots.save(plots.impact_ranking(inference.impacts), directory / "impacts.png")
+            save_figure(plots.impact_ranking(inference.impacts), directory / "impacts.png")
         )
     if inference.gof is not None and len(inference.gof.toy_deviances):
-        written.append(plots.save(plots.gof_toys(inference.gof), directory / "gof.png"))
+        written.append(save_figure(plots.gof_toys(inference.gof), directory / "gof.png"))
     return written
 
 

@@ -43,7 +43,7 @@ from knunu import published
 from knunu.errors import FitError
 from knunu.fits.infer import MAX_FAILED_TOY_FRACTION, Likelihood
 from knunu.fits.workspace import analyses_in, select
-from knunu.rundir import write_json
+from knunu.rundir import save_figure, write_json
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ def _projection(
     lh = Likelihood.from_workspace(select(big, "combined"))
     inj = injection(lh, val["injection_mu"], val["injection_toys"], config["seed"])
     _dump(out / "injection.json", inj)
-    plots.save(plots.injection(inj), out / "injection.png")
+    save_figure(plots.injection(inj), out / "injection.png")
     summary["injection"] = inj._asdict()
     lines.append(
         f"signal injection ({val['injection_toys']} toys per mu, combined, "
@@ -507,7 +507,7 @@ def _splits(histograms: Path, out: Path, summary: dict[str, Any], blind: bool = 
                 for a, b in [p.halves]
             )
         ]
-    plots.save(plots.splits(pairs, SPLIT_LABELS), out / "splits.png")
+    save_figure(plots.splits(pairs, SPLIT_LABELS), out / "splits.png")
     return [
         "consistency (ITA, independent halves): "
         + "; ".join(
@@ -533,7 +533,9 @@ def _efficiency(run_dir: Path, histograms: Path, out: Path, summary: dict[str, A
         return []
     summary["efficiency"] = [e._asdict() for e in effs]
     lines = _embedding(run_dir, effs, out, summary)
-    plots.save(plots.efficiency_q2(effs, published.ITA_EFFICIENCY_Q2), out / "efficiency_q2gen.png")
+    save_figure(
+        plots.efficiency_q2(effs, published.ITA_EFFICIENCY_Q2), out / "efficiency_q2gen.png"
+    )
     for e in effs:
         lines.append(
             f"{e.analysis.upper()} signal efficiency {e.total:.4f} in total; vs q2gen: "
@@ -598,7 +600,7 @@ def _sideband(
     )
     summary[name] = {**fit._asdict(), "postfit": fit.postfit._asdict()}
     _dump(out / f"{name}.json", summary[name])
-    plots.save(
+    save_figure(
         plots.postfit_q2rec(
             fit.postfit,
             f"{what}, eta {fit.eta[0]:g}-{fit.eta[1]:g}: "
@@ -636,7 +638,7 @@ def _closure(
     )
     summary["pion_closure"] = {**fit._asdict(), "postfit": fit.postfit._asdict()}
     _dump(out / "pion_closure.json", summary["pion_closure"])
-    plots.save(
+    save_figure(
         plots.postfit_q2rec(
             fit.postfit,
             f"B+ -> pi+ K0 closure: B = ({fit.bf * 1e5:.1f} +- {fit.bf_error * 1e5:.1f}) x 1e-5",

@@ -36,7 +36,7 @@ import pyhf
 import uproot
 
 from knunu.errors import InputError, KnunuError
-from knunu.rundir import atomic_path, write_json
+from knunu.rundir import atomic_path, save_figure, write_json
 
 log = logging.getLogger(__name__)
 
@@ -558,7 +558,7 @@ def _injection(
     except KnunuError as exc:
         log.warning("measurement injection failed: %s", exc)
         return {"error": str(exc)}
-    plots.save(plots.injection(inj), out / "plots" / "injection.png")
+    save_figure(plots.injection(inj), out / "plots" / "injection.png")
     return inj._asdict()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from knunu import published, stamps
-from knunu.rundir import write_text
+from knunu.rundir import save_figure, write_text
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
     written = []
     if histograms.exists():
         for name, fig in plots.control_distributions(histograms).items():
-            written.append(plots.save(fig, run_dir / "report_plots" / f"{name}.png"))
+            written.append(save_figure(fig, run_dir / "report_plots" / f"{name}.png"))
     hdoc = _load(run_dir / "histograms.json") or {}
     validation = _load(run_dir / "validation" / "summary.json")
     val_lines = _load(run_dir / "validation" / "lines.json") or []

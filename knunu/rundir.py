@@ -278,3 +278,11 @@ class RunDir:
     def write_manifest(self) -> Path:
         """Write ``manifest.json`` atomically."""
         return write_json(self.path / self.MANIFEST, self.manifest)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save a matplotlib figure atomically (the format from the suffix, PNG by default)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
+    return path

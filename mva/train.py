@@ -264,8 +264,8 @@ def _train_bdtc(
 
     Writes ``bdtc_offres.png``: off-resonance data vs MC in eta before and after the weights.
     """
-    from knunu.fits.plots import save
     from knunu.mva.plots import offres_comparison
+    from knunu.rundir import save_figure
 
     frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
     cols = labelled_columns(
@@ -310,7 +310,7 @@ def _train_bdtc(
     fig = offres_comparison(
         eta_all, label, weight, corrected, edges, "eta(BDT2)", (before[0], after[0])
     )
-    save(fig, out / "bdtc_offres.png")
+    save_figure(fig, out / "bdtc_offres.png")
     data_w, mc_w = weight[~mc].sum(), weight[mc].sum()
     check = {
         "events": {"offres_data": int((~mc).sum()), "offres_mc": int(mc.sum())},

@@ -31,6 +31,7 @@ import awkward as ak
 import numpy as np
 
 from knunu.errors import InputError
+from knunu.simulation.ntuple import COLLECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ ID_BRANCHES = ("__experiment__", "__run__", "__event__")
 PRODUCTION = "__production__"
 #: The candidate layout's bookkeeping branches.
 CANDIDATE_BRANCHES = ("__candidate__", "__ncandidates__")
-#: Candidate collections: analysis-name prefix -> collection (``K_q2rec`` -> ``events.K.q2rec``).
-COLLECTIONS = {"K_": "K", "Btag_": "Btag"}
 
 #: basf2's substitutions for characters ROOT dislikes in branch names
 #: (framework/utilities/src/MakeROOTCompatible.cc); other characters outside [A-Za-z0-9_] go.

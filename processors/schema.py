@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from coffea.nanoevents.schemas.base import BaseSchema, zip_forms
 
-from knunu.processors.layouts import COLLECTIONS
+from knunu.simulation.ntuple import COLLECTIONS
 
 
 class Belle2Schema(BaseSchema):

@@ -1,6 +1,6 @@
 """Reinterpretation plots: profiles, contours, mass-scan limits, map comparison.
 
-Every function returns a ``matplotlib.figure.Figure``; saving is :func:`knunu.fits.plots.save`.
+Every function returns a ``matplotlib.figure.Figure``; saving is :func:`knunu.rundir.save_figure`.
 """
 
 from __future__ import annotations

@@ -19,12 +19,11 @@ import pyhf
 
 from knunu.errors import InputError
 from knunu.fits.infer import Likelihood
-from knunu.fits.plots import save
 from knunu.fits.validation import nominal_point
 from knunu.fits.workspace import load_workspace, published_workspace_path
 from knunu.reinterpret import maps as maps_
 from knunu.reinterpret import plots, scan, spectra
-from knunu.rundir import atomic_path
+from knunu.rundir import atomic_path, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +157,11 @@ def reinterpret(source: Source, out_dir: str | Path, cfg: Mapping[str, Any]) -> 
     }
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(numbers, indent=1))
-    save(plots.profiles(wet), out / "wet_profiles.png")
+    save_figure(plots.profiles(wet), out / "wet_profiles.png")
     if wet.contours:
-        save(plots.contours(wet), out / "wet_contours.png")
+        save_figure(plots.contours(wet), out / "wet_contours.png")
     if len(masses):
-        save(plots.mass_scan(x), out / "x_limits.png")
+        save_figure(plots.mass_scan(x), out / "x_limits.png")
     markdown = _markdown(source, wet, x, numbers["plain_mu"])
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(markdown)
@@ -239,7 +238,7 @@ def write_maps(source: Source, out_dir: str | Path) -> dict[str, Any]:
     }
     with atomic_path(out / "comparison.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=1))
-    save(plots.map_comparison(comparison), out / "comparison.png")
+    save_figure(plots.map_comparison(comparison), out / "comparison.png")
     return doc
 
 

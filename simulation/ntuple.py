@@ -25,6 +25,9 @@ from knunu.rundir import atomic_path
 
 TREE_ITA = "ita"
 TREE_HTA = "hta"
+#: Candidate collections: analysis-name prefix -> collection (``K_q2rec`` -> ``events.K.q2rec``;
+#: the readers, :mod:`knunu.processors.layouts`, take the same names from basf2's files).
+COLLECTIONS = {"K_": "K", "Btag_": "Btag"}
 
 
 def _jagged(offsets: np.ndarray, columns: Mapping[str, np.ndarray], prefix: str) -> ak.Array:
@@ -161,8 +164,6 @@ def read_event_tree(path: str | Path, tree: str, keep_empty: bool = True) -> Tre
         keep_empty: Keep events without a candidate (``False``: drop them, as the candidate
             layout must).
     """
-    from knunu.processors.layouts import COLLECTIONS
-
     with uproot.open(path) as rf:
         arrays = rf[tree].arrays(library="ak")
     counters = {f"n{c}" for c in COLLECTIONS.values()}
