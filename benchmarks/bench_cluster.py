@@ -11,7 +11,6 @@ and the fastest of ``--repeat`` kept per row. Writes benchmarks/results/cluster.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from _results import write_results
 from bench_ita import _prepare
 
 from knunu.cluster import get_client
@@ -76,10 +76,7 @@ def main() -> int:
         for name in started:
             _script(name, "down")
     result["run"] = str(args.run) if args.run else "tiny (temporary)"
-    out = Path(__file__).parent / "results" / "cluster.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("cluster", result, echo=True)
     return 0
 
 

@@ -15,13 +15,12 @@ across machines. Writes benchmarks/results/fit.json. Run with `make bench`.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyhf
+from _results import write_results
 
 from knunu.fits.infer import Likelihood, deviance, goodness_of_fit, impacts, significance
 from knunu.fits.workspace import load_workspace, published_workspace_path
@@ -135,9 +134,7 @@ def main() -> int:
         "impacts_before_over_now": b["impacts_s"] / k["impacts_s"],
         "impacts_pyhf_scipy_fits_over_knunu": ps["toy_fit_s"] * 2 * k["n_impacts"] / k["impacts_s"],
     }
-    out = Path(__file__).parent / "results" / "fit.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results("fit", results)
     r = results["ratios"]
     print(
         f"MLE fit: knunu {k['mle_fit_s']:.4f} s (mu {k['mu']:.4f}); pyhf jax+scipy "

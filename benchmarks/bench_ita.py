@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import uproot
+from _results import write_results
 
 from knunu.config import load_config
 from knunu.processors import run as runner
@@ -111,10 +111,7 @@ def main() -> int:
             "rows": rows,
             "ratio_to_raw_read": rows["ITA processor (all variations)"]["events_per_cpu_s"] / peer,
         }
-    out = Path(__file__).parent / "results" / "ita.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("ita", result, echo=True)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 import uproot
+from _results import write_results
 from bench_ita import _prepare  # benchmarks/ is the script's folder
 from coffea import processor
 
@@ -192,10 +192,7 @@ def main() -> int:
             "candidate_over_event_processor": rows["candidate: ITA processor"]["events_per_cpu_s"]
             / rows["event: ITA processor"]["events_per_cpu_s"],
         }
-    out = Path(__file__).parent / "results" / "layouts.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("layouts", result, echo=True)
     return 0
 
 

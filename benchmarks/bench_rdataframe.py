@@ -27,6 +27,7 @@ from pathlib import Path
 
 import hist
 import numpy as np
+from _results import write_results
 from coffea import processor
 
 from knunu.config import load_config
@@ -190,10 +191,7 @@ def main() -> int:
             / rows["RDataFrame, 2 threads"]["events_per_s_per_core"],
         },
     }
-    out = Path(__file__).parent / "results" / "rdataframe.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("rdataframe", result, echo=True)
     return 0
 
 

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from _results import write_results
 
 from knunu.fits.infer import Likelihood
 from knunu.fits.workspace import load_workspace, published_workspace_path
 from knunu.reinterpret import maps, scan, spectra
 
-OUT = Path(__file__).parent / "results" / "reinterpret.json"
 NULL = spectra.NULLS["belle2"]
 CHANNELS = {
     "regA": ("A__Bsig_H_reconstructed_q2_vs_BDT2_Bplus2Kplus_v42_signal_inefficiency_zoomSR_Y4S",
@@ -166,8 +165,7 @@ def main() -> None:
             continue
         result[f"ratio_point_{name}"] = peer["point_ms"] / ours["point_ms"]
         result[f"ratio_fit_{name}"] = peer["fit_s"] / ours["fit_s"]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1))
+    write_results("reinterpret", result)
     print(json.dumps(result, indent=1))
 
 

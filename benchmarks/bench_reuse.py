@@ -12,12 +12,11 @@ Writes benchmarks/results/reuse.json.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import hist
 import numpy as np
+from _results import write_results
 from coffea import processor
 
 from knunu.processors.reuse import EntrySums, extra_variance
@@ -75,9 +74,7 @@ def main() -> None:
             f"{r['chunks']} chunks x {r['keys_per_chunk']} keys ({r['distinct_keys']} distinct): "
             f"EntrySums {r['entry_sums_s']:.3f} s, hist {r['hist_s']:.2f} s, {r['ratio']}x"
         )
-    out = Path(__file__).parent / "results" / "reuse.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+    write_results("reuse", rows)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ benchmarks/results/simulation.json. Run with `make bench`.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import awkward as ak
 import numpy as np
+from _results import write_results
 
 from knunu.samples import load_samples
 from knunu.simulation import bdecays
@@ -208,10 +208,7 @@ def main() -> int:
         }
         gain = (n_eff / pair_s) / max(ok.sum() / direct_s, 1e-12)
         results["bbbar_peer"]["gain_effective_region_stats_per_cpu_s"] = gain
-    out = Path(__file__).parent / "results" / "simulation.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results("simulation", results, echo=True)
     return 0
 
 

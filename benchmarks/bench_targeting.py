@@ -16,10 +16,11 @@ benchmarks/results/targeting.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from _results import write_results
 
 from knunu.config import load_config
 from knunu.processors import run as runner
@@ -171,9 +172,7 @@ def main() -> int:
                 f"{r['sr_yield']:.2f} +- {r['sr_yield_error']:.2f} per sum of weights "
                 f"{r['sum_weights']:.0f}; HTA {r['hta_effective_per_cpu_ratio']:.1f}x"
             )
-    out = Path(__file__).parent / "results" / "targeting.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+    write_results("targeting", rows)
     return 0
 
 

@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _results import write_results
 from study_reuse import signal_region_rows
 
 from knunu.simulation.production import Targeting, load_mixture, pair_proposal
@@ -119,9 +120,7 @@ def main() -> int:
                 + ", ".join(f"{k} {v:.2f}x" for k, v in row["gain"].items()),
                 flush=True,
             )
-    out = Path(__file__).parent / "results" / "study_targeting.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    write_results("study_targeting", results)
     return 0
 
 
