@@ -13,8 +13,8 @@ the fit stage says why and fits the vendored published Belle II likelihood, labe
 Run directory layout: ``ntuples/`` (catalogue.json), ``tables/`` and ``tables_hta/`` (training
 tables), ``models/`` (BDTs, eta, training.json, training_hta.json), ``histograms.root`` (+
 ``histograms.json`` report, ``overlap.json``: the HTA signal-region events), ``workspaces/``,
-``fit/``, ``measurement/``, ``validation/``, ``stages/`` (stamps), ``report.md`` and
-``manifest.json``.
+``fit/``, ``measurement/``, ``validation/``, ``stages/`` (stamps), ``report.md``,
+``report.html`` and ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def run_analysis(
 
     report = write_report(run.path, config)
     run.record_output(report)
+    run.record_output(report.with_suffix(".html"))
     run.write_manifest()
     lines += ["", *headline(run.path, config), "", f"report: {report.resolve()}"]
     return "\n".join(lines)

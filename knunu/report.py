@@ -7,10 +7,16 @@ can be rebuilt from a finished run. Plots are PNG files beside it, linked relati
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from markdown_it import MarkdownIt
 
 from knunu import published, stamps
 from knunu.rundir import save_figure, write_text
@@ -350,7 +356,50 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
     if validation is None:
         sections.append("(the validation stage has not run)")
     sections += ["", "## Warnings", "", *_warnings(run_dir)]
-    return write_text(run_dir / "report.md", "\n".join(sections) + "\n")
+    text = "\n".join(sections) + "\n"
+    write_text(run_dir / "report.html", html_report(text, run_dir, f"knunu run {run_dir.name}"))
+    return write_text(run_dir / "report.md", text)
+
+
+_HTML = jinja2.Template(
+    """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: sans-serif; max-width: 80em; margin: 2em auto; line-height: 1.4; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 90%; }
+th, td { border: 1px solid #bbb; padding: 0.2em 0.5em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 48em; display: block; margin: 0.5em 0; }
+code { background: #f3f3f3; }
+</style></head>
+<body>
+{{ body }}
+</body></html>
+""",
+    autoescape=False,  # the body is markdown-it's HTML, itself escaped (html=False)
+)
+
+
+def html_report(markdown: str, run_dir: Path, title: str) -> str:
+    r"""The report as one HTML page: tables rendered, every plot inline (a data URI).
+
+    An image whose file is missing stays a link to it.
+
+    >>> page = html_report("# R\n\n| a | b |\n|---|---|\n| 1 | 2 |\n", Path("."), "t")
+    >>> "<table>" in page and "<td>1</td>" in page
+    True
+    """
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+    def inline(match: re.Match[str]) -> str:
+        path = run_dir / html.unescape(match.group(1))
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    return _HTML.render(title=html.escape(title), body=body)
 
 
 def _warnings(run_dir: Path) -> list[str]:

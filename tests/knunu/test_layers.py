@@ -61,7 +61,8 @@ def modules() -> dict[str, Path]:
     out = {}
     for package in project["tool"]["setuptools"]["packages"]:
         spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.origin is not None, package
+        assert spec is not None, package
+        assert spec.origin is not None, package
         out[package] = Path(spec.origin)
         for folder in spec.submodule_search_locations or ():
             for path in sorted(Path(folder).glob("*.py")):

@@ -63,6 +63,10 @@ def test_stages_are_skipped_when_up_to_date_and_rerun_when_inputs_change(cfg, tm
     for section in ("## Headline", "## Cutflows", "## BDTs", "## Fit", "## Validation"):
         assert section in report
     warned = report.split("## Warnings")[1]  # each stage's warnings, from its stamp
+    # the same report as one HTML page, every plot inline
+    page = (run_dir / "report.html").read_text()
+    assert "<table>" in page
+    assert page.count('src="data:image/png;base64,') == report.count("![") > 0
     summary = json.loads((run_dir / "validation" / "summary.json").read_text())
     assert [e["analysis"] for e in summary["efficiency"]] == ["ita", "hta"]
     ita = summary["efficiency"][0]
