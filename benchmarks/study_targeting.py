@@ -33,15 +33,16 @@ from study_reuse import signal_region_rows
 
 from knunu.simulation.production import Targeting, load_mixture, pair_proposal
 
-#: Variants measured by default, around the config's kaon 60 % / HTA 20 % / untargeted 20 %:
-#: one share moved against another.
+#: Variants measured by default, around the config's kaon 50 % / HTA 30 % / untargeted 20 % with
+#: the HTA's photon tilt 3 (stop 35): one share moved against another, the tilt moved.
 VARIANTS = (
     "untargeted",
-    "kaon_share=0.7,hta_share=0.2",
+    "kaon_share=0.6,hta_share=0.2",
+    "kaon_share=0.4,hta_share=0.4",
     "kaon_share=0.5,hta_share=0.2",
-    "kaon_share=0.6,hta_share=0.3",
-    "kaon_share=0.6,hta_share=0.1",
-    "kaon_share=0.5,hta_share=0.3",
+    "hta_photon_slope=0",
+    "hta_photon_slope=2",
+    "hta_photon_slope=4",
 )
 
 

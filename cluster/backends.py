@@ -339,6 +339,12 @@ _POLL_S = 2.0
 _RESULT_S = 30.0
 
 
+def had_workers(client: Any) -> bool:
+    """Whether any worker has joined the client's scheduler since it started (its event log)."""
+    events = client.get_events("all")
+    return any(isinstance(m, dict) and m.get("action") == "add-worker" for _, m in events)
+
+
 def completed(
     client: Any,
     futures: list[Any],
@@ -350,7 +356,8 @@ def completed(
     """(position, result or the exception it raised, workers' memory limit) as futures finish.
 
     Watches the cluster meanwhile: left without workers for ``no_workers_timeout`` seconds
-    (batch jobs at their walltime, none coming back), it raises ``error(line)`` with one line
+    (batch jobs at their walltime, none coming back; a cluster whose first jobs are still
+    queued waits for them), it raises ``error(line)`` with one line
     naming ``name`` and how many ``what`` were left. Unfinished futures are cancelled when it
     is closed (use it with ``contextlib.closing``: a caller that stops early cancels what is
     left at once). Results are released as they are fetched.
@@ -390,6 +397,8 @@ def completed(
                 alone_since = None
                 limit = memory_limit(client, workers) or limit
                 continue
+            if alone_since is None and not had_workers(client):
+                continue  # batch jobs still queued: the clock starts once workers have come
             alone_since = alone_since or time.monotonic()
             if time.monotonic() - alone_since > no_workers_timeout:
                 raise error(
@@ -398,9 +407,3 @@ def completed(
                 )
     finally:
         client.cancel([f for f in futures if not f.done()])
-
-
-#: Seconds between checks for finished chunks and for workers.
-_POLL_S = 2.0
-#: Seconds to fetch a finished chunk's result before taking it for lost with its worker.
-_RESULT_S = 30.0

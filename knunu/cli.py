@@ -394,45 +394,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    once = ShowOnce()  # a warning repeated (a workspace built five times) is shown once
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(once)
     # Dask logs every worker start at INFO; shown with -v only, so the progress line stays readable.
     # distributed sets its loggers' levels from dask config when it is imported (later, lazily).
     dask_level = level if args.verbose else logging.WARNING
     dask.config.set({"logging.distributed": logging.getLevelName(dask_level).lower()})
     for name in ("distributed", "dask_jobqueue"):
         logging.getLogger(name).setLevel(dask_level)
+    once = ShowOnce()  # a warning repeated (a workspace built five times) is shown once
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(once)
     try:
-        return _dispatch(args)
+        code, error = _dispatch(args)
     finally:
-        if once.repeats:
-            log.warning(
-                "%d repeated warnings not shown again (a run's report lists each once)",
-                once.repeats,
-            )
+        for handler in handlers:
+            handler.removeFilter(once)
+    if once.repeats:
+        log.warning("%d repeated warning lines not shown again", once.repeats)
+    if error:  # the last line
+        print(error, file=sys.stderr)
+    return code
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    """Run the command: a knunu error or a full disk is one line and exit code 2."""
+def _dispatch(args: argparse.Namespace) -> tuple[int, str | None]:
+    """Run the command: (exit code, the one-line error); a knunu error or a full disk is 2."""
     try:
         if not hasattr(args, "output"):
-            return args.func(args)
+            return args.func(args), None
         # one process at a time writes into a run directory
         with run_lock(args.output or load_config(args.config)["output_dir"]):
-            return args.func(args)
+            return args.func(args), None
     except KnunuError as exc:
-        print(f"knunu: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_ERROR, f"knunu: error: {exc}"
     except OSError as exc:  # a write outside knunu's atomic paths (a library's own file)
         if exc.errno not in DISK_FULL:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"knunu: error: {where}disk full ({exc.strerror or exc})", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_ERROR, f"knunu: error: {where}disk full ({exc.strerror or exc})"
     except KeyboardInterrupt:
-        print("knunu: interrupted", file=sys.stderr)
-        return 130
+        return 130, "knunu: interrupted"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,11 @@ class _Collector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.counts[(record.name, record.levelname, record.getMessage())] += 1
+        # without any configured handler Python prints warnings itself (``lastResort``): this
+        # handler must not silence that for a caller that configured no logging
+        last = logging.lastResort
+        if not logging.getLogger().handlers and last is not None and record.levelno >= last.level:
+            last.handle(record)
 
 
 @contextmanager

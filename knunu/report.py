@@ -411,4 +411,5 @@ def _warnings(run_dir: Path) -> list[str]:
         for w in stamp.warnings if stamp else ():
             times = f" ({w.count} times)" if w.count > 1 else ""
             lines.append(f"- {stamp.stage}: {w.level} {w.logger}: {w.message}{times}")
-    return lines or ["None: no stage logged a warning in its last run."]
+    note = "(logged by the stages themselves; what runs inside Dask workers logs to the workers)"
+    return [note, "", *lines] if lines else ["None logged by the stages in their last run " + note]

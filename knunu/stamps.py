@@ -75,8 +75,8 @@ TABLES = {
     ),
     "knunu.reinterpret.spectra": ("knunu/data/bsz2015_formfactors_2507.12393.json",),
 }
-#: Modules in every closure that change no output: the keys' own code.
-_NOT_OUTPUTS = ("knunu.stamps",)
+#: Modules in every closure that change no output: the keys' own code and the warnings' log.
+_NOT_OUTPUTS = ("knunu.stamps", "knunu.logs")
 
 
 @cache

@@ -121,3 +121,27 @@ def test_a_worker_whose_nanny_gave_up_is_started_again():
         assert str(cluster.workers[name].status) == "Status.running"
         assert len(client.scheduler_info()["workers"]) == 2
         assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
+
+
+def test_the_no_worker_clock_starts_once_workers_have_come():
+    """Batch jobs still queued are waited for; once workers have come and gone, the clock runs."""
+    from contextlib import closing
+
+    from knunu.cluster.backends import completed, had_workers
+
+    with get_client("local", n_workers=0) as client:
+        assert not had_workers(client)
+        futures = [client.submit(sum, [1, 2], pure=False)]
+        client.loop.call_later(4.0, client.cluster.scale, 1)  # the first job starts late
+        with closing(completed(client, futures, "test", "tasks", 1.0, ClusterError)) as done:
+            assert [(k, r) for k, r, _ in done] == [(0, 3)]
+        assert had_workers(client)
+        client.cluster.scale(0)
+        while client.scheduler_info(n_workers=-1)["workers"]:
+            time.sleep(0.1)
+        futures = [client.submit(sum, [3, 4], pure=False)]
+        with (
+            pytest.raises(ClusterError, match="test: no Dask workers for 1 s"),
+            closing(completed(client, futures, "test", "tasks", 1.0, ClusterError)) as done,
+        ):
+            list(done)

@@ -22,10 +22,10 @@ def test_a_stage_s_warnings_reach_its_stamp_and_the_report(tmp_path):
         Warned("knunu.fits.build", "WARNING", "channel hta_sr: samples uds dropped", 5),
         Warned("knunu.fits.build", "ERROR", "a fit failed", 1),
     ]
-    assert _warnings(tmp_path) == ["None: no stage logged a warning in its last run."]
+    assert _warnings(tmp_path)[0].startswith("None logged by the stages in their last run")
     stamps.write_stamp(tmp_path, "fit", "key", [out], warned)
     assert stamps.load_stamp(tmp_path, "fit").warnings == tuple(warned)
-    assert _warnings(tmp_path) == [
+    assert _warnings(tmp_path)[2:] == [
         "- fit: WARNING knunu.fits.build: channel hta_sr: samples uds dropped (5 times)",
         "- fit: ERROR knunu.fits.build: a fit failed",
     ]

@@ -59,9 +59,11 @@ def _names(files):
 
 def test_a_stage_hashes_every_module_its_code_imports_and_the_tables_they_read():
     train = _names(stamps.code_files(STEPS["train"].code()))
-    # mva/train.py draws its plots with fits/plots.py: an edit there re-runs the training
-    assert {"mva/train.py", "mva/hta.py", "fits/plots.py", "processors/layouts.py"} <= train
-    assert {"fits/build.py", "knunu/measurement.py", "configs/systematics.yaml"}.isdisjoint(train)
+    # mva/train.py draws its plots with mva/plots.py: an edit there re-runs the training
+    assert {"mva/train.py", "mva/hta.py", "mva/plots.py", "processors/layouts.py"} <= train
+    # the fits sit above the training (tests/knunu/test_layers.py): none of their code counts
+    assert not any(f.startswith("fits/") for f in train)
+    assert {"knunu/measurement.py", "configs/systematics.yaml"}.isdisjoint(train)
     fit = _names(stamps.code_files(STEPS["fit"].code()))
     assert {"fits/build.py", "fits/catalogue.py", "configs/systematics.yaml"} <= fit
     assert "mva/train.py" not in fit
@@ -90,8 +92,8 @@ def test_editing_a_file_changes_exactly_the_keys_of_the_stages_that_run_it(monke
         if stamps.stage_key(n, cfg, s.config_keys, s.code(), {}) != keys[n]
     }
     assert changed == {n for n in STEPS if "fits/plots.py" in runs[n]}
-    assert {"train", "fit"} <= changed
-    assert "simulate" not in changed
+    assert "fit" in changed
+    assert changed.isdisjoint({"simulate", "train", "process"})
 
 
 def test_the_modules_a_stage_loads_when_imported_are_all_hashed():
