@@ -15,6 +15,7 @@ Fit channels follow the published layout: on resonance eta > 0.94 as 9 bins (eta
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -149,7 +150,7 @@ def build_spec(
             samples.append({"name": sample, "data": nominal.tolist(), "modifiers": modifiers})
         data_values, _ = hfile.get(layout.histogram, "data", "nominal")
         observed = np.asarray(_cut(data_values, layout))
-        kept = drop_empty_bins(cname, samples, observed, hfile.path)
+        kept = drop_empty_bins(cname, samples, observed, hfile.path, merge=True)
         if kept is None:
             continue
         channels.append({"name": cname, "samples": kept[0]})
@@ -160,24 +161,32 @@ def build_spec(
 
 
 def drop_empty_bins(
-    cname: str, samples: list[dict[str, Any]], observed: np.ndarray, path: Path
+    cname: str,
+    samples: list[dict[str, Any]],
+    observed: np.ndarray,
+    path: Path,
+    merge: bool = False,
 ) -> tuple[list[dict[str, Any]], list[float], np.ndarray] | None:
     """Drop bins no sample populates, then samples empty in every kept bin (each logged).
 
-    Such bins carry no information when nothing is observed there (small-scale runs); an
-    observed event in a bin without any expectation is an error, never dropped.
+    Such bins carry no information when nothing is observed there (small-scale runs). Events
+    observed in a bin without any expectation are never dropped: with ``merge`` the bin joins
+    the kept bin before it (the first kept one if none is before), its data and every
+    sample's yields, systematic templates and MC errors (in quadrature) added (a coarser bin
+    where the simulation is too thin for the binning); without, it is an error.
 
     Returns:
         (samples, observed data) cut to the kept bins, and the kept bins' indices; None when
         the channel is empty.
 
     Raises:
-        WorkspaceError: events observed in a bin that no sample populates.
+        WorkspaceError: events observed in a bin that no sample populates (without ``merge``,
+            or when no bin has an expectation).
     """
     total = np.sum([s["data"] for s in samples], axis=0)
     keep = total > 0
     lost = np.flatnonzero(~keep & (observed > 0))
-    if len(lost):
+    if len(lost) and not (merge and keep.any()):
         raise WorkspaceError(
             f"{path}: channel {cname} bin {lost[0]}: {observed[lost[0]]:g} events observed "
             "where no sample expects any (too little simulation for this binning)"
@@ -185,31 +194,58 @@ def drop_empty_bins(
     if not keep.any():
         log.warning("channel %s dropped: no sample populates any bin", cname)
         return None
-    if not keep.all():
-        log.warning("channel %s: bins %s dropped (empty)", cname, np.flatnonzero(~keep).tolist())
+    dropped = np.flatnonzero(~keep & (observed <= 0))
+    if len(dropped):
+        log.warning("channel %s: bins %s dropped (empty)", cname, dropped.tolist())
     idx = np.flatnonzero(keep)
+    if len(lost):
+        log.warning(
+            "channel %s: bins %s merged into the bin before them (%g events observed where no "
+            "sample expects any)", cname, lost.tolist(), float(observed[lost].sum()),
+        )  # fmt: skip
+        target = np.maximum(np.cumsum(keep) - 1, 0)  # the last kept bin at or before each bin
+        group = np.where(keep | (observed > 0), target, -1)
+        cut = _merger(group, len(idx))
+    else:
+        cut = _indexer(idx)
     out, empty = [], []
     for sample in samples:
-        data = np.asarray(sample["data"])[idx]
+        data = cut(sample["data"])
         if not np.any(data > 0):
             empty.append(sample["name"])
             continue
-        mods = [_cut_modifier(m, idx) for m in sample["modifiers"]]
+        mods = [_cut_modifier(m, cut) for m in sample["modifiers"]]
         out.append({**sample, "data": data.tolist(), "modifiers": mods})
     if empty:
         log.warning("channel %s: samples %s dropped (empty in every bin)", cname, ", ".join(empty))
-    return out, observed[idx].tolist(), idx
+    return out, cut(observed).tolist(), idx
 
 
-def _cut_modifier(modifier: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+def _indexer(idx: np.ndarray) -> Callable[..., np.ndarray]:
+    def cut(values: Any, quadrature: bool = False) -> np.ndarray:
+        return np.asarray(values, dtype=float)[idx]
+
+    return cut
+
+
+def _merger(group: np.ndarray, n: int) -> Callable[..., np.ndarray]:
+    member = group >= 0
+
+    def cut(values: Any, quadrature: bool = False) -> np.ndarray:
+        values = np.asarray(values, dtype=float)[member]
+        out = np.zeros(n)
+        np.add.at(out, group[member], values**2 if quadrature else values)
+        return np.sqrt(out) if quadrature else out
+
+    return cut
+
+
+def _cut_modifier(modifier: dict[str, Any], cut: Callable[..., np.ndarray]) -> dict[str, Any]:
     data = modifier["data"]
     if modifier["type"] == "staterror":
-        return {**modifier, "data": np.asarray(data)[idx].tolist()}
+        return {**modifier, "data": cut(data, quadrature=True).tolist()}
     if modifier["type"] == "histosys":
-        return {
-            **modifier,
-            "data": {k: np.asarray(v)[idx].tolist() for k, v in data.items()},
-        }
+        return {**modifier, "data": {k: cut(v).tolist() for k, v in data.items()}}
     return modifier
 
 

@@ -180,3 +180,53 @@ def test_missing_histogram_is_named(tmp_path, catalogue):
 
 def test_channels_table_covers_both_analyses():
     assert {c.analysis for c in CHANNELS.values()} == {"ita", "hta"}
+
+
+def test_data_where_no_sample_expects_any_merge_into_the_bin_before(caplog, tmp_path):
+    """A thin simulation: an event observed in an MC-empty bin is kept, in a coarser bin."""
+    from knunu.errors import WorkspaceError
+    from knunu.fits.build import drop_empty_bins
+
+    def samples():
+        return [
+            {
+                "name": "bkg",
+                "data": [4.0, 0.0, 2.0, 0.0, 0.0],
+                "modifiers": [
+                    {"name": "s", "type": "staterror", "data": [3.0, 0.0, 1.0, 0.0, 0.0]},
+                    {
+                        "name": "h",
+                        "type": "histosys",
+                        "data": {"hi_data": [5.0, 0, 3.0, 0, 0], "lo_data": [3.0, 0, 1.0, 0, 0]},
+                    },
+                    {"name": "n", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
+                ],
+            },
+            {"name": "empty", "data": [0.0] * 5, "modifiers": []},
+        ]
+
+    observed = np.array([1.0, 2.0, 3.0, 0.0, 1.0])  # bins 1 and 4: data, no expectation
+    with pytest.raises(WorkspaceError, match="channel c bin 1: 2 events observed where no"):
+        drop_empty_bins("c", samples(), observed, tmp_path / "h.root")
+    with caplog.at_level(logging.WARNING):
+        out, data, idx = drop_empty_bins("c", samples(), observed, tmp_path / "h.root", True)
+    assert idx.tolist() == [0, 2]
+    assert data == [3.0, 4.0]  # every observed event kept: bin 1 -> 0, bins 3 (empty), 4 -> 2
+    assert sum(data) == observed.sum()
+    (bkg,) = out  # the sample empty everywhere is dropped
+    assert bkg["data"] == [4.0, 2.0]
+    stat, hsys, norm = bkg["modifiers"]
+    assert stat["data"] == [3.0, 1.0]
+    assert hsys["data"] == {"hi_data": [5.0, 3.0], "lo_data": [3.0, 1.0]}
+    assert norm["data"] == {"hi": 1.1, "lo": 0.9}
+    assert "bins [1, 4] merged into the bin before them (3 events observed" in caplog.text
+    assert "bins [3] dropped (empty)" in caplog.text
+    # a merged bin sums what it takes in, MC errors in quadrature (negative weights can leave
+    # a bin's total at or below 0 with an error)
+    two = samples()
+    two[0]["data"][1] = -0.5
+    two[0]["modifiers"][0]["data"][1] = 4.0
+    out, data, _ = drop_empty_bins("c", two, observed, tmp_path / "h.root", True)
+    assert data == [3.0, 4.0]
+    assert out[0]["data"] == [3.5, 2.0]
+    assert out[0]["modifiers"][0]["data"] == [5.0, 1.0]
