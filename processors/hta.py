@@ -252,25 +252,7 @@ class HTAProcessor(processor.ProcessorABC):
             entries = [cols[e] for e in ENTRIES]
             extra["hta_reuse"] = entry_sums(entries, flat, len(edges) - 1, w_nom)
         if not is_data:
-            ctx = Context(sample, cont)
-            for name in HTA_WEIGHT_VARIATIONS:
-                up, down = WEIGHT_VARIATIONS[name](cols, ctx)
-                for label, f in (("up", up), ("down", down)):
-                    fit.fill(variation=f"{name}_{label}", eta=eta, weight=w_nom * f)
-            delta = float(cfg["extra_energy_scale"])
-            shifted = {
-                f"{name}_{label}": shift(cols)
-                for name, shifts in HTA_INPUT_VARIATIONS.items()
-                for label, shift in zip(("up", "down"), shifts, strict=True)
-            }
-            for label, scale in (("up", 1 + delta), ("down", 1 - delta)):
-                shifted[f"extra_energy_{label}"] = {**cols, "E_extra": cols["E_extra"] * scale}
-            for variation, varied in shifted.items():
-                s = models.bdth.rescore(bdth, cols, varied)
-                w = w_nom  # the continuum correction follows its shifted inputs, as the ITA's
-                if sample in CONTINUUM:
-                    w = weight * continuum_weight(models, varied, cfg["continuum_clip"])
-                fit.fill(variation=variation, eta=models.eta(s), weight=w)
+            _fill_variations(fit, models, cfg, sample, cols, bdth, eta, weight, cont)
         control = hist.Hist(
             hist.axis.Regular(20, 0.0, 1.0, name="eta", label="eta(BDTh)"),
             storage=hist.storage.Weight(),
@@ -317,3 +299,41 @@ class HTAProcessor(processor.ProcessorABC):
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         """Nothing to do after merging."""
         return accumulator
+
+
+def _fill_variations(
+    fit: hist.Hist,
+    models: HTAModels,
+    cfg: Mapping[str, Any],
+    sample: str,
+    cols: Mapping[str, np.ndarray],
+    bdth: np.ndarray,
+    eta: np.ndarray,
+    weight: np.ndarray,
+    cont: np.ndarray,
+) -> None:
+    """Fill the systematic variations of an MC chunk: weights, then shifted inputs re-scored.
+
+    ``bdth`` and ``eta`` are the nominal scores; ``weight`` is the event weight and ``cont``
+    the continuum correction (1 outside continuum) of the nominal fill.
+    """
+    w_nom = weight * cont
+    ctx = Context(sample, cont)
+    for name in HTA_WEIGHT_VARIATIONS:
+        up, down = WEIGHT_VARIATIONS[name](cols, ctx)
+        for label, f in (("up", up), ("down", down)):
+            fit.fill(variation=f"{name}_{label}", eta=eta, weight=w_nom * f)
+    delta = float(cfg["extra_energy_scale"])
+    shifted = {
+        f"{name}_{label}": shift(cols)
+        for name, shifts in HTA_INPUT_VARIATIONS.items()
+        for label, shift in zip(("up", "down"), shifts, strict=True)
+    }
+    for label, scale in (("up", 1 + delta), ("down", 1 - delta)):
+        shifted[f"extra_energy_{label}"] = {**cols, "E_extra": cols["E_extra"] * scale}
+    for variation, varied in shifted.items():
+        s = models.bdth.rescore(bdth, cols, varied)
+        w = w_nom  # the continuum correction follows its shifted inputs, as the ITA's
+        if sample in CONTINUUM:
+            w = weight * continuum_weight(models, varied, cfg["continuum_clip"])
+        fit.fill(variation=variation, eta=models.eta(s), weight=w)
