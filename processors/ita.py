@@ -27,7 +27,7 @@ energy scale, BDTc for continuum MC); data get weight 1 and the nominal only.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -327,41 +327,16 @@ class ITAProcessor(processor.ProcessorABC):
                 up, down = factors(cols, ctx)
                 for label, f in (("up", up), ("down", down)):
                     fill(f"{name}_{label}", eta[p], q2[p], (w_nom * f)[p])
-            for name, shift in INPUT_VARIATIONS.items():
-                for label, scale in (("up", 1.0), ("down", -1.0)):
-                    varied = shift(cols, scale)
-                    s = self._scores(models, varied, continuum, (cols, nominal))
-                    v_p, v_eta, v_bdtc = self._eta_weight(models, s)
-                    fill(
-                        f"{name}_{label}",
-                        v_eta[v_p],
-                        varied["K_q2rec"][v_p],
-                        (weight * v_bdtc)[v_p],
-                    )
+            shifted = self._shifted(models, cols, nominal, weight, continuum)
+            for variation, (v_eta, v_q2, v_w) in shifted:
+                fill(variation, v_eta, v_q2, v_w)
         control = hist.Hist(
             hist.axis.Regular(25, 0.75, 1.0, name="eta", label="eta(BDT2)"),
             hist.axis.Regular(13, -1.0, 25.0, name="q2rec", label="q2rec [GeV^2]"),
             storage=hist.storage.Weight(),
         )
         control.fill(eta=eta[p], q2rec=q2[p], weight=w_nom[p])
-        split = hist.Hist(
-            hist.axis.StrCategory(list(SPLITS), name="split"),
-            hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
-            hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
-            storage=hist.storage.Weight(),
-        )
-        halves = {
-            "kplus": cols["K_charge"] > 0,
-            "kminus": cols["K_charge"] < 0,
-            "even": cols["__event__"] % 2 == 0,
-            "odd": cols["__event__"] % 2 == 1,
-            "nolepton": cols["nLeptons"] == 0,
-            "lepton": cols["nLeptons"] > 0,
-        }
-        for name in SPLITS:
-            m = p & halves[name]
-            split.fill(split=name, eta=eta[m], q2rec=q2[m], weight=w_nom[m])
-
+        split = _splits(cols, p, eta, q2, w_nom)
         # the cutflow counts events and sums their MC weights (before corrections)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         cutflow, raw = cutflow_histograms(
@@ -384,6 +359,52 @@ class ITAProcessor(processor.ProcessorABC):
             }
         }
 
+    def _shifted(
+        self,
+        models: Any,
+        cols: dict[str, np.ndarray],
+        nominal: Any,
+        weight: np.ndarray,
+        continuum: bool,
+    ) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """Each input variation re-scored: (name, (eta, q2rec, weight) of the passing events)."""
+        for name, shift in INPUT_VARIATIONS.items():
+            for label, scale in (("up", 1.0), ("down", -1.0)):
+                varied = shift(cols, scale)
+                s = self._scores(models, varied, continuum, (cols, nominal))
+                v_p, v_eta, v_bdtc = self._eta_weight(models, s)
+                yield (
+                    f"{name}_{label}",
+                    (v_eta[v_p], varied["K_q2rec"][v_p], (weight * v_bdtc)[v_p]),
+                )
+
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         """Nothing to do after merging."""
         return accumulator
+
+
+def _splits(
+    cols: dict[str, np.ndarray], p: np.ndarray, eta: np.ndarray, q2: np.ndarray, w: np.ndarray
+) -> hist.Hist:
+    """The fit histogram in the halves of the consistency splits.
+
+    Kaon charge, event parity and lepton multiplicity.
+    """
+    split = hist.Hist(
+        hist.axis.StrCategory(list(SPLITS), name="split"),
+        hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
+        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+    halves = {
+        "kplus": cols["K_charge"] > 0,
+        "kminus": cols["K_charge"] < 0,
+        "even": cols["__event__"] % 2 == 0,
+        "odd": cols["__event__"] % 2 == 1,
+        "nolepton": cols["nLeptons"] == 0,
+        "lepton": cols["nLeptons"] > 0,
+    }
+    for name in SPLITS:
+        m = p & halves[name]
+        split.fill(split=name, eta=eta[m], q2rec=q2[m], weight=w[m])
+    return split
