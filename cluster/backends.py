@@ -56,6 +56,9 @@ def _local(settings: dict[str, Any]) -> LocalCluster:
             memory_limit=settings["memory_limit"],
             host=settings["host"],
             dashboard_address=settings["dashboard_address"],
+            # the nanny keeps this for the workers it restarts: the global setting above reached
+            # only the first ones (a worker restarted at 95 % paused again, stop 35)
+            config=dict(WORKER_CONFIG),
         )
     if settings["processes"]:
         keep_workers(cluster)

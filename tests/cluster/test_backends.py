@@ -95,6 +95,10 @@ def test_a_worker_above_the_pause_threshold_keeps_working():
         client.submit(leak, 0.85, pure=False).result(timeout=60)
         time.sleep(1.0)  # the memory monitor has seen it (every 100 ms)
         assert client.submit(after, 1, pure=False).result(timeout=30) == 2
+        # a worker its nanny restarts (at 95 % memory, say) does not pause either
+        client.restart()
+        pause = client.run(lambda dask_worker: dask_worker.memory_manager.memory_pause_fraction)
+        assert list(pause.values()) == [False]
 
 
 @pytest.mark.slow
