@@ -66,6 +66,7 @@ class AnalysisResult:
     impacts: tuple[tuple[str, float, float], ...] = ()  # (name, up, down), largest first
     pulls: tuple[tuple[str, float, float], ...] = ()  # (name, pull, post-fit error / prior)
     impacts_failed: tuple[str, ...] = ()  # parameters whose impact refit failed (left out)
+    blinded: bool = False  # mu and what follows from it (MINOS, B, Z, limit, NLL) not computed
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,13 @@ def analyse(
     with_impacts: bool = False,
     toys: int = 0,
     seed: int = 0,
+    blind: bool = False,
 ) -> Inference:
     """Run the standard inference on one compiled likelihood.
+
+    Blind, the fit's uncertainties, pulls, impacts and goodness of fit are computed, and mu and
+    what follows from it (MINOS interval, B, significances, limit, NLL) are not: they are NaN
+    (the limit None) and the result says ``blinded``.
 
     Args:
         lh: The compiled likelihood.
@@ -106,6 +112,7 @@ def analyse(
         with_impacts: Also rank every nuisance parameter by its post-fit impact on mu.
         toys: Pseudo-experiments for the saturated-model goodness of fit (0: none).
         seed: Seed of the pseudo-experiments.
+        blind: Hide mu and what follows from it (the data's mu_true is not to be seen yet).
     """
     start = time.perf_counter()
     best = lh.fit()
@@ -118,8 +125,9 @@ def analyse(
     # the stat-only error is not defined, and is reported as such (NaN), not invented
     stat = 1.0 / math.sqrt(curvature) if curvature > 0 else math.nan
     total = total if curvature > 0 else math.nan
-    down, up = lh.minos(best, sigma=total)
-    mu = float(best.x[poi])
+    nan = math.nan
+    down, up = (nan, nan) if blind else lh.minos(best, sigma=total)
+    mu = nan if blind else float(best.x[poi])
     ranking = impacts(lh, best, unc) if with_impacts else Ranking(())
     gof = goodness_of_fit(lh, best, toys, seed) if toys else None
     result = AnalysisResult(
@@ -131,13 +139,13 @@ def analyse(
         minos_up=up,
         stat=stat,
         syst=math.sqrt(max(total**2 - stat**2, 0.0)) if math.isfinite(stat) else math.nan,
-        z_bkg=significance(lh, best, 0.0),
-        z_sm=significance(lh, best, 1.0),
-        upper_limit=_limit(lh, best, cls_level),
+        z_bkg=nan if blind else significance(lh, best, 0.0),
+        z_sm=nan if blind else significance(lh, best, 1.0),
+        upper_limit=None if blind else _limit(lh, best, cls_level),
         limit_bound=float(lh.bounds[poi][1]),
         cl=cls_level,
         branching_fraction=mu * BF_SM,
-        nll=best.nll,
+        nll=nan if blind else best.nll,
         fit_method=best.method,
         seconds=time.perf_counter() - start,
         gof_p_value=gof.p_value if gof else None,
@@ -145,6 +153,7 @@ def analyse(
         gof_failed=len(gof.failed) if gof else 0,
         impacts=tuple((i.name, i.up, i.down) for i in ranking.impacts),
         impacts_failed=ranking.failed,
+        blinded=blind,
         pulls=tuple(
             (lh.labels[i], float((best.x[i] - lh.init[i]) / w), float(unc.error[i] / w))
             for i, w in enumerate(lh.prior_width)
@@ -164,6 +173,8 @@ def _limit(lh: Likelihood, best: FitResult, cls_level: float) -> float | None:
 
 def limit_text(r: AnalysisResult) -> str:
     """The CLs limit of a result as the tables print it."""
+    if r.blinded:
+        return "blinded"
     if r.upper_limit is None:
         return f"> {r.limit_bound:g} ({r.cl:.0%})"
     return f"{r.upper_limit:.2f} ({r.cl:.0%})"
@@ -176,6 +187,12 @@ def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        if r.blinded:
+            lines.append(
+                f"| {r.analysis} | blinded +- {r.mu_hesse:.2f} | blinded | {r.stat:.2f} | "
+                f"{r.syst:.2f} | blinded | blinded | blinded | blinded |"
+            )
+            continue
         lines.append(
             f"| {r.analysis} | {r.mu:.2f} +- {r.mu_hesse:.2f} | {r.minos_down:+.2f} / "
             f"{r.minos_up:+.2f} | {r.stat:.2f} | {r.syst:.2f} | {r.branching_fraction * 1e5:.2f} | "
@@ -223,10 +240,13 @@ def fit_workspace_file(
     toy_analyses: tuple[str, ...] | None = None,
     seed: int = 0,
     make_plots: bool = True,
+    blind: bool = False,
 ) -> FitSummary:
     """Fit every requested analysis of a workspace file and write the results.
 
-    ``results.json`` and ``results.md`` are written atomically into ``out_dir``.
+    ``results.json`` and ``results.md`` are written atomically into ``out_dir``. Blind (pseudo-
+    data whose mu_true is not to be seen yet), mu and what follows from it are neither computed
+    nor written, and the plots that show the data against the fitted model are not made.
 
     Args:
         path: A pyhf JSON workspace.
@@ -238,6 +258,7 @@ def fit_workspace_file(
         toy_analyses: The models that get the goodness-of-fit toys (default: all).
         seed: Seed of the pseudo-experiments.
         make_plots: Also write pre/post-fit, pulls, impacts and correlation plots (PNG).
+        blind: See above.
     """
     path = Path(path)
     workspace = load_workspace(path)
@@ -248,12 +269,18 @@ def fit_workspace_file(
         lh = Likelihood.from_workspace(select(workspace, analysis))
         wanted_toys = toys if toy_analyses is None or analysis in toy_analyses else 0
         inference = analyse(
-            lh, analysis, cls_level, with_impacts=with_impacts, toys=wanted_toys, seed=seed
+            lh,
+            analysis,
+            cls_level,
+            with_impacts=with_impacts,
+            toys=wanted_toys,
+            seed=seed,
+            blind=blind,
         )
         results.append(inference.result)
         if make_plots:
-            write_plots(lh, inference, Path(out_dir) / "plots" / analysis)
-        log.info("%s: mu = %.3f", analysis, results[-1].mu)
+            write_plots(lh, inference, Path(out_dir) / "plots" / analysis, data=not blind)
+        log.info("%s: mu = %.3f", analysis, results[-1].mu)  # NaN when blind
     out = Path(out_dir)
     table = markdown_table(tuple(results), is_published)
     write_json(
@@ -268,11 +295,16 @@ def fit_workspace_file(
     return FitSummary(tuple(results), table, out, is_published)
 
 
-def write_plots(lh: Likelihood, inference: Inference, directory: Path) -> list[Path]:
-    """Pre- and post-fit distributions per channel, pulls, impacts and correlations as PNG."""
+def write_plots(
+    lh: Likelihood, inference: Inference, directory: Path, *, data: bool = True
+) -> list[Path]:
+    """Pre- and post-fit distributions per channel, pulls, impacts and correlations as PNG.
+
+    ``data=False`` (blind) leaves out the distributions, which show the data and the fitted mu.
+    """
     best, unc = inference.best, inference.uncertainties
     written = []
-    for channel in lh.model.config.channels:
+    for channel in lh.model.config.channels if data else ():
         for stage, x in (("prefit", lh.init), ("postfit", best.x)):
             fig = plots.stacked(lh, x, channel, f"{channel} ({stage})")
             written.append(save_figure(fig, directory / f"{channel}_{stage}.png"))

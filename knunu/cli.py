@@ -37,8 +37,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     run_dir = Path(args.output or config["output_dir"])
     workspace = args.workspace or config["fit"]["workspace"]
+    source = workspace  # where the data come from
     if workspace is None:
-        histograms = Path(args.histograms or run_dir / "histograms.root")
+        histograms = source = Path(args.histograms or run_dir / "histograms.root")
         analyses = analyses_in_file(histograms)
         if not analyses:
             raise InputError(f"{histograms}: holds no fit histograms (ita_on_data_nominal, ...)")
@@ -50,6 +51,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             analyses,
         )
         workspace = paths.get("combined", paths[analyses[0]])
+    # data from the run directory are the run's pseudo-data: blind unless unblinded
+    own = Path(source).resolve().is_relative_to(run_dir.resolve())
+    blind = own and bool(config.get("blind", True)) and not args.unblind
     summary = fit_workspace_file(
         workspace,
         run_dir / "fit",
@@ -59,7 +63,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         toys=config["fit"]["gof_toys"] if args.toys is None else args.toys,
         toy_analyses=tuple(config["fit"]["gof_analyses"]),
         seed=config["seed"],
+        blind=blind,
     )
+    if blind:
+        print(f"{source}: the run's pseudo-data, BLINDED (mu, B, Z and limit hidden; --unblind)")
     print(summary.markdown)
     print(f"\nresults written to {summary.directory}")
     return EXIT_OK
@@ -335,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--toys", type=int, metavar="N", help="goodness-of-fit toys (default: fit.gof_toys)"
     )
     fit.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
+    fit.add_argument(
+        "--unblind",
+        action="store_true",
+        help="show mu, B, Z and the limit of a workspace in the run directory, whose data are the "
+        "run's pseudo-data (default: the config's `blind`: hidden)",
+    )
     run = add(
         "run",
         cmd_run,

@@ -240,6 +240,8 @@ def _fit_workspace(
     from knunu.rundir import write_json
 
     fit = config["fit"]
+    # the run's own workspace holds its pseudo-data, whose mu_true stays hidden while blind
+    own = workspace.resolve().is_relative_to(run.path.resolve())
     fit_workspace_file(
         workspace,
         run.path / "fit",
@@ -248,9 +250,9 @@ def _fit_workspace(
         toys=fit["gof_toys"],
         toy_analyses=tuple(fit["gof_analyses"]),
         seed=config["seed"],
+        blind=own and bool(config.get("blind", True)),
     )
     run.record_input(workspace)
-    own = workspace.resolve().is_relative_to(run.path.resolve())
     info = write_json(
         run.path / "fit" / "fitted.json", {"label": label, "own": own, "workspace": str(workspace)}
     )
@@ -330,7 +332,7 @@ STEPS: dict[str, Step] = {
         Step(
             "fit",
             "build the pyhf workspaces and run inference",
-            ("seed", "fit"),
+            ("seed", "blind", "fit"),
             ("process",),
             _run_fit,
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pyhf
 import pytest
@@ -69,3 +70,34 @@ def test_asimov_pulls_are_zero(tmp_path, run_cli):
     for name, pull, constraint in result.pulls:
         assert abs(pull) < 1e-4, name
         assert 0 < constraint <= 1.0 + 1e-6, name  # data can only shrink a prior
+
+
+def test_the_runs_own_pseudo_data_stay_blinded_until_unblinded(tmp_path, run_cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_histogram_file(run / "histograms.root", load_catalogue(), mu=3.0)  # the run's own
+    args = ("fit", "--toys", "0", "--analysis", "hta", "-o", str(run))
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "BLINDED" in proc.stdout
+    (result,) = load_results(run / "fit" / "results.json")
+    assert result.blinded
+    assert math.isnan(result.mu)
+    assert math.isnan(result.z_bkg)
+    assert math.isnan(result.nll)
+    assert result.upper_limit is None
+    assert math.isnan(result.branching_fraction)
+    assert result.mu_hesse > 0  # the sensitivity is shown
+    written = (run / "fit" / "results.md").read_text() + proc.stdout + proc.stderr
+    assert "3.00" not in written
+    assert "nan" not in written.lower()
+    plots = {p.name for p in (run / "fit" / "plots" / "hta").iterdir()}
+    assert "pulls.png" in plots
+    assert not any("fit.png" in p for p in plots)
+    # the unblind step shows what the pseudo-data say
+    proc = run_cli(*args, "--unblind")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = load_results(run / "fit" / "results.json")
+    assert not result.blinded
+    assert result.mu == pytest.approx(3.0, abs=1e-4)
+    assert "3.00" in proc.stdout
