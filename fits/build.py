@@ -14,6 +14,8 @@ Fit channels follow the published layout: on resonance eta > 0.94 as 9 bins (eta
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +57,19 @@ CHANNELS: dict[str, ChannelLayout] = {
 }
 
 
+class Kept(NamedTuple):
+    """A channel cut to the bins that carry information (:func:`drop_empty_bins`)."""
+
+    samples: list[dict[str, Any]]
+    observed: list[float]
+    bins: np.ndarray  # the kept bins' indices
+    members: list[list[int]]  # the original bins each kept bin holds (more than one if merged)
+
+
+#: What the fit plots label each channel's bins with (workspaces/bins.json beside the workspaces).
+BINS_FILE = "bins.json"
+
+
 class HistogramFile:
     """Read access to a processors' histogram file, with one-line errors naming file and key."""
 
@@ -81,6 +96,13 @@ class HistogramFile:
             raise InputError(f"{self.path}: histogram '{key}' holds NaN or inf")
         return values, variances
 
+    def edges(self, histogram: str) -> list[np.ndarray]:
+        """Bin edges of each axis of ``{histogram}_data_nominal``."""
+        key = f"{histogram}_data_nominal"
+        if key not in self.keys:
+            raise InputError(f"{self.path}: histogram '{key}' is missing")
+        return [np.asarray(axis.edges(flow=False)) for axis in self._file[key].axes]
+
     def close(self) -> None:
         """Close the file."""
         self._file.close()
@@ -90,6 +112,52 @@ def _cut(values: np.ndarray, layout: ChannelLayout) -> list[float]:
     if layout.eta_rows is None:
         return [float(v) for v in values.ravel()]
     return [float(v) for v in values[list(layout.eta_rows), :].ravel()]
+
+
+def channel_bins(hfile: HistogramFile, layout: ChannelLayout) -> dict[str, Any]:
+    """What each of a channel's bins holds, for plots: eta slice (group) and range (label).
+
+    >>> layout = ChannelLayout("ita", "ita_on", (1, 2), ())
+    >>> edges = [np.array([0.92, 0.94, 0.96, 0.98]), np.array([-1.0, 4.0, 25.0])]
+    >>> _describe(edges, layout)["bins"][:3]  # doctest: +NORMALIZE_WHITESPACE
+    [{'group': 'eta(BDT2) [0.94, 0.96]', 'label': '[-1, 4]'}, {'group': 'eta(BDT2) [0.94, 0.96]',
+      'label': '[4, 25]'}, {'group': 'eta(BDT2) [0.96, 0.98]', 'label': '[-1, 4]'}]
+    """
+    return _describe(hfile.edges(layout.histogram), layout)
+
+
+def _describe(edges: list[np.ndarray], layout: ChannelLayout) -> dict[str, Any]:
+    if layout.eta_rows is None:
+        (eta,) = edges
+        name = "eta(BDTh)" if layout.analysis == "hta" else "eta"
+        bins = [{"group": "", "label": f"[{a:.2f}, {b:.2f}]"} for a, b in itertools.pairwise(eta)]
+        return {"axis": name, "bins": bins}
+    eta, q2 = edges
+    bins = [
+        {
+            "group": f"eta(BDT2) [{eta[r]:.2f}, {eta[r + 1]:.2f}]",
+            "label": f"[{q2[c]:g}, {q2[c + 1]:g}]",
+        }
+        for r in layout.eta_rows
+        for c in range(len(q2) - 1)
+    ]
+    return {"axis": "q2rec [GeV^2]", "bins": bins}
+
+
+def _kept_bins(described: dict[str, Any], members: list[list[int]]) -> dict[str, Any]:
+    """The description of the kept bins; a merged bin is labelled with every range it holds."""
+    full = described["bins"]
+    bins = [
+        {"group": full[m[0]]["group"], "label": " + ".join(full[i]["label"] for i in m)}
+        for m in members
+    ]
+    return {**described, "bins": bins}
+
+
+def load_bins(workspace: str | Path) -> dict[str, Any]:
+    """The bin descriptions written beside a workspace ({} if there are none, e.g. published)."""
+    path = Path(workspace).parent / BINS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _relative_effect(nominal: np.ndarray, *others: np.ndarray) -> float:
@@ -106,6 +174,8 @@ def build_spec(
 ) -> dict[str, Any]:
     """The HistFactory spec of one analysis, validated against pyhf's schema.
 
+    :func:`build_spec_and_bins` also says what each bin holds.
+
     Args:
         hfile: The processors' histograms.
         analysis: ``ita`` or ``hta``.
@@ -119,9 +189,20 @@ def build_spec(
         InputError: a histogram the catalogue asks for is missing or not finite.
         WorkspaceError: the spec fails pyhf's schema.
     """
+    return build_spec_and_bins(hfile, analysis, catalogue, prune_threshold, split)[0]
+
+
+def build_spec_and_bins(
+    hfile: HistogramFile,
+    analysis: str,
+    catalogue: tuple[Systematic, ...],
+    prune_threshold: float = 0.0,
+    split: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`build_spec` and, per channel, what its kept bins hold (:func:`channel_bins`)."""
     if analysis not in ANALYSES:
         raise WorkspaceError(f"unknown analysis {analysis!r}")
-    channels, observations = [], []
+    channels, observations, described = [], [], {}
     for cname, layout in CHANNELS.items():
         if layout.analysis != analysis:
             continue
@@ -153,11 +234,13 @@ def build_spec(
         kept = drop_empty_bins(cname, samples, observed, hfile.path, merge=True)
         if kept is None:
             continue
-        channels.append({"name": cname, "samples": kept[0]})
-        observations.append({"name": cname, "data": kept[1]})
+        channels.append({"name": cname, "samples": kept.samples})
+        observations.append({"name": cname, "data": kept.observed})
+        described[cname] = _kept_bins(channel_bins(hfile, layout), kept.members)
     if not channels:
         raise WorkspaceError(f"{hfile.path}: every {analysis} channel is empty")
-    return _workspace_spec(channels, observations, f"{analysis} spec from {hfile.path}")
+    spec = _workspace_spec(channels, observations, f"{analysis} spec from {hfile.path}")
+    return spec, described
 
 
 def drop_empty_bins(
@@ -166,7 +249,7 @@ def drop_empty_bins(
     observed: np.ndarray,
     path: Path,
     merge: bool = False,
-) -> tuple[list[dict[str, Any]], list[float], np.ndarray] | None:
+) -> Kept | None:
     """Drop bins no sample populates, then samples empty in every kept bin (each logged).
 
     Such bins carry no information when nothing is observed there (small-scale runs). Events
@@ -176,8 +259,8 @@ def drop_empty_bins(
     where the simulation is too thin for the binning); without, it is an error.
 
     Returns:
-        (samples, observed data) cut to the kept bins, and the kept bins' indices; None when
-        the channel is empty.
+        Samples and observed data cut to the kept bins, the kept bins' indices and the
+        original bins each holds; None when the channel is empty.
 
     Raises:
         WorkspaceError: events observed in a bin that no sample populates (without ``merge``,
@@ -206,8 +289,10 @@ def drop_empty_bins(
         target = np.maximum(np.cumsum(keep) - 1, 0)  # the last kept bin at or before each bin
         group = np.where(keep | (observed > 0), target, -1)
         cut = _merger(group, len(idx))
+        members = [np.flatnonzero(group == k).tolist() for k in range(len(idx))]
     else:
         cut = _indexer(idx)
+        members = [[int(i)] for i in idx]
     out, empty = [], []
     for sample in samples:
         data = cut(sample["data"])
@@ -218,7 +303,7 @@ def drop_empty_bins(
         out.append({**sample, "data": data.tolist(), "modifiers": mods})
     if empty:
         log.warning("channel %s: samples %s dropped (empty in every bin)", cname, ", ".join(empty))
-    return out, cut(observed).tolist(), idx
+    return Kept(out, cut(observed).tolist(), idx, members)
 
 
 def _indexer(idx: np.ndarray) -> Callable[..., np.ndarray]:
@@ -341,17 +426,21 @@ def write_workspaces(
 
     Returns:
         Paths by name (each analysis, and ``combined`` when every analysis is built), written
-        atomically into ``out_dir``.
+        atomically into ``out_dir`` with what each bin holds (:data:`BINS_FILE`).
     """
     from knunu.rundir import write_json
 
     hfile = HistogramFile(histograms)
+    specs, bins = {}, {}
     try:
-        specs = {a: build_spec(hfile, a, catalogue, prune_threshold) for a in analyses}
+        for a in analyses:
+            specs[a], described = build_spec_and_bins(hfile, a, catalogue, prune_threshold)
+            bins.update(described)
     finally:
         hfile.close()
     if set(analyses) == set(ANALYSES):
         specs["combined"] = combine({a: specs[a] for a in ANALYSES}, catalogue)
+    write_json(Path(out_dir) / BINS_FILE, bins)
     return {name: write_json(Path(out_dir) / f"{name}.json", spec) for name, spec in specs.items()}
 
 

@@ -118,7 +118,7 @@ def _spec(
     with_poi = kept is not None and any(m["name"] == poi for s in kept[0] for m in s["modifiers"])
     if not with_poi:
         raise FitError(f"{path}: {channel}: the sample that {poi} scales is empty in the region")
-    samples, observed, bins = kept
+    samples, observed, bins = kept.samples, kept.observed, kept.bins
     spec = {
         "channels": [{"name": channel, "samples": samples}],
         "observations": [{"name": channel, "data": observed}],

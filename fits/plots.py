@@ -13,6 +13,7 @@ from typing import Any
 import matplotlib as mpl
 import mplhep
 import numpy as np
+from hist.intervals import poisson_interval
 from matplotlib.figure import Figure
 
 from knunu.fits.infer import GoodnessOfFit, Impact, Likelihood, Uncertainties
@@ -31,34 +32,116 @@ def channel_yields(lh: Likelihood, x: np.ndarray) -> dict[str, dict[str, np.ndar
     return out
 
 
-def stacked(lh: Likelihood, x: np.ndarray, channel: str, title: str = "") -> Figure:
-    """Stacked expected yields of one channel with the observed data and a data/model panel."""
+def stacked(
+    lh: Likelihood,
+    x: np.ndarray,
+    channel: str,
+    title: str = "",
+    *,
+    covariance: np.ndarray | None = None,
+    bins: dict[str, Any] | None = None,
+) -> Figure:
+    """Stacked expected yields of one channel with the observed data and a data/model panel.
+
+    Args:
+        lh: The likelihood (model and data).
+        x: The parameters the yields are drawn at (pre- or post-fit).
+        channel: The channel.
+        title: The plot's title (default: the channel).
+        covariance: The parameters' covariance; the model's uncertainty band propagates it
+            linearly (none without it).
+        bins: What the channel's bins hold (:func:`knunu.fits.build.channel_bins`): each bin is
+            labelled with its range, and bins of one eta slice are grouped; numbered without.
+    """
     cfg = lh.model.config
+    sl = cfg.channel_slices[channel]
     yields = {s: y for s, y in channel_yields(lh, x)[channel].items() if np.any(y != 0)}
-    data = lh.data[: lh.nmain][cfg.channel_slices[channel]]
+    data = np.asarray(lh.data[: lh.nmain][sl], dtype=float)
     nbins = len(data)
-    edges = np.arange(nbins + 1)
-    fig = Figure(figsize=(7, 6))
-    ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0})
+    edges = np.arange(nbins + 1, dtype=float)
+    fig = Figure(figsize=(9.5, 6.5))
+    ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.06})
     order = sorted(yields, key=lambda s: yields[s].sum())
     mplhep.histplot(
         [yields[s] for s in order], edges, ax=ax, stack=True, histtype="fill", label=order
     )
     total = np.sum([yields[s] for s in order], axis=0)
-    mplhep.histplot(
-        data, edges, ax=ax, histtype="errorbar", yerr=np.sqrt(data), color="k", label="data"
-    )
+    band = _band(lh, x, sl, covariance) if covariance is not None else None
+    if band is not None:
+        ax.stairs(total + band, edges, baseline=total - band, fill=True, hatch="////",
+                  facecolor="none", edgecolor="grey", lw=0, label="model uncertainty")  # fmt: skip
+    low, high = poisson_interval(data)  # Garwood 68 % intervals
+    low, high = np.nan_to_num(low), np.nan_to_num(high)
+    centres = edges[:-1] + 0.5
+    ax.errorbar(centres, data, yerr=[data - low, high - data], fmt="ko", ms=4, label="data")
     ax.set_ylabel("events / bin")
+    ax.set_ylim(
+        0, 1.45 * max(float(np.max(high, initial=0)), float(np.max(total, initial=0)), 1e-9)
+    )
     ax.set_title(title or channel)
-    ax.legend(fontsize="small", ncol=2)
-    ratio = np.divide(data, total, out=np.ones_like(total), where=total > 0)
-    err = np.divide(np.sqrt(data), total, out=np.zeros_like(total), where=total > 0)
-    rax.errorbar(edges[:-1] + 0.5, ratio, yerr=err, fmt="ko")
+    by_label = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
+    shown = [
+        k for k in ("data", "model uncertainty", *order[::-1]) if k in by_label
+    ]  # stack top first
+    ax.legend([by_label[k] for k in shown], shown, fontsize="small", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)  # fmt: skip
+    scale = np.where(total > 0, total, np.nan)
+    rax.errorbar(centres, data / scale, yerr=[(data - low) / scale, (high - data) / scale],
+                 fmt="ko", ms=4)  # fmt: skip
+    if band is not None:
+        rax.stairs(1 + band / scale, edges, baseline=1 - band / scale, fill=True,
+                   hatch="////", facecolor="none", edgecolor="grey", lw=0)  # fmt: skip
     rax.axhline(1.0, color="grey", ls="--")
     rax.set_ylabel("data / model")
-    rax.set_xlabel("bin")
-    rax.set_ylim(0.5, 1.5)
+    rax.set_ylim(0.4, 1.6)
+    rax.set_xlim(0, nbins)
+    _label_bins(ax, rax, bins, nbins)
+    fig.align_ylabels([ax, rax])
+    fig.subplots_adjust(left=0.1, right=0.78, bottom=0.16)
     return fig
+
+
+def _band(lh: Likelihood, x: np.ndarray, sl: slice, covariance: np.ndarray) -> np.ndarray:
+    """The total yield's uncertainty per bin: J C J^T with J by central differences."""
+    x = np.asarray(x, dtype=float)
+    sigma = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    jac = np.zeros((sl.stop - sl.start, len(x)))
+    for i in np.flatnonzero(sigma > 0):
+        step = np.zeros_like(x)
+        step[i] = 1e-3 * sigma[i]
+        up = lh.expected_data(x + step)[: lh.nmain][sl]
+        down = lh.expected_data(x - step)[: lh.nmain][sl]
+        jac[:, i] = (up - down) / (2 * step[i])
+    return np.sqrt(np.clip(np.einsum("bi,ij,bj->b", jac, covariance, jac), 0.0, None))
+
+
+def _label_bins(ax: Any, rax: Any, bins: dict[str, Any] | None, nbins: int) -> None:
+    """Tick labels from the bins' ranges, eta slices marked and named; bin numbers without."""
+    described = (bins or {}).get("bins", [])
+    if len(described) != nbins:  # no description, or one of other bins (not this workspace's)
+        rax.set_xlabel("bin")
+        rax.set_xticks(np.arange(nbins) + 0.5, [str(i) for i in range(nbins)])
+        return
+    rax.set_xticks(np.arange(nbins) + 0.5, [b["label"] for b in described], rotation=30,
+                   ha="right", fontsize="small")  # fmt: skip
+    rax.set_xlabel(
+        bins["axis"]
+        .replace("eta", r"$\eta$")
+        .replace("q2rec", r"$q^2_{rec}$")
+        .replace("^2]", "$^2$]")
+    )
+    start = 0
+    for i in range(1, nbins + 1):
+        if i < nbins and described[i]["group"] == described[start]["group"]:
+            continue
+        group = described[start]["group"].replace("eta", r"$\eta$")
+        if group:
+            ax.text((start + i) / 2, 0.97, group, transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize="small")  # fmt: skip
+        if i < nbins:
+            for a in (ax, rax):
+                a.axvline(i, color="k", ls=":", lw=0.8)
+        start = i
 
 
 def pulls(lh: Likelihood, x: np.ndarray, unc: Uncertainties, max_rows: int = 60) -> Figure:

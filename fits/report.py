@@ -8,13 +8,14 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from knunu import published
 from knunu.errors import LimitAboveBoundError
 from knunu.fits import plots
+from knunu.fits.build import load_bins
 from knunu.fits.infer import (
     FitResult,
     GoodnessOfFit,
@@ -264,6 +265,7 @@ def fit_workspace_file(
     workspace = load_workspace(path)
     is_published = sha256(path) == sha256(published_workspace_path())
     wanted = analyses or analyses_in(workspace)
+    bins = load_bins(path)
     results = []
     for analysis in wanted:
         lh = Likelihood.from_workspace(select(workspace, analysis))
@@ -279,7 +281,9 @@ def fit_workspace_file(
         )
         results.append(inference.result)
         if make_plots:
-            write_plots(lh, inference, Path(out_dir) / "plots" / analysis, data=not blind)
+            write_plots(
+                lh, inference, Path(out_dir) / "plots" / analysis, data=not blind, bins=bins
+            )
         log.info("%s: mu = %.3f", analysis, results[-1].mu)  # NaN when blind
     out = Path(out_dir)
     table = markdown_table(tuple(results), is_published)
@@ -296,17 +300,33 @@ def fit_workspace_file(
 
 
 def write_plots(
-    lh: Likelihood, inference: Inference, directory: Path, *, data: bool = True
+    lh: Likelihood,
+    inference: Inference,
+    directory: Path,
+    *,
+    data: bool = True,
+    bins: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Pre- and post-fit distributions per channel, pulls, impacts and correlations as PNG.
 
     ``data=False`` (blind) leaves out the distributions, which show the data and the fitted mu.
+    The distributions carry the model's uncertainty (the priors before the fit, the fit's
+    covariance after it) and, given ``bins`` (:func:`knunu.fits.build.load_bins`), bins
+    labelled by what they hold.
     """
     best, unc = inference.best, inference.uncertainties
+    prior = np.diag(np.nan_to_num(lh.prior_width) ** 2)
     written = []
     for channel in lh.model.config.channels if data else ():
-        for stage, x in (("prefit", lh.init), ("postfit", best.x)):
-            fig = plots.stacked(lh, x, channel, f"{channel} ({stage})")
+        for stage, x, cov in (("prefit", lh.init, prior), ("postfit", best.x, unc.covariance)):
+            fig = plots.stacked(
+                lh,
+                x,
+                channel,
+                f"{channel} ({stage})",
+                covariance=cov,
+                bins=(bins or {}).get(channel),
+            )
             written.append(save_figure(fig, directory / f"{channel}_{stage}.png"))
     written.append(save_figure(plots.pulls(lh, best.x, unc), directory / "pulls.png"))
     written.append(save_figure(plots.correlation(lh, unc), directory / "correlation.png"))

@@ -508,13 +508,15 @@ def _likelihood(workspace: pyhf.Workspace, model: str) -> Any:
 
 def _expected(lh: Any, model: str, meas: dict[str, Any], config: dict[str, Any], out: Path) -> Any:
     """Expected results: Asimov data of the nominal model at ``expected_mu``."""
+    from knunu.fits.build import load_bins
     from knunu.fits.report import analyse, write_plots
     from knunu.fits.validation import nominal_point
 
     asimov = lh.with_data(lh.expected_data(nominal_point(lh, float(meas["expected_mu"]))))
     impacts = model == "combined" and bool(meas.get("impacts", True))
     inference = analyse(asimov, model, config["fit"]["cls_level"], with_impacts=impacts)
-    write_plots(asimov, inference, out / "plots" / "expected" / model)
+    bins = load_bins(out / "workspaces" / "combined.json")
+    write_plots(asimov, inference, out / "plots" / "expected" / model, bins=bins)
     return inference.result
 
 
@@ -533,11 +535,13 @@ def _fit_quality(lh: Any, toys: int, seed: int) -> dict[str, Any]:
 
 
 def _observed(lh: Any, model: str, config: dict[str, Any], out: Path) -> Any:
+    from knunu.fits.build import load_bins
     from knunu.fits.report import analyse, write_plots
 
     impacts = model == "combined" and bool(config["measurement"].get("impacts", True))
     inference = analyse(lh, model, config["fit"]["cls_level"], with_impacts=impacts)
-    write_plots(lh, inference, out / "plots" / "observed" / model)
+    bins = load_bins(out / "workspaces" / "combined.json")
+    write_plots(lh, inference, out / "plots" / "observed" / model, bins=bins)
     return inference.result
 
 

@@ -195,7 +195,7 @@ def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) ->
     reported and recorded, and the published likelihood is fitted instead, labelled as such.
     """
     from knunu.errors import KnunuError
-    from knunu.fits.build import analyses_in_file, write_workspaces
+    from knunu.fits.build import BINS_FILE, analyses_in_file, write_workspaces
     from knunu.fits.catalogue import load_catalogue
     from knunu.fits.workspace import published_workspace_path
 
@@ -217,7 +217,8 @@ def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) ->
                 analyses,
             )
             own = paths.get("combined", paths[analyses[0]])
-            return _fit_workspace(config, run, own, label, tuple(paths.values()))
+            written = (*paths.values(), run.path / "workspaces" / BINS_FILE)
+            return _fit_workspace(config, run, own, label, written)
         except KnunuError as exc:
             log.warning("own workspace not fitted: %s", exc)
             run.record_stage("fit_own", "failed", reason=str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -209,8 +210,11 @@ def test_data_where_no_sample_expects_any_merge_into_the_bin_before(caplog, tmp_
     with pytest.raises(WorkspaceError, match="channel c bin 1: 2 events observed where no"):
         drop_empty_bins("c", samples(), observed, tmp_path / "h.root")
     with caplog.at_level(logging.WARNING):
-        out, data, idx = drop_empty_bins("c", samples(), observed, tmp_path / "h.root", True)
+        out, data, idx, members = drop_empty_bins(
+            "c", samples(), observed, tmp_path / "h.root", True
+        )
     assert idx.tolist() == [0, 2]
+    assert members == [[0, 1], [2, 4]]  # bin 3: nothing observed, nothing expected
     assert data == [3.0, 4.0]  # every observed event kept: bin 1 -> 0, bins 3 (empty), 4 -> 2
     assert sum(data) == observed.sum()
     (bkg,) = out  # the sample empty everywhere is dropped
@@ -226,7 +230,26 @@ def test_data_where_no_sample_expects_any_merge_into_the_bin_before(caplog, tmp_
     two = samples()
     two[0]["data"][1] = -0.5
     two[0]["modifiers"][0]["data"][1] = 4.0
-    out, data, _ = drop_empty_bins("c", two, observed, tmp_path / "h.root", True)
+    out, data, _, _ = drop_empty_bins("c", two, observed, tmp_path / "h.root", True)
     assert data == [3.0, 4.0]
     assert out[0]["data"] == [3.5, 2.0]
     assert out[0]["modifiers"][0]["data"] == [5.0, 1.0]
+
+
+def test_the_workspaces_say_what_each_bin_holds(tmp_path, asimov_file, catalogue):
+    """bins.json: eta slice and q2rec (or eta(BDTh)) range of every kept bin, for the plots."""
+    from knunu.fits.build import BINS_FILE, load_bins, write_workspaces
+
+    paths = write_workspaces(asimov_file[0], tmp_path / "ws", catalogue)
+    bins = load_bins(paths["combined"])
+    assert bins == json.loads((tmp_path / "ws" / BINS_FILE).read_text())
+    spec = json.loads(paths["combined"].read_text())
+    for channel in spec["channels"]:  # one description per bin of the workspace
+        assert len(bins[channel["name"]]["bins"]) == len(channel["samples"][0]["data"])
+    sr = bins["ita_on_sr"]
+    assert sr["axis"] == "q2rec [GeV^2]"
+    assert sr["bins"][0] == {"group": "eta(BDT2) [0.94, 0.96]", "label": "[-1, 4]"}
+    assert sr["bins"][-1] == {"group": "eta(BDT2) [0.98, 1.00]", "label": "[8, 25]"}
+    assert {b["group"] for b in bins["ita_on_cr"]["bins"]} == {"eta(BDT2) [0.92, 0.94]"}
+    assert bins["hta_sr"]["axis"] == "eta(BDTh)"
+    assert load_bins(tmp_path / "elsewhere" / "ws.json") == {}  # e.g. the published workspace
