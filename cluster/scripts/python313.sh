@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# knunu on Debian 13's Python 3.13, from the same lock as the host's 3.11: builds a Debian 13
+# (trixie) chroot with python3 (once; KNUNU_PY313_ROOT, default /var/tmp/knunu-py313-root, about
+# 2 GB with the venv), copies the committed project into it (git archive HEAD), creates a venv
+# there, installs requirements.lock and knunu, runs the tiny analysis (configs/tiny.yaml) on a
+# local Dask cluster, and compares every histogram of its histograms.root and the measurement's
+# with a run of the same config on the host (values and variances, exactly).
+#   python313.sh [HOST_RUN_DIR]   (default: runs the host's tiny analysis into a temporary dir)
+# Exit 0: installed, ran, and identical to the host; the lines printed say what was compared.
+set -euo pipefail
+
+ROOT=${KNUNU_PY313_ROOT:-/var/tmp/knunu-py313-root}
+MIRROR=${KNUNU_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PROJECT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HOSTPY=${KNUNU_PYTHON:-$PROJECT/.venv/bin/python}
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+build_chroot() {
+    [ -f "$ROOT/.knunu-ready" ] && return
+    log "building the Debian 13 chroot in $ROOT (a few minutes, once)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! command -v debootstrap >/dev/null; then
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    fi
+    if grep -qE " ($ROOT|$ROOT.partial)[/ ]" /proc/mounts; then
+        log "refusing to rebuild: something is mounted under $ROOT"
+        exit 1
+    fi
+    rm -rf "$ROOT" "$ROOT.partial"
+    mkdir -p "$(dirname "$ROOT")"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
+        trixie "$ROOT.partial" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
+        || { log "debootstrap failed, see $ROOT.debootstrap.log"; exit 1; }
+    chroot "$ROOT.partial" /bin/sh -c "apt-get clean"
+    touch "$ROOT.partial/.knunu-ready"
+    mv "$ROOT.partial" "$ROOT"
+}
+
+mounts() {
+    mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+    mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+    mountpoint -q "$ROOT/dev/shm" || mount -t tmpfs -o mode=1777 tmpfs "$ROOT/dev/shm"
+}
+
+unmounts() {
+    local m
+    for m in "$ROOT/dev/shm" "$ROOT/dev" "$ROOT/proc"; do
+        mountpoint -q "$m" && umount "$m"
+    done
+    return 0
+}
+
+build_chroot
+trap unmounts EXIT
+mounts
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf" # PyPI from inside
+rm -rf "$ROOT/opt/knunu"
+mkdir -p "$ROOT/opt/knunu"
+git -C "$PROJECT" archive HEAD | tar -x -C "$ROOT/opt/knunu"
+log "installing with $(chroot "$ROOT" python3 --version) from requirements.lock"
+chroot "$ROOT" /bin/sh -ec "
+    cd /opt/knunu
+    python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet uv==\$(sed -n 's/^UV_VERSION := //p' Makefile)
+    .venv/bin/uv pip install --quiet --python .venv/bin/python --only-binary pythia8mc -r requirements.lock
+    .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps .
+"
+log "the tiny analysis under Python 3.13"
+chroot "$ROOT" /bin/sh -ec "cd /opt/knunu && HOME=/opt/knunu .venv/bin/knunu run -c configs/tiny.yaml -o runs/tiny" \
+    >"$ROOT.run.log" 2>&1 || { log "the run failed, see $ROOT.run.log"; tail -3 "$ROOT.run.log" >&2; exit 1; }
+HOSTRUN=${1:-}
+if [ -z "$HOSTRUN" ]; then
+    HOSTRUN=$(mktemp -d /tmp/knunu-py311-XXXX)
+    log "the tiny analysis on the host ($("$HOSTPY" --version)) into $HOSTRUN"
+    (cd "$PROJECT" && "$HOSTPY" -m knunu.cli run -c configs/tiny.yaml -o "$HOSTRUN") >"$HOSTRUN.log" 2>&1 \
+        || { log "the host run failed, see $HOSTRUN.log"; exit 1; }
+fi
+"$HOSTPY" - "$ROOT/opt/knunu/runs/tiny" "$HOSTRUN" <<'PY'
+import sys
+from pathlib import Path
+
+import numpy as np
+import uproot
+
+py313, host = map(Path, sys.argv[1:])
+for name in ("histograms.root", "measurement/histograms.root"):
+    with uproot.open(py313 / name) as a, uproot.open(host / name) as b:
+        keys = sorted(k.split(";")[0] for k in a.keys(cycle=True))
+        if keys != sorted(k.split(";")[0] for k in b.keys(cycle=True)):
+            sys.exit(f"{name}: the two runs hold different histograms")
+        for key in keys:
+            ha, hb = a[key], b[key]
+            if not (np.array_equal(ha.values(flow=True), hb.values(flow=True))
+                    and np.array_equal(ha.variances(flow=True), hb.variances(flow=True))):
+                sys.exit(f"{name}: {key} differs between Python 3.13 and the host")
+        print(f"{name}: {len(keys)} histograms identical (values and variances) to the host's")
+PY
