@@ -13,11 +13,11 @@ CLUSTER   ?= local
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 WORKSPACE ?=
 
-.PHONY: help setup analysis simulate process train fit reinterpret cluster scheduler-up scheduler-down test lint format bench clean distclean
+.PHONY: help setup analysis simulate process train fit reinterpret cluster scheduler-up scheduler-down py313 test lint format bench clean distclean
 
 help: ## list the targets (default)
 	@echo "knunu make targets:"
-	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
 	@echo "variables: CONFIG=<yaml> CLUSTER=local|slurm|htcondor WORKSPACE=<pyhf json> INSTALLER=uv|pip"
 
 $(STAMP): pyproject.toml requirements.lock
@@ -69,6 +69,9 @@ test: $(STAMP) ## lint, then the whole test suite (doctests included)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+py313: $(STAMP) ## install and run the tiny analysis with Debian 13's Python 3.13 (chroot, root), compare with this one
+	KNUNU_PYTHON=$(BIN)/python cluster/scripts/python313.sh
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

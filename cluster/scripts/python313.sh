@@ -4,9 +4,10 @@
 # 2 GB with the venv), copies the committed project into it (git archive HEAD), creates a venv
 # there, installs requirements.lock and knunu, runs the tiny analysis (configs/tiny.yaml) on a
 # local Dask cluster, and compares every histogram of its histograms.root and the measurement's
-# with a run of the same config on the host (values and variances, exactly).
+# with a run of the same config on the host (values and variances, to 1e-12 relative, the
+# measurement's fitted templates to 1e-6: the two systems' libm may differ in the last bit).
 #   python313.sh [HOST_RUN_DIR]   (default: runs the host's tiny analysis into a temporary dir)
-# Exit 0: installed, ran, and identical to the host; the lines printed say what was compared.
+# Exit 0: installed, ran, and the same as the host's; the lines printed say what was compared.
 set -euo pipefail
 
 ROOT=${KNUNU_PY313_ROOT:-/var/tmp/knunu-py313-root}
@@ -56,11 +57,16 @@ build_chroot
 trap unmounts EXIT
 mounts
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf" # PyPI from inside
+# the site's own certificate authorities (a proxy's), as the host trusts them
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    chroot "$ROOT" update-ca-certificates >/dev/null 2>&1
+fi
 rm -rf "$ROOT/opt/knunu"
 mkdir -p "$ROOT/opt/knunu"
 git -C "$PROJECT" archive HEAD | tar -x -C "$ROOT/opt/knunu"
 log "installing with $(chroot "$ROOT" python3 --version) from requirements.lock"
-chroot "$ROOT" /bin/sh -ec "
+chroot "$ROOT" env -u PIP_FIND_LINKS /bin/sh -ec "
     cd /opt/knunu
     python3 -m venv .venv
     .venv/bin/python -m pip install --quiet uv==\$(sed -n 's/^UV_VERSION := //p' Makefile)
@@ -84,16 +90,28 @@ from pathlib import Path
 import numpy as np
 import uproot
 
+# Debian 13's libm (glibc 2.41) may round exp/log differently in the last bit from the host's:
+# the processors' sums then agree to 1e-12 relative; the measurement's factorised templates
+# come out of fits (converged to about 1e-8), which carry such a bit further: 1e-6
+RTOL = {"histograms.root": 1e-12, "measurement/histograms.root": 1e-6}
 py313, host = map(Path, sys.argv[1:])
-for name in ("histograms.root", "measurement/histograms.root"):
+for name, rtol in RTOL.items():
     with uproot.open(py313 / name) as a, uproot.open(host / name) as b:
         keys = sorted(k.split(";")[0] for k in a.keys(cycle=True))
         if keys != sorted(k.split(";")[0] for k in b.keys(cycle=True)):
             sys.exit(f"{name}: the two runs hold different histograms")
+        exact, worst = 0, 0.0
         for key in keys:
-            ha, hb = a[key], b[key]
-            if not (np.array_equal(ha.values(flow=True), hb.values(flow=True))
-                    and np.array_equal(ha.variances(flow=True), hb.variances(flow=True))):
-                sys.exit(f"{name}: {key} differs between Python 3.13 and the host")
-        print(f"{name}: {len(keys)} histograms identical (values and variances) to the host's")
+            pairs = [(a[key].values(flow=True), b[key].values(flow=True)),
+                     (a[key].variances(flow=True), b[key].variances(flow=True))]
+            if all(np.array_equal(x, y) for x, y in pairs):
+                exact += 1
+                continue
+            for x, y in pairs:
+                rel = np.abs(x - y) / np.maximum(np.abs(y), np.finfo(float).tiny)
+                worst = max(worst, float(np.max(rel, initial=0.0)))
+            if worst > rtol:
+                sys.exit(f"{name}: {key} differs between Python 3.13 and the host ({worst:.1e} relative)")
+        print(f"{name}: {len(keys)} histograms, {exact} bit-identical to the host's, the others "
+              f"within {worst:.1e} relative (values and variances)")
 PY
