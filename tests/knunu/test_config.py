@@ -116,3 +116,11 @@ def test_the_belle2_config_is_valid():
     assert config["scale"] == "belle2"
     assert config["simulation"]["pion_prescale"] == config["ita"]["pion"]["prescale"] == 1
     assert config["ita"]["bdtc_bdt1_min"] == 0.9
+
+
+def test_the_tiny_config_is_the_test_suites_tiny_pipeline(cfg):
+    """configs/tiny.yaml (make py313, a smoke run) trains and processes as the tests' cfg does."""
+    config = load_config(packaged_config_path().parent / "tiny.yaml")
+    assert config["scale"] == cfg["scale"] == "tiny"
+    assert config["ita"] == cfg["ita"]
+    assert config["hta"] == cfg["hta"]

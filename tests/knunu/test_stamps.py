@@ -152,7 +152,7 @@ def test_every_packaged_data_file_counts_for_the_modules_that_read_it():
     found |= {f"configs/{p.name}" for p in configs.glob("*.yaml")}
     # the run's configuration (hashed by section), cluster settings, example configs
     not_read_by_name = {"configs/analysis.yaml", "configs/cluster.yaml"}
-    examples = {"configs/belle2.yaml", "configs/measurement.yaml"}
+    examples = {"configs/belle2.yaml", "configs/measurement.yaml", "configs/tiny.yaml"}
     assert found - not_read_by_name - examples == listed
 
 
