@@ -147,8 +147,13 @@ def _describe(edges: list[np.ndarray], layout: ChannelLayout) -> dict[str, Any]:
 def _kept_bins(described: dict[str, Any], members: list[list[int]]) -> dict[str, Any]:
     """The description of the kept bins; a merged bin is labelled with every range it holds."""
     full = described["bins"]
+
+    def label(i: int, first: int) -> str:  # a member from another eta slice names it
+        same = full[i]["group"] == full[first]["group"]
+        return full[i]["label"] if same else f"{full[i]['group']} {full[i]['label']}".strip()
+
     bins = [
-        {"group": full[m[0]]["group"], "label": " + ".join(full[i]["label"] for i in m)}
+        {"group": full[m[0]]["group"], "label": " + ".join(label(i, m[0]) for i in m)}
         for m in members
     ]
     return {**described, "bins": bins}

@@ -75,9 +75,8 @@ def stacked(
     centres = edges[:-1] + 0.5
     ax.errorbar(centres, data, yerr=[data - low, high - data], fmt="ko", ms=4, label="data")
     ax.set_ylabel("events / bin")
-    ax.set_ylim(
-        0, 1.45 * max(float(np.max(high, initial=0)), float(np.max(total, initial=0)), 1e-9)
-    )
+    top = total + (band if band is not None else 0.0)
+    ax.set_ylim(0, 1.2 * max(float(np.max(high, initial=0)), float(np.max(top, initial=0)), 1e-9))
     ax.set_title(title or channel)
     by_label = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
     shown = [
@@ -104,6 +103,8 @@ def stacked(
 def _band(lh: Likelihood, x: np.ndarray, sl: slice, covariance: np.ndarray) -> np.ndarray:
     """The total yield's uncertainty per bin: J C J^T with J by central differences."""
     x = np.asarray(x, dtype=float)
+    # a parameter without curvature (mu at its bound) has NaN (co)variances: it adds nothing
+    covariance = np.nan_to_num(np.asarray(covariance, dtype=float))
     sigma = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
     jac = np.zeros((sl.stop - sl.start, len(x)))
     for i in np.flatnonzero(sigma > 0):

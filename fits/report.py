@@ -102,9 +102,11 @@ def analyse(
 ) -> Inference:
     """Run the standard inference on one compiled likelihood.
 
-    Blind, the fit's uncertainties, pulls, impacts and goodness of fit are computed, and mu and
-    what follows from it (MINOS interval, B, significances, limit, NLL) are not: they are NaN
-    (the limit None) and the result says ``blinded``.
+    Blind, only the pulls, correlations and goodness of fit are computed; mu and what depends
+    on it (its uncertainties, MINOS interval, B, significances, limit, NLL, impacts: each
+    impact is a shift of the fitted mu, and one on the signal alone is proportional to it) are
+    not: they are NaN (the limit None, no impacts) and the result says ``blinded``. Expected
+    uncertainties and impacts come from Asimov data (:mod:`knunu.measurement`).
 
     Args:
         lh: The compiled likelihood.
@@ -129,17 +131,17 @@ def analyse(
     nan = math.nan
     down, up = (nan, nan) if blind else lh.minos(best, sigma=total)
     mu = nan if blind else float(best.x[poi])
-    ranking = impacts(lh, best, unc) if with_impacts else Ranking(())
+    ranking = impacts(lh, best, unc) if with_impacts and not blind else Ranking(())
     gof = goodness_of_fit(lh, best, toys, seed) if toys else None
     result = AnalysisResult(
         analysis=analysis,
         n_parameters=lh.npars,
         mu=mu,
-        mu_hesse=total,
+        mu_hesse=nan if blind else total,
         minos_down=down,
         minos_up=up,
-        stat=stat,
-        syst=math.sqrt(max(total**2 - stat**2, 0.0)) if math.isfinite(stat) else math.nan,
+        stat=nan if blind else stat,
+        syst=math.sqrt(max(total**2 - stat**2, 0.0)) if math.isfinite(stat) and not blind else nan,
         z_bkg=nan if blind else significance(lh, best, 0.0),
         z_sm=nan if blind else significance(lh, best, 1.0),
         upper_limit=None if blind else _limit(lh, best, cls_level),
@@ -189,10 +191,7 @@ def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
     ]
     for r in results:
         if r.blinded:
-            lines.append(
-                f"| {r.analysis} | blinded +- {r.mu_hesse:.2f} | blinded | {r.stat:.2f} | "
-                f"{r.syst:.2f} | blinded | blinded | blinded | blinded |"
-            )
+            lines.append(f"| {r.analysis} |" + " blinded |" * 8)
             continue
         lines.append(
             f"| {r.analysis} | {r.mu:.2f} +- {r.mu_hesse:.2f} | {r.minos_down:+.2f} / "
@@ -205,6 +204,11 @@ def markdown_table(results: tuple[AnalysisResult, ...], published: bool) -> str:
                 f"| {r.analysis} (published) | {p['mu']:.2f} | {p['minos'][0]:+.2f} / "
                 f"{p['minos'][1]:+.2f} | | | | {p['z_bkg']:.2f} | {p['z_sm']:.2f} | |"
             )
+    if any(r.blinded for r in results):
+        lines.append(
+            "\nBLINDED: mu and what depends on it (its uncertainties, MINOS, B, Z, limit, "
+            "impacts) are hidden until unblinding; the pulls, correlations and fit quality are not"
+        )
     for r in results:
         if r.gof_p_value is not None:
             lines.append(
@@ -245,9 +249,9 @@ def fit_workspace_file(
 ) -> FitSummary:
     """Fit every requested analysis of a workspace file and write the results.
 
-    ``results.json`` and ``results.md`` are written atomically into ``out_dir``. Blind (pseudo-
-    data whose mu_true is not to be seen yet), mu and what follows from it are neither computed
-    nor written, and the plots that show the data against the fitted model are not made.
+    ``results.json`` and ``results.md`` are written atomically into ``out_dir``. Blind (data
+    whose mu is not to be seen yet), mu and what depends on it are neither computed nor written
+    (:func:`analyse`), and the plots that show the data against the fitted model are not made.
 
     Args:
         path: A pyhf JSON workspace.
@@ -284,7 +288,10 @@ def fit_workspace_file(
             write_plots(
                 lh, inference, Path(out_dir) / "plots" / analysis, data=not blind, bins=bins
             )
-        log.info("%s: mu = %.3f", analysis, results[-1].mu)  # NaN when blind
+        if blind:
+            log.info("%s: fitted, blinded", analysis)
+        else:
+            log.info("%s: mu = %.3f", analysis, results[-1].mu)
     out = Path(out_dir)
     table = markdown_table(tuple(results), is_published)
     write_json(

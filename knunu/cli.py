@@ -33,6 +33,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from knunu.fits.build import analyses_in_file, write_workspaces
     from knunu.fits.catalogue import load_catalogue
     from knunu.fits.report import fit_workspace_file
+    from knunu.rundir import from_a_run
 
     config = load_config(args.config)
     run_dir = Path(args.output or config["output_dir"])
@@ -51,9 +52,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             analyses,
         )
         workspace = paths.get("combined", paths[analyses[0]])
-    # data from the run directory are the run's pseudo-data: blind unless unblinded
-    own = Path(source).resolve().is_relative_to(run_dir.resolve())
-    blind = own and bool(config.get("blind", True)) and not args.unblind
+    # data from a run (this one's or another's) are pseudo-data: blind unless unblinded
+    blind = from_a_run(source, run_dir) and bool(config.get("blind", True)) and not args.unblind
     summary = fit_workspace_file(
         workspace,
         run_dir / "fit",
@@ -66,7 +66,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         blind=blind,
     )
     if blind:
-        print(f"{source}: the run's pseudo-data, BLINDED (mu, B, Z and limit hidden; --unblind)")
+        print(f"{source}: data from a run, BLINDED (mu and what depends on it hidden; --unblind)")
     print(summary.markdown)
     print(f"\nresults written to {summary.directory}")
     return EXIT_OK
@@ -345,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--unblind",
         action="store_true",
-        help="show mu, B, Z and the limit of a workspace in the run directory, whose data are the "
-        "run's pseudo-data (default: the config's `blind`: hidden)",
+        help="show mu and what depends on it for data from a run (inside the run directory or "
+        "any directory with a manifest.json; default: the config's `blind`: hidden)",
     )
     run = add(
         "run",

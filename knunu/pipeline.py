@@ -238,10 +238,9 @@ def _fit_workspace(
     config: dict[str, Any], run: RunDir, workspace: Path, label: str, written: tuple[Path, ...]
 ) -> StepResult:
     from knunu.fits.report import fit_workspace_file
-    from knunu.rundir import write_json
+    from knunu.rundir import from_a_run, write_json
 
     fit = config["fit"]
-    # the run's own workspace holds its pseudo-data, whose mu_true stays hidden while blind
     own = workspace.resolve().is_relative_to(run.path.resolve())
     fit_workspace_file(
         workspace,
@@ -251,7 +250,8 @@ def _fit_workspace(
         toys=fit["gof_toys"],
         toy_analyses=tuple(fit["gof_analyses"]),
         seed=config["seed"],
-        blind=own and bool(config.get("blind", True)),
+        # data from a run (pseudo-data, or real data a run imported) stay hidden while blind
+        blind=from_a_run(workspace, run.path) and bool(config.get("blind", True)),
     )
     run.record_input(workspace)
     info = write_json(

@@ -40,6 +40,14 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _blind_fit(run_dir: Path) -> bool:
+    """Whether the fit stage's results are blinded (``fit/results.json``)."""
+    from knunu.fits.report import load_results
+
+    path = run_dir / "fit" / "results.json"
+    return path.exists() and any(r.blinded for r in load_results(path))
+
+
 def _fitted(run_dir: Path) -> dict[str, Any]:
     return _load(run_dir / "fit" / "fitted.json") or {"label": "no fit", "own": False}
 
@@ -84,7 +92,7 @@ def _run_luminosity_fit(run_dir: Path, config: dict[str, Any]) -> list[str]:
     results = load_results(path)
     fitted = _fitted(run_dir)
     proj = _load(run_dir / "validation" / "projection.json") or {}
-    if fitted["own"] and config.get("blind", True):
+    if any(r.blinded for r in results):
         return _blinded_fit_lines(fitted, results, proj)
     mu_true = config["simulation"]["mu_true"] if fitted["own"] else None
     truth = f"injected mu_true = {mu_true:g}" if mu_true is not None else "no injected truth"
@@ -121,13 +129,13 @@ def _run_luminosity_fit(run_dir: Path, config: dict[str, Any]) -> list[str]:
 def _blinded_fit_lines(
     fitted: dict[str, Any], results: list[Any], proj: dict[str, Any]
 ) -> list[str]:
-    """The fit at the run's luminosity while blind: expected sigma(mu) and fit quality only."""
-    lumi = proj.get("luminosity_fb")
+    """The fit while blind: expected sigma(mu) (the run's own) and fit quality only."""
+    lumi = proj.get("luminosity_fb") if fitted["own"] else None
     target = proj.get("projected_luminosity_fb")
+    where = "the event-level pseudo-data at this run's luminosity" if fitted["own"] else "data"
     lines = [
-        f"Fit of the event-level pseudo-data at this run's luminosity"
-        f"{'' if lumi is None else f' ({lumi:.3g} fb^-1)'}: {fitted['label']}, BLINDED "
-        "(mu, B, Z and mu_true hidden until `knunu run --unblind`)",
+        f"Fit of {where}{'' if lumi is None else f' ({lumi:.3g} fb^-1)'}: {fitted['label']}, "
+        "BLINDED (mu, B, Z and mu_true hidden until `knunu run --unblind`)",
         "",
         f"| model | exp. sigma(mu) here | exp. sigma(mu) projected to "
         f"{'-' if target is None else f'{target:g}'} fb^-1 | fit quality p |",
@@ -327,10 +335,11 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
         "post-fit distributions, pulls, impacts, correlations, goodness-of-fit toys.",
         "",
         *(
-            ["(fit plots of the pseudo-data hidden while blind)"]
-            if config.get("blind", True) and _fitted(run_dir)["own"]
-            else _plots_of(run_dir, "fit")
+            ["(plots of the data against the model hidden while blind)"]
+            if _blind_fit(run_dir)
+            else []
         ),
+        *_plots_of(run_dir, "fit"),
         "",
         "## Measurement at Belle II's luminosity",
         "",

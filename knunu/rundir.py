@@ -280,6 +280,20 @@ class RunDir:
         return write_json(self.path / self.MANIFEST, self.manifest)
 
 
+def from_a_run(path: str | Path, run_dir: str | Path) -> bool:
+    """Whether a file comes from a run: inside ``run_dir`` or any directory with a manifest.
+
+    Data from a run are its pseudo-data (or the real data a run imported): what blinding hides.
+
+    >>> from_a_run("/tmp/run/histograms.root", "/tmp/run")
+    True
+    """
+    path = Path(path).resolve()
+    if path.is_relative_to(Path(run_dir).resolve()):
+        return True
+    return any((parent / RunDir.MANIFEST).is_file() for parent in path.parents)
+
+
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Save a matplotlib figure atomically (the format from the suffix, PNG by default)."""
     path = Path(path)

@@ -76,28 +76,44 @@ def test_the_runs_own_pseudo_data_stay_blinded_until_unblinded(tmp_path, run_cli
     run = tmp_path / "run"
     run.mkdir()
     write_histogram_file(run / "histograms.root", load_catalogue(), mu=3.0)  # the run's own
-    args = ("fit", "--toys", "0", "--analysis", "hta", "-o", str(run))
+    args = ("fit", "--toys", "0", "--analysis", "ita", "--impacts", "-o", str(run))
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     assert "BLINDED" in proc.stdout
     (result,) = load_results(run / "fit" / "results.json")
     assert result.blinded
-    assert math.isnan(result.mu)
-    assert math.isnan(result.z_bkg)
-    assert math.isnan(result.nll)
+    # mu and all that depends on it: its uncertainties and the impacts (shifts of mu) too
+    for value in (result.mu, result.mu_hesse, result.stat, result.z_bkg, result.nll):
+        assert math.isnan(value)
     assert result.upper_limit is None
     assert math.isnan(result.branching_fraction)
-    assert result.mu_hesse > 0  # the sensitivity is shown
+    assert result.impacts == ()
+    assert len(result.pulls) > 10  # the nuisance parameters are shown
     written = (run / "fit" / "results.md").read_text() + proc.stdout + proc.stderr
     assert "3.00" not in written
     assert "nan" not in written.lower()
-    plots = {p.name for p in (run / "fit" / "plots" / "hta").iterdir()}
+    plots = {p.name for p in (run / "fit" / "plots" / "ita").iterdir()}
     assert "pulls.png" in plots
-    assert not any("fit.png" in p for p in plots)
+    assert not any("fit.png" in p or "impacts" in p for p in plots)  # no data plots, no impacts
     # the unblind step shows what the pseudo-data say
     proc = run_cli(*args, "--unblind")
     assert proc.returncode == 0, proc.stderr
     (result,) = load_results(run / "fit" / "results.json")
     assert not result.blinded
     assert result.mu == pytest.approx(3.0, abs=1e-4)
+    assert result.impacts
     assert "3.00" in proc.stdout
+
+
+def test_data_from_another_run_are_blinded_too(tmp_path, run_cli):
+    """A run directory is known by its manifest: its histograms fitted from elsewhere stay blind."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text("{}")
+    write_histogram_file(other / "histograms.root", load_catalogue(), mu=3.0)
+    proc = run_cli("fit", "--histograms", str(other / "histograms.root"), "--toys", "0",
+                   "--analysis", "hta", "-o", str(tmp_path / "scratch"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (result,) = load_results(tmp_path / "scratch" / "fit" / "results.json")
+    assert result.blinded
+    assert "3.00" not in proc.stdout
