@@ -288,8 +288,8 @@ def from_a_run(path: str | Path, run_dir: str | Path) -> bool:
     >>> from_a_run("/tmp/run/histograms.root", "/tmp/run")
     True
     """
-    path = Path(path).resolve()
-    if path.is_relative_to(Path(run_dir).resolve()):
+    path = Path(os.path.realpath(path))  # no error for a link loop: the reader says what is wrong
+    if path.is_relative_to(Path(os.path.realpath(run_dir))):
         return True
     return any((parent / RunDir.MANIFEST).is_file() for parent in path.parents)
 
