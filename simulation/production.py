@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from knunu.errors import ConfigError, SimulationError
+from knunu.errors import ConfigError, DiskFullError, SimulationError
 from knunu.progress import Progress
 from knunu.rundir import DISK_FULL, adler32, write_json
 from knunu.samples import Sample, load_samples
@@ -1004,15 +1004,18 @@ class _Failed(NamedTuple):
     problem: str
 
 
+#: A task's line when its disk filled (the failure names the task's file).
+_DISK_FULL = "disk full; free space and run again: finished files are kept and reused"
+
+
 def _captured(func: Any, task: Any) -> Any:
     try:
         return func(task)
+    except DiskFullError:  # from an atomic write, which removed its temporary file
+        return _Failed(_DISK_FULL)
     except OSError as exc:
         if exc.errno in DISK_FULL:
-            return _Failed(
-                f"disk full ({exc.strerror}); free space and run again: "
-                "finished files are kept and reused"
-            )
+            return _Failed(f"{_DISK_FULL} ({exc.strerror})")
         return _Failed(f"{type(exc).__name__}: {exc}")
 
 
@@ -1033,7 +1036,7 @@ def _collect(result: Any, task: Any, limit: Any, results: list[Any], k: int) -> 
         return result.problem
     try:
         _record(task, result)
-    except OSError as exc:  # the record is a convenience; without it the task reruns
+    except (OSError, DiskFullError) as exc:  # a convenience: without it the task reruns
         log.warning("%s: no finished-task record (%s)", task.path, exc)
     results[k] = result
     return None
