@@ -174,12 +174,30 @@ def simulate_detector(
     if total is None:
         total = sample_beams(beams, n, rng)
     beta = beta_of(total)
-    event = parts.event_index()
-    lab = boost(parts.p4, beta[event])
-    abs_pdg = np.abs(parts.pdg)
+    lab = boost(parts.p4, beta[parts.event_index()])
     theta = _theta_deg(lab)
+    tracks, idx, p3_lab = _tracks(parts, lab, theta, beta, cfg, rng)
+    pieces = [
+        _ecl_clusters(parts, lab, theta, cfg, rng),
+        _splitoffs(parts.event_index()[idx], tracks, p3_lab, cfg, rng),
+        _beam_photons(n, cfg, rng),
+    ]
+    clusters = _clusters(pieces, n, beta)
+    sqrt_s = np.sqrt(total[:, 0] ** 2 - np.sum(total[:, 1:] ** 2, axis=1))
+    return DetectorEvents(tracks, clusters, beta, sqrt_s)
 
-    # ------------------------------------------------------------------ tracks
+
+def _tracks(
+    parts: Particles,
+    lab: np.ndarray,
+    theta: np.ndarray,
+    beta: np.ndarray,
+    cfg: DetectorConfig,
+    rng: np.random.Generator,
+) -> tuple[Tracks, np.ndarray, np.ndarray]:
+    """Found charged particles as tracks; also their particle rows and lab momenta."""
+    event = parts.event_index()
+    abs_pdg = np.abs(parts.pdg)
     charged = parts.charge != 0
     pt = np.hypot(lab[:, 1], lab[:, 2])
     in_acc = (theta > cfg.track_theta_deg[0]) & (theta < cfg.track_theta_deg[1])
@@ -196,22 +214,38 @@ def simulate_detector(
     p3_lab = lab[idx, 1:] * scale[:, None]
     # track energies use the true mass; candidate builders apply their own mass hypothesis
     track_lab = _with_energy(p3_lab, mass)
-    track_cm = boost(track_lab, -beta[event[idx]])
     kaon_id = _kaon_id(abs_pdg[idx], p_true, cfg, rng)
+    lepton_id = _lepton_id(abs_pdg[idx], p_true, cfg, rng)
+    dr = np.abs(rng.normal(0.0, cfg.dr_res_cm, len(idx)))
+    dz = rng.normal(0.0, cfg.dz_res_cm, len(idx))
     tracks = Tracks(
-        offsets=_offsets(event[idx], n),
+        offsets=_offsets(event[idx], parts.n_events),
         p4_lab=track_lab,
-        p4_cm=track_cm,
+        p4_cm=boost(track_lab, -beta[event[idx]]),
         charge=parts.charge[idx].astype(np.int8),
         true_pdg=parts.pdg[idx],
         kaon_id=kaon_id,
-        lepton_id=_lepton_id(abs_pdg[idx], p_true, cfg, rng),
-        dr=np.abs(rng.normal(0.0, cfg.dr_res_cm, len(idx))),
-        dz=rng.normal(0.0, cfg.dz_res_cm, len(idx)),
+        lepton_id=lepton_id,
+        dr=dr,
+        dz=dz,
         side=parts.sides()[idx],
     )
+    return tracks, idx, p3_lab
 
-    # ------------------------------------------------------------------ clusters
+
+#: Clusters before they are sorted by event: (event, lab momentum, origin, side).
+_Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _ecl_clusters(
+    parts: Particles,
+    lab: np.ndarray,
+    theta: np.ndarray,
+    cfg: DetectorConfig,
+    rng: np.random.Generator,
+) -> _Piece:
+    """Photons, K_L, neutrons and annihilating antineutrons in the ECL above threshold."""
+    abs_pdg = np.abs(parts.pdg)
     in_ecl = (theta > cfg.ecl_theta_deg[0]) & (theta < cfg.ecl_theta_deg[1])
     energy = np.zeros(len(lab))
     origin = np.full(len(lab), -1)
@@ -239,54 +273,61 @@ def simulate_detector(
     measured = energy * (1.0 + resolution * rng.standard_normal(len(energy)))
     keep = (origin >= 0) & (measured > cfg.photon_threshold)
     direction = lab[keep, 1:] / np.linalg.norm(lab[keep, 1:], axis=1)[:, None]
-    c_event = [event[keep]]
-    c_p3 = [direction * measured[keep, None]]
-    c_origin = [origin[keep]]
-    c_side = [parts.sides()[keep]]
+    event = parts.event_index()[keep]
+    return event, direction * measured[keep, None], origin[keep], parts.sides()[keep]
 
-    # split-offs of found charged hadrons: unmatched hadronic clusters near the track
+
+def _splitoffs(
+    event: np.ndarray,
+    tracks: Tracks,
+    p3_lab: np.ndarray,
+    cfg: DetectorConfig,
+    rng: np.random.Generator,
+) -> _Piece | None:
+    """Split-offs of found charged hadrons: unmatched hadronic clusters near the track."""
     hadron = np.isin(np.abs(tracks.true_pdg), (211, 321, 2212))
-    split = hadron & (rng.random(len(idx)) < cfg.splitoff_probability)
-    if split.any():
-        e_split = rng.exponential(0.12, split.sum()) * cfg.hadronic_energy_scale
-        d = p3_lab[split] / np.linalg.norm(p3_lab[split], axis=1)[:, None]
-        d = d + rng.normal(0.0, 0.08, d.shape)
-        d /= np.linalg.norm(d, axis=1)[:, None]
-        ok = e_split > cfg.photon_threshold
-        c_event.append(event[idx][split][ok])
-        c_p3.append(d[ok] * e_split[ok, None])
-        c_origin.append(np.full(ok.sum(), SPLITOFF))
-        c_side.append(tracks.side[split][ok])
+    split = hadron & (rng.random(len(event)) < cfg.splitoff_probability)
+    if not split.any():
+        return None
+    e_split = rng.exponential(0.12, split.sum()) * cfg.hadronic_energy_scale
+    d = p3_lab[split] / np.linalg.norm(p3_lab[split], axis=1)[:, None]
+    d = d + rng.normal(0.0, 0.08, d.shape)
+    d /= np.linalg.norm(d, axis=1)[:, None]
+    ok = e_split > cfg.photon_threshold
+    origin = np.full(ok.sum(), SPLITOFF)
+    return event[split][ok], d[ok] * e_split[ok, None], origin, tracks.side[split][ok]
 
-    # beam-background photons
+
+def _beam_photons(n: int, cfg: DetectorConfig, rng: np.random.Generator) -> _Piece | None:
+    """Beam-background photons, isotropic over the ECL."""
     n_beam = rng.poisson(cfg.beam_photons_mean, n)
-    if n_beam.sum():
-        b_event = np.repeat(np.arange(n), n_beam)
-        e_beam = cfg.photon_threshold + rng.exponential(cfg.beam_photon_energy, len(b_event))
-        cos_lo, cos_hi = np.cos(np.radians(cfg.ecl_theta_deg[::-1]))
-        cos_t = rng.uniform(cos_lo, cos_hi, len(b_event))
-        phi = rng.uniform(0, 2 * np.pi, len(b_event))
-        sin_t = np.sqrt(1 - cos_t**2)
-        d = np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], axis=1)
-        c_event.append(b_event)
-        c_p3.append(d * e_beam[:, None])
-        c_origin.append(np.full(len(b_event), BEAM))
-        c_side.append(np.full(len(b_event), -1, dtype=np.int8))
+    if not n_beam.sum():
+        return None
+    b_event = np.repeat(np.arange(n), n_beam)
+    e_beam = cfg.photon_threshold + rng.exponential(cfg.beam_photon_energy, len(b_event))
+    cos_lo, cos_hi = np.cos(np.radians(cfg.ecl_theta_deg[::-1]))
+    cos_t = rng.uniform(cos_lo, cos_hi, len(b_event))
+    phi = rng.uniform(0, 2 * np.pi, len(b_event))
+    sin_t = np.sqrt(1 - cos_t**2)
+    d = np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], axis=1)
+    origin = np.full(len(b_event), BEAM)
+    return b_event, d * e_beam[:, None], origin, np.full(len(b_event), -1, dtype=np.int8)
 
-    all_event = np.concatenate(c_event)
-    order = np.argsort(all_event, kind="stable")
-    cl_event = all_event[order]
-    cl_p3 = np.concatenate(c_p3)[order]
-    cl_lab = _with_energy(cl_p3, np.zeros(len(cl_p3)))
-    clusters = Clusters(
+
+def _clusters(pieces: list[_Piece | None], n: int, beta: np.ndarray) -> Clusters:
+    """The pieces' clusters in event order (stable within an event)."""
+    kept = [p for p in pieces if p is not None]
+    event, p3, origin, side = (np.concatenate(column) for column in zip(*kept, strict=True))
+    order = np.argsort(event, kind="stable")
+    cl_event = event[order]
+    cl_lab = _with_energy(p3[order], np.zeros(len(order)))
+    return Clusters(
         offsets=_offsets(cl_event, n),
         p4_lab=cl_lab,
         p4_cm=boost(cl_lab, -beta[cl_event]),
-        origin=np.concatenate(c_origin)[order].astype(np.int8),
-        side=np.concatenate(c_side)[order].astype(np.int8),
+        origin=origin[order].astype(np.int8),
+        side=side[order].astype(np.int8),
     )
-    sqrt_s = np.sqrt(total[:, 0] ** 2 - np.sum(total[:, 1:] ** 2, axis=1))
-    return DetectorEvents(tracks, clusters, beta, sqrt_s)
 
 
 def _lepton_id(
