@@ -322,20 +322,70 @@ def run(
     start_time = time.perf_counter()
     needs = frozenset(getattr(proc, "names", ()))
     chunks, lost = _plan(catalogue, datasets, tree, chunksize, options, client, (name, needs))
-    events_in = {ds: catalogue.entries(tree, ds) for ds in datasets}
     store = _Checkpoints(options, proc, tree, chunks)
-    merger = _OrderedMerge(len(chunks))
-    state = {"done": 0, "events": 0, "retries": 0, "seconds": 0.0}
-    total_events = sum(c.events for c in chunks)
+    tally = _Tally((name, tree), chunks, options, store, lost, start_time)
+    todo = []
+    for chunk in chunks:
+        saved = store.load(chunk)
+        if saved is None:
+            todo.append(chunk)
+        else:
+            tally.finish(saved, from_checkpoint=True)
+    from_checkpoint = len(chunks) - len(todo)
+    if from_checkpoint:
+        log.info("%s: %d of %d chunks from checkpoints", name, from_checkpoint, len(chunks))
+    args = (proc, options.retries, options.retry_wait)
+    if client is None:
+        for chunk in todo:
+            tally.finish(_guarded(chunk, *args))
+    else:
+        _run_dask(client, todo, args, tally.finish, name, store.key, options.no_workers_timeout)
+    output = tally.merger.result()
+    report = RunReport(
+        name,
+        {ds: catalogue.entries(tree, ds) for ds in datasets},
+        {ds: int(output.get(ds, {}).get("events", 0)) for ds in datasets},
+        sorted(lost, key=lambda x: (x.dataset, x.path, x.start)),
+        len(chunks),
+        from_checkpoint,
+        tally.retries,
+        time.perf_counter() - start_time,
+        tally.seconds,
+    )
+    _account(report)
+    return output, report
 
-    def finish(result: ChunkResult, from_checkpoint: bool = False) -> None:
+
+class _Tally:
+    """Finished chunks into the ordered merge (or the lost list) and the progress line."""
+
+    def __init__(
+        self,
+        what: tuple[str, str],
+        chunks: list[Chunk],
+        options: RunOptions,
+        store: _Checkpoints,
+        lost: list[Lost],
+        start_time: float,
+    ) -> None:
+        self.name, self.tree = what
+        self.chunks, self.options, self.store, self.lost = chunks, options, store, lost
+        self.merger = _OrderedMerge(len(chunks))
+        self.total_events = sum(c.events for c in chunks)
+        self.start_time = start_time
+        self.done = self.events = self.retries = 0
+        self.seconds = 0.0
+
+    def finish(self, result: ChunkResult, from_checkpoint: bool = False) -> None:
+        """One chunk's result: merged, checkpointed, or lost (else a bad input raises)."""
         chunk = result.chunk
         if result.problem is not None:
-            if not options.skip_bad_inputs:
+            if not self.options.skip_bad_inputs:
                 unit = "entries" if chunk.n_events < 0 else "rows"
-                raise InputError(f"{result.problem} ({name}, {unit} {chunk.start}-{chunk.stop})")
+                where = f"{self.name}, {unit} {chunk.start}-{chunk.stop}"
+                raise InputError(f"{result.problem} ({where})")
             log.warning("lost %d events: %s", chunk.events, result.problem)
-            lost.append(
+            self.lost.append(
                 Lost(
                     chunk.dataset,
                     chunk.path,
@@ -345,75 +395,50 @@ def run(
                     chunk.n_events,
                 )
             )
-            merger.add(chunk.index, None)
+            self.merger.add(chunk.index, None)
         else:
             if not from_checkpoint:
-                store.save(result)
-            merger.add(chunk.index, result.output)
-        state["done"] += 1
-        state["events"] += chunk.events
-        state["retries"] += result.attempts - 1
-        state["seconds"] += result.seconds
-        if options.progress is not None:
-            options.progress(
+                self.store.save(result)
+            self.merger.add(chunk.index, result.output)
+        self.done += 1
+        self.events += chunk.events
+        self.retries += result.attempts - 1
+        self.seconds += result.seconds
+        if self.options.progress is not None:
+            elapsed = time.perf_counter() - self.start_time
+            self.options.progress(
                 Progress(
-                    f"{name} ({tree})",
-                    state["done"],
-                    len(chunks),
-                    state["events"],
-                    total_events,
-                    time.perf_counter() - start_time,
+                    f"{self.name} ({self.tree})",
+                    self.done,
+                    len(self.chunks),
+                    self.events,
+                    self.total_events,
+                    elapsed,
                 )
             )
 
-    todo = []
-    for chunk in chunks:
-        saved = store.load(chunk)
-        if saved is None:
-            todo.append(chunk)
-        else:
-            finish(saved, from_checkpoint=True)
-    from_checkpoint = len(chunks) - len(todo)
-    if from_checkpoint:
-        log.info("%s: %d of %d chunks from checkpoints", name, from_checkpoint, len(chunks))
-    args = (proc, options.retries, options.retry_wait)
-    if client is None:
-        for chunk in todo:
-            finish(_guarded(chunk, *args))
-    else:
-        _run_dask(client, todo, args, finish, name, store.key, options.no_workers_timeout)
-    output = merger.result()
-    processed = {ds: int(output.get(ds, {}).get("events", 0)) for ds in datasets}
-    report = RunReport(
-        name,
-        events_in,
-        processed,
-        sorted(lost, key=lambda x: (x.dataset, x.path, x.start)),
-        len(chunks),
-        from_checkpoint,
-        state["retries"],
-        time.perf_counter() - start_time,
-        state["seconds"],
-    )
+
+def _account(report: RunReport) -> None:
+    """Every input event processed or lost, else :class:`ProcessingError`; the summary line."""
     lost_events = report.events_lost
-    for ds in datasets:
-        if processed[ds] + lost_events[ds] != events_in[ds]:
+    processed = report.events_processed
+    for ds, n_in in report.events_in.items():
+        if processed[ds] + lost_events[ds] != n_in:
             raise ProcessingError(
-                f"{name}: dataset {ds}: {processed[ds]} events processed + {lost_events[ds]} lost"
-                f" != {events_in[ds]} in its files"
+                f"{report.processor}: dataset {ds}: {processed[ds]} events processed + "
+                f"{lost_events[ds]} lost != {n_in} in its files"
             )
     log.info(
         "%s: %d events in %d chunks (%d from checkpoints, %d retries, %d lost), %.1f s (%.0f Hz)",
-        name,
+        report.processor,
         sum(processed.values()),
-        len(chunks),
-        from_checkpoint,
+        report.chunks,
+        report.chunks_from_checkpoint,
         report.retries,
         sum(lost_events.values()),
         report.wall_seconds,
         report.throughput_hz,
     )
-    return output, report
 
 
 def _run_dask(
