@@ -571,65 +571,13 @@ def _injection(
 
 def headline_lines(summary: dict[str, Any]) -> list[str]:
     """The measurement's headline: expected results while blind, observed after unblinding."""
-    from knunu.fits.report import AnalysisResult, limit_text
-
     if "skipped" in summary:
         return [f"Measurement at Belle II's luminosity: {summary['skipped']}"]
     lum = summary["luminosity_fb"]
     where = f"{lum['on']:g} fb^-1 on and {lum['off']:g} fb^-1 off resonance"
-    mc = {(m["histogram"], m["sample"]): m for m in summary["mc_statistics"]}
-    lines = []
-    expected = {r["analysis"]: r for r in summary["expected"]}
-    if summary["blind"]:
-        lines += [
-            f"Measurement at {where} (histogram-level pseudo-data from the nature stream): "
-            "BLINDED. Expected results (Asimov at mu = "
-            f"{summary['expected_mu']:g}, the published value); unblind with "
-            "`knunu run --unblind`.",
-            "",
-            "| model | exp. sigma(mu) | stat | syst | MINOS | exp. Z vs 0 | exp. Z vs SM "
-            "| fit quality p (pseudo-data) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for model, r in expected.items():
-            q = summary["fit_quality"].get(model, {})
-            p = q.get("p_value")
-            quality = "-" if p is None else f"{p:.2f} ({q['toys']} toys)"
-            quality = f"FAILED ({q['error']})" if "error" in q else quality
-            lines.append(
-                f"| {model} | {r['mu_hesse']:.2f} | {r['stat']:.2f} | {r['syst']:.2f} | "
-                f"{r['minos_down']:+.2f} / {r['minos_up']:+.2f} | {r['z_bkg']:.2f} | "
-                f"{r['z_sm']:.2f} | {quality} |"
-            )
-    else:
-        mu_true = summary["mu_true"]
-        lines += [
-            f"Measurement at {where} (histogram-level pseudo-data from the nature stream): "
-            f"UNBLINDED; injected mu_true = {mu_true:g}",
-            "",
-            "| model | mu_true | mu | stat | syst | MINOS | B (1e-5) | Z vs 0 | Z vs SM | UL "
-            "| (mu - mu_true)/sigma | exp. sigma(mu) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for d in summary["observed"]:
-            r = AnalysisResult(
-                **{
-                    **d,
-                    "impacts": tuple(d["impacts"]),
-                    "pulls": tuple(d["pulls"]),
-                    "impacts_failed": tuple(d.get("impacts_failed", ())),
-                }
-            )
-            pull = (r.mu - mu_true) / r.mu_hesse if r.mu_hesse > 0 else math.nan
-            exp = expected.get(r.analysis, {}).get("mu_hesse", math.nan)
-            lines.append(
-                f"| {r.analysis} | {mu_true:g} | {r.mu:.2f} | {r.stat:.2f} | {r.syst:.2f} | "
-                f"{r.minos_down:+.2f} / {r.minos_up:+.2f} | {r.branching_fraction * 1e5:.2f} | "
-                f"{r.z_bkg:.2f} | {r.z_sm:.2f} | {limit_text(r)} | {pull:+.2f} | {exp:.2f} |"
-            )
-    for model, why in summary["failed"].items():
-        lines.append(f"| {model} | FAILED: {why} |")
-    bkg = [m for m in summary["mc_statistics"] if m["sample"] == "background"]
+    table = _blind_table if summary["blind"] else _observed_table
+    lines = table(summary, where)
+    lines += [f"| {model} | FAILED: {why} |" for model, why in summary["failed"].items()]
     lines.append("")
     for d in summary.get("observed") or ():
         if d.get("impacts_failed"):
@@ -637,7 +585,85 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
                 f"{d['analysis']} (observed): impacts left out, their refits did not converge: "
                 + ", ".join(d["impacts_failed"])
             )
-    lines.append(
+    lines.append(_mc_statistics_line(summary))
+    lines += _template_lines(summary)
+    combined = {r["analysis"]: r for r in summary["expected"]}.get("combined")
+    if combined and combined.get("impacts"):
+        lines.append(
+            "largest expected impacts on mu (combined): "
+            + ", ".join(f"{n} {max(abs(u), abs(d)):.2f}" for n, u, d in combined["impacts"][:6])
+        )
+    if combined and combined.get("impacts_failed"):
+        lines.append(
+            "impacts left out (their refits did not converge): "
+            + ", ".join(combined["impacts_failed"])
+        )
+    return lines
+
+
+def _blind_table(summary: dict[str, Any], where: str) -> list[str]:
+    """The expected results, one row per model, with the fit quality on the pseudo-data."""
+    lines = [
+        f"Measurement at {where} (histogram-level pseudo-data from the nature stream): "
+        "BLINDED. Expected results (Asimov at mu = "
+        f"{summary['expected_mu']:g}, the published value); unblind with "
+        "`knunu run --unblind`.",
+        "",
+        "| model | exp. sigma(mu) | stat | syst | MINOS | exp. Z vs 0 | exp. Z vs SM "
+        "| fit quality p (pseudo-data) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["expected"]:
+        q = summary["fit_quality"].get(r["analysis"], {})
+        p = q.get("p_value")
+        quality = "-" if p is None else f"{p:.2f} ({q['toys']} toys)"
+        quality = f"FAILED ({q['error']})" if "error" in q else quality
+        lines.append(
+            f"| {r['analysis']} | {r['mu_hesse']:.2f} | {r['stat']:.2f} | {r['syst']:.2f} | "
+            f"{r['minos_down']:+.2f} / {r['minos_up']:+.2f} | {r['z_bkg']:.2f} | "
+            f"{r['z_sm']:.2f} | {quality} |"
+        )
+    return lines
+
+
+def _observed_table(summary: dict[str, Any], where: str) -> list[str]:
+    """The observed results against the injected mu_true, one row per model."""
+    from knunu.fits.report import AnalysisResult, limit_text
+
+    mu_true = summary["mu_true"]
+    expected = {r["analysis"]: r for r in summary["expected"]}
+    lines = [
+        f"Measurement at {where} (histogram-level pseudo-data from the nature stream): "
+        f"UNBLINDED; injected mu_true = {mu_true:g}",
+        "",
+        "| model | mu_true | mu | stat | syst | MINOS | B (1e-5) | Z vs 0 | Z vs SM | UL "
+        "| (mu - mu_true)/sigma | exp. sigma(mu) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in summary["observed"]:
+        r = AnalysisResult(
+            **{
+                **d,
+                "impacts": tuple(d["impacts"]),
+                "pulls": tuple(d["pulls"]),
+                "impacts_failed": tuple(d.get("impacts_failed", ())),
+            }
+        )
+        pull = (r.mu - mu_true) / r.mu_hesse if r.mu_hesse > 0 else math.nan
+        exp = expected.get(r.analysis, {}).get("mu_hesse", math.nan)
+        lines.append(
+            f"| {r.analysis} | {mu_true:g} | {r.mu:.2f} | {r.stat:.2f} | {r.syst:.2f} | "
+            f"{r.minos_down:+.2f} / {r.minos_up:+.2f} | {r.branching_fraction * 1e5:.2f} | "
+            f"{r.z_bkg:.2f} | {r.z_sm:.2f} | {limit_text(r)} | {pull:+.2f} | {exp:.2f} |"
+        )
+    return lines
+
+
+def _mc_statistics_line(summary: dict[str, Any]) -> str:
+    """Effective MC events of the signal regions' templates and of the nature stream."""
+    mc = {(m["histogram"], m["sample"]): m for m in summary["mc_statistics"]}
+    bkg = [m for m in summary["mc_statistics"] if m["sample"] == "background"]
+    return (
         "MC statistics in the signal regions (effective events (sum w)^2/sum w^2, of the "
         "factorised templates from their replicas' errors; the fit's staterror carries "
         "them): "
@@ -655,6 +681,11 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
         + "; nature stream "
         + ", ".join(f"{m['histogram']} {m['effective']:.0f}" for m in summary["nature_statistics"])
     )
+
+
+def _template_lines(summary: dict[str, Any]) -> list[str]:
+    """The factorisation's closure, bins dropped for want of MC, and the signal injection."""
+    lines = []
     factorised = summary.get("factorised") or {}
     if factorised:
         lines.append(
@@ -685,15 +716,4 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
         )
     elif "error" in inj:
         lines.append(f"signal injection: FAILED ({inj['error']})")
-    combined = expected.get("combined")
-    if combined and combined.get("impacts"):
-        lines.append(
-            "largest expected impacts on mu (combined): "
-            + ", ".join(f"{n} {max(abs(u), abs(d)):.2f}" for n, u, d in combined["impacts"][:6])
-        )
-    if combined and combined.get("impacts_failed"):
-        lines.append(
-            "impacts left out (their refits did not converge): "
-            + ", ".join(combined["impacts_failed"])
-        )
     return lines
