@@ -169,6 +169,95 @@ def nature_source(filename: str) -> str:
     return Path(filename).stem.rsplit("_", 1)[0]
 
 
+def _fit_hist() -> hist.Hist:
+    """The fit's eta x q2rec histogram, one slice per variation."""
+    return hist.Hist(
+        hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
+        hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
+        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+
+
+def _loose_hist() -> hist.Hist:
+    """The loose region (eta > 0.5) in the fit's q2rec bins, every variation.
+
+    The factorised signal-region templates of the measurement (knunu.fits.factorise).
+    """
+    return hist.Hist(
+        hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
+        hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
+        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+
+
+def _control_hist(eta: np.ndarray, q2rec: np.ndarray, weight: np.ndarray) -> hist.Hist:
+    """The control plots' histogram: eta > 0.75 in 13 q2rec bins."""
+    h = hist.Hist(
+        hist.axis.Regular(25, 0.75, 1.0, name="eta", label="eta(BDT2)"),
+        hist.axis.Regular(13, -1.0, 25.0, name="q2rec", label="q2rec [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+    return h.fill(eta=eta, q2rec=q2rec, weight=weight)
+
+
+def _sources_hist(source: str, eta: np.ndarray, q2rec: np.ndarray, weight: np.ndarray) -> hist.Hist:
+    """The nature stream's loose region by the sample it was made from."""
+    h = hist.Hist(
+        hist.axis.StrCategory([], growth=True, name="source"),
+        hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
+        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+    return h.fill(source=source, eta=eta, q2rec=q2rec, weight=weight)
+
+
+def _q2gen_hist(cols: Mapping[str, np.ndarray], in_sr: np.ndarray, weight: np.ndarray) -> hist.Hist:
+    """Signal in the signal region by q2gen (the efficiency's numerator)."""
+    h = hist.Hist(
+        hist.axis.Regular(*Q2GEN_BINS, name="q2gen", label="q2gen [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+    return h.fill(q2gen=cols["q2gen"][in_sr], weight=weight[in_sr])
+
+
+def _q2gen_map(
+    cols: Mapping[str, np.ndarray],
+    p: np.ndarray,
+    eta: np.ndarray,
+    q2rec: np.ndarray,
+    weight: np.ndarray,
+) -> hist.Hist:
+    """The fit template of signal by q2gen: the reinterpretation map."""
+    h = hist.Hist(
+        hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
+        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        hist.axis.Variable(Q2GEN_MAP_EDGES, name="q2gen", label="q2gen [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+    q2gen = map_q2gen(cols["q2gen"][p])
+    return h.fill(eta=eta[p], q2rec=q2rec[p], q2gen=q2gen, weight=weight[p])
+
+
+def _reuse_sums(
+    cols: Mapping[str, np.ndarray],
+    p: np.ndarray,
+    eta: np.ndarray,
+    q2rec: np.ndarray,
+    weight: np.ndarray,
+    hists: Mapping[str, hist.Hist],
+) -> dict[str, Any]:
+    """Per library entry and bin of each histogram, the weights it gave (MC errors of reuse)."""
+    entries = [cols[e][p] for e in ENTRIES]
+    out = {}
+    for name, h in hists.items():
+        n_bins = int(np.prod(h.axes.size[1:]))
+        flat = flat_bins(h.axes[1:], eta[p], q2rec[p])
+        out[name] = entry_sums(entries, flat, n_bins, weight[p])
+    return out
+
+
 class ITAProcessor(processor.ProcessorABC):
     """ITA histograms for the fit, with the systematic variations, per dataset."""
 
@@ -249,65 +338,14 @@ class ITAProcessor(processor.ProcessorABC):
             cols = corrected_inputs(cols, corr)
         nominal = self._scores(models, cols, continuum)
         p, eta, bdtc = self._eta_weight(models, nominal)
-        # the ITA/HTA overlap: events in both signal regions leave the ITA sample (every
-        # histogram and variation), decided on the nominal eta; MC removes the tag-probability
-        # fraction of the weight (see overlap_fraction)
         in_sr = p & (eta > SR_ETA)
-        overlap = {
-            "ita_sr": int(in_sr.sum()),
-            "ita_sr_weight": float((weight * bdtc)[in_sr].sum()),
-            "matched": 0,
-            "removed_weight": 0.0,
-        }
-        q2gen = None
-        if sample == "signal" and not is_data:
-            q2gen = hist.Hist(
-                hist.axis.Regular(*Q2GEN_BINS, name="q2gen", label="q2gen [GeV^2]"),
-                storage=hist.storage.Weight(),
-            )
-            q2gen.fill(q2gen=cols["q2gen"][in_sr], weight=(weight * bdtc)[in_sr])
-        hta = load_overlap(self.cfg["overlap"]).get(dataset) if self.cfg.get("overlap") else None
-        if hta is not None:
-            frac = np.where(in_sr, overlap_fraction(cols, hta), 0.0)
-            overlap["matched"] = int(np.count_nonzero(frac))
-            # summed over the same rows, in the same order, as ita_sr_weight
-            overlap["removed_weight"] = float((weight * bdtc * frac)[in_sr].sum())
-            weight = weight * (1.0 - frac)
+        truth = sample == "signal" and not is_data
+        # q2gen before the overlap removal: the signal-region efficiency of all signal
+        q2gen = _q2gen_hist(cols, in_sr, weight * bdtc) if truth else None
+        weight, overlap = self._without_overlap(dataset, cols, in_sr, weight, bdtc)
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
-        if q2gen is not None:  # the reinterpretation map: the fit template by q2gen
-            qmap = hist.Hist(
-                hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
-                hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
-                hist.axis.Variable(Q2GEN_MAP_EDGES, name="q2gen", label="q2gen [GeV^2]"),
-                storage=hist.storage.Weight(),
-            )
-            qmap.fill(eta=eta[p], q2rec=q2[p], q2gen=map_q2gen(cols["q2gen"][p]), weight=w_nom[p])
-
-        fit = hist.Hist(
-            hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
-            hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
-            hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
-            storage=hist.storage.Weight(),
-        )
-        sources = None
-        if sample == "nature":  # the nature stream per sample it was made from
-            sources = hist.Hist(
-                hist.axis.StrCategory([], growth=True, name="source"),
-                hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
-                hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
-                storage=hist.storage.Weight(),
-            )
-            source = nature_source(events.metadata["filename"])
-            sources.fill(source=source, eta=eta[p], q2rec=q2[p], weight=w_nom[p])
-        # the loose region (eta > 0.5) in the fit's q2rec bins, every variation: the
-        # factorised signal-region templates of the measurement (knunu.fits.factorise)
-        loose = hist.Hist(
-            hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
-            hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
-            hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
-            storage=hist.storage.Weight(),
-        )
+        fit, loose = _fit_hist(), _loose_hist()
 
         def fill(variation: str, eta: np.ndarray, q2rec: np.ndarray, weight: np.ndarray) -> None:
             for h in (fit, loose):
@@ -316,27 +354,20 @@ class ITAProcessor(processor.ProcessorABC):
         fill("nominal", eta[p], q2[p], w_nom[p])
         reuse = {}
         if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
-            entries = [cols[e][p] for e in ENTRIES]
-            for name, h in (("ita_reuse", fit), ("ita_loose_reuse", loose)):
-                n_bins = int(np.prod(h.axes.size[1:]))
-                flat = flat_bins(h.axes[1:], eta[p], q2[p])
-                reuse[name] = entry_sums(entries, flat, n_bins, w_nom[p])
+            reuse = _reuse_sums(
+                cols, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
+            )
         if not is_data:
-            ctx = Context(sample, bdtc)
-            for name, factors in WEIGHT_VARIATIONS.items():
-                up, down = factors(cols, ctx)
-                for label, f in (("up", up), ("down", down)):
-                    fill(f"{name}_{label}", eta[p], q2[p], (w_nom * f)[p])
-            shifted = self._shifted(models, cols, nominal, weight, continuum)
-            for variation, (v_eta, v_q2, v_w) in shifted:
-                fill(variation, v_eta, v_q2, v_w)
-        control = hist.Hist(
-            hist.axis.Regular(25, 0.75, 1.0, name="eta", label="eta(BDT2)"),
-            hist.axis.Regular(13, -1.0, 25.0, name="q2rec", label="q2rec [GeV^2]"),
-            storage=hist.storage.Weight(),
-        )
-        control.fill(eta=eta[p], q2rec=q2[p], weight=w_nom[p])
-        split = _splits(cols, p, eta, q2, w_nom)
+            for variation in self._variations(
+                models, cols, nominal, weight, sample, (p, eta, bdtc)
+            ):
+                fill(*variation)
+        sources, maps = {}, {}
+        if sample == "nature":  # the nature stream per sample it was made from
+            source = nature_source(events.metadata["filename"])
+            sources["nature_sources"] = _sources_hist(source, eta[p], q2[p], w_nom[p])
+        if truth:  # the reinterpretation map: the fit template by q2gen
+            maps = {"q2gen": q2gen, "map": _q2gen_map(cols, p, eta, q2, w_nom)}
         # the cutflow counts events and sums their MC weights (before corrections)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         cutflow, raw = cutflow_histograms(
@@ -349,15 +380,70 @@ class ITAProcessor(processor.ProcessorABC):
                 "ita": fit,
                 "ita_loose": loose,
                 **reuse,
-                **({"nature_sources": sources} if sources is not None else {}),
-                "ita_control": control,
-                "ita_split": split,
-                **({"q2gen": q2gen, "map": qmap} if q2gen is not None else {}),
+                **sources,
+                "ita_control": _control_hist(eta[p], q2[p], w_nom[p]),
+                "ita_split": _splits(cols, p, eta, q2, w_nom),
+                **maps,
                 "cutflow": cutflow,
                 "cutflow_unweighted": raw,
                 "overlap": overlap,
             }
         }
+
+    def _variations(
+        self,
+        models: Models,
+        cols: Mapping[str, np.ndarray],
+        nominal: Scores,
+        weight: np.ndarray,
+        sample: str,
+        passed: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """Every systematic variation's (name, eta, q2rec, weight) of the events passing BDT1.
+
+        ``passed``: (BDT1 passed, eta, BDTc weight) of the nominal scores. The weight
+        variations first (up, then down), then the shifted inputs, re-scored.
+        """
+        p, eta, bdtc = passed
+        w_nom = weight * bdtc
+        q2 = cols["K_q2rec"]
+        ctx = Context(sample, bdtc)
+        for name, factors in WEIGHT_VARIATIONS.items():
+            up, down = factors(cols, ctx)
+            for label, f in (("up", up), ("down", down)):
+                yield f"{name}_{label}", eta[p], q2[p], (w_nom * f)[p]
+        continuum = sample in CONTINUUM
+        for variation, shifted in self._shifted(models, cols, nominal, weight, continuum):
+            yield variation, *shifted
+
+    def _without_overlap(
+        self,
+        dataset: str,
+        cols: Mapping[str, np.ndarray],
+        in_sr: np.ndarray,
+        weight: np.ndarray,
+        bdtc: np.ndarray,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The weights without the ITA/HTA overlap, and what was removed.
+
+        Events in both signal regions leave the ITA sample (every histogram and variation),
+        decided on the nominal eta; MC removes the tag-probability fraction of the weight (see
+        :func:`overlap_fraction`).
+        """
+        overlap = {
+            "ita_sr": int(in_sr.sum()),
+            "ita_sr_weight": float((weight * bdtc)[in_sr].sum()),
+            "matched": 0,
+            "removed_weight": 0.0,
+        }
+        hta = load_overlap(self.cfg["overlap"]).get(dataset) if self.cfg.get("overlap") else None
+        if hta is None:
+            return weight, overlap
+        frac = np.where(in_sr, overlap_fraction(cols, hta), 0.0)
+        overlap["matched"] = int(np.count_nonzero(frac))
+        # summed over the same rows, in the same order, as ita_sr_weight
+        overlap["removed_weight"] = float((weight * bdtc * frac)[in_sr].sum())
+        return weight * (1.0 - frac), overlap
 
     def _shifted(
         self,
