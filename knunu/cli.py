@@ -291,8 +291,154 @@ def _at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+#: One argument: its flags and ``add_argument``'s keywords.
+_Arg = tuple[tuple[str, ...], dict[str, Any]]
+
+_OUTPUT: _Arg = (
+    ("-o", "--output"),
+    {"metavar": "DIR", "help": "run directory (default: output_dir)"},
+)
+_SKIP: _Arg = (
+    ("--skip-bad-inputs",),
+    {
+        "action": "store_true",
+        "help": "bad input files or chunks are listed in the report and the run goes on "
+        "(default: processing.skip_bad_inputs, false: they fail the run)",
+    },
+)
+_CATALOGUE: _Arg = (
+    ("--catalogue",),
+    {
+        "metavar": "YAML",
+        "help": "a user dataset catalogue (YAML: files, tree, layout, aliases, luminosity or "
+        "cross section and generated events) imported into the run instead of simulating",
+    },
+)
+
+
+def _flag(name: str, help_: str) -> _Arg:
+    return ((name,), {"action": "store_true", "help": help_})
+
+
+#: The subcommands: (function, help, arguments), in the order ``knunu --help`` lists them.
+_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, tuple[_Arg, ...]]] = {
+    "simulate": (
+        cmd_simulate,
+        STEPS["simulate"].help,
+        (
+            (
+                ("--scale",),
+                {"choices": ["tiny", "default", "belle2"], "help": "override the scale"},
+            ),
+            _OUTPUT,
+        ),
+    ),
+    "train": (cmd_train, STEPS["train"].help, (_OUTPUT, _SKIP, _CATALOGUE)),
+    "process": (cmd_process, STEPS["process"].help, (_OUTPUT, _SKIP, _CATALOGUE)),
+    "fit": (
+        cmd_fit,
+        STEPS["fit"].help,
+        (
+            (("--workspace",), {"metavar": "FILE", "help": "a pyhf workspace JSON to fit"}),
+            (
+                ("--histograms",),
+                {"metavar": "FILE", "help": "processors' histogram file to build workspaces from"},
+            ),
+            (
+                ("--analysis",),
+                {
+                    "action": "append",
+                    "choices": ["combined", "ita", "hta"],
+                    "help": "which model(s) of the workspace to fit (repeatable; default: all "
+                    "it holds)",
+                },
+            ),
+            _flag("--impacts", "rank every nuisance by impact on mu"),
+            (
+                ("--toys",),
+                {
+                    "type": int,
+                    "metavar": "N",
+                    "help": "goodness-of-fit toys (default: fit.gof_toys)",
+                },
+            ),
+            _OUTPUT,
+            _flag(
+                "--unblind",
+                "show mu and what depends on it for data from a run (inside the run directory or "
+                "any directory with a manifest.json; default: the config's `blind`: hidden)",
+            ),
+        ),
+    ),
+    "run": (
+        cmd_run,
+        "run the whole analysis end to end (what `make analysis` calls); stages whose outputs "
+        "are up to date are skipped",
+        (
+            _SKIP,
+            _CATALOGUE,
+            _OUTPUT,
+            _flag("--force", "run every stage, up to date or not"),
+            _flag(
+                "--unblind",
+                "the unblind step: also fit the pseudo-data and print the observed mu, B and Z "
+                "next to mu_true (default: the config's `blind`, true: expected results only)",
+            ),
+        ),
+    ),
+    "reinterpret": (
+        cmd_reinterpret,
+        "new physics in the likelihoods: Weak Effective Theory couplings (profiles, contours) "
+        "and B+ -> K+ X limits versus m_X, on the published likelihood and the run's own",
+        (
+            (
+                ("--likelihood",),
+                {
+                    "action": "append",
+                    "choices": ["published", "run"],
+                    "help": "which likelihood (repeatable; default: both; `run` needs a "
+                    "finished `knunu run`)",
+                },
+            ),
+            _flag(
+                "--unblind",
+                "fit the run's pseudo-data (default: its Asimov data at measurement.expected_mu)",
+            ),
+            (
+                ("--grid",),
+                {
+                    "type": _at_least(3),
+                    "metavar": "N",
+                    "help": "scan points per coupling axis (>= 3)",
+                },
+            ),
+            (
+                ("--masses",),
+                {
+                    "type": _at_least(0),
+                    "metavar": "N",
+                    "help": "m_X points of the mass scan (>= 0)",
+                },
+            ),
+            _OUTPUT,
+        ),
+    ),
+    "cluster": (
+        cmd_cluster,
+        "start a Dask cluster, check it runs a task, print its address",
+        ((("--workers",), {"type": int, "default": 2, "help": "number of workers to ask for"}),),
+    ),
+    "checksum": (
+        cmd_checksum,
+        "add the Adler-32 of every local file to a dataset catalogue (e.g. one written by hand "
+        "for real ntuples) and verify the ones it has; every run then verifies them",
+        ((("catalogue",), {"help": "the catalogue.json to complete"}),),
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and documentation)."""
+    """The argument parser (exposed for tests and documentation), built from ``_COMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="knunu",
         description="Belle II B+ -> K+ nu nubar (ITA + HTA) as a distributed columnar analysis.",
@@ -300,105 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"knunu {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
-
-    def add(
-        name: str, func: Callable[[argparse.Namespace], int], help_: str
-    ) -> argparse.ArgumentParser:
+    for name, (func, help_, arguments) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("-c", "--config", help="analysis YAML merged over the packaged default")
         p.add_argument("--cluster", metavar="NAME", help="Dask backend: local, slurm, htcondor")
         p.set_defaults(func=func)
-        return p
-
-    sim = add("simulate", cmd_simulate, STEPS["simulate"].help)
-    sim.add_argument("--scale", choices=["tiny", "default", "belle2"], help="override the scale")
-    sim.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-    catalogue_help = (
-        "a user dataset catalogue (YAML: files, tree, layout, aliases, luminosity or cross "
-        "section and generated events) imported into the run instead of simulating"
-    )
-    skip_help = (
-        "bad input files or chunks are listed in the report and the run goes on "
-        "(default: processing.skip_bad_inputs, false: they fail the run)"
-    )
-    for stage, func in (("train", cmd_train), ("process", cmd_process)):
-        p = add(stage, func, STEPS[stage].help)
-        p.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-        p.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
-        p.add_argument("--catalogue", metavar="YAML", help=catalogue_help)
-    fit = add("fit", cmd_fit, STEPS["fit"].help)
-    fit.add_argument("--workspace", metavar="FILE", help="a pyhf workspace JSON to fit")
-    fit.add_argument(
-        "--histograms", metavar="FILE", help="processors' histogram file to build workspaces from"
-    )
-    fit.add_argument(
-        "--analysis",
-        action="append",
-        choices=["combined", "ita", "hta"],
-        help="which model(s) of the workspace to fit (repeatable; default: all it holds)",
-    )
-    fit.add_argument("--impacts", action="store_true", help="rank every nuisance by impact on mu")
-    fit.add_argument(
-        "--toys", type=int, metavar="N", help="goodness-of-fit toys (default: fit.gof_toys)"
-    )
-    fit.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-    fit.add_argument(
-        "--unblind",
-        action="store_true",
-        help="show mu and what depends on it for data from a run (inside the run directory or "
-        "any directory with a manifest.json; default: the config's `blind`: hidden)",
-    )
-    run = add(
-        "run",
-        cmd_run,
-        "run the whole analysis end to end (what `make analysis` calls); stages whose outputs "
-        "are up to date are skipped",
-    )
-    run.add_argument("--skip-bad-inputs", action="store_true", help=skip_help)
-    run.add_argument("--catalogue", metavar="YAML", help=catalogue_help)
-    run.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-    run.add_argument("--force", action="store_true", help="run every stage, up to date or not")
-    run.add_argument(
-        "--unblind",
-        action="store_true",
-        help="the unblind step: also fit the pseudo-data and print the observed mu, B and Z "
-        "next to mu_true (default: the config's `blind`, true: expected results only)",
-    )
-    rei = add(
-        "reinterpret",
-        cmd_reinterpret,
-        "new physics in the likelihoods: Weak Effective Theory couplings (profiles, contours) "
-        "and B+ -> K+ X limits versus m_X, on the published likelihood and the run's own",
-    )
-    rei.add_argument(
-        "--likelihood",
-        action="append",
-        choices=["published", "run"],
-        help="which likelihood (repeatable; default: both; `run` needs a finished `knunu run`)",
-    )
-    rei.add_argument(
-        "--unblind",
-        action="store_true",
-        help="fit the run's pseudo-data (default: its Asimov data at measurement.expected_mu)",
-    )
-    rei.add_argument(
-        "--grid", type=_at_least(3), metavar="N", help="scan points per coupling axis (>= 3)"
-    )
-    rei.add_argument(
-        "--masses", type=_at_least(0), metavar="N", help="m_X points of the mass scan (>= 0)"
-    )
-    rei.add_argument("-o", "--output", metavar="DIR", help="run directory (default: output_dir)")
-    clu = add(
-        "cluster", cmd_cluster, "start a Dask cluster, check it runs a task, print its address"
-    )
-    clu.add_argument("--workers", type=int, default=2, help="number of workers to ask for")
-    chk = add(
-        "checksum",
-        cmd_checksum,
-        "add the Adler-32 of every local file to a dataset catalogue (e.g. one written by hand "
-        "for real ntuples) and verify the ones it has; every run then verifies them",
-    )
-    chk.add_argument("catalogue", help="the catalogue.json to complete")
+        for flags, kwargs in arguments:
+            p.add_argument(*flags, **kwargs)
     return parser
 
 
