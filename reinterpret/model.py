@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyhf
@@ -140,79 +140,14 @@ def alternative_workspace(
     bounds = dict(bounds or {})
     n_signal = 0
     for channel in spec["channels"]:
-        samples = channel["samples"]
-        signal = [s for s in samples if s["name"] in SIGNAL_SAMPLES]
+        signal = [s for s in channel["samples"] if s["name"] in SIGNAL_SAMPLES]
         if not signal:
             continue
         region = region_of(channel["name"])
         if region is None or region not in maps:
             raise InputError(f"channel {channel['name']}: signal without a map")
         n_signal += 1
-        sm = signal[0]
-        template = np.asarray(sm["data"], dtype=float)
-        mods = [m for m in sm["modifiers"] if m["name"] not in SM_FORM_FACTOR]
-        stat = [m for m in mods if m["type"] == "staterror"]
-        rel = np.zeros_like(template)
-        if stat:
-            rel = np.divide(
-                np.asarray(stat[0]["data"], dtype=float),
-                template,
-                out=np.zeros_like(template),
-                where=template > 0,
-            )
-        shared = [t for t in terms if not t.own_staterror] + ([sm] if keep_sm_signal else [])
-        share = 1.0 / np.sqrt(max(len(shared), 1))
-        new = []
-        built = {
-            t.name: _templates(maps[region], template, np.asarray(t.weights), channel["name"])
-            for t in terms
-        }
-        # the samples sharing the SM signal's staterror: sigma_s = rel x combined / sqrt(n)
-        # each, so that pyhf's combined width (quadrature sum over the sum) stays rel
-        combined = sum(
-            (built[t.name][0] for t in terms if not t.own_staterror), np.zeros_like(template)
-        ) + (template if keep_sm_signal else 0.0)
-        for term in terms:
-            values, var = built[term.name]
-            ratio = np.divide(values, template, out=np.ones_like(values), where=template > 0)
-            out_mods = []
-            for mod in mods:
-                mod = copy.deepcopy(mod)
-                if mod["type"] == "normfactor" and mod["name"] == SM_POI:
-                    mod["name"] = term.name
-                elif mod["type"] == "histosys":
-                    for key in ("hi_data", "lo_data"):
-                        mod["data"][key] = (np.asarray(mod["data"][key]) * ratio).tolist()
-                elif mod["type"] == "staterror":
-                    if term.own_staterror:
-                        mod["name"] = f"staterror_{channel['name']}_{term.name}"
-                        mod["data"] = np.sqrt(var).tolist()
-                    else:  # shared gamma: the combined relative width stays the SM's
-                        mod["data"] = (rel * combined * share).tolist()
-                out_mods.append(mod)
-            for nuisance, (hi_w, lo_w) in term.variations.items():
-                hi = _templates(maps[region], template, np.asarray(hi_w), channel["name"])[0]
-                lo = _templates(maps[region], template, np.asarray(lo_w), channel["name"])[0]
-                out_mods.append(
-                    {
-                        "name": nuisance,
-                        "type": "histosys",
-                        "data": {"hi_data": hi.tolist(), "lo_data": lo.tolist()},
-                    }
-                )
-            new.append(
-                {
-                    "name": f"{sm['name']}_{term.name}",
-                    "data": values.tolist(),
-                    "modifiers": out_mods,
-                }
-            )
-        if keep_sm_signal:
-            for mod in sm["modifiers"]:
-                if mod["type"] == "staterror" and not all(t.own_staterror for t in terms):
-                    mod["data"] = (rel * combined * share).tolist()
-        rest = [s for s in samples if s is not sm or keep_sm_signal]
-        channel["samples"] = rest + new
+        _replace_signal(channel, signal[0], maps[region], terms, keep_sm_signal)
     if not n_signal:
         raise WorkspaceError("alternative model: no channel of the workspace has a signal")
     params = [
@@ -230,3 +165,82 @@ def alternative_workspace(
         return pyhf.Workspace(spec)
     except pyhf.exceptions.InvalidSpecification as exc:
         raise WorkspaceError(f"alternative model: invalid workspace ({exc})") from None
+
+
+def _replace_signal(
+    channel: dict[str, Any],
+    sm: dict[str, Any],
+    region_map: Map,
+    terms: Sequence[Term],
+    keep_sm_signal: bool,
+) -> None:
+    """One channel's SM signal sample ``sm`` replaced (or joined) by the terms' samples."""
+    name = channel["name"]
+    template = np.asarray(sm["data"], dtype=float)
+    mods = [m for m in sm["modifiers"] if m["name"] not in SM_FORM_FACTOR]
+    stat = [m for m in mods if m["type"] == "staterror"]
+    rel = np.zeros_like(template)
+    if stat:
+        rel = np.divide(
+            np.asarray(stat[0]["data"], dtype=float),
+            template,
+            out=np.zeros_like(template),
+            where=template > 0,
+        )
+    shared = [t for t in terms if not t.own_staterror] + ([sm] if keep_sm_signal else [])
+    share = 1.0 / np.sqrt(max(len(shared), 1))
+    built = {t.name: _templates(region_map, template, np.asarray(t.weights), name) for t in terms}
+    # the samples sharing the SM signal's staterror: sigma_s = rel x combined / sqrt(n)
+    # each, so that pyhf's combined width (quadrature sum over the sum) stays rel
+    combined = sum(
+        (built[t.name][0] for t in terms if not t.own_staterror), np.zeros_like(template)
+    ) + (template if keep_sm_signal else 0.0)
+    shared_width = (rel * combined * share).tolist()
+    new = []
+    for term in terms:
+        values, var = built[term.name]
+        ratio = np.divide(values, template, out=np.ones_like(values), where=template > 0)
+        out_mods = [_term_modifier(m, term, name, ratio, var, shared_width) for m in mods]
+        for nuisance, (hi_w, lo_w) in term.variations.items():
+            hi = _templates(region_map, template, np.asarray(hi_w), name)[0]
+            lo = _templates(region_map, template, np.asarray(lo_w), name)[0]
+            out_mods.append(
+                {
+                    "name": nuisance,
+                    "type": "histosys",
+                    "data": {"hi_data": hi.tolist(), "lo_data": lo.tolist()},
+                }
+            )
+        new.append(
+            {"name": f"{sm['name']}_{term.name}", "data": values.tolist(), "modifiers": out_mods}
+        )
+    if keep_sm_signal:
+        for mod in sm["modifiers"]:
+            if mod["type"] == "staterror" and not all(t.own_staterror for t in terms):
+                mod["data"] = list(shared_width)
+    rest = [s for s in channel["samples"] if s is not sm or keep_sm_signal]
+    channel["samples"] = rest + new
+
+
+def _term_modifier(
+    mod: dict[str, Any],
+    term: Term,
+    channel: str,
+    ratio: np.ndarray,
+    var: np.ndarray,
+    shared_width: list[float],
+) -> dict[str, Any]:
+    """The SM signal's modifier ``mod`` as the term's: POI renamed, shapes and widths scaled."""
+    mod = copy.deepcopy(mod)
+    if mod["type"] == "normfactor" and mod["name"] == SM_POI:
+        mod["name"] = term.name
+    elif mod["type"] == "histosys":
+        for key in ("hi_data", "lo_data"):
+            mod["data"][key] = (np.asarray(mod["data"][key]) * ratio).tolist()
+    elif mod["type"] == "staterror":
+        if term.own_staterror:
+            mod["name"] = f"staterror_{channel}_{term.name}"
+            mod["data"] = np.sqrt(var).tolist()
+        else:  # shared gamma: the combined relative width stays the SM's
+            mod["data"] = list(shared_width)
+    return mod
