@@ -421,30 +421,8 @@ def _candidate_layout(
     tree = rf[source.file_tree(chunk.tree)]
     where = f"{chunk.path}: tree '{tree.name}'"
     names = _analysis_names(list(tree.keys()), source, where)
-    span = {"entry_start": chunk.start, "entry_stop": chunk.stop}
-    # The plan checked the bookkeeping (contiguous events, __candidate__ 0, 1, ... per event):
-    # an event starts where __candidate__ is 0. The row after the chunk is read too: the chunk
-    # must start and end at event boundaries and hold the events it was planned with, else the
-    # file changed since it was inspected.
-    after = min(chunk.stop + 1, tree.num_entries)
-    cand = tree[names["__candidate__"]].array(
-        library="np", entry_start=chunk.start, entry_stop=after
-    )
-    changed = "(the file changed since it was inspected)"
-    if after > chunk.stop and cand[-1] != 0:
-        raise InputError(f"{where}: row {chunk.stop} continues an event that rows "
-                         f"[{chunk.start}, {chunk.stop}) end before {changed}")  # fmt: skip
-    cand = cand[: chunk.stop - chunk.start]
-    if len(cand) and cand[0] != 0:
-        raise InputError(f"{where}: row {chunk.start} does not start an event {changed}")
-    starts = np.append(np.flatnonzero(cand == 0), len(cand))
-    if chunk.n_events >= 0 and len(starts) - 1 != chunk.n_events:
-        raise InputError(
-            f"{where}: rows [{chunk.start}, {chunk.stop}) hold {len(starts) - 1} event(s),"
-            f" planned {chunk.n_events} {changed}"
-        )
+    cand, starts = _event_starts(tree, names["__candidate__"], chunk, where)
     counts = np.diff(starts)
-    later_row = cand[1:] != 0  # row k + 1 is not its event's first
     prefixes = sorted({p for p in COLLECTIONS for n in names if n.startswith(p)})
     if len(prefixes) != 1:
         raise InputError(
@@ -453,33 +431,7 @@ def _candidate_layout(
         )
     prefix = prefixes[0]
     collection = COLLECTIONS[prefix]
-
-    together = _preloaded(names, wanted)
-    bulk: dict[str, np.ndarray] = {}  # the wanted branches, read at the first touch of one
-
-    def read(name: str) -> np.ndarray:
-        branch = names[name]
-        if branch in together and not bulk:
-            bulk.update(tree.arrays(together, library="np", how=dict, **span))
-            together.clear()  # read once; each array leaves ``bulk`` when it is used
-        values = bulk.pop(branch) if branch in bulk else tree[branch].array(library="np", **span)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            bad = int((~np.isfinite(values)).sum())
-            raise InputError(f"{where}: {bad} NaN/inf value(s) in branch '{names[name]}'")
-        return values
-
-    def per_event(name: str) -> np.ndarray:
-        values = read(name)
-        differ = values[1:] != values[:-1]
-        differ &= later_row
-        if differ.any():
-            raise InputError(
-                f"{where}: branch '{names[name]}' ({name}) differs between the rows of one event"
-                f" (row {chunk.start + 1 + int(np.argmax(differ))}): a candidate variable needs "
-                f"an alias with the {prefix} prefix"
-            )
-        return values[starts[:-1]]
-
+    rows = _Rows(tree, names, chunk, where, _preloaded(names, wanted), (cand, starts, prefix))
     container: dict[str, Callable[[], np.ndarray]] = {}
     fields: dict[str, dict] = {}
     members: dict[str, dict] = {}
@@ -493,10 +445,10 @@ def _candidate_layout(
         form = {"class": "NumpyArray", "primitive": _primitive(dtype), "form_key": name}
         if name.startswith(prefix):
             members[name[len(prefix) :]] = form
-            container[f"{name}-data"] = _later(read, name)
+            container[f"{name}-data"] = _later(rows.read, name)
         else:
             fields[name] = form
-            container[f"{name}-data"] = _later(per_event, name)
+            container[f"{name}-data"] = _later(rows.per_event, name)
     fields[f"n{collection}"] = {"class": "NumpyArray", "primitive": "int64", "form_key": "!n"}
     container["!n-data"] = lambda: counts.astype(np.int64)
     fields[collection] = {
@@ -517,6 +469,81 @@ def _candidate_layout(
         "parameters": {"__record__": "NanoEvents", "metadata": metadata},
     }
     return ak.from_buffers(ak.forms.from_dict(form), len(counts), container, behavior=base.behavior)
+
+
+def _event_starts(tree: Any, branch: str, chunk: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's ``__candidate__`` values and the rows where its events start (and its end).
+
+    The plan checked the bookkeeping (contiguous events, __candidate__ 0, 1, ... per event):
+    an event starts where __candidate__ is 0. The row after the chunk is read too: the chunk
+    must start and end at event boundaries and hold the events it was planned with, else the
+    file changed since it was inspected.
+    """
+    after = min(chunk.stop + 1, tree.num_entries)
+    cand = tree[branch].array(library="np", entry_start=chunk.start, entry_stop=after)
+    changed = "(the file changed since it was inspected)"
+    if after > chunk.stop and cand[-1] != 0:
+        raise InputError(f"{where}: row {chunk.stop} continues an event that rows "
+                         f"[{chunk.start}, {chunk.stop}) end before {changed}")  # fmt: skip
+    cand = cand[: chunk.stop - chunk.start]
+    if len(cand) and cand[0] != 0:
+        raise InputError(f"{where}: row {chunk.start} does not start an event {changed}")
+    starts = np.append(np.flatnonzero(cand == 0), len(cand))
+    if chunk.n_events >= 0 and len(starts) - 1 != chunk.n_events:
+        raise InputError(
+            f"{where}: rows [{chunk.start}, {chunk.stop}) hold {len(starts) - 1} event(s),"
+            f" planned {chunk.n_events} {changed}"
+        )
+    return cand, starts
+
+
+class _Rows:
+    """The rows of one chunk of a candidate tree, read when first touched and checked."""
+
+    def __init__(
+        self,
+        tree: Any,
+        names: dict[str, str],
+        chunk: Any,
+        where: str,
+        together: list[str],
+        events: tuple[np.ndarray, np.ndarray, str],
+    ) -> None:
+        self.tree, self.names, self.chunk, self.where = tree, names, chunk, where
+        self.together = together
+        cand, self.starts, self.prefix = events
+        self.later_row = cand[1:] != 0  # row k + 1 is not its event's first
+        self.span = {"entry_start": chunk.start, "entry_stop": chunk.stop}
+        self.bulk: dict[str, np.ndarray] = {}  # the wanted branches, read at a first touch
+
+    def read(self, name: str) -> np.ndarray:
+        """Every row's value of variable ``name`` (finite, else :class:`InputError`)."""
+        branch = self.names[name]
+        if branch in self.together and not self.bulk:
+            self.bulk.update(self.tree.arrays(self.together, library="np", how=dict, **self.span))
+            self.together.clear()  # read once; each array leaves ``bulk`` when it is used
+        if branch in self.bulk:
+            values = self.bulk.pop(branch)
+        else:
+            values = self.tree[branch].array(library="np", **self.span)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise InputError(f"{self.where}: {bad} NaN/inf value(s) in branch '{branch}'")
+        return values
+
+    def per_event(self, name: str) -> np.ndarray:
+        """Each event's value of ``name`` (the same in all its rows, else :class:`InputError`)."""
+        values = self.read(name)
+        differ = values[1:] != values[:-1]
+        differ &= self.later_row
+        if differ.any():
+            row = self.chunk.start + 1 + int(np.argmax(differ))
+            raise InputError(
+                f"{self.where}: branch '{self.names[name]}' ({name}) differs between the rows of "
+                f"one event (row {row}): a candidate variable needs an alias with the "
+                f"{self.prefix} prefix"
+            )
+        return values[self.starts[:-1]]
 
 
 def _later(read: Callable[[str], np.ndarray], name: str) -> Callable[[], np.ndarray]:
