@@ -41,22 +41,36 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
     n = len(seen.sqrt_s)
     sqrt_s = seen.sqrt_s
     n_tracks = np.diff(tr.offsets)
-    cand_event = np.repeat(np.arange(n), n_tracks)
     # mass hypotheses as basf2's particle lists give them: every track a pion in the event
     # sums and the ROE, the candidate a kaon (the detector's true masses are not known)
-    lab_p3 = tr.p4_lab[:, 1:]
     pi_lab, pi_cm = track_p4(seen, M_PI)
-    k4 = track_p4(seen, M_K)[1]
-    vis_tracks = per_event_sum(tr.offsets, pi_cm)
-    vis_clusters = per_event_sum(cl.offsets, cl.p4_cm)
-    visible = vis_tracks + vis_clusters
+    visible = per_event_sum(tr.offsets, pi_cm) + per_event_sum(cl.offsets, cl.p4_cm)
     # missing momentum in the lab: beams minus everything seen
     beams_lab = boost(np.column_stack([sqrt_s, np.zeros((n, 3))]), seen.beta_cm)
     vis_lab = per_event_sum(tr.offsets, pi_lab) + per_event_sum(cl.offsets, cl.p4_lab)
     miss_lab = beams_lab - vis_lab
     charge = per_event_sum(tr.offsets, tr.charge.astype(float))
+    event = {
+        "nTracks": n_tracks.astype(np.int32),
+        "nLeptons": per_event_sum(
+            tr.offsets, (tr.lepton_id > det.LEPTON_ID_CUT).astype(np.int64)
+        ).astype(np.int32),
+        "nClusters": np.diff(cl.offsets).astype(np.int32),
+        "E_tot": visible[:, 0],
+        "E_miss": sqrt_s - visible[:, 0],
+        "p_miss": np.linalg.norm(visible[:, 1:], axis=1),
+        "theta_miss": _theta_deg(miss_lab[:, 1:]),
+        "charge_sum": charge,
+        **_event_shapes(seen, pi_cm),
+        "sqrt_s": sqrt_s,
+    }
+    return event, _candidates(seen, pi_cm, visible, charge)
 
-    # event shapes from all visible momenta in the CM frame
+
+def _event_shapes(seen: DetectorEvents, pi_cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Event shapes from all visible momenta in the CM frame (tracks as pions)."""
+    tr, cl = seen.tracks, seen.clusters
+    n_tracks = np.diff(tr.offsets)
     offsets = np.concatenate([[0], np.cumsum(n_tracks + np.diff(cl.offsets))])
     idx_t = np.repeat(offsets[:-1], n_tracks) + (
         np.arange(len(tr.charge)) - np.repeat(tr.offsets[:-1], n_tracks)
@@ -72,18 +86,7 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
     fw = es.fox_wolfram(padded)
     cones = es.cleo_cones(padded, axis)
     h0 = np.where(fw[:, 0] > 0, fw[:, 0], 1.0)
-
-    event = {
-        "nTracks": n_tracks.astype(np.int32),
-        "nLeptons": per_event_sum(
-            tr.offsets, (tr.lepton_id > det.LEPTON_ID_CUT).astype(np.int64)
-        ).astype(np.int32),
-        "nClusters": np.diff(cl.offsets).astype(np.int32),
-        "E_tot": visible[:, 0],
-        "E_miss": sqrt_s - visible[:, 0],
-        "p_miss": np.linalg.norm(visible[:, 1:], axis=1),
-        "theta_miss": _theta_deg(miss_lab[:, 1:]),
-        "charge_sum": charge,
+    return {
         "thrust": thrust,
         "R2": fw[:, 2] / h0,
         "R1": fw[:, 1] / h0,
@@ -92,10 +95,19 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
         "sphericity": es.sphericity(padded),
         "cos_thrust_axis": np.abs(axis[:, 2]),
         **{f"cleo_cone_{k}": cones[:, k] for k in range(cones.shape[1])},
-        "sqrt_s": sqrt_s,
     }
 
-    # ------------------------------------------------------------------ candidates
+
+def _candidates(
+    seen: DetectorEvents, pi_cm: np.ndarray, visible: np.ndarray, charge: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every track as a kaon candidate: its variables, its ROE and the signal-side shapes."""
+    tr, cl = seen.tracks, seen.clusters
+    sqrt_s = seen.sqrt_s
+    n_tracks = np.diff(tr.offsets)
+    cand_event = np.repeat(np.arange(len(sqrt_s)), n_tracks)
+    lab_p3 = tr.p4_lab[:, 1:]
+    k4 = track_p4(seen, M_K)[1]
     p3k = k4[:, 1:]
     pk = np.linalg.norm(p3k, axis=1)
     e_k = k4[:, 0]
@@ -105,7 +117,7 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
     side = es.signal_side(
         tr.offsets, p3k, tr.charge, cl.offsets, cl.p4_cm[:, 1:], -visible[:, 1:], e_k, sqrt_s
     )
-    candidates = {
+    return {
         "K_p": np.linalg.norm(lab_p3, axis=1),
         "K_pt": np.hypot(lab_p3[:, 0], lab_p3[:, 1]),
         "K_cosTheta": lab_p3[:, 2] / np.linalg.norm(lab_p3, axis=1),
@@ -125,7 +137,6 @@ def ita_variables(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str
         "K_m_Kpi_D0": _kpi_d0_mass(tr.offsets, k4, pi_cm, tr.charge),
         **{f"K_{name}": values for name, values in side.items()},
     }
-    return event, candidates
 
 
 def ita_truth(seen: DetectorEvents) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -228,22 +239,9 @@ def hta_variables(
     """
     tr, cl = seen.tracks, seen.clusters
     n = parts.n_events
-    sqrt_s = seen.sqrt_s
-    side = parts.sides()
-    ev = parts.event_index()
-    charged = parts.charge != 0
-    invisible = np.isin(np.abs(parts.pdg), _INVISIBLE)
     t_event = np.repeat(np.arange(n), np.diff(tr.offsets))
     c_event = np.repeat(np.arange(n), np.diff(cl.offsets))
-    p_side = np.zeros((n, 2))
-    for s in (0, 1):
-        on = side == s
-        n_ch = np.bincount(ev[on & charged], minlength=n)
-        n_inv = np.bincount(ev[on & invisible], minlength=n)
-        found = np.bincount(t_event[tr.side == s], minlength=n)
-        has_b = np.bincount(ev[on], minlength=n) > 0
-        ok = has_b & (n_inv == 0) & (found == n_ch)
-        p_side[:, s] = np.where(ok, model.correct_scale * np.exp(-model.correct_slope * n_ch), 0)
+    p_side = _correct_tag_probabilities(parts, seen, model)
     p = p_side.sum(axis=1) + model.fake
     q = np.minimum(1.0, model.boost * p)
     tagged = rng.random(n) < q
@@ -254,43 +252,102 @@ def hta_variables(
     fake_cluster = rng.random(len(c_event)) < 0.6
     in_tag_t = np.where(kind[t_event] >= 0, tr.side == kind[t_event], fake_track)
     in_tag_c = np.where(kind[c_event] >= 0, cl.side == kind[c_event], fake_cluster)
-
     tag = per_event_sum(tr.offsets, tr.p4_cm * in_tag_t[:, None])
     tag += per_event_sum(cl.offsets, cl.p4_cm * in_tag_c[:, None])
-    e_beam = sqrt_s / 2
+    candidates = _tag_candidates(seen, tag, in_tag_t, kind < 0, rng)
+    sig_t = ~in_tag_t
+    n_sig = np.bincount(t_event[sig_t], minlength=n)
+    keep = np.flatnonzero(tagged & (n_sig >= 1) & (n_sig <= model.max_signal_tracks))
+    event = {
+        "nSignalTracks": n_sig[keep].astype(np.int32),
+        **_signal_side(seen, tag, (sig_t, ~in_tag_c), keep),
+    }
+    return keep, (p / q)[keep], event, {k: v[keep] for k, v in candidates.items()}
+
+
+def _correct_tag_probabilities(
+    parts: Particles, seen: DetectorEvents, model: TagModel
+) -> np.ndarray:
+    """Per event and B (side 0, 1): the probability of a correct tag of that B."""
+    n = parts.n_events
+    tr = seen.tracks
+    side = parts.sides()
+    ev = parts.event_index()
+    charged = parts.charge != 0
+    invisible = np.isin(np.abs(parts.pdg), _INVISIBLE)
+    t_event = np.repeat(np.arange(n), np.diff(tr.offsets))
+    p_side = np.zeros((n, 2))
+    for s in (0, 1):
+        on = side == s
+        n_ch = np.bincount(ev[on & charged], minlength=n)
+        n_inv = np.bincount(ev[on & invisible], minlength=n)
+        found = np.bincount(t_event[tr.side == s], minlength=n)
+        has_b = np.bincount(ev[on], minlength=n) > 0
+        ok = has_b & (n_inv == 0) & (found == n_ch)
+        p_side[:, s] = np.where(ok, model.correct_scale * np.exp(-model.correct_slope * n_ch), 0)
+    return p_side
+
+
+def _tag_candidates(
+    seen: DetectorEvents,
+    tag: np.ndarray,
+    in_tag_t: np.ndarray,
+    fake: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """The ``Btag_`` columns of every event: from the tag's four-momentum, or wrong tags'."""
+    tr = seen.tracks
+    n = len(fake)
+    e_beam = seen.sqrt_s / 2
     p_tag = np.linalg.norm(tag[:, 1:], axis=1)
     mbc = np.sqrt(np.clip(e_beam**2 - p_tag**2, 0, None))
     delta_e = tag[:, 0] - e_beam
     tag_charge = per_event_sum(tr.offsets, (tr.charge * in_tag_t).astype(float))
-    fake = kind < 0
     # wrong tags: combinatorial shapes (ARGUS-like Mbc, flat Delta E, low signal probability)
     mbc = np.where(fake, 5.29 - np.abs(rng.exponential(0.02, n)), mbc)
     delta_e = np.where(fake, rng.uniform(-0.15, 0.1, n), delta_e)
     sig_prob = np.where(fake, rng.beta(1.0, 4.0, n), rng.beta(3.0, 1.0, n))
+    return {
+        "Btag_mbc": mbc,
+        "Btag_deltaE": delta_e,
+        "Btag_sigProb": sig_prob,
+        "Btag_charge": tag_charge.astype(np.int32),
+        "Btag_mcCorrect": (~fake).astype(np.int32),
+    }
 
-    sig_t = ~in_tag_t
-    n_sig = np.bincount(t_event[sig_t], minlength=n)
-    keep = np.flatnonzero(tagged & (n_sig >= 1) & (n_sig <= model.max_signal_tracks))
+
+def _signal_side(
+    seen: DetectorEvents,
+    tag: np.ndarray,
+    signal: tuple[np.ndarray, np.ndarray],
+    keep: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The signal side of the kept events: its kaon, extra energy, missing mass and energy.
+
+    ``signal``: the tracks and clusters not used by the tag.
+    """
+    tr, cl = seen.tracks, seen.clusters
+    sig_t, sig_c = signal
+    n = len(seen.sqrt_s)
+    t_event = np.repeat(np.arange(n), np.diff(tr.offsets))
+    c_event = np.repeat(np.arange(n), np.diff(cl.offsets))
     # the signal-side kaon: the highest-momentum track not used by the tag
     p_cm = np.linalg.norm(tr.p4_cm[:, 1:], axis=1)
     score = np.where(sig_t, p_cm, -1.0)
     best = np.full(n, -1)
     order = np.lexsort((score, t_event))
-    last = np.concatenate([tr.offsets[1:] - 1])
+    last = tr.offsets[1:] - 1
     has_tracks = np.diff(tr.offsets) > 0
     best[has_tracks] = order[last[has_tracks]]
     k = best[keep]
     k3 = tr.p4_cm[k, 1:]
     k4 = np.column_stack([np.sqrt(np.sum(k3**2, 1) + M_K**2), k3])
-    sig_b = np.column_stack([e_beam[keep], -tag[keep, 1:]])
+    sig_b = np.column_stack([seen.sqrt_s[keep] / 2, -tag[keep, 1:]])
     sig_visible = per_event_sum(tr.offsets, tr.p4_cm * sig_t[:, None])[keep]
-    sig_visible += per_event_sum(cl.offsets, cl.p4_cm * (~in_tag_c)[:, None])[keep]
-    extra_e = per_event_sum(cl.offsets, cl.p4_lab[:, 0] * ~in_tag_c)[keep]
-    n_extra = np.bincount(c_event[~in_tag_c], minlength=n)[keep]
+    sig_visible += per_event_sum(cl.offsets, cl.p4_cm * sig_c[:, None])[keep]
     missing = sig_b - sig_visible
     k_in_b = boost(k4, -(sig_b[:, 1:] / sig_b[:, :1]))
-    event = {
-        "nSignalTracks": n_sig[keep].astype(np.int32),
+    return {
         "Ksig_p": np.linalg.norm(k3, axis=1),
         "Ksig_pB": np.linalg.norm(k_in_b[:, 1:], axis=1),
         "Ksig_charge": tr.charge[k].astype(np.int32),
@@ -299,23 +356,15 @@ def hta_variables(
         "Ksig_dz": tr.dz[k],
         "Ksig_cosTheta": tr.p4_lab[k, 3] / np.linalg.norm(tr.p4_lab[k, 1:], axis=1),
         "Ksig_mcPDG": tr.true_pdg[k].astype(np.int32),  # MC truth (dropped for data)
-        "E_extra": extra_e,
-        "nExtraClusters": n_extra.astype(np.int32),
+        "E_extra": per_event_sum(cl.offsets, cl.p4_lab[:, 0] * sig_c)[keep],
+        "nExtraClusters": np.bincount(c_event[sig_c], minlength=n)[keep].astype(np.int32),
         "m2_miss": _m2(sig_b - k4),
         "m2_miss_all": _m2(missing),
         "E_miss_all": missing[:, 0],
         # MC truth of the extra clusters by origin (dropped for data): the HTA's K_L
         # efficiency and hadronic energy corrections, as the ITA's (``ita_truth``)
-        **_extra_truth(cl, ~in_tag_c, keep),
+        **_extra_truth(cl, sig_c, keep),
     }
-    candidates = {
-        "Btag_mbc": mbc[keep],
-        "Btag_deltaE": delta_e[keep],
-        "Btag_sigProb": sig_prob[keep],
-        "Btag_charge": tag_charge[keep].astype(np.int32),
-        "Btag_mcCorrect": (~fake[keep]).astype(np.int32),
-    }
-    return keep, (p / q)[keep], event, candidates
 
 
 #: Cluster origins whose energy the hadronic energy scale moves (K_L, (anti)neutrons, split-offs).
