@@ -419,13 +419,20 @@ def _concat(tables: list[Particles]) -> Particles:
     )
 
 
-def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> GeneratedEvents:
-    """Upsilon(4S) -> B Bbar with the first B in the sample's mode (or generic)."""
-    if task.libraries is None:
-        raise ConfigError(f"{task.path}: sample {task.sample!r} needs decay libraries")
-    mix = load_mixture(task.libraries)
-    lib = mix.library
-    natural = task.data
+class _Proposal(NamedTuple):
+    """How a file draws its B pairs from the libraries (targeting or not)."""
+
+    aim: Targeting | None
+    pairs: bool  # the kaon-side pair proposal (else each B on its own)
+    bias: Any
+    share: float
+    tag: Any
+    neutral: bool
+    natural: bool  # pseudo-data or nature: branching fractions as nature has them
+
+
+def _proposal(task: FileTask, sample: Sample) -> _Proposal:
+    """The proposal of a B Bbar file: targeted for MC and the weighted nature stream."""
     # targeted: MC and the (weighted) nature stream; pseudo-data stay unweighted
     aim = task.targeting
     if sample.kind != "bbbar" or (task.data and task.weight is None):
@@ -437,51 +444,69 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
         bias, share, tag = pair_proposal(task.libraries, aim, neutral)
     elif aim is not None and aim.slope:
         bias = entry_bias(task.libraries, aim.slope, aim.cap_gev, aim.mix)
+    return _Proposal(aim, pairs, bias, share, tag, neutral, task.data)
+
+
+def _draw_batch(
+    task: FileTask, sample: Sample, m: int, rng: np.random.Generator, prop: _Proposal
+) -> tuple[np.ndarray, ...]:
+    """``m`` drawn pairs: (charge, first entry, second entry, weight, accepted)."""
+    mix = load_mixture(task.libraries)
+    lib = mix.library
+    aim, natural = prop.aim, prop.natural
+    charge = np.where(rng.random(m) < 0.5, 1, -1)
+    first = (511 if prop.neutral else 521) * charge
+    if prop.pairs:
+        first_entry, second_entry, w2 = mix.draw_pairs(
+            first, rng, prop.bias, prop.share, natural=natural, tag=prop.tag
+        )
+    else:
+        two_sided = prop.bias if aim and aim.sides == 2 else None
+        second_entry, w2 = mix.draw(-first, rng, natural=natural, bias=two_sided)
+    if sample.kind == "signal":
+        first_entry, w1 = np.full(m, -1), np.ones(m)
+    elif sample.kind == "control":
+        first_entry = np.empty(m, dtype=np.int64)
+        for c in (1, -1):
+            on = charge == c
+            first_entry[on] = mix.draw_control(521 * c, sample.stratum, int(on.sum()), rng)
+        w1 = np.ones(m)
+    elif prop.pairs:
+        w1 = np.ones(m)  # the pair's weight is in w2
+    else:
+        first_entry, w1 = mix.draw(first, rng, natural=natural, bias=prop.bias)
+    accept = np.ones(m, dtype=bool)
+    if natural and task.nature.d_to_kl_scale != 1:
+        scale = task.nature.d_to_kl_scale
+        r = np.where(lib.d_to_kl[second_entry] > 0, scale, 1.0)
+        r1 = np.where(first_entry >= 0, lib.d_to_kl[np.maximum(first_entry, 0)] > 0, False)
+        r = r * np.where(r1, scale, 1.0)
+        accept = rng.random(m) * max(scale, 1.0) ** 2 < r
+    weight = w1 * w2
+    if aim is not None and aim.keep_below < 1:  # thinned before the detector
+        einv = entry_invisible_energy(task.libraries)
+        low = einv[first_entry] + einv[second_entry] < aim.threshold_gev
+        accept &= ~low | (rng.random(m) < aim.keep_below)
+        weight = np.where(low, weight / aim.keep_below, weight)
+    return charge, first_entry, second_entry, weight, accept
+
+
+def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -> GeneratedEvents:
+    """Upsilon(4S) -> B Bbar with the first B in the sample's mode (or generic)."""
+    if task.libraries is None:
+        raise ConfigError(f"{task.path}: sample {task.sample!r} needs decay libraries")
+    lib = load_mixture(task.libraries).library
+    prop = _proposal(task, sample)
     einv = entry_invisible_energy(task.libraries)
     entries: list[tuple[np.ndarray, ...]] = []
     generated = have = 0
+    reject = prop.natural and task.nature.d_to_kl_scale != 1  # nature's accept-reject
     while have < n:
-        m = n - have if not (natural and task.nature.d_to_kl_scale != 1) else 2 * (n - have)
-        charge = np.where(rng.random(m) < 0.5, 1, -1)
-        first = (511 if neutral else 521) * charge
-        if pairs:
-            assert aim is not None
-            assert bias is not None
-            first_entry, second_entry, w2 = mix.draw_pairs(
-                first, rng, bias, share, natural=natural, tag=tag
-            )
-        else:
-            second_entry, w2 = mix.draw(
-                -first, rng, natural=natural, bias=bias if aim and aim.sides == 2 else None
-            )
-        q2 = np.full(m, -1.0)
-        if sample.kind == "signal":
-            first_entry, w1 = np.full(m, -1), np.ones(m)
-        elif sample.kind == "control":
-            first_entry = np.empty(m, dtype=np.int64)
-            for c in (1, -1):
-                on = charge == c
-                first_entry[on] = mix.draw_control(521 * c, sample.stratum, int(on.sum()), rng)
-            w1 = np.ones(m)
-        elif pairs:
-            w1 = np.ones(m)  # the pair's weight is in w2
-        else:
-            first_entry, w1 = mix.draw(first, rng, natural=natural, bias=bias)
-        accept = np.ones(m, dtype=bool)
-        if natural and task.nature.d_to_kl_scale != 1:
-            scale = task.nature.d_to_kl_scale
-            r = np.where(lib.d_to_kl[second_entry] > 0, scale, 1.0)
-            r1 = np.where(first_entry >= 0, lib.d_to_kl[np.maximum(first_entry, 0)] > 0, False)
-            r = r * np.where(r1, scale, 1.0)
-            accept = rng.random(m) * max(scale, 1.0) ** 2 < r
-        weight = w1 * w2
-        if aim is not None and aim.keep_below < 1:  # thinned before the detector
-            low = einv[first_entry] + einv[second_entry] < aim.threshold_gev
-            accept &= ~low | (rng.random(m) < aim.keep_below)
-            weight = np.where(low, weight / aim.keep_below, weight)
+        m = 2 * (n - have) if reject else n - have
+        *drawn, accept = _draw_batch(task, sample, m, rng, prop)
         generated += m
         idx = np.flatnonzero(accept)[: n - have]
-        entries.append((charge[idx], first_entry[idx], second_entry[idx], weight[idx]))
+        entries.append(tuple(column[idx] for column in drawn))
         have += len(idx)
     charge, first_entry, second_entry, weight = (
         np.concatenate(c) for c in zip(*entries, strict=True)
