@@ -114,34 +114,20 @@ def make_histograms(
     doc: dict[str, Any] = {}
     hta_output: dict[str, Any] = {}
     cfg = dict(cfg)
+    models = str(Path(models).resolve())
     with_models = _with_fingerprint(options, models)  # the model files hashed once
     if hta_cfg is not None:
-        hta_sets = [d for d in HTA_DATASETS if d in catalogue.datasets]
-        proc_h = hta.HTAProcessor(str(Path(models).resolve()), hta_cfg)
-        hta_output, hta_report = runner.run(
-            catalogue,
-            hta_sets,
-            proc_h,
-            "hta",
-            client,
-            int(hta_cfg["chunksize"]),
-            with_models,
-        )
+        hta_output, doc["hta"] = _hta_run(catalogue, models, hta_cfg, client, with_models)
         overlap = out_file.with_name("overlap.json")
         sr = {ds: sorted(out.pop("sr_events")) for ds, out in hta_output.items()}
         write_json(overlap, {"sr_events": sr})
         cfg["overlap"] = str(overlap.resolve())
-        doc["hta"] = {
-            "report": hta_report.as_dict(),
-            "cutflows": {ds: _cutflow(out) for ds, out in hta_output.items()},
-            "sr_events": {ds: len(v) for ds, v in sr.items()},
-        }
-    proc = ITAProcessor(str(Path(models).resolve()), cfg)
+        doc["hta"]["sr_events"] = {ds: len(v) for ds, v in sr.items()}
     overlap_file = [cfg["overlap"]] if cfg.get("overlap") else []
     output, report = runner.run(
         catalogue,
         datasets,
-        proc,
+        ITAProcessor(models, cfg),
         TREE,
         client,
         int(cfg["chunksize"]),
@@ -150,29 +136,42 @@ def make_histograms(
     pion_output: dict[str, Any] = {}
     if "pion" in cfg:
         pion_sets = [d for d in PION_DATASETS if d in catalogue.datasets]
+        proc = PionProcessor(models, cfg)
         pion_output, pion_report = runner.run(
-            catalogue,
-            pion_sets,
-            PionProcessor(str(Path(models).resolve()), cfg),
-            TREE,
-            client,
-            int(cfg["chunksize"]),
-            with_models,
+            catalogue, pion_sets, proc, TREE, client, int(cfg["chunksize"]), with_models
         )
-        doc["pion"] = {
-            "report": pion_report.as_dict(),
-            "cutflows": {ds: _cutflow(out) for ds, out in pion_output.items()},
-        }
+        doc["pion"] = _report_doc(pion_report, pion_output)
     write_histogram_file(out_file, output, catalogue.datasets, hta_output, pion_output)
-    overlap_doc = {ds: out["overlap"] for ds, out in output.items()}
     doc = {
-        "report": report.as_dict(),
-        "cutflows": {ds: _cutflow(out) for ds, out in output.items()},
-        "overlap": overlap_doc,
+        **_report_doc(report, output),
+        "overlap": {ds: out["overlap"] for ds, out in output.items()},
         **doc,
     }
     write_json(out_file.with_suffix(".json"), doc)
     return output, report
+
+
+def _hta_run(
+    catalogue: runner.Catalogue,
+    models: str,
+    hta_cfg: Mapping[str, Any],
+    client: Any | None,
+    options: runner.RunOptions,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The HTA processor over the HTA datasets: its output and its report document."""
+    hta_sets = [d for d in HTA_DATASETS if d in catalogue.datasets]
+    proc = hta.HTAProcessor(models, hta_cfg)
+    chunksize = int(hta_cfg["chunksize"])
+    output, report = runner.run(catalogue, hta_sets, proc, "hta", client, chunksize, options)
+    return output, _report_doc(report, output)
+
+
+def _report_doc(report: runner.RunReport, output: Mapping[str, Any]) -> dict[str, Any]:
+    """A processor run's report and its cutflows per dataset (the histogram file's JSON)."""
+    return {
+        "report": report.as_dict(),
+        "cutflows": {ds: _cutflow(out) for ds, out in output.items()},
+    }
 
 
 def _with_fingerprint(options: runner.RunOptions | None, *paths: str | Path) -> runner.RunOptions:
@@ -254,70 +253,18 @@ def write_histogram_file(
     ``pion_lepton_*`` (the lepton-enriched sideband).
     """
     path = Path(path)
-    hta_hists: dict[str, Any] = {}
-    for ds in sorted(hta_output or {}):
-        sample, is_data = dataset_kind(ds)
-        name = hta.HTA_SAMPLE[sample]
-        scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
-        for kind in ("hta", "hta_control"):
-            h = hta_output[ds][kind] * scale
-            if kind == "hta" and "hta_reuse" in hta_output[ds]:  # MC errors know reuse
-                nominal = hta_output[ds]["hta"][{"variation": "nominal"}]
-                h[{"variation": "nominal"}] = with_reuse(
-                    nominal, hta_output[ds]["hta_reuse"], scale
-                ).view()
-            key = f"{kind}/{name}"
-            hta_hists[key] = hta_hists[key] + h if key in hta_hists else h
+    hta_hists = _hta_sums(hta_output or {}, catalogue)
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for ds in sorted(output):
-            if ds in VALIDATION_DATASETS:  # its cutflow (histograms.json) is what is used
-                continue
-            out = output[ds]
-            sample, is_data = dataset_kind(ds)
-            channel = channel_of(ds)
-            target = "data_off" if channel == "ita_off" else "data_on"
-            scale = 1.0 if is_data else lumi_scale(catalogue, ds, target)
-            for var in ("nominal",) if is_data else HIST_VARIATIONS:
-                # the nominal's MC errors know library-entry reuse (knunu.processors.reuse)
-                reuse = var == "nominal"
-                f[f"{channel}_{sample}_{var}"] = with_reuse(
-                    out["ita"][{"variation": var}], out.get("ita_reuse") if reuse else None, scale
-                )
-                if not is_data:
-                    f[f"{channel}_loose_{sample}_{var}"] = with_reuse(
-                        out["ita_loose"][{"variation": var}],
-                        out.get("ita_loose_reuse") if reuse else None,
-                        scale,
-                    )
-            if sample == "nature":  # the fit histograms (histogram-level pseudo-data) and
-                sources = out.get("nature_sources")  # its expectation per source sample
-                for source in [] if sources is None else sources.axes["source"]:
-                    h = sources[{"source": source}] * scale
-                    f[f"{channel}_source_{source}_nominal"] = h
-                continue
-            f[f"{channel}_control_{sample}_nominal"] = out["ita_control"] * scale
-            for split in SPLITS:
-                f[f"{channel}_{split}_{sample}_nominal"] = (
-                    out["ita_split"][{"split": split}] * scale
-                )
-            if "q2gen" in out:
-                f["ita_q2gen_signal_nominal"] = out["q2gen"]
-                f[f"{channel}_map_signal_nominal"] = out["map"] * scale
+            if ds not in VALIDATION_DATASETS:  # its cutflow (histograms.json) is what is used
+                _write_ita(f, ds, output[ds], catalogue)
         for ds in sorted(hta_output or {}):
             if "q2gen" in hta_output[ds]:
                 f["hta_q2gen_signal_nominal"] = hta_output[ds]["q2gen"]
                 scale = lumi_scale(catalogue, ds, "data_on")
                 f["hta_map_signal_nominal"] = hta_output[ds]["map"] * scale
         for ds in sorted(pion_output or {}):
-            sample, is_data = dataset_kind(ds)
-            scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
-            for channel, leptons in (("pion", sum), ("pion_lepton", "lepton")):
-                h = pion_output[ds]["pion"][{"leptons": leptons}] * scale
-                if is_data:
-                    f[f"{channel}_data_nominal"] = h[{"truth": sum}]
-                    continue
-                for truth in TRUTH_CLASSES:
-                    f[f"{channel}_{sample}_{truth}_nominal"] = h[{"truth": truth}]
+            _write_pion(f, ds, pion_output[ds], catalogue)
         for key, h in sorted(hta_hists.items()):
             kind, name = key.split("/")
             if kind == "hta_control" and name == "nature":
@@ -329,3 +276,66 @@ def write_histogram_file(
                 f[f"hta_{name}_{var}"] = h[{"variation": var}]
     log.info("histograms written to %s", path)
     return path
+
+
+def _hta_sums(hta_output: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dict[str, Any]:
+    """HTA datasets scaled and summed into the HTA's samples (``{kind}/{sample}`` keys)."""
+    sums: dict[str, Any] = {}
+    for ds in sorted(hta_output):
+        sample, is_data = dataset_kind(ds)
+        name = hta.HTA_SAMPLE[sample]
+        scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
+        for kind in ("hta", "hta_control"):
+            h = hta_output[ds][kind] * scale
+            if kind == "hta" and "hta_reuse" in hta_output[ds]:  # MC errors know reuse
+                nominal = hta_output[ds]["hta"][{"variation": "nominal"}]
+                h[{"variation": "nominal"}] = with_reuse(
+                    nominal, hta_output[ds]["hta_reuse"], scale
+                ).view()
+            key = f"{kind}/{name}"
+            sums[key] = sums[key] + h if key in sums else h
+    return sums
+
+
+def _write_ita(f: Any, ds: str, out: Mapping[str, Any], catalogue: Mapping[str, Any]) -> None:
+    """One ITA dataset's histograms into the open file ``f``, MC scaled to its data."""
+    sample, is_data = dataset_kind(ds)
+    channel = channel_of(ds)
+    target = "data_off" if channel == "ita_off" else "data_on"
+    scale = 1.0 if is_data else lumi_scale(catalogue, ds, target)
+    for var in ("nominal",) if is_data else HIST_VARIATIONS:
+        # the nominal's MC errors know library-entry reuse (knunu.processors.reuse)
+        reuse = var == "nominal"
+        f[f"{channel}_{sample}_{var}"] = with_reuse(
+            out["ita"][{"variation": var}], out.get("ita_reuse") if reuse else None, scale
+        )
+        if not is_data:
+            f[f"{channel}_loose_{sample}_{var}"] = with_reuse(
+                out["ita_loose"][{"variation": var}],
+                out.get("ita_loose_reuse") if reuse else None,
+                scale,
+            )
+    if sample == "nature":  # the fit histograms (histogram-level pseudo-data) and
+        sources = out.get("nature_sources")  # its expectation per source sample
+        for source in [] if sources is None else sources.axes["source"]:
+            f[f"{channel}_source_{source}_nominal"] = sources[{"source": source}] * scale
+        return
+    f[f"{channel}_control_{sample}_nominal"] = out["ita_control"] * scale
+    for split in SPLITS:
+        f[f"{channel}_{split}_{sample}_nominal"] = out["ita_split"][{"split": split}] * scale
+    if "q2gen" in out:
+        f["ita_q2gen_signal_nominal"] = out["q2gen"]
+        f[f"{channel}_map_signal_nominal"] = out["map"] * scale
+
+
+def _write_pion(f: Any, ds: str, out: Mapping[str, Any], catalogue: Mapping[str, Any]) -> None:
+    """One dataset's pion-candidate histograms (all, and with an identified lepton)."""
+    sample, is_data = dataset_kind(ds)
+    scale = 1.0 if is_data else lumi_scale(catalogue, ds, "data_on")
+    for channel, leptons in (("pion", sum), ("pion_lepton", "lepton")):
+        h = out["pion"][{"leptons": leptons}] * scale
+        if is_data:
+            f[f"{channel}_data_nominal"] = h[{"truth": sum}]
+            continue
+        for truth in TRUTH_CLASSES:
+            f[f"{channel}_{sample}_{truth}_nominal"] = h[{"truth": truth}]
