@@ -196,12 +196,8 @@ def import_catalogue(path: str | Path, out: str | Path) -> Path:
         InputError: a pattern matches nothing, a file or tree is missing or bad, or data have
             no luminosity.
     """
-    from knunu.samples import load_samples
-    from knunu.simulation.production import sample_cross_section_nb
-
     doc = load_user_catalogue(path)
     base = Path(path).resolve().parent
-    samples = load_samples()
     datasets: dict[str, dict[str, Any]] = {}
     for label, entry in doc["datasets"].items():
         where = f"{path}: dataset '{label}'"
@@ -213,59 +209,13 @@ def import_catalogue(path: str | Path, out: str | Path) -> Path:
             files.append({**f, **found, **_reading(entry), **_stat(f["path"])})
         if entry["kind"] == "data":
             # the catalogue's luminosity is the whole dataset's: it does not add up
-            lum = entry.get("luminosity_fb")
-            if lum is None and name in datasets:
+            if entry.get("luminosity_fb") is None and name in datasets:
                 raise InputError(f"{where}: a second entry of {name} needs its own luminosity_fb")
-            lum = (
-                lum if lum is not None else doc.get("luminosity_fb", {}).get("off" if off else "on")
-            )
-            if lum is None:
-                raise InputError(f"{where}: data without luminosity_fb")
-            norm = {"luminosity_fb": float(lum), "sum_weights": 0.0}
+            norm = _data_norm(entry, doc, off, where)
         else:
-            sample = samples[entry["sample"]]
-            xs = float(entry.get("cross_section_nb") or sample_cross_section_nb(sample))
-            # what the MC's weights sum to, produced (before any selection)
-            produced = float(entry.get("generated_events") or entry["luminosity_fb"] * xs * 1e6)
-            norm = {
-                "luminosity_fb": float(entry.get("luminosity_fb") or produced / (xs * 1e6)),
-                "sum_weights": produced,
-                "cross_section_nb": xs,
-                "process_code": sample.process_code,
-            }
-        target = datasets.setdefault(
-            name,
-            {
-                "data": entry["kind"] == "data",
-                "nature": False,
-                "off_resonance": off,
-                "samples": ["data" if entry["kind"] == "data" else entry["sample"]],
-                "labels": [],
-                "files": [],
-                "luminosity_fb": 0.0,
-                "sum_weights": 0.0,
-                "entries_ita": 0,
-                "entries_hta": 0,
-            },
-        )
-        if "cross_section_nb" in norm and target.setdefault("cross_section_nb", xs) != xs:
-            raise InputError(
-                f"{where}: cross section {xs} nb differs from that of {name}'s other entries"
-            )
-        layouts = {f["layout"] for f in (*target["files"], *files)}
-        if len(layouts) > 1:
-            raise InputError(
-                f"{where}: {name} would mix the {' and '.join(sorted(layouts))} layouts"
-            )
-        if not entry.get("unique_events", True):
-            target["unique_events"] = False
-        target["labels"].append(label)
-        target["files"] += files
-        target["luminosity_fb"] += norm["luminosity_fb"]
-        target["sum_weights"] += norm["sum_weights"]
-        target.update({k: v for k, v in norm.items() if k in ("process_code",)})
-        for tree in TREES:
-            target[f"entries_{tree}"] += sum(f[f"entries_{tree}"] for f in files)
+            norm = _mc_norm(entry)
+        target = datasets.setdefault(name, _new_dataset(entry, off))
+        _add_entry(target, label, entry, files, norm, where)
     for entry in datasets.values():
         entry["generated"] = round(entry["sum_weights"])
         entry["events"] = entry["entries_ita"]
@@ -276,6 +226,80 @@ def import_catalogue(path: str | Path, out: str | Path) -> Path:
         sum(len(d["files"]) for d in datasets.values()),
     )
     return write_json(out, {"datasets": datasets, "source": str(Path(path).resolve())})
+
+
+def _data_norm(
+    entry: Mapping[str, Any], doc: Mapping[str, Any], off: bool, where: str
+) -> dict[str, Any]:
+    """A data entry's luminosity: its own, else the catalogue's on or off resonance."""
+    lum = entry.get("luminosity_fb")
+    lum = lum if lum is not None else doc.get("luminosity_fb", {}).get("off" if off else "on")
+    if lum is None:
+        raise InputError(f"{where}: data without luminosity_fb")
+    return {"luminosity_fb": float(lum), "sum_weights": 0.0}
+
+
+def _mc_norm(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An MC entry's normalisation: cross section, events produced, luminosity, process."""
+    from knunu.samples import load_samples
+    from knunu.simulation.production import sample_cross_section_nb
+
+    sample = load_samples()[entry["sample"]]
+    xs = float(entry.get("cross_section_nb") or sample_cross_section_nb(sample))
+    # what the MC's weights sum to, produced (before any selection)
+    produced = float(entry.get("generated_events") or entry["luminosity_fb"] * xs * 1e6)
+    return {
+        "luminosity_fb": float(entry.get("luminosity_fb") or produced / (xs * 1e6)),
+        "sum_weights": produced,
+        "cross_section_nb": xs,
+        "process_code": sample.process_code,
+    }
+
+
+def _new_dataset(entry: Mapping[str, Any], off: bool) -> dict[str, Any]:
+    """An empty catalogue dataset for an entry's kind and sample."""
+    return {
+        "data": entry["kind"] == "data",
+        "nature": False,
+        "off_resonance": off,
+        "samples": ["data" if entry["kind"] == "data" else entry["sample"]],
+        "labels": [],
+        "files": [],
+        "luminosity_fb": 0.0,
+        "sum_weights": 0.0,
+        "entries_ita": 0,
+        "entries_hta": 0,
+    }
+
+
+def _add_entry(
+    target: dict[str, Any],
+    label: str,
+    entry: Mapping[str, Any],
+    files: list[dict[str, Any]],
+    norm: Mapping[str, Any],
+    where: str,
+) -> None:
+    """One user entry's files and normalisation added to its dataset (checked to fit)."""
+    name = dataset_name(entry)
+    if "cross_section_nb" in norm:
+        xs = norm["cross_section_nb"]
+        if target.setdefault("cross_section_nb", xs) != xs:
+            raise InputError(
+                f"{where}: cross section {xs} nb differs from that of {name}'s other entries"
+            )
+    layouts = {f["layout"] for f in (*target["files"], *files)}
+    if len(layouts) > 1:
+        raise InputError(f"{where}: {name} would mix the {' and '.join(sorted(layouts))} layouts")
+    if not entry.get("unique_events", True):
+        target["unique_events"] = False
+    target["labels"].append(label)
+    target["files"] += files
+    target["luminosity_fb"] += norm["luminosity_fb"]
+    target["sum_weights"] += norm["sum_weights"]
+    target.update({k: v for k, v in norm.items() if k in ("process_code",)})
+    for tree in TREES:
+        target[f"entries_{tree}"] += sum(f[f"entries_{tree}"] for f in files)
 
 
 def _stat(path: str) -> dict[str, int]:
