@@ -811,7 +811,6 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     scale = scales[config["scale"]]
     seed = int(config["seed"])
     directory = Path(directory)
-    lib_dir = directory / "libraries"
     lum = {
         "on": sim["luminosity_fb"]["on_resonance"] * scale["luminosity_fraction"],
         "off": sim["luminosity_fb"]["off_resonance"] * scale["luminosity_fraction"],
@@ -822,6 +821,7 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     nature = Nature(**sim.get("nature", {}))
     jobs_lib = bdecays.library_jobs(scale["library"]["generic"], scale["library"]["stratum"])
     # the libraries' directory is named by what they hold, so a rerun reuses them safely
+    lib_dir = directory / "libraries"
     lib_dir = lib_dir / str(
         file_seed(seed, jobs_lib, sorted(map(repr, bdecays.load_strata().values())))
     )
@@ -833,35 +833,13 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     )
     samples = load_samples()
     rng = np.random.default_rng(file_seed(seed, "data-counts"))
-    jobs: list[_Job] = []
-    for name, sample in samples.items():
-        xs = sample_cross_section_nb(sample) * 1e6  # events per fb^-1
-        factor = scale["mc_factor"].get(sample.kind if sample.kind != "bbbar" else "bbbar")
-        if sample.kind == "signal":
-            jobs.append(_Job(name, scale["signal_events"]))
-            jobs.append(_Job(name, int(rng.poisson(sim["mu_true"] * xs * lum["on"])), data=True))
-            # the J/psi K+ embedding: signal B decays in nature's events (data-like, its own
-            # dataset, as many events as a control sample)
-            jobs.append(_Job(name, scale["control_events"], data=True, embedded=True))
-            continue
-        if sample.kind == "control":
-            jobs.append(_Job(name, scale["control_events"]))
-            if bdecays.load_strata()[sample.stratum].in_data:  # nature makes it at its rate
-                jobs.append(_Job(name, int(rng.poisson(xs * lum["on"])), data=True))
-            continue
-        norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
-        places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
-        for place in places:
-            off = place == "off"
-            jobs.append(_Job(name, round(factor * xs * lum[place]), off))
-            jobs.append(_Job(name, int(rng.poisson(norm * xs * lum[place])), off, data=True))
+    jobs = [job for s in samples.values() for job in _sample_jobs(s, scale, sim, lum, rng)]
     jobs += _nature_jobs(scale.get("nature"), samples, sim, nature, lum)
-    per_file = scale["events_per_file"]
     files = []
     for job in jobs:
         dataset = dataset_name(job.sample, job.off, job.data, job.embedded, job.weight is not None)
-        for k, first in enumerate(range(0, job.events, per_file)):
-            n = min(per_file, job.events - first)
+        for k, first in enumerate(range(0, job.events, scale["events_per_file"])):
+            n = min(scale["events_per_file"], job.events - first)
             stem = f"{job.sample}_{k:04d}" if job.data else f"{k:04d}"
             files.append(
                 FileTask(
@@ -888,6 +866,40 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     data_lum |= {NATURE[False]: lum["on"], NATURE[True]: lum["off"]}
     wait = float(config.get("processing", {}).get("no_workers_timeout_s", 600.0))
     return Plan(libraries, tuple(files), data_lum, str(directory), wait)
+
+
+def _sample_jobs(
+    sample: Sample,
+    scale: Mapping[str, Any],
+    sim: Mapping[str, Any],
+    lum: Mapping[str, float],
+    rng: np.random.Generator,
+) -> list[_Job]:
+    """A sample's MC and pseudo-data jobs (data counts Poisson-drawn from ``rng``, in order)."""
+    name = sample.name
+    xs = sample_cross_section_nb(sample) * 1e6  # events per fb^-1
+    if sample.kind == "signal":
+        return [
+            _Job(name, scale["signal_events"]),
+            _Job(name, int(rng.poisson(sim["mu_true"] * xs * lum["on"])), data=True),
+            # the J/psi K+ embedding: signal B decays in nature's events (data-like, its own
+            # dataset, as many events as a control sample)
+            _Job(name, scale["control_events"], data=True, embedded=True),
+        ]
+    if sample.kind == "control":
+        jobs = [_Job(name, scale["control_events"])]
+        if bdecays.load_strata()[sample.stratum].in_data:  # nature makes it at its rate
+            jobs.append(_Job(name, int(rng.poisson(xs * lum["on"])), data=True))
+        return jobs
+    factor = scale["mc_factor"].get(sample.kind)
+    norm = Nature(**sim.get("nature", {})).continuum_norm if sample.kind == "continuum" else 1.0
+    places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
+    jobs = []
+    for place in places:
+        off = place == "off"
+        jobs.append(_Job(name, round(factor * xs * lum[place]), off))
+        jobs.append(_Job(name, int(rng.poisson(norm * xs * lum[place])), off, data=True))
+    return jobs
 
 
 def _targeting(sim: Mapping[str, Any], sample: str) -> Targeting | None:
