@@ -589,42 +589,19 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     start = time.perf_counter()
     rng = np.random.default_rng(task.seed)
     batch = generate_events(task, rng)
-    sample = load_samples()[task.sample]
     beams = OFF_RESONANCE if task.off_resonance else ON_RESONANCE
     parts = batch.parts
     nominal = detector or DetectorConfig()
     cfg = task.nature.detector(nominal) if task.data else nominal
     seen = simulate_detector(parts, beams, cfg, rng, batch.total)
-    n = task.n_events
-    weight = batch.truth["weight"]
-    header = {
-        "__experiment__": np.full(n, EXPERIMENT, np.int32),
-        "__run__": np.full(n, task.seed % (1 << 31), np.int32),
-        "__event__": np.arange(n, dtype=np.int64),
-        "__weight__": _event_weights(task, weight),
-    }
-    if not task.data:
-        header |= {
-            "mcProcess": np.full(n, sample.process_code, np.int32),
-            "mcB1Mode": batch.truth.get("mcB1Mode", np.full(n, -1, np.int32)),
-            "mcB2Mode": batch.truth.get("mcB2Mode", np.full(n, -1, np.int32)),
-            "mcDtoKL": batch.truth.get("mcDtoKL", np.zeros(n, np.int32)),
-            "nKL": parts.per_event_sum((parts.pdg == 130).astype(np.int64)).astype(np.int32),
-            "q2gen": batch.truth.get("q2gen", np.full(n, -1.0)),
-            # generator-level invisible energy (neutrinos, K_L, neutrons) in the CM frame
-            "mcEinv": bdecays.invisible_energy_of(parts).astype(np.float32),
-            "mcB1Einv": batch.truth.get("mcB1Einv", np.zeros(n, np.float32)),
-            "mcB2Einv": batch.truth.get("mcB2Einv", np.zeros(n, np.float32)),
-            "mcB1Entry": batch.truth.get("mcB1Entry", np.full(n, -1, np.int64)),
-            "mcB2Entry": batch.truth.get("mcB2Entry", np.full(n, -1, np.int64)),
-        }
+    header = _header(task, batch)
     # HTA first: it uses the random stream, the ITA reconstruction does not
     tags = TagModel(boost=task.tag_boost)  # pseudo-data: 1 (the plan); nature: boosted
     hta_idx, tag_w, hta_event, btag = hta_variables(parts, seen, tags, rng)
     if task.prefilter:
         ita_idx = np.flatnonzero(prefilter_mask(seen, task.pion_prescale))
     else:
-        ita_idx = np.arange(n)
+        ita_idx = np.arange(task.n_events)
     ita_seen = seen.take(ita_idx)
     event, candidates = ita_variables(ita_seen)
     if not task.data:
@@ -661,16 +638,45 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         off_resonance=task.off_resonance,
         seed=task.seed,
         generated=int(batch.truth["generated"]),
-        sum_weights=float(np.sum(weight)),
+        sum_weights=float(np.sum(batch.truth["weight"])),
         entries_ita=written[TREE_ITA],
         entries_hta=written[TREE_HTA],
         seconds=time.perf_counter() - start,
-        events=n,
+        events=task.n_events,
         embedded=task.embedded,
         nature=task.weight is not None,
         layout=task.layout,
         adler32=adler32(task.path),
     )
+
+
+def _header(task: FileTask, batch: GeneratedEvents) -> dict[str, np.ndarray]:
+    """The event-level bookkeeping of every generated event; MC truth too for MC."""
+    n = task.n_events
+    parts = batch.parts
+    header = {
+        "__experiment__": np.full(n, EXPERIMENT, np.int32),
+        "__run__": np.full(n, task.seed % (1 << 31), np.int32),
+        "__event__": np.arange(n, dtype=np.int64),
+        "__weight__": _event_weights(task, batch.truth["weight"]),
+    }
+    if task.data:
+        return header
+    truth = batch.truth
+    return header | {
+        "mcProcess": np.full(n, load_samples()[task.sample].process_code, np.int32),
+        "mcB1Mode": truth.get("mcB1Mode", np.full(n, -1, np.int32)),
+        "mcB2Mode": truth.get("mcB2Mode", np.full(n, -1, np.int32)),
+        "mcDtoKL": truth.get("mcDtoKL", np.zeros(n, np.int32)),
+        "nKL": parts.per_event_sum((parts.pdg == 130).astype(np.int64)).astype(np.int32),
+        "q2gen": truth.get("q2gen", np.full(n, -1.0)),
+        # generator-level invisible energy (neutrinos, K_L, neutrons) in the CM frame
+        "mcEinv": bdecays.invisible_energy_of(parts).astype(np.float32),
+        "mcB1Einv": truth.get("mcB1Einv", np.zeros(n, np.float32)),
+        "mcB2Einv": truth.get("mcB2Einv", np.zeros(n, np.float32)),
+        "mcB1Entry": truth.get("mcB1Entry", np.full(n, -1, np.int64)),
+        "mcB2Entry": truth.get("mcB2Entry", np.full(n, -1, np.int64)),
+    }
 
 
 def _event_weights(task: FileTask, mc_weight: np.ndarray) -> np.ndarray:
