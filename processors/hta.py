@@ -258,31 +258,11 @@ class HTAProcessor(processor.ProcessorABC):
             storage=hist.storage.Weight(),
         )
         control.fill(eta=eta, weight=w_nom)
-
         in_sr = eta > edges[0]
         if sample == "signal" and not is_data:
-            q2gen = hist.Hist(
-                hist.axis.Regular(*Q2GEN_BINS, name="q2gen", label="q2gen [GeV^2]"),
-                storage=hist.storage.Weight(),
-            )
-            q2gen.fill(q2gen=cols["q2gen"][in_sr], weight=w_nom[in_sr])
-            extra["q2gen"] = q2gen
-            qmap = hist.Hist(  # the reinterpretation map: the fit template by q2gen
-                hist.axis.Variable(edges, name="eta", label="eta(BDTh)"),
-                hist.axis.Variable(Q2GEN_MAP_EDGES, name="q2gen", label="q2gen [GeV^2]"),
-                storage=hist.storage.Weight(),
-            )
-            qmap.fill(eta=eta, q2gen=map_q2gen(cols["q2gen"]), weight=w_nom)
-            extra["map"] = qmap
+            extra |= _q2gen_hists(cols["q2gen"], eta, in_sr, w_nom, edges)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         cutflow, raw = cutflow_histograms(sel.steps, {STEPS[-1]: in_sr}, mc_weight)
-        keys = zip(
-            cols["__experiment__"][in_sr].tolist(),
-            cols["__run__"][in_sr].tolist(),
-            cols["__event__"][in_sr].tolist(),
-            cols["__weight__"][in_sr].tolist(),  # the HTA weight (MC: x tag probability p/q)
-            strict=True,
-        )
         return {
             dataset: {
                 "events": len(events),
@@ -292,13 +272,50 @@ class HTAProcessor(processor.ProcessorABC):
                 **extra,
                 "cutflow": cutflow,
                 "cutflow_unweighted": raw,
-                "sr_events": set(keys),
+                "sr_events": _sr_events(cols, in_sr),
             }
         }
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         """Nothing to do after merging."""
         return accumulator
+
+
+def _q2gen_hists(
+    q2gen: np.ndarray,
+    eta: np.ndarray,
+    in_sr: np.ndarray,
+    weight: np.ndarray,
+    edges: tuple[float, ...],
+) -> dict[str, hist.Hist]:
+    """Signal MC by q2gen: in the signal region (``q2gen``) and per fit bin (``map``)."""
+    h = hist.Hist(
+        hist.axis.Regular(*Q2GEN_BINS, name="q2gen", label="q2gen [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+    h.fill(q2gen=q2gen[in_sr], weight=weight[in_sr])
+    qmap = hist.Hist(  # the reinterpretation map: the fit template by q2gen
+        hist.axis.Variable(edges, name="eta", label="eta(BDTh)"),
+        hist.axis.Variable(Q2GEN_MAP_EDGES, name="q2gen", label="q2gen [GeV^2]"),
+        storage=hist.storage.Weight(),
+    )
+    qmap.fill(eta=eta, q2gen=map_q2gen(q2gen), weight=weight)
+    return {"q2gen": h, "map": qmap}
+
+
+def _sr_events(cols: Mapping[str, np.ndarray], in_sr: np.ndarray) -> set[tuple]:
+    """(experiment, run, event, HTA weight) of the signal-region events: the overlap removal.
+
+    The HTA weight of MC includes the tag probability p/q.
+    """
+    keys = zip(
+        cols["__experiment__"][in_sr].tolist(),
+        cols["__run__"][in_sr].tolist(),
+        cols["__event__"][in_sr].tolist(),
+        cols["__weight__"][in_sr].tolist(),
+        strict=True,
+    )
+    return set(keys)
 
 
 def _fill_variations(
