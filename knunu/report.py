@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -281,20 +282,7 @@ def _plots_of(run_dir: Path, folder: str) -> list[str]:
 
 def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
     """Write ``report.md`` (and its BDT-distribution plots) for a run directory."""
-    from knunu.fits import plots
-    from knunu.processors.hta import STEPS as HTA_STEPS
-    from knunu.processors.ita import STEPS as ITA_STEPS
-    from knunu.processors.pion import STEPS as PION_STEPS
-
     run_dir = Path(run_dir)
-    histograms = run_dir / "histograms.root"
-    written = []
-    if histograms.exists():
-        for name, fig in plots.control_distributions(histograms).items():
-            written.append(save_figure(fig, run_dir / "report_plots" / f"{name}.png"))
-    hdoc = _load(run_dir / "histograms.json") or {}
-    validation = _load(run_dir / "validation" / "summary.json")
-    val_lines = _load(run_dir / "validation" / "lines.json") or []
     sections = [
         "# knunu run report",
         "",
@@ -310,25 +298,66 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
         "",
         *_catalogue_table(run_dir),
         "",
+        *_cutflow_section(_load(run_dir / "histograms.json") or {}),
+        *_bdt_section(run_dir),
+        *_fit_section(run_dir),
+        *_measurement_section(run_dir),
+        *_validation_section(run_dir),
+        "",
+        "## Warnings",
+        "",
+        *_warnings(run_dir),
+    ]
+    text = "\n".join(sections) + "\n"
+    write_text(run_dir / "report.html", html_report(text, run_dir, f"knunu run {run_dir.name}"))
+    return write_text(run_dir / "report.md", text)
+
+
+def _cutflow_section(hdoc: Mapping[str, Any]) -> list[str]:
+    """The ITA, HTA and pion-candidate cutflows of the processors' report."""
+    from knunu.processors.hta import STEPS as HTA_STEPS
+    from knunu.processors.ita import STEPS as ITA_STEPS
+    from knunu.processors.pion import STEPS as PION_STEPS
+
+    pion = hdoc.get("pion", {}).get("cutflows", {})
+    return [
         "## Cutflows",
         "",
         *_cutflow_table(hdoc.get("cutflows", {}), "ITA", ITA_STEPS),
         "",
         *_cutflow_table(hdoc.get("hta", {}).get("cutflows", {}), "HTA", HTA_STEPS),
         "",
-        *_cutflow_table(
-            hdoc.get("pion", {}).get("cutflows", {}), "ITA with a pion candidate", PION_STEPS
-        ),
+        *_cutflow_table(pion, "ITA with a pion candidate", PION_STEPS),
         "",
+    ]
+
+
+def _bdt_section(run_dir: Path) -> list[str]:
+    """The training summary and the BDT distributions (plots written here)."""
+    from knunu.fits import plots
+
+    histograms = run_dir / "histograms.root"
+    written = []
+    if histograms.exists():
+        for name, fig in plots.control_distributions(histograms).items():
+            written.append(save_figure(fig, run_dir / "report_plots" / f"{name}.png"))
+    offres = run_dir / "models" / "bdtc_offres.png"
+    return [
         "## BDTs",
         "",
         *_training(run_dir),
         "",
         *(_image(str(p.relative_to(run_dir)), p.stem) for p in written),
         _image("models/bdtc_offres.png", "off-resonance data vs continuum MC, before/after BDTc")
-        if (run_dir / "models" / "bdtc_offres.png").exists()
+        if offres.exists()
         else "",
         "",
+    ]
+
+
+def _fit_section(run_dir: Path) -> list[str]:
+    """What the fit stage fitted, and its plots (data-vs-model ones only when unblinded)."""
+    return [
         "## Fit",
         "",
         f"Fitted: {_fitted(run_dir)['label']}. Tables: `fit/results.md`; per model: pre- and "
@@ -341,6 +370,12 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
         ),
         *_plots_of(run_dir, "fit"),
         "",
+    ]
+
+
+def _measurement_section(run_dir: Path) -> list[str]:
+    """The measurement at Belle II's luminosity: its tables and plots."""
+    return [
         "## Measurement at Belle II's luminosity",
         "",
         "Templates and histogram-level pseudo-data: `measurement/histograms.root`; workspaces "
@@ -351,9 +386,15 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
         "",
         *_plots_of(run_dir, "measurement"),
         "",
+    ]
+
+
+def _validation_section(run_dir: Path) -> list[str]:
+    """The validation's lines and plots, and what this simulation cannot validate."""
+    lines = [
         "## Validation",
         "",
-        *(f"- {line}" for line in val_lines),
+        *(f"- {line}" for line in _load(run_dir / "validation" / "lines.json") or []),
         "",
         *_plots_of(run_dir, "validation"),
         "",
@@ -362,12 +403,9 @@ def write_report(run_dir: str | Path, config: dict[str, Any]) -> Path:
         *(f"- {k}: {v}" for k, v in NOT_COVERED.items()),
         "",
     ]
-    if validation is None:
-        sections.append("(the validation stage has not run)")
-    sections += ["", "## Warnings", "", *_warnings(run_dir)]
-    text = "\n".join(sections) + "\n"
-    write_text(run_dir / "report.html", html_report(text, run_dir, f"knunu run {run_dir.name}"))
-    return write_text(run_dir / "report.md", text)
+    if _load(run_dir / "validation" / "summary.json") is None:
+        lines.append("(the validation stage has not run)")
+    return lines
 
 
 _HTML = jinja2.Template(
