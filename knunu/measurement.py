@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import hist
 import numpy as np
 import pyhf
 import uproot
@@ -159,25 +160,10 @@ def measurement_histograms(
         template = sum(
             written[f"{name}_{s}_nominal"].values() for s in _samples_of(name)
         )  # fmt: skip
-        expected = nature[name].values()
-        counts = rng.poisson(np.clip(expected, 0.0, None)).astype(float)
-        empty = (template <= 0) & (counts > 0)
-        for idx in zip(*np.nonzero(empty), strict=True):
-            flat = int(np.ravel_multi_index(idx, counts.shape))
-            dropped.append((name, flat, float(counts[idx])))
-            log.warning(
-                "measurement: %s bin %d: %g pseudo-data events where no template MC has any "
-                "(MC statistics too small for this binning): removed",
-                name,
-                flat,
-                counts[idx],
-            )
-        counts[empty] = 0.0
-        data = nature[name].copy()
-        data.view().value = counts
-        data.view().variance = counts
+        data, removed = _pseudo_data(name, nature[name], template, rng)
+        dropped += removed
         written[f"{name}_data_nominal"] = data
-        pseudo[name] = float(counts.sum())
+        pseudo[name] = float(data.values().sum())
         if name in SR_CHANNELS:
             mc += _mc_statistics(name, written, nature[name])
             nat.append(_effective(name, "nature", nature[name]))
@@ -185,6 +171,34 @@ def measurement_histograms(
         for key in sorted(written):
             g[key] = written[key]
     return Scaled(out, factors, pseudo, tuple(dropped), tuple(mc), tuple(nat), done, nature_sources)
+
+
+def _pseudo_data(
+    name: str, nature: hist.Hist, template: np.ndarray, rng: np.random.Generator
+) -> tuple[hist.Hist, list[tuple[str, int, float]]]:
+    """Poisson counts of the nature histogram, without those in bins no template MC fills.
+
+    Returns:
+        (the pseudo-data histogram, the (histogram, flat bin, events) removed).
+    """
+    counts = rng.poisson(np.clip(nature.values(), 0.0, None)).astype(float)
+    empty = (template <= 0) & (counts > 0)
+    dropped = []
+    for idx in zip(*np.nonzero(empty), strict=True):
+        flat = int(np.ravel_multi_index(idx, counts.shape))
+        dropped.append((name, flat, float(counts[idx])))
+        log.warning(
+            "measurement: %s bin %d: %g pseudo-data events where no template MC has any "
+            "(MC statistics too small for this binning): removed",
+            name,
+            flat,
+            counts[idx],
+        )
+    counts[empty] = 0.0
+    data = nature.copy()
+    data.view().value = counts
+    data.view().variance = counts
+    return data, dropped
 
 
 def _factorise_nature(
@@ -283,7 +297,6 @@ def _factorise(
     from knunu.fits import factorise as fz
 
     done: dict[str, dict[str, Any]] = {}
-    rows = fz.LOOSE_EDGES[:-1] >= float(spec["loose_eta"]) - 1e-9
     for name in ("ita_on", "ita_off"):
         for sample in spec["samples"]:
             prefix = f"{name}_loose_{sample}_"
@@ -299,35 +312,22 @@ def _factorise(
             if result is None:  # too few loose events: the filled templates stay
                 continue
             filled = written[f"{name}_{sample}_nominal"]
-            base = nominal.values()[rows].sum(axis=0)
             for variation in variations:
                 key = f"{name}_{sample}_{variation}"
                 if key not in written:
                     continue
-                h = written[key].copy()
                 if variation == "nominal":
-                    made = result
-                    h.view().variance = made.variances
-                    for label, alt in (("up", made.up), ("down", made.down)):
+                    for label, alt in (("up", result.up), ("down", result.down)):
                         hv = written[key].copy()
                         hv.view().value = alt
-                        hv.view().variance = made.variances
+                        hv.view().variance = result.variances
                         written[f"{name}_{sample}_factorisation_{label}"] = hv
-                    h.view().value = made.values
+                    h = written[key].copy()
+                    h.view().variance = result.variances
+                    h.view().value = result.values
                 else:
                     loose = (f[prefix + variation].to_hist() * scale).view()
-                    made = _factorised(loose.value, loose.variance, spec, seed, replicas=False)
-                    if made is None:
-                        ratio = np.divide(
-                            loose.value[rows].sum(axis=0),
-                            base,
-                            out=np.ones_like(base),
-                            where=base > 0,
-                        )
-                        h.view().value = result.values * ratio[None, :]
-                    else:
-                        h.view().value = made.values
-                    h.view().variance = written[key].variances()
+                    h = _factorised_variation(written[key], loose, result, nominal, spec, seed)
                 written[key] = h
             close = fz.closure(filled.values(), result.values, result.variances, result.mean_weight)
             side = fz.sideband_closure(nominal.values(), nominal.variances())
@@ -338,6 +338,31 @@ def _factorise(
                 "sideband_closure": side._asdict(),
             }
     return done
+
+
+def _factorised_variation(
+    filled: Any, loose: Any, result: Any, nominal: Any, spec: Mapping[str, Any], seed: int
+) -> Any:
+    """A systematic variation of a factorised template, with the filled one's variances.
+
+    Factorised from its own loose histogram (``loose``, a view), or, too thin to fit, the
+    factorised nominal ``result`` scaled per q2rec bin by its loose events over the nominal's.
+    """
+    from knunu.fits import factorise as fz
+
+    h = filled.copy()
+    made = _factorised(loose.value, loose.variance, spec, seed, replicas=False)
+    if made is None:
+        rows = fz.LOOSE_EDGES[:-1] >= float(spec["loose_eta"]) - 1e-9
+        base = nominal.values()[rows].sum(axis=0)
+        ratio = np.divide(
+            loose.value[rows].sum(axis=0), base, out=np.ones_like(base), where=base > 0
+        )
+        h.view().value = result.values * ratio[None, :]
+    else:
+        h.view().value = made.values
+    h.view().variance = filled.variances()
+    return h
 
 
 def _sr(name: str, values: np.ndarray) -> np.ndarray:
@@ -404,7 +429,42 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
         meas.get("factorise"),
     )
     blind = bool(config.get("blind", True))
-    summary: dict[str, Any] = {
+    summary = _summary_of(scaled, meas, blind, (target, data_lum))
+    analyses = analyses_in_file(scaled.path)
+    try:
+        paths = write_workspaces(
+            scaled.path,
+            out / "workspaces",
+            load_catalogue() + factorisation_systematics(scaled.factorised or {}),
+            config["fit"]["prune_threshold"],
+            analyses,
+        )
+    except KnunuError as exc:  # e.g. every channel of an analysis empty (too little MC)
+        log.warning("measurement workspaces not built: %s", exc)
+        summary["failed"]["workspaces"] = str(exc)
+        write_json(out / "summary.json", summary)
+        return summary
+    workspace = pyhf.Workspace(json.loads(paths.get("combined", paths[analyses[0]]).read_text()))
+    models = [m for m in MODELS if (m == "combined" and "combined" in paths) or m in analyses]
+    observed = [_fit_model(workspace, model, config, out, summary) for model in models]
+    if not blind:
+        summary["observed"] = [d for d in observed if d is not None]
+        summary["mu_true"] = float(config["simulation"]["mu_true"])
+    if "combined" in paths:
+        summary["injection"] = _injection(workspace, meas, config["seed"], out)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _summary_of(
+    scaled: Scaled,
+    meas: Mapping[str, Any],
+    blind: bool,
+    luminosities: tuple[dict[str, float], dict[str, float]],
+) -> dict[str, Any]:
+    """The measurement's summary before any fit: luminosities, pseudo-data, MC statistics."""
+    target, data_lum = luminosities
+    return {
         "blind": blind,
         "luminosity_fb": target,
         "data_luminosity_fb": data_lum,
@@ -422,41 +482,31 @@ def run_measurement(config: dict[str, Any], run_dir: str | Path) -> dict[str, An
         "observed": None,
         "failed": {},
     }
-    analyses = analyses_in_file(scaled.path)
+
+
+def _fit_model(
+    workspace: pyhf.Workspace,
+    model: str,
+    config: dict[str, Any],
+    out: Path,
+    summary: dict[str, Any],
+) -> dict[str, Any] | None:
+    """One model's expected result and fit quality into ``summary``; its observed one, if any.
+
+    A model that fails is named in ``summary["failed"]`` (the others go on).
+    """
+    meas = config["measurement"]
     try:
-        paths = write_workspaces(
-            scaled.path,
-            out / "workspaces",
-            load_catalogue() + factorisation_systematics(scaled.factorised or {}),
-            config["fit"]["prune_threshold"],
-            analyses,
-        )
-    except KnunuError as exc:  # e.g. every channel of an analysis empty (too little MC)
-        log.warning("measurement workspaces not built: %s", exc)
-        summary["failed"]["workspaces"] = str(exc)
-        write_json(out / "summary.json", summary)
-        return summary
-    workspace = pyhf.Workspace(json.loads(paths.get("combined", paths[analyses[0]]).read_text()))
-    models = [m for m in MODELS if (m == "combined" and "combined" in paths) or m in analyses]
-    observed = []
-    for model in models:
-        try:
-            lh = _likelihood(workspace, model)
-            summary["expected"].append(asdict(_expected(lh, model, meas, config, out)))
-            if model in config["fit"]["gof_analyses"]:
-                summary["fit_quality"][model] = _fit_quality(lh, meas["gof_toys"], config["seed"])
-            if not blind:
-                observed.append(asdict(_observed(lh, model, config, out)))
-        except KnunuError as exc:
-            log.warning("measurement %s failed: %s", model, exc)
-            summary["failed"][model] = str(exc)
-    if not blind:
-        summary["observed"] = observed
-        summary["mu_true"] = float(config["simulation"]["mu_true"])
-    if "combined" in paths:
-        summary["injection"] = _injection(workspace, meas, config["seed"], out)
-    write_json(out / "summary.json", summary)
-    return summary
+        lh = _likelihood(workspace, model)
+        summary["expected"].append(asdict(_expected(lh, model, meas, config, out)))
+        if model in config["fit"]["gof_analyses"]:
+            summary["fit_quality"][model] = _fit_quality(lh, meas["gof_toys"], config["seed"])
+        if not summary["blind"]:
+            return asdict(_observed(lh, model, config, out))
+    except KnunuError as exc:
+        log.warning("measurement %s failed: %s", model, exc)
+        summary["failed"][model] = str(exc)
+    return None
 
 
 def factorisation_systematics(factorised: Mapping[str, Any]) -> tuple[Any, ...]:
