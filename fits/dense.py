@@ -87,57 +87,100 @@ def compile_model(model: Any) -> DenseModel:
         if code is not None and settings.get(kind, {}).get("interpcode") != code:
             raise FitError(f"dense model: {kind} interpolation {settings.get(kind)} not {code}")
     npars, nmain = cfg.npars, cfg.nmaindata
-    offsets, start = {}, 0
+    offsets, start = {}, 0  # the main data's channel order is the config's (sorted)
     for ch in cfg.channels:
         offsets[ch] = start
         start += cfg.channel_nbins[ch]
-    entries, factors, normsys, histo, gammas = [], [], [], [], []
+    terms = _Terms()
     for channel in model.spec["channels"]:
-        name = channel["name"]
-        lo_b = offsets[name]
-        nb = cfg.channel_nbins[name]
+        lo_b = offsets[channel["name"]]
+        bins = slice(lo_b, lo_b + cfg.channel_nbins[channel["name"]])
         for sample in channel["samples"]:
-            e = len(entries)
-            nom = np.zeros(nmain)
-            nom[lo_b : lo_b + nb] = sample["data"]
-            entries.append(nom)
-            gamma = np.full(nmain, npars)
-            fac = []
-            for mod in sample["modifiers"]:
-                kind, par = mod["type"], mod["name"]
-                if kind not in SUPPORTED:
-                    raise FitError(f"dense model: modifier type {kind!r} ({par}) not supported")
-                sl = cfg.par_slice(par)
-                if kind == "normfactor":
-                    fac.append(sl.start)
-                elif kind == "normsys":
-                    normsys.append(
-                        (e, sl.start, float(mod["data"]["hi"]), float(mod["data"]["lo"]))
-                    )
-                elif kind == "histosys":
-                    hi = np.zeros(nmain)
-                    lo = np.zeros(nmain)
-                    hi[lo_b : lo_b + nb] = np.asarray(mod["data"]["hi_data"]) - sample["data"]
-                    lo[lo_b : lo_b + nb] = sample["data"] - np.asarray(mod["data"]["lo_data"])
-                    histo.append((e, sl.start, hi, lo))
-                else:  # staterror: one parameter per bin of the channel
-                    gamma[lo_b : lo_b + nb] = np.arange(sl.start, sl.stop)
-            factors.append(fac)
-            gammas.append(gamma)
-    width = max((len(f) for f in factors), default=0) or 1
-    factor_index = np.full((len(entries), width), npars)
-    for e, fac in enumerate(factors):
+            terms.add(cfg, sample, bins)
+    width = max((len(f) for f in terms.factors), default=0) or 1
+    factor_index = np.full((len(terms.entries), width), npars)
+    for e, fac in enumerate(terms.factors):
         factor_index[e, : len(fac)] = fac
+    normsys, histo = terms.normsys, terms.histo
     hi = np.array([n[2] for n in normsys], dtype=float)
     lo = np.array([n[3] for n in normsys], dtype=float)
-    if len(normsys) and (np.any(hi <= 0) or np.any(lo <= 0)):
+    c_par, c_sigma = _constraints(cfg)
+    return DenseModel(
+        npars,
+        nmain,
+        np.array(terms.entries),
+        factor_index,
+        np.array([n[0] for n in normsys], dtype=int),
+        np.array([n[1] for n in normsys], dtype=int),
+        hi,
+        lo,
+        _code4_coefficients(hi, lo),
+        np.array([h[0] for h in histo], dtype=int),
+        np.array([h[1] for h in histo], dtype=int),
+        np.array([h[2] for h in histo]).reshape(len(histo), nmain),
+        np.array([h[3] for h in histo]).reshape(len(histo), nmain),
+        np.array(terms.gammas, dtype=int),
+        np.array(c_par, dtype=int),
+        np.array(c_sigma, dtype=float),
+    )
+
+
+class _Terms:
+    """The model's samples (entries) and their modifiers, as compile_model collects them."""
+
+    def __init__(self) -> None:
+        self.entries: list[np.ndarray] = []
+        self.factors: list[list[int]] = []
+        self.normsys: list[tuple[int, int, float, float]] = []
+        self.histo: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+        self.gammas: list[np.ndarray] = []
+
+    def add(self, cfg: Any, sample: dict[str, Any], bins: slice) -> None:
+        """One sample of the channel whose bins of the main data are ``bins``."""
+        npars, nmain = cfg.npars, cfg.nmaindata
+        e = len(self.entries)
+        nom = np.zeros(nmain)
+        nom[bins] = sample["data"]
+        self.entries.append(nom)
+        gamma = np.full(nmain, npars)
+        fac = []
+        for mod in sample["modifiers"]:
+            kind, par = mod["type"], mod["name"]
+            if kind not in SUPPORTED:
+                raise FitError(f"dense model: modifier type {kind!r} ({par}) not supported")
+            sl = cfg.par_slice(par)
+            if kind == "normfactor":
+                fac.append(sl.start)
+            elif kind == "normsys":
+                hi, lo = float(mod["data"]["hi"]), float(mod["data"]["lo"])
+                self.normsys.append((e, sl.start, hi, lo))
+            elif kind == "histosys":
+                up = np.zeros(nmain)
+                down = np.zeros(nmain)
+                up[bins] = np.asarray(mod["data"]["hi_data"]) - sample["data"]
+                down[bins] = sample["data"] - np.asarray(mod["data"]["lo_data"])
+                self.histo.append((e, sl.start, up, down))
+            else:  # staterror: one parameter per bin of the channel
+                gamma[bins] = np.arange(sl.start, sl.stop)
+        self.factors.append(fac)
+        self.gammas.append(gamma)
+
+
+def _code4_coefficients(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """The polynomial coefficients of pyhf's code-4 interpolation of each normsys."""
+    if len(hi) and (np.any(hi <= 0) or np.any(lo <= 0)):
         raise FitError("dense model: a normsys with hi or lo <= 0 (code4 needs their logarithm)")
     b = np.stack(
         [hi - 1, lo - 1, np.log(hi) * hi, -np.log(lo) * lo, np.log(hi) ** 2 * hi,
          np.log(lo) ** 2 * lo]
-    ) if len(normsys) else np.zeros((6, 0))  # fmt: skip
-    coef = (_code4_inverse() @ b).T
-    c_par, c_sigma = [], []
+    ) if len(hi) else np.zeros((6, 0))  # fmt: skip
+    return (_code4_inverse() @ b).T
+
+
+def _constraints(cfg: Any) -> tuple[list[int], list[float]]:
+    """The constrained parameters in auxdata order and their Gaussian widths."""
+    c_par: list[int] = []
+    c_sigma: list[float] = []
     for par in cfg.auxdata_order:
         pset = cfg.param_set(par)
         if getattr(pset, "pdf_type", None) != "normal":
@@ -145,24 +188,7 @@ def compile_model(model: Any) -> DenseModel:
         sl = cfg.par_slice(par)
         c_par += list(range(sl.start, sl.stop))
         c_sigma += [float(s) for s in np.atleast_1d(pset.width())]
-    return DenseModel(
-        npars,
-        nmain,
-        np.array(entries),
-        factor_index,
-        np.array([n[0] for n in normsys], dtype=int),
-        np.array([n[1] for n in normsys], dtype=int),
-        hi,
-        lo,
-        coef,
-        np.array([h[0] for h in histo], dtype=int),
-        np.array([h[1] for h in histo], dtype=int),
-        np.array([h[2] for h in histo]).reshape(len(histo), nmain),
-        np.array([h[3] for h in histo]).reshape(len(histo), nmain),
-        np.array(gammas, dtype=int),
-        np.array(c_par, dtype=int),
-        np.array(c_sigma, dtype=float),
-    )
+    return c_par, c_sigma
 
 
 def _onehot(entry: np.ndarray, n: int) -> np.ndarray:
