@@ -333,17 +333,10 @@ class Likelihood:
         Raises:
             FitError: no strategy converged.
         """
-        fixed = dict(fixed or {})
-        x0 = np.array(self.init if init is None else init, dtype=float)
-        for i in self.suggested_fixed:
-            fixed.setdefault(i, float(self.init[i]))
-        for i, value in fixed.items():
-            x0[i] = value
-        free = np.ones(self.npars, dtype=bool)
-        free[list(fixed)] = False
-        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
-        x0 = np.where(free, np.clip(x0, lo, hi), x0)
-
+        start = self.init if init is None else np.asarray(init, dtype=float)
+        x, free, (fixed,) = self._start_points(start[None, :], [dict(fixed or {})])
+        x0 = x[0]
+        free = free[0]
         result = best = None
         methods = (
             ("chord", "fisher", "newton", "lbfgsb")
@@ -392,30 +385,8 @@ class Likelihood:
         maxiter: int,
         fixed_matrix: np.ndarray | None = None,
     ) -> FitResult:
-        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         if method == "lbfgsb":
-            idx = np.flatnonzero(free)
-
-            def fg(y: np.ndarray) -> tuple[float, np.ndarray]:
-                x = x0.copy()
-                x[idx] = y
-                v, g = self.value_and_grad(x)
-                return v, g[idx]
-
-            res = scipy.optimize.minimize(
-                fg,
-                x0[idx],
-                jac=True,
-                method="L-BFGS-B",
-                bounds=self.bounds[idx],
-                options={"maxiter": 50 * maxiter, "ftol": 1e-15, "gtol": 1e-10},
-            )
-            x = x0.copy()
-            x[idx] = res.x
-            v, g = self.value_and_grad(x)
-            edm = self._edm(g, self.hessian(x), free, x)
-            return FitResult(x, v, edm, int(res.nit), method)
-
+            return self._lbfgsb(x0, free, maxiter)
         if method == "chord":
             maxiter = min(maxiter, 60)
 
@@ -424,6 +395,7 @@ class Likelihood:
 
         else:
             curvature = self._fn["fisher"] if method == "fisher" else self._fn["hessian"]
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         x = x0.copy()
         v, g = self.value_and_grad(x)
         edm = math.inf
@@ -453,6 +425,49 @@ class Likelihood:
                     return FitResult(x, v, edm, it, method)
             x, v, g = xn, vn, gn
         return FitResult(x, v, edm, maxiter, method)
+
+    def _lbfgsb(self, x0: np.ndarray, free: np.ndarray, maxiter: int) -> FitResult:
+        """L-BFGS-B (scipy) on the free parameters: the last strategy of :meth:`fit`."""
+        idx = np.flatnonzero(free)
+
+        def fg(y: np.ndarray) -> tuple[float, np.ndarray]:
+            x = x0.copy()
+            x[idx] = y
+            v, g = self.value_and_grad(x)
+            return v, g[idx]
+
+        res = scipy.optimize.minimize(
+            fg,
+            x0[idx],
+            jac=True,
+            method="L-BFGS-B",
+            bounds=self.bounds[idx],
+            options={"maxiter": 50 * maxiter, "ftol": 1e-15, "gtol": 1e-10},
+        )
+        x = x0.copy()
+        x[idx] = res.x
+        v, g = self.value_and_grad(x)
+        edm = self._edm(g, self.hessian(x), free, x)
+        return FitResult(x, v, edm, int(res.nit), "lbfgsb")
+
+    def _start_points(
+        self, start: np.ndarray, fixes: list[dict[int, float]]
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[int, float]]]:
+        """Starting points (n, npars), free masks and fixes (pyhf's fixed ones added).
+
+        Fixed parameters sit at their values; free ones are clipped into their bounds.
+        """
+        n = len(fixes)
+        x = np.array(np.broadcast_to(start, (n, self.npars)), dtype=float)
+        free = np.ones((n, self.npars), dtype=bool)
+        for k, fix in enumerate(fixes):
+            for i in self.suggested_fixed:
+                fix.setdefault(i, float(self.init[i]))
+            for i, value in fix.items():
+                x[k, i] = value
+                free[k, i] = False
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        return np.where(free, np.clip(x, lo, hi), x), free, fixes
 
     def fit_many(
         self,
@@ -488,47 +503,12 @@ class Likelihood:
         if len(fixes) != n:
             raise ValueError(f"fit_many: {len(fixes)} fixed mappings for {n} datasets")
         start = self.init if init is None else np.asarray(init, dtype=float)
-        x = np.array(np.broadcast_to(start, (n, self.npars)), dtype=float)
-        free = np.ones((n, self.npars), dtype=bool)
-        for k, fix in enumerate(fixes):
-            for i in self.suggested_fixed:
-                fix.setdefault(i, float(self.init[i]))
-            for i, value in fix.items():
-                x[k, i] = value
-                free[k, i] = False
-        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
-        x = np.where(free, np.clip(x, lo, hi), x)
+        x, free, fixes = self._start_points(start, fixes)
         nll = np.full(n, np.nan)
         edm = np.full(n, np.nan)
         done = np.zeros(n, dtype=bool)
-        stuck = np.zeros(n, dtype=bool)
         if self.dense is not None:
-            kernels = self._batch_kernels()
-            for _ in range(maxiter):
-                todo = np.flatnonzero(~done & ~stuck)
-                if not len(todo):
-                    break
-                for rows in _chunks(todo):
-                    v, step, e = kernels["step"](x[rows], data[rows], free[rows])
-                    ok = np.isfinite(v) & np.isfinite(e) & (e >= 0)
-                    nll[rows], edm[rows] = v, e
-                    conv = ok & (e < EDM_TOLERANCE)
-                    done[rows[conv]] = True
-                    stuck[rows[~ok]] = True
-                    moving = ok & ~conv
-                    alpha = np.ones(len(rows))
-                    while moving.any():
-                        trial = np.clip(x[rows] - alpha[:, None] * step, lo, hi)
-                        vt = kernels["nll"](trial, data[rows])
-                        accept = moving & np.isfinite(vt)
-                        accept &= vt <= v + 1e-4 * alpha * np.minimum(-e, 0.0) + 1e-12
-                        x[rows[accept]] = trial[accept]
-                        nll[rows[accept]] = vt[accept]
-                        moving &= ~accept
-                        alpha[moving] *= 0.5
-                        small = moving & (alpha < 1e-6)
-                        stuck[rows[small]] = True
-                        moving &= ~small
+            done = self._batched_scoring(x, data, free, (nll, edm), maxiter)
         failed = []
         for k in np.flatnonzero(~done):
             try:
@@ -540,6 +520,52 @@ class Likelihood:
                 continue
             x[k], nll[k], edm[k] = res.x, res.nll, res.edm
         return ManyFits(x, nll, edm, done, tuple(failed))
+
+    def _batched_scoring(
+        self,
+        x: np.ndarray,
+        data: np.ndarray,
+        free: np.ndarray,
+        out: tuple[np.ndarray, np.ndarray],
+        maxiter: int,
+    ) -> np.ndarray:
+        """Fisher scoring of every dataset in batches; ``x`` and ``out`` (NLL, EDM) updated.
+
+        Returns:
+            Which datasets converged (the rest stopped: not a descent, or ``maxiter``).
+        """
+        nll, edm = out
+        n = len(data)
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        done = np.zeros(n, dtype=bool)
+        stuck = np.zeros(n, dtype=bool)
+        kernels = self._batch_kernels()
+        for _ in range(maxiter):
+            todo = np.flatnonzero(~done & ~stuck)
+            if not len(todo):
+                break
+            for rows in _chunks(todo):
+                v, step, e = kernels["step"](x[rows], data[rows], free[rows])
+                ok = np.isfinite(v) & np.isfinite(e) & (e >= 0)
+                nll[rows], edm[rows] = v, e
+                conv = ok & (e < EDM_TOLERANCE)
+                done[rows[conv]] = True
+                stuck[rows[~ok]] = True
+                moving = ok & ~conv
+                alpha = np.ones(len(rows))
+                while moving.any():
+                    trial = np.clip(x[rows] - alpha[:, None] * step, lo, hi)
+                    vt = kernels["nll"](trial, data[rows])
+                    accept = moving & np.isfinite(vt)
+                    accept &= vt <= v + 1e-4 * alpha * np.minimum(-e, 0.0) + 1e-12
+                    x[rows[accept]] = trial[accept]
+                    nll[rows[accept]] = vt[accept]
+                    moving &= ~accept
+                    alpha[moving] *= 0.5
+                    small = moving & (alpha < 1e-6)
+                    stuck[rows[small]] = True
+                    moving &= ~small
+        return done
 
     def _batch_kernels(self) -> dict[str, Any]:
         """Compiled, vmapped kernels of the dense model (built once per model)."""
