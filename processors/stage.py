@@ -83,8 +83,29 @@ def make_tables(
     rows = {ds: int(output[ds]["rows"]) if ds in output else 0 for ds in datasets}
     for ds in datasets:
         (Path(out_dir) / ds).mkdir(parents=True, exist_ok=True)
+    _remove_stale_tables(Path(out_dir), datasets, output)
     write_json(Path(out_dir) / "tables.json", {"report": report.as_dict(), "rows": rows})
     return report
+
+
+def _remove_stale_tables(out_dir: Path, datasets: list[str], output: Mapping[str, Any]) -> None:
+    """Remove table files this run did not write (the training reads every file there).
+
+    A table file is named after its source file's path and entry range, so an earlier run
+    with other chunks (another chunk size, a moved run directory, re-made ntuples) leaves
+    files this run does not overwrite: read with this run's, their rows would count twice.
+    """
+    for ds in datasets:
+        made = {Path(f).name for f in output.get(ds, {}).get("files", ())}
+        stale = [f for f in (out_dir / ds).glob("*.parquet") if f.name not in made]
+        for f in stale:
+            f.unlink()
+        if stale:
+            log.warning(
+                "%s: removed %d table file(s) of an earlier run with other chunks",
+                out_dir / ds,
+                len(stale),
+            )
 
 
 def make_histograms(
