@@ -276,23 +276,43 @@ def train_kfold(
             raise ModelError(f"{name}: fold {f} has only class(es) {sorted(classes)} to train on")
         rounds = int(params["rounds"])
         if patience is not None:
-            valid = fold == (f + 1) % folds
-            if set(np.unique(label[train & ~valid]).tolist()) != {0, 1} or not valid.any():
-                # nothing to validate on: nothing it learns could be told from noise
-                log.warning(
-                    "%s fold %d/%d: its validation fold is empty or the rest holds one class; "
-                    "0 rounds (the constant p = 0.5)", name, f + 1, folds,
-                )  # fmt: skip
-                rounds = 0
-            else:
-                rounds = _validated_rounds(
-                    booster_params, x, label, weight, train & ~valid, valid, rounds, int(patience)
-                )
-            log.info("%s fold %d/%d: %d rounds validate", name, f + 1, folds, rounds)
+            sample = (x, label, weight, fold)
+            rounds = _fold_rounds(name, booster_params, sample, (f, folds), rounds, int(patience))
         dtrain = xgb.DMatrix(x[train], label=label[train], weight=weight[train])
         boosters.append(xgb.train(booster_params, dtrain, num_boost_round=rounds))
         log.info("%s fold %d/%d trained on %d events", name, f + 1, folds, int(train.sum()))
     return KFoldBDT(name, tuple(features), tuple(boosters), _digest(boosters))
+
+
+def _fold_rounds(
+    name: str,
+    booster_params: Mapping[str, Any],
+    sample: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    which: tuple[int, int],
+    rounds: int,
+    patience: int,
+) -> int:
+    """Rounds of fold ``f``'s booster (``which``: f, folds), learnt on the next fold.
+
+    ``sample``: (inputs, labels, weights, fold of each event).
+    """
+    x, label, weight, fold = sample
+    f, folds = which
+    train = fold != f
+    valid = fold == (f + 1) % folds
+    if set(np.unique(label[train & ~valid]).tolist()) != {0, 1} or not valid.any():
+        # nothing to validate on: nothing it learns could be told from noise
+        log.warning(
+            "%s fold %d/%d: its validation fold is empty or the rest holds one class; "
+            "0 rounds (the constant p = 0.5)", name, f + 1, folds,
+        )  # fmt: skip
+        rounds = 0
+    else:
+        rounds = _validated_rounds(
+            booster_params, x, label, weight, train & ~valid, valid, rounds, patience
+        )
+    log.info("%s fold %d/%d: %d rounds validate", name, f + 1, folds, rounds)
+    return rounds
 
 
 def _validated_rounds(

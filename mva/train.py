@@ -179,41 +179,34 @@ def train_ita(
     """
     out = Path(out_dir)
     folds = int(cfg["folds"])
-    f1 = tuple(cfg["features"]["bdt1"])
-    f2 = bdt2_features(cfg)
     on = read_tables(tables, present(catalogue, (SIGNAL, *BACKGROUNDS)))
     cols = labelled_columns(on, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
         raise ModelError("training: the signal or the background table is empty")
     train_w = balanced_weights(cols["_w"], label)
-
+    f1 = tuple(cfg["features"]["bdt1"])
     bdt1 = train_kfold("bdt1", cols, label, train_w, f1, cfg["xgboost"]["bdt1"], folds, seed)
     s1 = bdt1.predict(cols, cols["__run__"], cols["__event__"])
     keep = s1 > cfg["bdt1_min"]
     sub = {k: v[keep] for k, v in cols.items()}
     bdt2 = train_kfold(
-        "bdt2", sub, label[keep], train_w[keep], f2, cfg["xgboost"]["bdt2"], folds, seed + 1
+        "bdt2",
+        sub,
+        label[keep],
+        train_w[keep],
+        bdt2_features(cfg),
+        cfg["xgboost"]["bdt2"],
+        folds,
+        seed + 1,
     )
     s2 = bdt2.predict(sub, sub["__run__"], sub["__event__"])
-    sig = label[keep] == 1
-    produced = float(catalogue[SIGNAL]["sum_weights"])
-    eta = EtaTransform.fit(s2[sig], sub["__weight__"][sig], produced)
-    eff_bdt1 = float(sub["__weight__"][sig].sum() / produced)
-    eta_values = eta(s2[sig])
-    eff_sr = float(sub["__weight__"][sig][eta_values > 0.92].sum() / produced)
-    if eff_bdt1 <= 0.08:
-        raise ModelError(
-            f"training: selection and BDT1 keep {eff_bdt1:.3f} of the signal, "
-            "less than the 0.08 the signal region eta > 0.92 needs"
-        )
+    eta, eff_bdt1, eff_sr = _eta_of(s2, sub, label[keep] == 1, catalogue)
 
     out.mkdir(parents=True, exist_ok=True)
-    bdtc, check = _train_bdtc(tables, catalogue, cfg, bdt1, bdt2, eta, seed + 2, out)
-    bdt1.save(out / MODEL_FILES["bdt1"])
-    bdt2.save(out / MODEL_FILES["bdt2"])
-    bdtc.save(out / MODEL_FILES["bdtc"])
-    eta.save(out / MODEL_FILES["eta"])
+    bdtc, check = _train_bdtc(tables, catalogue, cfg, (bdt1, bdt2, eta), seed + 2, out)
+    for key, model in (("bdt1", bdt1), ("bdt2", bdt2), ("bdtc", bdtc), ("eta", eta)):
+        model.save(out / MODEL_FILES[key])
     summary = TrainingSummary(
         events={
             "signal": int(label.sum()),
@@ -232,6 +225,29 @@ def train_ita(
     )
     log.info("training done: %s", summary)
     return summary
+
+
+def _eta_of(
+    s2: np.ndarray, sub: Mapping[str, np.ndarray], sig: np.ndarray, catalogue: Mapping[str, Any]
+) -> tuple[EtaTransform, float, float]:
+    """The eta(BDT2) transform and the signal efficiencies after BDT1 and in the SR.
+
+    eta is normalised to all produced signal; the signal region is eta > 0.92.
+
+    Raises:
+        ModelError: BDT1 keeps less signal than the signal region needs (8 %).
+    """
+    produced = float(catalogue[SIGNAL]["sum_weights"])
+    weight = sub["__weight__"][sig]
+    eta = EtaTransform.fit(s2[sig], weight, produced)
+    eff_bdt1 = float(weight.sum() / produced)
+    eff_sr = float(weight[eta(s2[sig]) > 0.92].sum() / produced)
+    if eff_bdt1 <= 0.08:
+        raise ModelError(
+            f"training: selection and BDT1 keep {eff_bdt1:.3f} of the signal, "
+            "less than the 0.08 the signal region eta > 0.92 needs"
+        )
+    return eta, eff_bdt1, eff_sr
 
 
 def balanced_weights(weight: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -254,41 +270,20 @@ def _train_bdtc(
     tables: str | Path,
     catalogue: Mapping[str, Any],
     cfg: Mapping[str, Any],
-    bdt1: KFoldBDT,
-    bdt2: KFoldBDT,
-    eta: EtaTransform,
+    models: tuple[KFoldBDT, KFoldBDT, EtaTransform],
     seed: int,
     out: Path,
 ) -> tuple[KFoldBDT, dict[str, Any]]:
     """BDTc: off-resonance data (label 1) vs off-resonance continuum MC (label 0).
 
+    ``models``: BDT1, BDT2 and eta, which select the off-resonance events it learns on.
     Writes ``bdtc_offres.png``: off-resonance data vs MC in eta before and after the weights.
     """
     from knunu.mva.plots import offres_comparison
     from knunu.rundir import save_figure
 
-    frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
-    cols = labelled_columns(
-        frames,
-        catalogue,
-        "data_off",
-        "data_off",
-        _continuum=lambda ds: int(ds.removesuffix("_offres") in CONTINUUM),
-    )
-    run, event = cols["__run__"], cols["__event__"]
-    keep = bdt1.predict(cols, run, event) > cfg["bdtc_bdt1_min"]
-    cols = {k: v[keep] for k, v in cols.items()}
-    cols["bdt2"] = bdt2.predict(cols, cols["__run__"], cols["__event__"])
-    eta_all = eta(cols["bdt2"])
-    keep = eta_all > cfg["bdtc_eta_min"]
-    cols = {k: v[keep] for k, v in cols.items()}
-    eta_all = eta_all[keep]
+    cols, eta_all = _offres_columns(tables, catalogue, cfg, models)
     label = cols["_label"]
-    if not label.any() or label.all():
-        raise ModelError(
-            f"BDTc: no off-resonance data or no continuum MC after BDT1 > {cfg['bdtc_bdt1_min']} "
-            f"and eta > {cfg['bdtc_eta_min']} (too few events for the continuum reweighting)"
-        )
     weight = cols["_w"]
     bdtc = train_kfold(
         "bdtc",
@@ -323,6 +318,42 @@ def _train_bdtc(
         "offres_data_over_mc": float(data_w / mc_w),
     }
     return bdtc, check
+
+
+def _offres_columns(
+    tables: str | Path,
+    catalogue: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    models: tuple[KFoldBDT, KFoldBDT, EtaTransform],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Off-resonance data and MC past BDT1 and the eta cut of the BDTc, with their eta.
+
+    Raises:
+        ModelError: no data or no continuum MC is left.
+    """
+    bdt1, bdt2, eta = models
+    frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
+    cols = labelled_columns(
+        frames,
+        catalogue,
+        "data_off",
+        "data_off",
+        _continuum=lambda ds: int(ds.removesuffix("_offres") in CONTINUUM),
+    )
+    run, event = cols["__run__"], cols["__event__"]
+    keep = bdt1.predict(cols, run, event) > cfg["bdtc_bdt1_min"]
+    cols = {k: v[keep] for k, v in cols.items()}
+    cols["bdt2"] = bdt2.predict(cols, cols["__run__"], cols["__event__"])
+    eta_all = eta(cols["bdt2"])
+    keep = eta_all > cfg["bdtc_eta_min"]
+    cols = {k: v[keep] for k, v in cols.items()}
+    label = cols["_label"]
+    if not label.any() or label.all():
+        raise ModelError(
+            f"BDTc: no off-resonance data or no continuum MC after BDT1 > {cfg['bdtc_bdt1_min']} "
+            f"and eta > {cfg['bdtc_eta_min']} (too few events for the continuum reweighting)"
+        )
+    return cols, eta_all[keep]
 
 
 Q2_EDGES = np.array([-1.0, 4.0, 8.0, 25.0])
