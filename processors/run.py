@@ -653,19 +653,8 @@ def _plan(
         for f in catalogue.datasets[ds]["files"]
         for src in [catalogue.source(ds, f, tree)]
     ]
-    todo = [(*args, options.retries, options.retry_wait) for _, args in jobs]
-    if client is None or not todo:
-        found = [_inspected(*args) for args in todo]
-    else:
-        futures = client.map(_inspected, *zip(*todo, strict=True), pure=False)
-        found: list[Any] = [None] * len(todo)
-        timeout = options.no_workers_timeout
-        watched = completed(client, futures, tree, "file inspections", timeout, _no_workers)
-        with closing(watched) as results:
-            for k, result, _ in results:
-                if isinstance(result, BaseException):
-                    raise result
-                found[k] = result
+    found = _inspect_all([(*args, options.retries, options.retry_wait) for _, args in jobs],
+                         tree, client, options.no_workers_timeout)  # fmt: skip
     layouts: dict[str, dict[str, FileLayout]] = {ds: {} for ds in datasets}
     problems: dict[str, dict[str, str]] = {ds: {} for ds in datasets}
     for (ds, (path, *_)), (layout, problem) in zip(jobs, found, strict=True):
@@ -691,15 +680,50 @@ def _plan(
                 log.warning("lost %d events: %s", want, bad[path])
                 lost.append(Lost(ds, path, 0, want, bad[path]))
                 continue
-            source, starts = catalogue.source(ds, f, tree), seen[path].starts
-            for first in range(0, want, chunksize):
-                last = min(first + chunksize, want)
-                if starts is None:  # event-based: a row is an event
-                    chunks.append(Chunk(len(chunks), ds, path, tree, first, last, source))
-                else:  # candidate-based: rows of whole events
-                    rows = int(starts[first]), int(starts[last])
-                    chunks.append(Chunk(len(chunks), ds, path, tree, *rows, source, last - first))
+            source = catalogue.source(ds, f, tree)
+            chunks += _chunks_of(
+                ds, path, tree, source, (want, chunksize, seen[path].starts), len(chunks)
+            )
     return chunks, lost
+
+
+def _inspect_all(
+    todo: list[tuple[Any, ...]], tree: str, client: Any | None, timeout: float
+) -> list[Any]:
+    """Every file's (layout, problem), inspected on the cluster's workers or here."""
+    if client is None or not todo:
+        return [_inspected(*args) for args in todo]
+    futures = client.map(_inspected, *zip(*todo, strict=True), pure=False)
+    found: list[Any] = [None] * len(todo)
+    watched = completed(client, futures, tree, "file inspections", timeout, _no_workers)
+    with closing(watched) as results:
+        for k, result, _ in results:
+            if isinstance(result, BaseException):
+                raise result
+            found[k] = result
+    return found
+
+
+def _chunks_of(
+    ds: str,
+    path: str,
+    tree: str,
+    source: Source,
+    cut: tuple[int, int, np.ndarray | None],
+    first_index: int,
+) -> list[Chunk]:
+    """One file's chunks (``cut``: its events, the chunk size, its event starts if by rows)."""
+    want, chunksize, starts = cut
+    chunks = []
+    for first in range(0, want, chunksize):
+        last = min(first + chunksize, want)
+        index = first_index + len(chunks)
+        if starts is None:  # event-based: a row is an event
+            chunks.append(Chunk(index, ds, path, tree, first, last, source))
+        else:  # candidate-based: rows of whole events
+            rows = int(starts[first]), int(starts[last])
+            chunks.append(Chunk(index, ds, path, tree, *rows, source, last - first))
+    return chunks
 
 
 def _has_what_is_read(
