@@ -121,13 +121,7 @@ def analyse(
     best = lh.fit()
     unc = lh.uncertainties(best)
     poi = lh.poi
-    total = float(unc.error[poi])
-    # Stat-only: every nuisance held at its best-fit value, so the curvature in mu alone.
-    curvature = float(lh.hessian(best.x)[poi, poi])
-    # no curvature in mu at all (mu at its bound with no events where the signal lives):
-    # the stat-only error is not defined, and is reported as such (NaN), not invented
-    stat = 1.0 / math.sqrt(curvature) if curvature > 0 else math.nan
-    total = total if curvature > 0 else math.nan
+    total, stat = _errors_of_mu(lh, best, unc)
     nan = math.nan
     down, up = (nan, nan) if blind else lh.minos(best, sigma=total)
     mu = nan if blind else float(best.x[poi])
@@ -157,13 +151,32 @@ def analyse(
         impacts=tuple((i.name, i.up, i.down) for i in ranking.impacts),
         impacts_failed=ranking.failed,
         blinded=blind,
-        pulls=tuple(
-            (lh.labels[i], float((best.x[i] - lh.init[i]) / w), float(unc.error[i] / w))
-            for i, w in enumerate(lh.prior_width)
-            if np.isfinite(w) and i not in best.fixed
-        ),
+        pulls=_pulls(lh, best, unc),
     )
     return Inference(result, best, unc, ranking.impacts, gof)
+
+
+def _errors_of_mu(lh: Likelihood, best: FitResult, unc: Any) -> tuple[float, float]:
+    """(total, stat-only) Hesse errors of mu; NaN both where mu has no curvature.
+
+    Stat-only: every nuisance held at its best-fit value, so the curvature in mu alone. With
+    no curvature in mu at all (mu at its bound with no events where the signal lives) the
+    stat-only error is not defined, and is reported as such (NaN), not invented.
+    """
+    poi = lh.poi
+    curvature = float(lh.hessian(best.x)[poi, poi])
+    if curvature <= 0:
+        return math.nan, math.nan
+    return float(unc.error[poi]), 1.0 / math.sqrt(curvature)
+
+
+def _pulls(lh: Likelihood, best: FitResult, unc: Any) -> tuple[tuple[str, float, float], ...]:
+    """(name, pull, post-fit width) of every constrained, free parameter, in prior widths."""
+    return tuple(
+        (lh.labels[i], float((best.x[i] - lh.init[i]) / w), float(unc.error[i] / w))
+        for i, w in enumerate(lh.prior_width)
+        if np.isfinite(w) and i not in best.fixed
+    )
 
 
 def _limit(lh: Likelihood, best: FitResult, cls_level: float) -> float | None:
@@ -292,8 +305,14 @@ def fit_workspace_file(
             log.info("%s: fitted, blinded", analysis)
         else:
             log.info("%s: mu = %.3f", analysis, results[-1].mu)
-    out = Path(out_dir)
-    table = markdown_table(tuple(results), is_published)
+    return _write_results(path, Path(out_dir), tuple(results), is_published)
+
+
+def _write_results(
+    path: Path, out: Path, results: tuple[AnalysisResult, ...], is_published: bool
+) -> FitSummary:
+    """``results.json`` and ``results.md`` of a workspace's fits, written atomically."""
+    table = markdown_table(results, is_published)
     write_json(
         out / "results.json",
         {
@@ -303,7 +322,7 @@ def fit_workspace_file(
         },
     )
     write_text(out / "results.md", f"# Fit of {path.name}\n\n{table}\n")
-    return FitSummary(tuple(results), table, out, is_published)
+    return FitSummary(results, table, out, is_published)
 
 
 def write_plots(
