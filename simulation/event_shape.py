@@ -253,45 +253,9 @@ def _signal_side_kernel(
     leg = np.empty(5)
     for e in range(n_events):
         nt = t_off[e + 1] - t_off[e]
-        nc = c_off[e + 1] - c_off[e]
-        width = nt + nc + 1  # tracks, clusters, the missing momentum (last)
-        p = np.empty((width, 3))
-        q = np.zeros(width)
-        kind = np.empty(width, dtype=np.int64)  # 0 charged, 1 neutral, 2 missing
-        for i in range(nt):
-            p[i] = t_p3[t_off[e] + i]
-            q[i] = t_q[t_off[e] + i]
-            kind[i] = 0
-        for i in range(nc):
-            p[nt + i] = c_p3[c_off[e] + i]
-            kind[nt + i] = 1
-        p[width - 1] = miss[e]
-        kind[width - 1] = 2
-        mag = np.empty(width)
-        for i in range(width):
-            mag[i] = np.sqrt(p[i, 0] ** 2 + p[i, 1] ** 2 + p[i, 2] ** 2)
-        # pair sums over every visible particle and the missing momentum, once per event;
-        # each candidate's ROE sum then subtracts the pairs it belongs to
-        pair = np.zeros((width, 5))  # per particle: sum over partners of its pair terms
-        for i in range(width):
-            if mag[i] == 0.0:
-                continue
-            for j in range(i):
-                if mag[j] == 0.0:
-                    continue
-                w = mag[i] * mag[j]
-                c = (p[i, 0] * p[j, 0] + p[i, 1] * p[j, 1] + p[i, 2] * p[j, 2]) / w
-                _legendre(min(1.0, max(-1.0, c)), leg)
-                for k in range(5):
-                    term = w * leg[k] * (q[i] * q[j] if k % 2 else 1.0)
-                    pair[i, k] += term
-                    pair[j, k] += term
-        total = np.zeros(5)
-        for i in range(width):
-            for k in range(5):
-                total[k] += pair[i, k]
-        for k in range(5):
-            total[k] *= 0.5
+        p, q, kind, mag = _event_particles(t_off, t_p3, t_q, c_off, c_p3, miss, e)
+        width = len(mag)
+        pair, total = _pair_sums(p, q, mag, leg)
         # ROE particles (everything but the candidate and the missing momentum) by magnitude
         order = np.argsort(-mag[: width - 1])
         for s in range(nt):
@@ -299,64 +263,154 @@ def _signal_side_kernel(
             norm = 2.0 * (sqrt_s[e] - e_cand[row])
             if mag[s] == 0.0 or norm <= 0.0:
                 continue
-            # --- KSFW
-            for j in range(width):
-                if j == s or mag[j] == 0.0:
-                    continue
-                c = (p[s, 0] * p[j, 0] + p[s, 1] * p[j, 1] + p[s, 2] * p[j, 2]) / (mag[s] * mag[j])
-                _legendre(min(1.0, max(-1.0, c)), leg)
-                base = 2 + (0 if kind[j] == 0 else (5 if kind[j] == 1 else 8))
-                if kind[j] == 0:
-                    for k in range(5):
-                        out[row, base + k] += mag[j] * leg[k] * (q[s] * q[j] if k % 2 else 1.0)
-                else:
-                    for k in range(3):
-                        out[row, base + k] += mag[j] * leg[2 * k]
+            _ksfw(s, p, q, kind, mag, out, row, leg)
             for k in range(11):
                 out[row, 2 + k] /= norm
             for k in range(5):
                 out[row, 13 + k] = (total[k] - pair[s, k]) / (norm * norm)
-            # --- ROE thrust: seeds along the 3 hardest ROE particles, 6 iterations each
-            roe_sum = 0.0
-            for j in range(width - 1):
-                if j != s:
-                    roe_sum += mag[j]
-            if roe_sum == 0.0:
-                continue
-            best_t = 0.0
-            b0 = b1 = b2 = 0.0
-            seeds = 0
-            for o in range(width - 1):
-                if seeds == 3:
-                    break
-                a = order[o]
-                if a == s or mag[a] == 0.0:
-                    continue
-                seeds += 1
-                a0, a1, a2 = p[a, 0], p[a, 1], p[a, 2]
-                for _ in range(6):
-                    n0 = n1 = n2 = 0.0
-                    for j in range(width - 1):
-                        if j == s:
-                            continue
-                        d = p[j, 0] * a0 + p[j, 1] * a1 + p[j, 2] * a2
-                        sign = -1.0 if d < 0 else 1.0
-                        n0 += sign * p[j, 0]
-                        n1 += sign * p[j, 1]
-                        n2 += sign * p[j, 2]
-                    a0, a1, a2 = n0, n1, n2
-                an = np.sqrt(a0 * a0 + a1 * a1 + a2 * a2)
-                if an == 0.0:
-                    continue
-                a0, a1, a2 = a0 / an, a1 / an, a2 / an
-                t = 0.0
-                for j in range(width - 1):
-                    if j != s:
-                        t += abs(p[j, 0] * a0 + p[j, 1] * a1 + p[j, 2] * a2)
-                t /= roe_sum
-                if t > best_t:
-                    best_t = t
-                    b0, b1, b2 = a0, a1, a2
-            out[row, 1] = best_t
-            out[row, 0] = abs(p[s, 0] * b0 + p[s, 1] * b1 + p[s, 2] * b2) / mag[s]
+            _roe_thrust(s, p, mag, order, out, row)
     return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _event_particles(
+    t_off: np.ndarray,
+    t_p3: np.ndarray,
+    t_q: np.ndarray,
+    c_off: np.ndarray,
+    c_p3: np.ndarray,
+    miss: np.ndarray,
+    e: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Event ``e``'s tracks, clusters and missing momentum (last): p3, charge, kind, |p|."""
+    nt = t_off[e + 1] - t_off[e]
+    nc = c_off[e + 1] - c_off[e]
+    width = nt + nc + 1
+    p = np.empty((width, 3))
+    q = np.zeros(width)
+    kind = np.empty(width, dtype=np.int64)  # 0 charged, 1 neutral, 2 missing
+    for i in range(nt):
+        p[i] = t_p3[t_off[e] + i]
+        q[i] = t_q[t_off[e] + i]
+        kind[i] = 0
+    for i in range(nc):
+        p[nt + i] = c_p3[c_off[e] + i]
+        kind[nt + i] = 1
+    p[width - 1] = miss[e]
+    kind[width - 1] = 2
+    mag = np.empty(width)
+    for i in range(width):
+        mag[i] = np.sqrt(p[i, 0] ** 2 + p[i, 1] ** 2 + p[i, 2] ** 2)
+    return p, q, kind, mag
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_sums(
+    p: np.ndarray, q: np.ndarray, mag: np.ndarray, leg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pair terms of H_oo^l: per particle summed over its partners, and over all pairs.
+
+    Summed over every visible particle and the missing momentum, once per event; each
+    candidate's ROE sum then subtracts the pairs it belongs to.
+    """
+    width = len(mag)
+    pair = np.zeros((width, 5))
+    for i in range(width):
+        if mag[i] == 0.0:
+            continue
+        for j in range(i):
+            if mag[j] == 0.0:
+                continue
+            w = mag[i] * mag[j]
+            c = (p[i, 0] * p[j, 0] + p[i, 1] * p[j, 1] + p[i, 2] * p[j, 2]) / w
+            _legendre(min(1.0, max(-1.0, c)), leg)
+            for k in range(5):
+                term = w * leg[k] * (q[i] * q[j] if k % 2 else 1.0)
+                pair[i, k] += term
+                pair[j, k] += term
+    total = np.zeros(5)
+    for i in range(width):
+        for k in range(5):
+            total[k] += pair[i, k]
+    for k in range(5):
+        total[k] *= 0.5
+    return pair, total
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ksfw(
+    s: int,
+    p: np.ndarray,
+    q: np.ndarray,
+    kind: np.ndarray,
+    mag: np.ndarray,
+    out: np.ndarray,
+    row: int,
+    leg: np.ndarray,
+) -> None:
+    """The H_so sums of candidate ``s`` (``out[row]``) against charged, neutral and missing."""
+    for j in range(len(mag)):
+        if j == s or mag[j] == 0.0:
+            continue
+        c = (p[s, 0] * p[j, 0] + p[s, 1] * p[j, 1] + p[s, 2] * p[j, 2]) / (mag[s] * mag[j])
+        _legendre(min(1.0, max(-1.0, c)), leg)
+        base = 2 + (0 if kind[j] == 0 else (5 if kind[j] == 1 else 8))
+        if kind[j] == 0:
+            for k in range(5):
+                out[row, base + k] += mag[j] * leg[k] * (q[s] * q[j] if k % 2 else 1.0)
+        else:
+            for k in range(3):
+                out[row, base + k] += mag[j] * leg[2 * k]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _roe_thrust(
+    s: int, p: np.ndarray, mag: np.ndarray, order: np.ndarray, out: np.ndarray, row: int
+) -> None:
+    """ROE thrust (``out[row, 1]``) and the candidate's |cos| to its axis (``out[row, 0]``).
+
+    Seeds along the 3 hardest ROE particles, 6 iterations each.
+    """
+    width = len(mag)
+    roe_sum = 0.0
+    for j in range(width - 1):
+        if j != s:
+            roe_sum += mag[j]
+    if roe_sum == 0.0:
+        return
+    best_t = 0.0
+    b0 = b1 = b2 = 0.0
+    seeds = 0
+    for o in range(width - 1):
+        if seeds == 3:
+            break
+        a = order[o]
+        if a == s or mag[a] == 0.0:
+            continue
+        seeds += 1
+        a0, a1, a2 = p[a, 0], p[a, 1], p[a, 2]
+        for _ in range(6):
+            n0 = n1 = n2 = 0.0
+            for j in range(width - 1):
+                if j == s:
+                    continue
+                d = p[j, 0] * a0 + p[j, 1] * a1 + p[j, 2] * a2
+                sign = -1.0 if d < 0 else 1.0
+                n0 += sign * p[j, 0]
+                n1 += sign * p[j, 1]
+                n2 += sign * p[j, 2]
+            a0, a1, a2 = n0, n1, n2
+        an = np.sqrt(a0 * a0 + a1 * a1 + a2 * a2)
+        if an == 0.0:
+            continue
+        a0, a1, a2 = a0 / an, a1 / an, a2 / an
+        t = 0.0
+        for j in range(width - 1):
+            if j != s:
+                t += abs(p[j, 0] * a0 + p[j, 1] * a1 + p[j, 2] * a2)
+        t /= roe_sum
+        if t > best_t:
+            best_t = t
+            b0, b1, b2 = a0, a1, a2
+    out[row, 1] = best_t
+    out[row, 0] = abs(p[s, 0] * b0 + p[s, 1] * b1 + p[s, 2] * b2) / mag[s]
