@@ -23,21 +23,7 @@ MIRROR=${KNUNU_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 build_chroot() {
     [ -f "$ROOT/.knunu-ready" ] && return
-    log "building the Debian 13 chroot in $ROOT (a few minutes, once)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! command -v debootstrap >/dev/null; then
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-    fi
-    # never delete through a bind mount (this script binds /tmp and the project into the chroot)
-    if grep -qE " ($ROOT|$ROOT.partial)[/ ]" /proc/mounts; then
-        log "refusing to rebuild: something is mounted under $ROOT (run: $0 down)"
-        exit 1
-    fi
-    rm -rf "$ROOT" "$ROOT.partial"
-    mkdir -p "$(dirname "$ROOT")"
-    debootstrap --variant=minbase trixie "$ROOT.partial" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
-        || { log "debootstrap failed, see $ROOT.debootstrap.log"; exit 1; }
+    debootstrap_partial "$ROOT" "$MIRROR"
     mount -t proc proc "$ROOT.partial/proc"
     local rc=0
     chroot "$ROOT.partial" /bin/sh -c "
@@ -47,10 +33,8 @@ build_chroot() {
     " >"$ROOT.apt.log" 2>&1 || rc=$?
     umount "$ROOT.partial/proc"
     ((rc == 0)) || { log "installing htcondor in the chroot failed, see $ROOT.apt.log"; exit 1; }
-    chroot "$ROOT.partial" /bin/sh -c "apt-get clean"
     chmod 1777 "$ROOT.partial/tmp"
-    touch "$ROOT.partial/.knunu-ready"
-    mv "$ROOT.partial" "$ROOT"
+    finish_chroot "$ROOT"
 }
 
 # Bind mounts: each host path at the same path inside the chroot.

@@ -19,24 +19,8 @@ HOSTPY=${KNUNU_PYTHON:-$PROJECT/.venv/bin/python}
 
 build_chroot() {
     [ -f "$ROOT/.knunu-ready" ] && return
-    log "building the Debian 13 chroot in $ROOT (a few minutes, once)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! command -v debootstrap >/dev/null; then
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-    fi
-    if grep -qE " ($ROOT|$ROOT.partial)[/ ]" /proc/mounts; then
-        log "refusing to rebuild: something is mounted under $ROOT"
-        exit 1
-    fi
-    rm -rf "$ROOT" "$ROOT.partial"
-    mkdir -p "$(dirname "$ROOT")"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
-        trixie "$ROOT.partial" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
-        || { log "debootstrap failed, see $ROOT.debootstrap.log"; exit 1; }
-    chroot "$ROOT.partial" /bin/sh -c "apt-get clean"
-    touch "$ROOT.partial/.knunu-ready"
-    mv "$ROOT.partial" "$ROOT"
+    debootstrap_partial "$ROOT" "$MIRROR" python3,python3-venv,ca-certificates,libgomp1
+    finish_chroot "$ROOT"
 }
 
 mounts() {

@@ -1,4 +1,4 @@
-"""Layers that point one way: a module imports only modules of its own layer or below.
+"""Layers that point one way (a module imports only its own layer or below); short functions.
 
 Function-level imports count as much as top-level ones. The layers, bottom up:
 
@@ -104,3 +104,29 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     source.write_text("def f():\n    from knunu.fits.infer import Likelihood\n")
     assert imports(source) == {"knunu.fits.infer"}
     assert layer("knunu.fits.infer") > layer("knunu.simulation.production")
+
+
+#: The longest a production function may be, docstring included (issue 20: "about 60").
+MAX_FUNCTION_LINES = 70
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """(name, lines) of every function (methods, nested ones) of a file longer than ``limit``."""
+    return [
+        (node.name, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > limit
+    ]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_function_is_longer_than_the_limit(module):
+    assert not long_functions(MODULES[module]), f"{module}: split these functions"
+
+
+def test_the_length_rule_catches_a_long_function(tmp_path):
+    source = tmp_path / "m.py"
+    body = "".join(f"    x{k} = {k}\n" for k in range(MAX_FUNCTION_LINES))
+    source.write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}")
+    assert long_functions(source) == [("long", MAX_FUNCTION_LINES + 1)]
