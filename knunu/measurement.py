@@ -18,7 +18,7 @@ to ``mu_true``.
 Outputs in ``<run>/measurement/``: ``histograms.root`` (templates and pseudo-data at the
 measurement luminosity), ``workspaces/{ita,hta,combined}.json``, ``summary.json`` (luminosity,
 effective MC events per signal-region template, expected results, fit quality, signal
-injection, dropped bins; ``observed`` only when unblinded) and plots.
+injection, merged bins; ``observed`` only when unblinded) and plots.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Scaled(NamedTuple):
     path: Path
     factors: dict[str, float]  # luminosity factor per resonance (on, off)
     pseudo_data: dict[str, float]  # total pseudo-data events per fit histogram
-    dropped: tuple[tuple[str, int, float], ...]  # (histogram, bin, pseudo-data) without MC
+    merged: tuple[tuple[str, int, float], ...]  # (histogram, bin, pseudo-data) without MC
     mc: tuple[McStatistics, ...]
     nature: tuple[McStatistics, ...]
     factorised: dict[str, dict[str, Any]] | None = None  # per template (see _factorise)
@@ -117,9 +117,10 @@ def measurement_histograms(
     Every fit template (each variation) is scaled by ``target / data`` luminosity of its
     resonance; Weight storage scales its variances by the square, so the relative MC
     statistical uncertainty stays what the MC has. ``{histogram}_data_nominal`` becomes
-    Poisson counts of the scaled nature histogram (seeded). A bin where nature expects
-    events but no template MC has any cannot be fitted: its pseudo-data are removed and the
-    bin listed (``dropped``), so the loss is reported, never silent.
+    Poisson counts of the scaled nature histogram (seeded). A bin with pseudo-data where no
+    template MC has any is listed (``merged``): its events are kept, and the workspaces merge
+    the bin into the one before it (:func:`knunu.fits.build.drop_empty_bins`), as the fit
+    stage does, so no pseudo-data event is lost.
 
     With ``factorise`` (``measurement.factorise``: ``samples``, ``loose_eta``, ``replicas``),
     the ITA templates of those samples (every variation) are factorised from
@@ -155,13 +156,13 @@ def measurement_histograms(
                 used = _factorise_nature(f, keys, name, nature, factors, factorise, seed)
                 if used is not None:
                     nature_sources[name] = used
-    pseudo, dropped, mc, nat = {}, [], [], []
+    pseudo, merged, mc, nat = {}, [], [], []
     for name in sorted(natures):
         template = sum(
             written[f"{name}_{s}_nominal"].values() for s in _samples_of(name)
         )  # fmt: skip
-        data, removed = _pseudo_data(name, nature[name], template, rng)
-        dropped += removed
+        data, without_mc = _pseudo_data(name, nature[name], template, rng)
+        merged += without_mc
         written[f"{name}_data_nominal"] = data
         pseudo[name] = float(data.values().sum())
         if name in SR_CHANNELS:
@@ -170,35 +171,35 @@ def measurement_histograms(
     with atomic_path(out) as tmp, uproot.recreate(tmp) as g:
         for key in sorted(written):
             g[key] = written[key]
-    return Scaled(out, factors, pseudo, tuple(dropped), tuple(mc), tuple(nat), done, nature_sources)
+    return Scaled(out, factors, pseudo, tuple(merged), tuple(mc), tuple(nat), done, nature_sources)
 
 
 def _pseudo_data(
     name: str, nature: hist.Hist, template: np.ndarray, rng: np.random.Generator
 ) -> tuple[hist.Hist, list[tuple[str, int, float]]]:
-    """Poisson counts of the nature histogram, without those in bins no template MC fills.
+    """Poisson counts of the nature histogram; the bins with events but no template MC.
 
     Returns:
-        (the pseudo-data histogram, the (histogram, flat bin, events) removed).
+        (the pseudo-data histogram, the (histogram, flat bin, events) where no template MC is).
     """
     counts = rng.poisson(np.clip(nature.values(), 0.0, None)).astype(float)
     empty = (template <= 0) & (counts > 0)
-    dropped = []
+    without_mc = []
     for idx in zip(*np.nonzero(empty), strict=True):
         flat = int(np.ravel_multi_index(idx, counts.shape))
-        dropped.append((name, flat, float(counts[idx])))
+        without_mc.append((name, flat, float(counts[idx])))
         log.warning(
             "measurement: %s bin %d: %g pseudo-data events where no template MC has any "
-            "(MC statistics too small for this binning): removed",
+            "(MC statistics too small for this binning): the workspace merges the bin into "
+            "the one before it",
             name,
             flat,
             counts[idx],
         )
-    counts[empty] = 0.0
     data = nature.copy()
     data.view().value = counts
     data.view().variance = counts
-    return data, dropped
+    return data, without_mc
 
 
 def _factorise_nature(
@@ -470,7 +471,7 @@ def _summary_of(
         "data_luminosity_fb": data_lum,
         "factors": scaled.factors,
         "pseudo_data_events": scaled.pseudo_data,
-        "dropped_bins": [list(d) for d in scaled.dropped],
+        "merged_bins": [list(d) for d in scaled.merged],
         "mc_statistics": [m._asdict() for m in scaled.mc],
         "nature_statistics": [m._asdict() for m in scaled.nature],
         "factorised": scaled.factorised or {},
@@ -734,7 +735,7 @@ def _mc_statistics_line(summary: dict[str, Any]) -> str:
 
 
 def _template_lines(summary: dict[str, Any]) -> list[str]:
-    """The factorisation's closure, bins dropped for want of MC, and the signal injection."""
+    """The factorisation's closure, bins merged for want of MC, and the signal injection."""
     lines = []
     factorised = summary.get("factorised") or {}
     if factorised:
@@ -749,11 +750,13 @@ def _template_lines(summary: dict[str, Any]) -> list[str]:
                 for key, d in factorised.items()
             )
         )
-    if summary["dropped_bins"]:
-        n = sum(d[2] for d in summary["dropped_bins"])
+    merged = summary.get("merged_bins", summary.get("dropped_bins")) or []
+    if merged:
+        n = sum(d[2] for d in merged)
+        what = "merged into the bin before" if "merged_bins" in summary else "removed"
         lines.append(
-            f"{len(summary['dropped_bins'])} bin(s) with {n:.0f} pseudo-data events and no "
-            "template MC removed (MC statistics too small for the binning)"
+            f"{len(merged)} bin(s) with {n:.0f} pseudo-data events and no template MC, {what} "
+            "(MC statistics too small for the binning)"
         )
     inj = summary.get("injection") or {}
     if "slope" in inj:

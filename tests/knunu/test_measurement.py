@@ -104,10 +104,13 @@ def test_templates_keep_their_mc_errors_and_pseudo_data_are_poisson(histograms, 
     ).sum()
     assert bkg.effective == pytest.approx(values / histfile.MC_WEIGHT, rel=1e-9)
     assert bkg.min_ratio == pytest.approx(1 / (histfile.MC_WEIGHT * f_on), rel=1e-9)
-    assert scaled.dropped == ()
+    assert scaled.merged == ()
 
 
-def test_a_bin_without_template_mc_is_listed_not_fitted(histograms, tmp_path):
+def test_a_bin_without_template_mc_keeps_its_pseudo_data_merged(histograms, tmp_path):
+    """Pseudo-data where no template MC is are kept; the workspace merges their bin."""
+    from knunu.fits.build import write_workspaces
+
     path, _ = histograms
     with uproot.update(path) as f:
         for sample in histfile.ITA_OFFRES_SAMPLES:
@@ -117,10 +120,19 @@ def test_a_bin_without_template_mc_is_listed_not_fitted(histograms, tmp_path):
             f[f"ita_off_{sample}_nominal"] = h
     lum, target = {"on": 1.0, "off": 1.0}, {"on": 100.0, "off": 100.0}
     scaled = measurement_histograms(path, tmp_path / "m.root", lum, target, seed=3)
-    assert [(d[0], d[1]) for d in scaled.dropped] == [("ita_off", 9)]
-    assert scaled.dropped[0][2] > 0
+    assert [(d[0], d[1]) for d in scaled.merged] == [("ita_off", 9)]
+    events = scaled.merged[0][2]
+    assert events > 0
     with uproot.open(scaled.path) as b:
-        assert b["ita_off_data_nominal"].values()[3, 0] == 0
+        assert b["ita_off_data_nominal"].values()[3, 0] == events
+    paths = write_workspaces(scaled.path, tmp_path / "ws", load_catalogue(), 0.0, ("ita",))
+    spec = json.loads(paths["ita"].read_text())
+    observed = {o["name"]: sum(o["data"]) for o in spec["observations"]}
+    off = sum(n for name, n in observed.items() if name.startswith("ita_off"))
+    assert off == scaled.pseudo_data["ita_off"]  # every pseudo-data event is in the fit
+    bins = json.loads((tmp_path / "ws" / "bins.json").read_text())
+    merged = [b["label"] for c, d in bins.items() if c.startswith("ita_off") for b in d["bins"]]
+    assert any(" + " in label for label in merged)  # the plots name the merged bin
 
 
 def test_a_run_without_nature_stream_is_an_input_error(tmp_path):
