@@ -236,7 +236,9 @@ def build_spec_and_bins(
             samples.append({"name": sample, "data": nominal.tolist(), "modifiers": modifiers})
         data_values, _ = hfile.get(layout.histogram, "data", "nominal")
         observed = np.asarray(_cut(data_values, layout))
-        kept = drop_empty_bins(cname, samples, observed, hfile.path, merge=True)
+        # a split half's thin channel may hold events and no MC: left out of that half's fit
+        unfittable = "error" if split is None else "drop"
+        kept = drop_empty_bins(cname, samples, observed, hfile.path, True, unfittable)
         if kept is None:
             continue
         channels.append({"name": cname, "samples": kept.samples})
@@ -254,6 +256,7 @@ def drop_empty_bins(
     observed: np.ndarray,
     path: Path,
     merge: bool = False,
+    unfittable: str = "error",
 ) -> Kept | None:
     """Drop bins no sample populates, then samples empty in every kept bin (each logged).
 
@@ -267,13 +270,24 @@ def drop_empty_bins(
         Samples and observed data cut to the kept bins, the kept bins' indices and the
         original bins each holds; None when the channel is empty.
 
+    A channel with events and no expectation in any bin cannot be fitted: an error, or
+    (``unfittable="drop"``, the consistency splits' halves) left out with a warning; the
+    caller counts its events.
+
     Raises:
         WorkspaceError: events observed in a bin that no sample populates (without ``merge``,
-            or when no bin has an expectation).
+            or when no bin has an expectation and ``unfittable`` is ``"error"``).
     """
     total = np.sum([s["data"] for s in samples], axis=0)
     keep = total > 0
     lost = np.flatnonzero(~keep & (observed > 0))
+    if len(lost) and not keep.any() and unfittable == "drop":
+        log.warning(
+            "channel %s left out: %g events observed and no sample expects any in any bin",
+            cname,
+            float(observed.sum()),
+        )
+        return None
     if len(lost) and not (merge and keep.any()):
         raise WorkspaceError(
             f"{path}: channel {cname} bin {lost[0]}: {observed[lost[0]]:g} events observed "

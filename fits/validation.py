@@ -32,7 +32,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -250,6 +250,7 @@ class SplitFit(NamedTuple):
     mu: float
     error: float
     at_bound: bool
+    left_out: float = 0.0  # events of channels without any MC in this half (not fitted)
 
 
 class SplitPair(NamedTuple):
@@ -279,6 +280,7 @@ def split_fits(histograms: Path) -> list[SplitPair]:
             for pair in SPLIT_PAIRS
             for half in pair
         }
+        observed = {half: _observed_in(hfile, half) for half in specs}
     finally:
         hfile.close()
     pairs = []
@@ -290,10 +292,28 @@ def split_fits(histograms: Path) -> list[SplitPair]:
             best = lh.fit()
             mu = float(best.x[lh.poi])
             err = float(lh.uncertainties(best).error[lh.poi])
-            fits.append(SplitFit(half, mu, err, bool(np.isclose(mu, bounds).any())))
+            at_bound = bool(np.isclose(mu, bounds).any())
+            fits.append(SplitFit(half, mu, err, at_bound, observed[half] - _fitted(specs[half])))
         chi2 = (fits[0].mu - fits[1].mu) ** 2 / (fits[0].error ** 2 + fits[1].error ** 2)
         pairs.append(SplitPair((fits[0], fits[1]), chi2, float(stats.chi2.sf(chi2, 1))))
     return pairs
+
+
+def _observed_in(hfile: Any, half: str) -> float:
+    """Data events in the ITA fit channels of one split half (every bin of the channels)."""
+    from knunu.fits.build import CHANNELS, _cut
+
+    total = 0.0
+    for layout in CHANNELS.values():
+        if layout.analysis == "ita":
+            values, _ = hfile.get(f"{layout.histogram}_{half}", "data", "nominal")
+            total += float(np.sum(_cut(values, layout)))
+    return total
+
+
+def _fitted(spec: Mapping[str, Any]) -> float:
+    """Data events a workspace spec fits."""
+    return float(sum(sum(o["data"]) for o in spec["observations"]))
 
 
 class Efficiency(NamedTuple):
@@ -506,6 +526,7 @@ def _splits(histograms: Path, out: Path, summary: dict[str, Any], blind: bool = 
                 for p in pairs
                 for a, b in [p.halves]
             )
+            + _left_out(pairs)
         ]
     save_figure(plots.splits(pairs, SPLIT_LABELS), out / "splits.png")
     return [
@@ -516,7 +537,14 @@ def _splits(histograms: Path, out: Path, summary: dict[str, Any], blind: bool = 
             for p in pairs
             for a, b in [p.halves]
         )
+        + _left_out(pairs)
     ]
+
+
+def _left_out(pairs: list[SplitPair]) -> str:
+    """The events of halves' channels without any MC, left out of their fits ('' if none)."""
+    out = [f"{SPLIT_LABELS[h.split]} {h.left_out:g}" for p in pairs for h in p.halves if h.left_out]
+    return f"; events left out (a half's channel without any MC): {', '.join(out)}" if out else ""
 
 
 def _edge(fit: SplitFit) -> str:

@@ -85,3 +85,36 @@ def test_poi_range_keeps_every_bin_positive():
     lower, upper = poi_range(spec)
     assert (lower, upper) == (-0.25, 30.0)
     assert np.all(np.array([60.0, 30.0, 4.5]) + lower * np.array([2.0, 5.0, 9.0]) > 0)
+
+
+def test_a_split_half_with_events_and_no_mc_in_a_channel_counts_them_left_out(tmp_path):
+    """A thin half (the default scale's off-resonance control region) is fitted without it."""
+    import uproot
+
+    from knunu.fits.catalogue import load_catalogue
+    from knunu.fits.validation import SPLIT_LABELS, split_fits
+
+    from . import histfile
+
+    path = tmp_path / "histograms.root"
+    histfile.write_histogram_file(path, load_catalogue(), seed=5)
+    off_data = 0.0
+    with uproot.update(path) as f:
+        for half in SPLIT_LABELS:
+            for name, samples in (
+                ("ita_on", histfile.ITA_SAMPLES),
+                ("ita_off", histfile.ITA_OFFRES_SAMPLES),
+            ):
+                for sample in (*samples, "data"):
+                    h = f[f"{name}_{sample}_nominal"].to_hist()
+                    if half == "kminus" and name == "ita_off" and sample != "data":
+                        h = h * 0.0  # no MC at all in this half's off-resonance channels
+                    f[f"{name}_{half}_{sample}_nominal"] = h
+                    if half == "kminus" and name == "ita_off" and sample == "data":
+                        off_data = float(h.values().sum())  # both channels: every eta row
+    pairs = split_fits(path)
+    left = {h.split: h.left_out for p in pairs for h in p.halves}
+    assert off_data > 0
+    assert left.pop("kminus") == pytest.approx(off_data)
+    assert set(left.values()) == {0.0}
+    assert all(math.isfinite(h.mu) for p in pairs for h in p.halves)
