@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -283,6 +284,8 @@ def fit_workspace_file(
     is_published = sha256(path) == sha256(published_workspace_path())
     wanted = analyses or analyses_in(workspace)
     bins = load_bins(path)
+    # an earlier fit's plots go first: a blind fit after an unblinded one leaves no data plot
+    shutil.rmtree(Path(out_dir) / "plots", ignore_errors=True)
     results = []
     for analysis in wanted:
         lh = Likelihood.from_workspace(select(workspace, analysis))

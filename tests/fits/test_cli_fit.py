@@ -103,6 +103,13 @@ def test_the_runs_own_pseudo_data_stay_blinded_until_unblinded(tmp_path, run_cli
     assert result.mu == pytest.approx(3.0, abs=1e-4)
     assert result.impacts
     assert "3.00" in proc.stdout
+    assert (run / "fit" / "plots" / "ita" / "impacts.png").exists()
+    # blind again (the config's default): the unblinded fit's data plots do not stay behind
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    plots = {p.name for p in (run / "fit" / "plots" / "ita").iterdir()}
+    assert "pulls.png" in plots
+    assert not any("fit.png" in p or "impacts" in p for p in plots)
 
 
 def test_data_from_another_run_are_blinded_too(tmp_path, run_cli):
