@@ -281,20 +281,7 @@ def drop_empty_bins(
     total = np.sum([s["data"] for s in samples], axis=0)
     keep = total > 0
     lost = np.flatnonzero(~keep & (observed > 0))
-    if len(lost) and not keep.any() and unfittable == "drop":
-        log.warning(
-            "channel %s left out: %g events observed and no sample expects any in any bin",
-            cname,
-            float(observed.sum()),
-        )
-        return None
-    if len(lost) and not (merge and keep.any()):
-        raise WorkspaceError(
-            f"{path}: channel {cname} bin {lost[0]}: {observed[lost[0]]:g} events observed "
-            "where no sample expects any (too little simulation for this binning)"
-        )
-    if not keep.any():
-        log.warning("channel %s dropped: no sample populates any bin", cname)
+    if not _fittable(cname, keep, lost, observed, path, merge, unfittable):
         return None
     dropped = np.flatnonzero(~keep & (observed <= 0))
     if len(dropped):
@@ -323,6 +310,37 @@ def drop_empty_bins(
     if empty:
         log.warning("channel %s: samples %s dropped (empty in every bin)", cname, ", ".join(empty))
     return Kept(out, cut(observed).tolist(), idx, members)
+
+
+def _fittable(
+    cname: str,
+    keep: np.ndarray,
+    lost: np.ndarray,
+    observed: np.ndarray,
+    path: Path,
+    merge: bool,
+    unfittable: str,
+) -> bool:
+    """Whether a channel can be fitted (False: left out, logged); else :class:`WorkspaceError`.
+
+    ``keep``: the bins some sample populates; ``lost``: bins with events and no expectation.
+    """
+    if len(lost) and not keep.any() and unfittable == "drop":
+        log.warning(
+            "channel %s left out: %g events observed and no sample expects any in any bin",
+            cname,
+            float(observed.sum()),
+        )
+        return False
+    if len(lost) and not (merge and keep.any()):
+        raise WorkspaceError(
+            f"{path}: channel {cname} bin {lost[0]}: {observed[lost[0]]:g} events observed "
+            "where no sample expects any (too little simulation for this binning)"
+        )
+    if not keep.any():
+        log.warning("channel %s dropped: no sample populates any bin", cname)
+        return False
+    return True
 
 
 def _indexer(idx: np.ndarray) -> Callable[..., np.ndarray]:
