@@ -204,7 +204,11 @@ def build_spec_and_bins(
     prune_threshold: float = 0.0,
     split: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`build_spec` and, per channel, what its kept bins hold (:func:`channel_bins`)."""
+    """:func:`build_spec` and, per channel, what its kept bins hold (:func:`channel_bins`).
+
+    A split half's channel left out for want of any MC is described by its events alone
+    (``{"left_out": n}``).
+    """
     if analysis not in ANALYSES:
         raise WorkspaceError(f"unknown analysis {analysis!r}")
     channels, observations, described = [], [], {}
@@ -240,6 +244,8 @@ def build_spec_and_bins(
         unfittable = "error" if split is None else "drop"
         kept = drop_empty_bins(cname, samples, observed, hfile.path, True, unfittable)
         if kept is None:
+            if observed.sum() > 0:  # left out with its events: the caller counts them
+                described[cname] = {"left_out": float(observed.sum())}
             continue
         channels.append({"name": cname, "samples": kept.samples})
         observations.append({"name": cname, "data": kept.observed})

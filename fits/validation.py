@@ -32,7 +32,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -269,51 +269,35 @@ def split_fits(histograms: Path) -> list[SplitPair]:
     """
     from scipy import stats
 
-    from knunu.fits.build import HistogramFile, build_spec
+    from knunu.fits.build import HistogramFile, build_spec_and_bins
     from knunu.fits.catalogue import load_catalogue
 
     norms = tuple(r for r in load_catalogue() if r.type == "normsys")
     hfile = HistogramFile(histograms)
     try:
-        specs = {
-            half: build_spec(hfile, "ita", norms, split=half)
+        built = {
+            half: build_spec_and_bins(hfile, "ita", norms, split=half)
             for pair in SPLIT_PAIRS
             for half in pair
         }
-        observed = {half: _observed_in(hfile, half) for half in specs}
     finally:
         hfile.close()
     pairs = []
     for pair in SPLIT_PAIRS:
         fits = []
         for half in pair:
-            bounds = poi_range(specs[half])
-            lh = Likelihood.from_workspace(pyhf.Workspace(with_poi_bounds(specs[half], bounds)))
+            spec, described = built[half]
+            bounds = poi_range(spec)
+            lh = Likelihood.from_workspace(pyhf.Workspace(with_poi_bounds(spec, bounds)))
             best = lh.fit()
             mu = float(best.x[lh.poi])
             err = float(lh.uncertainties(best).error[lh.poi])
             at_bound = bool(np.isclose(mu, bounds).any())
-            fits.append(SplitFit(half, mu, err, at_bound, observed[half] - _fitted(specs[half])))
+            left_out = sum(d.get("left_out", 0.0) for d in described.values())
+            fits.append(SplitFit(half, mu, err, at_bound, left_out))
         chi2 = (fits[0].mu - fits[1].mu) ** 2 / (fits[0].error ** 2 + fits[1].error ** 2)
         pairs.append(SplitPair((fits[0], fits[1]), chi2, float(stats.chi2.sf(chi2, 1))))
     return pairs
-
-
-def _observed_in(hfile: Any, half: str) -> float:
-    """Data events in the ITA fit channels of one split half (every bin of the channels)."""
-    from knunu.fits.build import CHANNELS, _cut
-
-    total = 0.0
-    for layout in CHANNELS.values():
-        if layout.analysis == "ita":
-            values, _ = hfile.get(f"{layout.histogram}_{half}", "data", "nominal")
-            total += float(np.sum(_cut(values, layout)))
-    return total
-
-
-def _fitted(spec: Mapping[str, Any]) -> float:
-    """Data events a workspace spec fits."""
-    return float(sum(sum(o["data"]) for o in spec["observations"]))
 
 
 class Efficiency(NamedTuple):

@@ -750,13 +750,11 @@ def _template_lines(summary: dict[str, Any]) -> list[str]:
                 for key, d in factorised.items()
             )
         )
-    merged = summary.get("merged_bins", summary.get("dropped_bins")) or []
-    if merged:
-        n = sum(d[2] for d in merged)
-        what = "merged into the bin before" if "merged_bins" in summary else "removed"
+    if summary["merged_bins"]:
+        n = sum(d[2] for d in summary["merged_bins"])
         lines.append(
-            f"{len(merged)} bin(s) with {n:.0f} pseudo-data events and no template MC, {what} "
-            "(MC statistics too small for the binning)"
+            f"{len(summary['merged_bins'])} bin(s) with {n:.0f} pseudo-data events and no "
+            "template MC, merged into the bin before (MC statistics too small for the binning)"
         )
     inj = summary.get("injection") or {}
     if "slope" in inj:

@@ -169,12 +169,27 @@ def nature_source(filename: str) -> str:
     return Path(filename).stem.rsplit("_", 1)[0]
 
 
+def _fit_axes() -> tuple[hist.axis.Variable, hist.axis.Variable]:
+    """The fit's eta(BDT2) x q2rec bins."""
+    return (
+        hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
+        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+    )
+
+
+def _loose_axes() -> tuple[hist.axis.Regular, hist.axis.Variable]:
+    """The loose region eta(BDT2) > 0.5 in 50 bins x the fit's q2rec bins."""
+    return (
+        hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
+        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+    )
+
+
 def _fit_hist() -> hist.Hist:
     """The fit's eta x q2rec histogram, one slice per variation."""
     return hist.Hist(
         hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
-        hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
-        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        *_fit_axes(),
         storage=hist.storage.Weight(),
     )
 
@@ -186,8 +201,7 @@ def _loose_hist() -> hist.Hist:
     """
     return hist.Hist(
         hist.axis.StrCategory(list(HIST_VARIATIONS), name="variation"),
-        hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
-        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        *_loose_axes(),
         storage=hist.storage.Weight(),
     )
 
@@ -206,8 +220,7 @@ def _sources_hist(source: str, eta: np.ndarray, q2rec: np.ndarray, weight: np.nd
     """The nature stream's loose region by the sample it was made from."""
     h = hist.Hist(
         hist.axis.StrCategory([], growth=True, name="source"),
-        hist.axis.Regular(50, 0.5, 1.0, name="eta", label="eta(BDT2)"),
-        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        *_loose_axes(),
         storage=hist.storage.Weight(),
     )
     return h.fill(source=source, eta=eta, q2rec=q2rec, weight=weight)
@@ -231,8 +244,7 @@ def _q2gen_map(
 ) -> hist.Hist:
     """The fit template of signal by q2gen: the reinterpretation map."""
     h = hist.Hist(
-        hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
-        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        *_fit_axes(),
         hist.axis.Variable(Q2GEN_MAP_EDGES, name="q2gen", label="q2gen [GeV^2]"),
         storage=hist.storage.Weight(),
     )
@@ -478,8 +490,7 @@ def _splits(
     """
     split = hist.Hist(
         hist.axis.StrCategory(list(SPLITS), name="split"),
-        hist.axis.Variable(ETA_EDGES, name="eta", label="eta(BDT2)"),
-        hist.axis.Variable(Q2_EDGES, name="q2rec", label="q2rec [GeV^2]"),
+        *_fit_axes(),
         storage=hist.storage.Weight(),
     )
     halves = {

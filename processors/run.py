@@ -653,8 +653,8 @@ def _plan(
         for f in catalogue.datasets[ds]["files"]
         for src in [catalogue.source(ds, f, tree)]
     ]
-    found = _inspect_all([(*args, options.retries, options.retry_wait) for _, args in jobs],
-                         tree, client, options.no_workers_timeout)  # fmt: skip
+    todo = [(*args, options.retries, options.retry_wait) for _, args in jobs]
+    found = _inspect_all(todo, tree, client, options.no_workers_timeout)
     layouts: dict[str, dict[str, FileLayout]] = {ds: {} for ds in datasets}
     problems: dict[str, dict[str, str]] = {ds: {} for ds in datasets}
     for (ds, (path, *_)), (layout, problem) in zip(jobs, found, strict=True):

@@ -174,12 +174,13 @@ def simulate_detector(
     if total is None:
         total = sample_beams(beams, n, rng)
     beta = beta_of(total)
-    lab = boost(parts.p4, beta[parts.event_index()])
-    theta = _theta_deg(lab)
-    tracks, idx, p3_lab = _tracks(parts, lab, theta, beta, cfg, rng)
+    event = parts.event_index()
+    lab = boost(parts.p4, beta[event])
+    seen = (event, lab, _theta_deg(lab))
+    tracks, idx, p3_lab = _tracks(parts, seen, beta, cfg, rng)
     pieces = [
-        _ecl_clusters(parts, lab, theta, cfg, rng),
-        _splitoffs(parts.event_index()[idx], tracks, p3_lab, cfg, rng),
+        _ecl_clusters(parts, seen, cfg, rng),
+        _splitoffs(event[idx], tracks, p3_lab, cfg, rng),
         _beam_photons(n, cfg, rng),
     ]
     clusters = _clusters(pieces, n, beta)
@@ -187,16 +188,19 @@ def simulate_detector(
     return DetectorEvents(tracks, clusters, beta, sqrt_s)
 
 
+#: Per generated particle: its event, lab four-momentum and polar angle (degrees).
+_Lab = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 def _tracks(
     parts: Particles,
-    lab: np.ndarray,
-    theta: np.ndarray,
+    seen: _Lab,
     beta: np.ndarray,
     cfg: DetectorConfig,
     rng: np.random.Generator,
 ) -> tuple[Tracks, np.ndarray, np.ndarray]:
     """Found charged particles as tracks; also their particle rows and lab momenta."""
-    event = parts.event_index()
+    event, lab, theta = seen
     abs_pdg = np.abs(parts.pdg)
     charged = parts.charge != 0
     pt = np.hypot(lab[:, 1], lab[:, 2])
@@ -238,13 +242,10 @@ _Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _ecl_clusters(
-    parts: Particles,
-    lab: np.ndarray,
-    theta: np.ndarray,
-    cfg: DetectorConfig,
-    rng: np.random.Generator,
+    parts: Particles, seen: _Lab, cfg: DetectorConfig, rng: np.random.Generator
 ) -> _Piece:
     """Photons, K_L, neutrons and annihilating antineutrons in the ECL above threshold."""
+    event, lab, theta = seen
     abs_pdg = np.abs(parts.pdg)
     in_ecl = (theta > cfg.ecl_theta_deg[0]) & (theta < cfg.ecl_theta_deg[1])
     energy = np.zeros(len(lab))
@@ -273,8 +274,7 @@ def _ecl_clusters(
     measured = energy * (1.0 + resolution * rng.standard_normal(len(energy)))
     keep = (origin >= 0) & (measured > cfg.photon_threshold)
     direction = lab[keep, 1:] / np.linalg.norm(lab[keep, 1:], axis=1)[:, None]
-    event = parts.event_index()[keep]
-    return event, direction * measured[keep, None], origin[keep], parts.sides()[keep]
+    return event[keep], direction * measured[keep, None], origin[keep], parts.sides()[keep]
 
 
 def _splitoffs(

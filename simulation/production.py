@@ -827,9 +827,10 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     nature = Nature(**sim.get("nature", {}))
     jobs_lib = bdecays.library_jobs(scale["library"]["generic"], scale["library"]["stratum"])
     # the libraries' directory is named by what they hold, so a rerun reuses them safely
-    lib_dir = directory / "libraries"
-    lib_dir = lib_dir / str(
-        file_seed(seed, jobs_lib, sorted(map(repr, bdecays.load_strata().values())))
+    lib_dir = (
+        directory
+        / "libraries"
+        / str(file_seed(seed, jobs_lib, sorted(map(repr, bdecays.load_strata().values()))))
     )
     libraries = tuple(
         LibraryTask(
@@ -839,7 +840,7 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     )
     samples = load_samples()
     rng = np.random.default_rng(file_seed(seed, "data-counts"))
-    jobs = [job for s in samples.values() for job in _sample_jobs(s, scale, sim, lum, rng)]
+    jobs = [job for s in samples.values() for job in _sample_jobs(s, scale, sim, nature, lum, rng)]
     jobs += _nature_jobs(scale.get("nature"), samples, sim, nature, lum)
     files = []
     for job in jobs:
@@ -878,6 +879,7 @@ def _sample_jobs(
     sample: Sample,
     scale: Mapping[str, Any],
     sim: Mapping[str, Any],
+    nature: Nature,
     lum: Mapping[str, float],
     rng: np.random.Generator,
 ) -> list[_Job]:
@@ -898,7 +900,7 @@ def _sample_jobs(
             jobs.append(_Job(name, int(rng.poisson(xs * lum["on"])), data=True))
         return jobs
     factor = scale["mc_factor"].get(sample.kind)
-    norm = Nature(**sim.get("nature", {})).continuum_norm if sample.kind == "continuum" else 1.0
+    norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
     places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
     jobs = []
     for place in places:

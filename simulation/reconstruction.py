@@ -241,7 +241,7 @@ def hta_variables(
     n = parts.n_events
     t_event = np.repeat(np.arange(n), np.diff(tr.offsets))
     c_event = np.repeat(np.arange(n), np.diff(cl.offsets))
-    p_side = _correct_tag_probabilities(parts, seen, model)
+    p_side = _correct_tag_probabilities(parts, seen, model, t_event)
     p = p_side.sum(axis=1) + model.fake
     q = np.minimum(1.0, model.boost * p)
     tagged = rng.random(n) < q
@@ -260,22 +260,24 @@ def hta_variables(
     keep = np.flatnonzero(tagged & (n_sig >= 1) & (n_sig <= model.max_signal_tracks))
     event = {
         "nSignalTracks": n_sig[keep].astype(np.int32),
-        **_signal_side(seen, tag, (sig_t, ~in_tag_c), keep),
+        **_signal_side(seen, tag, ((sig_t, t_event), (~in_tag_c, c_event)), keep),
     }
     return keep, (p / q)[keep], event, {k: v[keep] for k, v in candidates.items()}
 
 
 def _correct_tag_probabilities(
-    parts: Particles, seen: DetectorEvents, model: TagModel
+    parts: Particles, seen: DetectorEvents, model: TagModel, t_event: np.ndarray
 ) -> np.ndarray:
-    """Per event and B (side 0, 1): the probability of a correct tag of that B."""
+    """Per event and B (side 0, 1): the probability of a correct tag of that B.
+
+    ``t_event``: each track's event.
+    """
     n = parts.n_events
     tr = seen.tracks
     side = parts.sides()
     ev = parts.event_index()
     charged = parts.charge != 0
     invisible = np.isin(np.abs(parts.pdg), _INVISIBLE)
-    t_event = np.repeat(np.arange(n), np.diff(tr.offsets))
     p_side = np.zeros((n, 2))
     for s in (0, 1):
         on = side == s
@@ -319,18 +321,16 @@ def _tag_candidates(
 def _signal_side(
     seen: DetectorEvents,
     tag: np.ndarray,
-    signal: tuple[np.ndarray, np.ndarray],
+    signal: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     keep: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """The signal side of the kept events: its kaon, extra energy, missing mass and energy.
 
-    ``signal``: the tracks and clusters not used by the tag.
+    ``signal``: for tracks and for clusters, (not used by the tag, the event of each).
     """
     tr, cl = seen.tracks, seen.clusters
-    sig_t, sig_c = signal
+    (sig_t, t_event), (sig_c, c_event) = signal
     n = len(seen.sqrt_s)
-    t_event = np.repeat(np.arange(n), np.diff(tr.offsets))
-    c_event = np.repeat(np.arange(n), np.diff(cl.offsets))
     # the signal-side kaon: the highest-momentum track not used by the tag
     p_cm = np.linalg.norm(tr.p4_cm[:, 1:], axis=1)
     score = np.where(sig_t, p_cm, -1.0)
