@@ -23,12 +23,12 @@ import uproot
 from coffea.nanoevents import NanoEventsFactory
 
 from knunu.config import load_config
+from knunu.mva.corrections import corrected_hta_inputs, corrected_inputs, nominal_mc
 from knunu.processors.hta import HTAProcessor, load_hta_models, select_hta
 from knunu.processors.ita import SR_ETA, ITAProcessor, load_models
 from knunu.processors.run import Catalogue
 from knunu.processors.schema import Belle2Schema
 from knunu.processors.selection import select
-from knunu.processors.variations import corrected_hta_inputs, corrected_inputs
 
 ENTRIES = ("mcB1Entry", "mcB2Entry")
 
@@ -83,9 +83,7 @@ def signal_region_rows(run: Path, cfg: dict[str, Any]) -> dict[tuple[str, str], 
             cols = dict(select(ev, cfg["ita"]["selection"], (*ita.names, *ENTRIES)).columns)
             if ENTRIES[0] not in cols:
                 raise SystemExit(f"{path}: no {ENTRIES} truth (a production before stop 28)")
-            corr = cfg["ita"]["corrections"]
-            w = cols["__weight__"] * corr["d_to_kl_scale"] ** cols["mcDtoKL"]
-            cols = corrected_inputs(cols, corr)
+            w, cols = nominal_mc(cols, cfg["ita"]["corrections"], corrected_inputs)
             passed, eta, bdtc = ita._eta_weight(models, ita._scores(models, cols, False))
             sr = passed & (eta > SR_ETA)
             rows["ITA"].append(np.stack([w * bdtc, *(cols[e] for e in ENTRIES)])[:, sr])
@@ -93,9 +91,7 @@ def signal_region_rows(run: Path, cfg: dict[str, Any]) -> dict[tuple[str, str], 
             cols = dict(select_hta(ev, cfg["hta"]["selection"], (*hta.names, *ENTRIES)).columns)
             if not len(cols["__event__"]):
                 continue
-            corr = cfg["hta"]["corrections"]
-            w = cols["__weight__"] * corr["d_to_kl_scale"] ** cols["mcDtoKL"]
-            cols = corrected_hta_inputs(cols, corr)
+            w, cols = nominal_mc(cols, cfg["hta"]["corrections"], corrected_hta_inputs)
             score = hta_models.bdth.predict(cols, cols["__run__"], cols["__event__"])
             sr = hta_models.eta(score) > cfg["hta"]["eta_edges"][0]
             rows["HTA"].append(np.stack([w, *(cols[e] for e in ENTRIES)])[:, sr])

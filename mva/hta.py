@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from knunu.errors import ModelError
 from knunu.mva.bdt import train_kfold
+from knunu.mva.corrections import corrected_hta_inputs
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import (
     BACKGROUNDS,
@@ -32,14 +32,13 @@ from knunu.mva.train import (
     SIGNAL,
     balanced_weights,
     bdtc_weight,
-    columns_of,
+    corrected_tables,
     labelled_columns,
     present,
     read_tables,
     weighted_auc,
 )
 from knunu.processors.hta import HTA_MODEL_FILES
-from knunu.processors.variations import corrected_hta_inputs
 from knunu.rundir import write_json
 
 log = logging.getLogger(__name__)
@@ -58,22 +57,6 @@ class HTATrainingSummary:
     continuum_weight_mean: float
 
 
-def corrected_tables(
-    frames: Mapping[str, pd.DataFrame], corrections: Mapping[str, float]
-) -> dict[str, pd.DataFrame]:
-    """The MC tables with the nominal detector corrections the HTA processor applies.
-
-    So that BDTh, eta(BDTh) and the continuum classifier learn the inputs they are applied to
-    (:func:`~knunu.processors.variations.corrected_hta_inputs`); data tables stay as they are.
-    """
-    return {
-        ds: frame
-        if ds.startswith("data_") or not len(frame)
-        else pd.DataFrame(corrected_hta_inputs(columns_of(frame), corrections))
-        for ds, frame in frames.items()
-    }
-
-
 def train_hta(
     tables: str | Path,
     catalogue: Mapping[str, Any],
@@ -90,7 +73,7 @@ def train_hta(
     out = Path(out_dir)
     folds = int(cfg["folds"])
     sets = present(catalogue, (SIGNAL, *BACKGROUNDS))
-    frames = corrected_tables(read_tables(tables, sets), cfg["corrections"])
+    frames = corrected_tables(read_tables(tables, sets), cfg["corrections"], corrected_hta_inputs)
     cols = labelled_columns(frames, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
@@ -142,7 +125,7 @@ def _train_continuum(
     target.unlink(missing_ok=True)  # a stale classifier must not outlive a retraining
     # the data hold tau pairs too
     frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
-    frames = corrected_tables(frames, cfg["corrections"])
+    frames = corrected_tables(frames, cfg["corrections"], corrected_hta_inputs)
     n_data = len(frames["data_off"])
     if n_data < int(cfg["continuum_min_data"]):
         note = (

@@ -14,7 +14,7 @@ chi2 before and after, on out-of-fold scores.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pandas as pd
 
 from knunu.errors import InputError, ModelError
 from knunu.mva.bdt import KFoldBDT, train_kfold
+from knunu.mva.corrections import corrected_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.rundir import write_json
 
@@ -134,6 +135,37 @@ def columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in frame.columns}
 
 
+def corrected_tables(
+    frames: Mapping[str, pd.DataFrame],
+    corrections: Mapping[str, float],
+    inputs: Callable[[Mapping[str, np.ndarray], Mapping[str, float]], dict[str, np.ndarray]],
+) -> dict[str, pd.DataFrame]:
+    """The MC tables with the nominal corrections the processors apply; data as they are.
+
+    So that the BDTs learn, and eta is calibrated on, the weights and inputs they are applied
+    to (:func:`~knunu.mva.corrections.nominal_mc`): ``__weight__`` becomes the nominal weight.
+    """
+    out = {}
+    for ds, frame in frames.items():
+        if ds.startswith("data_") or not len(frame):
+            out[ds] = frame
+            continue
+        weight, cols = nominal_mc(columns_of(frame), corrections, inputs)
+        out[ds] = pd.DataFrame({**cols, "__weight__": weight})
+    return out
+
+
+def _corrected(
+    tables: str | Path,
+    catalogue: Mapping[str, Any],
+    datasets: tuple[str, ...],
+    cfg: Mapping[str, Any],
+) -> dict[str, pd.DataFrame]:
+    """The ITA tables of the ``datasets`` the catalogue has, MC with its nominal corrections."""
+    frames = read_tables(tables, present(catalogue, datasets))
+    return corrected_tables(frames, cfg["corrections"], corrected_inputs)
+
+
 def labelled_columns(
     frames: Mapping[str, pd.DataFrame],
     catalogue: Mapping[str, Any],
@@ -179,7 +211,7 @@ def train_ita(
     """
     out = Path(out_dir)
     folds = int(cfg["folds"])
-    on = read_tables(tables, present(catalogue, (SIGNAL, *BACKGROUNDS)))
+    on = _corrected(tables, catalogue, (SIGNAL, *BACKGROUNDS), cfg)
     cols = labelled_columns(on, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
@@ -332,7 +364,7 @@ def _offres_columns(
         ModelError: no data or no continuum MC is left.
     """
     bdt1, bdt2, eta = models
-    frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
+    frames = _corrected(tables, catalogue, ("data_off", *OFFRES_MC), cfg)
     cols = labelled_columns(
         frames,
         catalogue,

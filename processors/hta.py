@@ -33,6 +33,7 @@ import numpy as np
 from coffea import processor
 
 from knunu.mva.bdt import KFoldBDT
+from knunu.mva.corrections import corrected_hta_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight
 from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins
@@ -49,7 +50,6 @@ from knunu.processors.variations import (
     HTA_INPUT_VARIATIONS,
     WEIGHT_VARIATIONS,
     Context,
-    corrected_hta_inputs,
 )
 from knunu.simulation.reconstruction import HTA_TRUTH_COLUMNS
 
@@ -82,7 +82,7 @@ HTA_TRUTH = (
     "mcE_KL",
     "mcKLclusters",
 )
-#: Inputs the MC corrections move (:class:`~knunu.processors.variations.HTAShift`).
+#: Inputs the MC corrections move (:class:`~knunu.mva.corrections.HTAShift`).
 HTA_CORRECTED = ("E_extra", "nExtraClusters", "E_miss_all", "m2_miss_all", "E_miss", "nClusters")
 #: Weight variations shared with the ITA (the catalogue's HTA rows).
 HTA_WEIGHT_VARIATIONS = (
@@ -231,8 +231,7 @@ class HTAProcessor(processor.ProcessorABC):
         cols = sel.columns
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
-            weight = weight * cfg["corrections"]["d_to_kl_scale"] ** cols["mcDtoKL"]
-            cols = corrected_hta_inputs(cols, cfg["corrections"])
+            weight, cols = nominal_mc(cols, cfg["corrections"], corrected_hta_inputs)
         bdth = models.bdth.predict(cols, cols["__run__"], cols["__event__"])
         eta = models.eta(bdth)
         cont = np.ones(len(weight))

@@ -38,6 +38,7 @@ import numpy as np
 from coffea import processor
 
 from knunu.mva.bdt import KFoldBDT
+from knunu.mva.corrections import corrected_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import CONTINUUM, MODEL_FILES, bdt2_features, bdtc_weight
 from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins
@@ -58,7 +59,6 @@ from knunu.processors.variations import (
     VARIATIONS,
     WEIGHT_VARIATIONS,
     Context,
-    corrected_inputs,
 )
 
 ETA_EDGES = (0.92, 0.94, 0.96, 0.98, 1.00)
@@ -345,9 +345,7 @@ class ITAProcessor(processor.ProcessorABC):
         cols = dict(sel.columns)
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
-            corr = self.cfg["corrections"]
-            weight = weight * corr["d_to_kl_scale"] ** cols["mcDtoKL"]
-            cols = corrected_inputs(cols, corr)
+            weight, cols = nominal_mc(cols, self.cfg["corrections"], corrected_inputs)
         nominal = self._scores(models, cols, continuum)
         p, eta, bdtc = self._eta_weight(models, nominal)
         in_sr = p & (eta > SR_ETA)

@@ -25,11 +25,11 @@ import awkward as ak
 import hist
 import numpy as np
 
+from knunu.mva.corrections import corrected_inputs
 from knunu.mva.train import CONTINUUM
 from knunu.processors.ita import ITAProcessor, load_models
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import CUTFLOW_STEPS, cutflow_histograms, select
-from knunu.processors.variations import corrected_inputs
 
 M_PI = 0.13957
 TRUTH_CLASSES = ("dkl", "other")

@@ -29,7 +29,7 @@ from knunu.processors.ita import HIST_VARIATIONS, SPLITS, ITAProcessor
 from knunu.processors.pion import TRUTH_CLASSES, PionProcessor
 from knunu.processors.reuse import with_reuse
 from knunu.processors.run import dataset_kind
-from knunu.processors.selection import BOOKKEEPING, TRUTH
+from knunu.processors.selection import BOOKKEEPING, ENERGY, TRUTH
 from knunu.processors.tables import TableProcessor
 from knunu.rundir import atomic_path, sha256, write_json
 
@@ -53,7 +53,8 @@ def table_names(analysis: str, cfg: Mapping[str, Any]) -> tuple[str, ...]:
     """The columns the training tables of an analysis hold."""
     if analysis == "hta":
         return hta.hta_names(cfg)
-    return (*BOOKKEEPING, *TRUTH, *bdt2_features(cfg), "K_q2rec", "K_mcPDG")
+    # ENERGY: what the nominal corrections move (the training applies them, as the processors)
+    return (*BOOKKEEPING, *TRUTH, *ENERGY, *bdt2_features(cfg), "K_q2rec", "K_mcPDG")
 
 
 def make_tables(

@@ -20,6 +20,7 @@ from knunu.cluster import get_client
 from knunu.fits.build import analyses_in_file, write_workspaces
 from knunu.fits.catalogue import load_catalogue
 from knunu.mva.bdt import KFoldBDT
+from knunu.mva.corrections import corrected_hta_inputs, nominal_mc
 from knunu.mva.train import lumi_scale
 from knunu.processors import hta, ita
 from knunu.processors import run as runner
@@ -31,7 +32,7 @@ from knunu.processors.stage import (
     overlap_fraction,
     write_histogram_file,
 )
-from knunu.processors.variations import INPUT_VARIATIONS, corrected_hta_inputs
+from knunu.processors.variations import INPUT_VARIATIONS
 from knunu.rundir import write_json
 
 pytestmark = pytest.mark.slow
@@ -123,15 +124,17 @@ def test_hta_training_and_eta_definition(trained, cfg):
     # fraction is the largest fraction below 0.6 that a cut on the (out-of-fold) score can keep
     ratio = summary.signal_efficiency_sr / summary.signal_efficiency_selection
     table = pd.concat(pd.read_parquet(f) for f in (trained[0] / "tables_hta/signal").glob("*"))
-    # BDTh learns the MC with its nominal corrections, as the processor applies them
-    cols = corrected_hta_inputs(
-        {c: table[c].to_numpy() for c in table.columns}, cfg["hta"]["corrections"]
+    # BDTh learns the MC with its nominal corrections (weight and inputs), as the processor
+    # applies them
+    w, cols = nominal_mc(
+        {c: table[c].to_numpy() for c in table.columns},
+        cfg["hta"]["corrections"],
+        corrected_hta_inputs,
     )
     score = KFoldBDT.load(trained[0] / "models/bdth.json").predict(
         cols, cols["__run__"], cols["__event__"]
     )
     levels = np.unique(score)[::-1]  # cut at each distinct score, highest first
-    w = cols["__weight__"]
     kept = np.array([w[score >= lv].sum() for lv in levels]) / w.sum()
     assert ratio == pytest.approx(kept[kept < 0.6].max(), rel=1e-9)
     # close to 60 % unless one score value holds the difference: at the tiny scale (about 80

@@ -106,6 +106,12 @@ def test_histogram_file_contract_and_variations(production, cfg, trained, tmp_pa
     values, variances = hfile.get("ita_on", "signal", "nominal")
     hfile.close()
     np.testing.assert_allclose(values, nominal * scale, rtol=1e-12)
+    # eta was calibrated on the weights and inputs the processor fills (the nominal
+    # corrections): the signal region holds the training's 8 % of the produced signal
+    summary = trained[2]
+    assert summary.signal_efficiency_sr == pytest.approx(0.08, abs=0.002)
+    filled = out["signal"]["q2gen"].values(flow=True).sum() / cat["signal"]["sum_weights"]
+    assert filled == pytest.approx(summary.signal_efficiency_sr, rel=1e-9)
     # the variance: sum w^2 plus what the reuse of library entries adds (the tag-side B)
     naive = sig[{"variation": "nominal"}].variances() * scale**2
     # signal events carry one library entry (the tag side's): per bin, their keys' sums are

@@ -1,4 +1,4 @@
-"""The nominal MC corrections as the processors apply them."""
+"""The nominal MC corrections as the training and the processors apply them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import uproot
 
-from knunu.processors.variations import HTAShift, KLongLoss, corrected_hta_inputs, event_uniform
+from knunu.mva.corrections import HTAShift, KLongLoss, corrected_hta_inputs, event_uniform
 from knunu.simulation.detector import DetectorConfig
 from knunu.simulation.production import FileTask, Nature, produce_file
 
