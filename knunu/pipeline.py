@@ -282,7 +282,7 @@ def _run_measure(config: dict[str, Any], run: RunDir, client: Any, progress: Any
 
 
 def _run_validate(config: dict[str, Any], run: RunDir, client: Any, progress: Any) -> StepResult:
-    from knunu.fits.validation import run_validation
+    from knunu.validation import run_validation
 
     shutil.rmtree(run.path / "validation", ignore_errors=True)
     summary = run_validation(config, run.path)
