@@ -56,20 +56,31 @@ def _raw_read(files: list[str], branches: list[str], chunksize: int) -> int:
     return n
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """--run, --chunksize (``unit`` per chunk) and --repeat, shared by the ITA benchmarks."""
+    parser.add_argument("--run", type=Path, help="run directory with ntuples/ and models/")
+    parser.add_argument("--chunksize", type=int, help=f"{unit} per chunk (default: ita.chunksize)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes per side (best kept)")
+
+
+def prepared(args: argparse.Namespace, tmp: str) -> tuple[Path, dict]:
+    """The run directory and the ``ita`` configuration with ``--chunksize``.
+
+    The run is ``--run``, or a tiny production made in ``tmp``.
+    """
+    run_dir, config = (args.run, load_config()) if args.run else _prepare(Path(tmp))
+    cfg = dict(config["ita"])
+    if args.chunksize:
+        cfg["chunksize"] = args.chunksize
+    return run_dir, cfg
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", type=Path, help="run directory with ntuples/ and models/")
-    parser.add_argument("--chunksize", type=int, help="entries per chunk (default: ita.chunksize)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes per side (best kept)")
+    add_run_arguments(parser, "entries")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.run:
-            run_dir, config = args.run, load_config()
-        else:
-            run_dir, config = _prepare(Path(tmp))
-        cfg = dict(config["ita"])
-        if args.chunksize:
-            cfg["chunksize"] = args.chunksize
+        run_dir, cfg = prepared(args, tmp)
         catalogue = runner.Catalogue.load(run_dir / "ntuples" / "catalogue.json")
         datasets = [d for d in ITA_DATASETS if d in catalogue.datasets]
         files = catalogue.paths(datasets)

@@ -28,10 +28,9 @@ import awkward as ak
 import numpy as np
 import uproot
 from _results import write_results
-from bench_ita import _prepare  # benchmarks/ is the script's folder
+from bench_ita import add_run_arguments, prepared  # benchmarks/ is the script's folder
 from coffea import processor
 
-from knunu.config import load_config
 from knunu.processors import run as runner
 from knunu.processors.ita import ITAProcessor
 from knunu.processors.stage import ITA_DATASETS
@@ -93,19 +92,11 @@ def raw_read(files: list[str], branches: list[str], step: int, library: str) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", type=Path, help="run directory with ntuples/ and models/")
-    parser.add_argument("--chunksize", type=int, help="events per chunk (default: ita.chunksize)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes per side (best kept)")
+    add_run_arguments(parser, "events")
     plan = "the plan alone (every file inspected)"
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.run:
-            run_dir, config = args.run, load_config()
-        else:
-            run_dir, config = _prepare(Path(tmp))
-        cfg = dict(config["ita"])
-        if args.chunksize:
-            cfg["chunksize"] = args.chunksize
+        run_dir, cfg = prepared(args, tmp)
         size = cfg["chunksize"]
         event = runner.Catalogue.load(run_dir / "ntuples" / "catalogue.json")
         for ds in event.datasets.values():  # the candidate copy has none: the same checks

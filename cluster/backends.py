@@ -348,6 +348,27 @@ def had_workers(client: Any) -> bool:
     return any(isinstance(m, dict) and m.get("action") == "add-worker" for _, m in events)
 
 
+def _fetched(done: set[Any], position: dict[Any, int], pending: set[Any]) -> list[tuple[int, Any]]:
+    """(position, result or exception) of every finished future, in submission order.
+
+    Every result of the batch is fetched before the caller sees any: the caller may end
+    workers (a progress callback, a batch system) that hold the others. A result that went
+    with its worker goes back to ``pending``: it is computed again.
+    """
+    batch = []
+    for future in sorted(done, key=lambda f: position[f.key]):
+        try:
+            result = future.result(timeout=_RESULT_S)
+        except TimeoutError:
+            pending.add(future)
+            continue
+        except Exception as exc:
+            result = exc
+        future.release()
+        batch.append((position[future.key], result))
+    return batch
+
+
 def completed(
     client: Any,
     futures: list[Any],
@@ -377,20 +398,7 @@ def completed(
                 done, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished in the meantime
                 done = set()
-            # every result of the batch is fetched before the caller sees any: the caller may
-            # end workers (a progress callback, a batch system) that hold the others
-            batch = []
-            for future in sorted(done, key=lambda f: position[f.key]):
-                try:
-                    result = future.result(timeout=_RESULT_S)
-                except TimeoutError:  # its result went with its worker: it is computed again
-                    pending.add(future)
-                    continue
-                except Exception as exc:
-                    result = exc
-                future.release()
-                batch.append((position[future.key], result))
-            for k, result in batch:
+            for k, result in _fetched(done, position, pending):
                 yield k, result, limit
             if done:
                 alone_since = None

@@ -206,8 +206,9 @@ def build_spec_and_bins(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`build_spec` and, per channel, what its kept bins hold (:func:`channel_bins`).
 
-    A split half's channel left out for want of any MC is described by its events alone
-    (``{"left_out": n}``).
+    A channel left out for want of any MC (data in a channel no sample populates: a thin
+    simulation, e.g. one off-resonance event in a control region) is described by its events
+    alone (``{"left_out": n}``), for the caller to count them.
     """
     if analysis not in ANALYSES:
         raise WorkspaceError(f"unknown analysis {analysis!r}")
@@ -240,9 +241,8 @@ def build_spec_and_bins(
             samples.append({"name": sample, "data": nominal.tolist(), "modifiers": modifiers})
         data_values, _ = hfile.get(layout.histogram, "data", "nominal")
         observed = np.asarray(_cut(data_values, layout))
-        # a split half's thin channel may hold events and no MC: left out of that half's fit
-        unfittable = "error" if split is None else "drop"
-        kept = drop_empty_bins(cname, samples, observed, hfile.path, True, unfittable)
+        # a thin channel may hold events and no MC: left out of the fit, its events counted
+        kept = drop_empty_bins(cname, samples, observed, hfile.path, True, "drop")
         if kept is None:
             if observed.sum() > 0:  # left out with its events: the caller counts them
                 described[cname] = {"left_out": float(observed.sum())}
@@ -277,8 +277,9 @@ def drop_empty_bins(
         original bins each holds; None when the channel is empty.
 
     A channel with events and no expectation in any bin cannot be fitted: an error, or
-    (``unfittable="drop"``, the consistency splits' halves) left out with a warning; the
-    caller counts its events.
+    (``unfittable="drop"``, the workspaces of a run and of its consistency splits) left out
+    with a warning; the
+    caller counts its events (:func:`build_spec_and_bins` does so).
 
     Raises:
         WorkspaceError: events observed in a bin that no sample populates (without ``merge``,
@@ -485,6 +486,17 @@ def write_workspaces(
         specs["combined"] = combine({a: specs[a] for a in ANALYSES}, catalogue)
     write_json(Path(out_dir) / BINS_FILE, bins)
     return {name: write_json(Path(out_dir) / f"{name}.json", spec) for name, spec in specs.items()}
+
+
+def left_out(bins: dict[str, Any]) -> dict[str, float]:
+    """Events of each channel left out of the workspaces for want of any MC.
+
+    ``bins``: what :data:`BINS_FILE` holds.
+
+    >>> left_out({"ita_off_cr": {"left_out": 1.0}, "ita_on_sr": {"bins": []}})
+    {'ita_off_cr': 1.0}
+    """
+    return {c: float(d["left_out"]) for c, d in bins.items() if "left_out" in d}
 
 
 def analyses_in_file(histograms: str | Path) -> tuple[str, ...]:

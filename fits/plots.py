@@ -78,12 +78,33 @@ def stacked(
     top = total + (band if band is not None else 0.0)
     ax.set_ylim(0, 1.2 * max(float(np.max(high, initial=0)), float(np.max(top, initial=0)), 1e-9))
     ax.set_title(title or channel)
+    _legend(ax, order)
+    _ratio_panel(rax, edges, data, (low, high), total, band)
+    _label_bins(ax, rax, bins, nbins)
+    fig.align_ylabels([ax, rax])
+    fig.subplots_adjust(left=0.1, right=0.78, bottom=0.16)
+    return fig
+
+
+def _legend(ax: Any, order: list[str]) -> None:
+    """The legend beside the main panel: data, the band, then the stack from its top."""
     by_label = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
-    shown = [
-        k for k in ("data", "model uncertainty", *order[::-1]) if k in by_label
-    ]  # stack top first
+    shown = [k for k in ("data", "model uncertainty", *order[::-1]) if k in by_label]
     ax.legend([by_label[k] for k in shown], shown, fontsize="small", loc="upper left",
               bbox_to_anchor=(1.01, 1.0), frameon=False)  # fmt: skip
+
+
+def _ratio_panel(
+    rax: Any,
+    edges: np.ndarray,
+    data: np.ndarray,
+    interval: tuple[np.ndarray, np.ndarray],
+    total: np.ndarray,
+    band: np.ndarray | None,
+) -> None:
+    """Data over the model with the data's 68 % interval and the model's band."""
+    low, high = interval
+    centres = edges[:-1] + 0.5
     scale = np.where(total > 0, total, np.nan)
     rax.errorbar(centres, data / scale, yerr=[(data - low) / scale, (high - data) / scale],
                  fmt="ko", ms=4)  # fmt: skip
@@ -93,11 +114,7 @@ def stacked(
     rax.axhline(1.0, color="grey", ls="--")
     rax.set_ylabel("data / model")
     rax.set_ylim(0.4, 1.6)
-    rax.set_xlim(0, nbins)
-    _label_bins(ax, rax, bins, nbins)
-    fig.align_ylabels([ax, rax])
-    fig.subplots_adjust(left=0.1, right=0.78, bottom=0.16)
-    return fig
+    rax.set_xlim(0, len(data))
 
 
 def _band(lh: Likelihood, x: np.ndarray, sl: slice, covariance: np.ndarray) -> np.ndarray:

@@ -122,28 +122,16 @@ def analyse(
     best = lh.fit()
     unc = lh.uncertainties(best)
     poi = lh.poi
-    total, stat = _errors_of_mu(lh, best, unc)
-    nan = math.nan
-    down, up = (nan, nan) if blind else lh.minos(best, sigma=total)
-    mu = nan if blind else float(best.x[poi])
+    of_mu = _of_mu(lh, best, _errors_of_mu(lh, best, unc), cls_level, blind)
     ranking = impacts(lh, best, unc) if with_impacts and not blind else Ranking(())
     gof = goodness_of_fit(lh, best, toys, seed) if toys else None
     result = AnalysisResult(
         analysis=analysis,
         n_parameters=lh.npars,
-        mu=mu,
-        mu_hesse=nan if blind else total,
-        minos_down=down,
-        minos_up=up,
-        stat=nan if blind else stat,
-        syst=math.sqrt(max(total**2 - stat**2, 0.0)) if math.isfinite(stat) and not blind else nan,
-        z_bkg=nan if blind else significance(lh, best, 0.0),
-        z_sm=nan if blind else significance(lh, best, 1.0),
-        upper_limit=None if blind else _limit(lh, best, cls_level),
+        **of_mu,
         limit_bound=float(lh.bounds[poi][1]),
         cl=cls_level,
-        branching_fraction=mu * BF_SM,
-        nll=nan if blind else best.nll,
+        branching_fraction=of_mu["mu"] * BF_SM,
         fit_method=best.method,
         seconds=time.perf_counter() - start,
         gof_p_value=gof.p_value if gof else None,
@@ -155,6 +143,37 @@ def analyse(
         pulls=_pulls(lh, best, unc),
     )
     return Inference(result, best, unc, ranking.impacts, gof)
+
+
+def _of_mu(
+    lh: Likelihood,
+    best: FitResult,
+    errors: tuple[float, float],
+    cls_level: float,
+    blind: bool,
+) -> dict[str, Any]:
+    """The results that depend on the fitted mu (``errors``: its total and stat errors).
+
+    Blind: NaN, the limit None, and nothing of it computed.
+    """
+    nan = math.nan
+    if blind:
+        keys = ("mu", "mu_hesse", "minos_down", "minos_up", "stat", "syst", "z_bkg", "z_sm")
+        return {**dict.fromkeys(keys, nan), "upper_limit": None, "nll": nan}
+    total, stat = errors
+    down, up = lh.minos(best, sigma=total)
+    return {
+        "mu": float(best.x[lh.poi]),
+        "mu_hesse": total,
+        "minos_down": down,
+        "minos_up": up,
+        "stat": stat,
+        "syst": math.sqrt(max(total**2 - stat**2, 0.0)) if math.isfinite(stat) else nan,
+        "z_bkg": significance(lh, best, 0.0),
+        "z_sm": significance(lh, best, 1.0),
+        "upper_limit": _limit(lh, best, cls_level),
+        "nll": best.nll,
+    }
 
 
 def _errors_of_mu(lh: Likelihood, best: FitResult, unc: Any) -> tuple[float, float]:
@@ -290,15 +309,8 @@ def fit_workspace_file(
     for analysis in wanted:
         lh = Likelihood.from_workspace(select(workspace, analysis))
         wanted_toys = toys if toy_analyses is None or analysis in toy_analyses else 0
-        inference = analyse(
-            lh,
-            analysis,
-            cls_level,
-            with_impacts=with_impacts,
-            toys=wanted_toys,
-            seed=seed,
-            blind=blind,
-        )
+        inference = analyse(lh, analysis, cls_level, with_impacts=with_impacts,
+                            toys=wanted_toys, seed=seed, blind=blind)  # fmt: skip
         results.append(inference.result)
         if make_plots:
             write_plots(

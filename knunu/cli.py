@@ -157,15 +157,23 @@ def _skip_option(args: argparse.Namespace, config: dict) -> dict:
     return config
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Training tables on the cluster, then the ITA and HTA models."""
-    from knunu.pipeline import train_stage, training_summary
+def _stage(args: argparse.Namespace, stage: Callable[..., Any]) -> tuple[Path, Any]:
+    """Run one stage of ``knunu.pipeline`` on the run's catalogue, on the cluster.
 
+    Returns the run directory and what the stage returned.
+    """
     config = _skip_option(args, load_config(args.config))
     run_dir = _run_dir(args, config)
     _check_catalogue(run_dir, args)
     with _client(args, config) as client:
-        summary = train_stage(config, run_dir, client, ProgressPrinter())
+        return run_dir, stage(config, run_dir, client, ProgressPrinter())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Training tables on the cluster, then the ITA and HTA models."""
+    from knunu.pipeline import train_stage, training_summary
+
+    run_dir, summary = _stage(args, train_stage)
     print(f"models written to {run_dir / 'models'}")
     print("\n".join(line.strip() for line in training_summary(summary)))
     return EXIT_OK
@@ -175,11 +183,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     """The HTA and ITA processors on the cluster into the run's histogram file."""
     from knunu.pipeline import process_stage, process_summary
 
-    config = _skip_option(args, load_config(args.config))
-    run_dir = _run_dir(args, config)
-    _check_catalogue(run_dir, args)
-    with _client(args, config) as client:
-        report = process_stage(config, run_dir, client, ProgressPrinter())
+    run_dir, report = _stage(args, process_stage)
     lost = report.events_lost
     for ds, n in report.events_processed.items():
         extra = f", {lost[ds]} LOST" if lost[ds] else ""

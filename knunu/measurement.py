@@ -134,6 +134,39 @@ def measurement_histograms(
     histograms, out = Path(histograms), Path(out)
     factors = {k: target_luminosity[k] / data_luminosity[k] for k in ("on", "off")}
     rng = np.random.default_rng([int(seed), 0x6E61747572])  # "natur": its own stream
+    written, nature, done, nature_sources = _scaled_templates(histograms, factors, factorise, seed)
+    pseudo, merged, mc, nat = {}, [], [], []
+    for name in sorted(nature):
+        template = sum(
+            written[f"{name}_{s}_nominal"].values() for s in _samples_of(name)
+        )  # fmt: skip
+        data, without_mc = _pseudo_data(name, nature[name], template, rng)
+        merged += without_mc
+        written[f"{name}_data_nominal"] = data
+        pseudo[name] = float(data.values().sum())
+        if name in SR_CHANNELS:
+            mc += _mc_statistics(name, written, nature[name])
+            nat.append(_effective(name, "nature", nature[name]))
+    with atomic_path(out) as tmp, uproot.recreate(tmp) as g:
+        for key in sorted(written):
+            g[key] = written[key]
+    return Scaled(out, factors, pseudo, tuple(merged), tuple(mc), tuple(nat), done, nature_sources)
+
+
+def _scaled_templates(
+    histograms: Path,
+    factors: dict[str, float],
+    factorise: Mapping[str, Any] | None,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, list[str]]]:
+    """The fit templates and nature's histograms scaled to the target luminosity.
+
+    Returns (templates by key, nature by histogram, the factorised templates' closure tests,
+    the samples nature's factorised expectation is made of by histogram).
+
+    Raises:
+        InputError: the file has no nature stream.
+    """
     written: dict[str, Any] = {}
     with uproot.open(histograms) as f:
         keys = sorted({k.split(";")[0] for k in f.keys(cycle=True)})
@@ -156,22 +189,7 @@ def measurement_histograms(
                 used = _factorise_nature(f, keys, name, nature, factors, factorise, seed)
                 if used is not None:
                     nature_sources[name] = used
-    pseudo, merged, mc, nat = {}, [], [], []
-    for name in sorted(natures):
-        template = sum(
-            written[f"{name}_{s}_nominal"].values() for s in _samples_of(name)
-        )  # fmt: skip
-        data, without_mc = _pseudo_data(name, nature[name], template, rng)
-        merged += without_mc
-        written[f"{name}_data_nominal"] = data
-        pseudo[name] = float(data.values().sum())
-        if name in SR_CHANNELS:
-            mc += _mc_statistics(name, written, nature[name])
-            nat.append(_effective(name, "nature", nature[name]))
-    with atomic_path(out) as tmp, uproot.recreate(tmp) as g:
-        for key in sorted(written):
-            g[key] = written[key]
-    return Scaled(out, factors, pseudo, tuple(merged), tuple(mc), tuple(nat), done, nature_sources)
+    return written, nature, done, nature_sources
 
 
 def _pseudo_data(
@@ -318,14 +336,7 @@ def _factorise(
                 if key not in written:
                     continue
                 if variation == "nominal":
-                    for label, alt in (("up", result.up), ("down", result.down)):
-                        hv = written[key].copy()
-                        hv.view().value = alt
-                        hv.view().variance = result.variances
-                        written[f"{name}_{sample}_factorisation_{label}"] = hv
-                    h = written[key].copy()
-                    h.view().variance = result.variances
-                    h.view().value = result.values
+                    h = _factorised_nominal(written, f"{name}_{sample}", result)
                 else:
                     loose = (f[prefix + variation].to_hist() * scale).view()
                     h = _factorised_variation(written[key], loose, result, nominal, spec, seed)
@@ -339,6 +350,23 @@ def _factorise(
                 "sideband_closure": side._asdict(),
             }
     return done
+
+
+def _factorised_nominal(written: dict[str, Any], template: str, result: Any) -> Any:
+    """The factorised nominal of ``template``.
+
+    Its shape systematic's up and down go into ``written`` (``{template}_factorisation_*``).
+    """
+    key = f"{template}_nominal"
+    for label, alt in (("up", result.up), ("down", result.down)):
+        hv = written[key].copy()
+        hv.view().value = alt
+        hv.view().variance = result.variances
+        written[f"{template}_factorisation_{label}"] = hv
+    h = written[key].copy()
+    h.view().variance = result.variances
+    h.view().value = result.values
+    return h
 
 
 def _factorised_variation(

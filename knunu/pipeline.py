@@ -88,18 +88,12 @@ def run_analysis(
     digests: dict[str, dict[str, str]] = {}
     with contextlib.ExitStack() as stack:
         for step in STEPS.values():
-            inputs = {k: v for up in step.upstream for k, v in digests[up].items()}
-            if step.fingerprint is not None:
-                inputs["fingerprint"] = step.fingerprint(config)
-            key = stamps.stage_key(step.name, config, step.config_keys, step.code(), inputs)
+            key = _stage_key(step, config, digests)
             stamp = stamps.load_stamp(run.path, step.name)
             reason = "forced" if force else stamps.why_stale(run.path, stamp, key)
             if reason is None:
                 assert stamp is not None
-                digests[step.name] = stamp.digests()
-                run.record_stage(step.name, "up to date", key=key)
-                _record_outputs(run, stamp)
-                lines.append(f"  {step.name:9s} up to date (skipped)")
+                lines.append(_skipped(run, step.name, stamp, key, digests))
                 continue
             log.info("stage %s runs: %s", step.name, reason)
             stamps.clear_stamp(run.path, step.name)
@@ -123,6 +117,24 @@ def run_analysis(
     run.write_manifest()
     lines += ["", *headline(run.path, config), "", f"report: {report.resolve()}"]
     return "\n".join(lines)
+
+
+def _stage_key(step: Step, config: dict[str, Any], digests: dict[str, dict[str, str]]) -> str:
+    """A stage's key: its config sections, its code, its upstream stages' outputs."""
+    inputs = {k: v for up in step.upstream for k, v in digests[up].items()}
+    if step.fingerprint is not None:
+        inputs["fingerprint"] = step.fingerprint(config)
+    return stamps.stage_key(step.name, config, step.config_keys, step.code(), inputs)
+
+
+def _skipped(
+    run: RunDir, name: str, stamp: stamps.Stamp, key: str, digests: dict[str, dict[str, str]]
+) -> str:
+    """Record an up-to-date stage (its outputs' digests into ``digests``); its line."""
+    digests[name] = stamp.digests()
+    run.record_stage(name, "up to date", key=key)
+    _record_outputs(run, stamp)
+    return f"  {name:9s} up to date (skipped)"
 
 
 def _record_outputs(run: RunDir, stamp: stamps.Stamp) -> None:
@@ -218,7 +230,7 @@ def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) ->
             )
             own = paths.get("combined", paths[analyses[0]])
             written = (*paths.values(), run.path / "workspaces" / BINS_FILE)
-            return _fit_workspace(config, run, own, label, written)
+            return _fit_workspace(config, run, own, label + _left_out_note(own), written)
         except KnunuError as exc:
             log.warning("own workspace not fitted: %s", exc)
             run.record_stage("fit_own", "failed", reason=str(exc))
@@ -228,10 +240,23 @@ def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) ->
         config,
         run,
         published,
-        "the published Belle II likelihood (this run has no fitted histograms of its own)",
+        "the published Belle II likelihood (this run's own workspace not fitted)"
+        if lines
+        else "the published Belle II likelihood (this run has no fitted histograms of its own)",
         (),
     )
     return StepResult(result.outputs, lines + result.lines)
+
+
+def _left_out_note(workspace: Path) -> str:
+    """What a run's workspace leaves out: channels with events and no MC (their events)."""
+    from knunu.fits.build import left_out, load_bins
+
+    out = left_out(load_bins(workspace))
+    if not out:
+        return ""
+    where = ", ".join(f"{c} {n:g}" for c, n in sorted(out.items()))
+    return f" ({sum(out.values()):g} events left out, in channels without any MC: {where})"
 
 
 def _fit_workspace(

@@ -251,23 +251,8 @@ def train_kfold(
     """
     x = matrix(columns, features)
     fold = fold_of(columns["__run__"], columns["__event__"], folds)
-    booster_params = {
-        "objective": "binary:logistic",
-        "tree_method": "hist",
-        "max_depth": int(params["max_depth"]),
-        "learning_rate": float(params["learning_rate"]),
-        "min_child_weight": float(params.get("min_child_weight", 1.0)),
-        "seed": seed,
-        "eval_metric": "logloss",
-    }
+    booster_params = _booster_params(name, params, folds, seed)
     patience = params.get("early_stopping_rounds")
-    if patience is not None and folds < 3:
-        raise ModelError(
-            f"{name}: early_stopping_rounds needs folds >= 3 (each booster validates on a "
-            f"training fold that is not the one it scores), got folds = {folds}"
-        )
-    if patience is not None:  # start from no separation: 0 rounds is p = 0.5, weight 1
-        booster_params["base_score"] = 0.5
     boosters = []
     for f in range(folds):
         train = fold != f
@@ -282,6 +267,31 @@ def train_kfold(
         boosters.append(xgb.train(booster_params, dtrain, num_boost_round=rounds))
         log.info("%s fold %d/%d trained on %d events", name, f + 1, folds, int(train.sum()))
     return KFoldBDT(name, tuple(features), tuple(boosters), _digest(boosters))
+
+
+def _booster_params(name: str, params: Mapping[str, Any], folds: int, seed: int) -> dict[str, Any]:
+    """The xgboost parameters of :func:`train_kfold`.
+
+    Raises:
+        ModelError: early stopping with fewer than 3 folds.
+    """
+    booster_params = {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "max_depth": int(params["max_depth"]),
+        "learning_rate": float(params["learning_rate"]),
+        "min_child_weight": float(params.get("min_child_weight", 1.0)),
+        "seed": seed,
+        "eval_metric": "logloss",
+    }
+    if params.get("early_stopping_rounds") is not None:
+        if folds < 3:
+            raise ModelError(
+                f"{name}: early_stopping_rounds needs folds >= 3 (each booster validates on a "
+                f"training fold that is not the one it scores), got folds = {folds}"
+            )
+        booster_params["base_score"] = 0.5  # start from no separation: 0 rounds is p = 0.5
+    return booster_params
 
 
 def _fold_rounds(

@@ -222,16 +222,8 @@ def train_ita(
     s1 = bdt1.predict(cols, cols["__run__"], cols["__event__"])
     keep = s1 > cfg["bdt1_min"]
     sub = {k: v[keep] for k, v in cols.items()}
-    bdt2 = train_kfold(
-        "bdt2",
-        sub,
-        label[keep],
-        train_w[keep],
-        bdt2_features(cfg),
-        cfg["xgboost"]["bdt2"],
-        folds,
-        seed + 1,
-    )
+    bdt2 = train_kfold("bdt2", sub, label[keep], train_w[keep], bdt2_features(cfg),
+                       cfg["xgboost"]["bdt2"], folds, seed + 1)  # fmt: skip
     s2 = bdt2.predict(sub, sub["__run__"], sub["__event__"])
     eta, eff_bdt1, eff_sr = _eta_of(s2, sub, label[keep] == 1, catalogue)
 
@@ -239,12 +231,9 @@ def train_ita(
     bdtc, check = _train_bdtc(tables, catalogue, cfg, (bdt1, bdt2, eta), seed + 2, out)
     for key, model in (("bdt1", bdt1), ("bdt2", bdt2), ("bdtc", bdtc), ("eta", eta)):
         model.save(out / MODEL_FILES[key])
+    events = {"signal": int(label.sum()), "background": int((label == 0).sum())}
     summary = TrainingSummary(
-        events={
-            "signal": int(label.sum()),
-            "background": int((label == 0).sum()),
-            **check.pop("events"),
-        },
+        events={**events, **check.pop("events")},
         auc_bdt1=weighted_auc(s1, label, cols["_w"]),
         auc_bdt2=weighted_auc(s2, label[keep], cols["_w"][keep]),
         signal_efficiency_bdt1=eff_bdt1,

@@ -42,6 +42,7 @@ from knunu.processors.selection import (
     BOOKKEEPING,
     Q2GEN_BINS,
     Q2GEN_MAP_EDGES,
+    TRUTH,
     cumulative,
     cutflow_histograms,
     map_q2gen,
@@ -70,18 +71,9 @@ CONTINUUM = ("uds", "ccbar")
 #: Model files of the HTA training.
 HTA_MODEL_FILES = {"bdth": "bdth.json", "eta": "eta_h.json", "continuum": "hta_continuum.json"}
 STEPS = ("all", "tag", "one signal track", "kaon", "opposite charge", "signal region")
-#: MC truth the HTA variations read (absent from data).
-HTA_TRUTH = (
-    "mcB1Mode",
-    "mcB2Mode",
-    "mcDtoKL",
-    "nKL",
-    "q2gen",
-    *HTA_TRUTH_COLUMNS,
-    "mcE_hadronic",
-    "mcE_KL",
-    "mcKLclusters",
-)
+#: MC truth the HTA variations read (absent from data): the ITA's but the process code and the
+#: photon energy, and the HTA tree's own.
+HTA_TRUTH = (*(t for t in TRUTH if t not in ("mcProcess", "mcE_photon")), *HTA_TRUTH_COLUMNS)
 #: Inputs the MC corrections move (:class:`~knunu.mva.corrections.HTAShift`).
 HTA_CORRECTED = ("E_extra", "nExtraClusters", "E_miss_all", "m2_miss_all", "E_miss", "nClusters")
 #: Weight variations shared with the ITA (the catalogue's HTA rows).

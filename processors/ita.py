@@ -355,23 +355,7 @@ class ITAProcessor(processor.ProcessorABC):
         weight, overlap = self._without_overlap(dataset, cols, in_sr, weight, bdtc)
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
-        fit, loose = _fit_hist(), _loose_hist()
-
-        def fill(variation: str, eta: np.ndarray, q2rec: np.ndarray, weight: np.ndarray) -> None:
-            for h in (fit, loose):
-                h.fill(variation=variation, eta=eta, q2rec=q2rec, weight=weight)
-
-        fill("nominal", eta[p], q2[p], w_nom[p])
-        reuse = {}
-        if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
-            reuse = _reuse_sums(
-                cols, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
-            )
-        if not is_data:
-            for variation in self._variations(
-                models, cols, nominal, weight, sample, (p, eta, bdtc)
-            ):
-                fill(*variation)
+        fit, loose, reuse = self._templates(models, cols, nominal, weight, dataset, (p, eta, bdtc))
         sources, maps = {}, {}
         if sample == "nature":  # the nature stream per sample it was made from
             source = nature_source(events.metadata["filename"])
@@ -399,6 +383,40 @@ class ITAProcessor(processor.ProcessorABC):
                 "overlap": overlap,
             }
         }
+
+    def _templates(
+        self,
+        models: Models,
+        cols: Mapping[str, np.ndarray],
+        nominal: Scores,
+        weight: np.ndarray,
+        dataset: str,
+        passed: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> tuple[hist.Hist, hist.Hist, dict[str, Any]]:
+        """The fit and loose histograms, and their sums per library entry.
+
+        The nominal, then every variation for MC; the sums for MC with the entries' truth.
+        ``passed``: (BDT1 passed, eta, BDTc weight) of the nominal scores.
+        """
+        sample, is_data = dataset_kind(dataset)
+        p, eta, bdtc = passed
+        w_nom, q2 = weight * bdtc, cols["K_q2rec"]
+        fit, loose = _fit_hist(), _loose_hist()
+
+        def fill(variation: str, eta: np.ndarray, q2rec: np.ndarray, weight: np.ndarray) -> None:
+            for h in (fit, loose):
+                h.fill(variation=variation, eta=eta, q2rec=q2rec, weight=weight)
+
+        fill("nominal", eta[p], q2[p], w_nom[p])
+        reuse = {}
+        if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
+            reuse = _reuse_sums(
+                cols, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
+            )
+        if not is_data:
+            for variation in self._variations(models, cols, nominal, weight, sample, passed):
+                fill(*variation)
+        return fit, loose, reuse
 
     def _variations(
         self,

@@ -423,13 +423,7 @@ def _candidate_layout(
     names = _analysis_names(list(tree.keys()), source, where)
     cand, starts = _event_starts(tree, names["__candidate__"], chunk, where)
     counts = np.diff(starts)
-    prefixes = sorted({p for p in COLLECTIONS for n in names if n.startswith(p)})
-    if len(prefixes) != 1:
-        raise InputError(
-            f"{where}: a candidate tree needs exactly one candidate collection "
-            f"({' or '.join(COLLECTIONS)} variables), found {prefixes or 'none'}"
-        )
-    prefix = prefixes[0]
+    prefix = _collection_prefix(names, where)
     collection = COLLECTIONS[prefix]
     rows = _Rows(tree, names, chunk, where, _preloaded(names, wanted), (cand, starts, prefix))
     container: dict[str, Callable[[], np.ndarray]] = {}
@@ -469,6 +463,21 @@ def _candidate_layout(
         "parameters": {"__record__": "NanoEvents", "metadata": metadata},
     }
     return ak.from_buffers(ak.forms.from_dict(form), len(counts), container, behavior=base.behavior)
+
+
+def _collection_prefix(names: Mapping[str, str], where: str) -> str:
+    """The one candidate collection's prefix (``K_``, ``Btag_``) of a candidate tree.
+
+    Raises:
+        InputError: none or several.
+    """
+    prefixes = sorted({p for p in COLLECTIONS for n in names if n.startswith(p)})
+    if len(prefixes) != 1:
+        raise InputError(
+            f"{where}: a candidate tree needs exactly one candidate collection "
+            f"({' or '.join(COLLECTIONS)} variables), found {prefixes or 'none'}"
+        )
+    return prefixes[0]
 
 
 def _event_starts(tree: Any, branch: str, chunk: Any, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -324,16 +324,8 @@ def run(
     chunks, lost = _plan(catalogue, datasets, tree, chunksize, options, client, (name, needs))
     store = _Checkpoints(options, proc, tree, chunks)
     tally = _Tally((name, tree), chunks, options, store, lost, start_time)
-    todo = []
-    for chunk in chunks:
-        saved = store.load(chunk)
-        if saved is None:
-            todo.append(chunk)
-        else:
-            tally.finish(saved, from_checkpoint=True)
+    todo = _resume(chunks, store, tally)
     from_checkpoint = len(chunks) - len(todo)
-    if from_checkpoint:
-        log.info("%s: %d of %d chunks from checkpoints", name, from_checkpoint, len(chunks))
     args = (proc, options.retries, options.retry_wait)
     if client is None:
         for chunk in todo:
@@ -341,19 +333,28 @@ def run(
     else:
         _run_dask(client, todo, args, tally.finish, name, store.key, options.no_workers_timeout)
     output = tally.merger.result()
-    report = RunReport(
-        name,
-        {ds: catalogue.entries(tree, ds) for ds in datasets},
-        {ds: int(output.get(ds, {}).get("events", 0)) for ds in datasets},
-        sorted(lost, key=lambda x: (x.dataset, x.path, x.start)),
-        len(chunks),
-        from_checkpoint,
-        tally.retries,
-        time.perf_counter() - start_time,
-        tally.seconds,
-    )
+    events_in = {ds: catalogue.entries(tree, ds) for ds in datasets}
+    processed = {ds: int(output.get(ds, {}).get("events", 0)) for ds in datasets}
+    lost.sort(key=lambda x: (x.dataset, x.path, x.start))
+    report = RunReport(name, events_in, processed, lost, len(chunks), from_checkpoint,
+                       tally.retries, time.perf_counter() - start_time, tally.seconds)  # fmt: skip
     _account(report)
     return output, report
+
+
+def _resume(chunks: list[Chunk], store: _Checkpoints, tally: _Tally) -> list[Chunk]:
+    """The chunks still to run; those checkpointed by an earlier run go to ``tally``."""
+    todo = []
+    for chunk in chunks:
+        saved = store.load(chunk)
+        if saved is None:
+            todo.append(chunk)
+        else:
+            tally.finish(saved, from_checkpoint=True)
+    if len(todo) < len(chunks):
+        done = len(chunks) - len(todo)
+        log.info("%s: %d of %d chunks from checkpoints", tally.name, done, len(chunks))
+    return todo
 
 
 class _Tally:
@@ -639,14 +640,7 @@ def _plan(
     file's tree metadata costs about 10 ms locally, more on remote storage: thousands of files
     must not queue on the client), here otherwise.
     """
-    if chunksize < 1:
-        raise InputError(f"chunksize must be positive, got {chunksize}")
-    for ds in datasets:
-        if ds not in catalogue.datasets:
-            raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
-        counts = Counter(catalogue.paths([ds]))
-        if twice := next((p for p, n in counts.items() if n > 1), None):
-            raise InputError(f"{twice}: listed twice in dataset {ds} ({catalogue.path})")
+    _check_listing(catalogue, datasets, chunksize)
     jobs = [
         (ds, (f["path"], tree, int(f[f"entries_{tree}"]), f.get("adler32") or None, src))
         for ds in datasets
@@ -685,6 +679,22 @@ def _plan(
                 ds, path, tree, source, (want, chunksize, seen[path].starts), len(chunks)
             )
     return chunks, lost
+
+
+def _check_listing(catalogue: Catalogue, datasets: list[str], chunksize: int) -> None:
+    """Before any file is opened: a positive chunk size, each dataset there, no file twice.
+
+    Raises:
+        InputError: naming the chunk size, the dataset or the file listed twice.
+    """
+    if chunksize < 1:
+        raise InputError(f"chunksize must be positive, got {chunksize}")
+    for ds in datasets:
+        if ds not in catalogue.datasets:
+            raise InputError(f"{catalogue.path}: dataset '{ds}' is not in the catalogue")
+        counts = Counter(catalogue.paths([ds]))
+        if twice := next((p for p, n in counts.items() if n > 1), None):
+            raise InputError(f"{twice}: listed twice in dataset {ds} ({catalogue.path})")
 
 
 def _inspect_all(

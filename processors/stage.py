@@ -140,11 +140,7 @@ def make_histograms(
     with_models = _with_fingerprint(options, models)  # the model files hashed once
     if hta_cfg is not None:
         hta_output, doc["hta"] = _hta_run(catalogue, models, hta_cfg, client, with_models)
-        overlap = out_file.with_name("overlap.json")
-        sr = {ds: sorted(out.pop("sr_events")) for ds, out in hta_output.items()}
-        write_json(overlap, {"sr_events": sr})
-        cfg["overlap"] = str(overlap.resolve())
-        doc["hta"]["sr_events"] = {ds: len(v) for ds, v in sr.items()}
+        cfg["overlap"] = _write_overlap(out_file.with_name("overlap.json"), hta_output, doc["hta"])
     overlap_file = [cfg["overlap"]] if cfg.get("overlap") else []
     output, report = runner.run(
         catalogue,
@@ -171,6 +167,18 @@ def make_histograms(
     }
     write_json(out_file.with_suffix(".json"), doc)
     return output, report
+
+
+def _write_overlap(path: Path, hta_output: dict[str, Any], hta_doc: dict[str, Any]) -> str:
+    """The HTA signal-region events (taken out of ``hta_output``) into ``path``.
+
+    The ITA processor removes them (the overlap); ``hta_doc`` gets their count per dataset.
+    Returns the file's absolute path.
+    """
+    sr = {ds: sorted(out.pop("sr_events")) for ds, out in hta_output.items()}
+    write_json(path, {"sr_events": sr})
+    hta_doc["sr_events"] = {ds: len(v) for ds, v in sr.items()}
+    return str(path.resolve())
 
 
 def _hta_run(

@@ -511,20 +511,45 @@ class Mixture:
             (share, share + tag_share / 2, a, b),
             (share + tag_share / 2, share + tag_share, b, a),
         )
+        self._redraw(first, (e1, e2), role, components, rng, natural)
+        untargeted = self._untargeted(first, natural)
+        density = self.density(first, e1, e2, factor, share, natural, tag)
+        weight = untargeted[e1] * untargeted[e2] / density
+        return e1, e2, weight
+
+    def _redraw(
+        self,
+        first: np.ndarray,
+        entries: tuple[np.ndarray, np.ndarray],
+        role: np.ndarray,
+        components: tuple[tuple[float, float, np.ndarray | None, np.ndarray | None], ...],
+        rng: np.random.Generator,
+        natural: bool,
+    ) -> None:
+        """Draw again, in place, the entries of the pairs whose ``role`` falls in a component.
+
+        ``components``: (lower edge of role, upper edge, the first B's factor, the second
+        B's); a factor None keeps that B's untargeted draw.
+        """
+        e1, e2 = entries
         for lo, hi, f1, f2 in components:
             on = (role >= lo) & (role < hi)
             if on.any() and f1 is not None:
                 e1[on], _ = self.draw(first[on], rng, natural=natural, bias=f1)
             if on.any() and f2 is not None:
                 e2[on], _ = self.draw(-first[on], rng, natural=natural, bias=f2)
-        untargeted = np.zeros(len(self.library))  # the untargeted weight per entry
+
+    def _untargeted(self, first: np.ndarray, natural: bool) -> np.ndarray:
+        """The untargeted weight per library entry: of the species in ``first``, both charges.
+
+        Entries of other species get 0.
+        """
+        untargeted = np.zeros(len(self.library))
         for sp in np.unique(first):
             for species in (int(sp), -int(sp)):
                 for start, size, _, w in self._rows(species, natural):
                     untargeted[start : start + size] = w
-        density = self.density(first, e1, e2, factor, share, natural, tag)
-        weight = untargeted[e1] * untargeted[e2] / density
-        return e1, e2, weight
+        return untargeted
 
     def density(
         self,

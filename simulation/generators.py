@@ -158,6 +158,25 @@ def per_event_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
+def particles_of(
+    counts: np.ndarray,
+    pdg: list[int],
+    mom: list[tuple[float, float, float, float]],
+    data: object,
+) -> Particles:
+    """Particles from per-event counts and per-particle PDG codes and (E, px, py, pz).
+
+    ``data``: Pythia's particle table, for the charges.
+    """
+    codes = np.asarray(pdg, dtype=np.int32)
+    return Particles(
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        pdg=codes,
+        p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
+        charge=charges_of(data, codes),
+    )
+
+
 def charges_of(data: object, codes: np.ndarray) -> np.ndarray:
     """Electric charges of PDG codes from Pythia's particle table (one lookup per species)."""
     species, inverse = np.unique(codes, return_inverse=True)
@@ -235,13 +254,7 @@ class Generator:
                     mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
                     k += 1
             counts[i] = k
-        codes = np.asarray(pdg, dtype=np.int32)
-        return Particles(
-            offsets=np.concatenate([[0], np.cumsum(counts)]),
-            pdg=codes,
-            p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
-            charge=charges_of(self.pythia.particleData, codes),
-        )
+        return particles_of(counts, pdg, mom, self.pythia.particleData)
 
     def generate_weighted(self, n: int) -> tuple[Particles, np.ndarray]:
         """Generate ``n`` events in bulk with Pythia's event weights (1 unless biased).

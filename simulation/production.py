@@ -598,16 +598,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     # HTA first: it uses the random stream, the ITA reconstruction does not
     tags = TagModel(boost=task.tag_boost)  # pseudo-data: 1 (the plan); nature: boosted
     hta_idx, tag_w, hta_event, btag = hta_variables(parts, seen, tags, rng)
-    if task.prefilter:
-        ita_idx = np.flatnonzero(prefilter_mask(seen, task.pion_prescale))
-    else:
-        ita_idx = np.arange(task.n_events)
-    ita_seen = seen.take(ita_idx)
-    event, candidates = ita_variables(ita_seen)
-    if not task.data:
-        truth_event, truth_candidates = ita_truth(ita_seen)
-        event |= truth_event
-        candidates |= truth_candidates
+    ita_tree = _ita_tree(task, seen, header)
     hta_header = {k: v[hta_idx] for k, v in header.items()}
     if task.data:
         for name in HTA_TRUTH_COLUMNS:
@@ -621,10 +612,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     if not task.data:  # their K_L and hadronic cluster energies, for the MC corrections
         hta_shapes |= ita_truth(hta_seen)[0]
     trees = {
-        TREE_ITA: Tree(
-            {**{k: v[ita_idx] for k, v in header.items()}, **event},
-            {"K_": (ita_seen.tracks.offsets, candidates)},
-        ),
+        TREE_ITA: ita_tree,
         TREE_HTA: Tree(
             {**hta_header, **hta_event, **hta_shapes},
             {"Btag_": (np.arange(len(hta_idx) + 1), btag)},
@@ -647,6 +635,24 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         nature=task.weight is not None,
         layout=task.layout,
         adler32=adler32(task.path),
+    )
+
+
+def _ita_tree(task: FileTask, seen: DetectorEvents, header: dict[str, np.ndarray]) -> Tree:
+    """The ITA tree: every kaon candidate of the events the prefilter keeps (truth for MC)."""
+    if task.prefilter:
+        ita_idx = np.flatnonzero(prefilter_mask(seen, task.pion_prescale))
+    else:
+        ita_idx = np.arange(task.n_events)
+    ita_seen = seen.take(ita_idx)
+    event, candidates = ita_variables(ita_seen)
+    if not task.data:
+        truth_event, truth_candidates = ita_truth(ita_seen)
+        event |= truth_event
+        candidates |= truth_candidates
+    return Tree(
+        {**{k: v[ita_idx] for k, v in header.items()}, **event},
+        {"K_": (ita_seen.tracks.offsets, candidates)},
     )
 
 
@@ -842,37 +848,59 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     rng = np.random.default_rng(file_seed(seed, "data-counts"))
     jobs = [job for s in samples.values() for job in _sample_jobs(s, scale, sim, nature, lum, rng)]
     jobs += _nature_jobs(scale.get("nature"), samples, sim, nature, lum)
-    files = []
-    for job in jobs:
-        dataset = dataset_name(job.sample, job.off, job.data, job.embedded, job.weight is not None)
-        for k, first in enumerate(range(0, job.events, scale["events_per_file"])):
-            n = min(scale["events_per_file"], job.events - first)
-            stem = f"{job.sample}_{k:04d}" if job.data else f"{k:04d}"
-            files.append(
-                FileTask(
-                    sample=job.sample,
-                    n_events=n,
-                    seed=file_seed(seed, dataset, job.sample, k),
-                    path=str(directory / dataset / f"{stem}.root"),
-                    off_resonance=job.off,
-                    data=job.data,
-                    embedded=job.embedded,
-                    libraries=str(lib_dir),
-                    nature=nature if job.data else Nature(),
-                    prefilter=bool(sim.get("prefilter", True)),
-                    pion_prescale=int(sim.get("pion_prescale", FileTask.pion_prescale)),
-                    tag_boost=float(sim.get("hta_tag_boost", 1.0))
-                    if not job.data or job.weight is not None
-                    else 1.0,
-                    weight=job.weight,
-                    targeting=_targeting(sim, job.sample),
-                    layout=sim.get("layout", "event"),
-                )
-            )
+    files = [
+        task
+        for job in jobs
+        for task in _file_tasks(
+            job, (seed, scale["events_per_file"]), sim, nature, (directory, lib_dir)
+        )
+    ]
     data_lum = {"data_on": lum["on"], "data_off": lum["off"]}
     data_lum |= {NATURE[False]: lum["on"], NATURE[True]: lum["off"]}
     wait = float(config.get("processing", {}).get("no_workers_timeout_s", 600.0))
     return Plan(libraries, tuple(files), data_lum, str(directory), wait)
+
+
+def _file_tasks(
+    job: _Job,
+    seeding: tuple[int, int],
+    sim: Mapping[str, Any],
+    nature: Nature,
+    dirs: tuple[Path, Path],
+) -> list[FileTask]:
+    """The files of one job into ``<directory>/<dataset>/``.
+
+    ``seeding``: (the production's seed, events per file); ``dirs``: (the production's
+    directory, the libraries').
+    """
+    seed, per_file = seeding
+    directory, lib_dir = dirs
+    dataset = dataset_name(job.sample, job.off, job.data, job.embedded, job.weight is not None)
+    files = []
+    for k, first in enumerate(range(0, job.events, per_file)):
+        stem = f"{job.sample}_{k:04d}" if job.data else f"{k:04d}"
+        files.append(
+            FileTask(
+                sample=job.sample,
+                n_events=min(per_file, job.events - first),
+                seed=file_seed(seed, dataset, job.sample, k),
+                path=str(directory / dataset / f"{stem}.root"),
+                off_resonance=job.off,
+                data=job.data,
+                embedded=job.embedded,
+                libraries=str(lib_dir),
+                nature=nature if job.data else Nature(),
+                prefilter=bool(sim.get("prefilter", True)),
+                pion_prescale=int(sim.get("pion_prescale", FileTask.pion_prescale)),
+                tag_boost=float(sim.get("hta_tag_boost", 1.0))
+                if not job.data or job.weight is not None
+                else 1.0,
+                weight=job.weight,
+                targeting=_targeting(sim, job.sample),
+                layout=sim.get("layout", "event"),
+            )
+        )
+    return files
 
 
 def _sample_jobs(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from knunu.simulation import generators
-from knunu.simulation.generators import Generator, Particles, charges_of
+from knunu.simulation.generators import Generator, Particles, particles_of
 
 #: Makes about 7 % of ccbar events fail Pythia's event check (momentum not conserved to the
 #: last bits), so that failed events and their retries are exercised.
@@ -36,13 +36,7 @@ def reference(gen: Generator, n: int) -> Particles:
                 pdg.append(particle.id())
                 mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
                 counts[i] += 1
-    codes = np.asarray(pdg, dtype=np.int32)
-    return Particles(
-        offsets=np.concatenate([[0], np.cumsum(counts)]),
-        pdg=codes,
-        p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
-        charge=charges_of(gen.pythia.particleData, codes),
-    )
+    return particles_of(counts, pdg, mom, gen.pythia.particleData)
 
 
 def assert_identical(got: Particles, want: Particles) -> None:
