@@ -277,9 +277,8 @@ def drop_empty_bins(
         original bins each holds; None when the channel is empty.
 
     A channel with events and no expectation in any bin cannot be fitted: an error, or
-    (``unfittable="drop"``, the workspaces of a run and of its consistency splits) left out
-    with a warning; the
-    caller counts its events (:func:`build_spec_and_bins` does so).
+    (``unfittable="drop"``, as :func:`build_spec_and_bins` builds) left out with a warning,
+    the caller counting its events.
 
     Raises:
         WorkspaceError: events observed in a bin that no sample populates (without ``merge``,
