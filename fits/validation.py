@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyhf
 
-from knunu.errors import FitError
+from knunu.errors import FitError, InputError
 from knunu.fits.infer import MAX_FAILED_TOY_FRACTION, Likelihood
 from knunu.fits.workspace import analyses_in, select
 
@@ -367,3 +367,81 @@ def embedding(eff_mc: Efficiency, selected: float, events: float) -> Embedding:
         ratio,
         ratio * math.hypot(data_error / data, mc_error / mc),
     )
+
+
+class Composition(NamedTuple):
+    """What fills the ITA signal region (eta > 0.92, on resonance), pre-fit at mu = 1.
+
+    Attributes:
+        luminosity_fb: The luminosity the yields are scaled to.
+        yields: Events per sample (signal and each background).
+        effective: Effective MC events per sample, (sum w)^2 / sum w^2 (library reuse known).
+        s_over_b: Signal over background, for eta > 0.92 and for eta > 0.98.
+        bbbar_classes: Shares of the B Bbar weight (both samples) by class, and their
+            effective MC events (sum w^2 alone): (share, effective events).
+    """
+
+    luminosity_fb: float
+    yields: dict[str, float]
+    effective: dict[str, float]
+    s_over_b: dict[str, float]
+    bbbar_classes: dict[str, tuple[float, float]]
+
+
+#: B Bbar classes of the signal region: the decay mode of either B (its code in
+#: knunu.simulation.bdecays.MODES; the processors count an event once per mode).
+BBBAR_CLASSES = {"D(*) l nu": 1, "D** l nu": 2, "D(*) K+": 5, "D(*) pi+": 6}
+
+
+def composition(histograms: Path, scale: float, samples: Sequence[str]) -> Composition:
+    """The ITA signal region's composition from a run's histogram file.
+
+    Args:
+        histograms: The processors' histogram file (``ita_on_*`` fit histograms, at the
+            data's luminosity, and ``ita_on_modes_*`` for the B Bbar classes).
+        scale: Target over data luminosity (the yields are multiplied by it).
+        samples: The fit samples, signal first (those the file holds are counted).
+
+    Raises:
+        InputError: the file holds no signal template.
+    """
+    import uproot
+
+    yields, effective, top = {}, {}, {}
+    with uproot.open(histograms) as f:
+        keys = {k.split(";")[0] for k in f.keys(cycle=True)}
+        if f"ita_on_{samples[0]}_nominal" not in keys:
+            raise InputError(f"{histograms}: no ita_on_{samples[0]}_nominal to compare with")
+        for sample in (s for s in samples if f"ita_on_{s}_nominal" in keys):
+            h = f[f"ita_on_{sample}_nominal"].to_hist()
+            w, w2 = h.values(), h.variances()
+            yields[sample] = float(w.sum() * scale)
+            top[sample] = float(w[-1].sum() * scale)  # the last eta row: 0.98-1
+            effective[sample] = float(w.sum() ** 2 / w2.sum()) if w2.sum() > 0 else 0.0
+        modes = [f[f"ita_on_modes_{s}_nominal"].to_hist() for s in ("charged", "mixed")
+                 if f"ita_on_modes_{s}_nominal" in keys]  # fmt: skip
+    background = sum(v for k, v in yields.items() if k != samples[0])
+    rest = sum(v for k, v in top.items() if k != samples[0])
+    s_over_b = {
+        "eta > 0.92": yields[samples[0]] / background if background > 0 else math.nan,
+        "eta > 0.98": top[samples[0]] / rest if rest > 0 else math.nan,
+    }
+    return Composition(scale, yields, effective, s_over_b, _classes(modes))
+
+
+def _classes(modes: list[Any]) -> dict[str, tuple[float, float]]:
+    """(share, effective MC events) of each B Bbar class, and of events with a K_L."""
+    if not modes:
+        return {}
+    axis = list(modes[0].axes[0])
+    w = sum(np.asarray(h.values()) for h in modes)
+    w2 = sum(np.asarray(h.variances()) for h in modes)
+    every = axis.index(-1)
+    total = w[every].sum()
+    cells = {name: (axis.index(code), slice(None)) for name, code in BBBAR_CLASSES.items()}
+    cells["with a K_L"] = (every, 1)  # every event once, the K_L column
+    out = {}
+    for name, cell in cells.items():
+        sw, sw2 = float(np.sum(w[cell])), float(np.sum(w2[cell]))
+        out[name] = (sw / total if total > 0 else math.nan, sw**2 / sw2 if sw2 > 0 else 0.0)
+    return out

@@ -46,3 +46,20 @@ EMBEDDING_RATIO = (1.00, 0.03)
 PI_K0_BF = (2.5e-5, 0.5e-5)
 #: Goodness of fit of the published fits (saturated model, p-values).
 GOF_P_VALUE = {"ita": 0.47, "hta": 0.61}
+
+#: ITA signal region (eta > 0.92, on resonance), pre-fit: each background's share [L], the
+#: signal at mu = 1 and the background in events at 362 fb^-1, S/B overall and for eta > 0.98.
+ITA_SR_COMPOSITION = {
+    "charged": 0.43,
+    "mixed": 0.25,
+    "ccbar": 0.175,
+    "ssbar": 0.083,
+    "uubar": 0.043,
+    "ddbar": 0.013,
+    "taupair": 0.009,
+}
+ITA_SR_SIGNAL = 160.0
+ITA_SR_BACKGROUND = 16_700.0
+ITA_SR_S_OVER_B = {"eta > 0.92": 0.0095, "eta > 0.98": 0.042}
+#: The B Bbar of the ITA signal region by what it holds [P] (overlapping classes).
+ITA_SR_BBBAR_CLASSES = {"D(*) l nu": 0.47, "D(*) K+": 0.38, "with a K_L": 0.17}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from knunu.fits.validation import (
     Efficiency,
     SplitFit,
     SplitPair,
+    composition,
     efficiencies,
     embedding,
     injection,
@@ -86,6 +88,9 @@ def run_validation(config: dict[str, Any], run_dir: Path) -> list[str]:
         blind = bool(config.get("blind", True))
         lines += _guarded("splits", summary, _splits, histograms, out, summary, blind)
         lines += _guarded("efficiency", summary, _efficiency, run_dir, histograms, out, summary)
+        lines += _guarded(
+            "composition", summary, _composition, config, run_dir, histograms, summary
+        )
         if "pion" in config["ita"]:
             for channel, name in SIDEBANDS.items():
                 lines += _guarded(
@@ -228,6 +233,44 @@ def _efficiency(run_dir: Path, histograms: Path, out: Path, summary: dict[str, A
         )
     )
     return lines
+
+
+def _composition(
+    config: dict[str, Any], run_dir: Path, histograms: Path, summary: dict[str, Any]
+) -> list[str]:
+    """The ITA signal region's composition at 362 fb^-1 against the published one (issue 17)."""
+    from knunu.fits.build import ITA_SAMPLES
+
+    target = float(config["simulation"]["luminosity_fb"]["on_resonance"])
+    comp = composition(histograms, target / _data_luminosity(run_dir), ITA_SAMPLES)
+    summary["composition"] = comp._asdict()
+    bkg = {k: v for k, v in comp.yields.items() if k != "signal"}
+    total = sum(bkg.values())
+    shares = ", ".join(
+        f"{k} {v / total:.1%} ({comp.effective[k]:.0f} eff.; published "
+        f"{published.ITA_SR_COMPOSITION.get(k, math.nan):.1%})"
+        for k, v in bkg.items()
+    )
+    classes = ", ".join(
+        f"{name} {share:.0%} ({eff:.0f} eff.)"
+        + (f" (published {published.ITA_SR_BBBAR_CLASSES[name]:.0%})"
+           if name in published.ITA_SR_BBBAR_CLASSES else "")
+        for name, (share, eff) in comp.bbbar_classes.items()
+    )  # fmt: skip
+    s_b = comp.s_over_b
+    by_class = (
+        [f"  B Bbar by the decay of either B (classes overlap): {classes}"] if classes else []
+    )
+    return [
+        f"ITA signal region at {target:g} fb^-1, pre-fit templates at mu = 1 (MC with its "
+        f"corrections, before nature's): background {total:.0f} (published "
+        f"{published.ITA_SR_BACKGROUND:.0f}), signal {comp.yields['signal']:.0f} (published "
+        f"{published.ITA_SR_SIGNAL:.0f}); S/B {s_b['eta > 0.92']:.2%} (published "
+        f"{published.ITA_SR_S_OVER_B['eta > 0.92']:.2%}), for eta > 0.98 "
+        f"{s_b['eta > 0.98']:.2%} ({published.ITA_SR_S_OVER_B['eta > 0.98']:.1%})",
+        f"  background by sample: {shares}",
+        *by_class,
+    ]
 
 
 def _embedding(

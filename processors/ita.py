@@ -60,6 +60,7 @@ from knunu.processors.variations import (
     WEIGHT_VARIATIONS,
     Context,
 )
+from knunu.simulation.bdecays import MODES
 
 ETA_EDGES = (0.92, 0.94, 0.96, 0.98, 1.00)
 Q2_EDGES = (-1.0, 4.0, 8.0, 25.0)
@@ -235,6 +236,30 @@ def _q2gen_hist(cols: Mapping[str, np.ndarray], in_sr: np.ndarray, weight: np.nd
     return h.fill(q2gen=cols["q2gen"][in_sr], weight=weight[in_sr])
 
 
+#: The B Bbar samples (signal-region composition by decay mode).
+BBBAR = ("charged", "mixed")
+
+
+def _modes_hist(cols: Mapping[str, np.ndarray], in_sr: np.ndarray, weight: np.ndarray) -> hist.Hist:
+    """Signal-region B Bbar events by the decay modes of their two Bs and by K_L.
+
+    ``mode`` -1 counts every event once; a mode (:data:`~knunu.simulation.bdecays.MODES`)
+    counts each event with a B in it once (both Bs in one mode: once). ``klong``: a K_L
+    among the event's particles.
+    """
+    h = hist.Hist(
+        hist.axis.IntCategory([-1, *MODES], name="mode", label="B decay mode (-1: every event)"),
+        hist.axis.Boolean(name="klong", label="a K_L in the event"),
+        storage=hist.storage.Weight(),
+    )
+    b1, b2 = cols["mcB1Mode"][in_sr], cols["mcB2Mode"][in_sr]
+    kl, w = cols["nKL"][in_sr] > 0, weight[in_sr]
+    h.fill(mode=np.full(len(w), -1), klong=kl, weight=w)
+    h.fill(mode=b1, klong=kl, weight=w)
+    other = b2 != b1
+    return h.fill(mode=b2[other], klong=kl[other], weight=w[other])
+
+
 def _q2gen_map(
     cols: Mapping[str, np.ndarray],
     p: np.ndarray,
@@ -362,6 +387,8 @@ class ITAProcessor(processor.ProcessorABC):
             sources["nature_sources"] = _sources_hist(source, eta[p], q2[p], w_nom[p])
         if truth:  # the reinterpretation map: the fit template by q2gen
             maps = {"q2gen": q2gen, "map": _q2gen_map(cols, p, eta, q2, w_nom)}
+        if sample in BBBAR and not is_data and "mcB1Mode" in cols:  # the SR's composition
+            maps["modes"] = _modes_hist(cols, p & (eta > SR_ETA), w_nom)
         # the cutflow counts events and sums their MC weights (before corrections)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         cutflow, raw = cutflow_histograms(

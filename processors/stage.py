@@ -356,6 +356,8 @@ def _write_ita(f: Any, ds: str, out: Mapping[str, Any], catalogue: Mapping[str, 
     if "q2gen" in out:
         f["ita_q2gen_signal_nominal"] = out["q2gen"]
         f[f"{channel}_map_signal_nominal"] = out["map"] * scale
+    if "modes" in out:  # signal-region B Bbar by decay mode
+        f[f"{channel}_modes_{sample}_nominal"] = out["modes"] * scale
 
 
 def _write_pion(f: Any, ds: str, out: Mapping[str, Any], catalogue: Mapping[str, Any]) -> None:

@@ -118,3 +118,48 @@ def test_a_split_half_with_events_and_no_mc_in_a_channel_counts_them_left_out(tm
     assert left.pop("kminus") == pytest.approx(off_data)
     assert set(left.values()) == {0.0}
     assert all(math.isfinite(h.mu) for p in pairs for h in p.halves)
+
+
+def test_the_signal_region_composition_follows_its_definition(tmp_path):
+    """Yields scaled to the target luminosity, S/B, and B Bbar shares by either B's decay."""
+    import hist
+    import uproot
+
+    from knunu.fits.build import ITA_SAMPLES
+    from knunu.fits.catalogue import load_catalogue
+    from knunu.fits.validation import composition
+    from knunu.simulation.bdecays import MODES
+
+    from . import histfile
+
+    path = tmp_path / "histograms.root"
+    histfile.write_histogram_file(path, load_catalogue(), seed=5)
+    modes = hist.Hist(
+        hist.axis.IntCategory([-1, *MODES], name="mode"),
+        hist.axis.Boolean(name="klong"),
+        storage=hist.storage.Weight(),
+    )
+    # (first B's mode, second's, a K_L, weight): D(*) l nu next to D(*) K+ with a K_L; two
+    # D(*) l nu (counted once); two other hadronic decays
+    for b1, b2, kl, w in ((1, 5, True, 2.0), (1, 1, False, 1.0), (0, 0, False, 1.0)):
+        for mode in dict.fromkeys((-1, b1, b2)):
+            modes.fill(mode=[mode], klong=[kl], weight=[w])
+    with uproot.update(path) as f:
+        f["ita_on_modes_charged_nominal"] = modes
+        f["ita_on_modes_mixed_nominal"] = modes * 3.0
+        h = {s: f[f"ita_on_{s}_nominal"].to_hist().values() for s in ITA_SAMPLES}
+    comp = composition(path, 10.0, ITA_SAMPLES)
+    for s in ITA_SAMPLES:
+        assert comp.yields[s] == pytest.approx(10.0 * h[s].sum())
+        assert 0 < comp.effective[s] < np.inf
+    background = sum(h[s] for s in ITA_SAMPLES[1:])
+    assert comp.s_over_b["eta > 0.92"] == pytest.approx(h["signal"].sum() / background.sum())
+    top = h["signal"][-1].sum() / background[-1].sum()  # the last eta row, 0.98-1
+    assert comp.s_over_b["eta > 0.98"] == pytest.approx(top)
+    classes = comp.bbbar_classes
+    assert classes["D(*) l nu"][0] == pytest.approx(3 / 4)  # weight 2 + 1 of 4, in each sample
+    assert classes["D(*) K+"][0] == pytest.approx(2 / 4)
+    assert classes["with a K_L"][0] == pytest.approx(2 / 4)
+    assert classes["D** l nu"] == (0.0, 0.0)
+    # effective events of D(*) l nu: weights 2, 1 (charged) and 6, 3 (mixed): 12^2 / 50
+    assert classes["D(*) l nu"][1] == pytest.approx(144 / 50)

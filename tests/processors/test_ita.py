@@ -112,6 +112,16 @@ def test_histogram_file_contract_and_variations(production, cfg, trained, tmp_pa
     assert summary.signal_efficiency_sr == pytest.approx(0.08, abs=0.002)
     filled = out["signal"]["q2gen"].values(flow=True).sum() / cat["signal"]["sum_weights"]
     assert filled == pytest.approx(summary.signal_efficiency_sr, rel=1e-9)
+    # the signal region's B Bbar by decay mode: every event once in mode -1, as in the fit
+    # histogram's signal region (eta > 0.92, flow included), and a mode at least as often
+    for sample in ("charged", "mixed"):
+        modes = out[sample]["modes"]
+        every = modes.values()[list(modes.axes[0]).index(-1)].sum()
+        # eta's underflow holds BDT1's events below the signal region
+        in_fit = out[sample]["ita"][{"variation": "nominal"}].values(flow=True)[1:].sum()
+        assert every == pytest.approx(in_fit, rel=1e-12)
+        assert modes.values().sum() >= 2 * every * (1 - 1e-12)  # each event: -1 and >= 1 mode
+    assert "modes" not in out["uubar"]
     # the variance: sum w^2 plus what the reuse of library entries adds (the tag-side B)
     naive = sig[{"variation": "nominal"}].variances() * scale**2
     # signal events carry one library entry (the tag side's): per bin, their keys' sums are
