@@ -430,7 +430,7 @@ def composition(histograms: Path, scale: float, samples: Sequence[str]) -> Compo
 
 
 def _classes(modes: list[Any]) -> dict[str, tuple[float, float]]:
-    """(share, effective MC events) of each B Bbar class, and of events with a K_L."""
+    """(share, effective MC events) of each B Bbar class, and of events with a K_L in them."""
     if not modes:
         return {}
     axis = list(modes[0].axes[0])
@@ -439,7 +439,7 @@ def _classes(modes: list[Any]) -> dict[str, tuple[float, float]]:
     every = axis.index(-1)
     total = w[every].sum()
     cells = {name: (axis.index(code), slice(None)) for name, code in BBBAR_CLASSES.items()}
-    cells["with a K_L"] = (every, 1)  # every event once, the K_L column
+    cells["a K_L in the event"] = (every, 1)  # every event once, the K_L column
     out = {}
     for name, cell in cells.items():
         sw, sw2 = float(np.sum(w[cell])), float(np.sum(w2[cell]))

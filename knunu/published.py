@@ -61,5 +61,6 @@ ITA_SR_COMPOSITION = {
 ITA_SR_SIGNAL = 160.0
 ITA_SR_BACKGROUND = 16_700.0
 ITA_SR_S_OVER_B = {"eta > 0.92": 0.0095, "eta > 0.98": 0.042}
-#: The B Bbar of the ITA signal region by what it holds [P] (overlapping classes).
-ITA_SR_BBBAR_CLASSES = {"D(*) l nu": 0.47, "D(*) K+": 0.38, "with a K_L": 0.17}
+#: The B Bbar of the ITA signal region by what it holds [P]: B -> D(*)(-> K X) l nu, B ->
+#: D(*) K+, and "decays with K_L" (a narrower class than knunu's "a K_L in the event").
+ITA_SR_BBBAR_CLASSES = {"D(*) l nu": 0.47, "D(*) K+": 0.38, "a K_L in the event": 0.17}

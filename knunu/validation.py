@@ -253,7 +253,8 @@ def _composition(
     )
     classes = ", ".join(
         f"{name} {share:.0%} ({eff:.0f} eff.)"
-        + (f" (published {published.ITA_SR_BBBAR_CLASSES[name]:.0%})"
+        + (f" (published {published.ITA_SR_BBBAR_CLASSES[name]:.0%}"
+           + (", its 'decays with K_L', a narrower class)" if "K_L" in name else ")")
            if name in published.ITA_SR_BBBAR_CLASSES else "")
         for name, (share, eff) in comp.bbbar_classes.items()
     )  # fmt: skip

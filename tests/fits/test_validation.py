@@ -159,7 +159,7 @@ def test_the_signal_region_composition_follows_its_definition(tmp_path):
     classes = comp.bbbar_classes
     assert classes["D(*) l nu"][0] == pytest.approx(3 / 4)  # weight 2 + 1 of 4, in each sample
     assert classes["D(*) K+"][0] == pytest.approx(2 / 4)
-    assert classes["with a K_L"][0] == pytest.approx(2 / 4)
+    assert classes["a K_L in the event"][0] == pytest.approx(2 / 4)
     assert classes["D** l nu"] == (0.0, 0.0)
     # effective events of D(*) l nu: weights 2, 1 (charged) and 6, 3 (mixed): 12^2 / 50
     assert classes["D(*) l nu"][1] == pytest.approx(144 / 50)
