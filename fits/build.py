@@ -28,14 +28,14 @@ import uproot
 from knunu.errors import InputError, WorkspaceError, first_line
 from knunu.fits.catalogue import ANALYSES, Systematic
 from knunu.rundir import input_file
+from knunu.samples import BACKGROUNDS, OFFRES, SIGNAL
 
 log = logging.getLogger(__name__)
 
-ITA_SAMPLES = ("signal", "charged", "mixed", "uubar", "ddbar", "ssbar", "ccbar", "taupair")
-ITA_OFFRES_SAMPLES = ("uubar", "ddbar", "ssbar", "ccbar", "taupair")
+ITA_SAMPLES = (SIGNAL, *BACKGROUNDS)
+ITA_OFFRES_SAMPLES = OFFRES
 HTA_SAMPLES = ("signal", "bbbar", "uds", "ccbar")
 POI = "mu"
-SIGNAL = "signal"
 
 
 class ChannelLayout(NamedTuple):

@@ -21,13 +21,14 @@ import numpy as np
 import pyhf
 import uproot
 
+from knunu import samples
 from knunu.errors import FitError, InputError
 from knunu.fits.build import drop_empty_bins
 from knunu.fits.infer import Likelihood
 
 #: The on-resonance MC of the pion sample by component (``pion_{sample}_{truth}_nominal``).
-BBBAR = ("charged", "mixed", "signal", "pi_k0")
-CONTINUUM = ("uubar", "ddbar", "ssbar", "ccbar", "taupair")
+BBBAR = (*samples.BBBAR, samples.SIGNAL, "pi_k0")
+CONTINUUM = samples.OFFRES  # the quark pairs and tau pairs
 TRUTHS = ("dkl", "other")
 #: The sideband's B Bbar events without a D -> K_L: their rate is known (N_BB, the leading
 #: branching fractions) to this relative uncertainty (a Gaussian constraint); the D -> K_L

@@ -21,6 +21,7 @@ import pyhf
 from knunu.errors import FitError, InputError
 from knunu.fits.infer import MAX_FAILED_TOY_FRACTION, Likelihood
 from knunu.fits.workspace import analyses_in, select
+from knunu.samples import BBBAR
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +419,7 @@ def composition(histograms: Path, scale: float, samples: Sequence[str]) -> Compo
             yields[sample] = float(w.sum() * scale)
             top[sample] = float(w[-1].sum() * scale)  # the last eta row: 0.98-1
             effective[sample] = float(w.sum() ** 2 / w2.sum()) if w2.sum() > 0 else 0.0
-        modes = [f[f"ita_on_modes_{s}_nominal"].to_hist() for s in ("charged", "mixed")
+        modes = [f[f"ita_on_modes_{s}_nominal"].to_hist() for s in BBBAR
                  if f"ita_on_modes_{s}_nominal" in keys]  # fmt: skip
     background = sum(v for k, v in yields.items() if k != samples[0])
     rest = sum(v for k, v in top.items() if k != samples[0])

@@ -406,7 +406,7 @@ def _effective(name: str, sample: str, h: Any) -> McStatistics:
 
 
 def _mc_statistics(name: str, written: dict[str, Any], nature: Any) -> list[McStatistics]:
-    from knunu.fits.build import SIGNAL
+    from knunu.samples import SIGNAL
 
     rows = [_effective(name, s, written[f"{name}_{s}_nominal"]) for s in _samples_of(name)]
     background = [s for s in _samples_of(name) if s != SIGNAL]

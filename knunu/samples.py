@@ -43,3 +43,21 @@ def load_samples(path: str | Path | None = None) -> dict[str, Sample]:
     if len(set(codes)) != len(codes):
         raise ConfigError(f"{source}: key 'samples': process_code values are not unique")
     return samples
+
+
+def names_of(*kinds: str) -> tuple[str, ...]:
+    """The packaged catalogue's samples of these kinds, in its order.
+
+    >>> names_of("bbbar")
+    ('charged', 'mixed')
+    """
+    return tuple(s.name for s in load_samples().values() if s.kind in kinds)
+
+
+#: The samples the analysis trains on and fits, by kind (``configs/samples.yaml``, in its
+#: order): every list of samples in knunu is one of these or made of them.
+SIGNAL = "signal"
+BBBAR = names_of("bbbar")
+CONTINUUM = names_of("continuum")  # the quark pairs
+BACKGROUNDS = names_of("bbbar", "continuum", "taupair")  # on resonance
+OFFRES = names_of("continuum", "taupair")  # made off resonance too

@@ -27,9 +27,7 @@ from knunu.mva.bdt import train_kfold
 from knunu.mva.corrections import corrected_hta_inputs
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import (
-    BACKGROUNDS,
     OFFRES_MC,
-    SIGNAL,
     balanced_weights,
     bdtc_weight,
     corrected_tables,
@@ -40,6 +38,7 @@ from knunu.mva.train import (
 )
 from knunu.processors.hta import HTA_MODEL_FILES
 from knunu.rundir import write_json
+from knunu.samples import BACKGROUNDS, SIGNAL
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,12 @@ from knunu.mva.bdt import KFoldBDT, train_kfold
 from knunu.mva.corrections import corrected_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.rundir import write_json
+from knunu.samples import BACKGROUNDS, CONTINUUM, OFFRES, SIGNAL
 
 log = logging.getLogger(__name__)
 
-#: On-resonance simulated datasets the BDT1/BDT2 training uses (signal and backgrounds).
-SIGNAL = "signal"
-BACKGROUNDS = ("charged", "mixed", "uubar", "ddbar", "ssbar", "ccbar", "taupair")
-CONTINUUM = ("uubar", "ddbar", "ssbar", "ccbar")
-OFFRES_MC = tuple(f"{s}_offres" for s in (*CONTINUUM, "taupair"))
+#: Off-resonance simulated datasets (the BDTc's MC).
+OFFRES_MC = tuple(f"{s}_offres" for s in OFFRES)
 MODEL_FILES = {"bdt1": "bdt1.json", "bdt2": "bdt2.json", "bdtc": "bdtc.json", "eta": "eta.json"}
 
 

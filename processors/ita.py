@@ -40,7 +40,7 @@ from coffea import processor
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.corrections import corrected_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
-from knunu.mva.train import CONTINUUM, MODEL_FILES, bdt2_features, bdtc_weight
+from knunu.mva.train import MODEL_FILES, bdt2_features, bdtc_weight
 from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
@@ -60,6 +60,7 @@ from knunu.processors.variations import (
     WEIGHT_VARIATIONS,
     Context,
 )
+from knunu.samples import BBBAR, CONTINUUM
 from knunu.simulation.bdecays import MODES
 
 ETA_EDGES = (0.92, 0.94, 0.96, 0.98, 1.00)
@@ -234,10 +235,6 @@ def _q2gen_hist(cols: Mapping[str, np.ndarray], in_sr: np.ndarray, weight: np.nd
         storage=hist.storage.Weight(),
     )
     return h.fill(q2gen=cols["q2gen"][in_sr], weight=weight[in_sr])
-
-
-#: The B Bbar samples (signal-region composition by decay mode).
-BBBAR = ("charged", "mixed")
 
 
 def _modes_hist(cols: Mapping[str, np.ndarray], in_sr: np.ndarray, weight: np.ndarray) -> hist.Hist:

@@ -26,10 +26,10 @@ import hist
 import numpy as np
 
 from knunu.mva.corrections import corrected_inputs
-from knunu.mva.train import CONTINUUM
 from knunu.processors.ita import ITAProcessor, load_models
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import CUTFLOW_STEPS, cutflow_histograms, select
+from knunu.samples import CONTINUUM
 
 M_PI = 0.13957
 TRUTH_CLASSES = ("dkl", "other")

@@ -22,7 +22,7 @@ from typing import Any
 import uproot
 
 from knunu.errors import InputError
-from knunu.mva.train import BACKGROUNDS, OFFRES_MC, SIGNAL, bdt2_features, lumi_scale
+from knunu.mva.train import OFFRES_MC, bdt2_features, lumi_scale
 from knunu.processors import hta
 from knunu.processors import run as runner
 from knunu.processors.ita import HIST_VARIATIONS, SPLITS, ITAProcessor
@@ -32,6 +32,7 @@ from knunu.processors.run import dataset_kind
 from knunu.processors.selection import BOOKKEEPING, ENERGY, TRUTH
 from knunu.processors.tables import TableProcessor
 from knunu.rundir import atomic_path, sha256, write_json
+from knunu.samples import BACKGROUNDS, SIGNAL
 
 log = logging.getLogger(__name__)
 
