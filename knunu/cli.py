@@ -18,7 +18,7 @@ import dask.config
 
 from knunu import __version__
 from knunu.config import load_config
-from knunu.errors import InputError, KnunuError
+from knunu.errors import KnunuError
 from knunu.logs import ShowOnce
 from knunu.pipeline import STEPS
 from knunu.rundir import DISK_FULL, run_lock
@@ -30,9 +30,8 @@ EXIT_OK, EXIT_ERROR = 0, 2
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a workspace: the one given, the config's, or the run's own from its histograms."""
-    from knunu.fits.build import analyses_in_file, write_workspaces
-    from knunu.fits.catalogue import load_catalogue
     from knunu.fits.report import fit_workspace_file
+    from knunu.pipeline import own_workspaces
     from knunu.rundir import from_a_run
 
     config = load_config(args.config)
@@ -40,18 +39,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     workspace = args.workspace or config["fit"]["workspace"]
     source = workspace  # where the data come from
     if workspace is None:
-        histograms = source = Path(args.histograms or run_dir / "histograms.root")
-        analyses = analyses_in_file(histograms)
-        if not analyses:
-            raise InputError(f"{histograms}: holds no fit histograms (ita_on_data_nominal, ...)")
-        paths = write_workspaces(
-            histograms,
-            run_dir / "workspaces",
-            load_catalogue(),
-            config["fit"]["prune_threshold"],
-            analyses,
-        )
-        workspace = paths.get("combined", paths[analyses[0]])
+        source = Path(args.histograms or run_dir / "histograms.root")
+        workspace, _ = own_workspaces(config, run_dir, source)
     # data from a run (this one's or another's) are pseudo-data: blind unless unblinded
     blind = from_a_run(source, run_dir) and bool(config.get("blind", True)) and not args.unblind
     summary = fit_workspace_file(

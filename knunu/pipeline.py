@@ -207,8 +207,7 @@ def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) ->
     reported and recorded, and the published likelihood is fitted instead, labelled as such.
     """
     from knunu.errors import KnunuError
-    from knunu.fits.build import BINS_FILE, analyses_in_file, write_workspaces
-    from knunu.fits.catalogue import load_catalogue
+    from knunu.fits.build import analyses_in_file
     from knunu.fits.workspace import published_workspace_path
 
     shutil.rmtree(run.path / "fit", ignore_errors=True)
@@ -218,18 +217,9 @@ def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) ->
         return _fit_workspace(config, run, Path(workspace), "configured workspace", ())
     lines: tuple[str, ...] = ()
     if histograms.exists():
-        analyses = analyses_in_file(histograms)
-        label = f"this run's own {'+'.join(analyses).upper()} workspace"
+        label = f"this run's own {'+'.join(analyses_in_file(histograms)).upper()} workspace"
         try:
-            paths = write_workspaces(
-                histograms,
-                run.path / "workspaces",
-                load_catalogue(),
-                config["fit"]["prune_threshold"],
-                analyses,
-            )
-            own = paths.get("combined", paths[analyses[0]])
-            written = (*paths.values(), run.path / "workspaces" / BINS_FILE)
+            own, written = own_workspaces(config, run.path, histograms)
             return _fit_workspace(config, run, own, label + _left_out_note(own), written)
         except KnunuError as exc:
             log.warning("own workspace not fitted: %s", exc)
@@ -246,6 +236,32 @@ def _run_fit(config: dict[str, Any], run: RunDir, client: Any, progress: Any) ->
         (),
     )
     return StepResult(result.outputs, lines + result.lines)
+
+
+def own_workspaces(
+    config: dict[str, Any], run_dir: Path, histograms: Path
+) -> tuple[Path, tuple[Path, ...]]:
+    """Build a run's own workspaces from its histograms into ``<run>/workspaces``.
+
+    Returns:
+        The workspace to fit (the combination when both analyses are there) and every file
+        written (the workspaces and what their bins hold).
+
+    Raises:
+        InputError: the file holds no fit histograms.
+        WorkspaceError: a workspace cannot be built.
+    """
+    from knunu.errors import InputError
+    from knunu.fits.build import BINS_FILE, analyses_in_file, write_workspaces
+    from knunu.fits.catalogue import load_catalogue
+
+    analyses = analyses_in_file(histograms)
+    if not analyses:
+        raise InputError(f"{histograms}: holds no fit histograms (ita_on_data_nominal, ...)")
+    out = Path(run_dir) / "workspaces"
+    prune = config["fit"]["prune_threshold"]
+    paths = write_workspaces(histograms, out, load_catalogue(), prune, analyses)
+    return paths.get("combined", paths[analyses[0]]), (*paths.values(), out / BINS_FILE)
 
 
 def _left_out_note(workspace: Path) -> str:
