@@ -384,8 +384,8 @@ class ITAProcessor(processor.ProcessorABC):
             sources["nature_sources"] = _sources_hist(source, eta[p], q2[p], w_nom[p])
         if truth:  # the reinterpretation map: the fit template by q2gen
             maps = {"q2gen": q2gen, "map": _q2gen_map(cols, p, eta, q2, w_nom)}
-        if sample in BBBAR and not is_data and "mcB1Mode" in cols:  # the SR's composition
-            maps["modes"] = _modes_hist(cols, p & (eta > SR_ETA), w_nom)
+        if sample in BBBAR and not is_data:  # the signal region's composition
+            maps["modes"] = _modes_hist(cols, in_sr, w_nom)
         # the cutflow counts events and sums their MC weights (before corrections)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
         cutflow, raw = cutflow_histograms(

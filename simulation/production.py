@@ -876,6 +876,7 @@ def _file_tasks(
     seed, per_file = seeding
     directory, lib_dir = dirs
     dataset = dataset_name(job.sample, job.off, job.data, job.embedded, job.weight is not None)
+    targeting = _targeting(sim, job.sample)  # one per job, shared by its files
     files = []
     for k, first in enumerate(range(0, job.events, per_file)):
         stem = f"{job.sample}_{k:04d}" if job.data else f"{k:04d}"
@@ -896,7 +897,7 @@ def _file_tasks(
                 if not job.data or job.weight is not None
                 else 1.0,
                 weight=job.weight,
-                targeting=_targeting(sim, job.sample),
+                targeting=targeting,
                 layout=sim.get("layout", "event"),
             )
         )

@@ -54,7 +54,10 @@ def _same(a, b):
         np.testing.assert_array_equal(
             a[ds]["cutflow_unweighted"].values(), b[ds]["cutflow_unweighted"].values()
         )
-        for name in ("ita", "ita_control", "cutflow"):
+        for name in ("ita", "ita_control", "cutflow", "modes"):
+            assert (name in a[ds]) == (name in b[ds])
+            if name not in a[ds]:
+                continue
             va, vb = a[ds][name].view(flow=True), b[ds][name].view(flow=True)
             for field in ("value", "variance"):  # sums in another order: equal to rounding
                 np.testing.assert_allclose(va[field], vb[field], rtol=1e-12, atol=1e-300)
