@@ -928,13 +928,16 @@ def _sample_jobs(
         if bdecays.load_strata()[sample.stratum].in_data:  # nature makes it at its rate
             jobs.append(_Job(name, int(rng.poisson(xs * lum["on"])), data=True))
         return jobs
-    factor = scale["mc_factor"].get(sample.kind)
+    factor = {"on": scale["mc_factor"].get(sample.kind)}
+    # off-resonance MC may have its own factor: its templates are 1/8.6 the on-resonance
+    # events for the same ratio to the data, so more of them is the cheap MC statistics
+    factor["off"] = scale.get("mc_factor_off_resonance", {}).get(sample.kind, factor["on"])
     norm = nature.continuum_norm if sample.kind == "continuum" else 1.0
     places = ("on", "off") if sample.kind in ("continuum", "taupair") else ("on",)
     jobs = []
     for place in places:
         off = place == "off"
-        jobs.append(_Job(name, round(factor * xs * lum[place]), off))
+        jobs.append(_Job(name, round(factor[place] * xs * lum[place]), off))
         jobs.append(_Job(name, int(rng.poisson(norm * xs * lum[place])), off, data=True))
     return jobs
 

@@ -240,6 +240,31 @@ def test_plan_scales_and_pseudo_data(tmp_path):
     assert list(tmp_path.iterdir()) == []  # planning writes nothing
 
 
+def test_off_resonance_mc_has_its_own_factor(tmp_path):
+    config = load_config()
+    config["scale"] = "tiny"
+    tiny = config["simulation"]["scales"]["tiny"]
+    fraction = tiny["luminosity_fraction"]
+
+    def events(cfg):
+        by = {}
+        for t in plan_production(cfg, tmp_path).files:
+            if t.weight is None:
+                key = (t.sample, t.off_resonance, t.data)
+                by[key] = by.get(key, 0) + t.n_events
+        return by
+
+    before = events(config)
+    tiny["mc_factor_off_resonance"] = {"continuum": 8}
+    after = events(config)
+    xs_off = load_samples()["ccbar"].cross_section_nb * 1e6 * 42 * fraction
+    assert before[("ccbar", True, False)] == round(2 * xs_off)
+    assert after[("ccbar", True, False)] == round(8 * xs_off)
+    # the rest is untouched: on-resonance MC, tau pairs off resonance, the data
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == {(s, True, False) for s in ("uubar", "ddbar", "ssbar", "ccbar")}
+
+
 def test_belle2_scale_injects_mu_true():
     config = load_config()
     config["scale"] = "belle2"
