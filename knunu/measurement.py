@@ -507,6 +507,7 @@ def _summary_of(
         "expected_mu": float(meas["expected_mu"]),
         "injection_toys": int(meas["injection_toys"]),
         "expected": [],
+        "breakdown": {},
         "fit_quality": {},
         "observed": None,
         "failed": {},
@@ -527,7 +528,13 @@ def _fit_model(
     meas = config["measurement"]
     try:
         lh = _likelihood(workspace, model)
-        summary["expected"].append(asdict(_expected(lh, model, meas, config, out)))
+        result, parts = _expected(lh, model, meas, config, out)
+        summary["expected"].append(asdict(result))
+        summary["breakdown"][model] = {
+            "sigma": parts.sigma,
+            "stat": parts.stat,
+            "shares": [s._asdict() for s in parts.shares],
+        }
         if model in config["fit"]["gof_analyses"]:
             summary["fit_quality"][model] = _fit_quality(lh, meas["gof_toys"], config["seed"])
         if not summary["blind"]:
@@ -585,8 +592,15 @@ def _likelihood(workspace: pyhf.Workspace, model: str) -> Any:
     return Likelihood.from_workspace(pyhf.Workspace(bounded))
 
 
-def _expected(lh: Any, model: str, meas: dict[str, Any], config: dict[str, Any], out: Path) -> Any:
-    """Expected results: Asimov data of the nominal model at ``expected_mu``."""
+def _expected(
+    lh: Any, model: str, meas: dict[str, Any], config: dict[str, Any], out: Path
+) -> tuple[Any, Any]:
+    """Expected results and what their sigma(mu) is made of.
+
+    Asimov data of the nominal model at ``expected_mu``; the breakdown by
+    :func:`knunu.fits.breakdown.breakdown`.
+    """
+    from knunu.fits.breakdown import breakdown
     from knunu.fits.build import load_bins
     from knunu.fits.report import analyse, write_plots
     from knunu.fits.validation import nominal_point
@@ -596,7 +610,7 @@ def _expected(lh: Any, model: str, meas: dict[str, Any], config: dict[str, Any],
     inference = analyse(asimov, model, config["fit"]["cls_level"], with_impacts=impacts)
     bins = load_bins(out / "workspaces" / "combined.json")
     write_plots(asimov, inference, out / "plots" / "expected" / model, bins=bins)
-    return inference.result
+    return inference.result, breakdown(asimov, inference.best.x, inference.best.fixed)
 
 
 def _fit_quality(lh: Any, toys: int, seed: int) -> dict[str, Any]:
@@ -665,6 +679,7 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
                 + ", ".join(d["impacts_failed"])
             )
     lines.append(_mc_statistics_line(summary))
+    lines += _breakdown_lines(summary)
     lines += _template_lines(summary)
     combined = {r["analysis"]: r for r in summary["expected"]}.get("combined")
     if combined and combined.get("impacts"):
@@ -760,6 +775,19 @@ def _mc_statistics_line(summary: dict[str, Any]) -> str:
         + "; nature stream "
         + ", ".join(f"{m['histogram']} {m['effective']:.0f}" for m in summary["nature_statistics"])
     )
+
+
+def _breakdown_lines(summary: dict[str, Any]) -> list[str]:
+    """Per model, the largest shares of the expected sigma(mu).
+
+    A share is what knowing the group exactly would take off sigma(mu) in quadrature.
+    """
+    return [
+        f"expected sigma(mu) {model} {d['sigma']:.2f} = stat {d['stat']:.2f} (+) "
+        "shares of what limits it (sqrt(sigma^2 - sigma^2 with the group fixed)): "
+        + ", ".join(f"{s['group']} {s['share']:.2f}" for s in d["shares"][:4])
+        for model, d in (summary.get("breakdown") or {}).items()
+    ]
 
 
 def _template_lines(summary: dict[str, Any]) -> list[str]:

@@ -193,6 +193,7 @@ def _measurement_tables(run_dir: Path) -> list[str]:
                 for key, d in factorised.items()
             ),
         ]
+    lines += _breakdown_table(summary)
     expected = {r["analysis"]: r for r in summary["expected"]}
     ranked = expected.get("combined", {}).get("impacts", [])
     if ranked:
@@ -209,6 +210,40 @@ def _measurement_tables(run_dir: Path) -> list[str]:
             ),
         ]
     return lines
+
+
+def _breakdown_table(summary: dict[str, Any]) -> list[str]:
+    """What each model's expected sigma(mu) is made of (knunu.fits.breakdown)."""
+    parts = summary.get("breakdown") or {}
+    if not parts:
+        return []
+    models = list(parts)
+    groups = sorted(
+        {s["group"] for d in parts.values() for s in d["shares"]},
+        key=lambda g: (
+            -max(s["share"] for d in parts.values() for s in d["shares"] if s["group"] == g)
+        ),
+    )
+
+    def cell(model: str, group: str) -> str:
+        found = [s for s in parts[model]["shares"] if s["group"] == group]
+        return f"{found[0]['share']:.2f} ({found[0]['parameters']})" if found else "-"
+
+    return [
+        "",
+        "**What limits the expected sigma(mu)** (Asimov at mu = "
+        f"{summary['expected_mu']:g}; each group's share: sqrt(sigma^2 - sigma^2 with the "
+        "group's parameters fixed), its free parameters in brackets; shares of correlated "
+        "groups do not add up to the total)",
+        "",
+        "| | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+        "| sigma(mu) | " + " | ".join(f"{parts[m]['sigma']:.2f}" for m in models) + " |",
+        "| stat (every nuisance fixed) | "
+        + " | ".join(f"{parts[m]['stat']:.2f}" for m in models)
+        + " |",
+        *(f"| {g} | " + " | ".join(cell(m, g) for m in models) + " |" for g in groups),
+    ]
 
 
 def _image(rel: str, title: str) -> str:

@@ -253,6 +253,13 @@ def test_blinded_until_unblinded_then_mu_true_is_recovered(run_dir):
     for r in summary["expected"]:
         assert r["mu"] == pytest.approx(4.6, abs=1e-3)  # Asimov at expected_mu, not the truth
         assert 0 < r["mu_hesse"] < 10
+        # what its sigma(mu) is made of: the same total, every share below it
+        parts = summary["breakdown"][r["analysis"]]
+        assert parts["sigma"] == pytest.approx(r["mu_hesse"], rel=1e-4)
+        assert parts["stat"] == pytest.approx(r["stat"], rel=1e-4)
+        assert all(0 <= s["share"] <= parts["sigma"] for s in parts["shares"])
+    assert "What limits" not in text  # the report's table; the headline has a line per model
+    assert sum(line.startswith("expected sigma(mu) ") for line in text.splitlines()) == 3
     assert all(0 <= q["p_value"] <= 1 for q in summary["fit_quality"].values())
     assert summary["injection"]["failed"] == 0
 
