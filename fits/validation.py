@@ -374,7 +374,9 @@ class Composition(NamedTuple):
     """What fills the ITA signal region (eta > 0.92, on resonance), pre-fit at mu = 1.
 
     Attributes:
-        luminosity_fb: The luminosity the yields are scaled to.
+        scale: The factor the data luminosity's yields are scaled by (target over data
+            luminosity; until stop 38 this field was called ``luminosity_fb`` though it held
+            the factor).
         yields: Events per sample (signal and each background).
         effective: Effective MC events per sample, (sum w)^2 / sum w^2 (library reuse known).
         s_over_b: Signal over background, for eta > 0.92 and for eta > 0.98.
@@ -382,7 +384,7 @@ class Composition(NamedTuple):
             effective MC events (sum w^2 alone): (share, effective events).
     """
 
-    luminosity_fb: float
+    scale: float
     yields: dict[str, float]
     effective: dict[str, float]
     s_over_b: dict[str, float]

@@ -243,7 +243,7 @@ def _composition(
 
     target = float(config["simulation"]["luminosity_fb"]["on_resonance"])
     comp = composition(histograms, target / _data_luminosity(run_dir), ITA_SAMPLES)
-    summary["composition"] = comp._asdict()
+    summary["composition"] = {**comp._asdict(), "luminosity_fb": target}
     bkg = {k: v for k, v in comp.yields.items() if k != "signal"}
     total = sum(bkg.values())
     shares = ", ".join(

@@ -153,6 +153,7 @@ def test_the_signal_region_composition_follows_its_definition(tmp_path):
         assert comp.yields[s] == pytest.approx(10.0 * h[s].sum())
         assert 0 < comp.effective[s] < np.inf
     background = sum(h[s] for s in ITA_SAMPLES[1:])
+    assert comp.scale == 10.0
     assert comp.s_over_b["eta > 0.92"] == pytest.approx(h["signal"].sum() / background.sum())
     top = h["signal"][-1].sum() / background[-1].sum()  # the last eta row, 0.98-1
     assert comp.s_over_b["eta > 0.98"] == pytest.approx(top)
