@@ -63,11 +63,9 @@ class PionProcessor(ITAProcessor):
         sel = select(events, self.cfg["selection"], self.names, pion["kaon_id_max"])
         prescaled = sel.columns["__event__"] % int(pion["prescale"]) == 0
         cols = {k: v[prescaled] for k, v in sel.columns.items()}
-        # pion ID instead of kaon ID where the BDTs take it as an input: they see the pion-ID
-        # likelihood ratio 1 - kaonID (above 1 - kaon_id_max, as a selected kaon's kaonID is
-        # above the kaon cut)
-        if "K_kaonID" in cols:
-            cols["K_kaonID"] = 1.0 - cols["K_kaonID"]
+        # pion ID instead of kaon ID: the BDTs see the pion-ID likelihood ratio 1 - kaonID (above
+        # 1 - kaon_id_max, as a selected kaon's kaonID is above the kaon cut)
+        cols["K_kaonID"] = 1.0 - cols["K_kaonID"]
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
             cols = corrected_inputs(cols, self.cfg["corrections"])
