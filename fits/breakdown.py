@@ -83,13 +83,16 @@ def breakdown(lh: Any, x: np.ndarray, fixed: tuple[int, ...] = ()) -> Breakdown:
         fixed: Parameters held fixed besides the model's own fixed ones.
 
     Raises:
-        FitError: the information matrix is singular over the free parameters.
+        FitError: mu is fixed or without curvature, or the information matrix is singular
+            over the free parameters.
     """
     info = np.asarray(lh.fisher(np.asarray(x, dtype=float)))
     free = np.ones(lh.npars, dtype=bool)
     free[list(lh.suggested_fixed) + list(fixed)] = False
     free &= np.diag(info) > 0  # no curvature: nothing to learn about, nothing to fix
     poi = lh.poi
+    if not free[poi]:
+        raise FitError("breakdown: mu is fixed or has no curvature at this point")
     groups = np.array([group_of(label) for label in lh.labels])
 
     def sigma(mask: np.ndarray) -> float:

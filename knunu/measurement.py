@@ -36,7 +36,7 @@ import numpy as np
 import pyhf
 import uproot
 
-from knunu.errors import InputError, KnunuError
+from knunu.errors import FitError, InputError, KnunuError
 from knunu.rundir import atomic_path, save_figure, write_json
 
 log = logging.getLogger(__name__)
@@ -528,13 +528,8 @@ def _fit_model(
     meas = config["measurement"]
     try:
         lh = _likelihood(workspace, model)
-        result, parts = _expected(lh, model, meas, config, out)
+        result, summary["breakdown"][model] = _expected(lh, model, meas, config, out)
         summary["expected"].append(asdict(result))
-        summary["breakdown"][model] = {
-            "sigma": parts.sigma,
-            "stat": parts.stat,
-            "shares": [s._asdict() for s in parts.shares],
-        }
         if model in config["fit"]["gof_analyses"]:
             summary["fit_quality"][model] = _fit_quality(lh, meas["gof_toys"], config["seed"])
         if not summary["blind"]:
@@ -610,7 +605,13 @@ def _expected(
     inference = analyse(asimov, model, config["fit"]["cls_level"], with_impacts=impacts)
     bins = load_bins(out / "workspaces" / "combined.json")
     write_plots(asimov, inference, out / "plots" / "expected" / model, bins=bins)
-    return inference.result, breakdown(asimov, inference.best.x, inference.best.fixed)
+    try:
+        parts = breakdown(asimov, inference.best.x, inference.best.fixed)
+    except FitError as exc:  # the expected result stands; only its breakdown is missing
+        log.warning("measurement %s: no breakdown of sigma(mu): %s", model, exc)
+        return inference.result, {"error": str(exc)}
+    shares = [s._asdict() for s in parts.shares]
+    return inference.result, {"sigma": parts.sigma, "stat": parts.stat, "shares": shares}
 
 
 def _fit_quality(lh: Any, toys: int, seed: int) -> dict[str, Any]:
@@ -782,11 +783,15 @@ def _breakdown_lines(summary: dict[str, Any]) -> list[str]:
 
     A share is what knowing the group exactly would take off sigma(mu) in quadrature.
     """
-    return [
+    parts = summary.get("breakdown") or {}
+    failed = [f"expected sigma(mu) {m}: no breakdown ({d['error']})" for m, d in parts.items()
+              if "error" in d]  # fmt: skip
+    return failed + [
         f"expected sigma(mu) {model} {d['sigma']:.2f} = stat {d['stat']:.2f} (+) "
         "shares of what limits it (sqrt(sigma^2 - sigma^2 with the group fixed)): "
         + ", ".join(f"{s['group']} {s['share']:.2f}" for s in d["shares"][:4])
-        for model, d in (summary.get("breakdown") or {}).items()
+        for model, d in parts.items()
+        if "error" not in d
     ]
 
 

@@ -214,7 +214,7 @@ def _measurement_tables(run_dir: Path) -> list[str]:
 
 def _breakdown_table(summary: dict[str, Any]) -> list[str]:
     """What each model's expected sigma(mu) is made of (knunu.fits.breakdown)."""
-    parts = summary.get("breakdown") or {}
+    parts = {m: d for m, d in (summary.get("breakdown") or {}).items() if "error" not in d}
     if not parts:
         return []
     models = list(parts)

@@ -94,3 +94,11 @@ def test_groups_are_matched_in_order():
     assert group_of("hta_norm_bbbar") == "background normalisations"
     assert group_of("ita_factorisation_ssbar") == "factorised template shapes"
     assert np.all([group_of(g) != OTHER for g in ("ita_kl_efficiency", "hta_extra_energy")])
+
+
+def test_mu_without_curvature_is_a_typed_error():
+    from knunu.errors import FitError
+
+    lh, x = _lh()
+    with pytest.raises(FitError, match="mu is fixed"):
+        breakdown(lh, x, fixed=(lh.poi,))
