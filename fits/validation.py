@@ -374,9 +374,8 @@ class Composition(NamedTuple):
     """What fills the ITA signal region (eta > 0.92, on resonance), pre-fit at mu = 1.
 
     Attributes:
-        scale: The factor the data luminosity's yields are scaled by (target over data
-            luminosity; until stop 38 this field was called ``luminosity_fb`` though it held
-            the factor).
+        scale: The factor the yields at the data luminosity are multiplied by (target over
+            data luminosity).
         yields: Events per sample (signal and each background).
         effective: Effective MC events per sample, (sum w)^2 / sum w^2 (library reuse known).
         s_over_b: Signal over background, for eta > 0.92 and for eta > 0.98.

@@ -783,16 +783,17 @@ def _breakdown_lines(summary: dict[str, Any]) -> list[str]:
 
     A share is what knowing the group exactly would take off sigma(mu) in quadrature.
     """
-    parts = summary.get("breakdown") or {}
-    failed = [f"expected sigma(mu) {m}: no breakdown ({d['error']})" for m, d in parts.items()
-              if "error" in d]  # fmt: skip
-    return failed + [
-        f"expected sigma(mu) {model} {d['sigma']:.2f} = stat {d['stat']:.2f} (+) "
-        "shares of what limits it (sqrt(sigma^2 - sigma^2 with the group fixed)): "
-        + ", ".join(f"{s['group']} {s['share']:.2f}" for s in d["shares"][:4])
-        for model, d in parts.items()
-        if "error" not in d
-    ]
+    lines = []
+    for model, d in (summary.get("breakdown") or {}).items():
+        if "error" in d:
+            lines.append(f"expected sigma(mu) {model}: no breakdown ({d['error']})")
+            continue
+        lines.append(
+            f"expected sigma(mu) {model} {d['sigma']:.2f} = stat {d['stat']:.2f} (+) "
+            "shares of what limits it (sqrt(sigma^2 - sigma^2 with the group fixed)): "
+            + ", ".join(f"{s['group']} {s['share']:.2f}" for s in d["shares"][:4])
+        )
+    return lines
 
 
 def _template_lines(summary: dict[str, Any]) -> list[str]:

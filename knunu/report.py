@@ -218,16 +218,15 @@ def _breakdown_table(summary: dict[str, Any]) -> list[str]:
     if not parts:
         return []
     models = list(parts)
+    by_group = {m: {s["group"]: s for s in d["shares"]} for m, d in parts.items()}
     groups = sorted(
-        {s["group"] for d in parts.values() for s in d["shares"]},
-        key=lambda g: (
-            -max(s["share"] for d in parts.values() for s in d["shares"] if s["group"] == g)
-        ),
+        {g for shares in by_group.values() for g in shares},
+        key=lambda g: -max(by_group[m][g]["share"] for m in models if g in by_group[m]),
     )
 
     def cell(model: str, group: str) -> str:
-        found = [s for s in parts[model]["shares"] if s["group"] == group]
-        return f"{found[0]['share']:.2f} ({found[0]['parameters']})" if found else "-"
+        found = by_group[model].get(group)
+        return f"{found['share']:.2f} ({found['parameters']})" if found else "-"
 
     return [
         "",
