@@ -5,7 +5,8 @@ and *stratum* (configs/bdecays.yaml): the generic library holds every channel ex
 the dangerous strata (B -> D(*) l nu, D** l nu, D(*) K+, tau nu with tau -> K nu,
 K+ K_L K_L, K+ n nbar, ...), which get libraries of their own and are drawn ``oversample``
 times more often than their branching fraction. An Upsilon(4S) -> B Bbar event picks one entry
-per B, boosts it with the B momentum (sin^2 theta to the beam axis) and carries the weight
+per B, lets each B fly for an exponential proper time (its PDG lifetime), boosts it with the
+B momentum (sin^2 theta to the beam axis), vertices included, and carries the weight
 ``prod(bf / q)`` of the two draws, so weighted sums are exact; the pairing is numpy-fast and a
 library entry serves many events.
 
@@ -29,11 +30,19 @@ import yaml
 from knunu.errors import ConfigError
 from knunu.rundir import atomic_path
 from knunu.simulation import kinematics as kin
-from knunu.simulation.generators import COMMON_SETTINGS, Particles, charges_of, merge
+from knunu.simulation.generators import (
+    COMMON_SETTINGS,
+    Particles,
+    charges_of,
+    merge,
+    vertex_of,
+)
 
 log = logging.getLogger(__name__)
 
 M_B = {521: 5.27950, 511: 5.27965}  # GeV; B+ as in the signal spectrum (notes)
+#: Mean proper decay lengths c tau in mm (PDG 2024: tau(B+) = 1.638 ps, tau(B0) = 1.519 ps).
+C_TAU_B_MM = {521: 0.4911, 511: 0.4554}
 _LEPTONS = {11, 13}
 _D = {411, 421, 413, 423}
 _D_GROUND = {411, 421, 431, 4122}
@@ -248,7 +257,8 @@ class Library:
     """Decays of one B species at rest: particles plus per-entry truth.
 
     Attributes:
-        particles: Final-state particles in the B rest frame.
+        particles: Final-state particles in the B rest frame, production vertices relative
+            to the B's decay point.
         code: Truth code per entry (:data:`MODES`).
         d_to_kl: Number of K_L per entry that come from a D decay.
         n_kl: Number of K_L per entry.
@@ -272,7 +282,8 @@ class Library:
     def load(cls, path: str | Path) -> Library:
         """Read a library written by :meth:`save`."""
         with np.load(path) as z:
-            parts = Particles(z["offsets"], z["pdg"], z["p4"], z["charge"])
+            vertex = z["vertex"] if "vertex" in z.files else None
+            parts = Particles(z["offsets"], z["pdg"], z["p4"], z["charge"], vertex=vertex)
             return cls(parts, z["code"], z["d_to_kl"], z["n_kl"])
 
 
@@ -283,6 +294,7 @@ def _columns(lib: Library) -> dict[str, np.ndarray]:
         "pdg": p.pdg,
         "p4": p.p4,
         "charge": p.charge,
+        "vertex": p.vertices(),
         "code": lib.code,
         "d_to_kl": lib.d_to_kl,
         "n_kl": lib.n_kl,
@@ -305,6 +317,7 @@ def build_library(species: int, stratum: str | None, n: int, seed: int) -> Libra
     mass = M_B[abs(species)]
     pdg: list[int] = []
     mom: list[tuple[float, float, float, float]] = []
+    vtx: list[tuple[float, float, float, float]] = []
     counts = np.zeros(n, dtype=np.int64)
     code = np.zeros(n, dtype=np.int8)
     d_to_kl = np.zeros(n, dtype=np.int8)
@@ -328,6 +341,7 @@ def build_library(species: int, stratum: str | None, n: int, seed: int) -> Libra
             ident = particle.id()
             pdg.append(ident)
             mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
+            vtx.append(vertex_of(particle))
             k += 1
             if ident == 130:
                 n_kl[i] += 1
@@ -339,6 +353,7 @@ def build_library(species: int, stratum: str | None, n: int, seed: int) -> Libra
         pdg=codes,
         p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
         charge=charges_of(pythia.particleData, codes),
+        vertex=np.asarray(vtx, dtype=np.float64).reshape(-1, 4),
     )
     return Library(parts, code, d_to_kl, n_kl)
 
@@ -747,6 +762,7 @@ def _concat(libs: list[Library]) -> Library:
             np.concatenate([lib.particles.pdg for lib in libs]),
             np.concatenate([lib.particles.p4 for lib in libs]),
             np.concatenate([lib.particles.charge for lib in libs]),
+            vertex=np.concatenate([lib.particles.vertices() for lib in libs]),
         ),
         np.concatenate([lib.code for lib in libs]),
         np.concatenate([lib.d_to_kl for lib in libs]),
@@ -766,22 +782,33 @@ def b_pair_momenta(
     return kin.two_body(sqrt_s, mass, mass, axis)
 
 
-def boost_sides(first: Particles, second: Particles, p_first: np.ndarray) -> Particles:
-    """Boost two rest-frame decay tables back to back (first along ``p_first``) and merge.
+def boost_sides(
+    first: Particles,
+    second: Particles,
+    p_first: np.ndarray,
+    rng: np.random.Generator,
+    c_tau_mm: float,
+) -> Particles:
+    """Let two rest-frame B decays fly, boost them back to back (first along ``p_first``), merge.
 
-    The merged table carries ``side`` (0: first B, 1: second B) per particle.
+    Each B decays after an exponential proper time (mean ``c_tau_mm``): its particles'
+    rest-frame vertices are moved to that decay point and boosted with their momenta, so
+    the merged table's vertices are CM-frame positions relative to the Upsilon(4S) decay.
+    It carries ``side`` (0: first B, 1: second B) per particle.
     """
     beta = kin.beta_of(p_first)
-    a = Particles(
-        first.offsets,
-        first.pdg,
-        kin.boost(first.p4, np.repeat(beta, first.counts(), axis=0)),
-        first.charge,
-    )
-    b = Particles(
-        second.offsets,
-        second.pdg,
-        kin.boost(second.p4, np.repeat(-beta, second.counts(), axis=0)),
-        second.charge,
-    )
-    return merge(a, b)
+
+    def fly(part: Particles, b: np.ndarray) -> Particles:
+        counts = part.counts()
+        vertex = part.vertices().copy()
+        vertex[:, 0] += np.repeat(rng.exponential(c_tau_mm, part.n_events), counts)
+        per_particle = np.repeat(b, counts, axis=0)
+        return Particles(
+            part.offsets,
+            part.pdg,
+            kin.boost(part.p4, per_particle),
+            part.charge,
+            vertex=kin.boost(vertex, per_particle),
+        )
+
+    return merge(fly(first, beta), fly(second, -beta))

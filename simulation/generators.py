@@ -4,7 +4,9 @@ Events are generated in the CM frame and copied out of Pythia into a columnar
 :class:`Particles` table: in bulk (``Pythia.nextBatch`` and numpy) for beam-generated
 processes, in one tight loop per event for a hand-placed resonance. Particles
 with a proper lifetime above 100 mm/c (pi+-, K+-, K_L, mu, n) are left undecayed for the
-detector simulation; K_S and Lambda decay.
+detector simulation; K_S and Lambda decay. Each particle keeps its production vertex
+(Pythia's ``vProd``: daughters of D, tau, K_S and Lambda decays are displaced by the
+mother's sampled lifetime), so the detector can measure impact parameters.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class Particles:
         charge: electric charge per particle (units of e).
         side: which B the particle comes from (0, 1), -1 for none (continuum); ``None``
             when not tracked.
+        vertex: production vertex (c t, x, y, z) per particle in mm, in the frame of ``p4``
+            (a four-vector: it boosts as the momenta do); ``None``: every particle at the
+            origin.
     """
 
     offsets: np.ndarray
@@ -95,12 +100,19 @@ class Particles:
     p4: np.ndarray
     charge: np.ndarray
     side: np.ndarray | None = None
+    vertex: np.ndarray | None = None
 
     def sides(self) -> np.ndarray:
         """The ``side`` column, -1 where it is not tracked."""
         if self.side is None:
             return np.full(len(self.pdg), -1, dtype=np.int8)
         return self.side
+
+    def vertices(self) -> np.ndarray:
+        """The ``vertex`` column, zeros (the origin) where it is not tracked."""
+        if self.vertex is None:
+            return np.zeros((len(self.pdg), 4))
+        return self.vertex
 
     @property
     def n_events(self) -> int:
@@ -119,7 +131,8 @@ class Particles:
         """The particles of the given events, in that order (events may repeat)."""
         offsets, rows = rows_of(self.offsets, entries)
         side = None if self.side is None else self.side[rows]
-        return Particles(offsets, self.pdg[rows], self.p4[rows], self.charge[rows], side)
+        vertex = None if self.vertex is None else self.vertex[rows]
+        return Particles(offsets, self.pdg[rows], self.p4[rows], self.charge[rows], side, vertex)
 
     def per_event_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum a per-particle column (first axis) within each event."""
@@ -163,10 +176,11 @@ def particles_of(
     pdg: list[int],
     mom: list[tuple[float, float, float, float]],
     data: object,
+    vertex: list[tuple[float, float, float, float]] | None = None,
 ) -> Particles:
     """Particles from per-event counts and per-particle PDG codes and (E, px, py, pz).
 
-    ``data``: Pythia's particle table, for the charges.
+    ``data``: Pythia's particle table, for the charges; ``vertex``: (c t, x, y, z) in mm.
     """
     codes = np.asarray(pdg, dtype=np.int32)
     return Particles(
@@ -174,6 +188,7 @@ def particles_of(
         pdg=codes,
         p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
         charge=charges_of(data, codes),
+        vertex=None if vertex is None else np.asarray(vertex, dtype=np.float64).reshape(-1, 4),
     )
 
 
@@ -243,6 +258,7 @@ class Generator:
         """Generate event by event, copying the final-state particles out in Python."""
         pdg: list[int] = []
         mom: list[tuple[float, float, float, float]] = []
+        vtx: list[tuple[float, float, float, float]] = []
         counts = np.zeros(n, dtype=np.int64)
         for i in range(n):
             while not self._next(float(energies[i])):
@@ -252,9 +268,10 @@ class Generator:
                 if particle.isFinal():
                     pdg.append(particle.id())
                     mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
+                    vtx.append(vertex_of(particle))
                     k += 1
             counts[i] = k
-        return particles_of(counts, pdg, mom, self.pythia.particleData)
+        return particles_of(counts, pdg, mom, self.pythia.particleData, vtx)
 
     def generate_weighted(self, n: int) -> tuple[Particles, np.ndarray]:
         """Generate ``n`` events in bulk with Pythia's event weights (1 unless biased).
@@ -276,6 +293,7 @@ class Generator:
         counts: list[np.ndarray] = []
         pdg: list[np.ndarray] = []
         p4: list[np.ndarray] = []
+        vertex: list[np.ndarray] = []
         remaining = n
         failed = 0
         while remaining > 0:
@@ -286,10 +304,11 @@ class Generator:
             if n_ok:
                 if weights is not None:
                     weights.append(np.asarray(ak.firsts(batch["info"]["weights"]), dtype=float))
-                c, codes, mom = _final_state(batch["prt"])
+                c, codes, mom, vtx = _final_state(batch["prt"])
                 counts.append(c)
                 pdg.append(codes)
                 p4.append(mom)
+                vertex.append(vtx)
             remaining -= n_ok
         if failed:
             log.debug("%d Pythia events failed; retried", failed)
@@ -300,18 +319,25 @@ class Generator:
             pdg=codes,
             p4=np.concatenate([np.zeros((0, 4)), *p4]),
             charge=charges_of(self.pythia.particleData, codes),
+            vertex=np.concatenate([np.zeros((0, 4)), *vertex]),
         )
 
 
-def _final_state(prt: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def vertex_of(particle: object) -> tuple[float, float, float, float]:
+    """A Pythia particle's production vertex as (c t, x, y, z) in mm."""
+    return (particle.tProd(), particle.xProd(), particle.yProd(), particle.zProd())
+
+
+def _final_state(prt: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Final-state particles (``status > 0``, Pythia's ``isFinal()``) of a ``nextBatch`` array.
 
     Args:
         prt: The ``prt`` field of a ``nextBatch`` result (events without ``None``).
 
     Returns:
-        (particles per event (int64), PDG codes (int32), (E, px, py, pz) rows (float64)), in
-        Pythia's event-record order.
+        (particles per event (int64), PDG codes (int32), (E, px, py, pz) rows (float64),
+        production vertices (c t, x, y, z) in mm (float64; Pythia's ``vProd``, missing ones
+        at the origin)), in Pythia's event-record order.
     """
     per_event = np.asarray(ak.num(prt, axis=1), dtype=np.int64)
     flat = ak.flatten(prt, axis=1)
@@ -325,7 +351,11 @@ def _final_state(prt: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mom = np.empty((len(codes), 4), dtype=np.float64)
     for k, field in enumerate(("e", "px", "py", "pz")):
         mom[:, k] = np.asarray(p[field], dtype=np.float64)[final]
-    return counts, codes, mom
+    v = flat["vProd"]
+    vtx = np.empty((len(codes), 4), dtype=np.float64)
+    for k, field in enumerate(("e", "px", "py", "pz")):
+        vtx[:, k] = ak.to_numpy(ak.fill_none(v[field], 0.0)).astype(np.float64)[final]
+    return counts, codes, mom, vtx
 
 
 def merge(a: Particles, b: Particles) -> Particles:
@@ -348,9 +378,11 @@ def merge(a: Particles, b: Particles) -> Particles:
     p4 = np.empty((total, 4))
     charge = np.empty(total)
     side = np.empty(total, dtype=np.int8)
+    vertex = np.empty((total, 4))
     for k, (slots, src) in enumerate(((slot_a, a), (slot_b, b))):
         pdg[slots] = src.pdg
         p4[slots] = src.p4
         charge[slots] = src.charge
         side[slots] = k
-    return Particles(offsets, pdg, p4, charge, side)
+        vertex[slots] = src.vertices()
+    return Particles(offsets, pdg, p4, charge, side, vertex)

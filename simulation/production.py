@@ -416,6 +416,7 @@ def _concat(tables: list[Particles]) -> Particles:
         np.concatenate([t.pdg for t in tables]),
         np.concatenate([t.p4 for t in tables]),
         np.concatenate([t.charge for t in tables]),
+        vertex=np.concatenate([t.vertices() for t in tables]),
     )
 
 
@@ -523,7 +524,8 @@ def _b_pairs(task: FileTask, sample: Sample, n: int, rng: np.random.Generator) -
         side0 = lib.particles.take(first_entry)
         code1, dkl1 = lib.code[first_entry], lib.d_to_kl[first_entry]
         q2 = np.full(n, -1.0)
-    parts = bdecays.boost_sides(side0, lib.particles.take(second_entry), p_first)
+    c_tau = bdecays.C_TAU_B_MM[511 if sample.name == "mixed" else 521]
+    parts = bdecays.boost_sides(side0, lib.particles.take(second_entry), p_first, rng, c_tau)
     truth = {
         # invisible energy of each B (rest frame); the signal B's: its neutrino pair
         "mcB1Einv": (

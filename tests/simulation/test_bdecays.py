@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from knunu.simulation import bdecays
-from knunu.simulation.generators import Generator
+from knunu.simulation.generators import Generator, Particles
 from knunu.simulation.kinematics import mass
 from knunu.simulation.production import load_mixture
 
@@ -73,7 +73,8 @@ def test_importance_weights_are_exact(mixture):
 
 
 def test_pairing_reproduces_direct_upsilon4s_generation(make_events):
-    """Same charged multiplicity and energy balance as Pythia decaying the Upsilon(4S)."""
+    """Same charged multiplicity, energy balance and flight distances as Pythia decaying the
+    Upsilon(4S) (which gives the B mesons their lifetimes itself)."""
     n = 3000
     direct = Generator("bbbar", seed=31, extra=("300553:oneChannel = 1 1.0 0 521 -521",))
     ref = direct.generate(n)
@@ -86,7 +87,16 @@ def test_pairing_reproduces_direct_upsilon4s_generation(make_events):
     def n_photons(parts):
         return parts.per_event_sum((parts.pdg == 22).astype(float))
 
-    for stat in (n_charged, n_photons):
+    def flight(parts):
+        """Per event: mean distance (mm) of charged particles made within 5 mm of the
+        Upsilon(4S) decay: B flight and D, tau decays (K_S and Lambda daughters out)."""
+        r = np.linalg.norm(parts.vertices()[:, 1:], axis=1)
+        near = (parts.charge != 0) & (r < 5.0)
+        return parts.per_event_sum(np.where(near, r, 0.0)) / np.maximum(
+            parts.per_event_sum(near.astype(float)), 1.0
+        )
+
+    for stat in (n_charged, n_photons, flight):
         a, b = stat(ref), stat(paired.parts)
         mean_b = np.sum(w * b) / np.sum(w)
         err = np.hypot(a.std() / np.sqrt(n), b.std() / np.sqrt(np.sum(w) ** 2 / np.sum(w**2)))
@@ -94,3 +104,29 @@ def test_pairing_reproduces_direct_upsilon4s_generation(make_events):
     total = paired.parts.per_event_sum(paired.parts.p4)  # CM frame, at each event's sqrt(s)
     np.testing.assert_allclose(total[:, 0], mass(paired.total), rtol=1e-9)
     np.testing.assert_allclose(total[:, 1:], 0.0, atol=1e-9)
+
+
+def test_b_mesons_fly_their_pdg_lifetime():
+    """boost_sides moves each B's decay products to a decay point one exponential proper
+    time along the B's momentum: proper length = |x| m / |p| with mean c tau."""
+    n = 20_000
+    rng = np.random.default_rng(5)
+    p4 = np.zeros((n, 4))
+    p4[:, 0] = 1.0  # a photon at rest stands for the decay products: only vertices matter
+    at_rest = Particles(np.arange(n + 1), np.full(n, 22, np.int32), p4, np.zeros(n))
+    sqrt_s = np.full(n, 10.58)
+    p_first, _ = bdecays.b_pair_momenta(sqrt_s, rng)
+    c_tau = bdecays.C_TAU_B_MM[521]
+    parts = bdecays.boost_sides(at_rest, at_rest, p_first, rng, c_tau)
+    first = parts.side == 0
+    x = parts.vertex[first, 1:]
+    p_b = p_first[:, 1:]
+    # along the B's flight direction, and with the B's proper length
+    cos = np.sum(x * p_b, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(p_b, axis=1))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-9)
+    proper = np.linalg.norm(x, axis=1) * bdecays.M_B[521] / np.linalg.norm(p_b, axis=1)
+    assert proper.mean() == pytest.approx(c_tau, rel=4 / np.sqrt(n))
+    # time and space of the decay point are one four-vector: c t^2 - x^2 = proper^2
+    np.testing.assert_allclose(
+        parts.vertex[first, 0] ** 2 - np.sum(x**2, axis=1), proper**2, rtol=1e-6
+    )

@@ -165,3 +165,46 @@ def test_antineutrons_annihilate_and_neutrons_rarely_interact():
     assert np.mean(nbar.clusters.p4_lab[:, 0]) > 0.6  # GeV: far above a neutron's
     # a neutron of the same momentum leaves part of its kinetic energy only
     assert np.mean(n.clusters.p4_lab[:, 0]) < 0.2 * np.mean(nbar.clusters.p4_lab[:, 0])
+
+
+def test_impact_parameters_have_the_configured_resolution():
+    """Prompt tracks from a point-like luminous region: dz / dz_err is a unit Gaussian and
+    dr / dr_err the absolute value of one; the luminous region adds its length to dz."""
+    rng = np.random.default_rng(8)
+    point = det.DetectorConfig(beam_photons_mean=0.0, beam_spot_cm=(0.0, 0.0, 0.0))
+    for p_cm in (0.3, 1.5):
+        made = _single_particles(211, 40_000, p_cm, rng)
+        pions = det.simulate_detector(made, ON_RESONANCE, point, rng).tracks
+        assert np.std(pions.dz / pions.dz_err) == pytest.approx(1.0, abs=0.02)
+        assert np.mean(pions.dr / pions.dr_err) == pytest.approx(np.sqrt(2 / np.pi), abs=0.02)
+        p_lab = np.linalg.norm(pions.p4_lab[:, 1:], axis=1)
+        sin_t = np.hypot(pions.p4_lab[:, 1], pions.p4_lab[:, 2]) / p_lab
+        beta = p_lab / np.hypot(p_lab, 0.13957)
+        want = np.hypot(16e-4, 25e-4 / (p_lab * beta * sin_t**2.5))
+        # the errors follow the true momentum, the measured one is off by its resolution
+        np.testing.assert_allclose(pions.dz_err, want, rtol=0.03)
+    pions = _single_particles(211, 40_000, 1.5, rng)
+    no_beam_photons = det.DetectorConfig(beam_photons_mean=0.0)
+    spread = det.simulate_detector(pions, ON_RESONANCE, no_beam_photons, rng).tracks
+    want = np.sqrt(0.025**2 + np.mean(spread.dz_err**2))
+    assert np.std(spread.dz) == pytest.approx(want, rel=0.02)
+
+
+def test_displaced_particles_have_displaced_tracks():
+    """A track made 1 mm from the beam line, with the momentum pointing away from it, has
+    dr = 1 mm (straight line; resolution 10-20 um); one made on the beam line has dr ~ 0."""
+    rng = np.random.default_rng(9)
+    n = 2000
+    parts = _single_particles(211, n, 1.5, rng)
+    p3 = parts.p4[:, 1:]
+    # 1 mm from the z axis, perpendicular to the (CM) transverse momentum: d0 = 1 mm
+    perp = np.stack([-p3[:, 1], p3[:, 0], np.zeros(n)], axis=1)
+    perp /= np.linalg.norm(perp, axis=1)[:, None]
+    vertex = np.column_stack([np.zeros(n), perp * 1.0])  # mm, (c t, x, y, z)
+    displaced = Particles(parts.offsets, parts.pdg, parts.p4, parts.charge, vertex=vertex)
+    beams = det.DetectorConfig(beam_photons_mean=0.0, beam_spot_cm=(0.0, 0.0, 0.0))
+    tracks = det.simulate_detector(displaced, ON_RESONANCE, beams, rng).tracks
+    # the boost is along z (and a little x): the transverse offset stays about 1 mm
+    assert np.median(tracks.dr) == pytest.approx(0.1, rel=0.05)
+    prompt = det.simulate_detector(parts, ON_RESONANCE, beams, rng).tracks
+    assert np.median(prompt.dr) < 0.003

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from knunu.simulation import generators
-from knunu.simulation.generators import Generator, Particles, particles_of
+from knunu.simulation.generators import Generator, Particles, particles_of, vertex_of
 
 #: Makes about 7 % of ccbar events fail Pythia's event check (momentum not conserved to the
 #: last bits), so that failed events and their retries are exercised.
@@ -16,7 +16,8 @@ FAILING = ("Check:epTolErr = 3e-16",)
 
 
 def reference(gen: Generator, n: int) -> Particles:
-    """The old copy-out: ``next()`` until it succeeds, then every ``isFinal()`` particle.
+    """The old copy-out: ``next()`` until it succeeds, then every ``isFinal()`` particle
+    with its production vertex.
 
     Args:
         gen: A continuum or tau-pair generator, freshly seeded.
@@ -27,6 +28,7 @@ def reference(gen: Generator, n: int) -> Particles:
     """
     pdg: list[int] = []
     mom: list[tuple[float, float, float, float]] = []
+    vtx: list[tuple[float, float, float, float]] = []
     counts = np.zeros(n, dtype=np.int64)
     for i in range(n):
         while not gen.pythia.next():
@@ -35,13 +37,14 @@ def reference(gen: Generator, n: int) -> Particles:
             if particle.isFinal():
                 pdg.append(particle.id())
                 mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
+                vtx.append(vertex_of(particle))
                 counts[i] += 1
-    return particles_of(counts, pdg, mom, gen.pythia.particleData)
+    return particles_of(counts, pdg, mom, gen.pythia.particleData, vtx)
 
 
 def assert_identical(got: Particles, want: Particles) -> None:
     """Same columns, bit for bit, with the same dtypes and shapes."""
-    for name in ("offsets", "pdg", "p4", "charge"):
+    for name in ("offsets", "pdg", "p4", "charge", "vertex"):
         a, b = getattr(got, name), getattr(want, name)
         assert a.dtype == b.dtype, name
         assert a.shape == b.shape, name

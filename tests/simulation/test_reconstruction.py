@@ -1,14 +1,15 @@
-"""ITA reconstruction: q2rec against the generated q2, missing energy, D-suppression mass."""
+"""ITA reconstruction: q2rec against the generated q2, missing energy, D-suppression mass,
+the ROE vertex."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from knunu.simulation.detector import DetectorConfig, simulate_detector
+from knunu.simulation.detector import DetectorConfig, Tracks, simulate_detector
 from knunu.simulation.generators import Generator
 from knunu.simulation.kinematics import ON_RESONANCE, mass
-from knunu.simulation.reconstruction import ita_variables
+from knunu.simulation.reconstruction import ita_variables, roe_vertex
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,56 @@ def test_event_sums_and_roe_take_every_track_as_a_pion(signal_sample):
     event_of = np.repeat(np.arange(len(e_pion)), np.diff(seen.tracks.offsets))
     roe_e = cand["K_roe_deltaE"] + seen.sqrt_s[event_of] / 2
     np.testing.assert_allclose(roe_e, (e_pion + e_clusters)[event_of] - pi_cm[:, 0], atol=1e-9)
+
+
+def _tracks(dz_um, dr_um, dz_err_um=20.0, dr_err_um=15.0) -> Tracks:
+    n = len(dz_um)
+    cm = 1e-4
+    return Tracks(
+        offsets=np.array([0, n]),
+        p4_lab=np.zeros((n, 4)),
+        p4_cm=np.zeros((n, 4)),
+        charge=np.ones(n, np.int8),
+        true_pdg=np.full(n, 211),
+        kaon_id=np.zeros(n),
+        lepton_id=np.zeros(n),
+        dr=np.asarray(dr_um) * cm,
+        dz=np.asarray(dz_um) * cm,
+        dr_err=np.full(n, dr_err_um * cm),
+        dz_err=np.full(n, dz_err_um * cm),
+        side=np.full(n, -1, np.int8),
+    )
+
+
+def test_roe_vertex_follows_its_definition():
+    """Three tracks at z = 0, 0, 100 um (errors 20 um), one displaced 3 mm from the beam."""
+    got = roe_vertex(_tracks([0.0, 0.0, 100.0, 500.0], [0.0, 15.0, 30.0, 3000.0]))
+    dz, chi2 = got["K_roe_dz"] * 1e4, got["K_roe_vtxChi2"]
+    # the third track as the candidate: the ROE vertex is at 0 (the displaced one is out)
+    assert dz[2] == pytest.approx(100.0)
+    assert chi2[2] == pytest.approx((0 + 1.0) / 3)  # dr pulls 0 and 1, z pulls 0; ndf 3
+    # the first: the ROE is the tracks at 0 and 100 um: vertex at 50 um, z pulls 2.5 each
+    assert dz[0] == pytest.approx(-50.0)
+    assert chi2[0] == pytest.approx((2 * 2.5**2 + 1.0 + 4.0) / 3)
+    # a lone track has no ROE vertex
+    alone = roe_vertex(_tracks([40.0], [10.0]))
+    assert alone["K_roe_dz"][0] == 0.0
+    assert alone["K_roe_vtxChi2"][0] == 0.0
+
+
+def test_kaons_in_b_events_sit_away_from_the_roe_vertex(signal_sample, make_events):
+    """Signal kaons come from one B, the ROE from the other, about 0.13 mm apart along the
+    boost; continuum kaons and their ROE come from one collision point."""
+    _, seen, _, cand = signal_sample
+    first = seen.tracks.offsets[:-1][np.diff(seen.tracks.offsets) > 0]
+    rng = np.random.default_rng(4)
+    made = Generator("uubar", seed=4).generate(3000)
+    uubar = simulate_detector(made, ON_RESONANCE, DetectorConfig(), rng)
+    kaon = uubar.tracks.kaon_id > 0.9
+    cont = ita_variables(uubar)[1]
+    signal_dz = np.median(np.abs(cand["K_roe_dz"][first])) * 1e4
+    continuum_dz = np.median(np.abs(cont["K_roe_dz"][kaon])) * 1e4
+    # B+ c tau = 491 um at beta gamma 0.29: |Delta z| of two B decays has median 98 um;
+    # the ROE's D decays pull its vertex further along the boost
+    assert 70 < signal_dz < 250
+    assert continuum_dz < 0.6 * signal_dz
