@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from knunu.errors import ConfigError
+from knunu.errors import ConfigError, SimulationError
 from knunu.rundir import atomic_path
 from knunu.simulation import kinematics as kin
 from knunu.simulation.generators import (
@@ -282,8 +282,12 @@ class Library:
     def load(cls, path: str | Path) -> Library:
         """Read a library written by :meth:`save`."""
         with np.load(path) as z:
-            vertex = z["vertex"] if "vertex" in z.files else None
-            parts = Particles(z["offsets"], z["pdg"], z["p4"], z["charge"], vertex=vertex)
+            if "vertex" not in z.files:
+                raise SimulationError(
+                    f"{path}: a decay library without production vertices (written before "
+                    "they were kept); delete it and run the production again"
+                )
+            parts = Particles(z["offsets"], z["pdg"], z["p4"], z["charge"], vertex=z["vertex"])
             return cls(parts, z["code"], z["d_to_kl"], z["n_kl"])
 
 
@@ -333,6 +337,9 @@ def build_library(species: int, stratum: str | None, n: int, seed: int) -> Libra
             b = event[b.daughter1()]  # follow B0 mixing to the decaying B
         products = tuple(abs(event[k].id()) for k in b.daughterList())
         code[i] = row.code if row is not None else classify(products)
+        # Pythia gives the B a lifetime of its own: vertices are kept relative to its decay
+        # point, and the pairing lets the B fly (``boost_sides``)
+        origin = (b.tDec(), b.xDec(), b.yDec(), b.zDec())
         k = 0
         for j in range(event.size()):
             particle = event[j]
@@ -341,7 +348,7 @@ def build_library(species: int, stratum: str | None, n: int, seed: int) -> Libra
             ident = particle.id()
             pdg.append(ident)
             mom.append((particle.e(), particle.px(), particle.py(), particle.pz()))
-            vtx.append(vertex_of(particle))
+            vtx.append(tuple(v - o for v, o in zip(vertex_of(particle), origin, strict=True)))
             k += 1
             if ident == 130:
                 n_kl[i] += 1

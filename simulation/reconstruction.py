@@ -30,6 +30,9 @@ M_D0 = 1.86484
 #: 1 mm in place of an adaptive fitter's down-weighting of K_S and Lambda daughters (their
 #: decays spread over centimetres; B, D and tau flight over tenths of a millimetre).
 VERTEX_TRACK = {"dr": 0.1, "dz": 3.0}
+#: The luminous region's horizontal width (cm), known to reconstruction (basf2: from its
+#: database), as the detector simulates it.
+BEAM_SPOT_X_CM = det.DetectorConfig().beam_spot_cm[0]
 
 
 def _theta_deg(p3: np.ndarray) -> np.ndarray:
@@ -161,8 +164,10 @@ def roe_vertex(tr: det.Tracks) -> dict[str, np.ndarray]:
     """
     good = (tr.dr < VERTEX_TRACK["dr"]) & (np.abs(tr.dz) < VERTEX_TRACK["dz"])
     w = np.where(good, tr.dz_err**-2.0, 0.0)
+    # dr is measured from the beam spot's centre: its width adds to each track's dr error
+    dr_err = np.hypot(tr.dr_err, BEAM_SPOT_X_CM)
     terms = np.column_stack(
-        [w, w * tr.dz, w * tr.dz**2, np.where(good, (tr.dr / tr.dr_err) ** 2, 0.0), good]
+        [w, w * tr.dz, w * tr.dz**2, np.where(good, (tr.dr / dr_err) ** 2, 0.0), good]
     )
     event = np.repeat(np.arange(len(tr.offsets) - 1), np.diff(tr.offsets))
     roe = per_event_sum(tr.offsets, terms)[event] - terms  # the candidate's own terms out

@@ -130,3 +130,17 @@ def test_b_mesons_fly_their_pdg_lifetime():
     np.testing.assert_allclose(
         parts.vertex[first, 0] ** 2 - np.sum(x**2, axis=1), proper**2, rtol=1e-6
     )
+
+
+def test_library_vertices_start_at_the_b_decay_point():
+    """Pythia gives the hand-placed B a lifetime of its own; the library keeps vertices
+    relative to its decay point, so the pairing's flight is the only one. B+ -> K+ K_L K_L
+    has only direct, stable daughters: all at (0, 0, 0, 0). Generic decays: a D daughter is
+    displaced in space and time, never earlier than the B decay."""
+    direct = bdecays.build_library(521, "k_kl_kl", 200, seed=11)
+    np.testing.assert_array_equal(direct.particles.vertices(), 0.0)
+    generic = bdecays.build_library(521, None, 300, seed=12).particles.vertices()
+    assert np.all(generic[:, 0] >= 0.0)
+    # space and time of a displaced vertex form a time-like four-vector (c t >= |x|)
+    assert np.all(generic[:, 0] + 1e-12 >= np.linalg.norm(generic[:, 1:], axis=1))
+    assert np.mean(generic[:, 0] == 0.0) > 0.2  # the B's direct daughters
