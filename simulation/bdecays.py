@@ -32,6 +32,7 @@ from knunu.rundir import atomic_path
 from knunu.simulation import kinematics as kin
 from knunu.simulation.generators import (
     COMMON_SETTINGS,
+    VERTEX_DTYPE,
     Particles,
     charges_of,
     merge,
@@ -287,7 +288,8 @@ class Library:
                     f"{path}: a decay library without production vertices (written before "
                     "they were kept); delete it and run the production again"
                 )
-            parts = Particles(z["offsets"], z["pdg"], z["p4"], z["charge"], vertex=z["vertex"])
+            vertex = z["vertex"].astype(VERTEX_DTYPE, copy=False)
+            parts = Particles(z["offsets"], z["pdg"], z["p4"], z["charge"], vertex=vertex)
             return cls(parts, z["code"], z["d_to_kl"], z["n_kl"])
 
 
@@ -360,7 +362,7 @@ def build_library(species: int, stratum: str | None, n: int, seed: int) -> Libra
         pdg=codes,
         p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
         charge=charges_of(pythia.particleData, codes),
-        vertex=np.asarray(vtx, dtype=np.float64).reshape(-1, 4),
+        vertex=np.asarray(vtx, dtype=VERTEX_DTYPE).reshape(-1, 4),
     )
     return Library(parts, code, d_to_kl, n_kl)
 
@@ -807,7 +809,7 @@ def boost_sides(
 
     def fly(part: Particles, b: np.ndarray) -> Particles:
         counts = part.counts()
-        vertex = part.vertices().copy()
+        vertex = part.vertices().astype(np.float64)
         vertex[:, 0] += np.repeat(rng.exponential(c_tau_mm, part.n_events), counts)
         per_particle = np.repeat(b, counts, axis=0)
         return Particles(
@@ -815,7 +817,7 @@ def boost_sides(
             part.pdg,
             kin.boost(part.p4, per_particle),
             part.charge,
-            vertex=kin.boost(vertex, per_particle),
+            vertex=kin.boost(vertex, per_particle).astype(VERTEX_DTYPE),
         )
 
     return merge(fly(first, beta), fly(second, -beta))

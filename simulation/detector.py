@@ -194,8 +194,7 @@ def simulate_detector(
     lab = boost(parts.p4, beta[event])
     seen = (event, lab, _theta_deg(lab))
     collision = rng.normal(0.0, 1.0, (n, 3)) * np.asarray(cfg.beam_spot_cm)
-    vertex_cm = boost(parts.vertices(), beta[event])[:, 1:] / 10.0 + collision[event]
-    tracks, idx, p3_lab = _tracks(parts, seen, beta, vertex_cm, cfg, rng)
+    tracks, idx, p3_lab = _tracks(parts, seen, beta, collision, cfg, rng)
     pieces = [
         _ecl_clusters(parts, seen, cfg, rng),
         _splitoffs(event[idx], tracks, p3_lab, cfg, rng),
@@ -214,13 +213,13 @@ def _tracks(
     parts: Particles,
     seen: _Lab,
     beta: np.ndarray,
-    vertex: np.ndarray,
+    collision: np.ndarray,
     cfg: DetectorConfig,
     rng: np.random.Generator,
 ) -> tuple[Tracks, np.ndarray, np.ndarray]:
     """Found charged particles as tracks; also their particle rows and lab momenta.
 
-    ``vertex``: every particle's production point in the lab (cm, beam-spot centre at 0).
+    ``collision``: each event's collision point (cm, from the beam-spot centre).
     """
     event, lab, theta = seen
     abs_pdg = np.abs(parts.pdg)
@@ -242,7 +241,10 @@ def _tracks(
     track_lab = _with_energy(p3_lab, mass)
     kaon_id = _kaon_id(abs_pdg[idx], p_true, cfg, rng)
     lepton_id = _lepton_id(abs_pdg[idx], p_true, cfg, rng)
-    d0, z0 = impact_parameters(vertex[idx], lab[idx, 1:])
+    # production points in the lab (cm, from the beam-spot centre), for the tracks only
+    t_event = event[idx]
+    vertex = boost(parts.vertices()[idx].astype(np.float64), beta[t_event])[:, 1:] / 10.0
+    d0, z0 = impact_parameters(vertex + collision[t_event], lab[idx, 1:])
     sin_t = np.hypot(lab[idx, 1], lab[idx, 2]) / p_true
     p_beta = p_true * beta_particle
     dr_err = np.hypot(cfg.d0_res_cm[0], cfg.d0_res_cm[1] / (p_beta * sin_t**1.5))
