@@ -974,7 +974,8 @@ def _nature_jobs(
     no MC truth); each carries the weight that makes its sample sum to nature's expectation
     at the data luminosity: ``norm x cross section x L / events`` (signal at ``mu_true``,
     continuum at ``continuum_norm``). ``spec``: ``mc_factor`` (events = factor x cross
-    section x data luminosity, per kind) and ``signal_events``; None: no nature stream.
+    section x data luminosity, per kind), optionally ``mc_factor_off_resonance`` (the same
+    off resonance; default ``mc_factor``) and ``signal_events``; None: no nature stream.
     """
     if not spec:
         return []
@@ -994,7 +995,10 @@ def _nature_jobs(
             if sample.kind in ("signal", "control"):
                 events = int(spec["signal_events"])
             else:
-                events = round(spec["mc_factor"][sample.kind] * xs * lum[place])
+                factor = spec["mc_factor"][sample.kind]
+                if place == "off":
+                    factor = spec.get("mc_factor_off_resonance", {}).get(sample.kind, factor)
+                events = round(factor * xs * lum[place])
             if events <= 0 or norm <= 0:
                 continue
             weight = norm * xs * lum[place] / events

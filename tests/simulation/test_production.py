@@ -265,6 +265,34 @@ def test_off_resonance_mc_has_its_own_factor(tmp_path):
     assert changed == {(s, True, False) for s in ("uubar", "ddbar", "ssbar", "ccbar")}
 
 
+def test_off_resonance_nature_has_its_own_factor(tmp_path):
+    """More off-resonance nature events, each lighter: nature's expectation stays."""
+    config = load_config()
+    config["scale"] = "default"
+    spec = config["simulation"]["scales"]["default"]["nature"]
+
+    def nature(cfg):
+        by = {}
+        for t in plan_production(cfg, tmp_path).files:
+            if t.weight is not None:
+                events, total = by.get((t.sample, t.off_resonance), (0, 0.0))
+                by[(t.sample, t.off_resonance)] = (
+                    events + t.n_events,
+                    total + t.n_events * t.weight,
+                )
+        return by
+
+    before = nature(config)
+    spec["mc_factor_off_resonance"] = {"continuum": 20}
+    after = nature(config)
+    changed = {k for k in after if after[k][0] != before[k][0]}
+    assert changed == {(s, True) for s in ("uubar", "ddbar", "ssbar", "ccbar")}
+    for key in changed:
+        factor = spec["mc_factor"]["continuum"]
+        assert after[key][0] == pytest.approx(before[key][0] * 20 / factor, rel=1e-4)
+        assert after[key][1] == pytest.approx(before[key][1], rel=1e-9)  # the same expectation
+
+
 def test_belle2_scale_injects_mu_true():
     config = load_config()
     config["scale"] = "belle2"
