@@ -286,6 +286,10 @@ def _log_terms(
     value = jnp.sum(xlogy(n, lam) - lam - gammaln(n + 1.0)) + jnp.sum(
         -0.5 * z * z - jnp.log(dm.constraint_sigma) - 0.5 * math.log(2 * math.pi)
     )
+    # A negative expected yield has no likelihood, with or without events in its bin: the
+    # Poisson formula alone would give an empty bin lambda < 0 a log-likelihood of -lambda > 0,
+    # a direction without a bound that a fit follows (pyhf's logpdf has it too).
+    value = jnp.where(jnp.all(lam >= 0.0), value, -jnp.inf)
     return value, jnp.where(n > 0, n / lam, 0.0), z
 
 

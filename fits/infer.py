@@ -157,11 +157,13 @@ class Likelihood:
         self.nmain = cfg.nmaindata
         self.prior_width = _prior_widths(cfg)
 
-        def nll(x: jnp.ndarray, data: jnp.ndarray) -> jnp.ndarray:
-            return -model.logpdf(x, data)[0]
-
         def expected_main(x: jnp.ndarray) -> jnp.ndarray:
             return model.expected_actualdata(x)
+
+        def nll(x: jnp.ndarray, data: jnp.ndarray) -> jnp.ndarray:
+            # a negative expected yield has no likelihood (see knunu.fits.dense._log_terms)
+            ok = jnp.all(expected_main(x) >= 0.0)
+            return jnp.where(ok, -model.logpdf(x, data)[0], jnp.inf)
 
         def constraint_nll(x: jnp.ndarray, aux: jnp.ndarray) -> jnp.ndarray:
             return -jnp.sum(model.constraint_logpdf(aux, x))
@@ -361,13 +363,7 @@ class Likelihood:
         if best is not None and best.edm < EDM_ACCEPT:
             log.debug("fit accepted at EDM %.2g (strategy %s)", best.edm, best.method)
             return replace(best, fixed=tuple(sorted(fixed)))
-        if result is not None and not np.isfinite(result.nll):
-            raise FitError(
-                "fit did not converge (the NLL is not finite where every strategy stopped: "
-                "a bin's expected yield is negative or zero with events in it)"
-            )
-        edm = result.edm if result is not None else float("nan")
-        raise FitError(f"fit did not converge (EDM {edm:.3g} after every strategy)")
+        raise _no_convergence(result)
 
     def _edm(self, g: np.ndarray, matrix: np.ndarray, free: np.ndarray, x: np.ndarray) -> float:
         gf = _kkt_gradient(g, x, self.bounds, free)
@@ -375,7 +371,9 @@ class Likelihood:
         if not active.any():
             return 0.0
         sub = matrix[np.ix_(active, active)]
-        return float(0.5 * gf[active] @ np.linalg.solve(sub, gf[active]))
+        edm = float(0.5 * gf[active] @ np.linalg.solve(sub, gf[active]))
+        # a negative distance: the curvature is not positive definite there (no minimum)
+        return edm if edm >= 0 else math.inf
 
     def _minimise(
         self,
@@ -409,7 +407,11 @@ class Likelihood:
             step_a = np.linalg.solve(sub, gf[active])
             edm = float(0.5 * gf[active] @ step_a)
             if not np.isfinite(edm) or edm < 0:
-                raise np.linalg.LinAlgError("curvature not positive definite")
+                if it == 1:
+                    raise np.linalg.LinAlgError("curvature not positive definite")
+                # the steps so far stand: the next strategy starts where they got to
+                log.debug("fit strategy %s: curvature not positive definite at step %d", method, it)
+                return FitResult(x, v, math.inf, it, method)
             if edm < EDM_TOLERANCE:
                 return FitResult(x, v, edm, it, method)
             step = np.zeros_like(x)
@@ -724,6 +726,22 @@ def _jax_backend(func: Any) -> Any:
             pyhf.set_backend(tensorlib, optimizer)
 
     return traced
+
+
+def _no_convergence(result: FitResult | None) -> FitError:
+    """The error of a fit that no strategy brought to a minimum, saying where it stopped."""
+    if result is not None and not np.isfinite(result.nll):
+        return FitError(
+            "fit did not converge (the NLL is not finite where every strategy stopped: "
+            "a bin's expected yield is negative, or zero with events in it)"
+        )
+    edm = result.edm if result is not None else float("nan")
+    if edm == math.inf:
+        return FitError(
+            "fit did not converge (the curvature is not positive definite where every "
+            "strategy stopped: no minimum inside the bounds)"
+        )
+    return FitError(f"fit did not converge (EDM {edm:.3g} after every strategy)")
 
 
 def _kkt_gradient(g: np.ndarray, x: np.ndarray, bounds: np.ndarray, free: np.ndarray) -> np.ndarray:

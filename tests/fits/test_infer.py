@@ -93,6 +93,31 @@ def test_a_fit_ending_where_the_nll_is_not_finite_is_refused():
         lh.profile(lh.poi, -50.0)
 
 
+def test_a_negative_yield_in_an_empty_bin_has_no_likelihood():
+    # With no events in a bin the Poisson formula alone gives lambda < 0 a log-likelihood of
+    # -lambda > 0, so a fit could lower the NLL without bound by driving the yield negative (a
+    # default run's fit of pseudo-data with an empty off-resonance channel did: every nuisance
+    # went to its bound, mu to -7). pyhf has the hazard; the dense engine refuses the point.
+    ws = _workspace(signal=(10.0, 10.0), obs=(0.0, 66.0))
+    spec = copy.deepcopy(dict(ws))
+    spec["measurements"][0]["config"]["parameters"] = [{"name": "mu", "bounds": [[-10.0, 10.0]]}]
+    ws = pyhf.Workspace(spec)
+    lh = Likelihood.from_workspace(ws)
+    x = lh.init.copy()
+    x[lh.poi] = -6.0  # first bin: 50 - 60 < 0, no events; second: 60 - 60 = 0 with 66
+    pyhf.set_backend("numpy")
+    model = ws.model()
+    pars = np.asarray(model.config.suggested_init(), dtype=float)
+    pars[model.config.poi_index] = -5.5  # second bin 5 > 0: pyhf's NLL is finite here
+    assert np.isfinite(float(model.logpdf(pars, ws.data(model))[0]))
+    y = lh.init.copy()
+    y[lh.poi] = -5.5
+    assert lh.nll(y) == np.inf  # the first bin expects 50 - 55 < 0 without events
+    assert lh.nll(x) == np.inf
+    best = lh.fit()  # the best fit stays where every yield is positive
+    assert (lh.expected_data(best.x)[: lh.nmain] >= 0).all()
+
+
 def test_profile_retries_from_the_model_init():
     # from a starting point where nothing is finite the profile starts again from the init
     lh = Likelihood.from_workspace(_workspace())
