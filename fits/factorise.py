@@ -28,6 +28,7 @@ q2rec bins, every variation).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +54,7 @@ class Factorised(NamedTuple):
     slope: float  # the power law's k, all q2rec bins together
     loose_effective: float  # (sum w)^2 / sum w^2 of the loose events
     mean_weight: float  # sum w^2 / sum w of the loose events (an event's typical weight)
+    loose: float  # the loose eta cut it was fitted above
 
 
 def _fractions(edges: np.ndarray, lo: float, hi: float, a: float, model: str = "exp") -> np.ndarray:
@@ -127,14 +129,43 @@ def _template(
     return out, pooled
 
 
+def loose_cut(
+    values: np.ndarray,
+    variances: np.ndarray,
+    cuts: Sequence[float],
+    min_effective: float = MIN_EFFECTIVE,
+    loose_edges: np.ndarray = LOOSE_EDGES,
+) -> tuple[float, float] | None:
+    """The loose eta cut to fit above, and the effective events it holds.
+
+    The first of ``cuts`` (tightest first) whose region holds ``min_effective`` effective
+    events; if none does, the last (loosest) when it holds :data:`MIN_EFFECTIVE`; else ``None``.
+
+    >>> v = np.zeros((50, 1)); v[20:30] = 1.0  # one event in each bin of eta 0.7-0.8
+    >>> loose_cut(v, v, (0.8, 0.7, 0.6), min_effective=8)
+    (0.7, 10.0)
+    >>> loose_cut(v, v, (0.8,)) is None
+    True
+    """
+    found = None
+    for cut in cuts:
+        rows = loose_edges[:-1] >= cut - 1e-9
+        s, s2 = float(values[rows].sum()), float(variances[rows].sum())
+        found = (float(cut), s * s / s2 if s2 > 0 else 0.0)
+        if found[1] >= min_effective:
+            return found
+    return found if found is not None and found[1] >= MIN_EFFECTIVE else None
+
+
 def factorise(
     values: np.ndarray,
     variances: np.ndarray,
     eta_edges: np.ndarray,
-    loose: float = 0.8,
+    loose: float | Sequence[float] = 0.8,
     replicas: int = 200,
     seed: int = 0,
     loose_edges: np.ndarray = LOOSE_EDGES,
+    min_effective: float = MIN_EFFECTIVE,
 ) -> Factorised | None:
     """The factorised template of one sample from its loose histogram.
 
@@ -142,20 +173,23 @@ def factorise(
         values: Loose histogram (eta rows on ``loose_edges`` x q2rec bins), sum of weights.
         variances: Its sum of squared weights.
         eta_edges: The fit's eta edges (inside [loose, 1]).
-        loose: The loose eta cut.
+        loose: The loose eta cut, or cuts tightest first (:func:`loose_cut` picks one).
         replicas: Gaussian replicas for the MC statistical uncertainty.
         seed: Their random stream.
         loose_edges: The loose histogram's eta edges.
+        min_effective: The effective loose events a cut must hold to be taken before a looser.
 
     Returns:
-        The template, or ``None`` when the loose region holds fewer than
+        The template, or ``None`` when even the loosest region holds fewer than
         :data:`MIN_EFFECTIVE` effective events (too few to fit a shape).
     """
+    cuts = (loose,) if isinstance(loose, int | float) else tuple(loose)
+    chosen = loose_cut(values, variances, cuts, min_effective, loose_edges)
+    if chosen is None:
+        return None
+    loose, effective = chosen
     rows = loose_edges[:-1] >= loose - 1e-9
     s, s2 = float(values[rows].sum()), float(variances[rows].sum())
-    effective = s * s / s2 if s2 > 0 else 0.0
-    if effective < MIN_EFFECTIVE:
-        return None
 
     def both(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         power, k = _template(v, variances, loose_edges, eta_edges, loose, "power")
@@ -167,7 +201,7 @@ def factorise(
     mean_weight = s2 / s
     if replicas < 1:
         zero = np.zeros_like(nominal)
-        return Factorised(nominal, zero, expo, power, k, effective, mean_weight)
+        return Factorised(nominal, zero, expo, power, k, effective, mean_weight, loose)
     rng = np.random.default_rng(seed)
     sigma = np.sqrt(np.clip(variances, 0.0, None))
     draws = np.empty((replicas, *nominal.shape))
@@ -175,7 +209,7 @@ def factorise(
         moved = np.clip(values + sigma * rng.standard_normal(values.shape), 0.0, None)
         p, e, _ = both(moved)
         draws[r] = (p + e) / 2
-    return Factorised(nominal, draws.var(axis=0), expo, power, k, effective, mean_weight)
+    return Factorised(nominal, draws.var(axis=0), expo, power, k, effective, mean_weight, loose)
 
 
 class Closure(NamedTuple):

@@ -101,7 +101,8 @@ class Scaled(NamedTuple):
     mc: tuple[McStatistics, ...]
     nature: tuple[McStatistics, ...]
     factorised: dict[str, dict[str, Any]] | None = None  # per template (see _factorise)
-    nature_factorised: dict[str, list[str]] | None = None  # per histogram: sources factorised
+    # per histogram: the sources factorised, each with its loose eta cut
+    nature_factorised: dict[str, dict[str, float]] | None = None
 
 
 def measurement_histograms(
@@ -158,11 +159,11 @@ def _scaled_templates(
     factors: dict[str, float],
     factorise: Mapping[str, Any] | None,
     seed: int,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, list[str]]]:
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
     """The fit templates and nature's histograms scaled to the target luminosity.
 
     Returns (templates by key, nature by histogram, the factorised templates' closure tests,
-    the samples nature's factorised expectation is made of by histogram).
+    by histogram the samples nature's factorised expectation is made of, with their cuts).
 
     Raises:
         InputError: the file has no nature stream.
@@ -183,7 +184,7 @@ def _scaled_templates(
             written[key] = f[key].to_hist() * factors[RESONANCE[name]]
         nature = {n: f[f"{n}_nature_nominal"].to_hist() * factors[RESONANCE[n]] for n in natures}
         done = _factorise(f, keys, written, factors, factorise, seed) if factorise else {}
-        nature_sources: dict[str, list[str]] = {}
+        nature_sources: dict[str, dict[str, float]] = {}
         for name in ("ita_on", "ita_off") if factorise else ():
             if name in nature:
                 used = _factorise_nature(f, keys, name, nature, factors, factorise, seed)
@@ -228,7 +229,7 @@ def _factorise_nature(
     factors: dict[str, float],
     spec: Mapping[str, Any],
     seed: int,
-) -> list[str] | None:
+) -> dict[str, float] | None:
     """Nature's expectation of an ITA fit histogram, its configured sources factorised.
 
     The nature stream is an MC too: its signal-region expectation, filled event by event, holds
@@ -236,6 +237,9 @@ def _factorise_nature(
     (``{name}_source_{sample}_nominal``, eta 0.5-1 x q2rec), the configured ones are
     factorised like the templates, the others (signal at ``mu_true``, control modes) summed as
     filled. Their sum replaces ``nature[name]`` (the filled sum must agree with it).
+
+    Returns:
+        The factorised sources with their loose eta cuts; ``None`` without sources.
     """
     from knunu.fits import factorise as fz
     from knunu.processors.ita import ETA_EDGES
@@ -250,7 +254,7 @@ def _factorise_nature(
     total = np.zeros(nature[name].values().shape)
     total_var = np.zeros_like(total)
     filled = np.zeros_like(total)
-    used = []
+    used: dict[str, float] = {}
     for source in sources:
         h = f[f"{prefix}{source}_nominal"].to_hist() * scale
         values, variances = h.values(), h.variances()
@@ -264,7 +268,7 @@ def _factorise_nature(
         else:
             total += made.values
             total_var += made.variances
-            used.append(source)
+            used[source] = made.loose
     if not math.isclose(filled.sum(), nature[name].values().sum(), rel_tol=1e-6, abs_tol=1e-9):
         raise InputError(f"{name}: the nature stream's sources do not add up to it")
     h = nature[name].copy()
@@ -280,18 +284,26 @@ def _factorised(
     spec: Mapping[str, Any],
     seed: int,
     replicas: bool = True,
+    cut: float | None = None,
 ) -> Any:
-    """One loose histogram factorised as ``measurement.factorise`` says."""
-    from knunu.fits.factorise import factorise
+    """One loose histogram factorised as ``measurement.factorise`` says.
+
+    The loose cut is ``loose_eta``, or the first of ``looser_eta`` whose region holds
+    ``min_loose_effective`` effective events (:func:`knunu.fits.factorise.loose_cut`); ``cut``
+    holds it (a variation is fitted above its nominal's cut).
+    """
+    from knunu.fits.factorise import MIN_EFFECTIVE, factorise
     from knunu.processors.ita import ETA_EDGES
 
+    cuts = (cut,) if cut is not None else (spec["loose_eta"], *spec.get("looser_eta", ()))
     return factorise(
         values,
         variances,
         np.asarray(ETA_EDGES),
-        float(spec["loose_eta"]),
+        tuple(float(c) for c in cuts),
         int(spec["replicas"]) if replicas else 0,
         seed,
+        min_effective=float(spec.get("min_loose_effective", MIN_EFFECTIVE)),
     )
 
 
@@ -344,6 +356,7 @@ def _factorise(
             close = fz.closure(filled.values(), result.values, result.variances, result.mean_weight)
             side = fz.sideband_closure(nominal.values(), nominal.variances())
             done[f"{name}_{sample}"] = {
+                "loose_eta": result.loose,
                 "loose_effective": result.loose_effective,
                 "slope": result.slope,
                 "closure": close._asdict(),
@@ -380,9 +393,9 @@ def _factorised_variation(
     from knunu.fits import factorise as fz
 
     h = filled.copy()
-    made = _factorised(loose.value, loose.variance, spec, seed, replicas=False)
+    made = _factorised(loose.value, loose.variance, spec, seed, replicas=False, cut=result.loose)
     if made is None:
-        rows = fz.LOOSE_EDGES[:-1] >= float(spec["loose_eta"]) - 1e-9
+        rows = fz.LOOSE_EDGES[:-1] >= result.loose - 1e-9
         base = nominal.values()[rows].sum(axis=0)
         ratio = np.divide(
             loose.value[rows].sum(axis=0), base, out=np.ones_like(base), where=base > 0
@@ -802,11 +815,12 @@ def _template_lines(summary: dict[str, Any]) -> list[str]:
     factorised = summary.get("factorised") or {}
     if factorised:
         lines.append(
-            "ITA templates factorised from a looser eta cut (loose effective MC events; "
-            "closure chi2/ndf against the filled template in the signal region, and one step "
-            "down, fitted on eta 0.6-0.8, in eta 0.72-0.8): "
+            "ITA templates factorised from a looser eta cut (loose effective MC events above "
+            "the cut; closure chi2/ndf against the filled template in the signal region, and "
+            "one step down, fitted on eta 0.6-0.8, in eta 0.72-0.8): "
             + "; ".join(
-                f"{key} {d['loose_effective']:.0f} ({d['closure']['chi2']:.1f}/"
+                f"{key} {d['loose_effective']:.0f} above {d['loose_eta']:.2f} "
+                f"({d['closure']['chi2']:.1f}/"
                 f"{d['closure']['ndf']}, {d['sideband_closure']['chi2']:.1f}/"
                 f"{d['sideband_closure']['ndf']})"
                 for key, d in factorised.items()

@@ -177,16 +177,18 @@ def _measurement_tables(run_dir: Path) -> list[str]:
         lines += [
             "",
             "**Factorised ITA templates** (per q2rec bin: events above the loose eta cut x "
-            "an exponential eta shape, knunu.fits.factorise): loose effective MC events, the "
-            "fitted slope (all q2rec bins), "
+            "the mean of a fitted exponential and power-law eta shape, knunu.fits.factorise): "
+            "the loose cut (stepped down where the sample is thin), its effective MC events, "
+            "the power law's slope (all q2rec bins), "
             "closure against the template filled event by event (signal-region bins, both MC "
             "errors) and one step down (fitted on eta 0.6-0.8, compared in eta 0.72-0.8)",
             "",
-            "| template | loose effective | slope a | closure chi2/ndf | factorised/filled "
-            "| sideband chi2/ndf | predicted/filled |",
-            "|---|---|---|---|---|---|---|",
+            "| template | loose cut | loose effective | slope k | closure chi2/ndf "
+            "| factorised/filled | sideband chi2/ndf | predicted/filled |",
+            "|---|---|---|---|---|---|---|---|",
             *(
-                f"| {key} | {d['loose_effective']:.0f} | {d['slope']:.1f} | "
+                f"| {key} | eta > {d['loose_eta']:.2f} | {d['loose_effective']:.0f} | "
+                f"{d['slope']:.1f} | "
                 f"{d['closure']['chi2']:.1f}/{d['closure']['ndf']} | "
                 f"{d['closure']['ratio']:.2f} | {d['sideband_closure']['chi2']:.1f}/"
                 f"{d['sideband_closure']['ndf']} | {d['sideband_closure']['ratio']:.2f} |"

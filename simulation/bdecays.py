@@ -34,8 +34,8 @@ from knunu.simulation.generators import (
     COMMON_SETTINGS,
     VERTEX_DTYPE,
     Particles,
-    charges_of,
     merge,
+    particles_of,
     vertex_of,
 )
 
@@ -356,14 +356,7 @@ def build_library(species: int, stratum: str | None, n: int, seed: int) -> Libra
                 n_kl[i] += 1
                 d_to_kl[i] += _from_d(event, j)
         counts[i] = k
-    codes = np.asarray(pdg, dtype=np.int32)
-    parts = Particles(
-        offsets=np.concatenate([[0], np.cumsum(counts)]),
-        pdg=codes,
-        p4=np.asarray(mom, dtype=np.float64).reshape(-1, 4),
-        charge=charges_of(pythia.particleData, codes),
-        vertex=np.asarray(vtx, dtype=VERTEX_DTYPE).reshape(-1, 4),
-    )
+    parts = particles_of(counts, pdg, mom, pythia.particleData, vtx)
     return Library(parts, code, d_to_kl, n_kl)
 
 
