@@ -309,6 +309,7 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
             if variation == "nominal":
                 loose_values = [values[30:, j] * 362.0 / 0.5 for j in range(3)]
                 nominal_loose = values[30:].sum(axis=0)
+                nominal_values = values
             if variation == thin:  # one event per q2rec bin: too few to fit a shape
                 values = np.zeros_like(values)
                 values[40] = [0.2, 0.3, 0.5]
@@ -348,6 +349,22 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
         for variation in variations:
             filled = hists[f"ita_on_ccbar_{variation}"].sum() * 724
             assert b[f"ita_on_ccbar_{variation}"].values().sum() != pytest.approx(filled, 1e-3)
+    # a sample too thin for eta > 0.8 (here: no cut holds 1e9 effective events) is fitted
+    # above the loosest of looser_eta, and so is each of its variations
+    thin_spec = {**spec, "looser_eta": [0.7, 0.6], "min_loose_effective": 1e9}
+    stepped = measurement_histograms(path, tmp_path / "s.root", lum, target, 11, thin_spec)
+    assert stepped.factorised["ita_on_ccbar"]["loose_eta"] == 0.6
+    with uproot.open(stepped.path) as b:
+        down_v = b["ita_on_ccbar_factorisation_down"].values()
+        for j in range(3):
+            k = fz.fit_slope(nominal_values[10:, j], fz.LOOSE_EDGES[10:], "power")
+            expected = fz._fractions(histfile.ETA_EDGES, 0.6, 1.0, k, "power")
+            np.testing.assert_allclose(
+                down_v[:, j] / down_v[:, j].sum(), expected / expected.sum(), 1e-9
+            )
+        ratio = np.array([0.2, 0.3, 0.5]) / nominal_values[10:].sum(axis=0)
+        made = b["ita_on_ccbar_nominal"].values()
+        np.testing.assert_allclose(b[f"ita_on_ccbar_{thin}"].values(), made * ratio, rtol=1e-9)
     catalogue = load_catalogue() + factorisation_systematics(scaled.factorised)
     paths = write_workspaces(scaled.path, tmp_path / "ws", catalogue, 0.0, ("ita",))
     model = pyhf.Workspace(json.loads(paths["ita"].read_text())).model()
