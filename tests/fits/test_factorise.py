@@ -113,7 +113,8 @@ def test_a_thin_sample_is_fitted_above_a_looser_cut_and_still_estimates_the_trut
         assert out is not None
         made.append(out)
     cuts = [m.loose for m in made]
-    assert cuts.count(0.6) > 0.6 * len(cuts) and cuts.count(0.8) < 0.05 * len(cuts), cuts
+    assert cuts.count(0.6) > 0.6 * len(cuts), cuts
+    assert cuts.count(0.8) < 0.05 * len(cuts), cuts
     # The power law (the shape that holds here) is biased by its slope fit on ~25 events:
     # measured 1.18x (1.14x with the cut held at 0.6, 1.06x with 200 events, 0.97x with 1000
     # above 0.8); the exponential extrapolates 1.9x from 0.6 (1.14x from 0.8), so the shape
