@@ -371,9 +371,7 @@ class Likelihood:
         if not active.any():
             return 0.0
         sub = matrix[np.ix_(active, active)]
-        edm = float(0.5 * gf[active] @ np.linalg.solve(sub, gf[active]))
-        # a negative distance: the curvature is not positive definite there (no minimum)
-        return edm if edm >= 0 else math.inf
+        return float(0.5 * gf[active] @ np.linalg.solve(sub, gf[active]))
 
     def _minimise(
         self,
