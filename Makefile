@@ -12,13 +12,16 @@ CONFIG    ?=
 CLUSTER   ?= local
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 WORKSPACE ?=
+# pytest-xdist workers for make test: one a core the process may use (nproc), at most 4 (each
+# holds up to 4 GiB; 24 GiB machines)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: help setup analysis simulate process train fit reinterpret cluster scheduler-up scheduler-down py313 test lint format bench clean distclean
 
 help: ## list the targets (default)
 	@echo "knunu make targets:"
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
-	@echo "variables: CONFIG=<yaml> CLUSTER=local|slurm|htcondor WORKSPACE=<pyhf json> INSTALLER=uv|pip"
+	@echo "variables: CONFIG=<yaml> CLUSTER=local|slurm|htcondor WORKSPACE=<pyhf json> INSTALLER=uv|pip TEST_WORKERS=<n>"
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,7 +73,7 @@ scheduler-down: ## stop the daemons scheduler-up started (CLUSTER=slurm|htcondor
 test: $(STAMP) ## lint, then the whole test suite (doctests included): one xdist worker a core, the batch schedulers' tests alone after
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n auto -m "not slurm and not htcondor"
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slurm and not htcondor"
 	$(BIN)/pytest -m "slurm or htcondor"
 
 py313: $(STAMP) ## install and run the tiny analysis with Debian 13's Python 3.13 (chroot, root), compare with this one
