@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import awkward as ak
 import numpy as np
@@ -37,6 +37,61 @@ COMMON_SETTINGS = (
     "ParticleDecays:limitTau0 = on",
     "ParticleDecays:tau0Max = 100.",
 )
+
+
+#: Weakly decaying charm hadrons (|PDG|): a :class:`DecayBias` scales their semileptonic channels.
+CHARM_HADRONS = (411, 421, 431, 4122, 4132, 4232, 4332)
+K0 = 311
+K_LONG = 130
+_LEPTONS_NU = (11, 12, 13, 14)
+
+
+@dataclass(frozen=True)
+class DecayBias:
+    """Decays that make missing energy drawn more often, each with its exact weight.
+
+    The continuum's signal-region events carry large missing energy from a K_L (75-82 % of
+    them) or the neutrino of a semileptonic charm decay. Pythia picks a decay channel in
+    proportion to its branching ratio among the open channels, so multiplying the
+    semileptonic channels of every weakly decaying charm hadron by ``semileptonic`` and K0 ->
+    K_L by ``k_long`` draws those decays more often without changing anything else. A biased
+    decay of a species whose boosted channels hold the fraction f of its table carries
+    ``p / q``: ``(s f + 1 - f) / s`` when a boosted channel was taken, ``s f + 1 - f``
+    otherwise; an event carries the product over its decays, so every sum of weights stays
+    that of the unbiased generation.
+
+    >>> DecayBias(k_long=3.0).factors(0.5)
+    (0.6666666666666666, 2.0)
+    """
+
+    semileptonic: float = 1.0
+    k_long: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.semileptonic > 0 and self.k_long > 0):
+            raise ValueError(f"decay bias scales must be positive: {self}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any decay is biased."""
+        return self.semileptonic != 1.0 or self.k_long != 1.0
+
+    def scale_of(self, species: int) -> float:
+        """The boost of a species' boosted channels."""
+        return self.k_long if species == K0 else self.semileptonic
+
+    def factors(self, fraction: float, species: int = K0) -> tuple[float, float]:
+        """Weights (boosted channel taken, other channel taken) of a decay of ``species``."""
+        s = self.scale_of(species)
+        norm = s * fraction + 1.0 - fraction
+        return norm / s, norm
+
+
+def _boosted(species: int, products: list[int]) -> bool:
+    """Whether a decay channel is one that :class:`DecayBias` boosts."""
+    if species == K0:
+        return products == [K_LONG]
+    return any(abs(p) in _LEPTONS_NU for p in products)
 
 
 class Process(NamedTuple):
@@ -210,7 +265,13 @@ class Generator:
         extra: Further ``readString`` settings (e.g. retuned branching fractions).
     """
 
-    def __init__(self, process: str, seed: int, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        process: str,
+        seed: int,
+        extra: tuple[str, ...] = (),
+        bias: DecayBias | None = None,
+    ) -> None:
         import pythia8mc
 
         self.process = PROCESSES[process]
@@ -223,6 +284,12 @@ class Generator:
         ):
             if not self.pythia.readString(line):
                 raise ValueError(f"Pythia rejected setting {line!r}")
+        #: Per biased species, the weights (boosted channel taken, other channel taken).
+        self.decay_factors: dict[int, tuple[float, float]] = {}
+        if bias is not None and bias.active:
+            if self.process.hand_placed is not None:
+                raise ValueError(f"{process}: decays are biased in bulk generation only")
+            self.decay_factors = _bias_table(self.pythia.particleData, bias)
         if not self.pythia.init():
             raise RuntimeError(f"Pythia failed to initialise for {process}")
 
@@ -248,8 +315,11 @@ class Generator:
                 default 10.58 GeV. Continuum processes run at the fixed ``Beams:eCM``.
 
         Raises:
-            ValueError: If ``n`` is negative.
+            ValueError: If ``n`` is negative, or if decays are biased (their weights are
+                :meth:`generate_weighted`'s).
         """
+        if self.decay_factors:
+            raise ValueError("biased decays need their weights: use generate_weighted")
         if n < 0:
             raise ValueError(f"negative number of events {n}")
         if self.process.hand_placed is None:
@@ -277,15 +347,42 @@ class Generator:
         return particles_of(counts, pdg, mom, self.pythia.particleData, vtx)
 
     def generate_weighted(self, n: int) -> tuple[Particles, np.ndarray]:
-        """Generate ``n`` events in bulk with Pythia's event weights (1 unless biased).
+        """Generate ``n`` events in bulk with their weights (1 unless biased).
 
         Pythia's enhanced shower splittings (``Enhancements:doEnhance``) and other biasing
-        settings make weighted events; the weights keep every sum exact.
+        settings make weighted events, and so does a :class:`DecayBias` (the product of its
+        decays' weights); the weights keep every sum exact.
         """
-        weights: list[np.ndarray] = []
-        return self._generate_bulk(n, weights), np.concatenate([np.zeros(0), *weights])
+        parts, weights, _ = self.generate_counted(n, ())
+        return parts, weights
 
-    def _generate_bulk(self, n: int, weights: list[np.ndarray] | None = None) -> Particles:
+    def generate_counted(
+        self, n: int, species: tuple[int, ...]
+    ) -> tuple[Particles, np.ndarray, dict[int, np.ndarray]]:
+        """:meth:`generate_weighted`, and per event the decays of each of ``species``.
+
+        Returns:
+            (particles, weights, {species: (n_events, 2) counts of its decays in a boosted
+            channel and in another, :func:`boosted_decays`}): what a study needs to weigh
+            the same events for another :class:`DecayBias`.
+        """
+        if n < 0:
+            raise ValueError(f"negative number of events {n}")
+        weights: list[np.ndarray] = []
+        decays: dict[int, list[np.ndarray]] = {k: [] for k in species}
+        parts = self._generate_bulk(n, weights, decays)
+        return (
+            parts,
+            np.concatenate([np.zeros(0), *weights]),
+            {k: np.concatenate([np.zeros((0, 2), dtype=np.int64), *v]) for k, v in decays.items()},
+        )
+
+    def _generate_bulk(
+        self,
+        n: int,
+        weights: list[np.ndarray] | None = None,
+        decays: dict[int, list[np.ndarray]] | None = None,
+    ) -> Particles:
         """Generate with ``Pythia.nextBatch`` in batches of at most :data:`BATCH_EVENTS`.
 
         Failed events come back as ``None`` (error mode ``"none"``), are dropped and made up
@@ -306,7 +403,10 @@ class Generator:
             failed += want - n_ok
             if n_ok:
                 if weights is not None:
-                    weights.append(np.asarray(ak.firsts(batch["info"]["weights"]), dtype=float))
+                    w = np.asarray(ak.firsts(batch["info"]["weights"]), dtype=float)
+                    weights.append(w * decay_weights(batch["prt"], self.decay_factors))
+                for key, found in (decays or {}).items():
+                    found.append(np.stack(boosted_decays(batch["prt"], key), axis=1))
                 c, codes, mom, vtx = _final_state(batch["prt"])
                 counts.append(c)
                 pdg.append(codes)
@@ -324,6 +424,90 @@ class Generator:
             charge=charges_of(self.pythia.particleData, codes),
             vertex=np.concatenate([np.zeros((0, 4), dtype=VERTEX_DTYPE), *vertex]),
         )
+
+
+def _open_channels(data: object, species: int) -> list[Any]:
+    entry = data.particleDataEntryPtr(species)
+    channels = [entry.channel(i) for i in range(entry.sizeChannels())]
+    if any(ch.onMode() not in (0, 1) for ch in channels):
+        raise ValueError(f"{species}: channels open for one charge only cannot be biased")
+    return [ch for ch in channels if ch.onMode() == 1]
+
+
+def _is_boosted(species: int, channel: Any) -> bool:
+    return _boosted(species, [channel.product(k) for k in range(channel.multiplicity())])
+
+
+def boosted_fraction(data: object, species: int) -> float:
+    """The fraction of ``species``' open decay table that a :class:`DecayBias` boosts.
+
+    Args:
+        data: Pythia's particle table (``Pythia.particleData``).
+        species: A |PDG| code of :data:`CHARM_HADRONS` or :data:`K0`.
+    """
+    on = _open_channels(data, species)
+    boosted = sum(ch.bRatio() for ch in on if _is_boosted(species, ch))
+    return boosted / sum(ch.bRatio() for ch in on)
+
+
+def _bias_table(data: object, bias: DecayBias) -> dict[int, tuple[float, float]]:
+    """Scale the boosted channels in Pythia's decay table; each species' decay weights."""
+    factors: dict[int, tuple[float, float]] = {}
+    for species in (*CHARM_HADRONS, K0):
+        scale = bias.scale_of(species)
+        if scale == 1.0:
+            continue
+        factors[species] = bias.factors(boosted_fraction(data, species), species)
+        for ch in _open_channels(data, species):
+            if _is_boosted(species, ch):
+                ch.bRatio(ch.bRatio() * scale)
+    return factors
+
+
+def boosted_decays(prt: ak.Array, species: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per event, the decays of ``species`` (either charge) in a boosted / another channel.
+
+    Boosted: K0 -> K_L for the K0, a semileptonic channel (an e, mu or their neutrino among
+    the direct products) for a charm hadron (:class:`DecayBias`).
+
+    Args:
+        prt: The ``prt`` field of a ``nextBatch`` result (events without ``None``).
+        species: A |PDG| code of :data:`CHARM_HADRONS` or :data:`K0`.
+    """
+    per_event = np.asarray(ak.num(prt, axis=1), dtype=np.int64)
+    flat = ak.flatten(prt, axis=1)
+    ids = np.abs(np.asarray(flat["id"], dtype=np.int64))
+    d1 = np.asarray(flat["daughter1"], dtype=np.int64)
+    d2 = np.asarray(flat["daughter2"], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(per_event)[:-1]])
+    event = np.repeat(np.arange(len(per_event)), per_event)
+    rows = np.flatnonzero((ids == species) & (d1 > 0))
+    first = start[event[rows]] + d1[rows]
+    last = start[event[rows]] + np.maximum(d1[rows], d2[rows])
+    if species == K0:
+        hit = (first == last) & (ids[first] == K_LONG)
+    else:
+        cum = np.concatenate([[0], np.cumsum(np.isin(ids, _LEPTONS_NU), dtype=np.int64)])
+        hit = cum[last + 1] - cum[first] > 0
+    n = len(per_event)
+    return (
+        np.bincount(event[rows[hit]], minlength=n),
+        np.bincount(event[rows[~hit]], minlength=n),
+    )
+
+
+def decay_weights(prt: ak.Array, factors: dict[int, tuple[float, float]]) -> np.ndarray:
+    """Per event, the product of its biased decays' weights (1 for an unbiased generator).
+
+    Args:
+        prt: The ``prt`` field of a ``nextBatch`` result (events without ``None``).
+        factors: :attr:`Generator.decay_factors`.
+    """
+    log_w = np.zeros(len(prt))
+    for species, (w_in, w_out) in factors.items():
+        n_in, n_out = boosted_decays(prt, species)
+        log_w += n_in * np.log(w_in) + n_out * np.log(w_out)
+    return np.exp(log_w)
 
 
 def vertex_of(particle: object) -> tuple[float, float, float, float]:

@@ -32,9 +32,12 @@ def test_tiny_scale_on_local_dask(run_cli, tmp_path):
         assert entry["entries_ita"] <= entry["generated"]
         if not entry["data"]:
             assert entry["luminosity_fb"] > 0
-    # MC luminosity: 2x the data for continuum, 5x for B Bbar (weights sum exactly)
+    # MC luminosity: 2x the data for continuum, 5x for B Bbar, up to the weights' spread (uubar:
+    # Pythia's own, above 1 for the 1-6 % of the events where its cross-section maximum (found
+    # at init, seed by seed) was exceeded, +0.05-0.5 %; ccbar: the decay bias's as well)
     lum = datasets["data_on"]["luminosity_fb"]
-    assert datasets["ccbar"]["luminosity_fb"] == pytest.approx(2 * lum, rel=1e-3)
+    assert datasets["uubar"]["luminosity_fb"] == pytest.approx(2 * lum, rel=0.01)
+    assert datasets["ccbar"]["luminosity_fb"] == pytest.approx(2 * lum, rel=0.03)
     assert datasets["charged"]["luminosity_fb"] == pytest.approx(5 * lum, rel=0.03)
     # progress on stderr (every 10 % in a log): libraries, then files, each to the end
     files = sum(len(entry["files"]) for entry in datasets.values())
