@@ -58,7 +58,8 @@ class DecayBias:
     decay of a species whose boosted channels hold the fraction f of its table carries
     ``p / q``: ``(s f + 1 - f) / s`` when a boosted channel was taken, ``s f + 1 - f``
     otherwise; an event carries the product over its decays, so every sum of weights stays
-    that of the unbiased generation.
+    that of the unbiased generation (up to Pythia's retries of a decay whose channel failed,
+    e.g. closed by the masses drawn, which are rare).
 
     >>> DecayBias(k_long=3.0).factors(0.5)
     (0.6666666666666666, 2.0)
@@ -346,18 +347,23 @@ class Generator:
             counts[i] = k
         return particles_of(counts, pdg, mom, self.pythia.particleData, vtx)
 
-    def generate_weighted(self, n: int) -> tuple[Particles, np.ndarray]:
+    def generate_weighted(
+        self, n: int, pythia_weights: bool = True
+    ) -> tuple[Particles, np.ndarray]:
         """Generate ``n`` events in bulk with their weights (1 unless biased).
 
         Pythia's enhanced shower splittings (``Enhancements:doEnhance``) and other biasing
-        settings make weighted events, and so does a :class:`DecayBias` (the product of its
-        decays' weights); the weights keep every sum exact.
+        settings make weighted events, as does an event beyond the cross-section maximum
+        Pythia estimated at its start (``sigma / sigma_max``, up to about 1.2 for 1-6 % of the
+        continuum events), and so does a :class:`DecayBias` (the product of its decays'
+        weights); the weights keep every sum exact. ``pythia_weights=False``: the decay
+        bias's weights alone (what unweighted events drawn as Pythia draws them carry).
         """
-        parts, weights, _ = self.generate_counted(n, ())
+        parts, weights, _ = self.generate_counted(n, (), pythia_weights)
         return parts, weights
 
     def generate_counted(
-        self, n: int, species: tuple[int, ...]
+        self, n: int, species: tuple[int, ...], pythia_weights: bool = True
     ) -> tuple[Particles, np.ndarray, dict[int, np.ndarray]]:
         """:meth:`generate_weighted`, and per event the decays of each of ``species``.
 
@@ -370,7 +376,7 @@ class Generator:
             raise ValueError(f"negative number of events {n}")
         weights: list[np.ndarray] = []
         decays: dict[int, list[np.ndarray]] = {k: [] for k in species}
-        parts = self._generate_bulk(n, weights, decays)
+        parts = self._generate_bulk(n, weights, decays, pythia_weights)
         return (
             parts,
             np.concatenate([np.zeros(0), *weights]),
@@ -382,6 +388,7 @@ class Generator:
         n: int,
         weights: list[np.ndarray] | None = None,
         decays: dict[int, list[np.ndarray]] | None = None,
+        pythia_weights: bool = True,
     ) -> Particles:
         """Generate with ``Pythia.nextBatch`` in batches of at most :data:`BATCH_EVENTS`.
 
@@ -403,10 +410,13 @@ class Generator:
             failed += want - n_ok
             if n_ok:
                 if weights is not None:
-                    w = np.asarray(ak.firsts(batch["info"]["weights"]), dtype=float)
-                    weights.append(w * decay_weights(batch["prt"], self.decay_factors))
-                for key, found in (decays or {}).items():
-                    found.append(np.stack(boosted_decays(batch["prt"], key), axis=1))
+                    w = decay_weights(batch["prt"], self.decay_factors)
+                    if pythia_weights:
+                        w = w * np.asarray(ak.firsts(batch["info"]["weights"]), dtype=float)
+                    weights.append(w)
+                if decays:
+                    for key, found in boosted_decays(batch["prt"], tuple(decays)).items():
+                        decays[key].append(found)
                 c, codes, mom, vtx = _final_state(batch["prt"])
                 counts.append(c)
                 pdg.append(codes)
@@ -446,8 +456,10 @@ def boosted_fraction(data: object, species: int) -> float:
         species: A |PDG| code of :data:`CHARM_HADRONS` or :data:`K0`.
     """
     on = _open_channels(data, species)
-    boosted = sum(ch.bRatio() for ch in on if _is_boosted(species, ch))
-    return boosted / sum(ch.bRatio() for ch in on)
+    total = sum(ch.bRatio() for ch in on)
+    if total <= 0:
+        raise ValueError(f"{species}: no open decay channel to bias")
+    return sum(ch.bRatio() for ch in on if _is_boosted(species, ch)) / total
 
 
 def _bias_table(data: object, bias: DecayBias) -> dict[int, tuple[float, float]]:
@@ -464,15 +476,20 @@ def _bias_table(data: object, bias: DecayBias) -> dict[int, tuple[float, float]]
     return factors
 
 
-def boosted_decays(prt: ak.Array, species: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per event, the decays of ``species`` (either charge) in a boosted / another channel.
+def boosted_decays(prt: ak.Array, species: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Per event, the decays of each of ``species`` (either charge) in a boosted / other channel.
 
     Boosted: K0 -> K_L for the K0, a semileptonic channel (an e, mu or their neutrino among
-    the direct products) for a charm hadron (:class:`DecayBias`).
+    the direct products, the daughters ``daughter1 .. daughter2`` of the record) for a charm
+    hadron (:class:`DecayBias`).
 
     Args:
-        prt: The ``prt`` field of a ``nextBatch`` result (events without ``None``).
-        species: A |PDG| code of :data:`CHARM_HADRONS` or :data:`K0`.
+        prt: The ``prt`` field of a ``nextBatch`` result (events without ``None``; record
+            position = Pythia's index, 0 being the system entry).
+        species: |PDG| codes of :data:`CHARM_HADRONS` or :data:`K0`.
+
+    Returns:
+        {species: (events, 2) counts: decays in a boosted channel, in another}.
     """
     per_event = np.asarray(ak.num(prt, axis=1), dtype=np.int64)
     flat = ak.flatten(prt, axis=1)
@@ -481,19 +498,25 @@ def boosted_decays(prt: ak.Array, species: int) -> tuple[np.ndarray, np.ndarray]
     d2 = np.asarray(flat["daughter2"], dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(per_event)[:-1]])
     event = np.repeat(np.arange(len(per_event)), per_event)
-    rows = np.flatnonzero((ids == species) & (d1 > 0))
-    first = start[event[rows]] + d1[rows]
-    last = start[event[rows]] + np.maximum(d1[rows], d2[rows])
-    if species == K0:
-        hit = (first == last) & (ids[first] == K_LONG)
-    else:
-        cum = np.concatenate([[0], np.cumsum(np.isin(ids, _LEPTONS_NU), dtype=np.int64)])
-        hit = cum[last + 1] - cum[first] > 0
+    leptons = np.concatenate([[0], np.cumsum(np.isin(ids, _LEPTONS_NU), dtype=np.int64)])
     n = len(per_event)
-    return (
-        np.bincount(event[rows[hit]], minlength=n),
-        np.bincount(event[rows[~hit]], minlength=n),
-    )
+    out = {}
+    for code in species:
+        rows = np.flatnonzero((ids == code) & (d1 > 0))
+        first = start[event[rows]] + d1[rows]
+        last = start[event[rows]] + np.maximum(d1[rows], d2[rows])
+        if code == K0:
+            hit = (first == last) & (ids[first] == K_LONG)
+        else:
+            hit = leptons[last + 1] - leptons[first] > 0
+        out[code] = np.stack(
+            [
+                np.bincount(event[rows[hit]], minlength=n),
+                np.bincount(event[rows[~hit]], minlength=n),
+            ],
+            axis=1,
+        )
+    return out
 
 
 def decay_weights(prt: ak.Array, factors: dict[int, tuple[float, float]]) -> np.ndarray:
@@ -504,9 +527,10 @@ def decay_weights(prt: ak.Array, factors: dict[int, tuple[float, float]]) -> np.
         factors: :attr:`Generator.decay_factors`.
     """
     log_w = np.zeros(len(prt))
-    for species, (w_in, w_out) in factors.items():
-        n_in, n_out = boosted_decays(prt, species)
-        log_w += n_in * np.log(w_in) + n_out * np.log(w_out)
+    if factors:
+        for species, n in boosted_decays(prt, tuple(factors)).items():
+            w_in, w_out = factors[species]
+            log_w += n[:, 0] * np.log(w_in) + n[:, 1] * np.log(w_out)
     return np.exp(log_w)
 
 

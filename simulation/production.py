@@ -385,18 +385,24 @@ def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator)
     gen = Generator(task.sample, seed=task.seed, extra=extra, bias=bias)
     # MC carries Pythia's event weights (above 1, up to 1.2, for the 1-6 % of the events where
     # the cross-section maximum Pythia found at init was exceeded: +0.05-0.5 % in all, seed by
-    # seed; ignored until stop 43) and the decay bias's; pseudo-data are unweighted events
-    weighted = not task.data or task.weight is not None
+    # seed; ignored until stop 43) and the decay bias's. Pseudo-data are unweighted events as
+    # Pythia draws them, and the nature stream stands for them: the decay bias's weights only.
+    mc = not task.data
+
+    def draw(m: int) -> tuple[Particles, np.ndarray]:
+        if mc or gen.decay_factors:
+            return gen.generate_weighted(m, pythia_weights=mc)
+        return gen.generate(m), np.ones(m)
+
     if not (shape or thin):
-        parts, weight = gen.generate_weighted(n) if weighted else (gen.generate(n), np.ones(n))
+        parts, weight = draw(n)
         return GeneratedEvents(parts, None, {"weight": weight, "generated": np.array(n)})
     kept: list[Particles] = []
     weights: list[np.ndarray] = []
     generated = have = 0
     rate = 1.0 / 1.4  # kept fraction, first guess; measured as it goes when thinning
     while have < n:
-        m = max(64, int((n - have) / rate))
-        parts, weight = gen.generate_weighted(m) if weighted else (gen.generate(m), np.ones(m))
+        parts, weight = draw(max(64, int((n - have) / rate)))
         generated += parts.n_events
         keep = np.ones(parts.n_events, dtype=bool)
         if shape:
@@ -416,7 +422,12 @@ def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator)
         have += len(idx)
         if thin:
             rate = max(have / generated, 0.01)
-    truth = {"weight": np.concatenate(weights), "generated": np.array(generated)}
+    weight = np.concatenate(weights)
+    if task.weight is not None and thin:
+        # the nature stream's weight counts written events: its kept weights (which sum to
+        # the events that passed nature's shape, not to those written) scaled to mean 1
+        weight = weight * (len(weight) / weight.sum())
+    truth = {"weight": weight, "generated": np.array(generated)}
     return GeneratedEvents(_concat(kept), None, truth)
 
 
@@ -958,8 +969,12 @@ def _sample_jobs(
 def _targeting(sim: Mapping[str, Any], sample: str) -> Targeting | None:
     """The targeting of a sample's MC (``simulation.targeting``: by name, else kind), or None."""
     table = sim.get("targeting") or {}
-    spec = table.get(sample, table.get(load_samples()[sample].kind))
-    return Targeting(**spec) if spec else None
+    kind = load_samples()[sample].kind
+    spec = table.get(sample, table.get(kind))
+    aim = Targeting(**spec) if spec else None
+    if aim is not None and kind == "bbbar" and (aim.semileptonic, aim.k_long) != (1.0, 1.0):
+        raise ConfigError(f"simulation.targeting: {sample}: decays are biased for continuum only")
+    return aim
 
 
 class _Job(NamedTuple):
