@@ -88,11 +88,13 @@ def keep_workers(cluster: Any, interval: float = KEEP_WORKERS_S) -> None:
         if cluster.status != Status.running:
             return
         lost = [name for name, w in cluster.workers.items() if w.status in gone]
-        if not lost:
-            return
         for name in lost:
             log.warning("cluster: worker %s lost for good by its nanny; starting it again", name)
             del cluster.workers[name]
+        # planned workers missing: lost above, or dropped by a start that failed (a worker
+        # killed while its replacement started; the next check must try again, stop 43)
+        if not set(cluster.worker_spec) - set(cluster.workers):
+            return
         try:
             await cluster._correct_state()
         except Exception as exc:  # tried again at the next check

@@ -127,6 +127,23 @@ def test_a_worker_whose_nanny_gave_up_is_started_again():
         assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
 
 
+@pytest.mark.slow
+def test_workers_whose_restart_failed_are_started_again():
+    """A start that fails (its worker killed while it starts) drops the nanny from the cluster's
+    workers: keep_workers tries again until every planned worker runs (the chaos run lost both
+    workers this way, stop 43)."""
+    with get_client("local", n_workers=2) as client:
+        client.wait_for_workers(2, timeout=120)
+        cluster = client.cluster
+        for nanny in list(cluster.workers.values()):
+            cluster.sync(nanny.close)
+        cluster.workers.clear()  # what a failed _correct_state leaves behind
+        client.wait_for_workers(2, timeout=60)
+        assert sorted(cluster.workers) == sorted(cluster.worker_spec)
+        assert all(str(w.status) == "Status.running" for w in cluster.workers.values())
+        assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
+
+
 def test_the_no_worker_clock_starts_once_workers_have_come():
     """Batch jobs still queued are waited for; once workers have come and gone, the clock runs."""
     from contextlib import closing
