@@ -68,13 +68,13 @@ scheduler-down: ## stop the daemons scheduler-up started (CLUSTER=slurm|htcondor
 	@test "$(CLUSTER)" != local || { echo "CLUSTER=slurm or CLUSTER=htcondor"; exit 2; }
 	bash cluster/scripts/$(CLUSTER).sh down
 
-# the batch schedulers' tests run alone: their workers are jobs that must start within 120 s
-# (one missed it with the other core busy, stop 42)
+# the batch schedulers' tests (and the chaos run, marker alone) run alone: their workers are
+# jobs that must start within 120 s (one missed it with the other core busy, stop 42)
 test: $(STAMP) ## lint, then the whole test suite (doctests included): one xdist worker a core, the batch schedulers' tests alone after
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slurm and not htcondor"
-	$(BIN)/pytest -m "slurm or htcondor"
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slurm and not htcondor and not alone"
+	$(BIN)/pytest -m "slurm or htcondor or alone"
 
 py313: $(STAMP) ## install and run the tiny analysis with Debian 13's Python 3.13 (chroot, root), compare with this one
 	KNUNU_PYTHON=$(BIN)/python cluster/scripts/python313.sh
