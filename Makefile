@@ -70,7 +70,7 @@ scheduler-down: ## stop the daemons scheduler-up started (CLUSTER=slurm|htcondor
 
 # the batch schedulers' tests (and the chaos run, marker alone) run alone: their workers are
 # jobs that must start within 120 s (one missed it with the other core busy, stop 42)
-test: $(STAMP) ## lint, then the whole test suite (doctests included): one xdist worker a core, the batch schedulers' tests alone after
+test: $(STAMP) ## lint, then the whole test suite (doctests included): one xdist worker a core, the batch schedulers' tests and the chaos run alone after
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slurm and not htcondor and not alone"
