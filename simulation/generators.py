@@ -61,7 +61,7 @@ class DecayBias:
     that of the unbiased generation (up to Pythia's retries of a decay whose channel failed,
     e.g. closed by the masses drawn, which are rare).
 
-    >>> DecayBias(k_long=3.0).factors(0.5)
+    >>> DecayBias(k_long=3.0).factors(0.5, K0)
     (0.6666666666666666, 2.0)
     """
 
@@ -81,18 +81,11 @@ class DecayBias:
         """The boost of a species' boosted channels."""
         return self.k_long if species == K0 else self.semileptonic
 
-    def factors(self, fraction: float, species: int = K0) -> tuple[float, float]:
+    def factors(self, fraction: float, species: int) -> tuple[float, float]:
         """Weights (boosted channel taken, other channel taken) of a decay of ``species``."""
         s = self.scale_of(species)
         norm = s * fraction + 1.0 - fraction
         return norm / s, norm
-
-
-def _boosted(species: int, products: list[int]) -> bool:
-    """Whether a decay channel is one that :class:`DecayBias` boosts."""
-    if species == K0:
-        return products == [K_LONG]
-    return any(abs(p) in _LEPTONS_NU for p in products)
 
 
 class Process(NamedTuple):
@@ -445,7 +438,11 @@ def _open_channels(data: object, species: int) -> list[Any]:
 
 
 def _is_boosted(species: int, channel: Any) -> bool:
-    return _boosted(species, [channel.product(k) for k in range(channel.multiplicity())])
+    """Whether a decay channel of Pythia's table is one that :class:`DecayBias` boosts."""
+    products = [channel.product(k) for k in range(channel.multiplicity())]
+    if species == K0:
+        return products == [K_LONG]
+    return any(abs(p) in _LEPTONS_NU for p in products)
 
 
 def boosted_fraction(data: object, species: int) -> float:
