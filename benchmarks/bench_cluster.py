@@ -47,8 +47,9 @@ def _script(name: str, action: str) -> bool:
 
 
 def _workers(backend: str, n: int) -> dict:
-    key = "n_workers" if backend == "local" else "minimum_jobs"
-    return {**OVERRIDES[backend], key: n}
+    if backend == "local":
+        return {**OVERRIDES[backend], "n_workers": n}
+    return {**OVERRIDES[backend], "minimum_jobs": n, "maximum_jobs": 0}
 
 
 def main() -> int:

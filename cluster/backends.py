@@ -26,11 +26,16 @@ dask.config.update_defaults(_defaults)
 
 
 class Backend(NamedTuple):
-    """A cluster backend: how to build the cluster object from its settings."""
+    """A cluster backend: how to build the cluster object from its settings.
+
+    ``queue``: the command that lists the user's batch jobs, one job id a line (batch
+    backends), to find jobs that ended before their worker came.
+    """
 
     name: str
     description: str
     make: Callable[[dict[str, Any]], Any]
+    queue: tuple[str, ...] = ()
 
 
 #: Dask settings of every knunu worker (batch workers get them as DASK_* variables, see
@@ -67,22 +72,92 @@ def _local(settings: dict[str, Any]) -> LocalCluster:
 
 #: Seconds between the checks of :func:`keep_workers`.
 KEEP_WORKERS_S = 2.0
+#: Seconds between two queries of the batch system by :func:`keep_workers` (it asks only
+#: while a submitted job's worker has not come).
+QUEUE_QUERY_S = 30.0
 
 
-def keep_workers(cluster: Any, interval: float = KEEP_WORKERS_S) -> None:
-    """Replace the workers of a cluster whose nanny gave up, for as long as the cluster runs.
+async def _queued(command: tuple[str, ...]) -> set[str] | None:
+    """The job ids the batch system lists (``command``), or None if it cannot be asked."""
+    import asyncio
 
-    A nanny restarts its worker process when it dies, but a worker killed while its nanny
-    starts it (``Failed to start process``) closes the nanny for good, and the cluster keeps
-    the closed nanny in its plan: a LocalCluster ran on with one worker fewer, and with none
-    once the same happened to the other (found by the chaos test in CI). Every ``interval``
-    seconds a closed or failed worker is dropped from the cluster's workers, and the cluster
-    starts its planned workers again (``SpecCluster._correct_state``).
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except (OSError, TimeoutError) as exc:
+        log.warning("cluster: %s failed (%s)", command[0], exc)
+        return None
+    if proc.returncode:
+        log.warning("cluster: %s failed: %s", command[0], err.decode(errors="replace").strip())
+        return None
+    return set(out.decode().split())
+
+
+def _arrived(cluster: Any, name: str) -> bool:
+    """Whether the scheduler knows a worker of the planned job ``name`` (grouped or not)."""
+    spec = cluster.worker_spec.get(name, {})
+    names = {f"{name}{suffix}" for suffix in spec["group"]} if "group" in spec else {name}
+    return bool(names & cluster.observed)
+
+
+def keep_workers(
+    cluster: Any,
+    interval: float = KEEP_WORKERS_S,
+    queue: tuple[str, ...] = (),
+    query_interval: float = QUEUE_QUERY_S,
+) -> None:
+    """Start again the planned workers a cluster lost, for as long as the cluster runs.
+
+    Local: a nanny restarts its worker process when it dies, but a worker killed while its
+    nanny starts it (``Failed to start process``) closes the nanny for good, and the cluster
+    keeps the closed nanny in its plan: a LocalCluster ran on with one worker fewer, and with
+    none once the same happened to the other (found by the chaos test in CI).
+
+    Batch (adaptive SLURM or HTCondor): a job that ends without being asked to (its walltime,
+    ``scancel``, a node lost) leaves its worker's name in the cluster's plan; the cluster drops
+    the job ``distributed.deploy.lost-worker-timeout`` after its worker left, but adaptive
+    scaling compares its target with the plan, which still counts the job, so it submits
+    none (dask-jobqueue issues 122 and 611: a run whose jobs all ended waited for workers
+    that never came).
+
+    A job that ends before its worker came (cancelled while queued, failed at its start) is
+    never dropped by the cluster: with ``queue`` (the batch system's job list), a submitted
+    job whose worker has not come is looked for there at most every ``query_interval``
+    seconds, and submitted again once the batch system no longer lists it.
+
+    Every ``interval`` seconds a closed or failed worker is dropped from the cluster's
+    workers, and the cluster starts its planned workers that are missing again
+    (``SpecCluster._correct_state``: a new nanny, or a new batch job of the same name).
     """
     from distributed.core import Status
     from tornado.ioloop import PeriodicCallback
 
     gone = (Status.closed, Status.failed)
+    next_query = [0.0]
+
+    async def ended_before_arrival() -> list[str]:
+        waiting = {
+            name: job.job_id
+            for name, job in cluster.workers.items()
+            if getattr(job, "job_id", None) and not _arrived(cluster, name)
+        }
+        if not waiting or time.monotonic() < next_query[0]:
+            return []
+        next_query[0] = time.monotonic() + query_interval
+        queued = await _queued(queue)
+        if queued is None:
+            return []
+        # the cluster may have changed while the batch system answered
+        return [
+            name
+            for name, job_id in waiting.items()
+            if job_id not in queued
+            and name in cluster.workers
+            and getattr(cluster.workers[name], "job_id", None) == job_id
+            and not _arrived(cluster, name)
+        ]
 
     async def check() -> None:
         if cluster.status != Status.running:
@@ -90,6 +165,13 @@ def keep_workers(cluster: Any, interval: float = KEEP_WORKERS_S) -> None:
         lost = [name for name, w in cluster.workers.items() if w.status in gone]
         for name in lost:
             log.warning("cluster: worker %s lost for good by its nanny; starting it again", name)
+            del cluster.workers[name]
+        for name in await ended_before_arrival() if queue else []:
+            log.warning(
+                "cluster: batch job %s (%s) ended before its worker came; submitting it again",
+                cluster.workers[name].job_id,
+                name,
+            )
             del cluster.workers[name]
         # planned workers missing: lost above, or dropped by a start that failed (a worker
         # killed while its replacement started; the next check must try again, stop 43)
@@ -203,11 +285,14 @@ BACKENDS: dict[str, Backend] = {
             "slurm",
             "SLURM batch jobs through dask-jobqueue",
             _jobqueue("SLURMCluster", (*_COMMON, "queue")),
+            ("squeue", "--me", "--noheader", "--format=%i"),
         ),
         Backend(
             "htcondor",
             "HTCondor batch jobs through dask-jobqueue",
             _jobqueue("HTCondorCluster", (*_COMMON, "disk")),
+            # job ids as dask-jobqueue keeps them: ClusterId.ProcId
+            ("condor_q", "-format", "%d.", "ClusterId", "-format", "%d\n", "ProcId"),
         ),
     )
 }
@@ -248,6 +333,12 @@ def get_client(backend: str = "local", **overrides: Any) -> Iterator[Client]:
         The connected client.
     """
     settings = cluster_settings(backend, **overrides)
+    if backend != "local" and not (settings["minimum_jobs"] or settings["maximum_jobs"]):
+        raise ClusterError(
+            f"cluster backend {backend!r} asks for no batch jobs: set"
+            f" knunu.cluster.{backend}.maximum_jobs (adaptive) or minimum_jobs in the dask"
+            f" config, e.g. DASK_KNUNU__CLUSTER__{backend.upper()}__MAXIMUM_JOBS=10"
+        )
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
             cluster = BACKENDS[backend].make(settings)
@@ -265,7 +356,13 @@ def get_client(backend: str = "local", **overrides: Any) -> Iterator[Client]:
                 cluster.adapt(
                     minimum_jobs=settings["minimum_jobs"], maximum_jobs=settings["maximum_jobs"]
                 )
-            elif settings.get("minimum_jobs"):
+                # jobs that end on their own are submitted again (adaptive scaling does not)
+                keep_workers(
+                    cluster,
+                    queue=BACKENDS[backend].queue,
+                    query_interval=float(settings["queue_query_s"]),
+                )
+            else:
                 cluster.scale(jobs=settings["minimum_jobs"])
         client = Client(cluster, security=getattr(cluster, "security", None))
         try:
@@ -287,7 +384,9 @@ def cluster_check(backend: str, n_workers: int = 2, timeout: float = 120.0) -> s
         A short human-readable report (addresses, workers, time to ready).
     """
     overrides: dict[str, Any] = (
-        {"n_workers": n_workers} if backend == "local" else {"minimum_jobs": n_workers}
+        {"n_workers": n_workers}
+        if backend == "local"
+        else {"minimum_jobs": n_workers, "maximum_jobs": 0}
     )
     start = time.perf_counter()
     with get_client(backend, **overrides) as client:

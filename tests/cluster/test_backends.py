@@ -32,6 +32,23 @@ def test_unknown_backend_and_setting_are_errors():
         cluster_settings("local", n_wrokers=3)
 
 
+def test_a_batch_backend_asking_for_no_jobs_is_an_error():
+    # neither a fixed number of jobs nor adaptive scaling: a run would wait for workers forever
+    with (
+        pytest.raises(ClusterError, match="asks for no batch jobs") as err,
+        get_client("slurm", minimum_jobs=0, maximum_jobs=0),
+    ):
+        pass
+    assert "\n" not in str(err.value)
+    assert "DASK_KNUNU__CLUSTER__SLURM__MAXIMUM_JOBS" in str(err.value)
+
+
+def test_batch_backends_scale_adaptively_by_default():
+    for backend in ("slurm", "htcondor"):
+        settings = cluster_settings(backend)
+        assert settings["maximum_jobs"] > 0, backend
+
+
 @pytest.mark.slow
 def test_local_cluster_binds_to_loopback():
     with get_client("local", n_workers=2) as client:

@@ -27,6 +27,7 @@ def _settings(pool) -> dict:
         "interface": "lo",
         "shared_temp_directory": str(pool / "shared"),  # where the job user reads the TLS files
         "log_directory": str(pool / "joblogs"),
+        "maximum_jobs": 0,  # a fixed number of jobs (minimum_jobs), not adaptive
     }
 
 

@@ -5,18 +5,44 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
+from typing import Any
 
+import dask.config
 import pytest
 from distributed import Client
 from distributed.security import Security
 
 from knunu.cluster import get_client
+from knunu.errors import ProcessingError
+from knunu.processors import run as runner
+from knunu.processors.ita import ITAProcessor
 
 from .helpers import assert_on_loopback, assert_same_histograms, jobs_left, kill_after, process
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    # a job ended from outside takes its worker's TLS connection with it; distributed leaves
+    # that socket to the garbage collector, which warns when it collects it
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <ssl.SSLSocket:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
 
-SETTINGS = {"interface": "lo", "queue": "debug", "walltime": "00:20:00", "memory": "2GB"}
+#: A fixed number of jobs (minimum_jobs; maximum_jobs 0: not adaptive).
+SETTINGS = {
+    "interface": "lo",
+    "queue": "debug",
+    "walltime": "00:20:00",
+    "memory": "2GB",
+    "maximum_jobs": 0,
+}
+
+
+def _fast_loss() -> dask.config.set:
+    """The cluster drops a job 2 s after its worker left (15 s by default)."""
+    return dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"})
 
 
 def _jobs() -> list[str]:
@@ -93,3 +119,106 @@ def test_scancel_mid_processing_changes_no_histogram(
         out = process(production, cfg, trained, tmp_path, client, progress)
     assert progress.killed
     assert_same_histograms(out, local_histograms)
+
+
+def _cancel_every_job(chunks: int) -> Callable:
+    """A progress callback that cancels every batch job once ``chunks`` ITA chunks are done."""
+    cancelled: list[str] = []
+
+    def progress(p: Any) -> None:
+        if p.label.startswith("ITAProcessor") and p.chunks_done == chunks and not cancelled:
+            cancelled.extend(_jobs())
+            subprocess.run(["scancel", *cancelled], check=True)  # as the walltime would
+
+    progress.cancelled = cancelled  # type: ignore[attr-defined]
+    return progress
+
+
+def test_adaptive_scaling_submits_jobs_again_when_every_job_ended(
+    slurm, production, cfg, trained, local_histograms, tmp_path
+):
+    """Every job cancelled mid-processing (as a walltime would end them): adaptive scaling
+    alone submits none (the ended jobs stay in its plan, dask-jobqueue issues 122 and 611);
+    knunu submits them again (``keep_workers``) and no histogram changes."""
+    progress = _cancel_every_job(3)
+    adaptive = {**SETTINGS, "minimum_jobs": 2, "maximum_jobs": 2}
+    with _fast_loss(), get_client("slurm", **adaptive) as client:
+        client.wait_for_workers(2, timeout=120)
+        out = process(production, cfg, trained, tmp_path, client, progress)
+        assert len(progress.cancelled) == 2
+        assert not set(progress.cancelled) & set(_jobs())  # the jobs running are new
+    assert_same_histograms(out, local_histograms)
+
+
+def test_adaptive_scaling_replaces_workers_that_reach_their_lifetime(
+    slurm, production, cfg, trained, local_histograms, tmp_path
+):
+    """Workers retire before the walltime (``lifetime``) and others take over; nothing is lost."""
+    seen: set[str] = set()
+    short = {**SETTINGS, "lifetime": "8s", "lifetime_stagger": "1s", "maximum_jobs": 2}
+    with _fast_loss(), get_client("slurm", minimum_jobs=1, **short) as client:
+        client.wait_for_workers(1, timeout=120)
+
+        def note_workers(p: Any) -> None:
+            seen.update(client.scheduler_info(n_workers=-1)["workers"])
+
+        out = process(production, cfg, trained, tmp_path, client, note_workers)
+    assert len(seen) > 2  # workers retired and new ones took over
+    assert_same_histograms(out, local_histograms)
+
+
+def test_without_adaptive_scaling_a_run_without_workers_stops_in_one_line(
+    slurm, production, cfg, trained, tmp_path
+):
+    progress = _cancel_every_job(3)
+    options = runner.RunOptions(
+        progress=progress, no_workers_timeout=5.0, checkpoint_dir=tmp_path / "checkpoints"
+    )
+    ita = {**cfg["ita"], "chunksize": 1000}
+    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+        client.wait_for_workers(2, timeout=120)
+        with pytest.raises(ProcessingError) as err:
+            runner.run(
+                production,
+                ["signal", "charged"],
+                ITAProcessor(str(trained[0] / "models"), ita),
+                "ita",
+                client,
+                1000,
+                options,
+            )
+    assert progress.cancelled
+    assert "\n" not in str(err.value)
+    assert "no Dask workers for 5 s" in str(err.value)
+    assert len(list((tmp_path / "checkpoints").rglob("*.pkl"))) >= 3
+
+
+def test_a_job_cancelled_while_queued_is_submitted_again(slurm):
+    """A job that ends before its worker came (cancelled in the queue, failed at its start) is
+    never dropped by the cluster; knunu finds it gone from ``squeue`` and submits it again."""
+    cpus = subprocess.run(
+        ["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    # another user's job holds every CPU of the node: the cluster's job waits in the queue
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-c", cpus, "-o", "/dev/null", "--wrap", "sleep 600"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        queued = {**SETTINGS, "minimum_jobs": 1, "maximum_jobs": 1, "queue_query_s": 1}
+        with get_client("slurm", **queued) as client:
+            deadline = time.monotonic() + 60
+            while len(_jobs()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            ours = [j for j in _jobs() if j != blocker]
+            assert len(ours) == 1
+            subprocess.run(["scancel", *ours], check=True)
+            time.sleep(3)  # the cluster still counts the cancelled job
+            subprocess.run(["scancel", blocker], check=True)
+            client.wait_for_workers(1, timeout=120)
+            assert client.submit(sum, [1, 2]).result() == 3
+            assert ours[0] not in _jobs()
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
