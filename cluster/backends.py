@@ -122,10 +122,11 @@ def keep_workers(
     none (dask-jobqueue issues 122 and 611: a run whose jobs all ended waited for workers
     that never came).
 
-    A job that ends before its worker came (cancelled while queued, failed at its start) is
-    never dropped by the cluster: with ``queue`` (the batch system's job list), a submitted
-    job whose worker has not come is looked for there at most every ``query_interval``
-    seconds, and submitted again once the batch system no longer lists it.
+    A job that ends while no worker of it is connected (cancelled while queued, failed at
+    its start, ended while its nanny restarted the worker) is never dropped by the cluster:
+    with ``queue`` (the batch system's job list), a submitted job without a connected worker
+    is looked for there at most every ``query_interval`` seconds, and submitted again once
+    the batch system no longer lists it.
 
     Every ``interval`` seconds a closed or failed worker is dropped from the cluster's
     workers, and the cluster starts its planned workers that are missing again
@@ -168,7 +169,7 @@ def keep_workers(
             del cluster.workers[name]
         for name in await ended_before_arrival() if queue else []:
             log.warning(
-                "cluster: batch job %s (%s) ended before its worker came; submitting it again",
+                "cluster: batch job %s (%s) is gone with no worker connected; submitting it again",
                 cluster.workers[name].job_id,
                 name,
             )

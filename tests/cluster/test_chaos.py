@@ -1,6 +1,6 @@
 """Chaos: `knunu run` with workers SIGKILLed at seeded random moments and the whole run killed
-mid-simulation, then started again, ends with the outputs of an undisturbed run (local cluster;
-on SLURM see test_slurm.py: lost jobs are not replaced, the run stops in one line)."""
+mid-simulation, then started again, ends with the outputs of an undisturbed run: on a local
+cluster, and on SLURM (adaptive jobs), where whole jobs are also cancelled at random moments."""
 
 from __future__ import annotations
 
@@ -76,12 +76,14 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def _start(config: Path, run_dir: Path, log: Path) -> subprocess.Popen:
+def _start(
+    config: Path, run_dir: Path, log: Path, cluster: str = "local", env: dict | None = None
+) -> subprocess.Popen:
     """`knunu run` in the background, its output appended to ``log`` (read by :func:`_tail`)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | (env or {})
     with log.open("a") as out:
         return subprocess.Popen(
-            [KNUNU, "run", "-c", str(config), "--cluster", "local", "-o", str(run_dir)],
+            [KNUNU, "run", "-c", str(config), "--cluster", cluster, "-o", str(run_dir)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -123,19 +125,58 @@ def _local_workers(pid: int) -> list[psutil.Process]:
         return []
 
 
-class _Chaos(threading.Thread):
-    """SIGKILLs one worker of the running `knunu run` every 2-6 s (seeded)."""
+def _slurm_workers(_pid: int) -> list[psutil.Process]:
+    """The workers of the SLURM jobs (started by slurmd, not by the run): a nanny's children."""
+    nannies = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if "distributed.cli.dask_worker" in " ".join(proc.cmdline()):
+                nannies.append(proc)
+    children = []
+    for nanny in nannies:
+        with contextlib.suppress(psutil.Error):
+            children += nanny.children()
+    return _spawned_workers(children)
 
-    def __init__(self, seed: int, workers: Callable[[int], list[psutil.Process]]) -> None:
+
+def _slurm_jobs() -> list[str]:
+    out = subprocess.run(
+        ["squeue", "--me", "-h", "-o", "%i"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+class _Chaos(threading.Thread):
+    """SIGKILLs one worker of the running `knunu run` every 2-6 s (seeded).
+
+    With ``jobs`` (a batch cluster's job ids), one time in four it cancels a whole job
+    instead (``scancel``, as a walltime or a lost node would end it).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        workers: Callable[[int], list[psutil.Process]],
+        jobs: Callable[[], list[str]] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.workers = workers
+        self.jobs = jobs
         self.rng = np.random.default_rng(seed)
         self.pid: int | None = None
         self.kills = 0
+        self.cancels = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(self.rng.uniform(2.0, 6.0)):
+            if self.jobs is not None and self.pid and self.rng.random() < 0.25:
+                jobs = self.jobs()
+                if jobs:
+                    victim = jobs[int(self.rng.integers(len(jobs)))]
+                    subprocess.run(["scancel", victim], check=False)
+                    self.cancels += 1
+                continue
             workers = self.workers(self.pid) if self.pid else []
             if workers:
                 victim = workers[int(self.rng.integers(len(workers)))]
@@ -179,12 +220,19 @@ def undisturbed(tmp_path_factory) -> tuple[Path, Path]:
     return config, reference
 
 
-def _chaos_run(config: Path, run_dir: Path) -> None:
+def _chaos_run(
+    config: Path, run_dir: Path, cluster: str = "local", env: dict | None = None
+) -> None:
     """`knunu run` with workers killed throughout and the whole run killed mid-simulation."""
-    chaos = _Chaos(seed=20231114, workers=_local_workers)
+    batch = cluster != "local"
+    chaos = _Chaos(
+        seed=20231114,
+        workers=_slurm_workers if batch else _local_workers,
+        jobs=_slurm_jobs if batch else None,
+    )
     chaos.start()
     log = run_dir.with_suffix(".log")
-    first = _start(config, run_dir, log)
+    first = _start(config, run_dir, log, cluster, env)
     chaos.pid = first.pid
     # the whole run (client, scheduler, local workers) killed in the middle of the simulation
     records = run_dir / "ntuples"
@@ -196,13 +244,15 @@ def _chaos_run(config: Path, run_dir: Path) -> None:
             pytest.fail(f"the first run ended or stalled before 8 files:\n{_tail(log)}")
         time.sleep(0.2)
     _kill(first)
+    if batch:  # the dead client's jobs end, as the workers' death timeout would end them
+        subprocess.run(["scancel", "--me"], check=True)
     assert not (records / "catalogue.json").exists()
     finished = {
         p.with_name(p.name[1 : -len(".done.json")]): None for p in records.rglob(".*.done.json")
     }
     finished = {p: p.stat().st_mtime_ns for p in finished if p.exists()}
     # started again on the same run directory, still losing workers
-    again = _start(config, run_dir, log)
+    again = _start(config, run_dir, log, cluster, env)
     chaos.pid = again.pid
     try:
         code = again.wait(timeout=1500)
@@ -212,8 +262,10 @@ def _chaos_run(config: Path, run_dir: Path) -> None:
     finally:
         chaos.stop.set()
     assert code == 0, _tail(log)
-    logger.info("chaos run: %d workers killed", chaos.kills)  # pytest -o log_cli=true shows it
+    # pytest -o log_cli=true shows it
+    logger.info("chaos run: %d workers killed, %d jobs cancelled", chaos.kills, chaos.cancels)
     assert chaos.kills >= 5, f"only {chaos.kills} workers killed"
+    assert chaos.cancels >= (3 if batch else 0), f"only {chaos.cancels} jobs cancelled"
     # what had finished before the kill was reused, not made again
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
 
@@ -233,4 +285,30 @@ def _assert_same_outputs(run_dir: Path, reference: Path) -> None:
 def test_chaos_on_the_local_cluster_changes_no_output(undisturbed, tmp_path):
     config, reference = undisturbed
     _chaos_run(config, tmp_path / "chaos")
+    _assert_same_outputs(tmp_path / "chaos", reference)
+
+
+@pytest.mark.slurm
+def test_chaos_on_slurm_changes_no_output(slurm, undisturbed, tmp_path):
+    """Adaptive SLURM jobs (2): workers SIGKILLed and whole jobs cancelled; lost jobs are
+    submitted again (``keep_workers``) and the outputs equal the local undisturbed run's."""
+    config, reference = undisturbed
+    env = {
+        f"DASK_KNUNU__CLUSTER__SLURM__{key}": value
+        for key, value in {
+            "INTERFACE": "lo",
+            "QUEUE": "debug",
+            "WALLTIME": "00:30:00",
+            "MINIMUM_JOBS": "2",
+            "MAXIMUM_JOBS": "2",
+            "QUEUE_QUERY_S": "2",
+            "LOG_DIRECTORY": str(tmp_path / "joblogs"),
+        }.items()
+    }
+    # a cancelled job is dropped 2 s after its worker left (15 s by default)
+    env["DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT"] = "2s"
+    try:
+        _chaos_run(config, tmp_path / "chaos", "slurm", env)
+    finally:
+        subprocess.run(["scancel", "--me"], check=False)
     _assert_same_outputs(tmp_path / "chaos", reference)

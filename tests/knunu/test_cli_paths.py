@@ -1,15 +1,23 @@
 """Every CLI argument that names a path, swept with the kinds of path that are not a file to
-read (or a directory to write): one line naming the path and exit code 2 each, never a
+read (or a directory to write): a directory, an empty file, a symlink loop, a FIFO, a path
+that is not there, a file without read permission, a run directory where nothing may be
+written and one on a full disk: one line naming the path and exit code 2 each, never a
 traceback or a hang (a FIFO would block a reader)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from knunu.cli import main
 from knunu.fits.workspace import published_workspace_path
+
+KNUNU = shutil.which("knunu", path=str(Path(sys.executable).parent)) or "knunu"
 
 
 def _make(kind: str, where) -> str:
@@ -71,3 +79,79 @@ def test_a_path_that_cannot_be_used_ends_in_one_line(argument, tmp_path, capsys)
         assert len(err) == 1, (argument, kind, err)
         assert err[0].startswith("knunu: error: "), (argument, kind, err)
         assert path in err[0] or "catalogue" in err[0], (argument, kind, err)
+
+
+#: The arguments that read the path they name, and those that write a run directory there.
+READ = (
+    "fit --workspace",
+    "fit --histograms",
+    "-c (config)",
+    "run --catalogue",
+    "checksum CATALOGUE",
+    "config catalogue",
+    "config fit.workspace",
+)
+WRITE = (
+    "-o (run directory)",
+    "train -o",
+    "simulate -o",
+    "process -o",
+    "run -o",
+    "reinterpret -o",
+    "config output_dir",
+)
+#: Root reads and writes whatever the permissions say: the installed command runs without
+#: the capabilities that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as any user would.
+AS_A_USER = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+
+
+def _one_line(argument: str, path: str, where: Path, as_a_user: bool) -> None:
+    template, _, *config = ARGUMENTS[argument]
+    names = {
+        "p": path,
+        "o": str(where / "run"),
+        "ws": str(published_workspace_path()),
+        "c": str(where / "config.yaml"),
+    }
+    if config:
+        (where / "config.yaml").write_text(config[0].format(**names))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    done = subprocess.run(
+        [*(AS_A_USER if as_a_user else ()), KNUNU, *(a.format(**names) for a in template)],
+        cwd=where,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (argument, done.returncode, err)
+    assert len(err) == 1, (argument, err)
+    assert err[0].startswith("knunu: error: "), (argument, err)
+    assert path in err[0], (argument, err)
+
+
+@pytest.mark.parametrize("argument", READ)
+def test_a_file_without_read_permission_ends_in_one_line(argument, tmp_path):
+    where = tmp_path / "w"
+    where.mkdir()
+    path = where / "unreadable"
+    path.write_text("{}\n")
+    path.chmod(0)
+    _one_line(argument, str(path), where, as_a_user=True)
+
+
+@pytest.mark.parametrize("argument", WRITE)
+def test_a_run_directory_without_write_permission_ends_in_one_line(argument, tmp_path):
+    where = tmp_path / "w"
+    (where / "locked").mkdir(parents=True)
+    (where / "locked").chmod(0o555)
+    _one_line(argument, str(where / "locked" / "run"), where, as_a_user=True)
+
+
+@pytest.mark.parametrize("argument", WRITE)
+def test_a_run_directory_on_a_full_disk_ends_in_one_line(argument, full_disk, tmp_path):
+    where = tmp_path / "w"
+    where.mkdir()
+    _one_line(argument, str(full_disk / "run"), where, as_a_user=False)
