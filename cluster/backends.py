@@ -85,9 +85,15 @@ async def _queued(command: tuple[str, ...]) -> set[str] | None:
         proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except (OSError, TimeoutError) as exc:
+    except OSError as exc:
         log.warning("cluster: %s failed (%s)", command[0], exc)
+        return None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        log.warning("cluster: %s did not answer within 60 s", command[0])
         return None
     if proc.returncode:
         log.warning("cluster: %s failed: %s", command[0], err.decode(errors="replace").strip())
@@ -107,6 +113,7 @@ def keep_workers(
     interval: float = KEEP_WORKERS_S,
     queue: tuple[str, ...] = (),
     query_interval: float = QUEUE_QUERY_S,
+    replace: bool = True,
 ) -> None:
     """Start again the planned workers a cluster lost, for as long as the cluster runs.
 
@@ -116,67 +123,94 @@ def keep_workers(
     none once the same happened to the other (found by the chaos test in CI).
 
     Batch (adaptive SLURM or HTCondor): a job that ends without being asked to (its walltime,
-    ``scancel``, a node lost) leaves its worker's name in the cluster's plan; the cluster drops
-    the job ``distributed.deploy.lost-worker-timeout`` after its worker left, but adaptive
-    scaling compares its target with the plan, which still counts the job, so it submits
-    none (dask-jobqueue issues 122 and 611: a run whose jobs all ended waited for workers
-    that never came).
+    ``scancel``, a node lost) is dropped by the cluster ``distributed.deploy.lost-worker-timeout``
+    after its worker left, and (distributed 2026.8, measured with single-worker jobs) a new
+    job takes its place in the plan. Older versions left it in the plan and adaptive scaling
+    submitted none (dask-jobqueue issues 122 and 611); this check submits any planned job
+    that is missing.
 
     A job that ends while no worker of it is connected (cancelled while queued, failed at
-    its start, ended while its nanny restarted the worker) is never dropped by the cluster:
-    with ``queue`` (the batch system's job list), a submitted job without a connected worker
-    is looked for there at most every ``query_interval`` seconds, and submitted again once
-    the batch system no longer lists it.
+    its start; a job of several workers, which the cluster never drops) stays in the
+    cluster's workers: with ``queue`` (the batch system's job list), such a job is looked for
+    there at most every ``query_interval`` seconds, and cancelled (should the batch system
+    hold it where the query does not look) and submitted again once it is no longer listed.
+    A single-worker job whose worker had come is left to the cluster's own drop: submitting
+    it here first would let that drop cancel the replacement while it waits in the queue.
 
-    Every ``interval`` seconds a closed or failed worker is dropped from the cluster's
-    workers, and the cluster starts its planned workers that are missing again
-    (``SpecCluster._correct_state``: a new nanny, or a new batch job of the same name).
+    Every ``interval`` seconds a closed or failed worker, or one whose start raised (a failed
+    ``sbatch``), is dropped from the cluster's workers, and the cluster starts its planned
+    workers that are missing again (``SpecCluster._correct_state``: a new nanny, or a new
+    batch job of the same name). With ``replace`` False it only notes which jobs' workers
+    have come (``cluster.knunu_had_worker``, read by :func:`workers_to_come`).
     """
     from distributed.core import Status
     from tornado.ioloop import PeriodicCallback
 
     gone = (Status.closed, Status.failed)
     next_query = [0.0]
+    # job name -> the batch id of its job whose worker came (ids, not the job objects: the
+    # cluster asserts at its close that every job object still alive is closed, and
+    # dask-jobqueue's Job.close leaves the status running)
+    had_worker: dict[str, str] = {}
+    cluster.knunu_had_worker = had_worker
 
-    async def ended_before_arrival() -> list[str]:
+    def failed() -> list[str]:
+        out = [name for name, w in cluster.workers.items() if w.status in gone]
+        if not cluster._lock.locked():  # no start under way: a worker still 'created' failed
+            out += [name for name, w in cluster.workers.items() if w.status == Status.created]
+        return out
+
+    def note_arrivals() -> None:
+        for name, job in cluster.workers.items():
+            if _arrived(cluster, name):
+                had_worker[name] = getattr(job, "job_id", None)
+
+    async def gone_from_queue() -> list[str]:
         waiting = {
-            name: job.job_id
+            name: job
             for name, job in cluster.workers.items()
-            if getattr(job, "job_id", None) and not _arrived(cluster, name)
+            if getattr(job, "job_id", None)
+            and not _arrived(cluster, name)
+            and not (
+                had_worker.get(name) == job.job_id and "group" not in cluster.worker_spec[name]
+            )
         }
         if not waiting or time.monotonic() < next_query[0]:
             return []
         next_query[0] = time.monotonic() + query_interval
         queued = await _queued(queue)
-        if queued is None:
+        if queued is None or cluster.status != Status.running:
             return []
         # the cluster may have changed while the batch system answered
         return [
             name
-            for name, job_id in waiting.items()
-            if job_id not in queued
-            and name in cluster.workers
-            and getattr(cluster.workers[name], "job_id", None) == job_id
+            for name, job in waiting.items()
+            if job.job_id not in queued
+            and cluster.workers.get(name) is job
             and not _arrived(cluster, name)
         ]
 
     async def check() -> None:
         if cluster.status != Status.running:
             return
-        lost = [name for name, w in cluster.workers.items() if w.status in gone]
-        for name in lost:
-            log.warning("cluster: worker %s lost for good by its nanny; starting it again", name)
+        note_arrivals()
+        if not replace:
+            return
+        for name in failed():
+            log.warning("cluster: worker %s lost for good; starting it again", name)
             del cluster.workers[name]
-        for name in await ended_before_arrival() if queue else []:
+        for name in await gone_from_queue() if queue else []:
+            job = cluster.workers.pop(name)
             log.warning(
                 "cluster: batch job %s (%s) is gone with no worker connected; submitting it again",
-                cluster.workers[name].job_id,
+                job.job_id,
                 name,
             )
-            del cluster.workers[name]
+            with contextlib.suppress(Exception):
+                await job.close()
         # planned workers missing: lost above, or dropped by a start that failed (a worker
         # killed while its replacement started; the next check must try again, stop 43)
-        if not set(cluster.worker_spec) - set(cluster.workers):
+        if cluster.status != Status.running or not set(cluster.worker_spec) - set(cluster.workers):
             return
         try:
             await cluster._correct_state()
@@ -353,18 +387,21 @@ def get_client(backend: str = "local", **overrides: Any) -> Iterator[Client]:
             log.warning("cluster backend %r failed to start (%s); trying again", backend, exc)
     try:
         if backend != "local":
-            if settings.get("maximum_jobs"):
+            adaptive = bool(settings["maximum_jobs"])
+            if adaptive:
                 cluster.adapt(
                     minimum_jobs=settings["minimum_jobs"], maximum_jobs=settings["maximum_jobs"]
                 )
-                # jobs that end on their own are submitted again (adaptive scaling does not)
-                keep_workers(
-                    cluster,
-                    queue=BACKENDS[backend].queue,
-                    query_interval=float(settings["queue_query_s"]),
-                )
             else:
                 cluster.scale(jobs=settings["minimum_jobs"])
+            # adaptive: jobs that end on their own are submitted again (adaptive scaling
+            # does not); either way, which jobs' workers have come (workers_to_come)
+            keep_workers(
+                cluster,
+                queue=BACKENDS[backend].queue,
+                query_interval=float(settings["queue_query_s"]),
+                replace=adaptive,
+            )
         client = Client(cluster, security=getattr(cluster, "security", None))
         try:
             log.info("cluster %s up, dashboard at %s", backend, client.dashboard_link)
@@ -444,6 +481,25 @@ _POLL_S = 2.0
 _RESULT_S = 30.0
 
 
+def workers_to_come(client: Any) -> bool:
+    """Whether workers are still to come, so that a cluster without any is waited for.
+
+    They are while no worker has joined the client's scheduler yet, and while its batch
+    cluster holds a submitted job no worker of which has ever come (queued): an adaptive
+    cluster retires idle jobs and submits new ones, which may wait in the queue, between
+    two stages, and submits lost jobs again. A job whose workers came and left is not
+    waited for.
+    """
+    cluster = getattr(client, "cluster", None)
+    had = getattr(cluster, "knunu_had_worker", None)
+    if had is not None:
+        for name, job in list(cluster.workers.items()):
+            submitted = getattr(job, "job_id", None)
+            if submitted and had.get(name) != submitted and not _arrived(cluster, name):
+                return True
+    return not had_workers(client)
+
+
 def had_workers(client: Any) -> bool:
     """Whether any worker has joined the client's scheduler since it started (its event log)."""
     events = client.get_events("all")
@@ -510,8 +566,9 @@ def completed(
                 alone_since = None
                 limit = memory_limit(client, workers) or limit
                 continue
-            if alone_since is None and not had_workers(client):
-                continue  # batch jobs still queued: the clock starts once workers have come
+            if workers_to_come(client):
+                alone_since = None  # batch jobs still queued: the clock starts once none is
+                continue
             alone_since = alone_since or time.monotonic()
             if time.monotonic() - alone_since > no_workers_timeout:
                 raise error(

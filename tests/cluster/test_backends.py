@@ -156,6 +156,10 @@ def test_workers_whose_restart_failed_are_started_again():
             cluster.sync(nanny.close)
         cluster.workers.clear()  # what a failed _correct_state leaves behind
         client.wait_for_workers(2, timeout=60)
+        # the scheduler knows a new worker a moment before the cluster lists its nanny
+        deadline = time.monotonic() + 30
+        while len(cluster.workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert sorted(cluster.workers) == sorted(cluster.worker_spec)
         assert all(str(w.status) == "Status.running" for w in cluster.workers.values())
         assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6

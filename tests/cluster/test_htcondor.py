@@ -3,12 +3,16 @@ job, TLS, and the tiny processing stage on pool workers equal to a run in this p
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+from typing import Any
 
+import dask.config
 import pytest
 from distributed import Client
 
-from knunu.cluster import get_client
+from knunu.cluster import BACKENDS, get_client
+from knunu.cluster.backends import _queued
 
 from .helpers import (
     assert_on_loopback,
@@ -71,4 +75,42 @@ def test_condor_rm_mid_processing_changes_no_histogram(
         client.wait_for_workers(2, timeout=120)
         out = process(production, cfg, trained, tmp_path, client, progress)
     assert progress.killed
+    assert_same_histograms(out, local_histograms)
+
+
+def _cluster_jobs(client: Client) -> list[str]:
+    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
+
+
+def test_the_queue_query_lists_the_clusters_jobs(htcondor):
+    """The command knunu asks HTCondor with prints the job ids as dask-jobqueue keeps them."""
+    with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
+        client.wait_for_workers(2, timeout=120)
+        listed = asyncio.run(_queued(BACKENDS["htcondor"].queue))
+        assert listed is not None
+        assert len(_cluster_jobs(client)) == 2
+        assert set(_cluster_jobs(client)) <= listed
+
+
+def test_adaptive_scaling_submits_jobs_again_when_every_job_ended(
+    htcondor, shared_inputs, production, cfg, trained, local_histograms, tmp_path
+):
+    """Every job removed mid-processing (``condor_rm``): knunu submits them again."""
+    share(tmp_path)
+    adaptive = {**_settings(htcondor), "minimum_jobs": 2, "maximum_jobs": 2, "queue_query_s": 1}
+    removed: list[str] = []
+    with (
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"}),
+        get_client("htcondor", **adaptive) as client,
+    ):
+        client.wait_for_workers(2, timeout=120)
+
+        def progress(p: Any) -> None:
+            if p.label.startswith("ITAProcessor") and p.chunks_done == 3 and not removed:
+                removed.extend(_cluster_jobs(client))
+                subprocess.run(["condor_rm", *removed], check=True, capture_output=True)
+
+        out = process(production, cfg, trained, tmp_path, client, progress)
+        assert len(removed) == 2
+        assert not set(removed) & set(_cluster_jobs(client))  # new jobs
     assert_same_histograms(out, local_histograms)

@@ -3,6 +3,7 @@ processing stage through sbatch workers equal to a run in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Callable
@@ -13,7 +14,8 @@ import pytest
 from distributed import Client
 from distributed.security import Security
 
-from knunu.cluster import get_client
+from knunu.cluster import BACKENDS, get_client
+from knunu.cluster.backends import _queued
 from knunu.errors import ProcessingError
 from knunu.processors import run as runner
 from knunu.processors.ita import ITAProcessor
@@ -121,39 +123,50 @@ def test_scancel_mid_processing_changes_no_histogram(
     assert_same_histograms(out, local_histograms)
 
 
-def _cancel_every_job(chunks: int) -> Callable:
-    """A progress callback that cancels every batch job once ``chunks`` ITA chunks are done."""
+def _cluster_jobs(client: Client) -> list[str]:
+    """The batch job ids of the client's own cluster (not other tests' jobs still ending)."""
+    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
+
+
+def _cancel_every_job(chunks: int, client: Client) -> Callable:
+    """A progress callback that cancels every job of ``client``'s cluster once ``chunks`` ITA
+    chunks are done."""
     cancelled: list[str] = []
 
     def progress(p: Any) -> None:
         if p.label.startswith("ITAProcessor") and p.chunks_done == chunks and not cancelled:
-            cancelled.extend(_jobs())
+            cancelled.extend(_cluster_jobs(client))
             subprocess.run(["scancel", *cancelled], check=True)  # as the walltime would
 
     progress.cancelled = cancelled  # type: ignore[attr-defined]
     return progress
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_adaptive_scaling_submits_jobs_again_when_every_job_ended(
-    slurm, production, cfg, trained, local_histograms, tmp_path
+    slurm, production, cfg, trained, local_histograms, tmp_path, processes
 ):
-    """Every job cancelled mid-processing (as a walltime would end them): adaptive scaling
-    alone submits none (the ended jobs stay in its plan, dask-jobqueue issues 122 and 611);
-    knunu submits them again (``keep_workers``) and no histogram changes."""
-    progress = _cancel_every_job(3)
-    adaptive = {**SETTINGS, "minimum_jobs": 2, "maximum_jobs": 2}
+    """Every job cancelled mid-processing (as a walltime would end them): new jobs take over
+    and no histogram changes. A job of one worker is dropped by the cluster after the
+    lost-worker timeout and replaced (distributed 2026.8); a job of two workers is never dropped
+    by the cluster, and adaptive scaling submits none: knunu finds it gone from ``squeue``
+    and submits it again (``keep_workers``; without it, no worker comes back)."""
+    adaptive = {**SETTINGS, "minimum_jobs": 2, "maximum_jobs": 2, "queue_query_s": 1}
+    adaptive |= {"processes": processes, "cores": processes}
     with _fast_loss(), get_client("slurm", **adaptive) as client:
-        client.wait_for_workers(2, timeout=120)
+        client.wait_for_workers(2 * processes, timeout=120)
+        progress = _cancel_every_job(3, client)
         out = process(production, cfg, trained, tmp_path, client, progress)
         assert len(progress.cancelled) == 2
-        assert not set(progress.cancelled) & set(_jobs())  # the jobs running are new
+        assert not set(progress.cancelled) & set(_cluster_jobs(client))  # new jobs
     assert_same_histograms(out, local_histograms)
 
 
 def test_adaptive_scaling_replaces_workers_that_reach_their_lifetime(
     slurm, production, cfg, trained, local_histograms, tmp_path
 ):
-    """Workers retire before the walltime (``lifetime``) and others take over; nothing is lost."""
+    """Workers retire before the walltime (``lifetime``) and their nannies start new ones in
+    the same jobs (``--lifetime-restart``); nothing is lost."""
     seen: set[str] = set()
     short = {**SETTINGS, "lifetime": "8s", "lifetime_stagger": "1s", "maximum_jobs": 2}
     with _fast_loss(), get_client("slurm", minimum_jobs=1, **short) as client:
@@ -170,13 +183,13 @@ def test_adaptive_scaling_replaces_workers_that_reach_their_lifetime(
 def test_without_adaptive_scaling_a_run_without_workers_stops_in_one_line(
     slurm, production, cfg, trained, tmp_path
 ):
-    progress = _cancel_every_job(3)
-    options = runner.RunOptions(
-        progress=progress, no_workers_timeout=5.0, checkpoint_dir=tmp_path / "checkpoints"
-    )
     ita = {**cfg["ita"], "chunksize": 1000}
     with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
+        progress = _cancel_every_job(3, client)
+        options = runner.RunOptions(
+            progress=progress, no_workers_timeout=5.0, checkpoint_dir=tmp_path / "checkpoints"
+        )
         with pytest.raises(ProcessingError) as err:
             runner.run(
                 production,
@@ -210,15 +223,26 @@ def test_a_job_cancelled_while_queued_is_submitted_again(slurm):
         queued = {**SETTINGS, "minimum_jobs": 1, "maximum_jobs": 1, "queue_query_s": 1}
         with get_client("slurm", **queued) as client:
             deadline = time.monotonic() + 60
-            while len(_jobs()) < 2 and time.monotonic() < deadline:
+            while not _cluster_jobs(client) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            ours = [j for j in _jobs() if j != blocker]
+            ours = _cluster_jobs(client)
             assert len(ours) == 1
+            assert ours[0] in _jobs()  # waiting in the queue
             subprocess.run(["scancel", *ours], check=True)
             time.sleep(3)  # the cluster still counts the cancelled job
             subprocess.run(["scancel", blocker], check=True)
             client.wait_for_workers(1, timeout=120)
             assert client.submit(sum, [1, 2]).result() == 3
-            assert ours[0] not in _jobs()
+            assert ours[0] not in _cluster_jobs(client)
     finally:
         subprocess.run(["scancel", blocker], check=False)
+
+
+def test_the_queue_query_lists_the_clusters_jobs(slurm):
+    """The command knunu asks SLURM with prints the job ids as dask-jobqueue keeps them."""
+    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+        client.wait_for_workers(2, timeout=120)
+        listed = asyncio.run(_queued(BACKENDS["slurm"].queue))
+        assert listed is not None
+        assert set(_cluster_jobs(client)) <= listed
+        assert len(_cluster_jobs(client)) == 2

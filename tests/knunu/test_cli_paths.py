@@ -100,9 +100,13 @@ WRITE = (
     "reinterpret -o",
     "config output_dir",
 )
-#: Root reads and writes whatever the permissions say: the installed command runs without
-#: the capabilities that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as any user would.
-AS_A_USER = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+#: Root reads and writes whatever the permissions say: as root the installed command runs
+#: without the capabilities that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as any user.
+AS_A_USER = (
+    ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+    if os.geteuid() == 0
+    else ()
+)
 
 
 def _one_line(argument: str, path: str, where: Path, as_a_user: bool) -> None:
