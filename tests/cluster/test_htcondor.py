@@ -45,10 +45,19 @@ def _jobs() -> list[str]:
     return [".".join(line.split()) for line in out.stdout.splitlines() if line.strip()]
 
 
+def _cluster_jobs(client: Client) -> list[str]:
+    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
+
+
 def test_workers_come_from_condor_submit(htcondor):
     with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
         client.wait_for_workers(2, timeout=120)
         assert len(_jobs()) == 2
+        # the command knunu asks HTCondor with lists the job ids as dask-jobqueue keeps them
+        listed = asyncio.run(_queued(BACKENDS["htcondor"].queue))
+        assert listed is not None
+        assert set(_cluster_jobs(client)) <= listed
+        assert len(_cluster_jobs(client)) == 2
         assert_on_loopback(client, "tls")
         # a client without our certificate is refused
         with pytest.raises((OSError, TimeoutError)):
@@ -76,20 +85,6 @@ def test_condor_rm_mid_processing_changes_no_histogram(
         out = process(production, cfg, trained, tmp_path, client, progress)
     assert progress.killed
     assert_same_histograms(out, local_histograms)
-
-
-def _cluster_jobs(client: Client) -> list[str]:
-    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
-
-
-def test_the_queue_query_lists_the_clusters_jobs(htcondor):
-    """The command knunu asks HTCondor with prints the job ids as dask-jobqueue keeps them."""
-    with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
-        client.wait_for_workers(2, timeout=120)
-        listed = asyncio.run(_queued(BACKENDS["htcondor"].queue))
-        assert listed is not None
-        assert len(_cluster_jobs(client)) == 2
-        assert set(_cluster_jobs(client)) <= listed
 
 
 def test_adaptive_scaling_submits_jobs_again_when_every_job_ended(

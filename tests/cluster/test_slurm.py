@@ -52,6 +52,11 @@ def _jobs() -> list[str]:
     return out.stdout.split()
 
 
+def _cluster_jobs(client: Client) -> list[str]:
+    """The batch job ids of the client's own cluster (not other tests' jobs still ending)."""
+    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
+
+
 def _slow_square_factory():
     # A function defined at run time is pickled by value, so workers need not import this
     # test module (they run in another directory, as on a real cluster).
@@ -70,6 +75,11 @@ def test_workers_come_from_sbatch_and_compute(slurm, tmp_path, monkeypatch):
     with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
         assert len(_jobs()) == 2
+        # the command knunu asks SLURM with lists the job ids as dask-jobqueue keeps them
+        listed = asyncio.run(_queued(BACKENDS["slurm"].queue))
+        assert listed is not None
+        assert set(_cluster_jobs(client)) <= listed
+        assert len(_cluster_jobs(client)) == 2
         assert_on_loopback(client, "tls")
         assert sum(client.gather(client.map(_slow_square, range(20)))) == sum(
             x * x for x in range(20)
@@ -121,11 +131,6 @@ def test_scancel_mid_processing_changes_no_histogram(
         out = process(production, cfg, trained, tmp_path, client, progress)
     assert progress.killed
     assert_same_histograms(out, local_histograms)
-
-
-def _cluster_jobs(client: Client) -> list[str]:
-    """The batch job ids of the client's own cluster (not other tests' jobs still ending)."""
-    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
 
 
 def _cancel_every_job(chunks: int, client: Client) -> Callable:
@@ -184,7 +189,7 @@ def test_without_adaptive_scaling_a_run_without_workers_stops_in_one_line(
     slurm, production, cfg, trained, tmp_path
 ):
     ita = {**cfg["ita"], "chunksize": 1000}
-    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+    with _fast_loss(), get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
         progress = _cancel_every_job(3, client)
         options = runner.RunOptions(
@@ -236,13 +241,3 @@ def test_a_job_cancelled_while_queued_is_submitted_again(slurm):
             assert ours[0] not in _cluster_jobs(client)
     finally:
         subprocess.run(["scancel", blocker], check=False)
-
-
-def test_the_queue_query_lists_the_clusters_jobs(slurm):
-    """The command knunu asks SLURM with prints the job ids as dask-jobqueue keeps them."""
-    with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
-        client.wait_for_workers(2, timeout=120)
-        listed = asyncio.run(_queued(BACKENDS["slurm"].queue))
-        assert listed is not None
-        assert set(_cluster_jobs(client)) <= listed
-        assert len(_cluster_jobs(client)) == 2
