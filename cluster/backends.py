@@ -143,42 +143,65 @@ def keep_workers(
     batch job of the same name). With ``replace`` False it only notes which jobs' workers
     have come (``cluster.knunu_had_worker``, read by :func:`workers_to_come`).
     """
-    from distributed.core import Status
     from tornado.ioloop import PeriodicCallback
 
-    gone = (Status.closed, Status.failed)
-    next_query = [0.0]
-    # job name -> the batch id of its job whose worker came (ids, not the job objects: the
-    # cluster asserts at its close that every job object still alive is closed, and
-    # dask-jobqueue's Job.close leaves the status running)
-    had_worker: dict[str, str] = {}
-    cluster.knunu_had_worker = had_worker
+    keeper = _Keeper(cluster, queue, query_interval, replace)
+    cluster.knunu_had_worker = keeper.had_worker
+    callback = PeriodicCallback(keeper.check, interval * 1000)
+    cluster.periodic_callbacks["knunu-keep-workers"] = callback
+    cluster.loop.add_callback(callback.start)
 
-    def failed() -> list[str]:
-        out = [name for name, w in cluster.workers.items() if w.status in gone]
-        if not cluster._lock.locked():  # no start under way: a worker still 'created' failed
-            out += [name for name, w in cluster.workers.items() if w.status == Status.created]
+
+class _Keeper:
+    """The state and the periodic check of :func:`keep_workers` for one cluster."""
+
+    def __init__(
+        self, cluster: Any, queue: tuple[str, ...], query_interval: float, replace: bool
+    ) -> None:
+        self.cluster = cluster
+        self.queue = queue
+        self.query_interval = query_interval
+        self.replace = replace
+        self.next_query = 0.0
+        # job name -> the batch id of its job whose worker came (ids, not the job objects:
+        # the cluster asserts at its close that every job object still alive is closed, and
+        # dask-jobqueue's Job.close leaves the status running)
+        self.had_worker: dict[str, str | None] = {}
+
+    def failed(self) -> list[str]:
+        """Workers closed or failed, or (no start under way) still 'created': a failed start."""
+        from distributed.core import Status
+
+        workers = self.cluster.workers
+        out = [name for name, w in workers.items() if w.status in (Status.closed, Status.failed)]
+        if not self.cluster._lock.locked():
+            out += [name for name, w in workers.items() if w.status == Status.created]
         return out
 
-    def note_arrivals() -> None:
-        for name, job in cluster.workers.items():
-            if _arrived(cluster, name):
-                had_worker[name] = getattr(job, "job_id", None)
+    def note_arrivals(self) -> None:
+        """Note the jobs a worker of which is connected now."""
+        for name, job in self.cluster.workers.items():
+            if _arrived(self.cluster, name):
+                self.had_worker[name] = getattr(job, "job_id", None)
 
-    async def gone_from_queue() -> list[str]:
+    async def gone_from_queue(self) -> list[str]:
+        """Jobs without a connected worker that the batch system no longer lists."""
+        from distributed.core import Status
+
+        cluster = self.cluster
         waiting = {
             name: job
             for name, job in cluster.workers.items()
             if getattr(job, "job_id", None)
             and not _arrived(cluster, name)
             and not (
-                had_worker.get(name) == job.job_id and "group" not in cluster.worker_spec[name]
+                self.had_worker.get(name) == job.job_id and "group" not in cluster.worker_spec[name]
             )
         }
-        if not waiting or time.monotonic() < next_query[0]:
+        if not waiting or time.monotonic() < self.next_query:
             return []
-        next_query[0] = time.monotonic() + query_interval
-        queued = await _queued(queue)
+        self.next_query = time.monotonic() + self.query_interval
+        queued = await _queued(self.queue)
         if queued is None or cluster.status != Status.running:
             return []
         # the cluster may have changed while the batch system answered
@@ -190,16 +213,20 @@ def keep_workers(
             and not _arrived(cluster, name)
         ]
 
-    async def check() -> None:
+    async def check(self) -> None:
+        """Drop what is lost and start the planned workers that are missing."""
+        from distributed.core import Status
+
+        cluster = self.cluster
         if cluster.status != Status.running:
             return
-        note_arrivals()
-        if not replace:
+        self.note_arrivals()
+        if not self.replace:
             return
-        for name in failed():
+        for name in self.failed():
             log.warning("cluster: worker %s lost for good; starting it again", name)
             del cluster.workers[name]
-        for name in await gone_from_queue() if queue else []:
+        for name in await self.gone_from_queue() if self.queue else []:
             job = cluster.workers.pop(name)
             log.warning(
                 "cluster: batch job %s (%s) is gone with no worker connected; submitting it again",
@@ -216,10 +243,6 @@ def keep_workers(
             await cluster._correct_state()
         except Exception as exc:  # tried again at the next check
             log.warning("cluster: starting lost workers failed (%s); trying again", exc)
-
-    callback = PeriodicCallback(check, interval * 1000)
-    cluster.periodic_callbacks["knunu-keep-workers"] = callback
-    cluster.loop.add_callback(callback.start)
 
 
 def _jobqueue(cls_name: str, own_keys: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
