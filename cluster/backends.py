@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 import dask.config
 import yaml
 from distributed import Client, LocalCluster
+from distributed.core import Status
 
 from knunu.errors import ClusterError
 
@@ -79,8 +81,6 @@ QUEUE_QUERY_S = 30.0
 
 async def _queued(command: tuple[str, ...]) -> set[str] | None:
     """The job ids the batch system lists (``command``), or None if it cannot be asked."""
-    import asyncio
-
     try:
         proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -141,12 +141,12 @@ def keep_workers(
     ``sbatch``), is dropped from the cluster's workers, and the cluster starts its planned
     workers that are missing again (``SpecCluster._correct_state``: a new nanny, or a new
     batch job of the same name). With ``replace`` False it only notes which jobs' workers
-    have come (``cluster.knunu_had_worker``, read by :func:`workers_to_come`).
+    have come (``cluster.knunu_keeper``, read by :func:`workers_to_come`).
     """
     from tornado.ioloop import PeriodicCallback
 
     keeper = _Keeper(cluster, queue, query_interval, replace)
-    cluster.knunu_had_worker = keeper.had_worker
+    cluster.knunu_keeper = keeper
     callback = PeriodicCallback(keeper.check, interval * 1000)
     cluster.periodic_callbacks["knunu-keep-workers"] = callback
     cluster.loop.add_callback(callback.start)
@@ -170,8 +170,6 @@ class _Keeper:
 
     def failed(self) -> list[str]:
         """Workers closed or failed, or (no start under way) still 'created': a failed start."""
-        from distributed.core import Status
-
         workers = self.cluster.workers
         out = [name for name, w in workers.items() if w.status in (Status.closed, Status.failed)]
         if not self.cluster._lock.locked():
@@ -184,19 +182,25 @@ class _Keeper:
             if _arrived(self.cluster, name):
                 self.had_worker[name] = getattr(job, "job_id", None)
 
+    def unarrived(self) -> dict[str, Any]:
+        """Submitted jobs no worker of which is connected now, by name."""
+        return {
+            name: job
+            for name, job in list(self.cluster.workers.items())
+            if getattr(job, "job_id", None) and not _arrived(self.cluster, name)
+        }
+
+    def never_came(self, name: str, job: Any) -> bool:
+        """Whether no worker of this very job (its batch id) has been seen."""
+        return self.had_worker.get(name) != job.job_id
+
     async def gone_from_queue(self) -> list[str]:
         """Jobs without a connected worker that the batch system no longer lists."""
-        from distributed.core import Status
-
         cluster = self.cluster
         waiting = {
             name: job
-            for name, job in cluster.workers.items()
-            if getattr(job, "job_id", None)
-            and not _arrived(cluster, name)
-            and not (
-                self.had_worker.get(name) == job.job_id and "group" not in cluster.worker_spec[name]
-            )
+            for name, job in self.unarrived().items()
+            if self.never_came(name, job) or "group" in cluster.worker_spec[name]
         }
         if not waiting or time.monotonic() < self.next_query:
             return []
@@ -215,8 +219,6 @@ class _Keeper:
 
     async def check(self) -> None:
         """Drop what is lost and start the planned workers that are missing."""
-        from distributed.core import Status
-
         cluster = self.cluster
         if cluster.status != Status.running:
             return
@@ -513,13 +515,11 @@ def workers_to_come(client: Any) -> bool:
     two stages, and submits lost jobs again. A job whose workers came and left is not
     waited for.
     """
-    cluster = getattr(client, "cluster", None)
-    had = getattr(cluster, "knunu_had_worker", None)
-    if had is not None:
-        for name, job in list(cluster.workers.items()):
-            submitted = getattr(job, "job_id", None)
-            if submitted and had.get(name) != submitted and not _arrived(cluster, name):
-                return True
+    keeper = getattr(getattr(client, "cluster", None), "knunu_keeper", None)
+    if keeper is not None and any(
+        keeper.never_came(name, job) for name, job in keeper.unarrived().items()
+    ):
+        return True
     return not had_workers(client)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import numpy as np
 import uproot
 
@@ -65,6 +66,38 @@ def kill_after(chunks: int, jobs: Callable[[], list[str]], cancel: list[str]) ->
             killed.append(victim)
 
     progress.killed = killed  # type: ignore[attr-defined]
+    return progress
+
+
+def slurm_jobs() -> list[str]:
+    """The SLURM job ids of this user."""
+    out = subprocess.run(
+        ["squeue", "--me", "-h", "-o", "%i"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def cluster_jobs(client: Any) -> list[str]:
+    """The batch job ids of the client's own cluster (not other tests' jobs still ending)."""
+    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
+
+
+def fast_loss() -> dask.config.set:
+    """The cluster drops a job 2 s after its worker left (15 s by default)."""
+    return dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"})
+
+
+def cancel_every_job(chunks: int, client: Any, cancel: list[str]) -> Callable:
+    """A progress callback that ends every job of ``client``'s cluster (``cancel``: scancel,
+    condor_rm) once ``chunks`` ITA chunks are done, as a walltime would."""
+    cancelled: list[str] = []
+
+    def progress(p: Any) -> None:
+        if p.label.startswith("ITAProcessor") and p.chunks_done == chunks and not cancelled:
+            cancelled.extend(cluster_jobs(client))
+            subprocess.run([*cancel, *cancelled], check=True, capture_output=True)
+
+    progress.cancelled = cancelled  # type: ignore[attr-defined]
     return progress
 
 

@@ -24,6 +24,8 @@ import pytest
 import uproot
 import yaml
 
+from .helpers import slurm_jobs
+
 KNUNU = shutil.which("knunu", path=str(Path(sys.executable).parent)) or "knunu"
 pytestmark = [pytest.mark.slow, pytest.mark.alone]
 logger = logging.getLogger(__name__)
@@ -139,13 +141,6 @@ def _slurm_workers(_pid: int) -> list[psutil.Process]:
     return _spawned_workers(children)
 
 
-def _slurm_jobs() -> list[str]:
-    out = subprocess.run(
-        ["squeue", "--me", "-h", "-o", "%i"], capture_output=True, text=True, check=True
-    )
-    return out.stdout.split()
-
-
 class _Chaos(threading.Thread):
     """SIGKILLs one worker of the running `knunu run` every 2-6 s (seeded).
 
@@ -228,7 +223,7 @@ def _chaos_run(
     chaos = _Chaos(
         seed=20231114,
         workers=_slurm_workers if batch else _local_workers,
-        jobs=_slurm_jobs if batch else None,
+        jobs=slurm_jobs if batch else None,
     )
     chaos.start()
     log = run_dir.with_suffix(".log")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from typing import Any
 
-import dask.config
 import pytest
 from distributed import Client
 
@@ -17,6 +15,9 @@ from knunu.cluster.backends import _queued
 from .helpers import (
     assert_on_loopback,
     assert_same_histograms,
+    cancel_every_job,
+    cluster_jobs,
+    fast_loss,
     jobs_left,
     kill_after,
     process,
@@ -45,10 +46,6 @@ def _jobs() -> list[str]:
     return [".".join(line.split()) for line in out.stdout.splitlines() if line.strip()]
 
 
-def _cluster_jobs(client: Client) -> list[str]:
-    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
-
-
 def test_workers_come_from_condor_submit(htcondor):
     with get_client("htcondor", minimum_jobs=2, **_settings(htcondor)) as client:
         client.wait_for_workers(2, timeout=120)
@@ -56,8 +53,8 @@ def test_workers_come_from_condor_submit(htcondor):
         # the command knunu asks HTCondor with lists the job ids as dask-jobqueue keeps them
         listed = asyncio.run(_queued(BACKENDS["htcondor"].queue))
         assert listed is not None
-        assert set(_cluster_jobs(client)) <= listed
-        assert len(_cluster_jobs(client)) == 2
+        assert set(cluster_jobs(client)) <= listed
+        assert len(cluster_jobs(client)) == 2
         assert_on_loopback(client, "tls")
         # a client without our certificate is refused
         with pytest.raises((OSError, TimeoutError)):
@@ -93,19 +90,10 @@ def test_adaptive_scaling_submits_jobs_again_when_every_job_ended(
     """Every job removed mid-processing (``condor_rm``): knunu submits them again."""
     share(tmp_path)
     adaptive = {**_settings(htcondor), "minimum_jobs": 2, "maximum_jobs": 2, "queue_query_s": 1}
-    removed: list[str] = []
-    with (
-        dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"}),
-        get_client("htcondor", **adaptive) as client,
-    ):
+    with fast_loss(), get_client("htcondor", **adaptive) as client:
         client.wait_for_workers(2, timeout=120)
-
-        def progress(p: Any) -> None:
-            if p.label.startswith("ITAProcessor") and p.chunks_done == 3 and not removed:
-                removed.extend(_cluster_jobs(client))
-                subprocess.run(["condor_rm", *removed], check=True, capture_output=True)
-
+        progress = cancel_every_job(3, client, ["condor_rm"])
         out = process(production, cfg, trained, tmp_path, client, progress)
-        assert len(removed) == 2
-        assert not set(removed) & set(_cluster_jobs(client))  # new jobs
+        assert len(progress.cancelled) == 2
+        assert not set(progress.cancelled) & set(cluster_jobs(client))  # new jobs
     assert_same_histograms(out, local_histograms)

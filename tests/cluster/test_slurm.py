@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
-import dask.config
 import pytest
 from distributed import Client
 from distributed.security import Security
@@ -20,7 +18,17 @@ from knunu.errors import ProcessingError
 from knunu.processors import run as runner
 from knunu.processors.ita import ITAProcessor
 
-from .helpers import assert_on_loopback, assert_same_histograms, jobs_left, kill_after, process
+from .helpers import (
+    assert_on_loopback,
+    assert_same_histograms,
+    cancel_every_job,
+    cluster_jobs,
+    fast_loss,
+    jobs_left,
+    kill_after,
+    process,
+    slurm_jobs,
+)
 
 pytestmark = [
     pytest.mark.slurm,
@@ -42,21 +50,6 @@ SETTINGS = {
 }
 
 
-def _fast_loss() -> dask.config.set:
-    """The cluster drops a job 2 s after its worker left (15 s by default)."""
-    return dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"})
-
-
-def _jobs() -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)
-    return out.stdout.split()
-
-
-def _cluster_jobs(client: Client) -> list[str]:
-    """The batch job ids of the client's own cluster (not other tests' jobs still ending)."""
-    return [j.job_id for j in list(client.cluster.workers.values()) if j.job_id]
-
-
 def _slow_square_factory():
     # A function defined at run time is pickled by value, so workers need not import this
     # test module (they run in another directory, as on a real cluster).
@@ -74,17 +67,17 @@ def test_workers_come_from_sbatch_and_compute(slurm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # job logs must not land in the working directory
     with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
-        assert len(_jobs()) == 2
+        assert len(slurm_jobs()) == 2
         # the command knunu asks SLURM with lists the job ids as dask-jobqueue keeps them
         listed = asyncio.run(_queued(BACKENDS["slurm"].queue))
         assert listed is not None
-        assert set(_cluster_jobs(client)) <= listed
-        assert len(_cluster_jobs(client)) == 2
+        assert set(cluster_jobs(client)) <= listed
+        assert len(cluster_jobs(client)) == 2
         assert_on_loopback(client, "tls")
         assert sum(client.gather(client.map(_slow_square, range(20)))) == sum(
             x * x for x in range(20)
         )
-    assert jobs_left(_jobs) == []  # closing the client cancels the batch jobs
+    assert jobs_left(slurm_jobs) == []  # closing the client cancels the batch jobs
     assert not list(tmp_path.glob("slurm-*.out"))
 
 
@@ -93,7 +86,7 @@ def test_scancel_of_a_worker_mid_run_loses_nothing(slurm):
         client.wait_for_workers(2, timeout=120)
         futures = client.map(_slow_square, range(60), pure=False)
         time.sleep(1.5)
-        victim = _jobs()[0]
+        victim = slurm_jobs()[0]
         subprocess.run(["scancel", victim], check=True)
         assert client.gather(futures) == [x * x for x in range(60)]
 
@@ -125,26 +118,12 @@ def test_processing_on_slurm_equals_a_local_run(
 def test_scancel_mid_processing_changes_no_histogram(
     slurm, production, cfg, trained, local_histograms, tmp_path
 ):
-    progress = kill_after(3, _jobs, ["scancel"])
+    progress = kill_after(3, slurm_jobs, ["scancel"])
     with get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
         out = process(production, cfg, trained, tmp_path, client, progress)
     assert progress.killed
     assert_same_histograms(out, local_histograms)
-
-
-def _cancel_every_job(chunks: int, client: Client) -> Callable:
-    """A progress callback that cancels every job of ``client``'s cluster once ``chunks`` ITA
-    chunks are done."""
-    cancelled: list[str] = []
-
-    def progress(p: Any) -> None:
-        if p.label.startswith("ITAProcessor") and p.chunks_done == chunks and not cancelled:
-            cancelled.extend(_cluster_jobs(client))
-            subprocess.run(["scancel", *cancelled], check=True)  # as the walltime would
-
-    progress.cancelled = cancelled  # type: ignore[attr-defined]
-    return progress
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -158,12 +137,12 @@ def test_adaptive_scaling_submits_jobs_again_when_every_job_ended(
     and submits it again (``keep_workers``; without it, no worker comes back)."""
     adaptive = {**SETTINGS, "minimum_jobs": 2, "maximum_jobs": 2, "queue_query_s": 1}
     adaptive |= {"processes": processes, "cores": processes}
-    with _fast_loss(), get_client("slurm", **adaptive) as client:
+    with fast_loss(), get_client("slurm", **adaptive) as client:
         client.wait_for_workers(2 * processes, timeout=120)
-        progress = _cancel_every_job(3, client)
+        progress = cancel_every_job(3, client, ["scancel"])
         out = process(production, cfg, trained, tmp_path, client, progress)
         assert len(progress.cancelled) == 2
-        assert not set(progress.cancelled) & set(_cluster_jobs(client))  # new jobs
+        assert not set(progress.cancelled) & set(cluster_jobs(client))  # new jobs
     assert_same_histograms(out, local_histograms)
 
 
@@ -174,7 +153,7 @@ def test_adaptive_scaling_replaces_workers_that_reach_their_lifetime(
     the same jobs (``--lifetime-restart``); nothing is lost."""
     seen: set[str] = set()
     short = {**SETTINGS, "lifetime": "8s", "lifetime_stagger": "1s", "maximum_jobs": 2}
-    with _fast_loss(), get_client("slurm", minimum_jobs=1, **short) as client:
+    with fast_loss(), get_client("slurm", minimum_jobs=1, **short) as client:
         client.wait_for_workers(1, timeout=120)
 
         def note_workers(p: Any) -> None:
@@ -189,9 +168,9 @@ def test_without_adaptive_scaling_a_run_without_workers_stops_in_one_line(
     slurm, production, cfg, trained, tmp_path
 ):
     ita = {**cfg["ita"], "chunksize": 1000}
-    with _fast_loss(), get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
+    with fast_loss(), get_client("slurm", minimum_jobs=2, **SETTINGS) as client:
         client.wait_for_workers(2, timeout=120)
-        progress = _cancel_every_job(3, client)
+        progress = cancel_every_job(3, client, ["scancel"])
         options = runner.RunOptions(
             progress=progress, no_workers_timeout=5.0, checkpoint_dir=tmp_path / "checkpoints"
         )
@@ -228,16 +207,16 @@ def test_a_job_cancelled_while_queued_is_submitted_again(slurm):
         queued = {**SETTINGS, "minimum_jobs": 1, "maximum_jobs": 1, "queue_query_s": 1}
         with get_client("slurm", **queued) as client:
             deadline = time.monotonic() + 60
-            while not _cluster_jobs(client) and time.monotonic() < deadline:
+            while not cluster_jobs(client) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            ours = _cluster_jobs(client)
+            ours = cluster_jobs(client)
             assert len(ours) == 1
-            assert ours[0] in _jobs()  # waiting in the queue
+            assert ours[0] in slurm_jobs()  # waiting in the queue
             subprocess.run(["scancel", *ours], check=True)
             time.sleep(3)  # the cluster still counts the cancelled job
             subprocess.run(["scancel", blocker], check=True)
             client.wait_for_workers(1, timeout=120)
             assert client.submit(sum, [1, 2]).result() == 3
-            assert ours[0] not in _cluster_jobs(client)
+            assert ours[0] not in cluster_jobs(client)
     finally:
         subprocess.run(["scancel", blocker], check=False)

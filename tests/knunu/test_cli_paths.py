@@ -61,24 +61,37 @@ ARGUMENTS = {
 }  # fmt: skip
 
 
+def _argv(argument: str, path: str, where: Path) -> list[str]:
+    """The command line of ``argument`` with ``path`` swept in (its config file written)."""
+    template, _, *config = ARGUMENTS[argument]
+    names = {
+        "p": path,
+        "o": str(where / "run"),
+        "ws": str(published_workspace_path()),
+        "c": str(where / "config.yaml"),
+    }
+    if config:
+        (where / "config.yaml").write_text(config[0].format(**names))
+    return [a.format(**names) for a in template]
+
+
+def _assert_one_line(code: int, err: list[str], named: tuple[str, ...], *context: str) -> None:
+    """Exit 2 and one error line that names one of ``named``."""
+    assert code == 2, (*context, code, err)
+    assert len(err) == 1, (*context, err)
+    assert err[0].startswith("knunu: error: "), (*context, err)
+    assert any(n in err[0] for n in named), (*context, err)
+
+
 @pytest.mark.parametrize("argument", list(ARGUMENTS))
 def test_a_path_that_cannot_be_used_ends_in_one_line(argument, tmp_path, capsys):
-    template, kinds, *config = ARGUMENTS[argument]
-    for kind in kinds:
+    for kind in ARGUMENTS[argument][1]:
         where = tmp_path / argument.replace(" ", "_").replace("(", "").replace(")", "")
         where.mkdir(exist_ok=True)
         path = _make(kind, where)
-        ws = str(published_workspace_path())
-        names = {"p": path, "o": str(where / "run"), "ws": ws, "c": str(where / "config.yaml")}
-        if config:
-            (where / "config.yaml").write_text(config[0].format(**names))
-        argv = [a.format(**names) for a in template]
-        code = main(argv)
+        code = main(_argv(argument, path, where))
         err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2, (argument, kind, err)
-        assert len(err) == 1, (argument, kind, err)
-        assert err[0].startswith("knunu: error: "), (argument, kind, err)
-        assert path in err[0] or "catalogue" in err[0], (argument, kind, err)
+        _assert_one_line(code, err, (path, "catalogue"), argument, kind)
 
 
 #: The arguments that read the path they name, and those that write a run directory there.
@@ -110,18 +123,10 @@ AS_A_USER = (
 
 
 def _one_line(argument: str, path: str, where: Path, as_a_user: bool) -> None:
-    template, _, *config = ARGUMENTS[argument]
-    names = {
-        "p": path,
-        "o": str(where / "run"),
-        "ws": str(published_workspace_path()),
-        "c": str(where / "config.yaml"),
-    }
-    if config:
-        (where / "config.yaml").write_text(config[0].format(**names))
+    """The installed command on ``argument`` with ``path``: one line and exit 2."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     done = subprocess.run(
-        [*(AS_A_USER if as_a_user else ()), KNUNU, *(a.format(**names) for a in template)],
+        [*(AS_A_USER if as_a_user else ()), KNUNU, *_argv(argument, path, where)],
         cwd=where,
         env=env,
         capture_output=True,
@@ -129,11 +134,7 @@ def _one_line(argument: str, path: str, where: Path, as_a_user: bool) -> None:
         timeout=300,
         check=False,
     )
-    err = done.stderr.strip().splitlines()
-    assert done.returncode == 2, (argument, done.returncode, err)
-    assert len(err) == 1, (argument, err)
-    assert err[0].startswith("knunu: error: "), (argument, err)
-    assert path in err[0], (argument, err)
+    _assert_one_line(done.returncode, done.stderr.strip().splitlines(), (path,), argument)
 
 
 @pytest.mark.parametrize("argument", READ)
