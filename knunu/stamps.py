@@ -73,7 +73,7 @@ TABLES = {
         "knunu/data/number_density_ita_regA.csv",
         "knunu/data/number_density_ita_regB.csv",
     ),
-    "knunu.reinterpret.spectra": ("knunu/data/bsz2015_formfactors_2507.12393.json",),
+    "knunu.simulation.formfactors": ("knunu/data/bsz2015_formfactors_2507.12393.json",),
 }
 #: Modules in every closure that change no output: the keys' own code and the warnings' log.
 _NOT_OUTPUTS = ("knunu.stamps", "knunu.logs")

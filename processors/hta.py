@@ -48,6 +48,7 @@ from knunu.processors.selection import (
     map_q2gen,
 )
 from knunu.processors.variations import (
+    CORRECTION_VARIATIONS,
     HTA_INPUT_VARIATIONS,
     WEIGHT_VARIATIONS,
     Context,
@@ -85,7 +86,6 @@ HTA_WEIGHT_VARIATIONS = (
     "k_kl_kl",
     "k_n_nbar",
     "d_to_kl",
-    "kl_efficiency",
     "kaon_id_c1",
     "kaon_id_c2",
     "tracking",
@@ -94,7 +94,12 @@ HTA_WEIGHT_VARIATIONS = (
     "ff_c3",
     "bdtc",
 )
-HTA_VARIATIONS = (*HTA_WEIGHT_VARIATIONS, *HTA_INPUT_VARIATIONS, "extra_energy")
+HTA_VARIATIONS = (
+    *HTA_WEIGHT_VARIATIONS,
+    *HTA_INPUT_VARIATIONS,
+    "extra_energy",
+    *CORRECTION_VARIATIONS,
+)
 HIST_VARIATIONS = ("nominal", *(f"{v}_{d}" for v in HTA_VARIATIONS for d in ("up", "down")))
 
 
@@ -220,7 +225,7 @@ class HTAProcessor(processor.ProcessorABC):
         models = load_hta_models(self.models)
         cfg = self.cfg
         sel = select_hta(events, cfg["selection"], (*self.names, *self.optional))
-        cols = sel.columns
+        cols = raw = sel.columns
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
             weight, cols = nominal_mc(cols, cfg["corrections"], corrected_hta_inputs)
@@ -243,7 +248,7 @@ class HTAProcessor(processor.ProcessorABC):
             entries = [cols[e] for e in ENTRIES]
             extra["hta_reuse"] = entry_sums(entries, flat, len(edges) - 1, w_nom)
         if not is_data:
-            _fill_variations(fit, models, cfg, sample, cols, bdth, eta, weight, cont)
+            _fill_variations(fit, models, cfg, sample, (raw, cols), bdth, eta, weight, cont)
         control = hist.Hist(
             hist.axis.Regular(20, 0.0, 1.0, name="eta", label="eta(BDTh)"),
             storage=hist.storage.Weight(),
@@ -314,7 +319,7 @@ def _fill_variations(
     models: HTAModels,
     cfg: Mapping[str, Any],
     sample: str,
-    cols: Mapping[str, np.ndarray],
+    columns: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
     bdth: np.ndarray,
     eta: np.ndarray,
     weight: np.ndarray,
@@ -322,9 +327,11 @@ def _fill_variations(
 ) -> None:
     """Fill the systematic variations of an MC chunk: weights, then shifted inputs re-scored.
 
-    ``bdth`` and ``eta`` are the nominal scores; ``weight`` is the event weight and ``cont``
-    the continuum correction (1 outside continuum) of the nominal fill.
+    ``columns`` are the events' before and after the MC corrections; ``bdth`` and ``eta``
+    the nominal scores; ``weight`` is the event weight and ``cont`` the continuum correction
+    (1 outside continuum) of the nominal fill.
     """
+    raw, cols = columns
     w_nom = weight * cont
     ctx = Context(sample, cont)
     for name in HTA_WEIGHT_VARIATIONS:
@@ -339,6 +346,10 @@ def _fill_variations(
     }
     for label, scale in (("up", 1 + delta), ("down", 1 - delta)):
         shifted[f"extra_energy_{label}"] = {**cols, "E_extra": cols["E_extra"] * scale}
+    for name, moved in CORRECTION_VARIATIONS.items():  # the K_L efficiency: clusters migrate
+        for label, sign in (("up", 1.0), ("down", -1.0)):
+            corrections = moved.corrections(cfg["corrections"], sign)
+            shifted[f"{name}_{label}"] = corrected_hta_inputs(raw, corrections)
     for variation, varied in shifted.items():
         s = models.bdth.rescore(bdth, cols, varied)
         w = w_nom  # the continuum correction follows its shifted inputs, as the ITA's

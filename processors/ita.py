@@ -55,6 +55,7 @@ from knunu.processors.selection import (
     select,
 )
 from knunu.processors.variations import (
+    CORRECTION_VARIATIONS,
     INPUT_VARIATIONS,
     VARIATIONS,
     WEIGHT_VARIATIONS,
@@ -364,7 +365,7 @@ class ITAProcessor(processor.ProcessorABC):
         continuum = sample in CONTINUUM
         models = load_models(self.models)
         sel = select(events, self.cfg["selection"], (*self.names, *self.optional))
-        cols = dict(sel.columns)
+        cols = raw = dict(sel.columns)
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
             weight, cols = nominal_mc(cols, self.cfg["corrections"], corrected_inputs)
@@ -377,7 +378,9 @@ class ITAProcessor(processor.ProcessorABC):
         weight, overlap = self._without_overlap(dataset, cols, in_sr, weight, bdtc)
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
-        fit, loose, reuse = self._templates(models, cols, nominal, weight, dataset, (p, eta, bdtc))
+        fit, loose, reuse = self._templates(
+            models, (raw, cols), nominal, weight, dataset, (p, eta, bdtc)
+        )
         sources, maps = {}, {}
         if sample == "nature":  # the nature stream per sample it was made from
             source = nature_source(events.metadata["filename"])
@@ -411,7 +414,7 @@ class ITAProcessor(processor.ProcessorABC):
     def _templates(
         self,
         models: Models,
-        cols: Mapping[str, np.ndarray],
+        columns: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
         nominal: Scores,
         weight: np.ndarray,
         dataset: str,
@@ -420,8 +423,10 @@ class ITAProcessor(processor.ProcessorABC):
         """The fit and loose histograms, and their sums per library entry.
 
         The nominal, then every variation for MC; the sums for MC with the entries' truth.
+        ``columns``: the selected events' columns before and after the MC corrections;
         ``passed``: (BDT1 passed, eta, BDTc weight) of the nominal scores.
         """
+        cols = columns[1]
         sample, is_data = dataset_kind(dataset)
         p, eta, bdtc = passed
         w_nom, q2 = weight * bdtc, cols["K_q2rec"]
@@ -438,14 +443,14 @@ class ITAProcessor(processor.ProcessorABC):
                 cols, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
             )
         if not is_data:
-            for variation in self._variations(models, cols, nominal, weight, sample, passed):
+            for variation in self._variations(models, columns, nominal, weight, sample, passed):
                 fill(*variation)
         return fit, loose, reuse
 
     def _variations(
         self,
         models: Models,
-        cols: Mapping[str, np.ndarray],
+        columns: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
         nominal: Scores,
         weight: np.ndarray,
         sample: str,
@@ -453,9 +458,11 @@ class ITAProcessor(processor.ProcessorABC):
     ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         """Every systematic variation's (name, eta, q2rec, weight) of the events passing BDT1.
 
-        ``passed``: (BDT1 passed, eta, BDTc weight) of the nominal scores. The weight
-        variations first (up, then down), then the shifted inputs, re-scored.
+        ``columns``: before and after the MC corrections; ``passed``: (BDT1 passed, eta, BDTc
+        weight) of the nominal scores. The weight variations first (up, then down), then the
+        shifted inputs and the varied corrections, re-scored.
         """
+        cols = columns[1]
         p, eta, bdtc = passed
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
@@ -465,7 +472,7 @@ class ITAProcessor(processor.ProcessorABC):
             for label, f in (("up", up), ("down", down)):
                 yield f"{name}_{label}", eta[p], q2[p], (w_nom * f)[p]
         continuum = sample in CONTINUUM
-        for variation, shifted in self._shifted(models, cols, nominal, weight, continuum):
+        for variation, shifted in self._shifted(models, columns, nominal, weight, continuum):
             yield variation, *shifted
 
     def _without_overlap(
@@ -500,25 +507,41 @@ class ITAProcessor(processor.ProcessorABC):
     def _shifted(
         self,
         models: Any,
-        cols: dict[str, np.ndarray],
+        columns: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
         nominal: Any,
         weight: np.ndarray,
         continuum: bool,
     ) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-        """Each input variation re-scored: (name, (eta, q2rec, weight) of the passing events)."""
-        for name, shift in INPUT_VARIATIONS.items():
-            for label, scale in (("up", 1.0), ("down", -1.0)):
-                varied = shift(cols, scale)
-                s = self._scores(models, varied, continuum, (cols, nominal))
-                v_p, v_eta, v_bdtc = self._eta_weight(models, s)
-                yield (
-                    f"{name}_{label}",
-                    (v_eta[v_p], varied["K_q2rec"][v_p], (weight * v_bdtc)[v_p]),
-                )
+        """Each input and correction variation re-scored.
+
+        ``columns``: before and after the MC corrections. Yields (name, (eta, q2rec, weight)
+        of the passing events).
+        """
+        raw, cols = columns
+        for variation, varied in _varied_inputs(raw, cols, self.cfg["corrections"]):
+            s = self._scores(models, varied, continuum, (cols, nominal))
+            v_p, v_eta, v_bdtc = self._eta_weight(models, s)
+            yield variation, (v_eta[v_p], varied["K_q2rec"][v_p], (weight * v_bdtc)[v_p])
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         """Nothing to do after merging."""
         return accumulator
+
+
+def _varied_inputs(
+    raw: Mapping[str, np.ndarray], cols: Mapping[str, np.ndarray], corrections: Mapping[str, float]
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """(variation, inputs) of every input and correction variation, up then down.
+
+    Input variations shift the corrected ``cols``; correction variations correct ``raw`` again
+    with one scale moved.
+    """
+    for name, shift in INPUT_VARIATIONS.items():
+        for label, scale in (("up", 1.0), ("down", -1.0)):
+            yield f"{name}_{label}", shift(cols, scale)
+    for name, moved in CORRECTION_VARIATIONS.items():
+        for label, sign in (("up", 1.0), ("down", -1.0)):
+            yield f"{name}_{label}", corrected_inputs(raw, moved.corrections(corrections, sign))
 
 
 def _splits(

@@ -30,23 +30,20 @@ efficiency at m_X^2, interpolated linearly between the centres of the two neares
 
 from __future__ import annotations
 
-import json
 import math
-from functools import lru_cache
-from importlib import resources
 from typing import NamedTuple
 
 import numpy as np
 
 from knunu.reinterpret.maps import Q2_EDGES
 from knunu.simulation import signal as sm
+from knunu.simulation.formfactors import bsz2015, form_factors
 
 #: EOS's SM value of C_VL (``sbnunu::Re{cVL}``).
 C_VL_SM = 6.613114906357177
 #: The three terms of the rate, by the normfactor name of their template: |C|^2 / C_VL_SM^2.
 WET_TERMS = ("wet_V", "wet_S", "wet_T")
-#: Form-factor file (knunu/data) and the prefix of its nuisance parameters.
-FORM_FACTOR_FILE = "bsz2015_formfactors_2507.12393.json"
+#: The prefix of the form factors' nuisance parameters.
 FF_PREFIX = "ff_bsz2015_e"
 #: B(B+ -> K+ X) unit of the new-particle template's normfactor.
 BF_UNIT = 1e-6
@@ -85,57 +82,8 @@ NULLS = {
 }
 
 
-class FormFactors(NamedTuple):
-    """BSZ2015 B -> K form-factor parameters: names, mean and covariance."""
-
-    names: tuple[str, ...]
-    mean: np.ndarray
-    cov: np.ndarray
-
-    def eigen_shifts(self) -> np.ndarray:
-        """One-sigma shifts along the covariance's eigenvectors, shape (n, n): row e is e's.
-
-        >>> ff = form_factors()
-        >>> shifts = ff.eigen_shifts()
-        >>> bool(np.allclose(shifts.T @ shifts, ff.cov))
-        True
-        """
-        vals, vecs = np.linalg.eigh(self.cov)
-        return (vecs * np.sqrt(np.clip(vals, 0.0, None))).T
-
-
-@lru_cache(maxsize=1)
-def form_factors() -> FormFactors:
-    """The vendored form factors (mode and covariance of arXiv:2507.12393's fit)."""
-    path = resources.files("knunu").joinpath("data", FORM_FACTOR_FILE)
-    doc = json.loads(path.read_text())
-    return FormFactors(tuple(doc["names"]), np.asarray(doc["mean"]), np.asarray(doc["cov"]))
-
-
 def _kallen(a: float, b: float, c: np.ndarray) -> np.ndarray:
     return a * a + b * b + c * c - 2 * (a * b + b * c + a * c)
-
-
-def bsz2015(q2: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """f+, f0, fT at ``q2`` (EOS BSZ2015; parameters in the order of :func:`form_factors`).
-
-    >>> fp, f0, ft = bsz2015(np.array([0.0]), form_factors().mean)
-    >>> round(float(fp[0]), 4) == round(float(f0[0]), 4)
-    True
-    """
-    m_b, m_k, m1, m0 = 5.279, 0.492, 5.415, 5.630
-    tp, tm = (m_b + m_k) ** 2, (m_b - m_k) ** 2
-    t0 = tp * (1 - math.sqrt(1 - tm / tp))
-
-    def z(x: np.ndarray) -> np.ndarray:
-        return (np.sqrt(tp - x) - math.sqrt(tp - t0)) / (np.sqrt(tp - x) + math.sqrt(tp - t0))
-
-    dz = z(np.asarray(q2, dtype=float)) - z(np.zeros(1))
-    p = params
-    fp = (p[0] + p[1] * dz + p[2] * dz**2) / (1 - q2 / m1**2)
-    f0 = (p[0] + p[3] * dz + p[4] * dz**2) / (1 - q2 / m0**2)
-    ft = (p[5] + p[6] * dz + p[7] * dz**2) / (1 - q2 / m1**2)
-    return fp, f0, ft
 
 
 def wet_densities(q2: np.ndarray, params: np.ndarray, const: Constants = EOS) -> np.ndarray:

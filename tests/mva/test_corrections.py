@@ -134,3 +134,33 @@ def test_hta_shift_is_the_identity_without_corrections_and_chunking_free(hta_tre
     ]
     for name in ("E_extra", "nClusters", "m2_miss_all"):
         np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), whole[name])
+
+
+def test_kl_efficiency_variation_migrates_clusters():
+    """The K_L-efficiency systematic corrects the uncorrected inputs again at 0.83 x (1 +- 0.08):
+    with the same per-event random number, a cluster kept at the lower efficiency is kept at
+    the nominal and the higher one, so events migrate one way per direction; events without a
+    K_L cluster do not move, and each direction keeps its clusters at its efficiency."""
+    from knunu.mva.corrections import corrected_inputs
+    from knunu.processors.variations import CORRECTION_VARIATIONS
+
+    cols = _columns(200_000)
+    nominal = {"d_to_kl_scale": 1.3, "kl_efficiency_scale": 0.83, "hadronic_energy_scale": 0.9}
+    moved = CORRECTION_VARIATIONS["kl_efficiency"]
+    kept = {
+        sign: corrected_inputs(cols, moved.corrections(nominal, sign))["mcKLclusters"]
+        for sign in (-1.0, 0.0, 1.0)
+    }
+    assert np.all(kept[-1.0] <= kept[0.0])
+    assert np.all(kept[0.0] <= kept[1.0])
+    assert np.any(kept[-1.0] < kept[0.0])
+    assert np.any(kept[0.0] < kept[1.0])
+    total = cols["mcKLclusters"].sum()
+    for sign, efficiency in ((-1.0, 0.83 * 0.92), (0.0, 0.83), (1.0, 0.83 * 1.08)):
+        assert kept[sign].sum() / total == pytest.approx(efficiency, abs=0.004)
+    none = cols["mcKLclusters"] == 0
+    down = corrected_inputs(cols, moved.corrections(nominal, -1.0))
+    up = corrected_inputs(cols, moved.corrections(nominal, 1.0))
+    np.testing.assert_array_equal(down["E_miss"][none], up["E_miss"][none])
+    # fewer K_L clusters seen: more missing energy
+    assert np.all(down["E_miss"] >= up["E_miss"] - 1e-12)

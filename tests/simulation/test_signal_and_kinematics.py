@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from knunu.simulation import formfactors, signal
 from knunu.simulation import kinematics as kin
-from knunu.simulation import signal
 
 
 def test_sm_spectrum_integral_and_fractions():
@@ -81,3 +81,57 @@ def test_signal_events_conserve_and_carry_q2gen(make_events):
 def test_b_direction_follows_sin2():
     c = kin.sample_sin2(200_000, np.random.default_rng(3))
     assert np.mean(c**2) == pytest.approx(0.2, abs=0.003)  # <cos^2> = 1/5 for sin^2
+
+
+def _fractions(weights: np.ndarray, q2: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Fractions of the weighted SM spectrum in q2 bins (q2 a fine grid, equal spacing)."""
+    dens = signal.differential_bf(q2) * weights
+    return np.histogram(q2, edges, weights=dens)[0] / dens.sum()
+
+
+def test_form_factor_variations_span_the_fits_covariance():
+    """The three eigen-variations reproduce the spread of the q2 spectrum that the fit's f+
+    covariance gives (f+ parameters drawn from it), bin by bin and in their correlation; the
+    independent variation of HPQCD's BCL coefficients used until stop 45 gave 2.5-3.5x it."""
+    q2 = np.linspace(0.0, signal.Q2_MAX, 5001)[:-1]
+    edges = np.array([0.0, 4.0, 8.0, 12.0, 16.0, signal.Q2_MAX + 1e-9])
+    nominal = _fractions(np.ones_like(q2), q2, edges)
+    deltas = np.array(
+        [_fractions(signal.form_factor_weight(q2, c, 1.0), q2, edges) - nominal for c in range(3)]
+    )
+    from_eigen = deltas.T @ deltas
+
+    ff = formfactors.form_factors()
+    rng = np.random.default_rng(1)
+    draws = rng.multivariate_normal(ff.mean[:3], ff.cov[:3, :3], size=2000)
+    x = np.clip(q2, 0.0, signal.Q2_MAX)
+    base = formfactors.bsz2015(x, ff.mean)[0] ** 2
+    sampled = []
+    for a in draws:
+        params = ff.mean.copy()
+        params[:3] = a
+        sampled.append(_fractions(formfactors.bsz2015(x, params)[0] ** 2 / base, q2, edges))
+    from_draws = np.cov(np.array(sampled).T)
+
+    sd_eigen, sd_draws = np.sqrt(np.diag(from_eigen)), np.sqrt(np.diag(from_draws))
+    assert sd_eigen == pytest.approx(sd_draws, rel=0.12)
+    assert 0.01 < sd_eigen[0] / nominal[0] < 0.04  # 2.6 % below 4 GeV^2
+    corr = from_eigen / np.outer(sd_eigen, sd_eigen)
+    corr_draws = from_draws / np.outer(sd_draws, sd_draws)
+    assert corr[0, -1] == pytest.approx(corr_draws[0, -1], abs=0.1)
+    assert corr[0, -1] < -0.5  # low and high q2 move against each other
+
+
+def test_form_factor_variations_keep_the_branching_fraction():
+    """Each variation is a shape: the weighted spectrum's area is the nominal's, and up and down
+    move the low-q2 fraction in opposite directions."""
+    q2 = np.linspace(0.0, signal.Q2_MAX, 20001)
+    nominal = np.trapezoid(signal.differential_bf(q2), q2)
+    for c in range(3):
+        up = signal.form_factor_weight(q2, c, 1.0)
+        down = signal.form_factor_weight(q2, c, -1.0)
+        for w in (up, down):
+            assert np.trapezoid(signal.differential_bf(q2) * w, q2) == pytest.approx(
+                nominal, rel=1e-6
+            )
+        assert (up[100] - 1) * (down[100] - 1) < 0

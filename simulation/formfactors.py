@@ -1,0 +1,96 @@
+"""B -> K form factors with their covariance (vendored, ``knunu/data``).
+
+EOS's BSZ2015 parametrisation with the posterior mode and covariance of the fit of FLAG:2021A
+and HPQCD:2022A that arXiv:2507.12393 used. The simulation's signal spectrum is HPQCD 2022's
+BCL f+ (:mod:`knunu.simulation.signal`); its form-factor systematic moves f+ along the
+eigen-directions of this fit's f+ covariance (:func:`f_plus_eigen_shifts`), the
+reinterpretation moves f+, f0 and fT along those of the whole covariance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from importlib import resources
+from typing import NamedTuple
+
+import numpy as np
+
+#: Form-factor file (knunu/data).
+FORM_FACTOR_FILE = "bsz2015_formfactors_2507.12393.json"
+#: Indices of f+'s parameters (alpha^f+_0, _1, _2) in the file's order.
+F_PLUS = (0, 1, 2)
+
+
+class FormFactors(NamedTuple):
+    """BSZ2015 B -> K form-factor parameters: names, mean and covariance."""
+
+    names: tuple[str, ...]
+    mean: np.ndarray
+    cov: np.ndarray
+
+    def eigen_shifts(self) -> np.ndarray:
+        """One-sigma shifts along the covariance's eigenvectors, shape (n, n): row e is e's.
+
+        >>> ff = form_factors()
+        >>> shifts = ff.eigen_shifts()
+        >>> bool(np.allclose(shifts.T @ shifts, ff.cov))
+        True
+        """
+        vals, vecs = np.linalg.eigh(self.cov)
+        return (vecs * np.sqrt(np.clip(vals, 0.0, None))).T
+
+
+@lru_cache(maxsize=1)
+def form_factors() -> FormFactors:
+    """The vendored form factors (mode and covariance of arXiv:2507.12393's fit)."""
+    path = resources.files("knunu").joinpath("data", FORM_FACTOR_FILE)
+    doc = json.loads(path.read_text())
+    return FormFactors(tuple(doc["names"]), np.asarray(doc["mean"]), np.asarray(doc["cov"]))
+
+
+def bsz2015(q2: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """f+, f0, fT at ``q2`` (EOS BSZ2015; parameters in the order of :func:`form_factors`).
+
+    >>> fp, f0, ft = bsz2015(np.array([0.0]), form_factors().mean)
+    >>> round(float(fp[0]), 4) == round(float(f0[0]), 4)
+    True
+    """
+    m_b, m_k, m1, m0 = 5.279, 0.492, 5.415, 5.630
+    tp, tm = (m_b + m_k) ** 2, (m_b - m_k) ** 2
+    t0 = tp * (1 - math.sqrt(1 - tm / tp))
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (np.sqrt(tp - x) - math.sqrt(tp - t0)) / (np.sqrt(tp - x) + math.sqrt(tp - t0))
+
+    dz = z(np.asarray(q2, dtype=float)) - z(np.zeros(1))
+    p = params
+    fp = (p[0] + p[1] * dz + p[2] * dz**2) / (1 - q2 / m1**2)
+    f0 = (p[0] + p[3] * dz + p[4] * dz**2) / (1 - q2 / m0**2)
+    ft = (p[5] + p[6] * dz + p[7] * dz**2) / (1 - q2 / m1**2)
+    return fp, f0, ft
+
+
+@lru_cache(maxsize=1)
+def f_plus_eigen_shifts() -> np.ndarray:
+    """One-sigma shifts of the parameters along the eigenvectors of f+'s covariance.
+
+    Shape (3, n parameters): row e moves alpha^f+_0..2 along the e-th eigenvector of their
+    3 x 3 covariance (the marginal of the fit's), largest eigenvalue first, the rest of the
+    parameters unchanged. Each vector's largest component is positive (a fixed sign).
+
+    >>> shifts = f_plus_eigen_shifts()
+    >>> cov = form_factors().cov[np.ix_(F_PLUS, F_PLUS)]
+    >>> bool(np.allclose(shifts[:, F_PLUS].T @ shifts[:, F_PLUS], cov))
+    True
+    """
+    ff = form_factors()
+    vals, vecs = np.linalg.eigh(ff.cov[np.ix_(F_PLUS, F_PLUS)])
+    order = np.argsort(vals)[::-1]
+    out = np.zeros((len(F_PLUS), len(ff.mean)))
+    for row, e in enumerate(order):
+        vec = vecs[:, e] * math.sqrt(max(vals[e], 0.0))
+        out[row, list(F_PLUS)] = vec * np.sign(vec[np.argmax(np.abs(vec))])
+    out.setflags(write=False)
+    return out
