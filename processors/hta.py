@@ -16,8 +16,9 @@ impact-parameter cuts, with charge opposite to the tag B.
 - ``sr_events``: the set of (experiment, run, event, HTA weight) in the signal region (nominal),
   which the ITA processor uses to remove the overlap.
 
-Weight variations are the ITA's (:mod:`knunu.processors.variations`, same truth codes and
-names for the correlated ones); the HTA adds the extra-energy scale as an input variation.
+Weight and correction variations are the ITA's (:mod:`knunu.processors.variations`, same
+truth codes and names for the correlated ones; the K_L efficiency re-corrects the uncorrected
+inputs); the HTA adds the extra-energy scale as an input variation.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ class HTAProcessor(processor.ProcessorABC):
         if sample == "signal" and not is_data:
             extra |= _q2gen_hists(cols["q2gen"], eta, in_sr, w_nom, edges)
         mc_weight = ak.to_numpy(events["__weight__"]).astype(np.float64)
-        cutflow, raw = cutflow_histograms(sel.steps, {STEPS[-1]: in_sr}, mc_weight)
+        cutflow, unweighted = cutflow_histograms(sel.steps, {STEPS[-1]: in_sr}, mc_weight)
         return {
             dataset: {
                 "events": len(events),
@@ -267,7 +268,7 @@ class HTAProcessor(processor.ProcessorABC):
                 "hta_control": control,
                 **extra,
                 "cutflow": cutflow,
-                "cutflow_unweighted": raw,
+                "cutflow_unweighted": unweighted,
                 "sr_events": _sr_events(cols, in_sr),
             }
         }

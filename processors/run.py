@@ -863,7 +863,7 @@ class _OrderedMerge:
 
 #: Bumped when what a chunk output holds changes type (2: reuse sums are EntrySums, not hists),
 #: so a run resumed across the change recomputes its chunks instead of merging unlike outputs.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 class _Checkpoints:

@@ -1,9 +1,9 @@
 """ITA corrections and systematic variations, as tables the processor reads.
 
-Two kinds, both evaluated in the same pass as the nominal histograms:
+Three kinds, all evaluated in the same pass as the nominal histograms:
 
 - weight variations: per-event factors (up, down) from MC truth (decay-mode codes, D -> K_L
-  flags, K_L count, candidate's true species, track count, q2gen, BDTc weight);
+  flags, candidate's true species, track count, q2gen, BDTc weight);
 - input variations: shifted BDT inputs (hadronic and photon energy scales) after which BDT1,
   BDT2, eta and BDTc are evaluated again;
 - correction variations: a nominal MC correction applied again from the uncorrected inputs
@@ -135,13 +135,19 @@ class CorrectionScale:
     size: float
 
     def corrections(self, nominal: Mapping[str, float], sign: float) -> dict[str, float]:
-        """The corrections with the scale moved ``sign`` (+1 up, -1 down) sigma.
+        """The corrections with the scale moved ``sign`` (+1 up, -1 down) sigma, at most 1.
+
+        The correction can only lose what the MC saw (a K_L cluster), so a scale moved above
+        1 stays at 1: with the nominal at 1 (no correction) the up variation is the nominal.
 
         >>> kl = CorrectionScale("kl_efficiency_scale", 0.08)
         >>> kl.corrections({"kl_efficiency_scale": 0.83}, -1)
         {'kl_efficiency_scale': 0.7636}
+        >>> kl.corrections({"kl_efficiency_scale": 1.0}, 1)
+        {'kl_efficiency_scale': 1.0}
         """
-        return {**nominal, self.key: round(nominal[self.key] * (1 + sign * self.size), 12)}
+        moved = round(nominal[self.key] * (1 + sign * self.size), 12)
+        return {**nominal, self.key: min(moved, 1.0)}
 
 
 #: Correction variations: name -> the correction whose scale moves. The K_L ECL efficiency,

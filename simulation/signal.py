@@ -95,7 +95,7 @@ def form_factor_weight(q2: np.ndarray, component: int, sigma: float) -> np.ndarr
     stays 4.97e-6. Until stop 45 the three BCL coefficients of HPQCD 2022 were varied
     independently, which ignores their correlation and gave the q2 bins 0-4 / 12-16 /
     16-23 GeV^2 a shape uncertainty of 6.4 / 4.4 / 9.6 % where the covariance gives 2.6 /
-    1.8 / 2.9 %.
+    1.8 / 2.8 %.
 
     >>> w = form_factor_weight(np.array([1.0, 20.0]), 1, 1.0)
     >>> bool(w[0] > 1 > w[1])

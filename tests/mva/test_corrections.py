@@ -164,3 +164,19 @@ def test_kl_efficiency_variation_migrates_clusters():
     np.testing.assert_array_equal(down["E_miss"][none], up["E_miss"][none])
     # fewer K_L clusters seen: more missing energy
     assert np.all(down["E_miss"] >= up["E_miss"] - 1e-12)
+
+
+def test_kl_efficiency_variation_without_a_correction_stays_physical():
+    """With no K_L correction (scale 1) the up variation cannot see more clusters than the MC:
+    it is the nominal, and no input turns NaN."""
+    from knunu.mva.corrections import corrected_inputs
+    from knunu.processors.variations import CORRECTION_VARIATIONS
+
+    cols = _columns(10_000)
+    nominal = {"d_to_kl_scale": 1.0, "kl_efficiency_scale": 1.0, "hadronic_energy_scale": 1.0}
+    moved = CORRECTION_VARIATIONS["kl_efficiency"]
+    up = corrected_inputs(cols, moved.corrections(nominal, 1.0))
+    np.testing.assert_array_equal(up["mcKLclusters"], cols["mcKLclusters"])
+    down = corrected_inputs(cols, moved.corrections(nominal, -1.0))
+    assert np.all(np.isfinite(down["E_miss"]))
+    assert np.all(down["mcKLclusters"] >= 0)

@@ -92,7 +92,7 @@ def _fractions(weights: np.ndarray, q2: np.ndarray, edges: np.ndarray) -> np.nda
 def test_form_factor_variations_span_the_fits_covariance():
     """The three eigen-variations reproduce the spread of the q2 spectrum that the fit's f+
     covariance gives (f+ parameters drawn from it), bin by bin and in their correlation; the
-    independent variation of HPQCD's BCL coefficients used until stop 45 gave 2.5-3.5x it."""
+    independent variation of HPQCD's BCL coefficients used until stop 45 gave 1.5-3.4x it."""
     q2 = np.linspace(0.0, signal.Q2_MAX, 5001)[:-1]
     edges = np.array([0.0, 4.0, 8.0, 12.0, 16.0, signal.Q2_MAX + 1e-9])
     nominal = _fractions(np.ones_like(q2), q2, edges)
