@@ -117,7 +117,8 @@ class Targeting:
     draws (the rest: any hard kaon; :func:`entry_kaon_factor`); a B whose hardest charged
     particle above ``kaon_p_gev`` is not a kaon gets ``kaon_misid`` of a kaon's factor (the
     detector takes 1.2 % of the pions for kaons at 1.5 GeV, and keeps 68 % of the kaons);
-    ``sides`` does not apply.
+    B0B0bar pairs use ``kaon_misid_neutral`` instead where it is given (their signal region
+    takes 2-3x the B+B- share of its weight from fakes, stop 46); ``sides`` does not apply.
 
     ``semileptonic`` and ``k_long`` (continuum and tau pairs) bias Pythia's decays towards
     missing energy with exact weights: semileptonic channels of charm hadrons and K0 -> K_L
@@ -145,6 +146,7 @@ class Targeting:
     kaon_p_gev: float = 0.0
     kaon_share: float = 0.9
     kaon_misid: float = 0.02
+    kaon_misid_neutral: float | None = None
     hta_share: float = 0.0
     hta_slope: float = 1.5
     hta_photon_slope: float = 0.0
@@ -156,6 +158,7 @@ class Targeting:
         bad = bad or not (0 < self.mix <= 1) or self.kaon_p_gev < 0
         bad = bad or not (0 < self.kaon_share < 1) or not (0 <= self.kaon_misid <= 1)
         bad = bad or not (0 <= self.hta_share < 1 - self.kaon_share) or self.hta_slope < 0
+        bad = bad or not (0 <= (self.kaon_misid_neutral or 0.0) <= 1)
         bad = bad or self.hta_photon_slope < 0 or self.semileptonic <= 0 or self.k_long <= 0
         if bad or not (0 < self.keep_below <= 1):
             raise ConfigError(f"simulation.targeting: invalid {self}")
@@ -304,12 +307,13 @@ def pair_proposal(
     """The kaon-side factor, its share and the HTA component of targeted B Bbar pairs.
 
     What :meth:`~knunu.simulation.bdecays.Mixture.draw_pairs` takes for a production with
-    ``kaon_p_gev > 0``. B0B0bar pairs (``neutral``) give the HTA share to the kaon side: the
-    HTA tags charged B only.
+    ``kaon_p_gev > 0``. B0B0bar pairs (``neutral``) give the HTA share to the kaon side (the
+    HTA tags charged B only) and, with ``kaon_misid_neutral``, count their fakes by it.
     """
-    factor = entry_kaon_factor(
-        directory, aim.kaon_p_gev, aim.slope, aim.cap_gev, aim.mix, aim.kaon_misid
-    )
+    misid = aim.kaon_misid
+    if neutral and aim.kaon_misid_neutral is not None:
+        misid = aim.kaon_misid_neutral
+    factor = entry_kaon_factor(directory, aim.kaon_p_gev, aim.slope, aim.cap_gev, aim.mix, misid)
     if aim.hta_share <= 0 or neutral:
         return factor, aim.kaon_share + (aim.hta_share if neutral else 0.0), None
     hta = entry_hta_factors(directory, aim.hta_slope, aim.hta_photon_slope)

@@ -502,3 +502,21 @@ def test_kaon_side_factor_counts_fakes_and_needs_a_hard_kaon(libraries):
     mix = load_mixture(libraries)
     with pytest.raises(ConfigError, match="no library entry has a positive targeting factor"):
         mix.draw_pairs(np.array([521]), np.random.default_rng(1), np.zeros(len(mix.library)), 0.5)
+
+
+def test_neutral_pairs_count_fakes_by_their_own_misid(libraries):
+    """``kaon_misid_neutral`` sets the fakes' factor of the B0B0bar pairs only."""
+    from knunu.simulation.production import Targeting, entry_kaon_factor, pair_proposal
+
+    aim = Targeting(kaon_p_gev=1.1, slope=1.5, cap_gev=3.5, mix=0.5, kaon_share=0.5,
+                    kaon_misid=0.02, kaon_misid_neutral=0.2, hta_share=0.3)  # fmt: skip
+    charged, share_c, tag = pair_proposal(libraries, aim, neutral=False)
+    neutral, share_n, none = pair_proposal(libraries, aim, neutral=True)
+    assert np.array_equal(charged, entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 0.5, 0.02))
+    assert np.array_equal(neutral, entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 0.5, 0.2))
+    assert (share_c, share_n, none) == (0.5, 0.8, None)
+    assert tag is not None
+    same = dataclasses.replace(aim, kaon_misid_neutral=None)
+    assert np.array_equal(pair_proposal(libraries, same, neutral=True)[0], charged)
+    with pytest.raises(ConfigError, match="invalid"):
+        dataclasses.replace(aim, kaon_misid_neutral=1.5)
