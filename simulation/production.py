@@ -118,7 +118,9 @@ class Targeting:
     particle above ``kaon_p_gev`` is not a kaon gets ``kaon_misid`` of a kaon's factor (the
     detector takes 1.2 % of the pions for kaons at 1.5 GeV, and keeps 68 % of the kaons);
     B0B0bar pairs use ``kaon_misid_neutral`` instead where it is given (their signal region
-    takes 2-3x the B+B- share of its weight from fakes, stop 46); ``sides`` does not apply.
+    takes 2-3x the B+B- share of its weight from fakes, stop 46). An entry whose hardest kaon
+    is below ``kaon_p_gev`` but above ``kaon_soft_p_gev`` counts ``kaon_soft`` (at least) of a
+    hard kaon's factor (:func:`entry_kaon_factor`). ``sides`` does not apply.
 
     ``semileptonic`` and ``k_long`` (continuum and tau pairs) bias Pythia's decays towards
     missing energy with exact weights: semileptonic channels of charm hadrons and K0 -> K_L
@@ -147,6 +149,8 @@ class Targeting:
     kaon_share: float = 0.9
     kaon_misid: float = 0.02
     kaon_misid_neutral: float | None = None
+    kaon_soft_p_gev: float = 0.0
+    kaon_soft: float = 0.0
     hta_share: float = 0.0
     hta_slope: float = 1.5
     hta_photon_slope: float = 0.0
@@ -159,6 +163,7 @@ class Targeting:
         bad = bad or not (0 < self.kaon_share < 1) or not (0 <= self.kaon_misid <= 1)
         bad = bad or not (0 <= self.hta_share < 1 - self.kaon_share) or self.hta_slope < 0
         bad = bad or not (0 <= (self.kaon_misid_neutral or 0.0) <= 1)
+        bad = bad or not (0 <= self.kaon_soft <= 1) or self.kaon_soft_p_gev < 0
         bad = bad or self.hta_photon_slope < 0 or self.semileptonic <= 0 or self.k_long <= 0
         if bad or not (0 < self.keep_below <= 1):
             raise ConfigError(f"simulation.targeting: invalid {self}")
@@ -270,7 +275,13 @@ def entry_hardest(directory: str, kaons: bool = True) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def entry_kaon_factor(
-    directory: str, p_min: float, slope: float, cap: float, mix: float = 1.0, misid: float = 0.0
+    directory: str,
+    p_min: float,
+    slope: float,
+    cap: float,
+    mix: float = 1.0,
+    misid: float = 0.0,
+    soft: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
     """Kaon-side factor per library entry (cached).
 
@@ -278,13 +289,18 @@ def entry_kaon_factor(
     the entries with a hard kaon) and ``h`` 1 for an entry with a charged kaon above ``p_min``,
     ``misid`` for one with another charged particle above it (the fake kaons), else 0. A
     hard-kaon B without invisible energy (the missing energy then comes from the other B)
-    keeps a share ``1 - mix`` of the draws.
+    keeps a share ``1 - mix`` of the draws. ``soft = (p_soft, s)``: an entry without a hard
+    kaon whose hardest kaon is above ``p_soft`` gets at least ``s`` (the softer kaons of the
+    ITA's looser eta region, where the factorised templates take their events).
     """
-    kaon = entry_hardest(directory, True) > p_min
+    kaon_p = entry_hardest(directory, True)
+    kaon = kaon_p > p_min
     fake = ~kaon & (entry_hardest(directory, False) > p_min)
     tilt = np.exp(slope * np.minimum(entry_invisible_energy(directory), cap))
     mean = float(tilt[kaon].mean()) if kaon.any() else 0.0
     hard = np.where(kaon, 1.0, np.where(fake, misid, 0.0))
+    p_soft, s = soft
+    hard = np.where(~kaon & (kaon_p > p_soft), np.maximum(hard, s), hard)
     return hard * ((1.0 - mix) * mean + mix * tilt)
 
 
@@ -313,7 +329,10 @@ def pair_proposal(
     misid = aim.kaon_misid
     if neutral and aim.kaon_misid_neutral is not None:
         misid = aim.kaon_misid_neutral
-    factor = entry_kaon_factor(directory, aim.kaon_p_gev, aim.slope, aim.cap_gev, aim.mix, misid)
+    soft = (aim.kaon_soft_p_gev, aim.kaon_soft)
+    factor = entry_kaon_factor(
+        directory, aim.kaon_p_gev, aim.slope, aim.cap_gev, aim.mix, misid, soft
+    )
     if aim.hta_share <= 0 or neutral:
         return factor, aim.kaon_share + (aim.hta_share if neutral else 0.0), None
     hta = entry_hta_factors(directory, aim.hta_slope, aim.hta_photon_slope)

@@ -520,3 +520,23 @@ def test_neutral_pairs_count_fakes_by_their_own_misid(libraries):
     assert np.array_equal(pair_proposal(libraries, same, neutral=True)[0], charged)
     with pytest.raises(ConfigError, match="invalid"):
         dataclasses.replace(aim, kaon_misid_neutral=1.5)
+
+
+def test_soft_kaons_count_their_share_of_a_hard_kaon(libraries):
+    """``soft = (p, s)``: a kaon between p and the hard threshold counts s of a hard kaon."""
+    from knunu.simulation.production import (
+        entry_hardest,
+        entry_invisible_energy,
+        entry_kaon_factor,
+    )
+
+    base = entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 1.0, 0.06)
+    soft = entry_kaon_factor(libraries, 1.1, 1.5, 3.5, 1.0, 0.06, (0.7, 0.25))
+    kaon = entry_hardest(libraries)
+    near = (kaon > 0.7) & (kaon <= 1.1)
+    assert near.any()
+    assert np.array_equal(soft[~near], base[~near])
+    # a quarter of a hard kaon's E_inv tilt, or the fake's factor where that is larger
+    tilt = np.exp(1.5 * np.minimum(entry_invisible_energy(libraries), 3.5))
+    assert np.allclose(soft[near], np.maximum(0.25 * tilt[near], base[near]), rtol=1e-12)
+    assert (soft[near] > base[near]).any()
