@@ -63,12 +63,15 @@ def reuse(w: np.ndarray, first: np.ndarray, second: np.ndarray) -> dict[str, flo
             "second": b, "pairs": a + b - 1.0}  # fmt: skip
 
 
-def signal_region_rows(run: Path, cfg: dict[str, Any]) -> dict[tuple[str, str], np.ndarray]:
+def signal_region_rows(
+    run: Path, cfg: dict[str, Any], ita_eta: float = SR_ETA
+) -> dict[tuple[str, str], np.ndarray]:
     """The B Bbar MC's signal-region events of a run: (weight, first entry, second entry).
 
-    Keyed by (dataset, region), region ``ITA`` (eta(BDT2) > 0.92) or ``HTA`` (eta(BDTh) >
-    0.4), selected and scored as the processors do with nominal corrections; the ITA weight
-    includes the BDTc factor (1 for B Bbar), the HTA's the tag probability.
+    Keyed by (dataset, region), region ``ITA`` (eta(BDT2) > ``ita_eta``, the signal region's
+    0.92 unless given: 0.8 is where the factorised templates take the B Bbar) or ``HTA``
+    (eta(BDTh) > 0.4), selected and scored as the processors do with nominal corrections; the
+    ITA weight includes the BDTc factor (1 for B Bbar), the HTA's the tag probability.
     """
     models_dir = str(run / "models")
     catalogue = Catalogue.load(run / "ntuples" / "catalogue.json").datasets
@@ -85,7 +88,7 @@ def signal_region_rows(run: Path, cfg: dict[str, Any]) -> dict[tuple[str, str], 
                 raise SystemExit(f"{path}: no {ENTRIES} truth (a production before stop 28)")
             w, cols = nominal_mc(cols, cfg["ita"]["corrections"], corrected_inputs)
             passed, eta, bdtc = ita._eta_weight(models, ita._scores(models, cols, False))
-            sr = passed & (eta > SR_ETA)
+            sr = passed & (eta > ita_eta)
             rows["ITA"].append(np.stack([w * bdtc, *(cols[e] for e in ENTRIES)])[:, sr])
             ev = events(path, "hta", dataset)
             cols = dict(select_hta(ev, cfg["hta"]["selection"], (*hta.names, *ENTRIES)).columns)

@@ -16,8 +16,12 @@ Signal regions and weights as in ``benchmarks/study_reuse.py``; the run's target
 from its manifest. The run must be made by this code's production (stop 32 on: B0B0bar pairs
 without the HTA share), with the kaon-side proposal, and hold one decay library.
 
+``--ita-eta 0.8`` judges the ITA above eta 0.8 instead of the signal region's 0.92: the
+factorised templates take the B Bbar from there (stop 46: ``kaon_misid_neutral`` and
+``kaon_soft`` were chosen on it).
+
 Usage: python benchmarks/study_targeting.py --run runs/default [--run DIR ...]
-    [--variant kaon_share=0.7,hta_share=0.2 ...]
+    [--variant kaon_share=0.7,hta_share=0.2 ...] [--ita-eta 0.8]
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, action="append", required=True)
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...")
+    parser.add_argument("--ita-eta", type=float, default=0.92, help="the ITA region's eta cut")
     args = parser.parse_args()
     texts = args.variant or list(VARIANTS)
     results = []
@@ -105,12 +110,13 @@ def main() -> int:
         if base.kaon_p_gev <= 0:
             raise SystemExit(f"{run}: made without the kaon-side proposal (kaon_p_gev 0)")
         libraries = _libraries(run)
-        for (dataset, region), table in signal_region_rows(run, manifest["config"]).items():
+        regions = signal_region_rows(run, manifest["config"], args.ita_eta)
+        for (dataset, region), table in regions.items():
             if not table.shape[1]:
                 continue
             w = table[0]
             row = {"run": str(run), "seed": manifest["seed"], "dataset": dataset,
-                   "region": region, "events": int(table.shape[1]),
+                   "region": region, "ita_eta": args.ita_eta, "events": int(table.shape[1]),
                    "effective": float(w.sum() ** 2 / (w**2).sum()),
                    "gain": gains(libraries, table, dataset == "mixed", base, texts)}  # fmt: skip
             results.append(row)
