@@ -719,14 +719,16 @@ def hardest_momentum(lib: Library, kaons: bool = True) -> np.ndarray:
 
 
 def hta_sides(
-    lib: Library, slope: float, tag_slope: float, photon_slope: float = 0.0
+    lib: Library, slope: float, tag_slope: float, photon_slope: float = 0.0, misid: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The hadronic-tag analysis' factors per entry: (signal side, tag side).
 
     Signal side: ``exp(-slope (n_charged - 1) - photon_slope E_photons)`` for an entry with a
-    charged kaon among its final-state particles, else 0: the HTA keeps exactly one
-    signal-side track, the kaon, and little extra neutral energy (``E_extra``, its BDTh's main
-    input); ``E_photons`` is the photons' energy in the B rest frame (pi0 decays included).
+    charged kaon among its final-state particles, ``misid`` times that for an entry with
+    charged particles but no kaon (a lepton or pion taken for the kaon), else 0: the HTA keeps
+    exactly one signal-side track, the kaon, and little extra neutral energy (``E_extra``, its
+    BDTh's main input); ``E_photons`` is the photons' energy in the B rest frame (pi0 decays
+    included).
     Tag side: ``exp(-tag_slope n_charged)`` for an entry with no neutrino, K_L or
     (anti)neutron, else 0: a B the hadronic tag can reconstruct, in proportion to its tag
     probability (:class:`~knunu.simulation.reconstruction.TagModel`, ``correct_slope``), so
@@ -743,6 +745,8 @@ def hta_sides(
     [[1.0, 0.368, 0.0, 1.0], [0.607, 0.368, 0.0, 0.607]]
     >>> hta_sides(lib, 1.0, 0.5, photon_slope=2.0)[0].round(3).tolist()
     [1.0, 0.368, 0.0, 0.368]
+    >>> hta_sides(lib, 1.0, 0.5, misid=0.1)[0].round(3).tolist()  # the neutrino: no track
+    [1.0, 0.368, 0.0, 1.0]
     """
     p = lib.particles
     entry = np.repeat(np.arange(len(lib)), p.counts())
@@ -752,7 +756,8 @@ def hta_sides(
     kaons = np.bincount(entry[np.abs(p.pdg) == 321], minlength=n) > 0
     photon = p.pdg == 22
     e_photons = np.bincount(entry[photon], weights=p.p4[photon, 0], minlength=n)
-    signal = np.where(kaons, np.exp(-slope * (charged - 1.0) - photon_slope * e_photons), 0.0)
+    track = np.exp(-slope * (charged - 1.0) - photon_slope * e_photons)
+    signal = np.where(kaons, track, np.where(charged > 0, misid * track, 0.0))
     return signal, np.where(invisible == 0, np.exp(-tag_slope * charged), 0.0)
 
 

@@ -131,7 +131,10 @@ class Targeting:
     only; :func:`entry_hta_factors`): one B among the entries with a charged
     kaon, in proportion to ``exp(-hta_slope x (charged particles - 1) - hta_photon_slope x
     photon energy)`` (the HTA keeps events with exactly one signal-side track, the kaon, and
-    little extra neutral energy), the other among the fully visible
+    little extra neutral energy; an entry with tracks but no kaon counts ``hta_misid`` of
+    that, stop 46: one B+B- pair with a lepton taken for the kaon, drawn by the untargeted
+    share, held most of the HTA's squared weights on a default run), the other among the
+    fully visible
     entries (no neutrino, K_L or neutron: what the hadronic tag reconstructs, in proportion
     to its tag probability ``exp(-0.3 x charged particles)``). Measured on
     the HTA-selected B+B- events with a correct tag: 88 % of their weight has a B with a kaon
@@ -154,6 +157,7 @@ class Targeting:
     hta_share: float = 0.0
     hta_slope: float = 1.5
     hta_photon_slope: float = 0.0
+    hta_misid: float = 0.0
     semileptonic: float = 1.0
     k_long: float = 1.0
 
@@ -164,6 +168,7 @@ class Targeting:
         bad = bad or not (0 <= self.hta_share < 1 - self.kaon_share) or self.hta_slope < 0
         bad = bad or not (0 <= (self.kaon_misid_neutral or 0.0) <= 1)
         bad = bad or not (0 <= self.kaon_soft <= 1) or self.kaon_soft_p_gev < 0
+        bad = bad or not (0 <= self.hta_misid <= 1)
         bad = bad or self.hta_photon_slope < 0 or self.semileptonic <= 0 or self.k_long <= 0
         if bad or not (0 < self.keep_below <= 1):
             raise ConfigError(f"simulation.targeting: invalid {self}")
@@ -306,7 +311,7 @@ def entry_kaon_factor(
 
 @lru_cache(maxsize=4)
 def entry_hta_factors(
-    directory: str, slope: float, photon_slope: float = 0.0
+    directory: str, slope: float, photon_slope: float = 0.0, misid: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The HTA's factors per library entry (cached): (signal side, tag side).
 
@@ -314,7 +319,7 @@ def entry_hta_factors(
     tag's probability (``TagModel.correct_slope``).
     """
     lib = load_mixture(directory).library
-    return bdecays.hta_sides(lib, slope, TagModel.correct_slope, photon_slope)
+    return bdecays.hta_sides(lib, slope, TagModel.correct_slope, photon_slope, misid)
 
 
 def pair_proposal(
@@ -335,7 +340,7 @@ def pair_proposal(
     )
     if aim.hta_share <= 0 or neutral:
         return factor, aim.kaon_share + (aim.hta_share if neutral else 0.0), None
-    hta = entry_hta_factors(directory, aim.hta_slope, aim.hta_photon_slope)
+    hta = entry_hta_factors(directory, aim.hta_slope, aim.hta_photon_slope, aim.hta_misid)
     return factor, aim.kaon_share, (*hta, aim.hta_share)
 
 

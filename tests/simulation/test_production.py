@@ -421,6 +421,7 @@ def test_the_nature_stream_is_weighted_data_with_boosted_tags(libraries, tmp_pat
         (True, 0.1, (1.5,)),
         (False, 0.1, (1.5, 3.0)),
         (True, 0.1, (1.5, 3.0)),
+        (False, 0.1, (1.5, 3.0, 0.03)),
     ],
 )
 def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share, hta):
@@ -428,7 +429,7 @@ def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share, hta)
 
     MC and the weighted nature stream; with ``hta_share`` a tenth of the pairs go to a kaon
     among few charged particles next to a fully visible B (the hadronic tag's events), also
-    with the photon-energy tilt of the HTA's signal side.
+    with the photon-energy tilt of the HTA's signal side and its fakes (``hta_misid``).
     """
     from knunu.simulation.production import (
         entry_hardest,
