@@ -72,6 +72,8 @@ def _config(tmp_path: Path) -> Path:
         },
         "fit": {"workspace": str(workspace), "gof_toys": 10},
         "validation": {"injection_toys": 5},
+        # as configs/tiny.yaml: the measurement's statistics are tested in test_measurement.py
+        "measurement": {"injection_toys": 5, "gof_toys": 20, "factorise": {"replicas": 20}},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -196,3 +196,46 @@ def test_a_model_with_other_modifiers_keeps_pyhfs_graph():
     assert not many.batched.any()
     assert not many.failed
     assert many.x[2, lh.poi] == pytest.approx(lh.with_data(toys[2]).fit().x[lh.poi], abs=1e-6)
+
+
+_FIT = """
+import json, sys
+import pyhf
+from knunu.fits.infer import Likelihood
+model = pyhf.simplemodels.uncorrelated_background([3.0, 6.0], [40.0, 20.0], [4.0, 3.0])
+workspace = pyhf.Workspace({
+    "channels": model.spec["channels"],
+    "observations": [{"name": "singlechannel", "data": [46.0, 27.0]}],
+    "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+    "version": "1.0.0",
+})
+print(json.dumps(Likelihood.from_workspace(workspace).fit().x.tolist()))
+"""
+
+
+def _fit_in_a_process(cache: str, home: str) -> list[float]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env[dense.CACHE_ENV] = cache
+    env["XDG_CACHE_HOME"] = home
+    out = subprocess.run(
+        [sys.executable, "-c", _FIT], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_compiled_programs_persist_between_processes(tmp_path):
+    """A fit compiles its programs once: a second process finds every one in the cache and
+    fits the same minimum; ``off`` writes no cache."""
+    cache, home = tmp_path / "jax", tmp_path / "home"
+    first = _fit_in_a_process(str(cache), str(home))
+    entries = sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache"))
+    assert len(entries) > 10
+    assert _fit_in_a_process(str(cache), str(home)) == first
+    assert sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache")) == entries
+    assert _fit_in_a_process("off", str(home)) == first
+    assert not home.exists()  # nor the default cache
