@@ -35,6 +35,7 @@ import numpy as np
 from _results import write_results
 from study_reuse import signal_region_rows
 
+from knunu.processors.ita import SR_ETA
 from knunu.simulation.production import Targeting, load_mixture, pair_proposal
 
 #: Variants measured by default, around the config's kaon 50 % / HTA 30 % / untargeted 20 % with
@@ -100,7 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, action="append", required=True)
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...")
-    parser.add_argument("--ita-eta", type=float, default=0.92, help="the ITA region's eta cut")
+    parser.add_argument("--ita-eta", type=float, default=SR_ETA, help="the ITA region's eta cut")
     args = parser.parse_args()
     texts = args.variant or list(VARIANTS)
     results = []
