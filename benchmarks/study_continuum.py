@@ -13,7 +13,15 @@ to the unbiased generation: 1 / E[w | region], with w the weight the biased gene
 give the event (importance sampling: the effective events of a proposal q per generated event
 are P(region)^2 / E_p[w 1_region]).
 
+With ``--copies N`` each generated event also passes the detector N times (independent
+detector streams, each copy weighted 1/N) and it reports, per region, what N copies would give
+per generated event against one: N sum(w^2 k) / sum(w^2 k^2), with k the copies of an event
+in the region (the events' probabilities k/N; a region set by the detector's response gains
+up to N, one set by the generated event gains nothing), and the CPU of generation and of a
+copy (detector, prefilter, reconstruction of what it keeps) per event.
+
 Usage: python benchmarks/study_continuum.py --run runs/default --events 200000 [--bias-grid]
+    [--copies 4]
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from knunu.config import load_config
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import MODEL_FILES
+from knunu.simulation import bdecays
 from knunu.simulation.detector import DetectorConfig, simulate_detector
 from knunu.simulation.generators import (
     CHARM_HADRONS,
@@ -38,6 +47,7 @@ from knunu.simulation.generators import (
     boosted_fraction,
 )
 from knunu.simulation.kinematics import ON_RESONANCE
+from knunu.simulation.production import prefilter_mask
 from knunu.simulation.reconstruction import ita_variables
 
 
@@ -107,6 +117,116 @@ def bias_gains(
     return out
 
 
+def copy_gain(weight: np.ndarray, k: np.ndarray, copies: int) -> float:
+    """Effective events of ``copies`` detector copies (each 1/copies) over one copy's.
+
+    >>> copy_gain(np.ones(3), np.array([4, 0, 4]), 4)  # the event decides: no gain
+    1.0
+    >>> copy_gain(np.ones(4), np.array([1, 1, 1, 1]), 4)  # the detector decides: N
+    4.0
+    """
+    w2 = weight**2
+    return float(copies * (w2 * k).sum() / max((w2 * k**2).sum(), 1e-300))
+
+
+class _Scorer:
+    """Detector, ITA variables, selection and the run's BDTs on one copy of the events."""
+
+    def __init__(self, run: Path, cfg: dict) -> None:
+        models = run / "models"
+        self.bdt1 = KFoldBDT.load(models / MODEL_FILES["bdt1"])
+        self.bdt2 = KFoldBDT.load(models / MODEL_FILES["bdt2"])
+        self.eta_t = EtaTransform.load(models / MODEL_FILES["eta"])
+        self.cfg = cfg
+        self.det = DetectorConfig()
+        self.copy_cpu = 0.0
+
+    def __call__(self, parts: Particles, rng: np.random.Generator, seed: int) -> dict:
+        """Per region, the generated events (rows) the copy puts there."""
+        t0 = time.process_time()
+        seen = simulate_detector(parts, ON_RESONANCE, self.det, rng)
+        kept = prefilter_mask(seen).mean()
+        t1 = time.process_time()
+        event, cand = ita_variables(seen)
+        # production reconstructs only what the prefilter keeps
+        self.copy_cpu += t1 - t0 + kept * (time.process_time() - t1)
+        rows, cols = select(event, cand, seen.tracks.offsets, self.cfg["selection"])
+        run = np.full(len(rows), seed)
+        p1 = self.bdt1.predict(cols, run, rows) > self.cfg["bdt1_min"]
+        eta = np.full(len(rows), -1.0)
+        sub = {k: v[p1] for k, v in cols.items()}
+        eta[p1] = self.eta_t(self.bdt2.predict(sub, run[p1], rows[p1]))
+        return {"BDT1": rows[p1], "eta>0.8": rows[eta > 0.8], "eta>0.92": rows[eta > 0.92]}
+
+
+#: Generator-level classes that could get the copies alone: (hardest charged kaon's p* above,
+#: invisible energy above), GeV.
+CLASSES = ((0.0, 0.0), (1.0, 0.0), (1.0, 0.5), (1.2, 1.0), (1.5, 1.0))
+
+
+def class_gain(w: np.ndarray, k: np.ndarray, cls: np.ndarray, copies: int) -> float:
+    """Copies for the events of a generator-level class only (the others keep one copy):
+    effective events over one copy's.
+
+    >>> class_gain(np.ones(2), np.array([1, 1]), np.array([True, False]), 4)
+    1.6
+    """
+    w2 = w**2
+    one = (w2 * k).sum() / copies
+    var = (w2 * k**2)[cls].sum() / copies**2 + (w2 * k)[~cls].sum() / copies
+    return float(one / max(var, 1e-300))
+
+
+def gen_classes(parts: Particles) -> dict[tuple[float, float], np.ndarray]:
+    """Per class of :data:`CLASSES`, the generated events in it."""
+    kaon = np.abs(parts.pdg) == 321
+    p = np.linalg.norm(parts.p4[:, 1:], axis=1)
+    hardest = np.zeros(parts.n_events)
+    np.maximum.at(hardest, parts.event_index()[kaon], p[kaon])
+    e_inv = bdecays.invisible_energy_of(parts)
+    return {(a, b): (hardest > a) & (e_inv > b) for a, b in CLASSES}
+
+
+def copies_report(
+    score: _Scorer, parts: Particles, weight: np.ndarray, copies: int, seed: int, gen_cpu: float
+) -> None:
+    """Print each region's gain from ``copies`` detector copies and the CPU it costs."""
+    rng = np.random.default_rng([seed, 1])
+    k = {}
+    score.copy_cpu = 0.0
+    for _ in range(copies):
+        for name, rows in score(parts, rng, seed).items():
+            k.setdefault(name, np.zeros(parts.n_events, dtype=np.int64))
+            np.add.at(k[name], rows, 1)
+    n = parts.n_events
+    copy_us = 1e6 * score.copy_cpu / copies / n
+    gen_us = 1e6 * gen_cpu / n
+
+    def cost(frac: float) -> float:  # copies for a share frac of the events, over one copy
+        return (gen_us + (1 + frac * (copies - 1)) * copy_us) / (gen_us + copy_us)
+
+    print(
+        f"  copies: generation {1e6 * gen_cpu / n:.1f} us/event, a copy (detector, prefilter,"
+        f" reconstruction of the kept) {copy_us:.1f} us/event: {copies} copies cost {cost(1):.2f}x"
+    )
+    classes = gen_classes(parts)
+    shares = ", ".join(f"K>{a:g},Einv>{b:g}: {c.mean():.3f}" for (a, b), c in classes.items())
+    print(f"  generated events in each class: {shares}")
+    for name, kk in k.items():
+        hit = kk > 0
+        gain = copy_gain(weight[hit], kk[hit], copies)
+        by_class = ", ".join(
+            f"{a:g},{b:g}: holds {c[hit].mean():.2f}, per CPU-s "
+            f"{class_gain(weight[hit], kk[hit], c[hit], copies) / cost(c.mean()):.2f}x"
+            for (a, b), c in classes.items()
+        )
+        print(f"  {name:9s} copies for a class only: {by_class}")
+        print(
+            f"  {name:9s} {hit.sum()} events in {kk.sum()} copies: {copies} copies give"
+            f" {gain:.2f}x the effective events, {gain / cost(1):.2f}x per CPU-second"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/default")
@@ -117,6 +237,7 @@ def main() -> None:
         "--enhance", default="", help="Pythia EnhancedSplittings:List, e.g. {fsr:Q2QG=4}"
     )
     parser.add_argument("--bias-grid", action="store_true")
+    parser.add_argument("--copies", type=int, default=0, help="detector copies per event")
     args = parser.parse_args()
     cfg = load_config(None)["ita"]
     models = Path(args.run) / "models"
@@ -135,7 +256,13 @@ def main() -> None:
         gen = Generator(sample, seed=args.seed, extra=extra)
         species = (*CHARM_HADRONS, K0)
         fractions = {k: boosted_fraction(gen.pythia.particleData, k) for k in species}
+        g0 = time.process_time()
         parts, weight, counts = gen.generate_counted(args.events, species)
+        gen_cpu = time.process_time() - g0
+        if args.copies:
+            score = _Scorer(Path(args.run), cfg)
+            copies_report(score, parts, weight, args.copies, args.seed, gen_cpu)
+            continue
         seen = simulate_detector(parts, ON_RESONANCE, det, rng)
         event, cand = ita_variables(seen)
         rows, cols = select(event, cand, seen.tracks.offsets, cfg["selection"])
