@@ -12,10 +12,17 @@ benchmarks/results/simulation.json. Run with `make bench`.
 `nextBatch` path of `Generator.generate`, the same with the event weights
 (`generate_weighted`, the MC's path) and with ccbar's decays biased (`DecayBias`, weights from
 the event record), and bare `next()` without copy-out (the floor).
+
+`python benchmarks/bench_simulation.py hugepage` produces the same ccbar file (100k events,
+as the default scale writes them: generation, detector, reconstruction, writing) with numpy's
+huge-page advice on and off (knunu turns it off at import, ``knunu._no_hugepage_advice``),
+interleaved, best of 2, with each run's user and system CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import resource
 import sys
 import tempfile
 import time
@@ -38,6 +45,7 @@ from knunu.simulation.production import (
     generate_events,
     library_path,
     prefilter_mask,
+    produce_file,
     sample_cross_section_nb,
 )
 from knunu.simulation.reconstruction import ita_variables
@@ -149,13 +157,56 @@ def print_copyout(res: dict[str, dict[str, float]]) -> None:
         print(f"  {name:20s} {ratio:6.2f}")
 
 
+def hugepage_comparison(n: int = 100_000, repeats: int = 2) -> dict[str, dict[str, float]]:
+    """One ccbar file produced with numpy's MADV_HUGEPAGE advice on and off (same seed)."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    best: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        task = FileTask("ccbar", n, 11, f"{tmp}/ccbar.root")
+        produce_file(dataclasses.replace(task, n_events=2000))  # warm-up, not timed
+        for _ in range(repeats):
+            for name, advice in (("advice_on", True), ("advice_off", False)):
+                _set_madvise_hugepage(advice)
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                produce_file(task)
+                wall = time.perf_counter() - t0
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+                run = {
+                    "wall_s": wall,
+                    "user_s": r1.ru_utime - r0.ru_utime,
+                    "system_s": r1.ru_stime - r0.ru_stime,
+                    "us_per_event": 1e6 * wall / n,
+                }
+                if wall < best.get(name, {"wall_s": float("inf")})["wall_s"]:
+                    best[name] = run
+    _set_madvise_hugepage(False)
+    best["ratio"] = {"on_over_off": best["advice_on"]["wall_s"] / best["advice_off"]["wall_s"]}
+    return best
+
+
+def print_hugepage(res: dict[str, dict[str, float]]) -> None:
+    """Print the huge-page comparison."""
+    print("ccbar file of 100k events, numpy's huge-page advice on and off (best of 2):")
+    for name in ("advice_on", "advice_off"):
+        r = res[name]
+        print(f"  {name:10s} {r['wall_s']:6.1f} s ({r['us_per_event']:.0f} us/event), "
+              f"user {r['user_s']:.1f} s, system {r['system_s']:.1f} s")  # fmt: skip
+    print(f"  advice on / off: {res['ratio']['on_over_off']:.2f}x")
+
+
 def main() -> int:
     if sys.argv[1:] == ["copyout"]:
         print_copyout(copyout_comparison())
         return 0
+    if sys.argv[1:] == ["hugepage"]:
+        print_hugepage(hugepage_comparison())
+        return 0
     results: dict[str, object] = {"cores": 1}
     results["generator_copyout_ccbar"] = copyout_comparison()
     print_copyout(results["generator_copyout_ccbar"])
+    results["hugepage_ccbar"] = hugepage_comparison()
+    print_hugepage(results["hugepage_ccbar"])
     with tempfile.TemporaryDirectory() as tmp:
         lib_dir = Path(tmp) / "lib"
         start = time.perf_counter()
