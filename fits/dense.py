@@ -19,6 +19,7 @@ stays the reference: anything this module does not know raises
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ import jax
 import numpy as np
 
 from knunu.errors import FitError
+
+log = logging.getLogger(__name__)
 
 #: The environment variable naming the persistent cache of compiled programs ("off": none).
 CACHE_ENV = "KNUNU_JAX_CACHE"
@@ -65,6 +68,11 @@ def _enable_compilation_cache() -> None:
     """
     path = compilation_cache_dir()
     if path is None:
+        return
+    try:  # jax would warn at every compilation where it cannot keep them
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("compiled likelihoods are not kept: cannot create %s (%s)", path, exc)
         return
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

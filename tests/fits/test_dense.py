@@ -199,7 +199,8 @@ def test_a_model_with_other_modifiers_keeps_pyhfs_graph():
 
 
 _FIT = """
-import json, sys
+import json, logging, sys
+logging.basicConfig(level=logging.WARNING)
 import pyhf
 from knunu.fits.infer import Likelihood
 model = pyhf.simplemodels.uncorrelated_background([3.0, 6.0], [40.0, 20.0], [4.0, 3.0])
@@ -213,7 +214,7 @@ print(json.dumps(Likelihood.from_workspace(workspace).fit().x.tolist()))
 """
 
 
-def _fit_in_a_process(cache: str, home: str) -> list[float]:
+def _fit_in_a_process(cache: str, home: str) -> tuple[list[float], str]:
     import json
     import os
     import subprocess
@@ -225,17 +226,26 @@ def _fit_in_a_process(cache: str, home: str) -> list[float]:
     out = subprocess.run(
         [sys.executable, "-c", _FIT], env=env, capture_output=True, text=True, check=True
     )
-    return json.loads(out.stdout.splitlines()[-1])
+    return json.loads(out.stdout.splitlines()[-1]), out.stderr
 
 
 def test_compiled_programs_persist_between_processes(tmp_path):
     """A fit compiles its programs once: a second process finds every one in the cache and
     fits the same minimum; ``off`` writes no cache."""
     cache, home = tmp_path / "jax", tmp_path / "home"
-    first = _fit_in_a_process(str(cache), str(home))
+    first, err = _fit_in_a_process(str(cache), str(home))
+    assert "Warning" not in err
     entries = sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache"))
     assert len(entries) > 10
-    assert _fit_in_a_process(str(cache), str(home)) == first
+    assert _fit_in_a_process(str(cache), str(home))[0] == first
     assert sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache")) == entries
-    assert _fit_in_a_process("off", str(home)) == first
+    assert _fit_in_a_process("off", str(home))[0] == first
     assert not home.exists()  # nor the default cache
+    # a cache that cannot be made: one line says so, the fit is the same, jax warns of nothing
+    (tmp_path / "file").write_text("")
+    again, err = _fit_in_a_process(str(tmp_path / "file" / "jax"), str(home))
+    assert again == first
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"WARNING:knunu.fits.dense:compiled likelihoods are not kept: cannot create "
+        f"{tmp_path / 'file' / 'jax'} ([Errno 20] Not a directory: '{tmp_path / 'file' / 'jax'}')"
+    ]
