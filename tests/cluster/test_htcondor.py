@@ -27,6 +27,15 @@ from .helpers import (
 pytestmark = [pytest.mark.htcondor, pytest.mark.slow]
 
 
+#: Jobs removed under a running client: once (CI of stop 47) distributed left the TLS socket of a
+#: removed job's worker unclosed, and the garbage collector's ResourceWarning came through
+#: pytest as an unraisable exception. The socket is distributed's, not knunu's; what these
+#: tests check (jobs submitted again, histograms unchanged) is unaffected.
+_DROPPED_TLS = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <ssl.SSLSocket:pytest.PytestUnraisableExceptionWarning"
+)
+
+
 def _settings(pool) -> dict:
     return {
         "interface": "lo",
@@ -72,6 +81,7 @@ def test_processing_on_htcondor_equals_a_local_run(
     assert_same_histograms(out, local_histograms)
 
 
+@_DROPPED_TLS
 def test_condor_rm_mid_processing_changes_no_histogram(
     htcondor, shared_inputs, production, cfg, trained, local_histograms, tmp_path
 ):
@@ -84,6 +94,7 @@ def test_condor_rm_mid_processing_changes_no_histogram(
     assert_same_histograms(out, local_histograms)
 
 
+@_DROPPED_TLS
 def test_adaptive_scaling_submits_jobs_again_when_every_job_ended(
     htcondor, shared_inputs, production, cfg, trained, local_histograms, tmp_path
 ):
