@@ -117,18 +117,6 @@ def bias_gains(
     return out
 
 
-def copy_gain(weight: np.ndarray, k: np.ndarray, copies: int) -> float:
-    """Effective events of ``copies`` detector copies (each 1/copies) over one copy's.
-
-    >>> copy_gain(np.ones(3), np.array([4, 0, 4]), 4)  # the event decides: no gain
-    1.0
-    >>> copy_gain(np.ones(4), np.array([1, 1, 1, 1]), 4)  # the detector decides: N
-    4.0
-    """
-    w2 = weight**2
-    return float(copies * (w2 * k).sum() / max((w2 * k**2).sum(), 1e-300))
-
-
 class _Scorer:
     """Detector, ITA variables, selection and the run's BDTs on one copy of the events."""
 
@@ -166,8 +154,13 @@ CLASSES = ((0.0, 0.0), (1.0, 0.0), (1.0, 0.5), (1.2, 1.0), (1.5, 1.0))
 
 def class_gain(w: np.ndarray, k: np.ndarray, cls: np.ndarray, copies: int) -> float:
     """Copies for the events of a generator-level class only (the others keep one copy):
-    effective events over one copy's.
+    effective events over one copy's; for every event, N sum(w^2 k) / sum(w^2 k^2).
 
+    >>> every = np.ones(3, dtype=bool)
+    >>> class_gain(np.ones(3), np.array([4, 0, 4]), every, 4)  # the event decides: no gain
+    1.0
+    >>> class_gain(np.ones(4), np.array([1, 1, 1, 1]), np.ones(4, dtype=bool), 4)  # detector: N
+    4.0
     >>> class_gain(np.ones(2), np.array([1, 1]), np.array([True, False]), 4)
     1.6
     """
@@ -206,7 +199,7 @@ def copies_report(
         return (gen_us + (1 + frac * (copies - 1)) * copy_us) / (gen_us + copy_us)
 
     print(
-        f"  copies: generation {1e6 * gen_cpu / n:.1f} us/event, a copy (detector, prefilter,"
+        f"  copies: generation {gen_us:.1f} us/event, a copy (detector, prefilter,"
         f" reconstruction of the kept) {copy_us:.1f} us/event: {copies} copies cost {cost(1):.2f}x"
     )
     classes = gen_classes(parts)
@@ -214,7 +207,7 @@ def copies_report(
     print(f"  generated events in each class: {shares}")
     for name, kk in k.items():
         hit = kk > 0
-        gain = copy_gain(weight[hit], kk[hit], copies)
+        gain = class_gain(weight[hit], kk[hit], np.ones(hit.sum(), dtype=bool), copies)
         by_class = ", ".join(
             f"{a:g},{b:g}: holds {c[hit].mean():.2f}, per CPU-s "
             f"{class_gain(weight[hit], kk[hit], c[hit], copies) / cost(c.mean()):.2f}x"
@@ -240,11 +233,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=0, help="detector copies per event")
     args = parser.parse_args()
     cfg = load_config(None)["ita"]
-    models = Path(args.run) / "models"
-    bdt1 = KFoldBDT.load(models / MODEL_FILES["bdt1"])
-    bdt2 = KFoldBDT.load(models / MODEL_FILES["bdt2"])
-    eta_t = EtaTransform.load(models / MODEL_FILES["eta"])
-    det = DetectorConfig()
+    score = _Scorer(Path(args.run), cfg)  # the run's models, loaded once
+    bdt1, bdt2, eta_t, det = score.bdt1, score.bdt2, score.eta_t, score.det
     for sample in args.samples:
         t0 = time.perf_counter()
         rng = np.random.default_rng(args.seed)
@@ -260,7 +250,6 @@ def main() -> None:
         parts, weight, counts = gen.generate_counted(args.events, species)
         gen_cpu = time.process_time() - g0
         if args.copies:
-            score = _Scorer(Path(args.run), cfg)
             copies_report(score, parts, weight, args.copies, args.seed, gen_cpu)
             continue
         seen = simulate_detector(parts, ON_RESONANCE, det, rng)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,11 +220,6 @@ print(json.dumps(Likelihood.from_workspace(workspace).fit().x.tolist()))
 
 
 def _fit_in_a_process(cache: str, home: str) -> tuple[list[float], str]:
-    import json
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env[dense.CACHE_ENV] = cache
     env["XDG_CACHE_HOME"] = home
