@@ -95,7 +95,7 @@ def signal_region_rows(
             if not len(cols["__event__"]):
                 continue
             w, cols = nominal_mc(cols, cfg["hta"]["corrections"], corrected_hta_inputs)
-            score = hta_models.bdth.predict(cols, cols["__run__"], cols["__event__"])
+            score = hta_models.bdth.score(cols)
             sr = hta_models.eta(score) > cfg["hta"]["eta_edges"][0]
             rows["HTA"].append(np.stack([w, *(cols[e] for e in ENTRIES)])[:, sr])
         for region, parts in rows.items():

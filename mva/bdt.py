@@ -45,6 +45,33 @@ def fold_of(run: np.ndarray, event: np.ndarray, folds: int) -> np.ndarray:
     return (key % np.uint64(folds)).astype(np.int64)
 
 
+#: MC truth: the ``__event__`` of the generated event an entry is a detector copy of (-1:
+#: none; knunu's continuum MC, :attr:`knunu.simulation.production.Targeting.copies`).
+COPY_OF = "mcCopyOf"
+
+
+def fold_events(columns: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+    """The event numbers that fix the folds: ``__event__``, or a detector copy's event.
+
+    Every copy of a generated event is then in one fold (a BDT never scores a copy of an
+    event it was trained on). Columns without ``mcCopyOf`` (data, basf2's MC):
+    ``__event__``; a missing value (NaN in a table of several datasets) counts as -1.
+
+    >>> cols = {"__event__": np.array([0, 1, 2, 3]), "mcCopyOf": np.array([0, -1, 0, 0])}
+    >>> fold_events(cols).tolist(), fold_events(cols, np.array([3, 1])).tolist()
+    ([0, 1, 0, 0], [0, 1])
+    """
+    event = np.asarray(columns["__event__"])
+    copy_of = columns.get(COPY_OF)
+    if rows is not None:
+        event = event[rows]
+        copy_of = None if copy_of is None else np.asarray(copy_of)[rows]
+    if copy_of is None:
+        return event
+    copy_of = np.nan_to_num(np.asarray(copy_of, dtype=np.float64), nan=-1.0)
+    return np.where(copy_of >= 0, copy_of, event).astype(np.int64)
+
+
 def matrix(columns: Mapping[str, np.ndarray], features: tuple[str, ...]) -> np.ndarray:
     """The (events, features) float32 matrix in the model's feature order."""
     missing = [f for f in features if f not in columns]
@@ -79,6 +106,10 @@ class KFoldBDT:
             if len(rows):
                 out[rows] = booster.inplace_predict(x[rows])
         return out
+
+    def score(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """:meth:`predict` with the folds of the columns' ``__run__`` and :func:`fold_events`."""
+        return self.predict(columns, columns["__run__"], fold_events(columns))
 
     @cached_property
     def splits(self) -> dict[str, np.ndarray]:
@@ -151,7 +182,8 @@ class KFoldBDT:
 
         Args:
             scores: The known scores (of ``rows`` if given, else of all events).
-            before: The inputs of the known scores, with ``__run__`` and ``__event__``.
+            before: The inputs of the known scores, with ``__run__`` and ``__event__`` (and
+                ``mcCopyOf`` where there is one).
             after: The shifted inputs, same layout.
             rows: The events to score (default all).
         """
@@ -160,7 +192,7 @@ class KFoldBDT:
         if len(moved):
             idx = moved if rows is None else rows[moved]
             sub = {f: np.asarray(after[f])[idx] for f in self.features}
-            out[moved] = self.predict(sub, after["__run__"][idx], after["__event__"][idx])
+            out[moved] = self.predict(sub, after["__run__"][idx], fold_events(after, idx))
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -250,7 +282,7 @@ def train_kfold(
             hold one class, keeps 0 rounds, with a warning.)
     """
     x = matrix(columns, features)
-    fold = fold_of(columns["__run__"], columns["__event__"], folds)
+    fold = fold_of(columns["__run__"], fold_events(columns), folds)
     booster_params = _booster_params(name, params, folds, seed)
     patience = params.get("early_stopping_rounds")
     boosters = []

@@ -82,7 +82,7 @@ def train_hta(
         "bdth", cols, label, balanced_weights(cols["_w"], label), features,
         cfg["xgboost"]["bdth"], folds, seed + 10,
     )  # fmt: skip
-    score = bdth.predict(cols, cols["__run__"], cols["__event__"])
+    score = bdth.score(cols)
     sig = label == 1
     selected_signal = float(cols["__weight__"][sig].sum())
     eta = EtaTransform.fit(score[sig], cols["__weight__"][sig], selected_signal)
@@ -141,7 +141,7 @@ def _train_continuum(
         "hta_continuum", cols, label, balanced_weights(cols["_w"], label),
         tuple(cfg["features"]["continuum"]), cfg["xgboost"]["continuum"], int(cfg["folds"]), seed,
     )  # fmt: skip
-    p = model.predict(cols, cols["__run__"], cols["__event__"])
+    p = model.score(cols)
     w = bdtc_weight(p, tuple(cfg["continuum_clip"]))
     mc = label == 0
     model.save(target)

@@ -217,12 +217,12 @@ def train_ita(
     train_w = balanced_weights(cols["_w"], label)
     f1 = tuple(cfg["features"]["bdt1"])
     bdt1 = train_kfold("bdt1", cols, label, train_w, f1, cfg["xgboost"]["bdt1"], folds, seed)
-    s1 = bdt1.predict(cols, cols["__run__"], cols["__event__"])
+    s1 = bdt1.score(cols)
     keep = s1 > cfg["bdt1_min"]
     sub = {k: v[keep] for k, v in cols.items()}
     bdt2 = train_kfold("bdt2", sub, label[keep], train_w[keep], bdt2_features(cfg),
                        cfg["xgboost"]["bdt2"], folds, seed + 1)  # fmt: skip
-    s2 = bdt2.predict(sub, sub["__run__"], sub["__event__"])
+    s2 = bdt2.score(sub)
     eta, eff_bdt1, eff_sr = _eta_of(s2, sub, label[keep] == 1, catalogue)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ def _train_bdtc(
         int(cfg["folds"]),
         seed,
     )
-    p = bdtc.predict(cols, cols["__run__"], cols["__event__"])
+    p = bdtc.score(cols)
     w = bdtc_weight(p, tuple(cfg["bdtc_clip"]))
     mc = label == 0
     corrected = np.where(mc & (cols["_continuum"] == 1), weight * w, weight)
@@ -359,10 +359,9 @@ def _offres_columns(
         "data_off",
         _continuum=lambda ds: int(ds.removesuffix("_offres") in CONTINUUM),
     )
-    run, event = cols["__run__"], cols["__event__"]
-    keep = bdt1.predict(cols, run, event) > cfg["bdtc_bdt1_min"]
+    keep = bdt1.score(cols) > cfg["bdtc_bdt1_min"]
     cols = {k: v[keep] for k, v in cols.items()}
-    cols["bdt2"] = bdt2.predict(cols, cols["__run__"], cols["__event__"])
+    cols["bdt2"] = bdt2.score(cols)
     eta_all = eta(cols["bdt2"])
     keep = eta_all > cfg["bdtc_eta_min"]
     cols = {k: v[keep] for k, v in cols.items()}

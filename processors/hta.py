@@ -37,7 +37,7 @@ from knunu.mva.bdt import KFoldBDT
 from knunu.mva.corrections import corrected_hta_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight
-from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins
+from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins, groups
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
     BOOKKEEPING,
@@ -204,7 +204,7 @@ def continuum_weight(
     """The HTA continuum correction p/(1-p) of each event (1 without a classifier)."""
     if models.continuum is None or not len(cols["__event__"]):
         return np.ones(len(cols["__event__"]))
-    p = models.continuum.predict(cols, cols["__run__"], cols["__event__"])
+    p = models.continuum.score(cols)
     return bdtc_weight(p, (float(clip[0]), float(clip[1])))
 
 
@@ -230,7 +230,7 @@ class HTAProcessor(processor.ProcessorABC):
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
             weight, cols = nominal_mc(cols, cfg["corrections"], corrected_hta_inputs)
-        bdth = models.bdth.predict(cols, cols["__run__"], cols["__event__"])
+        bdth = models.bdth.score(cols)
         eta = models.eta(bdth)
         cont = np.ones(len(weight))
         if sample in CONTINUUM:
@@ -244,9 +244,9 @@ class HTAProcessor(processor.ProcessorABC):
         )
         fit.fill(variation="nominal", eta=eta, weight=w_nom)
         extra = {}
-        if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
+        if not is_data and sample != "nature" and groups(cols):
             flat = flat_bins(fit.axes[1:], eta)
-            entries = [cols[e] for e in ENTRIES]
+            entries = groups(cols)
             extra["hta_reuse"] = entry_sums(entries, flat, len(edges) - 1, w_nom)
         if not is_data:
             _fill_variations(fit, models, cfg, sample, (raw, cols), bdth, eta, weight, cont)

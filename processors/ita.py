@@ -37,11 +37,11 @@ import hist
 import numpy as np
 from coffea import processor
 
-from knunu.mva.bdt import KFoldBDT
+from knunu.mva.bdt import COPY_OF, KFoldBDT
 from knunu.mva.corrections import corrected_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import MODEL_FILES, bdt2_features, bdtc_weight
-from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins
+from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins, groups
 from knunu.processors.run import dataset_kind
 from knunu.processors.selection import (
     BOOKKEEPING,
@@ -139,7 +139,8 @@ class Scores(NamedTuple):
 
 
 def _take(cols: Mapping[str, np.ndarray], rows: np.ndarray, names: tuple[str, ...]) -> dict:
-    return {k: cols[k][rows] for k in (*names, "__run__", "__event__")}
+    keys = (*names, "__run__", "__event__", *((COPY_OF,) if COPY_OF in cols else ()))
+    return {k: cols[k][rows] for k in keys}
 
 
 def _score(
@@ -151,7 +152,7 @@ def _score(
     """``model`` on ``rows``; with a base (columns, scores), only re-scoring what moved."""
     if base is None:
         sub = _take(cols, rows, model.features)
-        return model.predict(sub, sub["__run__"], sub["__event__"])
+        return model.score(sub)
     base_cols, base_scores = base
     out = base_scores[rows]
     known = ~np.isnan(out)
@@ -159,7 +160,7 @@ def _score(
         out[known] = model.rescore(out[known], base_cols, cols, rows[known])
     if not known.all():
         new = _take(cols, rows[~known], model.features)
-        out[~known] = model.predict(new, new["__run__"], new["__event__"])
+        out[~known] = model.score(new)
     return out
 
 
@@ -284,7 +285,7 @@ def _reuse_sums(
     hists: Mapping[str, hist.Hist],
 ) -> dict[str, Any]:
     """Per library entry and bin of each histogram, the weights it gave (MC errors of reuse)."""
-    entries = [cols[e][p] for e in ENTRIES]
+    entries = [g[p] for g in groups(cols)]
     out = {}
     for name, h in hists.items():
         n_bins = int(np.prod(h.axes.size[1:]))
@@ -332,7 +333,7 @@ class ITAProcessor(processor.ProcessorABC):
         split threshold are evaluated again; the result is identical to a full evaluation.
         """
         if base is None:
-            bdt1 = models.bdt1.predict(cols, cols["__run__"], cols["__event__"])
+            bdt1 = models.bdt1.score(cols)
         else:
             bdt1 = models.bdt1.rescore(base[1].bdt1, base[0], cols)
         bdt2 = np.full(len(bdt1), np.nan)
@@ -438,7 +439,7 @@ class ITAProcessor(processor.ProcessorABC):
 
         fill("nominal", eta[p], q2[p], w_nom[p])
         reuse = {}
-        if not is_data and sample != "nature" and all(e in cols for e in ENTRIES):
+        if not is_data and sample != "nature" and groups(cols):
             reuse = _reuse_sums(
                 cols, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
             )

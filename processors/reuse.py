@@ -18,18 +18,55 @@ other B and their detector response are independent). Without reuse every group 
 event and the variance is sum w^2. The sums are kept by key until every chunk is merged, so
 the result does not depend on chunking. Files without the entry branches (basf2's MC) get
 sum w^2, as before.
+
+A detector copy (knunu's continuum MC, ``mcCopyOf`` >= 0: the generated event passed the
+detector several times, each entry with its share of the weight) shares its generated event
+with the other copies, which is one more such key (:func:`groups`); there the formula is the
+exact variance of a sum of independent groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import hist
 import numpy as np
 
+from knunu.errors import InputError
+from knunu.mva.bdt import COPY_OF
+
 #: The truth branches naming each B's library entry (knunu's simulation; -1: none).
 ENTRIES = ("mcB1Entry", "mcB2Entry")
+#: A copy group's key: this bit, then the run number (31 bits), then ``mcCopyOf`` (20 bits),
+#: apart from every library entry and unique in a dataset (its files have their own runs).
+_COPY_BIT, _COPY_EVENT_BITS = 52, 20
+
+
+def groups(cols: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The keys through which events share their weight's randomness (-1: none).
+
+    Each B's library entry (when the columns have both), and for detector copies the
+    generated event.
+
+    >>> cols = {"__run__": np.array([3, 3]), "mcCopyOf": np.array([-1, 5])}
+    >>> [g.tolist() for g in groups(cols)] == [[-1, (1 << 52) | (3 << 20) | 5]]
+    True
+
+    Raises:
+        InputError: an ``mcCopyOf`` does not fit its 20 bits.
+    """
+    out = []
+    if set(ENTRIES) <= set(cols):
+        out = [np.asarray(cols[e], dtype=np.int64) for e in ENTRIES]
+    if COPY_OF in cols:
+        copy_of = np.asarray(cols[COPY_OF], dtype=np.int64)
+        if len(copy_of) and copy_of.max() >= 1 << _COPY_EVENT_BITS:
+            raise InputError(f"{COPY_OF} {copy_of.max()} above 2^{_COPY_EVENT_BITS}")
+        run = np.asarray(cols["__run__"], dtype=np.int64) & 0x7FFFFFFF
+        key = (1 << _COPY_BIT) | (run << _COPY_EVENT_BITS) | copy_of
+        out.append(np.where(copy_of >= 0, key, -1))
+    return out
 
 
 def flat_bins(axes: Sequence[hist.axis.Axis], *values: np.ndarray) -> np.ndarray:
@@ -127,6 +164,8 @@ def entry_sums(
     flat = np.asarray(flat, dtype=np.int64)
     for entry in entries:
         entry = np.asarray(entry, dtype=np.int64)
+        if len(entry) and entry.max() > np.iinfo(np.int64).max // max(n_bins, 1) - 1:
+            raise InputError(f"entry key {entry.max()} x {n_bins} bins overflows 64 bits")
         use = (entry >= 0) & (flat >= 0)
         keys.append(entry[use] * n_bins + flat[use])
         weights.append(np.asarray(weight, dtype=float)[use])

@@ -30,6 +30,7 @@ TRUTH = (
     "mcE_photon",
     "mcE_KL",
     "mcKLclusters",
+    "mcCopyOf",  # knunu's continuum MC: the event a detector copy copies (BDT folds, MC errors)
 )
 #: q2gen binning of the efficiency histograms (GeV^2; the endpoint is (mB - mK)^2 = 22.9).
 Q2GEN_BINS = (12, 0.0, 24.0)

@@ -67,6 +67,8 @@ PREFILTER = {
     "dz": 3.0,
     "pion_kaon_id_max": 0.1,
 }
+#: Most detector copies of a generated event (:attr:`Targeting.copies`).
+COPIES_MAX = 64
 #: Continuum pseudo-data multiplicity shape: accept with min(1, exp(-slope (n_ch - pivot))).
 CONTINUUM_SHAPE = {"slope": 0.05, "pivot": 6}
 
@@ -126,6 +128,14 @@ class Targeting:
     missing energy with exact weights: semileptonic channels of charm hadrons and K0 -> K_L
     drawn that many times more often (:class:`~knunu.simulation.generators.DecayBias`).
 
+    ``copies`` > 1 (continuum and tau pair MC; never pseudo-data or the nature stream): each
+    generated event of the class :func:`copy_class` (a charged kaon above ``copy_kaon_p_gev``
+    in the CM frame and invisible energy above ``copy_e_inv_gev``) passes the detector and the
+    reconstruction ``copies`` times, each copy an entry of its own carrying 1/``copies`` of
+    the event's weight (:func:`with_copies`). Which continuum event reaches the ITA signal
+    region is decided largely by the detector (a K_L cluster missed, a track lost), and a copy
+    costs about half of a generated event (``benchmarks/study_continuum.py --copies``).
+
     ``hta_share`` > 0 (kaon-side pairs only) gives a further fraction of the B+B- pairs to the
     hadronic-tag analysis (B0B0bar pairs give it to the kaon side: the HTA tags charged B
     only; :func:`entry_hta_factors`): one B among the entries with a charged
@@ -160,6 +170,9 @@ class Targeting:
     hta_misid: float = 0.0
     semileptonic: float = 1.0
     k_long: float = 1.0
+    copies: int = 1
+    copy_kaon_p_gev: float = 0.0
+    copy_e_inv_gev: float = 0.0
 
     def __post_init__(self) -> None:
         bad = self.sides not in (1, 2) or self.slope < 0 or self.cap_gev <= 0
@@ -170,6 +183,7 @@ class Targeting:
         bad = bad or not (0 <= self.kaon_soft <= 1) or self.kaon_soft_p_gev < 0
         bad = bad or not (0 <= self.hta_misid <= 1)
         bad = bad or self.hta_photon_slope < 0 or self.semileptonic <= 0 or self.k_long <= 0
+        bad = bad or not (isinstance(self.copies, int) and 1 <= self.copies <= COPIES_MAX)
         if bad or not (0 < self.keep_below <= 1):
             raise ConfigError(f"simulation.targeting: invalid {self}")
 
@@ -250,6 +264,7 @@ class FileRecord:
     nature: bool = False  # the nature stream (weighted, data-like)
     adler32: str = ""  # of the written file, verified before processing
     layout: str = "event"  # basf2's event- or candidate-based trees
+    copies: int = 0  # entries that are detector copies of an event written (Targeting.copies)
 
 
 # ---------------------------------------------------------------------------- generation
@@ -459,6 +474,43 @@ def _continuum(task: FileTask, sample: Sample, n: int, rng: np.random.Generator)
     return GeneratedEvents(_concat(kept), None, truth)
 
 
+def copy_class(parts: Particles, kaon_p_gev: float, e_inv_gev: float) -> np.ndarray:
+    """The events :attr:`Targeting.copies` copies: a hard charged kaon and invisible energy.
+
+    A charged kaon above ``kaon_p_gev`` (CM frame) and invisible energy (neutrinos, K_L,
+    neutrons) above ``e_inv_gev``.
+
+    They are 24 % of the ssbar and 16 % of the ccbar events at (1.2, 1.0) GeV and hold 92 and
+    95 % of those that reach eta > 0.8 (stop 47, ``benchmarks/study_continuum.py``).
+    """
+    kaon = np.abs(parts.pdg) == 321
+    p = np.linalg.norm(parts.p4[kaon, 1:], axis=1)
+    hardest = np.zeros(parts.n_events)
+    np.maximum.at(hardest, parts.event_index()[kaon], p)
+    return (hardest > kaon_p_gev) & (bdecays.invisible_energy_of(parts) > e_inv_gev)
+
+
+def with_copies(batch: GeneratedEvents, aim: Targeting) -> tuple[GeneratedEvents, np.ndarray]:
+    """The events of ``batch`` followed by ``aim.copies - 1`` more copies of those in the class.
+
+    Every entry of a copied event carries 1/``copies`` of its weight, so the sum of the
+    weights is unchanged; the detector gives each copy its own response.
+
+    Returns:
+        The entries, and per entry the index of the generated event it copies (the original
+        entry's, which is the event's ``__event__``), -1 for events not copied.
+    """
+    n = batch.parts.n_events
+    copied = copy_class(batch.parts, aim.copy_kaon_p_gev, aim.copy_e_inv_gev)
+    order = np.concatenate([np.arange(n), np.tile(np.flatnonzero(copied), aim.copies - 1)])
+    share = np.where(copied[order], 1.0 / aim.copies, 1.0)
+    truth = {k: (v[order] if np.ndim(v) and len(v) == n else v) for k, v in batch.truth.items()}
+    truth["weight"] = truth["weight"] * share
+    total = None if batch.total is None else batch.total[order]
+    entries = GeneratedEvents(batch.parts.take(order), total, truth)
+    return entries, np.where(copied[order], order, -1).astype(np.int64)
+
+
 def _concat(tables: list[Particles]) -> Particles:
     counts = np.concatenate([t.counts() for t in tables])
     return Particles(
@@ -641,12 +693,15 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
     start = time.perf_counter()
     rng = np.random.default_rng(task.seed)
     batch = generate_events(task, rng)
+    copy_of = None
+    if not task.data and task.targeting is not None and task.targeting.copies > 1:
+        batch, copy_of = with_copies(batch, task.targeting)
     beams = OFF_RESONANCE if task.off_resonance else ON_RESONANCE
     parts = batch.parts
     nominal = detector or DetectorConfig()
     cfg = task.nature.detector(nominal) if task.data else nominal
     seen = simulate_detector(parts, beams, cfg, rng, batch.total)
-    header = _header(task, batch)
+    header = _header(task, batch, copy_of)
     # HTA first: it uses the random stream, the ITA reconstruction does not
     tags = TagModel(boost=task.tag_boost)  # pseudo-data: 1 (the plan); nature: boosted
     hta_idx, tag_w, hta_event, btag = hta_variables(parts, seen, tags, rng)
@@ -679,6 +734,7 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         seed=task.seed,
         generated=int(batch.truth["generated"]),
         sum_weights=float(np.sum(batch.truth["weight"])),
+        copies=len(header["__event__"]) - task.n_events,
         entries_ita=written[TREE_ITA],
         entries_hta=written[TREE_HTA],
         seconds=time.perf_counter() - start,
@@ -695,7 +751,7 @@ def _ita_tree(task: FileTask, seen: DetectorEvents, header: dict[str, np.ndarray
     if task.prefilter:
         ita_idx = np.flatnonzero(prefilter_mask(seen, task.pion_prescale))
     else:
-        ita_idx = np.arange(task.n_events)
+        ita_idx = np.arange(len(header["__event__"]))
     ita_seen = seen.take(ita_idx)
     event, candidates = ita_variables(ita_seen)
     if not task.data:
@@ -708,9 +764,14 @@ def _ita_tree(task: FileTask, seen: DetectorEvents, header: dict[str, np.ndarray
     )
 
 
-def _header(task: FileTask, batch: GeneratedEvents) -> dict[str, np.ndarray]:
-    """The event-level bookkeeping of every generated event; MC truth too for MC."""
-    n = task.n_events
+def _header(
+    task: FileTask, batch: GeneratedEvents, copy_of: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The event-level bookkeeping of every entry; MC truth too for MC.
+
+    An entry is a generated event or a detector copy of one (:func:`with_copies`).
+    """
+    n = len(batch.truth["weight"])
     parts = batch.parts
     header = {
         "__experiment__": np.full(n, EXPERIMENT, np.int32),
@@ -734,6 +795,8 @@ def _header(task: FileTask, batch: GeneratedEvents) -> dict[str, np.ndarray]:
         "mcB2Einv": truth.get("mcB2Einv", np.zeros(n, np.float32)),
         "mcB1Entry": truth.get("mcB1Entry", np.full(n, -1, np.int64)),
         "mcB2Entry": truth.get("mcB2Entry", np.full(n, -1, np.int64)),
+        # the __event__ of the generated event this entry is a detector copy of (-1: none)
+        "mcCopyOf": np.full(n, -1, np.int64) if copy_of is None else copy_of,
     }
 
 
@@ -816,6 +879,7 @@ def write_catalogue(
                 "entries_ita": 0,
                 "entries_hta": 0,
                 "events": 0,
+                "copies": 0,
                 "layout": rec.layout,
             },
         )
@@ -828,7 +892,7 @@ def write_catalogue(
             )
         record = {k: v for k, v in asdict(rec).items() if k != "layout"}  # the dataset's
         entry["files"].append({**record, "path": os.path.relpath(Path(rec.path).resolve(), here)})
-        for key in ("generated", "sum_weights", "entries_ita", "entries_hta", "events"):
+        for key in ("generated", "sum_weights", "entries_ita", "entries_hta", "events", "copies"):
             entry[key] += getattr(rec, key)
     for name, entry in out.items():
         if entry["data"]:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from coffea import processor
 
-from knunu.processors.reuse import entry_sums, extra_variance, flat_bins, with_reuse
+from knunu.errors import InputError
+from knunu.processors.reuse import entry_sums, extra_variance, flat_bins, groups, with_reuse
 
 N_BINS = 3
 
@@ -90,3 +91,28 @@ def test_sums_merged_in_any_split_equal_the_sums_of_all_events():
         whole.sumw.sum(), w[inside].sum() + w[inside & (entries[1] >= 0)].sum(), rtol=1e-12
     )
     np.testing.assert_array_equal(extra_variance(whole, 150) >= -1e-9, True)
+
+
+def test_detector_copies_are_one_group_apart_from_library_entries():
+    """Copies of a generated event share a key; the key depends on the run, not on entries."""
+    cols = {
+        "__run__": np.array([7, 7, 7, 8, 7]),
+        "mcB1Entry": np.array([5, -1, -1, -1, 5]),
+        "mcB2Entry": np.array([-1, -1, -1, -1, -1]),
+        "mcCopyOf": np.array([-1, 1, 1, 1, -1]),
+    }
+    entries, _, copies = groups(cols)
+    assert entries.tolist() == [5, -1, -1, -1, 5]
+    assert copies[0] == copies[4] == -1
+    assert copies[1] == copies[2] != copies[3]  # event 1 of run 7 is not event 1 of run 8
+    # two copies of one event in one bin: (w1 + w2)^2, the exact variance of their sum
+    s = entry_sums(groups(cols), np.array([0, 0, 0, 0, 1]), 2, np.array([1.0, 0.5, 0.5, 1.0, 1.0]))
+    assert extra_variance(s, 2).tolist() == [0.5, 0.0]
+    assert groups({"__run__": np.array([1])}) == []  # basf2's MC: nothing shared
+
+
+def test_a_copy_key_that_does_not_fit_is_an_error():
+    with pytest.raises(InputError, match="mcCopyOf"):
+        groups({"__run__": np.array([1]), "mcCopyOf": np.array([1 << 20])})
+    with pytest.raises(InputError, match="overflows"):
+        entry_sums((np.array([1 << 62]),), np.array([0]), 4, np.ones(1))

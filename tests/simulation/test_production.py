@@ -11,6 +11,8 @@ import uproot
 
 from knunu.config import load_config
 from knunu.errors import ConfigError
+from knunu.mva.bdt import fold_events, fold_of
+from knunu.processors.reuse import entry_sums, extra_variance, groups
 from knunu.samples import load_samples
 from knunu.simulation.ntuple import read_event_tree
 from knunu.simulation.production import (
@@ -541,3 +543,79 @@ def test_soft_kaons_count_their_share_of_a_hard_kaon(libraries):
     tilt = np.exp(1.5 * np.minimum(entry_invisible_energy(libraries), 3.5))
     assert np.allclose(soft[near], np.maximum(0.25 * tilt[near], base[near]), rtol=1e-12)
     assert (soft[near] > base[near]).any()
+
+
+def test_detector_copies_split_the_weight_and_share_their_generated_event(tmp_path):
+    """Copies: the events Pythia made once, the class's again through the detector."""
+    n, aim = 3000, Targeting(k_long=2.0, copies=4, copy_kaon_p_gev=1.2, copy_e_inv_gev=1.0)
+    kw = {"prefilter": False}  # every entry in the ITA tree
+    biased = Targeting(k_long=2.0)  # the same generation, one detector pass
+    plain = produce_file(FileTask("ssbar", n, 31, str(tmp_path / "a.root"), targeting=biased, **kw))
+    task = FileTask("ssbar", n, 31, str(tmp_path / "b.root"), targeting=aim, **kw)
+    copied = produce_file(task)
+    names = ["__run__", "__event__", "__weight__", "mcCopyOf", "mcEinv", "nTracks", "E_miss"]
+    with uproot.open(tmp_path / "a.root") as f:
+        a = f["ita"].arrays(names, library="np")
+    with uproot.open(tmp_path / "b.root") as f:
+        b = f["ita"].arrays(names, library="np")
+    # the same generated events (one seed), every one accounted for, the weights' sum kept
+    assert copied.generated == plain.generated == copied.events == n
+    assert copied.sum_weights == pytest.approx(plain.sum_weights, rel=1e-12)
+    assert len(b["__event__"]) == n + copied.copies
+    np.testing.assert_array_equal(b["__event__"], np.arange(n + copied.copies))
+    np.testing.assert_array_equal(b["mcEinv"][:n], a["mcEinv"])
+    source = b["mcCopyOf"]
+    in_class = source[:n] >= 0
+    assert 0.1 < in_class.mean() < 0.5  # a quarter of ssbar (K_L x2) is in the class
+    np.testing.assert_array_equal(source[:n][in_class], np.flatnonzero(in_class))
+    assert np.all(source[n:] >= 0)
+    assert copied.copies == 3 * in_class.sum()
+    assert np.all(b["mcEinv"][in_class.nonzero()[0]] > 1.0)
+    # each copy: the event it copies, a quarter of its weight, and a detector of its own
+    np.testing.assert_array_equal(b["mcEinv"][n:], a["mcEinv"][source[n:]])
+    per_event = np.bincount(np.where(source >= 0, source, b["__event__"]), b["__weight__"])
+    np.testing.assert_allclose(per_event, a["__weight__"], rtol=1e-6)
+    same = (b["nTracks"][n:] == b["nTracks"][source[n:]]) & (
+        b["E_miss"][n:] == b["E_miss"][source[n:]]
+    )
+    assert same.mean() < 0.5
+    # one fold per generated event: a BDT never scores a copy of an event it trained on
+    folds = fold_of(b["__run__"], fold_events(b), 5)
+    np.testing.assert_array_equal(folds[n:], folds[source[n:]])
+
+
+def test_detector_copies_keep_expectations_and_add_statistics(tmp_path):
+    """Weighted E_miss spectra of a copied and a plain production agree within the
+    group-aware MC errors, and the copies shrink the errors of the large-E_miss tail."""
+    n, edges = 6000, np.array([0.0, 2.0, 3.0, 4.0, 5.0, 11.0])
+    aim = Targeting(copies=4, copy_kaon_p_gev=1.0, copy_e_inv_gev=1.0)
+    values, variances = {}, {}
+    for key, seed, target in (("plain", 41, None), ("copied", 42, aim)):
+        path = tmp_path / f"{key}.root"
+        rec = produce_file(FileTask("ssbar", n, seed, str(path), prefilter=False, targeting=target))
+        with uproot.open(path) as f:
+            cols = f["ita"].arrays(["__run__", "__weight__", "mcCopyOf", "E_miss"], library="np")
+        flat = np.digitize(cols["E_miss"], edges) - 1
+        flat[(flat < 0) | (flat >= len(edges) - 1)] = -1
+        inside, w = flat >= 0, cols["__weight__"]
+        v = np.bincount(flat[inside], w[inside], minlength=len(edges) - 1)
+        v2 = np.bincount(flat[inside], w[inside] ** 2, minlength=len(edges) - 1)
+        v2 = v2 + extra_variance(entry_sums(groups(cols), flat, len(edges) - 1, w), len(edges) - 1)
+        values[key], variances[key] = v / rec.sum_weights, v2 / rec.sum_weights**2
+    pull = (values["copied"] - values["plain"]) / np.sqrt(variances["copied"] + variances["plain"])
+    assert np.all(np.abs(pull) < 4), pull
+    assert float(np.sum(pull**2)) < 20, pull
+    tail = np.sqrt(variances["copied"][-2:]) / values["copied"][-2:]
+    assert np.all(tail < np.sqrt(variances["plain"][-2:]) / values["plain"][-2:])
+
+
+def test_copies_are_for_mc_only(tmp_path):
+    """Pseudo-data and the nature stream are made as nature makes them: one detector each."""
+    aim = Targeting(copies=4)
+    rec = produce_file(
+        FileTask("ssbar", 300, 51, str(tmp_path / "d.root"), data=True, targeting=aim)
+    )
+    assert rec.copies == 0
+    assert rec.entries_ita <= 300
+    with pytest.raises(ConfigError, match="invalid"):
+        Targeting(copies=0)
