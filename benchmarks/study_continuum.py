@@ -36,7 +36,6 @@ from knunu.config import load_config
 from knunu.mva.bdt import KFoldBDT
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import MODEL_FILES
-from knunu.simulation import bdecays
 from knunu.simulation.detector import DetectorConfig, simulate_detector
 from knunu.simulation.generators import (
     CHARM_HADRONS,
@@ -47,7 +46,7 @@ from knunu.simulation.generators import (
     boosted_fraction,
 )
 from knunu.simulation.kinematics import ON_RESONANCE
-from knunu.simulation.production import prefilter_mask
+from knunu.simulation.production import copy_class, prefilter_mask
 from knunu.simulation.reconstruction import ita_variables
 
 
@@ -171,13 +170,8 @@ def class_gain(w: np.ndarray, k: np.ndarray, cls: np.ndarray, copies: int) -> fl
 
 
 def gen_classes(parts: Particles) -> dict[tuple[float, float], np.ndarray]:
-    """Per class of :data:`CLASSES`, the generated events in it."""
-    kaon = np.abs(parts.pdg) == 321
-    p = np.linalg.norm(parts.p4[:, 1:], axis=1)
-    hardest = np.zeros(parts.n_events)
-    np.maximum.at(hardest, parts.event_index()[kaon], p[kaon])
-    e_inv = bdecays.invisible_energy_of(parts)
-    return {(a, b): (hardest > a) & (e_inv > b) for a, b in CLASSES}
+    """Per class of :data:`CLASSES`, the generated events in it (production's copy class)."""
+    return {(a, b): copy_class(parts, a, b) for a, b in CLASSES}
 
 
 def copies_report(
