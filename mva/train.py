@@ -14,11 +14,12 @@ chi2 before and after, on out-of-fold scores.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import hist
 import numpy as np
 import pandas as pd
 
@@ -26,6 +27,7 @@ from knunu.errors import InputError, ModelError
 from knunu.mva.bdt import KFoldBDT, train_kfold
 from knunu.mva.corrections import corrected_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
+from knunu.processors.reuse import entry_sums, extra_variance, flat_bins, groups
 from knunu.rundir import write_json
 from knunu.samples import BACKGROUNDS, CONTINUUM, OFFRES, SIGNAL
 
@@ -319,8 +321,9 @@ def _train_bdtc(
     mc = label == 0
     corrected = np.where(mc & (cols["_continuum"] == 1), weight * w, weight)
     edges = np.linspace(cfg["bdtc_eta_min"], 1.0, 6)
-    before = offres_chi2(eta_all, cols["K_q2rec"], label, weight, edges)
-    after = offres_chi2(eta_all, cols["K_q2rec"], label, corrected, edges)
+    shared = groups(cols)  # detector copies of one continuum event: one group
+    before = offres_chi2(eta_all, cols["K_q2rec"], label, weight, edges, shared)
+    after = offres_chi2(eta_all, cols["K_q2rec"], label, corrected, edges, shared)
     fig = offres_comparison(
         eta_all, label, weight, corrected, edges, "eta(BDT2)", (before[0], after[0])
     )
@@ -383,16 +386,24 @@ def offres_chi2(
     is_data: np.ndarray,
     weight: np.ndarray,
     eta_edges: np.ndarray,
+    shared: Sequence[np.ndarray] = (),
 ) -> tuple[float, int]:
     """Shape chi2 per degree of freedom of data vs MC in (eta, q2rec) bins.
 
-    MC is normalised to the data; each bin's variance is the data count plus the MC's sum of
-    squared weights (scaled); empty bins are skipped.
+    MC is normalised to the data; each bin's variance is the data count plus the MC's
+    variance (scaled): its sum of squared weights, and for events that share a key of
+    ``shared`` (:func:`knunu.processors.reuse.groups`: detector copies of one event) the
+    covariance the sum misses. Empty bins are skipped.
     """
     d = is_data == 1
     hd = np.histogram2d(eta[d], q2rec[d], bins=(eta_edges, Q2_EDGES))[0]
     hm = np.histogram2d(eta[~d], q2rec[~d], bins=(eta_edges, Q2_EDGES), weights=weight[~d])[0]
     vm = np.histogram2d(eta[~d], q2rec[~d], bins=(eta_edges, Q2_EDGES), weights=weight[~d] ** 2)[0]
+    if shared:
+        axes = (hist.axis.Variable(eta_edges), hist.axis.Variable(Q2_EDGES))
+        flat = np.where(d, -1, flat_bins(axes, eta, q2rec))
+        sums = entry_sums(shared, flat, vm.size, weight)
+        vm = vm + extra_variance(sums, vm.size).reshape(vm.shape)
     norm = hd.sum() / hm.sum() if hm.sum() > 0 else 0.0
     var = hd + vm * norm**2
     ok = var > 0

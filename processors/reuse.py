@@ -43,6 +43,14 @@ ENTRIES = ("mcB1Entry", "mcB2Entry")
 _COPY_BIT, _COPY_EVENT_BITS = 52, 20
 
 
+def _keys(values: np.ndarray) -> np.ndarray:
+    """Integer keys; a missing value (NaN: data rows in a table of several datasets) is -1."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values, nan=-1.0)
+    return values.astype(np.int64)
+
+
 def groups(cols: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """The keys through which events share their weight's randomness (-1: none).
 
@@ -58,9 +66,9 @@ def groups(cols: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """
     out = []
     if set(ENTRIES) <= set(cols):
-        out = [np.asarray(cols[e], dtype=np.int64) for e in ENTRIES]
+        out = [_keys(cols[e]) for e in ENTRIES]
     if COPY_OF in cols:
-        copy_of = np.asarray(cols[COPY_OF], dtype=np.int64)
+        copy_of = _keys(cols[COPY_OF])
         if len(copy_of) and copy_of.max() >= 1 << _COPY_EVENT_BITS:
             raise InputError(f"{COPY_OF} {copy_of.max()} above 2^{_COPY_EVENT_BITS}")
         run = np.asarray(cols["__run__"], dtype=np.int64) & 0x7FFFFFFF

@@ -10,7 +10,8 @@ import pytest
 from knunu.errors import ModelError
 from knunu.mva.bdt import KFoldBDT, fold_of, train_kfold
 from knunu.mva.eta import EtaTransform
-from knunu.mva.train import bdtc_weight, weighted_auc
+from knunu.mva.train import bdtc_weight, offres_chi2, weighted_auc
+from knunu.processors.reuse import groups
 
 DEEP = {"max_depth": 8, "learning_rate": 0.3, "rounds": 150, "min_child_weight": 0.0}
 
@@ -202,3 +203,32 @@ def test_the_rounds_of_a_fold_never_come_from_the_fold_it_scores():
         a.boosters[0].inplace_predict(x), b.boosters[0].inplace_predict(x)
     )
     assert not np.array_equal(a.boosters[1].inplace_predict(x), b.boosters[1].inplace_predict(x))
+
+
+def test_offres_chi2_counts_detector_copies_as_one_event():
+    """MC made of copies of a few events: its variance is that of the events, not the copies'."""
+    rng = np.random.default_rng(3)
+    n, copies = 400, 4
+    eta_edges = np.linspace(0.5, 1.0, 6)
+    eta_data, q2_data = rng.uniform(0.5, 1.0, 4000), rng.uniform(0.0, 20.0, 4000)
+    eta_mc, q2_mc = rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 20.0, n)
+    eta = np.concatenate([eta_data, np.tile(eta_mc, copies)])
+    q2 = np.concatenate([q2_data, np.tile(q2_mc, copies)])
+    is_data = np.concatenate([np.ones(4000, int), np.zeros(n * copies, int)])
+    weight = np.concatenate([np.ones(4000), np.full(n * copies, 1.0 / copies)])
+    cols = {
+        "__run__": np.ones(len(eta), np.int64),
+        "mcCopyOf": np.concatenate([np.full(4000, np.nan), np.tile(np.arange(n), copies)]),
+    }
+    naive, ndf = offres_chi2(eta, q2, is_data, weight, eta_edges)
+    grouped, ndf_grouped = offres_chi2(eta, q2, is_data, weight, eta_edges, groups(cols))
+    single, _ = offres_chi2(
+        np.concatenate([eta_data, eta_mc]),
+        np.concatenate([q2_data, q2_mc]),
+        np.concatenate([np.ones(4000, int), np.zeros(n, int)]),
+        np.ones(4000 + n),
+        eta_edges,
+    )
+    assert ndf == ndf_grouped
+    assert grouped == pytest.approx(single, rel=1e-9)  # the copies are the events they copy
+    assert naive > 1.5 * grouped
