@@ -256,16 +256,23 @@ def _catalogue_table(run_dir: Path) -> list[str]:
     if doc is None:
         return ["no catalogue"]
     lines = [
-        "| dataset | generated | ITA entries | HTA entries | luminosity (fb^-1) |",
-        "|---|---|---|---|---|",
+        "| dataset | generated | detector copies | ITA entries | HTA entries"
+        " | luminosity (fb^-1) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, d in doc["datasets"].items():
         lum = d.get("luminosity_fb")
         lines.append(
-            f"| {name} | {d['generated']} | {d['entries_ita']} | {d['entries_hta']} | "
-            f"{'' if lum is None else f'{lum:.4g}'} |"
+            f"| {name} | {d['generated']} | {d.get('copies', 0)} | {d['entries_ita']} | "
+            f"{d['entries_hta']} | {'' if lum is None else f'{lum:.4g}'} |"
         )
-    return lines
+    return [
+        *lines,
+        "",
+        "Detector copies: extra passes of generated events through the detector, each with its"
+        " share of the event's weight (`mcCopyOf`; the MC errors count an event's copies as"
+        " one); entries are what the prefilter kept of the events and their copies.",
+    ]
 
 
 def _cutflow_table(cutflows: dict[str, Any], title: str, order: tuple[str, ...]) -> list[str]:
