@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from knunu.errors import ModelError
+from knunu.errors import InputError, ModelError
 from knunu.rundir import write_json
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,35 @@ def fold_events(columns: Mapping[str, np.ndarray], rows: np.ndarray | None = Non
         return event
     copy_of = np.nan_to_num(np.asarray(copy_of, dtype=np.float64), nan=-1.0)
     return np.where(copy_of >= 0, copy_of, event).astype(np.int64)
+
+
+#: A copy group's key: this bit, then the run number (31 bits), then ``mcCopyOf`` (20 bits),
+#: apart from every decay-library entry and unique in a dataset (its files have their own runs).
+_COPY_BIT, _COPY_EVENT_BITS = 52, 20
+
+
+def copy_groups(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per row, a key the detector copies of one generated event share (-1: not a copy).
+
+    A missing ``mcCopyOf`` (NaN: data rows in a table of several datasets) is -1.
+
+    >>> copy_groups({"__run__": np.array([3, 3]), "mcCopyOf": np.array([-1.0, 5.0])}).tolist()
+    [-1, 4503599630516229]
+
+    Raises:
+        InputError: an ``mcCopyOf`` does not fit its 20 bits.
+    """
+    if COPY_OF not in columns:
+        return np.full(len(columns["__run__"]), -1, dtype=np.int64)
+    copy_of = np.asarray(columns[COPY_OF])
+    if copy_of.dtype.kind == "f":
+        copy_of = np.nan_to_num(copy_of, nan=-1.0)
+    copy_of = copy_of.astype(np.int64)
+    if len(copy_of) and copy_of.max() >= 1 << _COPY_EVENT_BITS:
+        raise InputError(f"{COPY_OF} {copy_of.max()} above 2^{_COPY_EVENT_BITS}")
+    run = np.asarray(columns["__run__"]).astype(np.int64) & 0x7FFFFFFF
+    key = (1 << _COPY_BIT) | (run << _COPY_EVENT_BITS) | copy_of
+    return np.where(copy_of >= 0, key, -1)
 
 
 def matrix(columns: Mapping[str, np.ndarray], features: tuple[str, ...]) -> np.ndarray:

@@ -14,20 +14,18 @@ chi2 before and after, on out-of-fold scores.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import hist
 import numpy as np
 import pandas as pd
 
 from knunu.errors import InputError, ModelError
-from knunu.mva.bdt import KFoldBDT, train_kfold
+from knunu.mva.bdt import KFoldBDT, copy_groups, train_kfold
 from knunu.mva.corrections import corrected_inputs, nominal_mc
 from knunu.mva.eta import EtaTransform
-from knunu.processors.reuse import entry_sums, extra_variance, flat_bins, groups
 from knunu.rundir import write_json
 from knunu.samples import BACKGROUNDS, CONTINUUM, OFFRES, SIGNAL
 
@@ -321,7 +319,7 @@ def _train_bdtc(
     mc = label == 0
     corrected = np.where(mc & (cols["_continuum"] == 1), weight * w, weight)
     edges = np.linspace(cfg["bdtc_eta_min"], 1.0, 6)
-    shared = groups(cols)  # detector copies of one continuum event: one group
+    shared = copy_groups(cols)  # the detector copies of one continuum event: one group
     before = offres_chi2(eta_all, cols["K_q2rec"], label, weight, edges, shared)
     after = offres_chi2(eta_all, cols["K_q2rec"], label, corrected, edges, shared)
     fig = offres_comparison(
@@ -380,30 +378,45 @@ def _offres_columns(
 Q2_EDGES = np.array([-1.0, 4.0, 8.0, 25.0])
 
 
+def _shared_variance(
+    eta: np.ndarray, q2rec: np.ndarray, weight: np.ndarray, key: np.ndarray, eta_edges: np.ndarray
+) -> np.ndarray:
+    """Per (eta, q2rec) bin, what the events sharing a key add to sum w^2: (sum w)^2 - sum w^2."""
+    shape = (len(eta_edges) - 1, len(Q2_EDGES) - 1)
+    use = key >= 0
+    ie = np.searchsorted(eta_edges, eta[use], side="right") - 1
+    iq = np.searchsorted(Q2_EDGES, q2rec[use], side="right") - 1
+    ie = np.where(eta[use] == eta_edges[-1], shape[0] - 1, ie)  # histogram2d: last edge in
+    iq = np.where(q2rec[use] == Q2_EDGES[-1], shape[1] - 1, iq)
+    inside = (ie >= 0) & (ie < shape[0]) & (iq >= 0) & (iq < shape[1])
+    flat = ie[inside] * shape[1] + iq[inside]
+    groups, inverse = np.unique(np.stack([key[use][inside], flat]), axis=1, return_inverse=True)
+    w, n, inverse = weight[use][inside], groups.shape[1], inverse.ravel()
+    excess = np.bincount(inverse, w, n) ** 2 - np.bincount(inverse, w**2, n)
+    return np.bincount(groups[1], excess, int(np.prod(shape))).reshape(shape)
+
+
 def offres_chi2(
     eta: np.ndarray,
     q2rec: np.ndarray,
     is_data: np.ndarray,
     weight: np.ndarray,
     eta_edges: np.ndarray,
-    shared: Sequence[np.ndarray] = (),
+    shared: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """Shape chi2 per degree of freedom of data vs MC in (eta, q2rec) bins.
 
     MC is normalised to the data; each bin's variance is the data count plus the MC's
-    variance (scaled): its sum of squared weights, and for events that share a key of
-    ``shared`` (:func:`knunu.processors.reuse.groups`: detector copies of one event) the
-    covariance the sum misses. Empty bins are skipped.
+    variance (scaled): in a bin, the square of the summed weights of the events that share a
+    key of ``shared`` (:func:`~knunu.mva.bdt.copy_groups`: the detector copies of one event;
+    -1: none), and of every other event its squared weight. Empty bins are skipped.
     """
     d = is_data == 1
     hd = np.histogram2d(eta[d], q2rec[d], bins=(eta_edges, Q2_EDGES))[0]
     hm = np.histogram2d(eta[~d], q2rec[~d], bins=(eta_edges, Q2_EDGES), weights=weight[~d])[0]
     vm = np.histogram2d(eta[~d], q2rec[~d], bins=(eta_edges, Q2_EDGES), weights=weight[~d] ** 2)[0]
-    if shared:
-        axes = (hist.axis.Variable(eta_edges), hist.axis.Variable(Q2_EDGES))
-        flat = np.where(d, -1, flat_bins(axes, eta, q2rec))
-        sums = entry_sums(shared, flat, vm.size, weight)
-        vm = vm + extra_variance(sums, vm.size).reshape(vm.shape)
+    if shared is not None:
+        vm = vm + _shared_variance(eta, q2rec, weight, np.where(d, -1, shared), eta_edges)
     norm = hd.sum() / hm.sum() if hm.sum() > 0 else 0.0
     var = hd + vm * norm**2
     ok = var > 0

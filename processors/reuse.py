@@ -34,13 +34,10 @@ import hist
 import numpy as np
 
 from knunu.errors import InputError
-from knunu.mva.bdt import COPY_OF
+from knunu.mva.bdt import COPY_OF, copy_groups
 
 #: The truth branches naming each B's library entry (knunu's simulation; -1: none).
 ENTRIES = ("mcB1Entry", "mcB2Entry")
-#: A copy group's key: this bit, then the run number (31 bits), then ``mcCopyOf`` (20 bits),
-#: apart from every library entry and unique in a dataset (its files have their own runs).
-_COPY_BIT, _COPY_EVENT_BITS = 52, 20
 
 
 def _keys(values: np.ndarray) -> np.ndarray:
@@ -55,7 +52,7 @@ def groups(cols: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """The keys through which events share their weight's randomness (-1: none).
 
     Each B's library entry (when the columns have both), and for detector copies the
-    generated event.
+    generated event (:func:`knunu.mva.bdt.copy_groups`).
 
     >>> cols = {"__run__": np.array([3, 3]), "mcCopyOf": np.array([-1, 5])}
     >>> [g.tolist() for g in groups(cols)] == [[-1, (1 << 52) | (3 << 20) | 5]]
@@ -68,12 +65,7 @@ def groups(cols: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     if set(ENTRIES) <= set(cols):
         out = [_keys(cols[e]) for e in ENTRIES]
     if COPY_OF in cols:
-        copy_of = _keys(cols[COPY_OF])
-        if len(copy_of) and copy_of.max() >= 1 << _COPY_EVENT_BITS:
-            raise InputError(f"{COPY_OF} {copy_of.max()} above 2^{_COPY_EVENT_BITS}")
-        run = np.asarray(cols["__run__"], dtype=np.int64) & 0x7FFFFFFF
-        key = (1 << _COPY_BIT) | (run << _COPY_EVENT_BITS) | copy_of
-        out.append(np.where(copy_of >= 0, key, -1))
+        out.append(copy_groups(cols))
     return out
 
 

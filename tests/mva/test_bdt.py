@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from knunu.errors import ModelError
-from knunu.mva.bdt import KFoldBDT, fold_of, train_kfold
+from knunu.mva.bdt import KFoldBDT, copy_groups, fold_of, train_kfold
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight, offres_chi2, weighted_auc
-from knunu.processors.reuse import groups
 
 DEEP = {"max_depth": 8, "learning_rate": 0.3, "rounds": 150, "min_child_weight": 0.0}
 
@@ -221,7 +220,7 @@ def test_offres_chi2_counts_detector_copies_as_one_event():
         "mcCopyOf": np.concatenate([np.full(4000, np.nan), np.tile(np.arange(n), copies)]),
     }
     naive, ndf = offres_chi2(eta, q2, is_data, weight, eta_edges)
-    grouped, ndf_grouped = offres_chi2(eta, q2, is_data, weight, eta_edges, groups(cols))
+    grouped, ndf_grouped = offres_chi2(eta, q2, is_data, weight, eta_edges, copy_groups(cols))
     single, _ = offres_chi2(
         np.concatenate([eta_data, eta_mc]),
         np.concatenate([q2_data, q2_mc]),
