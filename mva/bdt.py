@@ -50,6 +50,20 @@ def fold_of(run: np.ndarray, event: np.ndarray, folds: int) -> np.ndarray:
 COPY_OF = "mcCopyOf"
 
 
+def int_keys(values: np.ndarray) -> np.ndarray:
+    """Integer keys (event numbers, library entries); a missing value is -1.
+
+    A NaN is a missing value: the data rows of a table of several datasets lack MC truth.
+
+    >>> int_keys(np.array([3.0, np.nan])).tolist()
+    [3, -1]
+    """
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values, nan=-1.0)
+    return values.astype(np.int64)
+
+
 def fold_events(columns: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
     """The event numbers that fix the folds: ``__event__``, or a detector copy's event.
 
@@ -68,8 +82,8 @@ def fold_events(columns: Mapping[str, np.ndarray], rows: np.ndarray | None = Non
         copy_of = None if copy_of is None else np.asarray(copy_of)[rows]
     if copy_of is None:
         return event
-    copy_of = np.nan_to_num(np.asarray(copy_of, dtype=np.float64), nan=-1.0)
-    return np.where(copy_of >= 0, copy_of, event).astype(np.int64)
+    copy_of = int_keys(copy_of)
+    return np.where(copy_of >= 0, copy_of, event)
 
 
 #: A copy group's key: this bit, then the run number (31 bits), then ``mcCopyOf`` (20 bits),
@@ -90,10 +104,7 @@ def copy_groups(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     """
     if COPY_OF not in columns:
         return np.full(len(columns["__run__"]), -1, dtype=np.int64)
-    copy_of = np.asarray(columns[COPY_OF])
-    if copy_of.dtype.kind == "f":
-        copy_of = np.nan_to_num(copy_of, nan=-1.0)
-    copy_of = copy_of.astype(np.int64)
+    copy_of = int_keys(columns[COPY_OF])
     if len(copy_of) and copy_of.max() >= 1 << _COPY_EVENT_BITS:
         raise InputError(f"{COPY_OF} {copy_of.max()} above 2^{_COPY_EVENT_BITS}")
     run = np.asarray(columns["__run__"]).astype(np.int64) & 0x7FFFFFFF

@@ -244,10 +244,10 @@ class HTAProcessor(processor.ProcessorABC):
         )
         fit.fill(variation="nominal", eta=eta, weight=w_nom)
         extra = {}
-        if not is_data and sample != "nature" and groups(cols):
+        shared = [] if is_data or sample == "nature" else groups(cols)
+        if shared:
             flat = flat_bins(fit.axes[1:], eta)
-            entries = groups(cols)
-            extra["hta_reuse"] = entry_sums(entries, flat, len(edges) - 1, w_nom)
+            extra["hta_reuse"] = entry_sums(shared, flat, len(edges) - 1, w_nom)
         if not is_data:
             _fill_variations(fit, models, cfg, sample, (raw, cols), bdth, eta, weight, cont)
         control = hist.Hist(

@@ -277,15 +277,15 @@ def _q2gen_map(
 
 
 def _reuse_sums(
-    cols: Mapping[str, np.ndarray],
+    shared: list[np.ndarray],
     p: np.ndarray,
     eta: np.ndarray,
     q2rec: np.ndarray,
     weight: np.ndarray,
     hists: Mapping[str, hist.Hist],
 ) -> dict[str, Any]:
-    """Per library entry and bin of each histogram, the weights it gave (MC errors of reuse)."""
-    entries = [g[p] for g in groups(cols)]
+    """Per shared key (library entry, detector copy) and bin of each histogram, its weights."""
+    entries = [g[p] for g in shared]
     out = {}
     for name, h in hists.items():
         n_bins = int(np.prod(h.axes.size[1:]))
@@ -439,9 +439,10 @@ class ITAProcessor(processor.ProcessorABC):
 
         fill("nominal", eta[p], q2[p], w_nom[p])
         reuse = {}
-        if not is_data and sample != "nature" and groups(cols):
+        shared = [] if is_data or sample == "nature" else groups(cols)
+        if shared:
             reuse = _reuse_sums(
-                cols, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
+                shared, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
             )
         if not is_data:
             for variation in self._variations(models, columns, nominal, weight, sample, passed):

@@ -34,18 +34,10 @@ import hist
 import numpy as np
 
 from knunu.errors import InputError
-from knunu.mva.bdt import COPY_OF, copy_groups
+from knunu.mva.bdt import COPY_OF, copy_groups, int_keys
 
 #: The truth branches naming each B's library entry (knunu's simulation; -1: none).
 ENTRIES = ("mcB1Entry", "mcB2Entry")
-
-
-def _keys(values: np.ndarray) -> np.ndarray:
-    """Integer keys; a missing value (NaN: data rows in a table of several datasets) is -1."""
-    values = np.asarray(values)
-    if values.dtype.kind == "f":
-        values = np.nan_to_num(values, nan=-1.0)
-    return values.astype(np.int64)
 
 
 def groups(cols: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -63,7 +55,7 @@ def groups(cols: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """
     out = []
     if set(ENTRIES) <= set(cols):
-        out = [_keys(cols[e]) for e in ENTRIES]
+        out = [int_keys(cols[e]) for e in ENTRIES]
     if COPY_OF in cols:
         out.append(copy_groups(cols))
     return out
