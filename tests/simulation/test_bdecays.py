@@ -144,3 +144,24 @@ def test_library_vertices_start_at_the_b_decay_point():
     # space and time of a displaced vertex form a time-like four-vector (c t >= |x|)
     assert np.all(generic[:, 0] + 1e-12 >= np.linalg.norm(generic[:, 1:], axis=1))
     assert np.mean(generic[:, 0] == 0.0) > 0.2  # the B's direct daughters
+
+
+def test_b_decays_to_a_spinless_meson_and_a_photon_are_drawn_again():
+    """Pythia's inclusive b -> s gamma collapses the s-quark system into a single kaon in
+    about a third of the decays: B+ -> K+ gamma, which angular momentum forbids (a spin-0 B
+    cannot give a helicity-1 photon and a spinless meson). The library's decayer draws such a
+    decay again: none is left, and the allowed K*+ gamma is."""
+    settings = ("521:onMode = off", "521:onIfMatch = 2 -3 22")
+    mass = bdecays.M_B[521]
+    raw = bdecays._pythia(settings, 3)
+    seen = []
+    for _ in range(300):
+        raw.event.reset()
+        raw.event.append(521, 1, 0, 0, 0.0, 0.0, 0.0, mass, mass)
+        assert raw.next()
+        seen.append(tuple(sorted(abs(raw.event[k].id()) for k in raw.event[1].daughterList())))
+    assert seen.count((22, 321)) > 0.2 * len(seen)
+    decayer = bdecays._pythia(settings, 4)
+    kept = [bdecays._decay(decayer, 521, mass)[1] for _ in range(300)]
+    assert not any(bdecays.spin_forbidden(p) for p in kept)
+    assert sum(sorted(p) == [22, 323] for p in kept) > 0.15 * len(kept)
