@@ -751,7 +751,12 @@ def hardest_momentum(lib: Library, kaons: bool = True) -> np.ndarray:
 
 
 def hta_sides(
-    lib: Library, slope: float, tag_slope: float, photon_slope: float = 0.0, misid: float = 0.0
+    lib: Library,
+    slope: float,
+    tag_slope: float,
+    photon_slope: float = 0.0,
+    misid: float = 0.0,
+    photon_loss: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The hadronic-tag analysis' factors per entry: (signal side, tag side).
 
@@ -760,7 +765,9 @@ def hta_sides(
     charged particles but no kaon (a lepton or pion taken for the kaon), else 0: the HTA keeps
     exactly one signal-side track, the kaon, and little extra neutral energy (``E_extra``, its
     BDTh's main input); ``E_photons`` is the photons' energy in the B rest frame (pi0 decays
-    included).
+    included). With ``photon_loss`` each photon counts ``photon_loss + (1 - photon_loss)
+    exp(-photon_slope E)``: a photon the calorimeter misses adds no E_extra, so an entry with
+    one hard photon still reaches the HTA's signal region in that fraction of its decays.
     Tag side: ``exp(-tag_slope n_charged)`` for an entry with no neutrino, K_L or
     (anti)neutron, else 0: a B the hadronic tag can reconstruct, in proportion to its tag
     probability (:class:`~knunu.simulation.reconstruction.TagModel`, ``correct_slope``), so
@@ -779,6 +786,8 @@ def hta_sides(
     [1.0, 0.368, 0.0, 0.368]
     >>> hta_sides(lib, 1.0, 0.5, misid=0.1)[0].round(3).tolist()  # the neutrino: no track
     [1.0, 0.368, 0.0, 1.0]
+    >>> hta_sides(lib, 1.0, 0.5, photon_slope=2.0, photon_loss=0.1)[0].round(3).tolist()
+    [1.0, 0.368, 0.0, 0.431]
     """
     p = lib.particles
     entry = np.repeat(np.arange(len(lib)), p.counts())
@@ -787,8 +796,9 @@ def hta_sides(
     invisible = np.bincount(entry[np.isin(np.abs(p.pdg), (12, 14, 16, 130, 2112))], minlength=n)
     kaons = np.bincount(entry[np.abs(p.pdg) == 321], minlength=n) > 0
     photon = p.pdg == 22
-    e_photons = np.bincount(entry[photon], weights=p.p4[photon, 0], minlength=n)
-    track = np.exp(-slope * (charged - 1.0) - photon_slope * e_photons)
+    kept = photon_loss + (1.0 - photon_loss) * np.exp(-photon_slope * p.p4[photon, 0])
+    photons = np.bincount(entry[photon], weights=np.log(kept), minlength=n)
+    track = np.exp(-slope * (charged - 1.0) + photons)
     signal = np.where(kaons, track, np.where(charged > 0, misid * track, 0.0))
     return signal, np.where(invisible == 0, np.exp(-tag_slope * charged), 0.0)
 

@@ -143,7 +143,9 @@ class Targeting:
     photon energy)`` (the HTA keeps events with exactly one signal-side track, the kaon, and
     little extra neutral energy; an entry with tracks but no kaon counts ``hta_misid`` of
     that, stop 46: one B+B- pair with a lepton taken for the kaon, drawn by the untargeted
-    share, held most of the HTA's squared weights on a default run), the other among the
+    share, held most of the HTA's squared weights on a default run; each photon counts
+    ``hta_photon_loss + (1 - hta_photon_loss) exp(-hta_photon_slope E)``, a missed photon
+    adding no extra energy: :func:`~knunu.simulation.bdecays.hta_sides`), the other among the
     fully visible
     entries (no neutrino, K_L or neutron: what the hadronic tag reconstructs, in proportion
     to its tag probability ``exp(-0.3 x charged particles)``). Measured on
@@ -168,6 +170,7 @@ class Targeting:
     hta_slope: float = 1.5
     hta_photon_slope: float = 0.0
     hta_misid: float = 0.0
+    hta_photon_loss: float = 0.0
     semileptonic: float = 1.0
     k_long: float = 1.0
     copies: int = 1
@@ -181,7 +184,7 @@ class Targeting:
         bad = bad or not (0 <= self.hta_share < 1 - self.kaon_share) or self.hta_slope < 0
         bad = bad or not (0 <= (self.kaon_misid_neutral or 0.0) <= 1)
         bad = bad or not (0 <= self.kaon_soft <= 1) or self.kaon_soft_p_gev < 0
-        bad = bad or not (0 <= self.hta_misid <= 1)
+        bad = bad or not (0 <= self.hta_misid <= 1) or not (0 <= self.hta_photon_loss < 1)
         bad = bad or self.hta_photon_slope < 0 or self.semileptonic <= 0 or self.k_long <= 0
         bad = bad or not (isinstance(self.copies, int) and 1 <= self.copies <= COPIES_MAX)
         if bad or not (0 < self.keep_below <= 1):
@@ -326,7 +329,11 @@ def entry_kaon_factor(
 
 @lru_cache(maxsize=4)
 def entry_hta_factors(
-    directory: str, slope: float, photon_slope: float = 0.0, misid: float = 0.0
+    directory: str,
+    slope: float,
+    photon_slope: float = 0.0,
+    misid: float = 0.0,
+    photon_loss: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The HTA's factors per library entry (cached): (signal side, tag side).
 
@@ -334,7 +341,7 @@ def entry_hta_factors(
     tag's probability (``TagModel.correct_slope``).
     """
     lib = load_mixture(directory).library
-    return bdecays.hta_sides(lib, slope, TagModel.correct_slope, photon_slope, misid)
+    return bdecays.hta_sides(lib, slope, TagModel.correct_slope, photon_slope, misid, photon_loss)
 
 
 def pair_proposal(
@@ -355,7 +362,9 @@ def pair_proposal(
     )
     if aim.hta_share <= 0 or neutral:
         return factor, aim.kaon_share + (aim.hta_share if neutral else 0.0), None
-    hta = entry_hta_factors(directory, aim.hta_slope, aim.hta_photon_slope, aim.hta_misid)
+    hta = entry_hta_factors(
+        directory, aim.hta_slope, aim.hta_photon_slope, aim.hta_misid, aim.hta_photon_loss
+    )
     return factor, aim.kaon_share, (*hta, aim.hta_share)
 
 

@@ -125,7 +125,7 @@ def test_the_candidate_layout_holds_the_same_events(libraries, tmp_path):
     records = {}
     for layout in ("event", "candidate"):
         path = str(tmp_path / f"{layout}.root")
-        task = FileTask("charged", 300, 11, path, libraries=libraries, layout=layout)
+        task = FileTask("charged", 1000, 11, path, libraries=libraries, layout=layout)
         records[layout] = produce_file(task)
     event, candidate = records["event"], records["candidate"]
     assert candidate.layout == "candidate"
@@ -424,6 +424,7 @@ def test_the_nature_stream_is_weighted_data_with_boosted_tags(libraries, tmp_pat
         (False, 0.1, (1.5, 3.0)),
         (True, 0.1, (1.5, 3.0)),
         (False, 0.1, (1.5, 3.0, 0.03)),
+        (True, 0.1, (1.5, 3.0, 0.2, 0.047)),
     ],
 )
 def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share, hta):
@@ -431,7 +432,8 @@ def test_kaon_side_pairs_carry_exact_weights(libraries, natural, hta_share, hta)
 
     MC and the weighted nature stream; with ``hta_share`` a tenth of the pairs go to a kaon
     among few charged particles next to a fully visible B (the hadronic tag's events), also
-    with the photon-energy tilt of the HTA's signal side and its fakes (``hta_misid``).
+    with the photon-energy tilt of the HTA's signal side, its fakes (``hta_misid``) and
+    the photons the calorimeter misses (``hta_photon_loss``).
     """
     from knunu.simulation.production import (
         entry_hardest,
