@@ -377,9 +377,10 @@ def spin_forbidden(products: tuple[int, ...]) -> bool:
 
     Pythia's inclusive b -> s gamma (matrix-element mode 31) collapses a light s-quark system
     into a single kaon in a third of the decays (5,000 B+ decays: K+ gamma 33 %, K*+ gamma
-    17 %), which makes B+ -> K+ gamma with B = 2e-4: a lone hard kaon, signal-like once the
-    photon is missed (stop 49: one such pair held 89 % of the HTA's squared weights in a
-    default run). :func:`build_library` decays such a B again.
+    17 %), which makes B+ -> K+ gamma with B = 1.0e-4 (a third of the channel's 3.1e-4): a
+    lone hard kaon, signal-like once the photon is missed (stop 49: one such pair held 89 % of
+    the HTA's squared weights in a default run). :func:`build_library` decays such a B again,
+    so b -> s gamma is 2.5e-4 per B+ instead of Pythia's 3.5e-4 (PDG 3.49e-4).
 
     >>> spin_forbidden((22, 321)), spin_forbidden((321, 22)), spin_forbidden((22, 323))
     (True, True, False)
