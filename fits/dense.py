@@ -8,12 +8,16 @@ unbatched). The models knunu fits use four modifier types: ``normfactor``, ``nor
 reads them from a built ``pyhf.pdf.Model`` into dense arrays over (sample-in-channel, bin), so
 that the expected data is a few array operations:
 
-    lambda_b = sum_e (nominal_eb + sum_k delta_keb(alpha_k)) x prod normfactors_e
-               x prod_k f_ke(alpha_k) x gamma_eb
+    lambda_b = sum_e max(0, (nominal_eb + sum_k delta_keb(alpha_k)) x prod normfactors_e
+                            x prod_k f_ke(alpha_k) x gamma_eb)
 
 and the log-likelihood (Poisson main data, Gaussian constraints, with their constants) equals
-pyhf's ``model.logpdf`` (tests check it to 1e-10 at random points). pyhf builds the model and
-stays the reference: anything this module does not know raises
+pyhf's ``model.logpdf`` (tests check it to 1e-10 at random points). The max(0, ...) is there
+when the model clips each sample's expected yields at zero (pyhf's ``clip_sample_data=0``; with
+non-negative normfactors the same as ROOT's HistFactory, whose interpolated templates are
+positive definite; knunu's own models clip, see :func:`knunu.fits.infer.build_model`); without
+it a sample's yield may go negative. pyhf
+builds the model and stays the reference: anything this module does not know raises
 :class:`~knunu.errors.FitError`, and the caller keeps pyhf's own graph.
 """
 
@@ -126,6 +130,7 @@ class DenseModel(NamedTuple):
     gamma_index: np.ndarray  # (E, B) staterror parameter per entry and bin, else npars
     constraint_par: np.ndarray  # (C,) Gaussian-constrained parameters in auxdata order
     constraint_sigma: np.ndarray  # (C,)
+    clip: bool = False  # each sample's expected yield per bin clipped at zero
 
 
 def compile_model(model: Any) -> DenseModel:
@@ -140,6 +145,7 @@ def compile_model(model: Any) -> DenseModel:
     for kind, code in SUPPORTED.items():
         if code is not None and settings.get(kind, {}).get("interpcode") != code:
             raise FitError(f"dense model: {kind} interpolation {settings.get(kind)} not {code}")
+    clip = _clipping(model)
     npars, nmain = cfg.npars, cfg.nmaindata
     offsets, start = {}, 0  # the main data's channel order is the config's (sorted)
     for ch in cfg.channels:
@@ -176,7 +182,23 @@ def compile_model(model: Any) -> DenseModel:
         np.array(terms.gammas, dtype=int),
         np.array(c_par, dtype=int),
         np.array(c_sigma, dtype=float),
+        clip,
     )
+
+
+def _clipping(model: Any) -> bool:
+    """Whether the model clips each sample's yields at zero (pyhf's ``clip_sample_data=0``).
+
+    Raises:
+        FitError: another clipping (a floor other than zero, or clipping per bin).
+    """
+    main = model.main_model
+    per_sample = getattr(main, "clip_sample_data", None)
+    if getattr(main, "clip_bin_data", None) is not None:
+        raise FitError("dense model: clipping per bin (clip_bin_data) not supported")
+    if per_sample not in (None, 0.0):
+        raise FitError(f"dense model: clipping samples at {per_sample}, not at zero")
+    return per_sample is not None
 
 
 class _Terms:
@@ -284,11 +306,17 @@ def _parts(dm: DenseModel, x: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
     return rates, d_delta, f, d_f, sys_factor, xe[dm.factor_index], xe[dm.gamma_index]
 
 
+def _kept(dm: DenseModel, by_sample: jnp.ndarray) -> jnp.ndarray:
+    """Where a sample's expected yield counts: everywhere, or where it is positive (clipped)."""
+    return jnp.logical_or(not dm.clip, by_sample > 0.0)
+
+
 def expected_main(dm: DenseModel, x: jnp.ndarray) -> jnp.ndarray:
     """Expected main data at parameters ``x`` (pyhf's ``expected_actualdata``)."""
     rates, _, _, _, sys_factor, slots, gamma = _parts(dm, x)
     factor = sys_factor * jnp.prod(slots, axis=1)
-    return jnp.sum(rates * factor[:, None] * gamma, axis=0)
+    by_sample = rates * factor[:, None] * gamma
+    return jnp.sum(jnp.where(_kept(dm, by_sample), by_sample, 0.0), axis=0)
 
 
 def expected_and_jacobian(dm: DenseModel, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -303,7 +331,10 @@ def expected_and_jacobian(dm: DenseModel, x: jnp.ndarray) -> tuple[jnp.ndarray, 
     width = dm.factor_index.shape[1]
     norm_factor = jnp.prod(slots, axis=1)
     factor = sys_factor * norm_factor
-    lam = jnp.sum(rates * factor[:, None] * gamma, axis=0)
+    by_sample = rates * factor[:, None] * gamma
+    kept = _kept(dm, by_sample)  # a clipped sample's yield does not move with any parameter
+    lam = jnp.sum(jnp.where(kept, by_sample, 0.0), axis=0)
+    gamma = jnp.where(kept, gamma, 0.0)  # enters every derivative below
     npars_e = dm.npars + 1
     seg = jax.ops.segment_sum
     # histosys: d lambda_b / d alpha = sum over its terms of d delta x factor x gamma
@@ -327,7 +358,7 @@ def expected_and_jacobian(dm: DenseModel, x: jnp.ndarray) -> tuple[jnp.ndarray, 
         jac = jac + seg(term, dm.factor_index[:, j], num_segments=npars_e)
     # staterror: d lambda_b / d gamma_eb = rates x factor
     cols = np.broadcast_to(np.arange(nmain), dm.gamma_index.shape)
-    jac = jac.at[dm.gamma_index, cols].add(rates * factor[:, None])
+    jac = jac.at[dm.gamma_index, cols].add(jnp.where(kept, rates * factor[:, None], 0.0))
     return lam, jac[: dm.npars].T
 
 
@@ -379,9 +410,18 @@ def nll_grad_fisher(
     1/sigma^2 on their diagonal.
     """
     value, grad, lam, jac = _nll_grad(dm, x, data)
-    fisher = jac.T @ (jac / lam[:, None])
+    fisher = jac.T @ (jac / information_weight(lam)[:, None])
     fisher = fisher.at[dm.constraint_par, dm.constraint_par].add(1.0 / dm.constraint_sigma**2)
     return value, grad, fisher
+
+
+def information_weight(lam: jnp.ndarray) -> jnp.ndarray:
+    """lambda, the Poisson information's denominator, with 1 where lambda is 0.
+
+    A bin expecting nothing (every sample clipped, or empty) has a Jacobian row of zeros: it
+    adds no information, and 0 / 0 must not make it NaN.
+    """
+    return jnp.where(lam > 0.0, lam, 1.0)
 
 
 def newton_step(
@@ -409,7 +449,7 @@ def newton_step(
     con = np.asarray(dm.constraint_par)
     jm = jac * active[None, :]
     c = jnp.where(active, c_full, 1.0)
-    w = 1.0 / lam
+    w = 1.0 / information_weight(lam)
     # A = C_k + J_k^T W J_k on the constrained block, by Woodbury: S = W^-1 + J_k C_k^-1 J_k^T
     jk, ck = jm[:, con], c[con]
     s_mat = jnp.diag(1.0 / w) + (jk / ck[None, :]) @ jk.T

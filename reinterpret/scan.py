@@ -21,7 +21,7 @@ import numpy as np
 import pyhf
 
 from knunu.errors import FitError, LimitAboveBoundError
-from knunu.fits.infer import Likelihood, significance, upper_limit
+from knunu.fits.infer import Likelihood, build_model, significance, upper_limit
 from knunu.reinterpret import spectra
 from knunu.reinterpret.maps import Map
 from knunu.reinterpret.model import SIGNAL_SAMPLES, Term, alternative_workspace
@@ -280,7 +280,7 @@ def scan_x(
     failed = []
     for k, m in enumerate(masses):
         ws = x_workspace(workspace, maps, null, float(m))
-        model = ws.model()
+        model = build_model(ws)
         lh = None
         if base is not None:
             try:

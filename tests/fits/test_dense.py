@@ -115,6 +115,32 @@ def test_jacobian_equals_autodiff_of_pyhf(workspace):
         np.testing.assert_allclose(jac, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
+def test_a_sample_pushed_below_zero_is_clipped_as_pyhf_clips_it():
+    # the small model's signal shape variation (bin 3: 2 -> 1 at alpha = 1) empties that bin
+    # at alpha = 2 and goes negative beyond: pyhf with clip_sample_data=0 counts it as 0
+    pyhf.set_backend("jax")
+    ws = _small()
+    model = ws.model(clip_sample_data=0.0)
+    dm = dense.compile_model(model)
+    assert dm.clip
+    assert not dense.compile_model(ws.model()).clip
+    cfg = model.config
+    data = jnp.asarray(ws.data(model))
+    auto = jax.jacrev(model.expected_actualdata)
+    for alpha in (1.5, 3.0, 4.5):
+        x = np.asarray(cfg.suggested_init(), dtype=float)
+        x[cfg.par_slice("shape")] = alpha
+        by_sample = np.asarray(ws.model().main_model.expected_data(x, return_by_sample=True))
+        signal = by_sample[cfg.samples.index("signal"), cfg.channel_slices["sr"]]
+        assert (signal[2] < 0) == (alpha > 2)  # the unclipped signal of bin 3
+        xj = jnp.asarray(x)
+        ref = float(model.logpdf(xj, data)[0])
+        assert float(dense.logpdf(dm, xj, data)) == pytest.approx(ref, abs=1e-9)
+        lam, jac = dense.expected_and_jacobian(dm, xj)
+        np.testing.assert_allclose(lam, model.expected_actualdata(xj), rtol=1e-12)
+        np.testing.assert_allclose(jac, auto(xj), rtol=1e-9, atol=1e-12)
+
+
 def test_newton_step_solves_the_fisher_system(workspace):
     # the Woodbury/Schur step equals a dense solve on the active parameters, with the POI
     # held at its lower bound (pushed outward) and a fixed parameter

@@ -8,11 +8,13 @@ import dataclasses
 import numpy as np
 import pyhf
 import pytest
+import scipy.optimize
 
 from knunu.errors import FitError, LimitAboveBoundError, WorkspaceError
 from knunu.fits.infer import (
     Likelihood,
     asimov_data,
+    build_model,
     cls,
     deviance,
     goodness_of_fit,
@@ -87,8 +89,9 @@ def test_fit_accepts_a_minimum_near_enough_and_refuses_one_that_is_not(monkeypat
 def test_a_fit_ending_where_the_nll_is_not_finite_is_refused():
     # mu held at -50: both bins expect a negative yield whatever the gammas do; the minimiser
     # stops there with a tiny EDM, and that point used to be returned as converged (NLL nan,
-    # so q_mu = max(0, nan) = 0 and a significance of 0 was printed)
-    lh = Likelihood.from_workspace(_workspace())
+    # so q_mu = max(0, nan) = 0 and a significance of 0 was printed). Samples unclipped, as
+    # knunu builds a model whose normfactors may go negative (clipped, the signal would vanish)
+    lh = Likelihood.from_workspace(_workspace(), clip_sample_data=None)
     with pytest.raises(FitError, match="not finite"):
         lh.profile(lh.poi, -50.0)
 
@@ -205,6 +208,58 @@ def test_sample_has_the_model_mean():
     np.testing.assert_array_equal(toys, lh.sample(x, 20000, seed=3))
 
 
+def _crossing_workspace() -> pyhf.Workspace:
+    """An empty bin whose only sample a shape variation empties at alpha = -1, and a channel
+    whose data pull that variation to about -1.7: the sparse bins of a run's own workspace."""
+
+    def sample(name, data, hi, lo, extra=()):
+        mods = [{"name": "shape", "type": "histosys", "data": {"hi_data": hi, "lo_data": lo}}]
+        return {"name": name, "data": data, "modifiers": mods + list(extra)}
+
+    mu = {"name": "mu", "type": "normfactor", "data": None}
+    return pyhf.Workspace(
+        {
+            "channels": [
+                {"name": "sparse", "samples": [sample("ccbar", [0.01], [0.02], [0.0])]},
+                {
+                    "name": "bulk",
+                    "samples": [
+                        sample("bkg", [100.0], [120.0], [80.0]),
+                        sample("sig", [5.0], [5.0], [5.0], [mu]),
+                    ],
+                },
+            ],
+            "observations": [{"name": "sparse", "data": [0.0]}, {"name": "bulk", "data": [60.0]}],
+            "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+            "version": "1.0.0",
+        }
+    )
+
+
+def test_a_template_emptied_by_a_shape_variation_does_not_stop_the_fit():
+    # Unclipped, the sparse bin's yield 0.01 (1 + alpha) goes negative below alpha = -1: no
+    # likelihood there. Fits stalled against that wall (goodness-of-fit toys of a run's own
+    # workspace, 160 of 500), or stopped on it as if converged (this one did, at alpha = -1,
+    # EDM 9e-11: the information 0.01^2 / lambda grows without bound as lambda -> 0). Clipped
+    # at zero as knunu builds it, the fit goes on to where the bulk channel's data put alpha.
+    clipped = Likelihood.from_workspace(_crossing_workspace())
+    best = clipped.fit(fixed={clipped.poi: 0.0})
+    alpha = best.x[clipped.model.config.par_slice("shape")][0]
+    # bulk alone: 100 + 20 alpha against 60 events, with a unit Gaussian constraint
+    nll = lambda a: (100 + 20 * a) - 60 * np.log(100 + 20 * a) + 0.5 * a * a  # noqa: E731
+    assert alpha == pytest.approx(scipy.optimize.minimize_scalar(nll).x, abs=1e-4)
+    assert alpha < -1.5
+
+
+def test_samples_are_clipped_unless_a_normfactor_may_subtract():
+    ws = _workspace()
+    assert build_model(ws).main_model.clip_sample_data == 0.0
+    assert build_model(ws, clip_sample_data=None).main_model.clip_sample_data is None
+    spec = copy.deepcopy(dict(ws))
+    spec["measurements"][0]["config"]["parameters"] = [{"name": "mu", "bounds": [[-5.0, 10.0]]}]
+    assert build_model(pyhf.Workspace(spec)).main_model.clip_sample_data is None
+
+
 def test_no_toys_from_a_point_with_negative_expected_yields():
     """A histosys extrapolated far enough empties a bin: one clear error, not numpy's."""
     spec = {
@@ -235,7 +290,7 @@ def test_no_toys_from_a_point_with_negative_expected_yields():
         "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
         "version": "1.0.0",
     }
-    lh = Likelihood.from_workspace(pyhf.Workspace(spec))
+    lh = Likelihood.from_workspace(pyhf.Workspace(spec), clip_sample_data=None)  # unclipped
     x = np.array(lh.init, dtype=float)
     x[lh.model.config.par_slice("mu")] = 0.0
     x[lh.model.config.par_slice("shape")] = -3.0  # 5 + 3 (1 - 5) = -7 events

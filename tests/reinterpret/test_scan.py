@@ -7,7 +7,7 @@ import pyhf
 import pytest
 
 from knunu.errors import FitError
-from knunu.fits.infer import Likelihood
+from knunu.fits.infer import Likelihood, build_model
 from knunu.fits.workspace import load_workspace, published_workspace_path
 from knunu.reinterpret import maps, scan, spectra
 from knunu.reinterpret.model import SIGNAL_SAMPLES, Term, alternative_workspace
@@ -138,4 +138,4 @@ def test_a_variant_is_the_model_compiled_afresh(published):
         bounds={scan.X_TERM: (0.0, 50.0)},
     )  # fmt: skip
     with pytest.raises(FitError, match="bounds"):
-        base.variant(other.model())
+        base.variant(build_model(other))
