@@ -72,6 +72,48 @@ def bsz2015(q2: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return fp, f0, ft
 
 
+def symmetric_eigen(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors (columns) of a small symmetric matrix, bit-reproducible.
+
+    Cyclic Jacobi rotations in plain floating point (Golub and Van Loan, Matrix Computations,
+    8.5), no BLAS or LAPACK: ``np.linalg.eigh`` differs in the last bits with the kernel
+    OpenBLAS picks for the CPU (``OPENBLAS_CORETYPE``), so a form-factor weight computed on a
+    batch node whose environment lacks the variable (HTCondor starts jobs with a clean one)
+    differed by 2e-16 from the local run's, and histograms were no longer bit-identical.
+
+    >>> vals, vecs = symmetric_eigen(np.array([[2.0, 1.0], [1.0, 2.0]]))
+    >>> [round(float(v), 12) for v in vals]
+    [1.0, 3.0]
+    """
+    a = [[float(v) for v in row] for row in np.asarray(matrix)]
+    n = len(a)
+    v = [[float(i == j) for j in range(n)] for i in range(n)]
+    for _sweep in range(100):
+        if all(a[p][q] == 0.0 for p in range(n) for q in range(p + 1, n)):
+            break
+        for p in range(n):
+            for q in range(p + 1, n):
+                if a[p][q] == 0.0:
+                    continue
+                theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q])
+                t = math.copysign(1.0, theta) / (abs(theta) + math.sqrt(theta * theta + 1.0))
+                c = 1.0 / math.sqrt(t * t + 1.0)
+                s = t * c
+                for k in range(n):  # A <- A J (columns p, q), V <- V J
+                    akp, akq = a[k][p], a[k][q]
+                    a[k][p], a[k][q] = c * akp - s * akq, s * akp + c * akq
+                    vkp, vkq = v[k][p], v[k][q]
+                    v[k][p], v[k][q] = c * vkp - s * vkq, s * vkp + c * vkq
+                for k in range(n):  # A <- J^T A (rows p, q)
+                    apk, aqk = a[p][k], a[q][k]
+                    a[p][k], a[q][k] = c * apk - s * aqk, s * apk + c * aqk
+                a[p][q] = a[q][p] = 0.0
+    order = sorted(range(n), key=lambda i: a[i][i])
+    vals = np.array([a[i][i] for i in order])
+    vecs = np.array([[v[k][i] for i in order] for k in range(n)])
+    return vals, vecs
+
+
 @lru_cache(maxsize=1)
 def f_plus_eigen_shifts() -> np.ndarray:
     """One-sigma shifts of the parameters along the eigenvectors of f+'s covariance.
@@ -86,7 +128,7 @@ def f_plus_eigen_shifts() -> np.ndarray:
     True
     """
     ff = form_factors()
-    vals, vecs = np.linalg.eigh(ff.cov[np.ix_(F_PLUS, F_PLUS)])
+    vals, vecs = symmetric_eigen(ff.cov[np.ix_(F_PLUS, F_PLUS)])
     order = np.argsort(vals)[::-1]
     out = np.zeros((len(F_PLUS), len(ff.mean)))
     for row, e in enumerate(order):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -135,3 +139,38 @@ def test_form_factor_variations_keep_the_branching_fraction():
                 nominal, rel=1e-6
             )
         assert (up[100] - 1) * (down[100] - 1) < 0
+
+
+def test_the_eigen_decomposition_agrees_with_lapack():
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 6):
+        m = rng.normal(size=(n, n))
+        m = m @ m.T
+        vals, vecs = formfactors.symmetric_eigen(m)
+        np.testing.assert_allclose(vals, np.linalg.eigh(m)[0], atol=1e-13 * np.abs(vals).max())
+        np.testing.assert_allclose(vecs @ np.diag(vals) @ vecs.T, m, atol=1e-13 * np.abs(m).max())
+        np.testing.assert_allclose(vecs.T @ vecs, np.eye(n), atol=1e-14)
+
+
+_WEIGHTS = """
+import numpy as np
+from knunu.simulation.signal import form_factor_weight
+q2 = np.linspace(0.1, 22.0, 9)
+print([form_factor_weight(q2, c, s).tolist() for c in range(3) for s in (1.0, -1.0)])
+"""
+
+
+def test_form_factor_weights_do_not_depend_on_the_blas_kernel():
+    # HTCondor starts jobs with a clean environment: OpenBLAS then picks its kernel itself,
+    # and LAPACK's eigenvectors (so the weights) differed in the last bits from the local
+    # run's, where OPENBLAS_CORETYPE was set
+    runs = []
+    for coretype in (None, "Prescott", "Haswell"):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        if coretype:
+            env["OPENBLAS_CORETYPE"] = coretype
+        out = subprocess.run(
+            [sys.executable, "-c", _WEIGHTS], env=env, capture_output=True, text=True, check=True
+        )
+        runs.append(out.stdout)
+    assert runs[0] == runs[1] == runs[2]
