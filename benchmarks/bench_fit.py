@@ -22,7 +22,14 @@ import numpy as np
 import pyhf
 from _results import write_results
 
-from knunu.fits.infer import Likelihood, deviance, goodness_of_fit, impacts, significance
+from knunu.fits.infer import (
+    Likelihood,
+    build_model,
+    deviance,
+    goodness_of_fit,
+    impacts,
+    significance,
+)
 from knunu.fits.workspace import load_workspace, published_workspace_path
 
 GOF_TOYS = 1000
@@ -90,7 +97,7 @@ def knunu_engine(ws, engine):
 
 def pyhf_fits(ws, optimizer, toys):
     pyhf.set_backend("jax", optimizer)
-    model = ws.model()
+    model = build_model(ws)  # the model knunu fits (samples clipped at zero)
     data = ws.data(model)
     pyhf.infer.mle.fit(data, model)  # warm-up (jit)
     fit_s, (pars, twice) = timed(

@@ -307,8 +307,13 @@ def _parts(dm: DenseModel, x: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
 
 
 def _kept(dm: DenseModel, by_sample: jnp.ndarray) -> jnp.ndarray:
-    """Where a sample's expected yield counts: everywhere, or where it is positive (clipped)."""
-    return jnp.logical_or(not dm.clip, by_sample > 0.0)
+    """Where a sample's expected yield counts: everywhere, or where it is not negative (clipped).
+
+    At exactly zero (a normfactor at its bound 0, an empty nominal bin at alpha = 0) the yield
+    keeps its unclipped derivatives: counted as clipped there, a POI at 0 had no gradient and
+    no fit could move it off its bound. pyhf's jax clip gives half the derivative at the tie.
+    """
+    return jnp.logical_or(not dm.clip, by_sample >= 0.0)
 
 
 def expected_main(dm: DenseModel, x: jnp.ndarray) -> jnp.ndarray:
@@ -332,7 +337,7 @@ def expected_and_jacobian(dm: DenseModel, x: jnp.ndarray) -> tuple[jnp.ndarray, 
     norm_factor = jnp.prod(slots, axis=1)
     factor = sys_factor * norm_factor
     by_sample = rates * factor[:, None] * gamma
-    kept = _kept(dm, by_sample)  # a clipped sample's yield does not move with any parameter
+    kept = _kept(dm, by_sample)  # a clipped (negative) yield does not move with any parameter
     lam = jnp.sum(jnp.where(kept, by_sample, 0.0), axis=0)
     gamma = jnp.where(kept, gamma, 0.0)  # enters every derivative below
     npars_e = dm.npars + 1
@@ -418,8 +423,9 @@ def nll_grad_fisher(
 def information_weight(lam: jnp.ndarray) -> jnp.ndarray:
     """lambda, the Poisson information's denominator, with 1 where lambda is 0.
 
-    A bin expecting nothing (every sample clipped, or empty) has a Jacobian row of zeros: it
-    adds no information, and 0 / 0 must not make it NaN.
+    A bin expecting nothing (every sample clipped, or empty) has no likelihood curvature to
+    give; its Jacobian row is zero unless a parameter could fill it from zero: 0 / 0 (or x / 0)
+    must not make the information NaN or infinite.
     """
     return jnp.where(lam > 0.0, lam, 1.0)
 

@@ -38,8 +38,10 @@ class FormFactors(NamedTuple):
         >>> bool(np.allclose(shifts.T @ shifts, ff.cov))
         True
         """
-        vals, vecs = np.linalg.eigh(self.cov)
-        return (vecs * np.sqrt(np.clip(vals, 0.0, None))).T
+        vals, vecs = symmetric_eigen(self.cov)  # not LAPACK: the same on every machine
+        shifts = (vecs * np.sqrt(np.clip(vals, 0.0, None))).T
+        sign = np.sign(shifts[np.arange(len(shifts)), np.argmax(np.abs(shifts), axis=1)])
+        return shifts * np.where(sign == 0, 1.0, sign)[:, None]  # largest component positive
 
 
 @lru_cache(maxsize=1)

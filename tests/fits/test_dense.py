@@ -141,6 +141,23 @@ def test_a_sample_pushed_below_zero_is_clipped_as_pyhf_clips_it():
         np.testing.assert_allclose(jac, auto(xj), rtol=1e-9, atol=1e-12)
 
 
+def test_a_normfactor_at_zero_keeps_its_derivative_when_clipped():
+    # counted as clipped at exactly 0, a POI at its lower bound had no gradient: a fit started
+    # there (goodness-of-fit toys start at the best fit) could never leave it
+    pyhf.set_backend("jax")
+    ws = _small()
+    model = ws.model()
+    clipped, plain = dense.compile_model(ws.model(clip_sample_data=0.0)), dense.compile_model(model)
+    x = np.asarray(model.config.suggested_init(), dtype=float)
+    x[model.config.poi_index] = 0.0
+    jac_c = np.asarray(dense.expected_and_jacobian(clipped, jnp.asarray(x))[1])
+    jac_p = np.asarray(dense.expected_and_jacobian(plain, jnp.asarray(x))[1])
+    np.testing.assert_array_equal(jac_c, jac_p)
+    assert np.abs(jac_c[:, model.config.poi_index]).max() > 1.0
+    lh = Likelihood.from_workspace(ws)
+    assert lh.fit(init=x).x[lh.poi] == pytest.approx(lh.fit().x[lh.poi], abs=1e-5)
+
+
 def test_newton_step_solves_the_fisher_system(workspace):
     # the Woodbury/Schur step equals a dense solve on the active parameters, with the POI
     # held at its lower bound (pushed outward) and a fixed parameter
