@@ -176,7 +176,7 @@ class Likelihood:
             # diagonal of their Hessian.
             lam = expected_main(x)
             jac = jax.jacrev(expected_main)(x)  # 8x faster than jacfwd here (few bins)
-            main = jac.T @ (jac / dense.information_weight(lam)[:, None])
+            main = jac.T @ (jac / dense.information_weight(lam, jac)[:, None])
             aux = data[self.nmain :]
             diag = jax.jvp(lambda y: grad_c(y, aux), (x,), (jnp.ones_like(x),))[1]
             return main + jnp.diag(diag)
@@ -717,8 +717,6 @@ class Likelihood:
 #: against (160 of 500 goodness-of-fit toys of a default run's workspace) or stopped on as if
 #: converged. With the clip, such a sample adds nothing to that bin and the fit goes on.
 MODEL_OPTIONS: dict[str, Any] = {"clip_sample_data": 0.0}
-#: pyhf's default bounds of a normfactor.
-NORMFACTOR_BOUNDS = (0.0, 10.0)
 
 
 class _PyhfClipNotice(logging.Filter):
@@ -749,7 +747,8 @@ def build_model(workspace: pyhf.Workspace, **kwargs: Any) -> Any:
         for m in sample["modifiers"]
         if m["type"] == "normfactor"
     }
-    subtracts = any(bounds.get(name, NORMFACTOR_BOUNDS)[0] < 0 for name in factors)
+    default = pyhf.modifiers.normfactor.required_parset([], None)["bounds"][0]
+    subtracts = any(bounds.get(name, default)[0] < 0 for name in factors)
     return workspace.model(**{**({} if subtracts else MODEL_OPTIONS), **kwargs})
 
 

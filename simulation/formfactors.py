@@ -38,10 +38,7 @@ class FormFactors(NamedTuple):
         >>> bool(np.allclose(shifts.T @ shifts, ff.cov))
         True
         """
-        vals, vecs = symmetric_eigen(self.cov)  # not LAPACK: the same on every machine
-        shifts = (vecs * np.sqrt(np.clip(vals, 0.0, None))).T
-        sign = np.sign(shifts[np.arange(len(shifts)), np.argmax(np.abs(shifts), axis=1)])
-        return shifts * np.where(sign == 0, 1.0, sign)[:, None]  # largest component positive
+        return eigen_shifts(self.cov)
 
 
 @lru_cache(maxsize=1)
@@ -116,6 +113,21 @@ def symmetric_eigen(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vals, vecs
 
 
+def eigen_shifts(cov: np.ndarray) -> np.ndarray:
+    """One-sigma shifts along a covariance's eigenvectors, smallest eigenvalue first (rows).
+
+    Each shift's largest component is positive (a fixed sign); :func:`symmetric_eigen`, not
+    LAPACK, so the same on every machine.
+
+    >>> eigen_shifts(np.diag([4.0, 1.0])).tolist()
+    [[0.0, 1.0], [2.0, 0.0]]
+    """
+    vals, vecs = symmetric_eigen(cov)
+    shifts = (vecs * np.sqrt(np.clip(vals, 0.0, None))).T
+    sign = np.sign(shifts[np.arange(len(shifts)), np.argmax(np.abs(shifts), axis=1)])
+    return shifts * np.where(sign == 0, 1.0, sign)[:, None]
+
+
 @lru_cache(maxsize=1)
 def f_plus_eigen_shifts() -> np.ndarray:
     """One-sigma shifts of the parameters along the eigenvectors of f+'s covariance.
@@ -130,11 +142,7 @@ def f_plus_eigen_shifts() -> np.ndarray:
     True
     """
     ff = form_factors()
-    vals, vecs = symmetric_eigen(ff.cov[np.ix_(F_PLUS, F_PLUS)])
-    order = np.argsort(vals)[::-1]
     out = np.zeros((len(F_PLUS), len(ff.mean)))
-    for row, e in enumerate(order):
-        vec = vecs[:, e] * math.sqrt(max(vals[e], 0.0))
-        out[row, list(F_PLUS)] = vec * np.sign(vec[np.argmax(np.abs(vec))])
+    out[:, list(F_PLUS)] = eigen_shifts(ff.cov[np.ix_(F_PLUS, F_PLUS)])[::-1]
     out.setflags(write=False)
     return out
