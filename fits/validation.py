@@ -11,7 +11,7 @@ import copy
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ import numpy as np
 import pyhf
 
 from knunu.errors import FitError, InputError
+from knunu.fits.build import CHANNELS
 from knunu.fits.infer import MAX_FAILED_TOY_FRACTION, Likelihood
 from knunu.fits.workspace import analyses_in, select
 from knunu.samples import BBBAR
@@ -30,30 +31,55 @@ log = logging.getLogger(__name__)
 INJECTION_BOUNDS = (-10.0, 30.0)
 
 
-def scaled_spec(spec: dict[str, Any], factor: float) -> dict[str, Any]:
+def scaled_spec(spec: dict[str, Any], factor: float | Mapping[str, float]) -> dict[str, Any]:
     """A workspace spec with every template scaled by ``factor`` (more luminosity).
 
     Yields and their up/down variations scale with ``factor``; the MC statistical uncertainty
     (absolute) with ``sqrt(factor)``, as for MC samples ``factor`` times larger. Observations
-    are kept (callers replace them by pseudo-data).
+    are kept (callers replace them by pseudo-data). ``factor``: one for every channel, or one
+    per channel name (on- and off-resonance data of different luminosities).
 
     >>> spec = {"channels": [{"name": "c", "samples": [{"name": "s", "data": [4.0],
     ...     "modifiers": [{"name": "e", "type": "staterror", "data": [2.0]}]}]}]}
     >>> s = scaled_spec(spec, 4.0)["channels"][0]["samples"][0]
     >>> s["data"], s["modifiers"][0]["data"]
     ([16.0], [4.0])
+    >>> scaled_spec(spec, {"c": 9.0})["channels"][0]["samples"][0]["data"]
+    [36.0]
     """
     out = copy.deepcopy(spec)
-    root = math.sqrt(factor)
     for channel in out["channels"]:
-        for sample in channel["samples"]:
-            sample["data"] = [factor * v for v in sample["data"]]
-            for mod in sample["modifiers"]:
-                if mod["type"] == "staterror":
-                    mod["data"] = [root * v for v in mod["data"]]
-                elif mod["type"] == "histosys":
-                    mod["data"] = {k: [factor * v for v in vals] for k, vals in mod["data"].items()}
+        f = factor[channel["name"]] if isinstance(factor, Mapping) else factor
+        _scale_channel(channel, f)
     return out
+
+
+def _scale_channel(channel: dict[str, Any], factor: float) -> None:
+    """Scale one channel's templates in place (see :func:`scaled_spec`)."""
+    root = math.sqrt(factor)
+    for sample in channel["samples"]:
+        sample["data"] = [factor * v for v in sample["data"]]
+        for mod in sample["modifiers"]:
+            if mod["type"] == "staterror":
+                mod["data"] = [root * v for v in mod["data"]]
+            elif mod["type"] == "histosys":
+                mod["data"] = {k: [factor * v for v in vals] for k, vals in mod["data"].items()}
+
+
+def resonance_factors(spec: dict[str, Any], on: float, off: float) -> dict[str, float]:
+    """Per channel of ``spec``: ``off`` for the off-resonance channels, ``on`` for the others.
+
+    >>> resonance_factors({"channels": [{"name": "ita_on_sr"}, {"name": "ita_off_cr"},
+    ...     {"name": "hta_sr"}]}, 2.0, 3.0)
+    {'ita_on_sr': 2.0, 'ita_off_cr': 3.0, 'hta_sr': 2.0}
+    """
+    return {c["name"]: off if off_resonance(c["name"]) else on for c in spec["channels"]}
+
+
+def off_resonance(channel: str) -> bool:
+    """Whether a fit channel holds off-resonance data (:data:`knunu.fits.build.CHANNELS`)."""
+    layout = CHANNELS.get(channel)
+    return layout is not None and layout.histogram == "ita_off"
 
 
 def with_poi_bounds(spec: dict[str, Any], bounds: tuple[float, float]) -> dict[str, Any]:
@@ -119,10 +145,18 @@ class Projection(NamedTuple):
 
 
 def projection(
-    spec: dict[str, Any], mu: float, luminosity_fb: float, target_fb: float
+    spec: dict[str, Any],
+    mu: float,
+    luminosity_fb: float,
+    target_fb: float,
+    factor: float | Mapping[str, float] | None = None,
 ) -> Projection:
-    """Expected sigma(mu) of each model of ``spec`` here and scaled to ``target_fb``."""
-    factor = target_fb / luminosity_fb
+    """Expected sigma(mu) of each model of ``spec`` here and scaled to ``target_fb``.
+
+    ``factor``: the scaling of the templates (per channel, e.g. :func:`resonance_factors`
+    where the off-resonance data have a luminosity of their own); default target / here.
+    """
+    factor = target_fb / luminosity_fb if factor is None else factor
     here, there = {}, {}
     big = pyhf.Workspace(scaled_spec(spec, factor))
     small = pyhf.Workspace(spec)

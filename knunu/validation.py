@@ -46,8 +46,10 @@ from knunu.fits.validation import (
     efficiencies,
     embedding,
     injection,
+    off_resonance,
     poi_range,
     projection,
+    resonance_factors,
     scaled_spec,
     split_fits,
     with_poi_bounds,
@@ -128,7 +130,8 @@ def _projection(
     mu_exp = float(config["measurement"]["expected_mu"])
     spec = json.loads(combined.read_text())
     lumi = _data_luminosity(run_dir)
-    proj = projection(spec, mu_exp, lumi, val["projection_luminosity_fb"])
+    factors = _projection_factors(spec, config, run_dir)
+    proj = projection(spec, mu_exp, lumi, val["projection_luminosity_fb"], factors)
     _dump(out / "projection.json", proj)
     summary["projection"] = proj._asdict()
     lines = [
@@ -139,7 +142,7 @@ def _projection(
         + f" projected to {proj.projected_luminosity_fb:g} fb^-1 (published combined "
         + f"{published.EXPECTED_SIGMA['combined']:g})"
     ]
-    big_spec = scaled_spec(spec, val["projection_luminosity_fb"] / lumi)
+    big_spec = scaled_spec(spec, factors)
     big = pyhf.Workspace(with_poi_bounds(big_spec, poi_range(big_spec)))
     lh = Likelihood.from_workspace(select(big, "combined"))
     inj = injection(lh, val["injection_mu"], val["injection_toys"], config["seed"])
@@ -416,7 +419,25 @@ def _gof(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     ]
 
 
-def _data_luminosity(run_dir: Path) -> float:
-    """On-resonance data luminosity of the run (fb^-1), from its catalogue."""
+def _data_luminosity(run_dir: Path, dataset: str = "data_on") -> float:
+    """Luminosity of a run's data dataset (fb^-1; on resonance by default), from its catalogue."""
     doc = json.loads((run_dir / "ntuples" / "catalogue.json").read_text())
-    return float(doc["datasets"]["data_on"]["luminosity_fb"])
+    return float(doc["datasets"][dataset]["luminosity_fb"])
+
+
+def _projection_factors(
+    spec: dict[str, Any], config: dict[str, Any], run_dir: Path
+) -> dict[str, float]:
+    """Per channel, the projection's scaling of the templates.
+
+    On resonance to ``projection_luminosity_fb``, off resonance to the configured off/on
+    luminosity ratio of it: the run's off-resonance data may have more luminosity than that
+    ratio gives (``off_resonance_data_factor``).
+    """
+    target = float(config["validation"]["projection_luminosity_fb"])
+    lum = config["simulation"]["luminosity_fb"]
+    target_off = target * float(lum["off_resonance"]) / float(lum["on_resonance"])
+    on = target / _data_luminosity(run_dir)
+    has_off = any(off_resonance(c["name"]) for c in spec["channels"])
+    off = target_off / _data_luminosity(run_dir, "data_off") if has_off else on
+    return resonance_factors(spec, on, off)

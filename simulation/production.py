@@ -955,6 +955,11 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     for key, value in lum.items():
         if value <= 0:
             raise ConfigError(f"simulation.luminosity_fb: {key}-resonance luminosity {value} <= 0")
+    # the off-resonance pseudo-data (and the nature stream's weights) may have more luminosity
+    # than the scale's: the BDTc learns on these events (the paper: 42 fb^-1); the MC's event
+    # counts stay relative to the scale's luminosity
+    off_factor = float(scale.get("off_resonance_data_factor", 1))
+    data_lum = {"on": lum["on"], "off": lum["off"] * off_factor}
     nature = Nature(**sim.get("nature", {}))
     jobs_lib = bdecays.library_jobs(scale["library"]["generic"], scale["library"]["stratum"])
     # the libraries' directory is named by what they hold, so a rerun reuses them safely
@@ -971,8 +976,12 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
     )
     samples = load_samples()
     rng = np.random.default_rng(file_seed(seed, "data-counts"))
-    jobs = [job for s in samples.values() for job in _sample_jobs(s, scale, sim, nature, lum, rng)]
-    jobs += _nature_jobs(scale.get("nature"), samples, sim, nature, lum)
+    jobs = [
+        job
+        for s in samples.values()
+        for job in _sample_jobs(s, scale, sim, nature, (lum, data_lum), rng)
+    ]
+    jobs += _nature_jobs(scale.get("nature"), samples, sim, nature, (lum, data_lum))
     files = [
         task
         for job in jobs
@@ -980,10 +989,10 @@ def plan_production(config: Mapping[str, Any], directory: str | Path) -> Plan:
             job, (seed, scale["events_per_file"]), sim, nature, (directory, lib_dir)
         )
     ]
-    data_lum = {"data_on": lum["on"], "data_off": lum["off"]}
-    data_lum |= {NATURE[False]: lum["on"], NATURE[True]: lum["off"]}
+    datasets = {"data_on": data_lum["on"], "data_off": data_lum["off"]}
+    datasets |= {NATURE[False]: data_lum["on"], NATURE[True]: data_lum["off"]}
     wait = float(config.get("processing", {}).get("no_workers_timeout_s", 600.0))
-    return Plan(libraries, tuple(files), data_lum, str(directory), wait)
+    return Plan(libraries, tuple(files), datasets, str(directory), wait)
 
 
 def _file_tasks(
@@ -1034,10 +1043,14 @@ def _sample_jobs(
     scale: Mapping[str, Any],
     sim: Mapping[str, Any],
     nature: Nature,
-    lum: Mapping[str, float],
+    lums: tuple[Mapping[str, float], Mapping[str, float]],
     rng: np.random.Generator,
 ) -> list[_Job]:
-    """A sample's MC and pseudo-data jobs (data counts Poisson-drawn from ``rng``, in order)."""
+    """A sample's MC and pseudo-data jobs (data counts Poisson-drawn from ``rng``, in order).
+
+    ``lums``: the luminosity (on, off) the MC's event counts are relative to, and the data's.
+    """
+    lum, data_lum = lums
     name = sample.name
     xs = sample_cross_section_nb(sample) * 1e6  # events per fb^-1
     if sample.kind == "signal":
@@ -1063,7 +1076,7 @@ def _sample_jobs(
     for place in places:
         off = place == "off"
         jobs.append(_Job(name, round(factor[place] * xs * lum[place]), off))
-        jobs.append(_Job(name, int(rng.poisson(norm * xs * lum[place])), off, data=True))
+        jobs.append(_Job(name, int(rng.poisson(norm * xs * data_lum[place])), off, data=True))
     return jobs
 
 
@@ -1094,19 +1107,21 @@ def _nature_jobs(
     samples: Mapping[str, Sample],
     sim: Mapping[str, Any],
     nature: Nature,
-    lum: Mapping[str, float],
+    lums: tuple[Mapping[str, float], Mapping[str, float]],
 ) -> list[_Job]:
     """The nature stream: every sample nature makes, as many events as ``spec`` says.
 
     Events are made as nature makes them (nature's detector, B(D -> K_L X), continuum shape;
     no MC truth); each carries the weight that makes its sample sum to nature's expectation
-    at the data luminosity: ``norm x cross section x L / events`` (signal at ``mu_true``,
+    at the data luminosity: ``norm x cross section x L_data / events`` (signal at ``mu_true``,
     continuum at ``continuum_norm``). ``spec``: ``mc_factor`` (events = factor x cross
-    section x data luminosity, per kind), optionally ``mc_factor_off_resonance`` (the same
-    off resonance; default ``mc_factor``) and ``signal_events``; None: no nature stream.
+    section x the scale's luminosity, per kind), optionally ``mc_factor_off_resonance`` (the
+    same off resonance; default ``mc_factor``) and ``signal_events``; None: no nature stream.
+    ``lums``: the scale's luminosity (on, off) and the data's.
     """
     if not spec:
         return []
+    lum, data_lum = lums
     jobs = []
     for name, sample in samples.items():
         xs = sample_cross_section_nb(sample) * 1e6
@@ -1129,7 +1144,7 @@ def _nature_jobs(
                 events = round(factor * xs * lum[place])
             if events <= 0 or norm <= 0:
                 continue
-            weight = norm * xs * lum[place] / events
+            weight = norm * xs * data_lum[place] / events
             jobs.append(_Job(name, events, place == "off", data=True, weight=weight))
     return jobs
 

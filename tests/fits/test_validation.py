@@ -14,6 +14,8 @@ from knunu.fits.validation import (
     injection,
     line_fit,
     poi_range,
+    projection,
+    resonance_factors,
     scaled_spec,
     with_poi_bounds,
 )
@@ -58,6 +60,55 @@ def test_projected_sigma_scales_as_one_over_sqrt_luminosity():
     here = asimov_sigma(_lh(spec), 1.0)
     there = asimov_sigma(_lh(scaled_spec(spec, 100.0)), 1.0)
     assert there == pytest.approx(here / 10.0, rel=1e-9)
+
+
+def _on_off_spec(off_luminosity):
+    """On-resonance signal region and off-resonance continuum sharing its normalisation.
+
+    The off-resonance data were taken at ``off_luminosity`` (the on-resonance's is 1).
+    """
+    norm = {"name": "norm_qq", "type": "normsys", "data": {"hi": 1.5, "lo": 0.5}}
+
+    def channel(name, samples):
+        return {"name": name, "samples": samples}
+
+    on = [
+        {
+            "name": "signal",
+            "data": [2.0, 6.0],
+            "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+        },
+        {"name": "qq", "data": [40.0, 20.0], "modifiers": [dict(norm)]},
+    ]
+    off = [
+        {
+            "name": "qq",
+            "data": [4.0 * off_luminosity, 2.0 * off_luminosity],
+            "modifiers": [dict(norm)],
+        }
+    ]
+    channels = [channel("ita_on_sr", on), channel("ita_off_sr", off)]
+    totals = {"ita_on_sr": [42.0, 26.0], "ita_off_sr": off[0]["data"]}
+    return {
+        "channels": channels,
+        "observations": [{"name": n, "data": d} for n, d in totals.items()],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
+
+
+def test_projection_scales_off_resonance_data_of_their_own_luminosity():
+    """Off-resonance data taken at 10x the ratio project to the same measurement."""
+    nominal, more = _on_off_spec(1.0), _on_off_spec(10.0)
+    assert resonance_factors(more, 50.0, 5.0) == {"ita_on_sr": 50.0, "ita_off_sr": 5.0}
+    a = projection(nominal, 1.0, 1.0, 50.0)
+    b = projection(more, 1.0, 1.0, 50.0, resonance_factors(more, 50.0, 5.0))
+    assert b.sigma_projected["ita"] == pytest.approx(a.sigma_projected["ita"], rel=1e-9)
+    # here, the off-resonance data constrain the continuum better
+    assert b.sigma["ita"] < a.sigma["ita"]
+    # one factor for both would project the off-resonance data to 10x the ratio
+    c = projection(more, 1.0, 1.0, 50.0)
+    assert c.sigma_projected["ita"] < 0.99 * a.sigma_projected["ita"]
 
 
 def test_injection_returns_a_line_of_slope_one():

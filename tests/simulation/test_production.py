@@ -295,6 +295,44 @@ def test_off_resonance_nature_has_its_own_factor(tmp_path):
         assert after[key][1] == pytest.approx(before[key][1], rel=1e-9)  # the same expectation
 
 
+def test_off_resonance_data_have_their_own_luminosity(tmp_path):
+    """More off-resonance pseudo-data (the BDTc's), the MC unchanged, nature's weights with them."""
+    config = load_config()
+    config["scale"] = "default"
+    scale = config["simulation"]["scales"]["default"]
+
+    def plan_of(cfg):
+        by = {}
+        plan = plan_production(cfg, tmp_path)
+        for t in plan.files:
+            key = (t.sample, t.off_resonance, t.data, t.weight is not None)
+            events, total = by.get(key, (0, 0.0))
+            by[key] = (events + t.n_events, total + t.n_events * (t.weight or 1.0))
+        return plan, by
+
+    scale["off_resonance_data_factor"] = 1
+    plan_before, before = plan_of(config)
+    scale["off_resonance_data_factor"] = 10
+    plan_after, after = plan_of(config)
+    off = plan_before.data_luminosity["data_off"]
+    assert plan_after.data_luminosity["data_off"] == pytest.approx(10 * off, rel=1e-12)
+    assert plan_after.data_luminosity["nature_off"] == pytest.approx(10 * off, rel=1e-12)
+    for name in ("data_on", "nature_on"):
+        assert plan_after.data_luminosity[name] == plan_before.data_luminosity[name]
+    xs_cc = load_samples()["ccbar"].cross_section_nb * 1e6
+    data_off = after[("ccbar", True, True, False)][0]
+    assert data_off == pytest.approx(1.4 * xs_cc * 10 * off, rel=5 / np.sqrt(data_off))
+    # nature's off-resonance events: as many, each 10x heavier (nature's expectation there)
+    nature = after[("ccbar", True, True, True)]
+    assert nature[0] == before[("ccbar", True, True, True)][0]
+    assert nature[1] == pytest.approx(1.4 * xs_cc * 10 * off, rel=1e-12)
+    changed = {k for k in after if after[k] != before[k]}
+    offres = ("uubar", "ddbar", "ssbar", "ccbar", "taupair")
+    offres_data = {(s, True, True, w) for s in offres for w in (False, True)}
+    assert changed == {k for k in offres_data if k in after}  # the MC and on resonance: as before
+    assert ("ccbar", True, False, False) in after
+
+
 def test_belle2_scale_injects_mu_true():
     config = load_config()
     config["scale"] = "belle2"
