@@ -316,11 +316,16 @@ def _kept(dm: DenseModel, by_sample: jnp.ndarray) -> jnp.ndarray:
     return jnp.logical_or(not dm.clip, by_sample >= 0.0)
 
 
-def expected_main(dm: DenseModel, x: jnp.ndarray) -> jnp.ndarray:
-    """Expected main data at parameters ``x`` (pyhf's ``expected_actualdata``)."""
+def sample_yields(dm: DenseModel, x: jnp.ndarray) -> jnp.ndarray:
+    """Each sample's expected yield per bin before any clipping, shape (samples, bins)."""
     rates, _, _, _, sys_factor, slots, gamma = _parts(dm, x)
     factor = sys_factor * jnp.prod(slots, axis=1)
-    by_sample = rates * factor[:, None] * gamma
+    return rates * factor[:, None] * gamma
+
+
+def expected_main(dm: DenseModel, x: jnp.ndarray) -> jnp.ndarray:
+    """Expected main data at parameters ``x`` (pyhf's ``expected_actualdata``)."""
+    by_sample = sample_yields(dm, x)
     return jnp.sum(jnp.where(_kept(dm, by_sample), by_sample, 0.0), axis=0)
 
 

@@ -6,7 +6,8 @@ Minimisation is Fisher scoring (Newton steps with the expected information, whic
 definite) with a projected backtracking line search inside the parameter bounds; if it does not
 converge, exact-Hessian Newton and then scipy's L-BFGS-B take over. Every fit checks its own
 convergence (estimated distance to minimum, EDM) and raises :class:`~knunu.errors.FitError`
-rather than return an unconverged result.
+rather than return an unconverged result. A minimum on the kink of a template clipped at zero,
+where the gradient jumps, is recognised by Clarke stationarity (``Likelihood._kink_edm``).
 
 Asymptotic formulae follow Cowan, Cranmer, Gross, Vitells, EPJC 71 (2011) 1554, as in pyhf.
 """
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import pyhf
+import scipy.linalg
 import scipy.optimize
 from scipy.stats import norm
 
@@ -340,6 +342,7 @@ class Likelihood:
         x0 = x[0]
         free = free[0]
         result = best = None
+        tried: list[FitResult] = []
         methods = (
             ("chord", "fisher", "newton", "lbfgsb")
             if curvature is not None
@@ -357,13 +360,73 @@ class Likelihood:
             if result.edm < EDM_TOLERANCE:
                 return replace(result, fixed=tuple(sorted(fixed)))
             log.debug("fit strategy %s stopped at EDM %.2g", method, result.edm)
+            tried.append(result)
             if best is None or result.edm < best.edm:
                 best = result
             x0 = result.x
         if best is not None and best.edm < EDM_ACCEPT:
             log.debug("fit accepted at EDM %.2g (strategy %s)", best.edm, best.method)
             return replace(best, fixed=tuple(sorted(fixed)))
+        for stop in sorted(tried, key=lambda r: r.nll):
+            edm = self._kink_edm(stop.x, free)
+            if edm < EDM_ACCEPT:
+                log.debug("fit accepted on a clipped template's kink at EDM %.2g", edm)
+                method = f"{stop.method}, on a kink"
+                return replace(stop, edm=edm, method=method, fixed=tuple(sorted(fixed)))
         raise _no_convergence(result)
+
+    def _kink_edm(self, x: np.ndarray, free: np.ndarray) -> float:
+        """The EDM of ``x`` as a minimum on kinks of templates clipped at zero (inf: none there).
+
+        Where a sample's yield in a bin crosses zero, the clipped NLL has a kink: the sample
+        counts on one side and not on the other, and the gradient jumps. A minimum can sit on
+        it (a variation that would empty a template in a bin without events), where neither
+        side's gradient vanishes, so the EDM test fails though no direction descends.
+
+        ``x`` is a minimum there when some mix of the one-sided gradients vanishes (Clarke
+        stationarity): each kink's term counted with a weight in [0, 1], a non-negative
+        multiplier for each parameter on a bound. The EDM is that mix's 0.5 g^T F^-1 g, least
+        over the weights (a bounded linear least-squares problem). Only kinks within
+        sqrt(2 EDM_ACCEPT) standard deviations of ``x`` take part (the distance of a term's
+        zero, |y| / sqrt(j^T F^-1 j), with j its gradient).
+        """
+        dm = self.dense
+        idx = np.flatnonzero(free)
+        if dm is None or not dm.clip or not len(idx):
+            return math.inf
+        if "kinks" not in self._fn:
+            yields = partial(dense.sample_yields, dm)
+            self._fn["kinks"] = jax.jit(lambda y: (yields(y), jax.jacfwd(yields)(y)))
+        xj = jnp.asarray(x)
+        y, jac = (np.asarray(a) for a in self._fn["kinks"](xj))  # (E, B), (E, B, P)
+        lam = np.asarray(dense.expected_main(dm, xj))
+        _, g = self.value_and_grad(x)
+        fisher = np.asarray(self._fn["fisher"](xj, self.data))[np.ix_(idx, idx)]
+        if not np.isfinite(fisher).all():  # a term on its kink alone in a bin: no metric
+            return math.inf
+        try:
+            chol = np.linalg.cholesky(fisher)
+        except np.linalg.LinAlgError:
+            return math.inf
+        jac = jac[..., idx]
+        whitened = scipy.linalg.solve_triangular(chol, jac.reshape(-1, len(idx)).T, lower=True)
+        spread = np.linalg.norm(whitened, axis=0).reshape(y.shape)
+        near = (spread > 0) & (np.abs(y) <= math.sqrt(2 * EDM_ACCEPT) * spread)
+        if not near.any():
+            return math.inf
+        e, b = np.nonzero(near)
+        n = self.data[: self.nmain]
+        ratio = np.divide(n, lam, out=np.zeros_like(lam), where=n > 0)
+        terms = (1.0 - ratio[b])[:, None] * jac[e, b]  # each kink's term of the NLL gradient
+        g0 = g[idx] - terms[y[e, b] >= 0].sum(axis=0)  # the gradient without them
+        xf, eye = x[idx], np.eye(len(idx))
+        pinned = [-eye[xf <= self.bounds[idx, 0]], eye[xf >= self.bounds[idx, 1]]]
+        columns = np.vstack([terms, *pinned]).T
+        upper = np.concatenate([np.ones(len(e)), np.full(columns.shape[1] - len(e), np.inf)])
+        a = scipy.linalg.solve_triangular(chol, columns, lower=True)
+        target = -scipy.linalg.solve_triangular(chol, g0, lower=True)
+        mix = scipy.optimize.lsq_linear(a, target, bounds=(0.0, upper))
+        return 0.5 * float(np.sum((a @ mix.x - target) ** 2))
 
     def _edm(self, g: np.ndarray, matrix: np.ndarray, free: np.ndarray, x: np.ndarray) -> float:
         gf = _kkt_gradient(g, x, self.bounds, free)

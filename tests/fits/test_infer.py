@@ -426,3 +426,81 @@ def test_failed_goodness_of_fit_toys_are_counted_and_left_out(monkeypatch):
     monkeypatch.setattr(Likelihood, "fit", broken)
     with pytest.raises(FitError, match="60 of 60 toy fits failed"):
         goodness_of_fit(lh, best, 60, seed=4)
+
+
+def _kinked_workspace(lo_data=(0.8, -1.0)):
+    """A background whose down variation empties (and, clipped, drops) a bin with 3 events.
+
+    In bin 2 the background is 1 + 2 alpha, clipped at zero from alpha = -0.5. Its gradient
+    there is alpha + 2 (1 - 3 / 5) = 0.3 where it counts and alpha = -0.5 where it is clipped:
+    the minimum sits on the kink, where no one-sided gradient vanishes.
+    """
+    spec = {
+        "channels": [
+            {
+                "name": "sr",
+                "samples": [
+                    {
+                        "name": "sig",
+                        "data": [2.0, 0.5],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {"name": "other", "data": [10.0, 5.0], "modifiers": []},
+                    {
+                        "name": "bkg",
+                        "data": [1.0, 1.0],
+                        "modifiers": [
+                            {
+                                "name": "alpha",
+                                "type": "histosys",
+                                "data": {"hi_data": [1.2, 3.0], "lo_data": list(lo_data)},
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+        "observations": [{"name": "sr", "data": [12.0, 3.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
+    return pyhf.Workspace(spec)
+
+
+def test_a_minimum_on_a_clipped_templates_kink_is_accepted():
+    lh = Likelihood.from_workspace(_kinked_workspace())
+    alpha = lh.labels.index("alpha")
+    free = np.ones(lh.npars, dtype=bool)
+    # every smooth strategy stops short of the EDM test there ...
+    for method in ("fisher", "lbfgsb"):
+        assert lh._minimise(method, lh.init.copy(), free, 200).edm > 1e-3
+    # ... and the fit accepts the kink, which is the minimum: no nearby point is lower
+    best = lh.fit()
+    assert best.method.endswith("on a kink")
+    assert best.edm < 1e-6
+    assert best.x[alpha] == pytest.approx(-0.5, abs=1e-5)
+    rng = np.random.default_rng(3)
+    for scale in (1e-4, 1e-2, 0.3):
+        steps = rng.normal(scale=scale, size=(200, lh.npars))
+        points = np.clip(best.x + steps, lh.bounds[:, 0], lh.bounds[:, 1])
+        assert min(lh.nll(p) for p in points) >= best.nll - 1e-9
+
+
+def test_a_point_on_a_kink_that_is_not_a_minimum_is_rejected():
+    lh = Likelihood.from_workspace(_kinked_workspace())
+    best = lh.fit()
+    free = np.ones(lh.npars, dtype=bool)
+    off = best.x.copy()
+    off[lh.poi] += 1.0  # on the same kink, one unit of mu away
+    assert lh._kink_edm(best.x, free) < 1e-6
+    assert lh._kink_edm(off, free) > 1e-2
+    away = best.x.copy()
+    away[lh.labels.index("alpha")] = -0.45  # off the kink: no kink to stand on
+    assert lh._kink_edm(away, free) == np.inf
+
+
+def test_a_template_that_stays_positive_converges_without_a_kink():
+    lh = Likelihood.from_workspace(_kinked_workspace(lo_data=(0.8, 0.5)))
+    best = lh.fit()
+    assert not best.method.endswith("on a kink")
+    assert best.edm < 1e-10
