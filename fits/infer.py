@@ -44,6 +44,19 @@ EDM_TOLERANCE = 1e-10
 EDM_ACCEPT = 1e-6
 
 
+class _Kinks(NamedTuple):
+    """The clipped terms at a point (:meth:`Likelihood._kinks`), on the free parameters."""
+
+    idx: np.ndarray  # the free parameters
+    y: np.ndarray  # each sample's yield per bin, unclipped (E, B)
+    jac: np.ndarray  # their gradients on the free parameters (E, B, F)
+    spread: np.ndarray  # sqrt(j^T F^-1 j): a yield's standard deviation from the fit (E, B)
+    slope: np.ndarray  # d NLL / d lambda per bin: 1 - n / lambda (B,)
+    fisher: np.ndarray  # expected information on the free parameters (F, F)
+    chol: np.ndarray  # its Cholesky factor
+    grad: np.ndarray  # the NLL's gradient, all parameters
+
+
 @dataclass(frozen=True)
 class FitResult:
     """One maximum-likelihood fit.
@@ -368,12 +381,49 @@ class Likelihood:
             log.debug("fit accepted at EDM %.2g (strategy %s)", best.edm, best.method)
             return replace(best, fixed=tuple(sorted(fixed)))
         for stop in sorted(tried, key=lambda r: r.nll):
-            edm = self._kink_edm(stop.x, free)
-            if edm < EDM_ACCEPT:
-                log.debug("fit accepted on a clipped template's kink at EDM %.2g", edm)
-                method = f"{stop.method}, on a kink"
-                return replace(stop, edm=edm, method=method, fixed=tuple(sorted(fixed)))
+            for x in (stop.x, self._onto_kinks(stop.x, free)):
+                nll = self.nll(x)
+                edm = self._kink_edm(x, free) if nll <= stop.nll + 1e-9 else math.inf
+                if edm < EDM_ACCEPT:
+                    log.debug("fit accepted on a clipped template's kink at EDM %.2g", edm)
+                    method = f"{stop.method}, on a kink"
+                    return replace(
+                        stop, x=x, nll=nll, edm=edm, method=method, fixed=tuple(sorted(fixed))
+                    )
         raise _no_convergence(result)
+
+    def _kinks(self, x: np.ndarray, free: np.ndarray) -> _Kinks | None:
+        """The clipped terms at ``x`` and the metric to judge them (None: no clipped model)."""
+        dm = self.dense
+        idx = np.flatnonzero(free)
+        if dm is None or not dm.clip or not len(idx):
+            return None
+        if "kinks" not in self._fn:
+            yields = partial(dense.sample_yields, dm)
+            self._fn["kinks"] = jax.jit(lambda y: (yields(y), jax.jacfwd(yields)(y)))
+        xj = jnp.asarray(x)
+        y, jac = (np.asarray(a) for a in self._fn["kinks"](xj))  # (E, B), (E, B, P)
+        jac = jac[..., idx]
+        # The expected information, without the bins that expect (almost) nothing: a term at
+        # its kink alone in a bin would weigh its gradient with 1 / lambda -> infinity.
+        counted = y >= 0
+        lam_c = np.sum(np.where(counted, y, 0.0), axis=0)
+        jac_c = np.sum(np.where(counted[..., None], jac, 0.0), axis=0)  # (B, F)
+        info = lam_c > 1e-6
+        fisher = jac_c[info].T @ (jac_c[info] / lam_c[info, None])
+        sigma = np.full(self.npars, np.inf)
+        sigma[dm.constraint_par] = dm.constraint_sigma
+        fisher[np.diag_indices_from(fisher)] += 1.0 / sigma[idx] ** 2
+        try:
+            chol = np.linalg.cholesky(fisher)
+        except np.linalg.LinAlgError:
+            return None
+        whitened = scipy.linalg.solve_triangular(chol, jac.reshape(-1, len(idx)).T, lower=True)
+        spread = np.linalg.norm(whitened, axis=0).reshape(y.shape)
+        lam = np.asarray(dense.expected_main(dm, xj))
+        n = self.data[: self.nmain]
+        ratio = np.divide(n, lam, out=np.zeros_like(lam), where=n > 0)
+        return _Kinks(idx, y, jac, spread, 1.0 - ratio, fisher, chol, self.value_and_grad(x)[1])
 
     def _kink_edm(self, x: np.ndarray, free: np.ndarray) -> float:
         """The EDM of ``x`` as a minimum on kinks of templates clipped at zero (inf: none there).
@@ -390,43 +440,68 @@ class Likelihood:
         sqrt(2 EDM_ACCEPT) standard deviations of ``x`` take part (the distance of a term's
         zero, |y| / sqrt(j^T F^-1 j), with j its gradient).
         """
-        dm = self.dense
-        idx = np.flatnonzero(free)
-        if dm is None or not dm.clip or not len(idx):
+        k = self._kinks(x, free)
+        if k is None:
             return math.inf
-        if "kinks" not in self._fn:
-            yields = partial(dense.sample_yields, dm)
-            self._fn["kinks"] = jax.jit(lambda y: (yields(y), jax.jacfwd(yields)(y)))
-        xj = jnp.asarray(x)
-        y, jac = (np.asarray(a) for a in self._fn["kinks"](xj))  # (E, B), (E, B, P)
-        lam = np.asarray(dense.expected_main(dm, xj))
-        _, g = self.value_and_grad(x)
-        fisher = np.asarray(self._fn["fisher"](xj, self.data))[np.ix_(idx, idx)]
-        if not np.isfinite(fisher).all():  # a term on its kink alone in a bin: no metric
-            return math.inf
-        try:
-            chol = np.linalg.cholesky(fisher)
-        except np.linalg.LinAlgError:
-            return math.inf
-        jac = jac[..., idx]
-        whitened = scipy.linalg.solve_triangular(chol, jac.reshape(-1, len(idx)).T, lower=True)
-        spread = np.linalg.norm(whitened, axis=0).reshape(y.shape)
-        near = (spread > 0) & (np.abs(y) <= math.sqrt(2 * EDM_ACCEPT) * spread)
+        near = (k.spread > 0) & (np.abs(k.y) <= math.sqrt(2 * EDM_ACCEPT) * k.spread)
         if not near.any():
             return math.inf
         e, b = np.nonzero(near)
-        n = self.data[: self.nmain]
-        ratio = np.divide(n, lam, out=np.zeros_like(lam), where=n > 0)
-        terms = (1.0 - ratio[b])[:, None] * jac[e, b]  # each kink's term of the NLL gradient
-        g0 = g[idx] - terms[y[e, b] >= 0].sum(axis=0)  # the gradient without them
-        xf, eye = x[idx], np.eye(len(idx))
-        pinned = [-eye[xf <= self.bounds[idx, 0]], eye[xf >= self.bounds[idx, 1]]]
+        terms = k.slope[b][:, None] * k.jac[e, b]  # each kink's term of the NLL gradient
+        g0 = k.grad[k.idx] - terms[k.y[e, b] >= 0].sum(axis=0)  # the gradient without them
+        xf, eye = x[k.idx], np.eye(len(k.idx))
+        pinned = [-eye[xf <= self.bounds[k.idx, 0]], eye[xf >= self.bounds[k.idx, 1]]]
         columns = np.vstack([terms, *pinned]).T
         upper = np.concatenate([np.ones(len(e)), np.full(columns.shape[1] - len(e), np.inf)])
-        a = scipy.linalg.solve_triangular(chol, columns, lower=True)
-        target = -scipy.linalg.solve_triangular(chol, g0, lower=True)
+        a = scipy.linalg.solve_triangular(k.chol, columns, lower=True)
+        target = -scipy.linalg.solve_triangular(k.chol, g0, lower=True)
         mix = scipy.optimize.lsq_linear(a, target, bounds=(0.0, upper))
         return 0.5 * float(np.sum((a @ mix.x - target) ** 2))
+
+    def _onto_kinks(self, x: np.ndarray, free: np.ndarray, reach: float = 0.1) -> np.ndarray:
+        """Newton steps along the kinks within ``reach`` standard deviations of ``x``.
+
+        A smooth strategy that stops near a kink (or where kinks cross) zig-zags across it; on
+        the kink the minimum solves min NLL subject to y_k(x) = 0, whose KKT system
+        [[F, A^T], [A, 0]] [dx, nu] = -[g, y] (A: the kinks' gradients) these steps solve. A
+        kink whose multiplier puts its term's weight outside [0, 1] (the minimum is off it) is
+        dropped. Parameters on a bound stay there. :meth:`_kink_edm` judges the result.
+        """
+        x = x.copy()
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        dropped: set[tuple[int, int]] = set()
+        for _ in range(20):
+            held = ~free | (x <= lo) & (self.value_and_grad(x)[1] > 0)
+            held |= (x >= hi) & (self.value_and_grad(x)[1] < 0)
+            k = self._kinks(x, free & ~held)
+            if k is None:
+                break
+            near = (k.spread > 0) & (np.abs(k.y) <= reach * k.spread)
+            for e, b in dropped:
+                near[e, b] = False
+            if not near.any():
+                break
+            e, b = np.nonzero(near)
+            a = k.jac[e, b]
+            m = len(k.idx)
+            hess = self.hessian(x)[np.ix_(k.idx, k.idx)]
+            kkt = np.block([[hess, a.T], [a, np.zeros((len(e), len(e)))]])
+            rhs = -np.concatenate([k.grad[k.idx], k.y[e, b]])
+            sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+            dx, nu = sol[:m], sol[m:]
+            # nu = (weight - counted now) x slope: the weight must lie in [0, 1]
+            counted = (k.y[e, b] >= 0).astype(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                weight = counted + nu / k.slope[b]
+            outside = ~np.isfinite(weight) | (weight < -1e-6) | (weight > 1 + 1e-6)
+            if outside.any():
+                worst = int(np.argmax(np.where(outside, np.abs(weight - 0.5), -np.inf)))
+                dropped.add((int(e[worst]), int(b[worst])))
+                continue
+            x[k.idx] = np.clip(x[k.idx] + dx, lo[k.idx], hi[k.idx])
+            if np.sqrt(dx @ k.fisher @ dx) < 1e-9:
+                break
+        return x
 
     def _edm(self, g: np.ndarray, matrix: np.ndarray, free: np.ndarray, x: np.ndarray) -> float:
         gf = _kkt_gradient(g, x, self.bounds, free)

@@ -428,7 +428,7 @@ def test_failed_goodness_of_fit_toys_are_counted_and_left_out(monkeypatch):
         goodness_of_fit(lh, best, 60, seed=4)
 
 
-def _kinked_workspace(lo_data=(0.8, -1.0)):
+def _kinked_workspace(lo_data=(0.8, -1.0), second=False):
     """A background whose down variation empties (and, clipped, drops) a bin with 3 events.
 
     In bin 2 the background is 1 + 2 alpha, clipped at zero from alpha = -0.5. Its gradient
@@ -454,7 +454,18 @@ def _kinked_workspace(lo_data=(0.8, -1.0)):
                                 "name": "alpha",
                                 "type": "histosys",
                                 "data": {"hi_data": [1.2, 3.0], "lo_data": list(lo_data)},
-                            }
+                            },
+                            *(
+                                [
+                                    {
+                                        "name": "beta",
+                                        "type": "histosys",
+                                        "data": {"hi_data": [0.9, 2.0], "lo_data": [1.1, 0.0]},
+                                    }
+                                ]
+                                if second
+                                else []
+                            ),
                         ],
                     },
                 ],
@@ -504,3 +515,21 @@ def test_a_template_that_stays_positive_converges_without_a_kink():
     best = lh.fit()
     assert not best.method.endswith("on a kink")
     assert best.edm < 1e-10
+
+
+def test_a_stop_beside_a_kink_is_moved_along_it_to_the_minimum():
+    # two variations move the clipped yield: the minimum lies on the line where it is zero,
+    # and Fisher scoring stops on that line but not at the minimum along it
+    lh = Likelihood.from_workspace(_kinked_workspace(second=True))
+    free = np.ones(lh.npars, dtype=bool)
+    stop = lh._minimise("fisher", lh.init.copy(), free, 200)
+    assert lh._kink_edm(stop.x, free) > 1e-4
+    moved = lh._onto_kinks(stop.x, free)
+    assert lh.nll(moved) < stop.nll - 1e-4
+    assert lh._kink_edm(moved, free) < 1e-10
+    best = lh.fit()
+    assert best.method.endswith("on a kink")
+    assert best.nll == pytest.approx(lh.nll(moved), abs=1e-9)
+    rng = np.random.default_rng(4)
+    points = np.clip(best.x + rng.normal(scale=0.01, size=(300, lh.npars)), *lh.bounds.T)
+    assert min(lh.nll(p) for p in points) >= best.nll - 1e-9
