@@ -380,17 +380,21 @@ class Likelihood:
         if best is not None and best.edm < EDM_ACCEPT:
             log.debug("fit accepted at EDM %.2g (strategy %s)", best.edm, best.method)
             return replace(best, fixed=tuple(sorted(fixed)))
-        for stop in sorted(tried, key=lambda r: r.nll):
+        on_kink = self._on_a_kink(tried, free)
+        if on_kink is not None:
+            return replace(on_kink, fixed=tuple(sorted(fixed)))
+        raise _no_convergence(result)
+
+    def _on_a_kink(self, stops: list[FitResult], free: np.ndarray) -> FitResult | None:
+        """The lowest stop that is (or moves along kinks to) a minimum on a kink; else None."""
+        for stop in sorted(stops, key=lambda r: r.nll):
             for x in (stop.x, self._onto_kinks(stop.x, free)):
                 nll = self.nll(x)
                 edm = self._kink_edm(x, free) if nll <= stop.nll + 1e-9 else math.inf
                 if edm < EDM_ACCEPT:
                     log.debug("fit accepted on a clipped template's kink at EDM %.2g", edm)
-                    method = f"{stop.method}, on a kink"
-                    return replace(
-                        stop, x=x, nll=nll, edm=edm, method=method, fixed=tuple(sorted(fixed))
-                    )
-        raise _no_convergence(result)
+                    return replace(stop, x=x, nll=nll, edm=edm, method=f"{stop.method}, on a kink")
+        return None
 
     def _kinks(self, x: np.ndarray, free: np.ndarray) -> _Kinks | None:
         """The clipped terms at ``x`` and the metric to judge them (None: no clipped model)."""
