@@ -475,8 +475,8 @@ class Likelihood:
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         dropped: set[tuple[int, int]] = set()
         for _ in range(20):
-            held = ~free | (x <= lo) & (self.value_and_grad(x)[1] > 0)
-            held |= (x >= hi) & (self.value_and_grad(x)[1] < 0)
+            g = self.value_and_grad(x)[1]
+            held = ~free | (x <= lo) & (g > 0) | (x >= hi) & (g < 0)
             k = self._kinks(x, free & ~held)
             if k is None:
                 break
