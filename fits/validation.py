@@ -415,6 +415,8 @@ class Composition(NamedTuple):
         s_over_b: Signal over background, for eta > 0.92 and for eta > 0.98.
         bbbar_classes: Shares of the B Bbar weight (both samples) by class, and their
             effective MC events (sum w^2 alone): (share, effective events).
+        shapes: Per sample, its yield's fractions (eta rows, q2rec columns), shape (4, 3):
+            eta(BDT2) 0.92 / 0.94 / 0.96 / 0.98 / 1 by q2rec -1 / 4 / 8 / 25 GeV^2.
     """
 
     scale: float
@@ -422,6 +424,35 @@ class Composition(NamedTuple):
     effective: dict[str, float]
     s_over_b: dict[str, float]
     bbbar_classes: dict[str, tuple[float, float]]
+    shapes: dict[str, np.ndarray]
+
+
+#: The published likelihood's ITA on-resonance channels (HEPData names' first letter): the
+#: control row eta(BDT2) 0.92-0.94 and the signal region's three rows above, 3 q2rec bins each.
+PUBLISHED_ITA_ON = ("B__", "A__")
+
+
+def published_shapes(workspace: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The published pre-fit ITA templates on resonance, as (eta rows, q2rec columns) yields.
+
+    Shape (4, 3) per sample, as :attr:`Composition.shapes` is binned (there: fractions).
+
+    >>> shapes = published_shapes()
+    >>> shapes["signal"].shape, [round(float(r)) for r in shapes["signal"].sum(axis=1)]
+    ((4, 3), [40, 40, 40, 40])
+    """
+    from knunu.fits.workspace import published_workspace_path
+
+    if workspace is None:
+        import json
+
+        workspace = json.loads(published_workspace_path().read_text())
+    rows: dict[str, list[np.ndarray]] = {}
+    for prefix in PUBLISHED_ITA_ON:
+        (channel,) = (c for c in workspace["channels"] if c["name"].startswith(prefix))
+        for sample in channel["samples"]:
+            rows.setdefault(sample["name"], []).append(np.reshape(sample["data"], (-1, 3)))
+    return {name: np.concatenate(parts) for name, parts in rows.items()}
 
 
 #: B Bbar classes of the signal region: the decay mode of either B (its code in
@@ -443,7 +474,7 @@ def composition(histograms: Path, scale: float, samples: Sequence[str]) -> Compo
     """
     import uproot
 
-    yields, effective, top = {}, {}, {}
+    yields, effective, top, shapes = {}, {}, {}, {}
     with uproot.open(histograms) as f:
         keys = {k.split(";")[0] for k in f.keys(cycle=True)}
         if f"ita_on_{samples[0]}_nominal" not in keys:
@@ -453,6 +484,7 @@ def composition(histograms: Path, scale: float, samples: Sequence[str]) -> Compo
             w, w2 = h.values(), h.variances()
             yields[sample] = float(w.sum() * scale)
             top[sample] = float(w[-1].sum() * scale)  # the last eta row: 0.98-1
+            shapes[sample] = w / w.sum() if w.sum() > 0 else np.full(w.shape, np.nan)
             effective[sample] = float(w.sum() ** 2 / w2.sum()) if w2.sum() > 0 else 0.0
         modes = [f[f"ita_on_modes_{s}_nominal"].to_hist() for s in BBBAR
                  if f"ita_on_modes_{s}_nominal" in keys]  # fmt: skip
@@ -462,7 +494,7 @@ def composition(histograms: Path, scale: float, samples: Sequence[str]) -> Compo
         "eta > 0.92": yields[samples[0]] / background if background > 0 else math.nan,
         "eta > 0.98": top[samples[0]] / rest if rest > 0 else math.nan,
     }
-    return Composition(scale, yields, effective, s_over_b, _classes(modes))
+    return Composition(scale, yields, effective, s_over_b, _classes(modes), shapes)
 
 
 def _classes(modes: list[Any]) -> dict[str, tuple[float, float]]:

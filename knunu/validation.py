@@ -33,12 +33,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyhf
 
 from knunu import published
 from knunu.fits.infer import Likelihood
 from knunu.fits.validation import (
     SPLIT_LABELS,
+    Composition,
     Efficiency,
     SplitFit,
     SplitPair,
@@ -49,6 +51,7 @@ from knunu.fits.validation import (
     off_resonance,
     poi_range,
     projection,
+    published_shapes,
     resonance_factors,
     scaled_spec,
     split_fits,
@@ -246,7 +249,8 @@ def _composition(
 
     target = float(config["simulation"]["luminosity_fb"]["on_resonance"])
     comp = composition(histograms, target / _data_luminosity(run_dir), ITA_SAMPLES)
-    summary["composition"] = {**comp._asdict(), "luminosity_fb": target}
+    shapes = {k: v.tolist() for k, v in comp.shapes.items()}
+    summary["composition"] = {**comp._asdict(), "shapes": shapes, "luminosity_fb": target}
     bkg = {k: v for k, v in comp.yields.items() if k != "signal"}
     total = sum(bkg.values())
     shares = ", ".join(
@@ -274,7 +278,33 @@ def _composition(
         f"{s_b['eta > 0.98']:.2%} ({published.ITA_SR_S_OVER_B['eta > 0.98']:.1%})",
         f"  background by sample: {shares}",
         *by_class,
+        *_shapes(comp),
     ]
+
+
+def _shapes(comp: Composition) -> list[str]:
+    """Each sample's yield and shape in eta and q2rec against the published pre-fit template."""
+    theirs = published_shapes()
+
+    def fractions(values: np.ndarray) -> str:
+        return " / ".join(f"{v:.2f}" for v in values)
+
+    lines = [
+        "  by sample against the published pre-fit templates (their values in brackets): "
+        "yield ratio; fractions in q2rec -1-4 / 4-8 / 8-25 GeV^2; in eta(BDT2) 0.92-0.94 / "
+        "0.94-0.96 / 0.96-0.98 / 0.98-1"
+    ]
+    for sample, mine in comp.shapes.items():
+        if sample not in theirs or not np.isfinite(mine).all():
+            continue
+        ref = theirs[sample] / theirs[sample].sum()
+        ratio = comp.yields[sample] / theirs[sample].sum()
+        lines.append(
+            f"    {sample}: x{ratio:.2f}; q2rec {fractions(mine.sum(axis=0))} "
+            f"({fractions(ref.sum(axis=0))}); eta {fractions(mine.sum(axis=1))} "
+            f"({fractions(ref.sum(axis=1))})"
+        )
+    return lines
 
 
 def _embedding(
