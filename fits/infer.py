@@ -388,7 +388,8 @@ class Likelihood:
     def _on_a_kink(self, stops: list[FitResult], free: np.ndarray) -> FitResult | None:
         """The lowest stop that is (or moves along kinks to) a minimum on a kink; else None."""
         for stop in sorted(stops, key=lambda r: r.nll):
-            for x in (stop.x, self._onto_kinks(stop.x, free)):
+            for moved in (False, True):  # as it stopped, else moved along the kinks near it
+                x = self._onto_kinks(stop.x, free) if moved else stop.x
                 nll = self.nll(x)
                 edm = self._kink_edm(x, free) if nll <= stop.nll + 1e-9 else math.inf
                 if edm < EDM_ACCEPT:
@@ -396,8 +397,11 @@ class Likelihood:
                     return replace(stop, x=x, nll=nll, edm=edm, method=f"{stop.method}, on a kink")
         return None
 
-    def _kinks(self, x: np.ndarray, free: np.ndarray) -> _Kinks | None:
-        """The clipped terms at ``x`` and the metric to judge them (None: no clipped model)."""
+    def _kinks(self, x: np.ndarray, free: np.ndarray, grad: np.ndarray) -> _Kinks | None:
+        """The clipped terms at ``x`` and the metric to judge them (None: no clipped model).
+
+        ``grad``: the NLL's gradient at ``x``.
+        """
         dm = self.dense
         idx = np.flatnonzero(free)
         if dm is None or not dm.clip or not len(idx):
@@ -410,11 +414,11 @@ class Likelihood:
         jac = jac[..., idx]
         # The expected information, without the bins that expect (almost) nothing: a term at
         # its kink alone in a bin would weigh its gradient with 1 / lambda -> infinity.
-        counted = y >= 0
-        lam_c = np.sum(np.where(counted, y, 0.0), axis=0)
+        counted = y >= 0  # as the clipped model counts them (knunu.fits.dense._kept)
+        lam = np.sum(np.where(counted, y, 0.0), axis=0)
         jac_c = np.sum(np.where(counted[..., None], jac, 0.0), axis=0)  # (B, F)
-        info = lam_c > 1e-6
-        fisher = jac_c[info].T @ (jac_c[info] / lam_c[info, None])
+        info = lam > 1e-6
+        fisher = jac_c[info].T @ (jac_c[info] / lam[info, None])
         sigma = np.full(self.npars, np.inf)
         sigma[dm.constraint_par] = dm.constraint_sigma
         fisher[np.diag_indices_from(fisher)] += 1.0 / sigma[idx] ** 2
@@ -424,10 +428,9 @@ class Likelihood:
             return None
         whitened = scipy.linalg.solve_triangular(chol, jac.reshape(-1, len(idx)).T, lower=True)
         spread = np.linalg.norm(whitened, axis=0).reshape(y.shape)
-        lam = np.asarray(dense.expected_main(dm, xj))
         n = self.data[: self.nmain]
         ratio = np.divide(n, lam, out=np.zeros_like(lam), where=n > 0)
-        return _Kinks(idx, y, jac, spread, 1.0 - ratio, fisher, chol, self.value_and_grad(x)[1])
+        return _Kinks(idx, y, jac, spread, 1.0 - ratio, fisher, chol, grad)
 
     def _kink_edm(self, x: np.ndarray, free: np.ndarray) -> float:
         """The EDM of ``x`` as a minimum on kinks of templates clipped at zero (inf: none there).
@@ -444,7 +447,7 @@ class Likelihood:
         sqrt(2 EDM_ACCEPT) standard deviations of ``x`` take part (the distance of a term's
         zero, |y| / sqrt(j^T F^-1 j), with j its gradient).
         """
-        k = self._kinks(x, free)
+        k = self._kinks(x, free, self.value_and_grad(x)[1])
         if k is None:
             return math.inf
         near = (k.spread > 0) & (np.abs(k.y) <= math.sqrt(2 * EDM_ACCEPT) * k.spread)
@@ -477,7 +480,7 @@ class Likelihood:
         for _ in range(20):
             g = self.value_and_grad(x)[1]
             held = ~free | (x <= lo) & (g > 0) | (x >= hi) & (g < 0)
-            k = self._kinks(x, free & ~held)
+            k = self._kinks(x, free & ~held, g)
             if k is None:
                 break
             near = (k.spread > 0) & (np.abs(k.y) <= reach * k.spread)

@@ -432,7 +432,7 @@ class Composition(NamedTuple):
 PUBLISHED_ITA_ON = ("B__", "A__")
 
 
-def published_shapes(workspace: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+def published_shapes() -> dict[str, np.ndarray]:
     """The published pre-fit ITA templates on resonance, as (eta rows, q2rec columns) yields.
 
     Shape (4, 3) per sample, as :attr:`Composition.shapes` is binned (there: fractions).
@@ -441,12 +441,9 @@ def published_shapes(workspace: Mapping[str, Any] | None = None) -> dict[str, np
     >>> shapes["signal"].shape, [round(float(r)) for r in shapes["signal"].sum(axis=1)]
     ((4, 3), [40, 40, 40, 40])
     """
-    from knunu.fits.workspace import published_workspace_path
+    from knunu.fits.workspace import load_workspace, published_workspace_path
 
-    if workspace is None:
-        import json
-
-        workspace = json.loads(published_workspace_path().read_text())
+    workspace = load_workspace(published_workspace_path())
     rows: dict[str, list[np.ndarray]] = {}
     for prefix in PUBLISHED_ITA_ON:
         (channel,) = (c for c in workspace["channels"] if c["name"].startswith(prefix))
