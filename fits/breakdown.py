@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 GROUPS: tuple[tuple[str, str], ...] = (
     ("MC statistics, continuum", r"^staterror_.*_(uubar|ddbar|ssbar|ccbar|taupair|uds)\["),
     ("MC statistics, B Bbar and signal", r"^staterror_"),
-    ("factorised template shapes", r"factorisation_"),
+    ("factorised template shapes", r"factorisation"),
     ("background normalisations", r"mu_bkg_|norm_|offres_norm|n_bb|luminosity"),
     ("B and D decays, signal form factors", r"corr_|k_ks_kl_pwave"),
     ("continuum reweighting", r"continuum_reweighting|continuum_classifier"),

@@ -4,20 +4,28 @@ The ITA signal region (eta(BDT2) > 0.92) keeps a few 1e-5 of the background MC, 
 template filled event by event holds few MC events per bin. The region eta > ``loose`` (0.8
 by default) holds 5-20x more. The factorised template of one sample is, per q2rec bin j,
 
-    T(i, j) = N_j x F_j(i),
+    T(i, j) = N_j x F_j(i) x r_i,
 
-with ``N_j`` the sample's weighted events at eta > ``loose`` in that q2rec bin and ``F_j(i)``
-the fraction of the fitted eta shape (weighted maximum likelihood) in the fit's eta bin ``i``
+with ``N_j`` the sample's weighted events at eta > ``loose`` in that q2rec bin, ``F_j(i)`` the
+fraction of the fitted eta shape (weighted maximum likelihood) in the fit's eta bin ``i``
 (q2rec and eta are correlated: harder kaons, lower q2rec, higher eta; so each q2rec bin has
-its own shape). Two shapes, each fitted: a power law ``(1 - eta)^k`` (the background density
-vanishes towards eta = 1, signal being flat by construction) and an exponential ``exp(a
-eta)`` (it does not). On the measurement config's MC both fit eta 0.8-1 equally well; summed
-over the backgrounds, the signal-region rows filled event by event are 1.95 / 1.64 / 0.90 /
-0.51 (x 1e-2 of the data) against 1.95 / 1.47 / 0.99 / 0.45 from the power law and 1.67 /
-1.37 / 1.14 / 0.95 from the exponential. The template is their mean, and the two are the
-shape systematic's up (exponential) and down (power law): both positive, every bin. The
-shape is tested (:func:`closure` against the filled template, and :func:`sideband_closure`:
-the same geometry on eta 0.6-0.8). The MC statistical uncertainty per bin comes from
+its own shape), and ``r_i`` the closure correction of the row (below). The shape is a power
+law ``(1 - eta)^k``: eta is the signal-efficiency transform of BDT2, signal is flat in it and
+the background density vanishes towards eta = 1.
+
+The correction is the method one step down (:func:`sideband_correction`): the same power law
+fitted on eta 0.6-0.8 predicts its top 0.72-0.8 in four rows, the geometry of the signal
+region (0.8-1, top 0.92-1); filled over predicted, summed over a channel's samples and q2rec
+bins, is ``r_i``, and its distance from 1 (with its MC error in quadrature) is the shape
+systematic, ``r_i +- delta_i``. On the measurement config's MC (stop 53, seeds 20231114 / 7,
+on resonance) the sideband's ratios are 1.03 / 1.07 / 1.10 / 1.18 and 0.94 / 1.05 / 1.15 /
+1.17 (+- 0.02-0.04); the signal region filled event by event over the power law is 1.06 / 1.00
+/ 1.12 / 1.31 and 0.96 / 1.14 / 1.07 / 1.10 (+- 0.06-0.17): the power law alone is low in the
+top rows by what the sideband measures. An exponential, the alternative shape tried until
+stop 52, closes in the sideband but puts 2.5-3x the filled background into the top row.
+
+The closure of each sample against its filled template is tested (:func:`closure`, and
+:func:`sideband_closure` per sample). The MC statistical uncertainty per bin comes from
 Gaussian replicas of the loose histogram (each bin moved within its sum of squared weights),
 refitted.
 
@@ -28,7 +36,7 @@ q2rec bins, every variation).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -44,58 +52,56 @@ MIN_EFFECTIVE = 5.0
 MIN_COLUMN = 3.0
 
 
+class Correction(NamedTuple):
+    """Per fit eta row: the power law's closure one step down and the systematic it sizes.
+
+    ``ratio`` multiplies the power law's template (filled over predicted in the sideband);
+    ``error`` is the systematic: ``hypot(ratio - 1, the ratio's MC error)``.
+    """
+
+    ratio: np.ndarray
+    error: np.ndarray
+
+
 class Factorised(NamedTuple):
     """A factorised template (the fit's eta bins x q2rec bins) and what it rests on."""
 
-    values: np.ndarray  # the mean of the two shapes' templates
+    values: np.ndarray  # the power law's template x the closure correction
     variances: np.ndarray
-    up: np.ndarray  # the exponential's template (the systematic's up)
-    down: np.ndarray  # the power law's (its down)
+    up: np.ndarray  # the power law's template x (ratio + error): the systematic's up
+    down: np.ndarray  # x (ratio - error), at least 0: its down
     slope: float  # the power law's k, all q2rec bins together
     loose_effective: float  # (sum w)^2 / sum w^2 of the loose events
     mean_weight: float  # sum w^2 / sum w of the loose events (an event's typical weight)
     loose: float  # the loose eta cut it was fitted above
 
 
-def _fractions(edges: np.ndarray, lo: float, hi: float, a: float, model: str = "exp") -> np.ndarray:
-    """Fractions of a density on [lo, hi] in the bins ``edges`` (inside [lo, hi], hi <= 1).
-
-    ``exp``: ``exp(a x)``; ``power``: ``(1 - x)^a`` (a > -1: vanishing at x = 1 for a > 0).
-    """
+def _fractions(edges: np.ndarray, lo: float, hi: float, k: float) -> np.ndarray:
+    """Fractions of the density ``(1 - x)^k`` on [lo, hi] (hi <= 1, k > -1) in ``edges``."""
     edges = np.asarray(edges, dtype=float)
-    if model == "power":
-        cdf = -((1.0 - edges) ** (a + 1.0))
-        return np.diff(cdf) / (-((1.0 - hi) ** (a + 1.0)) + (1.0 - lo) ** (a + 1.0))
-    if abs(a) < 1e-9:
-        return np.diff(edges) / (hi - lo)
-    # the integral of exp(a (x - hi)): no overflow for large |a|
-    cdf = np.expm1(a * (edges - hi)) / a
-    return np.diff(cdf) / (-np.expm1(a * (lo - hi)) / a)
+    cdf = -((1.0 - edges) ** (k + 1.0))
+    return np.diff(cdf) / (-((1.0 - hi) ** (k + 1.0)) + (1.0 - lo) ** (k + 1.0))
 
 
-#: The parameter range of each shape.
-_BOUNDS = {"exp": (-200.0, 200.0), "power": (-0.99, 100.0)}
+#: The power's range.
+_BOUNDS = (-0.99, 100.0)
 
 
-def fit_slope(counts: np.ndarray, edges: np.ndarray, model: str = "exp") -> float:
-    """Weighted maximum-likelihood parameter of a shape (:func:`_fractions`) to binned counts.
+def fit_slope(counts: np.ndarray, edges: np.ndarray) -> float:
+    """Weighted maximum-likelihood power ``k`` of ``(1 - x)^k`` fitted to binned counts.
 
     >>> edges = np.linspace(0.75, 1.0, 26)
-    >>> round(fit_slope(1e6 * _fractions(edges, 0.75, 1.0, -20.0), edges), 3)
-    -20.0
-    >>> round(fit_slope(1e6 * _fractions(edges, 0.75, 1.0, 1.5, "power"), edges, "power"), 3)
+    >>> round(fit_slope(1e6 * _fractions(edges, 0.75, 1.0, 1.5), edges), 3)
     1.5
     """
     lo, hi = float(edges[0]), float(edges[-1])
     total = float(counts.sum())
 
-    def nll(a: float) -> float:
-        p = _fractions(edges, lo, hi, a, model)
+    def nll(k: float) -> float:
+        p = _fractions(edges, lo, hi, k)
         return -float(np.sum(counts * np.log(np.clip(p, 1e-300, None)))) / total
 
-    res = optimize.minimize_scalar(
-        nll, bounds=_BOUNDS[model], method="bounded", options={"xatol": 1e-6}
-    )
+    res = optimize.minimize_scalar(nll, bounds=_BOUNDS, method="bounded", options={"xatol": 1e-6})
     return float(res.x)
 
 
@@ -105,11 +111,10 @@ def _template(
     loose_edges: np.ndarray,
     eta_edges: np.ndarray,
     loose: float,
-    model: str,
 ) -> tuple[np.ndarray, float]:
-    """Per q2rec bin: its loose events x the fitted eta shape's fractions; the pooled slope.
+    """Per q2rec bin: its loose events x the fitted power law's fractions; the pooled power.
 
-    A q2rec bin with fewer than :data:`MIN_COLUMN` effective loose events takes the shape
+    A q2rec bin with fewer than :data:`MIN_COLUMN` effective loose events takes the power
     fitted to all q2rec bins together.
     """
     rows = loose_edges[:-1] >= loose - 1e-9
@@ -119,13 +124,13 @@ def _template(
     out = np.zeros((len(eta_edges) - 1, values.shape[1]))
     if sub.sum() <= 0:
         return out, 0.0
-    pooled = fit_slope(sub.sum(axis=1), edges, model)
+    pooled = fit_slope(sub.sum(axis=1), edges)
     for j in range(values.shape[1]):
         n, n2 = float(sub[:, j].sum()), float(sub_var[:, j].sum())
         if n <= 0:
             continue
-        a = fit_slope(sub[:, j], edges, model) if n * n >= MIN_COLUMN * n2 else pooled
-        out[:, j] = n * _fractions(eta_edges, lo, hi, a, model)
+        k = fit_slope(sub[:, j], edges) if n * n >= MIN_COLUMN * n2 else pooled
+        out[:, j] = n * _fractions(eta_edges, lo, hi, k)
     return out, pooled
 
 
@@ -166,6 +171,7 @@ def factorise(
     seed: int = 0,
     loose_edges: np.ndarray = LOOSE_EDGES,
     min_effective: float = MIN_EFFECTIVE,
+    correction: Correction | None = None,
 ) -> Factorised | None:
     """The factorised template of one sample from its loose histogram.
 
@@ -178,6 +184,8 @@ def factorise(
         seed: Their random stream.
         loose_edges: The loose histogram's eta edges.
         min_effective: The effective loose events a cut must hold to be taken before a looser.
+        correction: Per fit eta row, the closure correction and its systematic
+            (:func:`sideband_correction`); without it, none (and up = down = values).
 
     Returns:
         The template, or ``None`` when even the loosest region holds fewer than
@@ -190,26 +198,24 @@ def factorise(
     loose, effective = chosen
     rows = loose_edges[:-1] >= loose - 1e-9
     s, s2 = float(values[rows].sum()), float(variances[rows].sum())
-
-    def both(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        power, k = _template(v, variances, loose_edges, eta_edges, loose, "power")
-        expo, _ = _template(v, variances, loose_edges, eta_edges, loose, "exp")
-        return power, expo, k
-
-    power, expo, k = both(values)
-    nominal = (power + expo) / 2
+    n_rows = len(eta_edges) - 1
+    ratio, error = (np.ones(n_rows), np.zeros(n_rows)) if correction is None else correction
+    ratio, error = np.asarray(ratio)[:, None], np.asarray(error)[:, None]
+    power, k = _template(values, variances, loose_edges, eta_edges, loose)
+    up, down = power * (ratio + error), power * np.clip(ratio - error, 0.0, None)
+    nominal = power * ratio
     mean_weight = s2 / s
     if replicas < 1:
-        zero = np.zeros_like(nominal)
-        return Factorised(nominal, zero, expo, power, k, effective, mean_weight, loose)
+        return Factorised(
+            nominal, np.zeros_like(nominal), up, down, k, effective, mean_weight, loose
+        )
     rng = np.random.default_rng(seed)
     sigma = np.sqrt(np.clip(variances, 0.0, None))
     draws = np.empty((replicas, *nominal.shape))
     for r in range(replicas):
         moved = np.clip(values + sigma * rng.standard_normal(values.shape), 0.0, None)
-        p, e, _ = both(moved)
-        draws[r] = (p + e) / 2
-    return Factorised(nominal, draws.var(axis=0), expo, power, k, effective, mean_weight, loose)
+        draws[r] = _template(moved, variances, loose_edges, eta_edges, loose)[0] * ratio
+    return Factorised(nominal, draws.var(axis=0), up, down, k, effective, mean_weight, loose)
 
 
 class Closure(NamedTuple):
@@ -243,30 +249,70 @@ def closure(
     return Closure(chi2, int(used.sum()), ratio)
 
 
-def sideband_closure(
+#: The sideband: the power law fitted on (lo, hi) predicts (top, hi) in four rows.
+SIDEBAND = (0.6, 0.72, 0.8)
+
+
+def _sideband(
     values: np.ndarray,
     variances: np.ndarray,
     loose_edges: np.ndarray = LOOSE_EDGES,
-    window: tuple[float, float, float] = (0.6, 0.72, 0.8),
-) -> Closure:
-    """The method one step down, where the MC has more events.
-
-    The signal-region template fits eta 0.8-1 and predicts its top 0.92-1 in four bins; here
-    the same is done on (lo, top, hi) = 0.6-0.8, predicting 0.72-0.8, per q2rec bin, and
-    compared with what was filled there.
-    """
+    window: tuple[float, float, float] = SIDEBAND,
+) -> tuple[np.ndarray, np.ndarray, Factorised | None]:
+    """The sideband's four rows filled (values, variances) and the power law's prediction."""
     lo, top, hi = window
     rows = (loose_edges[:-1] >= lo - 1e-9) & (loose_edges[1:] <= hi + 1e-9)
-    sub, sub_var = values[rows], variances[rows]
     edges = loose_edges[np.concatenate([rows, [False]]) | np.concatenate([[False], rows])]
-    n, n2 = float(sub.sum()), float(sub_var.sum())
-    if n <= 0 or n2 <= 0:
-        return Closure(float("nan"), 0, float("nan"))
+    inside = np.array_split(np.flatnonzero(rows & (loose_edges[:-1] >= top - 1e-9)), 4)
+    filled = np.array([values[g].sum(axis=0) for g in inside])
+    filled_var = np.array([variances[g].sum(axis=0) for g in inside])
+    if values[rows].sum() <= 0 or variances[rows].sum() <= 0:
+        return filled, filled_var, None
     target = np.linspace(top, hi, 5)
-    upper = loose_edges[:-1] >= top - 1e-9
-    inside = np.flatnonzero(rows & upper)
-    filled = np.array([values[g].sum(axis=0) for g in np.array_split(inside, 4)])
     made = factorise(values[rows], variances[rows], target, lo, 0, loose_edges=edges)
+    return filled, filled_var, made
+
+
+def sideband_closure(
+    values: np.ndarray, variances: np.ndarray, loose_edges: np.ndarray = LOOSE_EDGES
+) -> Closure:
+    """The method one step down, where the MC has more events, for one sample.
+
+    The signal-region template fits eta 0.8-1 and predicts its top 0.92-1 in four bins; here
+    the same is done on (lo, top, hi) = :data:`SIDEBAND`, per q2rec bin, and compared with what
+    was filled there.
+    """
+    filled, _, made = _sideband(values, variances, loose_edges)
     if made is None:
         return Closure(float("nan"), 0, float("nan"))
     return closure(filled, made.values, made.variances, made.mean_weight)
+
+
+def sideband_correction(
+    histograms: Iterable[tuple[np.ndarray, np.ndarray]], loose_edges: np.ndarray = LOOSE_EDGES
+) -> Correction:
+    """The closure correction of a channel's factorised templates, per fit eta row.
+
+    Each loose histogram (values, variances) is fitted on the sideband (:data:`SIDEBAND`);
+    filled and predicted are summed over the histograms and q2rec bins, row by row. The ratio
+    is the correction; its error, the systematic, is its distance from 1 and its MC error
+    (the filled rows' sum of squared weights) in quadrature. No sideband events: none.
+
+    >>> edges = np.linspace(0.5, 1.0, 51)
+    >>> exact = 1e6 * _fractions(edges, 0.5, 1.0, 1.5)[:, None]
+    >>> c = sideband_correction([(exact, exact / 1e6)], edges)
+    >>> np.round(c.ratio, 4).tolist(), bool(np.all(c.error < 2e-3))
+    ([1.0, 1.0, 1.0, 1.0], True)
+    """
+    filled, filled_var, predicted = np.zeros(4), np.zeros(4), np.zeros(4)
+    for values, variances in histograms:
+        f, fv, made = _sideband(values, variances, loose_edges)
+        if made is not None:
+            filled += f.sum(axis=1)
+            filled_var += fv.sum(axis=1)
+            predicted += made.values.sum(axis=1)
+    if np.any(predicted <= 0):
+        log.warning("factorisation: no sideband events for the closure correction; none applied")
+        return Correction(np.ones(4), np.zeros(4))
+    ratio = filled / predicted
+    return Correction(ratio, np.hypot(ratio - 1.0, np.sqrt(filled_var) / predicted))

@@ -103,6 +103,8 @@ class Scaled(NamedTuple):
     factorised: dict[str, dict[str, Any]] | None = None  # per template (see _factorise)
     # per histogram: the sources factorised, each with its loose eta cut
     nature_factorised: dict[str, dict[str, float]] | None = None
+    # per histogram: the factorisation's closure correction per eta row (ratio, error)
+    corrections: dict[str, dict[str, list[float]]] | None = None
 
 
 def measurement_histograms(
@@ -125,9 +127,10 @@ def measurement_histograms(
 
     With ``factorise`` (``measurement.factorise``: ``samples``, ``loose_eta``, ``replicas``),
     the ITA templates of those samples (every variation) are factorised from
-    their loose histograms (:mod:`knunu.fits.factorise`), with the systematic variation
-    ``factorisation_{up,down}`` (the exponential and the power-law shapes, whose mean the
-    template is) and the closure tests in ``factorised``.
+    their loose histograms (:mod:`knunu.fits.factorise`: a power law in eta, corrected per
+    eta row by its closure one step down, summed over the histogram's samples), with the
+    systematic variation ``factorisation_{up,down}`` (the correction +- its size) and the
+    closure tests in ``factorised``.
 
     Raises:
         InputError: the file has no nature stream (``nature`` fit histograms).
@@ -135,7 +138,9 @@ def measurement_histograms(
     histograms, out = Path(histograms), Path(out)
     factors = {k: target_luminosity[k] / data_luminosity[k] for k in ("on", "off")}
     rng = np.random.default_rng([int(seed), 0x6E61747572])  # "natur": its own stream
-    written, nature, done, nature_sources = _scaled_templates(histograms, factors, factorise, seed)
+    written, nature, done, nature_sources, corrections = _scaled_templates(
+        histograms, factors, factorise, seed
+    )
     pseudo, merged, mc, nat = {}, [], [], []
     for name in sorted(nature):
         template = sum(
@@ -151,7 +156,17 @@ def measurement_histograms(
     with atomic_path(out) as tmp, uproot.recreate(tmp) as g:
         for key in sorted(written):
             g[key] = written[key]
-    return Scaled(out, factors, pseudo, tuple(merged), tuple(mc), tuple(nat), done, nature_sources)
+    return Scaled(
+        out,
+        factors,
+        pseudo,
+        tuple(merged),
+        tuple(mc),
+        tuple(nat),
+        done,
+        nature_sources,
+        corrections,
+    )
 
 
 def _scaled_templates(
@@ -159,11 +174,12 @@ def _scaled_templates(
     factors: dict[str, float],
     factorise: Mapping[str, Any] | None,
     seed: int,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The fit templates and nature's histograms scaled to the target luminosity.
 
     Returns (templates by key, nature by histogram, the factorised templates' closure tests,
-    by histogram the samples nature's factorised expectation is made of, with their cuts).
+    by histogram the samples nature's factorised expectation is made of, with their cuts,
+    by histogram the closure correction per eta row).
 
     Raises:
         InputError: the file has no nature stream.
@@ -183,14 +199,16 @@ def _scaled_templates(
                 continue
             written[key] = f[key].to_hist() * factors[RESONANCE[name]]
         nature = {n: f[f"{n}_nature_nominal"].to_hist() * factors[RESONANCE[n]] for n in natures}
-        done = _factorise(f, keys, written, factors, factorise, seed) if factorise else {}
+        corrections = _corrections(f, keys, factors, factorise) if factorise else {}
+        done, shapes = _factorise(f, keys, written, factors, factorise, seed, corrections)
         nature_sources: dict[str, dict[str, float]] = {}
         for name in ("ita_on", "ita_off") if factorise else ():
             if name in nature:
-                used = _factorise_nature(f, keys, name, nature, factors, factorise, seed)
+                used = _factorise_nature(f, keys, name, nature, factors[RESONANCE[name]], shapes)
                 if used is not None:
                     nature_sources[name] = used
-    return written, nature, done, nature_sources
+    as_lists = {n: {k: v.tolist() for k, v in c._asdict().items()} for n, c in corrections.items()}
+    return written, nature, done, nature_sources, as_lists
 
 
 def _pseudo_data(
@@ -221,22 +239,48 @@ def _pseudo_data(
     return data, without_mc
 
 
+def _corrections(
+    f: Any, keys: list[str], factors: dict[str, float], spec: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Per ITA fit histogram, the closure correction of its factorised templates.
+
+    From the loose histograms of the configured samples
+    (:func:`knunu.fits.factorise.sideband_correction`).
+    """
+    from knunu.fits import factorise as fz
+
+    out = {}
+    for name in ("ita_on", "ita_off"):
+        loose = [
+            f[key].to_hist() * factors[RESONANCE[name]]
+            for sample in spec["samples"]
+            if (key := f"{name}_loose_{sample}_nominal") in keys
+        ]
+        if loose:
+            out[name] = fz.sideband_correction((h.values(), h.variances()) for h in loose)
+    return out
+
+
 def _factorise_nature(
     f: Any,
     keys: list[str],
     name: str,
     nature: dict[str, Any],
-    factors: dict[str, float],
-    spec: Mapping[str, Any],
-    seed: int,
+    scale: float,
+    shapes: Mapping[str, tuple[float, np.ndarray]],
 ) -> dict[str, float] | None:
-    """Nature's expectation of an ITA fit histogram, its configured sources factorised.
+    """Nature's expectation of an ITA fit histogram, its factorised sources' eta shapes the MC's.
 
     The nature stream is an MC too: its signal-region expectation, filled event by event, holds
     few MC events, and the pseudo-data would carry its fluctuations. Per source sample
-    (``{name}_source_{sample}_nominal``, eta 0.5-1 x q2rec), the configured ones are
-    factorised like the templates, the others (signal at ``mu_true``, control modes) summed as
-    filled. Their sum replaces ``nature[name]`` (the filled sum must agree with it).
+    (``{name}_source_{sample}_nominal``, eta 0.5-1 x q2rec) whose template was factorised,
+    nature's events above the template's loose cut, per q2rec bin, times the template's eta
+    fractions (``shapes``: by template, its cut and fractions, :func:`_factorise`); the others
+    (signal at ``mu_true``, control modes, thin samples) summed as filled. Their sum replaces
+    ``nature[name]`` (the filled sum must agree with it).
+
+    Nature's own power law, fitted on 8-20 effective events per q2rec bin off resonance
+    (powers 0.6-6.4), put up to 24x the templates' background into a top row (stop 53).
 
     Returns:
         The factorised sources with their loose eta cuts; ``None`` without sources.
@@ -249,7 +293,6 @@ def _factorise_nature(
     if not sources:
         log.warning("measurement: %s: nature stream without its sources, not factorised", name)
         return None
-    scale = factors[RESONANCE[name]]
     rows = np.searchsorted(fz.LOOSE_EDGES, np.asarray(ETA_EDGES[:-1]) - 1e-9)
     total = np.zeros(nature[name].values().shape)
     total_var = np.zeros_like(total)
@@ -261,14 +304,15 @@ def _factorise_nature(
         own = np.add.reduceat(values[rows[0] :], rows - rows[0], axis=0)
         own_var = np.add.reduceat(variances[rows[0] :], rows - rows[0], axis=0)
         filled += own
-        made = _factorised(values, variances, spec, seed) if source in spec["samples"] else None
-        if made is None:
+        if f"{name}_{source}" not in shapes:
             total += own
             total_var += own_var
-        else:
-            total += made.values
-            total_var += made.variances
-            used[source] = made.loose
+            continue
+        cut, fractions = shapes[f"{name}_{source}"]
+        above = fz.LOOSE_EDGES[:-1] >= cut - 1e-9
+        total += values[above].sum(axis=0) * fractions
+        total_var += variances[above].sum(axis=0) * fractions**2
+        used[source] = cut
     if not math.isclose(filled.sum(), nature[name].values().sum(), rel_tol=1e-6, abs_tol=1e-9):
         raise InputError(f"{name}: the nature stream's sources do not add up to it")
     h = nature[name].copy()
@@ -285,12 +329,14 @@ def _factorised(
     seed: int,
     replicas: bool = True,
     cut: float | None = None,
+    correction: Any = None,
 ) -> Any:
     """One loose histogram factorised as ``measurement.factorise`` says.
 
     The loose cut is ``loose_eta``, or the first of ``looser_eta`` whose region holds
     ``min_loose_effective`` effective events (:func:`knunu.fits.factorise.loose_cut`); ``cut``
-    holds it (a variation is fitted above its nominal's cut).
+    holds it (a variation is fitted above its nominal's cut). ``correction``: the histogram's
+    closure correction.
     """
     from knunu.fits.factorise import MIN_EFFECTIVE, factorise
     from knunu.processors.ita import ETA_EDGES
@@ -304,6 +350,7 @@ def _factorised(
         int(spec["replicas"]) if replicas else 0,
         seed,
         min_effective=float(spec.get("min_loose_effective", MIN_EFFECTIVE)),
+        correction=correction,
     )
 
 
@@ -312,9 +359,10 @@ def _factorise(
     keys: list[str],
     written: dict[str, Any],
     factors: dict[str, float],
-    spec: Mapping[str, Any],
+    spec: Mapping[str, Any] | None,
     seed: int,
-) -> dict[str, dict[str, Any]]:
+    corrections: Mapping[str, Any],
+) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[float, np.ndarray]]]:
     """Replace the configured ITA templates by factorised ones (see :func:`measurement_histograms`).
 
     A variation whose loose histogram is too thin to fit (:data:`~knunu.fits.factorise.
@@ -323,12 +371,13 @@ def _factorise(
 
     Returns:
         Per ``{histogram}_{sample}``: the loose effective events, the fitted slope, the
-        closure against the filled template (signal region) and one step down (eta 0.6-0.8).
+        closure against the filled template (signal region) and one step down (eta 0.6-0.8);
+        and its loose cut with the nominal's eta fractions (fit bins x q2rec, per event above
+        the cut in each q2rec bin).
     """
-    from knunu.fits import factorise as fz
-
     done: dict[str, dict[str, Any]] = {}
-    for name in ("ita_on", "ita_off"):
+    shapes: dict[str, tuple[float, np.ndarray]] = {}
+    for name in ("ita_on", "ita_off") if spec else ():
         for sample in spec["samples"]:
             prefix = f"{name}_loose_{sample}_"
             variations = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
@@ -337,32 +386,61 @@ def _factorise(
             if "nominal" not in variations:
                 log.warning("measurement: %s %s: no loose histogram, not factorised", name, sample)
                 continue
-            scale = factors[RESONANCE[name]]
-            nominal = f[prefix + "nominal"].to_hist() * scale
-            result = _factorised(nominal.values(), nominal.variances(), spec, seed)
-            if result is None:  # too few loose events: the filled templates stay
-                continue
-            filled = written[f"{name}_{sample}_nominal"]
-            for variation in variations:
-                key = f"{name}_{sample}_{variation}"
-                if key not in written:
-                    continue
-                if variation == "nominal":
-                    h = _factorised_nominal(written, f"{name}_{sample}", result)
-                else:
-                    loose = (f[prefix + variation].to_hist() * scale).view()
-                    h = _factorised_variation(written[key], loose, result, nominal, spec, seed)
-                written[key] = h
-            close = fz.closure(filled.values(), result.values, result.variances, result.mean_weight)
-            side = fz.sideband_closure(nominal.values(), nominal.variances())
-            done[f"{name}_{sample}"] = {
-                "loose_eta": result.loose,
-                "loose_effective": result.loose_effective,
-                "slope": result.slope,
-                "closure": close._asdict(),
-                "sideband_closure": side._asdict(),
-            }
-    return done
+            loose = {v: f[prefix + v].to_hist() * factors[RESONANCE[name]] for v in variations}
+            made = _factorise_template(
+                written, f"{name}_{sample}", loose, (spec, seed, corrections.get(name))
+            )
+            if made is not None:
+                done[f"{name}_{sample}"], shapes[f"{name}_{sample}"] = made
+    return done, shapes
+
+
+def _factorise_template(
+    written: dict[str, Any],
+    template: str,
+    loose: Mapping[str, Any],
+    how: tuple[Mapping[str, Any], int, Any],
+) -> tuple[dict[str, Any], tuple[float, np.ndarray]] | None:
+    """One template factorised, every variation (``loose``: its loose histograms by variation).
+
+    Returns:
+        Its closure tests (:func:`_factorise`), its loose cut and eta fractions; ``None`` when
+        too few loose events (the filled templates stay).
+    """
+    from knunu.fits import factorise as fz
+
+    spec, seed, correction = how
+    nominal = loose["nominal"]
+    result = _factorised(nominal.values(), nominal.variances(), spec, seed, correction=correction)
+    if result is None:
+        return None
+    filled = written[f"{template}_nominal"]
+    for variation, h in loose.items():
+        key = f"{template}_{variation}"
+        if key not in written:
+            continue
+        if variation == "nominal":
+            written[key] = _factorised_nominal(written, template, result)
+        else:
+            written[key] = _factorised_variation(written[key], h.view(), result, nominal, how)
+    close = fz.closure(filled.values(), result.values, result.variances, result.mean_weight)
+    side = fz.sideband_closure(nominal.values(), nominal.variances())
+    summary = {
+        "loose_eta": result.loose,
+        "loose_effective": result.loose_effective,
+        "slope": result.slope,
+        "closure": close._asdict(),
+        "sideband_closure": side._asdict(),
+        # per eta row (all q2rec bins): filled, its MC variance, factorised
+        "rows": [
+            filled.values().sum(axis=1).tolist(),
+            filled.variances().sum(axis=1).tolist(),
+            result.values.sum(axis=1).tolist(),
+        ],
+    }
+    n = nominal.values()[fz.LOOSE_EDGES[:-1] >= result.loose - 1e-9].sum(axis=0)
+    fractions = np.divide(result.values, n, out=np.zeros_like(result.values), where=n > 0)
+    return summary, (result.loose, fractions)
 
 
 def _factorised_nominal(written: dict[str, Any], template: str, result: Any) -> Any:
@@ -383,17 +461,21 @@ def _factorised_nominal(written: dict[str, Any], template: str, result: Any) -> 
 
 
 def _factorised_variation(
-    filled: Any, loose: Any, result: Any, nominal: Any, spec: Mapping[str, Any], seed: int
+    filled: Any, loose: Any, result: Any, nominal: Any, how: tuple[Mapping[str, Any], int, Any]
 ) -> Any:
     """A systematic variation of a factorised template, with the filled one's variances.
 
     Factorised from its own loose histogram (``loose``, a view), or, too thin to fit, the
     factorised nominal ``result`` scaled per q2rec bin by its loose events over the nominal's.
+    ``how`` is (``measurement.factorise``, seed, the closure correction).
     """
     from knunu.fits import factorise as fz
 
+    spec, seed, correction = how
     h = filled.copy()
-    made = _factorised(loose.value, loose.variance, spec, seed, replicas=False, cut=result.loose)
+    made = _factorised(
+        loose.value, loose.variance, spec, seed, False, result.loose, correction=correction
+    )
     if made is None:
         rows = fz.LOOSE_EDGES[:-1] >= result.loose - 1e-9
         base = nominal.values()[rows].sum(axis=0)
@@ -517,6 +599,7 @@ def _summary_of(
         "nature_statistics": [m._asdict() for m in scaled.nature],
         "factorised": scaled.factorised or {},
         "nature_factorised": scaled.nature_factorised or {},
+        "factorisation_correction": scaled.corrections or {},
         "expected_mu": float(meas["expected_mu"]),
         "injection_toys": int(meas["injection_toys"]),
         "expected": [],
@@ -554,33 +637,35 @@ def _fit_model(
 
 
 def factorisation_systematics(factorised: Mapping[str, Any]) -> tuple[Any, ...]:
-    """One shape systematic per factorised ITA sample, on the channels it was factorised in.
+    """The factorised ITA templates' shape systematic: one parameter, every sample and channel.
 
-    Each is its own, uncorrelated parameter.
+    The closure correction and its size are measured on the sum of a histogram's samples
+    (:func:`knunu.fits.factorise.sideband_correction`), and the method's bias is the same on
+    and off resonance, so the parameter is shared (a row per histogram, on the samples
+    factorised there).
 
-    >>> rows = factorisation_systematics({"ita_on_ccbar": {}, "ita_off_ccbar": {}})
-    >>> [(s.name, s.channels) for s in rows]  # doctest: +NORMALIZE_WHITESPACE
-    [('factorisation_ccbar', ('ita_on_sr', 'ita_on_cr', 'ita_off_sr', 'ita_off_cr'))]
+    >>> done = {"ita_on_ccbar": {}, "ita_on_mixed": {}, "ita_off_ccbar": {}}
+    >>> rows = factorisation_systematics(done)
+    >>> [(s.name, s.samples["ita"], s.channels) for s in rows]  # doctest: +NORMALIZE_WHITESPACE
+    [('factorisation', ('ccbar', 'mixed'), ('ita_on_sr', 'ita_on_cr')),
+     ('factorisation', ('ccbar',), ('ita_off_sr', 'ita_off_cr'))]
     """
     from knunu.fits.catalogue import Systematic
 
-    channels: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
     for key in factorised:
-        if key.startswith("ita_off_"):
-            name, sample = "ita_off", key[len("ita_off_") :]
-        else:
-            name, sample = "ita_on", key[len("ita_on_") :]
-        channels.setdefault(sample, []).extend((f"{name}_sr", f"{name}_cr"))
+        name = "ita_off" if key.startswith("ita_off_") else "ita_on"
+        samples.setdefault(name, []).append(key[len(name) + 1 :])
     return tuple(
         Systematic(
-            f"factorisation_{s}",
+            "factorisation",
             "histosys",
             False,
-            {"ita": (s,)},
+            {"ita": tuple(s)},
             variation="factorisation",
-            channels=tuple(c),
+            channels=(f"{name}_sr", f"{name}_cr"),
         )
-        for s, c in channels.items()
+        for name, s in samples.items()
     )
 
 

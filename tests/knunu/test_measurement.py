@@ -324,22 +324,26 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
     done = scaled.factorised["ita_on_ccbar"]
     assert done["slope"] == pytest.approx(1.5, abs=0.5)
     assert done["sideband_closure"]["ndf"] == 12
+    # the closure correction per eta row, from the sideband of the one factorised sample: the
+    # loose histograms are a power law, so it is 1 within a few per cent of MC statistics
+    ratio, error = (np.asarray(x) for x in scaled.corrections["ita_on"].values())
+    assert list(scaled.corrections["ita_on"]) == ["ratio", "error"]
+    assert np.all(np.abs(ratio - 1) < 0.1), ratio
+    assert np.all(error < 0.15), error
     with uproot.open(scaled.path) as b:
         made = b["ita_on_ccbar_nominal"]
         up, down = b["ita_on_ccbar_factorisation_up"], b["ita_on_ccbar_factorisation_down"]
-        # per q2rec bin: the power law fitted to the loose histogram of that bin (the
-        # systematic's down), the exponential (its up), the template their mean
+        # per q2rec bin: the power law fitted to the loose histogram of that bin x the
+        # correction; the systematic's up and down: x (ratio +- error)
         v, up_v, down_v = made.values(), up.values(), down.values()
         for j in range(3):
-            k = fz.fit_slope(loose_values[j], fz.LOOSE_EDGES[30:], "power")
-            expected = fz._fractions(histfile.ETA_EDGES, 0.8, 1.0, k, "power")
-            np.testing.assert_allclose(
-                down_v[:, j] / down_v[:, j].sum(), expected / expected.sum(), 1e-9
-            )
-        np.testing.assert_allclose(v, (up_v + down_v) / 2, rtol=1e-9)
+            k = fz.fit_slope(loose_values[j], fz.LOOSE_EDGES[30:])
+            expected = fz._fractions(histfile.ETA_EDGES, 0.8, 1.0, k) * ratio
+            np.testing.assert_allclose(v[:, j] / v[:, j].sum(), expected / expected.sum(), 1e-9)
+        np.testing.assert_allclose(up_v, v * ((ratio + error) / ratio)[:, None], rtol=1e-9)
+        np.testing.assert_allclose(down_v, v * ((ratio - error) / ratio)[:, None], rtol=1e-9)
         assert v.sum() != pytest.approx(hists["ita_on_ccbar_nominal"].sum() * 724, rel=1e-3)
         assert np.all(down_v > 0)
-        assert np.all(up_v[-1] > down_v[-1])  # the exponential does not vanish at eta = 1
         assert np.all(made.variances() > 0)
         # a variation too thin to fit: the factorised nominal scaled per q2rec bin by its
         # loose events over the nominal's
@@ -354,19 +358,78 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
     thin_spec = {**spec, "looser_eta": [0.7, 0.6], "min_loose_effective": 1e9}
     stepped = measurement_histograms(path, tmp_path / "s.root", lum, target, 11, thin_spec)
     assert stepped.factorised["ita_on_ccbar"]["loose_eta"] == 0.6
+    ratio = np.asarray(stepped.corrections["ita_on"]["ratio"])
     with uproot.open(stepped.path) as b:
-        down_v = b["ita_on_ccbar_factorisation_down"].values()
-        for j in range(3):
-            k = fz.fit_slope(nominal_values[10:, j], fz.LOOSE_EDGES[10:], "power")
-            expected = fz._fractions(histfile.ETA_EDGES, 0.6, 1.0, k, "power")
-            np.testing.assert_allclose(
-                down_v[:, j] / down_v[:, j].sum(), expected / expected.sum(), 1e-9
-            )
-        ratio = np.array([0.2, 0.3, 0.5]) / nominal_values[10:].sum(axis=0)
         made = b["ita_on_ccbar_nominal"].values()
-        np.testing.assert_allclose(b[f"ita_on_ccbar_{thin}"].values(), made * ratio, rtol=1e-9)
+        for j in range(3):
+            k = fz.fit_slope(nominal_values[10:, j], fz.LOOSE_EDGES[10:])
+            expected = fz._fractions(histfile.ETA_EDGES, 0.6, 1.0, k) * ratio
+            np.testing.assert_allclose(
+                made[:, j] / made[:, j].sum(), expected / expected.sum(), 1e-9
+            )
+        thin_ratio = np.array([0.2, 0.3, 0.5]) / nominal_values[10:].sum(axis=0)
+        np.testing.assert_allclose(b[f"ita_on_ccbar_{thin}"].values(), made * thin_ratio, rtol=1e-9)
     catalogue = load_catalogue() + factorisation_systematics(scaled.factorised)
     paths = write_workspaces(scaled.path, tmp_path / "ws", catalogue, 0.0, ("ita",))
     model = pyhf.Workspace(json.loads(paths["ita"].read_text())).model()
-    assert "factorisation_ccbar" in model.config.parameters
-    assert "factorisation_uubar" not in model.config.parameters
+    # one shape parameter for every factorised template (the correction is the channel's)
+    assert [p for p in model.config.parameters if "factorisation" in p] == ["factorisation"]
+    modified = [
+        (c["name"], smp["name"])
+        for c in pyhf.Workspace(json.loads(paths["ita"].read_text()))["channels"]
+        for smp in c["samples"]
+        if any(m["name"] == "factorisation" for m in smp["modifiers"])
+    ]
+    assert {smp for _, smp in modified} == {"ccbar"}
+
+
+def test_nature_takes_the_factorised_templates_eta_shape_and_its_own_loose_events(
+    histograms, tmp_path
+):
+    """A factorised sample's nature expectation: nature's events above the template's loose
+    cut, per q2rec bin, x the template's eta fractions; a thin nature source is not
+    extrapolated by its own fitted power (it would scatter by factors in the top row)."""
+    from knunu.fits import factorise as fz
+    from knunu.measurement import _scaled_templates
+
+    path, _ = histograms
+    rng = np.random.default_rng(31)
+    centres = (fz.LOOSE_EDGES[:-1] + fz.LOOSE_EDGES[1:]) / 2
+    q2 = np.array([0.2, 0.3, 0.5])
+    shape = (1 - centres)[:, None] ** 1.5 * q2[None, :]
+    shape /= shape[30:].sum()  # per event above eta 0.8
+
+    def loose_hist(values, variances):
+        h = hist.Hist(
+            hist.axis.Regular(50, 0.5, 1.0, name="eta"),
+            hist.axis.Variable(histfile.Q2_EDGES, name="q2rec"),
+            storage=hist.storage.Weight(),
+        )
+        h.view().value, h.view().variance = values, variances
+        return h
+
+    template = rng.poisson(20_000 * shape) * 1.0  # the templates' MC: 20k events above 0.8
+    # nature's ccbar: 15 events of weight 0.1 above 0.8 (its own power fit would scatter)
+    thin = rng.poisson(15 * shape) * 0.1
+    with uproot.update(path) as f:
+        f["ita_on_loose_ccbar_nominal"] = loose_hist(template, template)
+        nature = f["ita_on_nature_nominal"].to_hist()
+        rest = nature.values() - np.add.reduceat(thin[42:], [0, 2, 4, 6], axis=0)
+        others = np.zeros((50, 3))  # the other sources: filled, in the fit rows only
+        others[42:] = np.repeat(rest / 2, 2, axis=0)
+        f["ita_on_source_ccbar_nominal"] = loose_hist(thin, thin * 0.1)
+        f["ita_on_source_charged_nominal"] = loose_hist(others, others * 0.05)
+    spec = {"samples": ["ccbar"], "loose_eta": 0.8, "replicas": 0}
+    one = {"on": 1.0, "off": 1.0}
+    written, natures, done, used, corrections = _scaled_templates(path, one, spec, 3)
+    assert used == {"ita_on": {"ccbar": 0.8}}
+    assert list(corrections) == ["ita_on"]  # the off-resonance ccbar has no loose histogram
+    assert list(done) == ["ita_on_ccbar"]
+    made = written["ita_on_ccbar_nominal"].values()
+    fractions = made / template[30:].sum(axis=0)
+    expected = np.add.reduceat(others[42:], [0, 2, 4, 6], axis=0) + thin[30:].sum(0) * fractions
+    np.testing.assert_allclose(natures["ita_on"].values(), expected, rtol=1e-9)
+    # its ccbar's top row: the truth's fraction of its 15 events, not a 15-event power fit
+    top = (thin[30:].sum(axis=0) * fractions[-1]).sum()
+    truth = (thin[30:].sum(axis=0) * shape[48:].sum(axis=0) / shape[30:].sum(axis=0)).sum()
+    assert top == pytest.approx(truth, rel=0.1)
