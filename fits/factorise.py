@@ -185,7 +185,8 @@ def factorise(
         loose_edges: The loose histogram's eta edges.
         min_effective: The effective loose events a cut must hold to be taken before a looser.
         correction: Per fit eta row, the closure correction and its systematic
-            (:func:`sideband_correction`); without it, none (and up = down = values).
+            (:func:`sideband_correction`: four rows, as the fit has); without it, none (and
+            up = down = values).
 
     Returns:
         The template, or ``None`` when even the loosest region holds fewer than
@@ -200,6 +201,8 @@ def factorise(
     s, s2 = float(values[rows].sum()), float(variances[rows].sum())
     n_rows = len(eta_edges) - 1
     ratio, error = (np.ones(n_rows), np.zeros(n_rows)) if correction is None else correction
+    if len(ratio) != n_rows:
+        raise ValueError(f"a correction of {len(ratio)} eta rows for a template of {n_rows}")
     ratio, error = np.asarray(ratio)[:, None], np.asarray(error)[:, None]
     power, k = _template(values, variances, loose_edges, eta_edges, loose)
     up, down = power * (ratio + error), power * np.clip(ratio - error, 0.0, None)

@@ -120,6 +120,9 @@ def test_the_correction_carries_a_closure_failure_from_one_step_down_into_the_si
     assert np.all(np.abs(rows("values") - 1) <= np.abs(plain - 1) + 0.01), (rows("values"), plain)
     assert np.all(rows("down")[:3] <= 1)
     assert np.all(rows("up")[:3] >= 1)
+    # a correction for another binning is refused
+    with pytest.raises(ValueError, match="4 eta rows for a template of 2"):
+        fz.factorise(*fits[0][:2], ETA_EDGES[2:], replicas=0, correction=correction)
 
 
 def test_too_few_loose_events_leave_the_template_as_filled():
