@@ -128,7 +128,7 @@ def measurement_histograms(
     With ``factorise`` (``measurement.factorise``: ``samples``, ``loose_eta``, ``replicas``),
     the ITA templates of those samples (every variation) are factorised from
     their loose histograms (:mod:`knunu.fits.factorise`: a power law in eta, corrected per
-    eta row by its closure one step down, summed over the histogram's samples), with the
+    eta row by its closure one step down, summed over the ITA samples), with the
     systematic variation ``factorisation_{up,down}`` (the correction +- its size) and the
     closure tests in ``factorised``.
 
@@ -242,23 +242,28 @@ def _pseudo_data(
 def _corrections(
     f: Any, keys: list[str], factors: dict[str, float], spec: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Per ITA fit histogram, the closure correction of its factorised templates.
+    """The closure correction of the factorised templates, one for every ITA fit histogram.
 
-    From the loose histograms of the configured samples
-    (:func:`knunu.fits.factorise.sideband_correction`).
+    From the loose histograms of the configured samples on and off resonance, summed
+    (:func:`knunu.fits.factorise.sideband_correction`): the method's bias is the same in both,
+    and the off-resonance MC alone is thin (at the default scale its rows' ratios scatter
+    0.6-1.9 with errors of 0.2-1.1).
     """
     from knunu.fits import factorise as fz
 
-    out = {}
-    for name in ("ita_on", "ita_off"):
-        loose = [
+    loose = {
+        name: [
             f[key].to_hist() * factors[RESONANCE[name]]
             for sample in spec["samples"]
             if (key := f"{name}_loose_{sample}_nominal") in keys
         ]
-        if loose:
-            out[name] = fz.sideband_correction((h.values(), h.variances()) for h in loose)
-    return out
+        for name in ("ita_on", "ita_off")
+    }
+    every = [h for hs in loose.values() for h in hs]
+    if not every:
+        return {}
+    correction = fz.sideband_correction((h.values(), h.variances()) for h in every)
+    return {name: correction for name, hs in loose.items() if hs}
 
 
 def _factorise_nature(
