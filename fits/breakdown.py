@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 #: (group, pattern searched in the parameter's label), first match wins. MC statistics of the
 #: continuum (ITA quark pairs and tau pairs, the HTA's uds and ccbar) apart from the rest.
 GROUPS: tuple[tuple[str, str], ...] = (
-    ("MC statistics, continuum", r"^staterror_.*_(uubar|ddbar|ssbar|ccbar|taupair|uds)\["),
-    ("MC statistics, B Bbar and signal", r"^staterror_"),
+    (
+        "MC statistics, continuum",
+        r"^staterror_.*_(uubar|ddbar|ssbar|ccbar|taupair|uds)\["
+        r"|mcstat_.*_(uubar|ddbar|ssbar|ccbar|taupair)_\d+$",
+    ),
+    ("MC statistics, B Bbar and signal", r"^staterror_|mcstat_"),
     ("factorised template shapes", r"factorisation"),
     ("background normalisations", r"mu_bkg_|norm_|offres_norm|n_bb|luminosity"),
     ("B and D decays, signal form factors", r"corr_|k_ks_kl_pwave"),

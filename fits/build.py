@@ -225,18 +225,21 @@ def build_spec_and_bins(
             modifiers: list[dict[str, Any]] = []
             if sample == SIGNAL:
                 modifiers.append({"name": POI, "type": "normfactor", "data": None})
-            modifiers.append(
-                {
-                    "name": f"staterror_{cname}_{sample}",
-                    "type": "staterror",
-                    "data": _cut(np.sqrt(var_full), layout),
-                }
-            )
-            for row in catalogue:
-                if sample not in row.samples.get(analysis, ()):
-                    continue
-                if row.channels is not None and cname not in row.channels:
-                    continue
+            rows = [
+                row
+                for row in catalogue
+                if sample in row.samples.get(analysis, ())
+                and (row.channels is None or cname in row.channels)
+            ]
+            if not any(row.mc_statistics for row in rows):
+                modifiers.append(
+                    {
+                        "name": f"staterror_{cname}_{sample}",
+                        "type": "staterror",
+                        "data": _cut(np.sqrt(var_full), layout),
+                    }
+                )
+            for row in rows:
                 modifiers += _modifier(hfile, row, layout, sample, nominal, prune_threshold, cname)
             samples.append({"name": sample, "data": nominal.tolist(), "modifiers": modifiers})
         data_values, _ = hfile.get(layout.histogram, "data", "nominal")

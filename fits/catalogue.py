@@ -30,6 +30,9 @@ class Systematic(NamedTuple):
     size: float | None = None
     variation: str | None = None
     channels: tuple[str, ...] | None = None
+    #: Its parameters are the sample's MC statistical uncertainty (no staterror where it
+    #: applies): rows made by code, e.g. the factorised templates' principal components.
+    mc_statistics: bool = False
 
     @property
     def analyses(self) -> tuple[str, ...]:

@@ -50,6 +50,9 @@ LOOSE_EDGES = np.linspace(0.5, 1.0, 51)
 MIN_EFFECTIVE = 5.0
 #: A q2rec bin with fewer effective loose events takes the eta shape of all q2rec bins.
 MIN_COLUMN = 3.0
+#: The principal components of the replicas kept: those that make this fraction of their
+#: summed variance.
+COMPONENTS_FRACTION = 0.9999
 
 
 class Correction(NamedTuple):
@@ -74,6 +77,10 @@ class Factorised(NamedTuple):
     loose_effective: float  # (sum w)^2 / sum w^2 of the loose events
     mean_weight: float  # sum w^2 / sum w of the loose events (an event's typical weight)
     loose: float  # the loose eta cut it was fitted above
+    #: The replicas' covariance as principal components (K x eta bins x q2rec bins, each
+    #: sqrt(eigenvalue) x eigenvector, largest first): the MC statistical uncertainty with its
+    #: correlations (a fitted slope moves every row together); none without replicas.
+    components: np.ndarray | None = None
 
 
 def _fractions(edges: np.ndarray, lo: float, hi: float, k: float) -> np.ndarray:
@@ -218,7 +225,30 @@ def factorise(
     for r in range(replicas):
         moved = np.clip(values + sigma * rng.standard_normal(values.shape), 0.0, None)
         draws[r] = _template(moved, variances, loose_edges, eta_edges, loose)[0] * ratio
-    return Factorised(nominal, draws.var(axis=0), up, down, k, effective, mean_weight, loose)
+    return Factorised(
+        nominal, draws.var(axis=0), up, down, k, effective, mean_weight, loose, _components(draws)
+    )
+
+
+def _components(draws: np.ndarray, fraction: float = COMPONENTS_FRACTION) -> np.ndarray:
+    """The principal components of replicas (n x shape) that make ``fraction`` of their variance.
+
+    Each is sqrt(eigenvalue) x eigenvector of the replicas' covariance, so the sum of their
+    outer products is that covariance, less what the dropped components held.
+
+    >>> rng = np.random.default_rng(1)
+    >>> slope = rng.standard_normal(4000)[:, None] * np.array([1.0, 2.0, 3.0])  # one direction
+    >>> c = _components(slope)
+    >>> c.shape, np.round(np.abs(c[0]), 1).tolist()
+    ((1, 3), [1.0, 2.0, 3.0])
+    """
+    flat = draws.reshape(len(draws), -1)
+    values, vectors = np.linalg.eigh(np.atleast_2d(np.cov(flat.T)))
+    values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+    if values.sum() <= 0:
+        return np.zeros((0, *draws.shape[1:]))
+    keep = int(np.searchsorted(np.cumsum(values) / values.sum(), fraction - 1e-12) + 1)
+    return (vectors[:, :keep] * np.sqrt(values[:keep])).T.reshape(keep, *draws.shape[1:])
 
 
 class Closure(NamedTuple):

@@ -436,6 +436,7 @@ def _factorise_template(
         "slope": result.slope,
         "closure": close._asdict(),
         "sideband_closure": side._asdict(),
+        "components": 0 if result.components is None else len(result.components),
         # per eta row (all q2rec bins): filled, its MC variance, factorised
         "rows": [
             filled.values().sum(axis=1).tolist(),
@@ -451,14 +452,26 @@ def _factorise_template(
 def _factorised_nominal(written: dict[str, Any], template: str, result: Any) -> Any:
     """The factorised nominal of ``template``.
 
-    Its shape systematic's up and down go into ``written`` (``{template}_factorisation_*``).
+    Its shape systematic's up and down go into ``written`` (``{template}_factorisation_*``),
+    and its MC statistical uncertainty as the replicas' principal components, nominal +- each
+    (``{template}_mcstat{k}_*``, at least 0).
     """
     key = f"{template}_nominal"
-    for label, alt in (("up", result.up), ("down", result.down)):
+    components = result.components if result.components is not None else ()
+    shifts = [
+        (f"mcstat{k}_{label}", np.clip(result.values + sign * c, 0.0, None))
+        for k, c in enumerate(components)
+        for label, sign in (("up", 1.0), ("down", -1.0))
+    ]
+    for label, alt in (
+        ("factorisation_up", result.up),
+        ("factorisation_down", result.down),
+        *shifts,
+    ):
         hv = written[key].copy()
         hv.view().value = alt
         hv.view().variance = result.variances
-        written[f"{template}_factorisation_{label}"] = hv
+        written[f"{template}_{label}"] = hv
     h = written[key].copy()
     h.view().variance = result.variances
     h.view().value = result.values
@@ -642,26 +655,45 @@ def _fit_model(
 
 
 def factorisation_systematics(factorised: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The factorised ITA templates' shape systematic: one parameter, every sample and channel.
+    """The factorised ITA templates' parameters: their shape, and their MC statistics.
 
-    The closure correction and its size are measured on the sum of a histogram's samples
-    (:func:`knunu.fits.factorise.sideband_correction`), and the method's bias is the same on
-    and off resonance, so the parameter is shared (a row per histogram, on the samples
-    factorised there).
+    The shape: one parameter for every sample and channel. The closure correction and its
+    size are measured on the sum of the samples on and off resonance
+    (:func:`knunu.fits.factorise.sideband_correction`), so the parameter is shared (a row per
+    histogram, on the samples factorised there). The MC statistics: a parameter per principal
+    component of each template's replicas (``components`` of its entry), which replaces the
+    template's staterror.
 
-    >>> done = {"ita_on_ccbar": {}, "ita_on_mixed": {}, "ita_off_ccbar": {}}
-    >>> rows = factorisation_systematics(done)
-    >>> [(s.name, s.samples["ita"], s.channels) for s in rows]  # doctest: +NORMALIZE_WHITESPACE
+    >>> done = {"ita_on_ccbar": {"components": 2}, "ita_on_mixed": {}, "ita_off_ccbar": {}}
+    >>> [(s.name, s.samples["ita"], s.channels) for s in factorisation_systematics(done)]
+    ... # doctest: +NORMALIZE_WHITESPACE
     [('factorisation', ('ccbar', 'mixed'), ('ita_on_sr', 'ita_on_cr')),
-     ('factorisation', ('ccbar',), ('ita_off_sr', 'ita_off_cr'))]
+     ('factorisation', ('ccbar',), ('ita_off_sr', 'ita_off_cr')),
+     ('mcstat_on_ccbar_0', ('ccbar',), ('ita_on_sr', 'ita_on_cr')),
+     ('mcstat_on_ccbar_1', ('ccbar',), ('ita_on_sr', 'ita_on_cr'))]
     """
     from knunu.fits.catalogue import Systematic
 
     samples: dict[str, list[str]] = {}
-    for key in factorised:
+    mcstat = []
+    for key, d in factorised.items():
         name = "ita_off" if key.startswith("ita_off_") else "ita_on"
-        samples.setdefault(name, []).append(key[len(name) + 1 :])
-    return tuple(
+        sample = key[len(name) + 1 :]
+        samples.setdefault(name, []).append(sample)
+        channels = (f"{name}_sr", f"{name}_cr")
+        mcstat += [
+            Systematic(
+                f"mcstat_{name[4:]}_{sample}_{k}",
+                "histosys",
+                False,
+                {"ita": (sample,)},
+                variation=f"mcstat{k}",
+                channels=channels,
+                mc_statistics=True,
+            )
+            for k in range(int(d.get("components", 0)))
+        ]
+    shape = tuple(
         Systematic(
             "factorisation",
             "histosys",
@@ -672,6 +704,7 @@ def factorisation_systematics(factorised: Mapping[str, Any]) -> tuple[Any, ...]:
         )
         for name, s in samples.items()
     )
+    return (*shape, *mcstat)
 
 
 def _likelihood(workspace: pyhf.Workspace, model: str) -> Any:

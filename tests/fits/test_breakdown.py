@@ -92,6 +92,9 @@ def test_groups_are_matched_in_order():
     assert group_of("staterror_ita_on_sr_charged[3]") == "MC statistics, B Bbar and signal"
     assert group_of("hta_norm_bbbar") == "background normalisations"
     assert group_of("ita_factorisation") == "factorised template shapes"
+    # the factorised templates' MC statistics (principal components of their replicas)
+    assert group_of("ita_mcstat_off_ssbar_3") == "MC statistics, continuum"
+    assert group_of("ita_mcstat_on_charged_0") == "MC statistics, B Bbar and signal"
     assert np.all([group_of(g) != OTHER for g in ("ita_kl_efficiency", "hta_extra_energy")])
 
 

@@ -59,6 +59,11 @@ def test_the_factorised_template_estimates_the_signal_region_with_its_stated_err
     # the replicas' error is the spread between independent samples (within 35 %)
     stated = np.sqrt(np.array([m.variances for m in made]).mean(axis=0))
     assert np.all(np.abs(stated / spread - 1) < 0.35), stated / spread
+    # ... carried by the principal components of the replicas (their squares add up to it)
+    for m in made:
+        assert 1 <= len(m.components) <= m.values.size
+        summed = np.sum(m.components**2, axis=0) * (60 - 1) / 60  # np.cov's n - 1
+        np.testing.assert_allclose(summed, m.variances, rtol=0.01)  # 1e-4 of it dropped
     # ... and below the filled template's own MC error: the point of it
     filled_error = np.sqrt(np.mean(filled_var, axis=0))
     assert np.all(stated < 0.7 * filled_error), stated / filled_error

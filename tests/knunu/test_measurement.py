@@ -381,6 +381,20 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
         if any(m["name"] == "factorisation" for m in smp["modifiers"])
     ]
     assert {smp for _, smp in modified} == {"ccbar"}
+    # its MC statistical uncertainty: the replicas' principal components, not a staterror
+    spec = pyhf.Workspace(json.loads(paths["ita"].read_text()))
+    for channel in (c for c in spec["channels"] if c["name"].startswith("ita_on")):
+        for smp in channel["samples"]:
+            types = {m["name"]: m["type"] for m in smp["modifiers"]}
+            mcstat = [n for n in types if n.startswith("mcstat_on_ccbar_")]
+            staterror = [t for t in types.values() if t == "staterror"]
+            if smp["name"] == "ccbar":
+                assert mcstat, channel["name"]
+                assert not staterror
+                assert {types[n] for n in mcstat} == {"histosys"}
+            else:
+                assert not mcstat
+                assert staterror
 
 
 def test_nature_takes_the_factorised_templates_eta_shape_and_its_own_loose_events(
