@@ -896,8 +896,8 @@ def _mc_statistics_line(summary: dict[str, Any]) -> str:
     bkg = [m for m in summary["mc_statistics"] if m["sample"] == "background"]
     return (
         "MC statistics in the signal regions (effective events (sum w)^2/sum w^2, of the "
-        "factorised templates from their replicas' errors; the fit's staterror carries "
-        "them): "
+        "factorised templates from their replicas' errors; the fit carries them as staterror, "
+        "the factorised templates' as their replicas' principal components): "
         + "; ".join(
             f"{m['histogram']} background {m['effective']:.0f} effective for "
             f"{m['expected']:.0f} expected (worst bin {m['min_ratio']:.3f} x the data)"
