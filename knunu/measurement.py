@@ -199,8 +199,9 @@ def _scaled_templates(
                 continue
             written[key] = f[key].to_hist() * factors[RESONANCE[name]]
         nature = {n: f[f"{n}_nature_nominal"].to_hist() * factors[RESONANCE[n]] for n in natures}
-        corrections = _corrections(f, keys, factors, factorise) if factorise else {}
-        done, shapes = _factorise(f, keys, written, factors, factorise, seed, corrections)
+        loose = _loose_histograms(f, keys, written, factors, factorise) if factorise else {}
+        corrections = _corrections(loose)
+        done, shapes = _factorise(loose, written, factorise, seed, corrections)
         nature_sources: dict[str, dict[str, float]] = {}
         for name in ("ita_on", "ita_off") if factorise else ():
             if name in nature:
@@ -239,31 +240,50 @@ def _pseudo_data(
     return data, without_mc
 
 
-def _corrections(
-    f: Any, keys: list[str], factors: dict[str, float], spec: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The closure correction of the factorised templates, one for every ITA fit histogram.
+def _loose_histograms(
+    f: Any,
+    keys: list[str],
+    written: Mapping[str, Any],
+    factors: dict[str, float],
+    spec: Mapping[str, Any],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The loose histograms of the configured samples' templates, read once and scaled.
 
-    From the loose histograms of the configured samples on and off resonance, summed
+    By ITA histogram, sample and variation (``{name}_loose_{sample}_{variation}``). A template
+    in ``written`` without a loose nominal is named (not factorised).
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in ("ita_on", "ita_off"):
+        for sample in spec["samples"]:
+            prefix = f"{name}_loose_{sample}_"
+            variations = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
+            if f"{name}_{sample}_nominal" not in written:
+                continue
+            if "nominal" not in variations:
+                log.warning("measurement: %s %s: no loose histogram, not factorised", name, sample)
+                continue
+            scale = factors[RESONANCE[name]]
+            out.setdefault(name, {})[sample] = {
+                v: f[prefix + v].to_hist() * scale for v in variations
+            }
+    return out
+
+
+def _corrections(loose: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The closure correction of the factorised templates, the same for every ITA histogram.
+
+    From the loose nominals of the configured samples on and off resonance, summed
     (:func:`knunu.fits.factorise.sideband_correction`): the method's bias is the same in both,
     and the off-resonance MC alone is thin (at the default scale its rows' ratios scatter
     0.6-1.9 with errors of 0.2-1.1).
     """
     from knunu.fits import factorise as fz
 
-    loose = {
-        name: [
-            f[key].to_hist() * factors[RESONANCE[name]]
-            for sample in spec["samples"]
-            if (key := f"{name}_loose_{sample}_nominal") in keys
-        ]
-        for name in ("ita_on", "ita_off")
-    }
-    every = [h for hs in loose.values() for h in hs]
-    if not every:
+    nominals = [h["nominal"] for samples in loose.values() for h in samples.values()]
+    if not nominals:
         return {}
-    correction = fz.sideband_correction((h.values(), h.variances()) for h in every)
-    return {name: correction for name, hs in loose.items() if hs}
+    correction = fz.sideband_correction((h.values(), h.variances()) for h in nominals)
+    return dict.fromkeys(loose, correction)
 
 
 def _factorise_nature(
@@ -360,19 +380,18 @@ def _factorised(
 
 
 def _factorise(
-    f: Any,
-    keys: list[str],
+    loose: Mapping[str, Mapping[str, Mapping[str, Any]]],
     written: dict[str, Any],
-    factors: dict[str, float],
     spec: Mapping[str, Any] | None,
     seed: int,
     corrections: Mapping[str, Any],
 ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[float, np.ndarray]]]:
     """Replace the configured ITA templates by factorised ones (see :func:`measurement_histograms`).
 
-    A variation whose loose histogram is too thin to fit (:data:`~knunu.fits.factorise.
-    MIN_EFFECTIVE`) takes the factorised nominal scaled per q2rec bin by its loose events
-    over the nominal's, so no variation of a factorised template stays filled event by event.
+    ``loose``: the loose histograms (:func:`_loose_histograms`). A variation whose loose
+    histogram is too thin to fit (:data:`~knunu.fits.factorise.MIN_EFFECTIVE`) takes the
+    factorised nominal scaled per q2rec bin by its loose events over the nominal's, so no
+    variation of a factorised template stays filled event by event.
 
     Returns:
         Per ``{histogram}_{sample}``: the loose effective events, the fitted slope, the
@@ -382,19 +401,10 @@ def _factorise(
     """
     done: dict[str, dict[str, Any]] = {}
     shapes: dict[str, tuple[float, np.ndarray]] = {}
-    for name in ("ita_on", "ita_off") if spec else ():
-        for sample in spec["samples"]:
-            prefix = f"{name}_loose_{sample}_"
-            variations = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
-            if f"{name}_{sample}_nominal" not in written:
-                continue
-            if "nominal" not in variations:
-                log.warning("measurement: %s %s: no loose histogram, not factorised", name, sample)
-                continue
-            loose = {v: f[prefix + v].to_hist() * factors[RESONANCE[name]] for v in variations}
-            made = _factorise_template(
-                written, f"{name}_{sample}", loose, (spec, seed, corrections.get(name))
-            )
+    for name, samples in loose.items():
+        for sample, hists in samples.items():
+            how = (spec, seed, corrections.get(name))
+            made = _factorise_template(written, f"{name}_{sample}", hists, how)
             if made is not None:
                 done[f"{name}_{sample}"], shapes[f"{name}_{sample}"] = made
     return done, shapes
