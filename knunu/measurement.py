@@ -128,9 +128,9 @@ def measurement_histograms(
     With ``factorise`` (``measurement.factorise``: ``samples``, ``loose_eta``, ``replicas``),
     the ITA templates of those samples (every variation) are factorised from
     their loose histograms (:mod:`knunu.fits.factorise`: a power law in eta, corrected per
-    eta row by its closure one step down, summed over the ITA samples), with the
-    systematic variation ``factorisation_{up,down}`` (the correction +- its size) and the
-    closure tests in ``factorised``.
+    eta row by its closure in seven windows below the signal region, summed over the ITA
+    samples), with the systematic variation ``factorisation_{up,down}`` (the correction +- the
+    windows' spread and its MC error) and the closure tests in ``factorised``.
 
     Raises:
         InputError: the file has no nature stream (``nature`` fit histograms).
@@ -208,7 +208,10 @@ def _scaled_templates(
                 used = _factorise_nature(f, keys, name, nature, factors[RESONANCE[name]], shapes)
                 if used is not None:
                     nature_sources[name] = used
-    as_lists = {n: {k: v.tolist() for k, v in c._asdict().items()} for n, c in corrections.items()}
+    as_lists = {
+        n: {k: v.tolist() for k, v in c._asdict().items() if v is not None}
+        for n, c in corrections.items()
+    }
     return written, nature, done, nature_sources, as_lists
 
 

@@ -225,8 +225,9 @@ def _factorised_rows(summary: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "**The factorisation per eta row** (0.92-0.94 / 0.94-0.96 / 0.96-0.98 / 0.98-1): the "
-        "closure correction (filled over the power law one step down, eta 0.72-0.8 from a fit "
-        "on 0.6-0.8, every ITA sample on and off resonance) +- the shape systematic it sizes; the "
+        "closure correction (filled over the power law in the signal region's geometry moved "
+        "down, the mean over seven windows from 0.6-0.8 to 0.72-0.92, every ITA sample on and "
+        "off resonance) +- the shape systematic it sizes; the "
         "factorised templates summed over the samples against the same templates filled event "
         "by event (their MC error)",
         "",

@@ -324,10 +324,14 @@ def test_factorised_templates_replace_the_filled_ones_with_their_systematic(hist
     done = scaled.factorised["ita_on_ccbar"]
     assert done["slope"] == pytest.approx(1.5, abs=0.5)
     assert done["sideband_closure"]["ndf"] == 12
-    # the closure correction per eta row, from the sideband of the one factorised sample: the
-    # loose histograms are a power law, so it is 1 within a few per cent of MC statistics
-    ratio, error = (np.asarray(x) for x in scaled.corrections["ita_on"].values())
-    assert list(scaled.corrections["ita_on"]) == ["ratio", "error"]
+    # the closure correction per eta row, from the sidebands of the one factorised sample (the
+    # mean of the windows'): the loose histograms are a power law, so it is 1 within a few per
+    # cent of MC statistics
+    correction = scaled.corrections["ita_on"]
+    assert list(correction) == ["ratio", "error", "windows"]
+    ratio, error = np.asarray(correction["ratio"]), np.asarray(correction["error"])
+    assert np.shape(correction["windows"]) == (len(fz.SIDEBANDS), 4)
+    np.testing.assert_allclose(np.mean(correction["windows"], axis=0), ratio, rtol=1e-12)
     assert np.all(np.abs(ratio - 1) < 0.1), ratio
     assert np.all(error < 0.15), error
     with uproot.open(scaled.path) as b:
