@@ -12,6 +12,7 @@ import scipy.optimize
 
 from knunu.errors import FitError, LimitAboveBoundError, WorkspaceError
 from knunu.fits.infer import (
+    FitResult,
     Likelihood,
     asimov_data,
     build_model,
@@ -476,6 +477,85 @@ def _kinked_workspace(lo_data=(0.8, -1.0), second=False):
         "version": "1.0.0",
     }
     return pyhf.Workspace(spec)
+
+
+def _edge_workspace() -> pyhf.Workspace:
+    """A bin without events that the background's down variation can empty, unclipped.
+
+    mu may go below zero, so the model does not clip samples (``build_model``). In bin 2 the
+    expectation is about 0.5 mu + 1 + 2 alpha; with no events its NLL term is that
+    expectation, whose slope in alpha (2) beats the constraint's (alpha) down to where the
+    bin expects nothing: the minimum sits on the edge of the likelihood's domain.
+    """
+    spec = {
+        "channels": [
+            {
+                "name": "sr",
+                "samples": [
+                    {
+                        "name": "sig",
+                        "data": [2.0, 0.5],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {"name": "other", "data": [10.0, 0.0], "modifiers": []},
+                    {
+                        "name": "bkg",
+                        "data": [1.0, 1.0],
+                        "modifiers": [
+                            {
+                                "name": "alpha",
+                                "type": "histosys",
+                                "data": {"hi_data": [1.2, 3.0], "lo_data": [0.8, -1.0]},
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+        "observations": [{"name": "sr", "data": [12.0, 0.0]}],
+        "measurements": [
+            {
+                "name": "m",
+                "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[-5.0, 10.0]]}]},
+            }
+        ],
+        "version": "1.0.0",
+    }
+    return pyhf.Workspace(spec)
+
+
+def test_a_stop_on_the_likelihoods_edge_is_moved_along_it_to_the_minimum():
+    lh = Likelihood.from_workspace(_edge_workspace())
+    assert lh.dense is not None
+    assert not lh.dense.clip
+    free = np.ones(lh.npars, dtype=bool)
+    # the minimum: the empty bin expects nothing there
+    best = lh._minimise("fisher", lh.init.copy(), free, 200)
+    lam, jac = lh._expected_and_jacobian(best.x)
+    assert lam[1] == pytest.approx(0.0, abs=1e-8)
+    assert lh._edges(best.x)[1]
+    assert lh._edge_edm(best.x, free, lh._edges(best.x)) < 1e-6
+    # a stop on the edge, away from the minimum along it, is not a minimum ...
+    along = np.array([-jac[1, 1], jac[1, 0]])  # (alpha, mu) keeping bin 2's expectation
+    stop_x = best.x + 0.3 * along / np.linalg.norm(along)
+    stop_x = lh._along_edge(stop_x, np.arange(2), np.zeros(2), lh._edges(best.x), np.inf)
+    assert lh._edges(stop_x)[1]
+    assert lh.nll(stop_x) > best.nll + 1e-3
+    assert lh._edge_edm(stop_x, free, lh._edges(stop_x)) > 1e-2
+    # ... and is moved along the edge to the minimum and accepted there
+    stop = FitResult(stop_x, lh.nll(stop_x), 1.0, 1, "fisher")
+    moved = lh._on_an_edge([stop], free)
+    assert moved is not None
+    assert moved.method == "fisher, on an edge"
+    assert moved.edm < 1e-6
+    assert moved.nll == pytest.approx(best.nll, abs=1e-7)
+    np.testing.assert_allclose(moved.x, best.x, atol=1e-3)
+    # no nearby point inside the domain is lower (outside it the NLL is inf)
+    rng = np.random.default_rng(5)
+    for scale in (1e-4, 1e-2, 0.3):
+        steps = rng.normal(scale=scale, size=(300, lh.npars))
+        points = np.clip(moved.x + steps, lh.bounds[:, 0], lh.bounds[:, 1])
+        assert min(lh.nll(p) for p in points) >= moved.nll - 1e-7
 
 
 def test_a_minimum_on_a_clipped_templates_kink_is_accepted():
