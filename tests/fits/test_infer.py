@@ -482,45 +482,16 @@ def _kinked_workspace(lo_data=(0.8, -1.0), second=False):
 def _edge_workspace() -> pyhf.Workspace:
     """A bin without events that the background's down variation can empty, unclipped.
 
-    mu may go below zero, so the model does not clip samples (``build_model``). In bin 2 the
-    expectation is about 0.5 mu + 1 + 2 alpha; with no events its NLL term is that
-    expectation, whose slope in alpha (2) beats the constraint's (alpha) down to where the
-    bin expects nothing: the minimum sits on the edge of the likelihood's domain.
+    :func:`_kinked_workspace` with no events and no other background in bin 2, and mu allowed
+    below zero, so the model does not clip samples (``build_model``). Bin 2 expects about
+    0.5 mu + 1 + 2 alpha; with no events its NLL term is that expectation, whose slope in
+    alpha (2) beats the constraint's (alpha) down to where the bin expects nothing: the
+    minimum sits on the edge of the likelihood's domain.
     """
-    spec = {
-        "channels": [
-            {
-                "name": "sr",
-                "samples": [
-                    {
-                        "name": "sig",
-                        "data": [2.0, 0.5],
-                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
-                    },
-                    {"name": "other", "data": [10.0, 0.0], "modifiers": []},
-                    {
-                        "name": "bkg",
-                        "data": [1.0, 1.0],
-                        "modifiers": [
-                            {
-                                "name": "alpha",
-                                "type": "histosys",
-                                "data": {"hi_data": [1.2, 3.0], "lo_data": [0.8, -1.0]},
-                            }
-                        ],
-                    },
-                ],
-            }
-        ],
-        "observations": [{"name": "sr", "data": [12.0, 0.0]}],
-        "measurements": [
-            {
-                "name": "m",
-                "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[-5.0, 10.0]]}]},
-            }
-        ],
-        "version": "1.0.0",
-    }
+    spec = copy.deepcopy(dict(_kinked_workspace()))
+    spec["channels"][0]["samples"][1]["data"] = [10.0, 0.0]
+    spec["observations"][0]["data"] = [12.0, 0.0]
+    spec["measurements"][0]["config"]["parameters"] = [{"name": "mu", "bounds": [[-5.0, 10.0]]}]
     return pyhf.Workspace(spec)
 
 
