@@ -416,7 +416,7 @@ class Likelihood:
                 x = moved
                 if float(np.abs(dx).max()) < 1e-10:
                     break
-            edge = self._edges(x)
+            edge = self._edges(self._expected_and_jacobian(x)[0])
             if not edge.any():
                 continue
             edm = self._edge_edm(x, free, edge)
@@ -427,9 +427,8 @@ class Likelihood:
                 )
         return None
 
-    def _edges(self, x: np.ndarray) -> np.ndarray:
-        """The bins without events whose expectation at ``x`` is zero (the domain's edge)."""
-        lam = self._expected_and_jacobian(x)[0]
+    def _edges(self, lam: np.ndarray) -> np.ndarray:
+        """The bins without events whose expectation ``lam`` is zero (the domain's edge)."""
         return (self.data[: self.nmain] == 0) & (lam <= 1e-9 * max(1.0, float(np.abs(lam).max())))
 
     def _edge_step(
@@ -446,7 +445,7 @@ class Likelihood:
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         idx = np.flatnonzero(free & ~((x <= lo) & (g > 0) | (x >= hi) & (g < 0)))
         metric = self._edge_metric(lam, jac, idx)
-        edge = self._edges(x)
+        edge = self._edges(lam)
         while edge.any():
             a = jac[edge][:, idx]
             kkt = np.block([[metric, a.T], [a, np.zeros((len(a), len(a)))]])
@@ -510,15 +509,11 @@ class Likelihood:
             chol = np.linalg.cholesky(self._edge_metric(lam, jac, idx))
         except np.linalg.LinAlgError:
             return math.inf
-        lo, hi = self.bounds[idx, 0], self.bounds[idx, 1]
-        eye = np.eye(len(idx))
-        # g = sum of mu x (an edge's gradient, +e_i at a lower bound, -e_i at an upper), mu >= 0
-        pinned = [eye[x[idx] <= lo], -eye[x[idx] >= hi]]
-        columns = np.vstack([jac[edge][:, idx], *pinned]).T
-        a = scipy.linalg.solve_triangular(chol, columns, lower=True)
-        target = scipy.linalg.solve_triangular(chol, g[idx], lower=True)
-        mix = scipy.optimize.lsq_linear(a, target, bounds=(0.0, np.inf))
-        return 0.5 * float(np.sum((a @ mix.x - target) ** 2))
+        # g = sum of mu x (an edge's gradient), mu >= 0: the edges' terms are minus theirs
+        terms = -jac[edge][:, idx]
+        return _mixed_edm(
+            chol, g[idx], terms, np.full(len(terms), np.inf), x[idx], self.bounds[idx]
+        )
 
     def _on_a_kink(self, stops: list[FitResult], free: np.ndarray) -> FitResult | None:
         """The lowest stop that is (or moves along kinks to) a minimum on a kink; else None."""
@@ -591,14 +586,7 @@ class Likelihood:
         e, b = np.nonzero(near)
         terms = k.slope[b][:, None] * k.jac[e, b]  # each kink's term of the NLL gradient
         g0 = k.grad[k.idx] - terms[k.y[e, b] >= 0].sum(axis=0)  # the gradient without them
-        xf, eye = x[k.idx], np.eye(len(k.idx))
-        pinned = [-eye[xf <= self.bounds[k.idx, 0]], eye[xf >= self.bounds[k.idx, 1]]]
-        columns = np.vstack([terms, *pinned]).T
-        upper = np.concatenate([np.ones(len(e)), np.full(columns.shape[1] - len(e), np.inf)])
-        a = scipy.linalg.solve_triangular(k.chol, columns, lower=True)
-        target = -scipy.linalg.solve_triangular(k.chol, g0, lower=True)
-        mix = scipy.optimize.lsq_linear(a, target, bounds=(0.0, upper))
-        return 0.5 * float(np.sum((a @ mix.x - target) ** 2))
+        return _mixed_edm(k.chol, g0, terms, np.ones(len(e)), x[k.idx], self.bounds[k.idx])
 
     def _onto_kinks(self, x: np.ndarray, free: np.ndarray, reach: float = 0.1) -> np.ndarray:
         """Newton steps along the kinks within ``reach`` standard deviations of ``x``.
@@ -1063,6 +1051,30 @@ def _no_convergence(result: FitResult | None) -> FitError:
             "strategy stopped: no minimum inside the bounds)"
         )
     return FitError(f"fit did not converge (EDM {edm:.3g} after every strategy)")
+
+
+def _mixed_edm(
+    chol: np.ndarray,
+    g: np.ndarray,
+    terms: np.ndarray,
+    upper: np.ndarray,
+    x: np.ndarray,
+    bounds: np.ndarray,
+) -> float:
+    """0.5 |L^-1 (g + sum_k w_k t_k + bound multipliers)|^2, least over the weights.
+
+    ``L`` (``chol``) is the metric's Cholesky factor; each term ``t_k`` (a row of ``terms``)
+    is weighted in [0, ``upper_k``]; a parameter on its lower (upper) bound adds -e_i (+e_i)
+    with a non-negative multiplier. The EDM of a minimum on kinks or edges (KKT).
+    """
+    eye = np.eye(len(x))
+    pinned = [-eye[x <= bounds[:, 0]], eye[x >= bounds[:, 1]]]
+    columns = np.vstack([terms, *pinned]).T
+    upper = np.concatenate([upper, np.full(columns.shape[1] - len(terms), np.inf)])
+    a = scipy.linalg.solve_triangular(chol, columns, lower=True)
+    target = -scipy.linalg.solve_triangular(chol, g, lower=True)
+    mix = scipy.optimize.lsq_linear(a, target, bounds=(0.0, upper))
+    return 0.5 * float(np.sum((a @ mix.x - target) ** 2))
 
 
 def _kkt_gradient(g: np.ndarray, x: np.ndarray, bounds: np.ndarray, free: np.ndarray) -> np.ndarray:

@@ -504,15 +504,15 @@ def test_a_stop_on_the_likelihoods_edge_is_moved_along_it_to_the_minimum():
     best = lh._minimise("fisher", lh.init.copy(), free, 200)
     lam, jac = lh._expected_and_jacobian(best.x)
     assert lam[1] == pytest.approx(0.0, abs=1e-8)
-    assert lh._edges(best.x)[1]
-    assert lh._edge_edm(best.x, free, lh._edges(best.x)) < 1e-6
+    assert lh._edges(lam)[1]
+    assert lh._edge_edm(best.x, free, lh._edges(lam)) < 1e-6
     # a stop on the edge, away from the minimum along it, is not a minimum ...
     along = np.array([-jac[1, 1], jac[1, 0]])  # (alpha, mu) keeping bin 2's expectation
     stop_x = best.x + 0.3 * along / np.linalg.norm(along)
-    stop_x = lh._along_edge(stop_x, np.arange(2), np.zeros(2), lh._edges(best.x), np.inf)
-    assert lh._edges(stop_x)[1]
+    stop_x = lh._along_edge(stop_x, np.arange(2), np.zeros(2), lh._edges(lam), np.inf)
+    assert lh._edges(lh._expected_and_jacobian(stop_x)[0])[1]
     assert lh.nll(stop_x) > best.nll + 1e-3
-    assert lh._edge_edm(stop_x, free, lh._edges(stop_x)) > 1e-2
+    assert lh._edge_edm(stop_x, free, lh._edges(lh._expected_and_jacobian(stop_x)[0])) > 1e-2
     # ... and is moved along the edge to the minimum and accepted there
     stop = FitResult(stop_x, lh.nll(stop_x), 1.0, 1, "fisher")
     moved = lh._on_an_edge([stop], free)
