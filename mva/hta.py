@@ -24,7 +24,7 @@ import numpy as np
 
 from knunu.errors import ModelError
 from knunu.mva.bdt import train_kfold
-from knunu.mva.corrections import corrected_hta_inputs
+from knunu.mva.corrections import corrected_hta_inputs, with_d_to_kl
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import (
     OFFRES_MC,
@@ -72,7 +72,9 @@ def train_hta(
     out = Path(out_dir)
     folds = int(cfg["folds"])
     sets = present(catalogue, (SIGNAL, *BACKGROUNDS))
-    frames = corrected_tables(read_tables(tables, sets), cfg["corrections"], corrected_hta_inputs)
+    frames = corrected_tables(
+        read_tables(tables, sets), with_d_to_kl(cfg, catalogue), corrected_hta_inputs
+    )
     cols = labelled_columns(frames, catalogue, "data_on", SIGNAL)
     label = cols["_label"]
     if not label.any() or label.all():
@@ -124,7 +126,7 @@ def _train_continuum(
     target.unlink(missing_ok=True)  # a stale classifier must not outlive a retraining
     # the data hold tau pairs too
     frames = read_tables(tables, present(catalogue, ("data_off", *OFFRES_MC)))
-    frames = corrected_tables(frames, cfg["corrections"], corrected_hta_inputs)
+    frames = corrected_tables(frames, with_d_to_kl(cfg, catalogue), corrected_hta_inputs)
     n_data = len(frames["data_off"])
     if n_data < int(cfg["continuum_min_data"]):
         note = (

@@ -24,7 +24,7 @@ import pandas as pd
 
 from knunu.errors import InputError, ModelError
 from knunu.mva.bdt import KFoldBDT, copy_groups, train_kfold
-from knunu.mva.corrections import corrected_inputs, nominal_mc
+from knunu.mva.corrections import corrected_inputs, dataset_norm, nominal_mc, with_d_to_kl
 from knunu.mva.eta import EtaTransform
 from knunu.rundir import write_json
 from knunu.samples import BACKGROUNDS, CONTINUUM, OFFRES, SIGNAL
@@ -135,20 +135,23 @@ def columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def corrected_tables(
     frames: Mapping[str, pd.DataFrame],
-    corrections: Mapping[str, float],
+    cfg: Mapping[str, Any],
     inputs: Callable[[Mapping[str, np.ndarray], Mapping[str, float]], dict[str, np.ndarray]],
 ) -> dict[str, pd.DataFrame]:
     """The MC tables with the nominal corrections the processors apply; data as they are.
 
     So that the BDTs learn, and eta is calibrated on, the weights and inputs they are applied
     to (:func:`~knunu.mva.corrections.nominal_mc`): ``__weight__`` becomes the nominal weight.
+    ``cfg`` is the analysis section with the catalogue's D -> K_L bookkeeping
+    (:func:`~knunu.mva.corrections.with_d_to_kl`).
     """
     out = {}
     for ds, frame in frames.items():
         if ds.startswith("data_") or not len(frame):
             out[ds] = frame
             continue
-        weight, cols = nominal_mc(columns_of(frame), corrections, inputs)
+        norm = dataset_norm(cfg, ds)
+        weight, cols = nominal_mc(columns_of(frame), cfg["corrections"], inputs, norm)
         out[ds] = pd.DataFrame({**cols, "__weight__": weight})
     return out
 
@@ -161,7 +164,7 @@ def _corrected(
 ) -> dict[str, pd.DataFrame]:
     """The ITA tables of the ``datasets`` the catalogue has, MC with its nominal corrections."""
     frames = read_tables(tables, present(catalogue, datasets))
-    return corrected_tables(frames, cfg["corrections"], corrected_inputs)
+    return corrected_tables(frames, with_d_to_kl(cfg, catalogue), corrected_inputs)
 
 
 def labelled_columns(

@@ -34,7 +34,7 @@ import numpy as np
 from coffea import processor
 
 from knunu.mva.bdt import KFoldBDT
-from knunu.mva.corrections import corrected_hta_inputs, nominal_mc
+from knunu.mva.corrections import corrected_hta_inputs, dataset_norm, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import bdtc_weight
 from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins, groups
@@ -229,7 +229,8 @@ class HTAProcessor(processor.ProcessorABC):
         cols = raw = sel.columns
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
-            weight, cols = nominal_mc(cols, cfg["corrections"], corrected_hta_inputs)
+            norm = dataset_norm(cfg, dataset)
+            weight, cols = nominal_mc(cols, cfg["corrections"], corrected_hta_inputs, norm)
         bdth = models.bdth.score(cols)
         eta = models.eta(bdth)
         cont = np.ones(len(weight))
@@ -249,7 +250,8 @@ class HTAProcessor(processor.ProcessorABC):
             flat = flat_bins(fit.axes[1:], eta)
             extra["hta_reuse"] = entry_sums(shared, flat, len(edges) - 1, w_nom)
         if not is_data:
-            _fill_variations(fit, models, cfg, sample, (raw, cols), bdth, eta, weight, cont)
+            ctx = Context.of(sample, cont, cfg, dataset)
+            _fill_variations(fit, models, cfg, ctx, (raw, cols), bdth, eta, weight)
         control = hist.Hist(
             hist.axis.Regular(20, 0.0, 1.0, name="eta", label="eta(BDTh)"),
             storage=hist.storage.Weight(),
@@ -319,22 +321,20 @@ def _fill_variations(
     fit: hist.Hist,
     models: HTAModels,
     cfg: Mapping[str, Any],
-    sample: str,
+    ctx: Context,
     columns: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
     bdth: np.ndarray,
     eta: np.ndarray,
     weight: np.ndarray,
-    cont: np.ndarray,
 ) -> None:
     """Fill the systematic variations of an MC chunk: weights, then shifted inputs re-scored.
 
     ``columns`` are the events' before and after the MC corrections; ``bdth`` and ``eta``
-    the nominal scores; ``weight`` is the event weight and ``cont`` the continuum correction
+    the nominal scores; ``weight`` is the event weight; ``ctx.bdtc`` the continuum correction
     (1 outside continuum) of the nominal fill.
     """
     raw, cols = columns
-    w_nom = weight * cont
-    ctx = Context(sample, cont)
+    w_nom = weight * ctx.bdtc
     for name in HTA_WEIGHT_VARIATIONS:
         up, down = WEIGHT_VARIATIONS[name](cols, ctx)
         for label, f in (("up", up), ("down", down)):
@@ -354,6 +354,6 @@ def _fill_variations(
     for variation, varied in shifted.items():
         s = models.bdth.rescore(bdth, cols, varied)
         w = w_nom  # the continuum correction follows its shifted inputs, as the ITA's
-        if sample in CONTINUUM:
+        if ctx.sample in CONTINUUM:
             w = weight * continuum_weight(models, varied, cfg["continuum_clip"])
         fit.fill(variation=variation, eta=models.eta(s), weight=w)

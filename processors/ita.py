@@ -38,7 +38,7 @@ import numpy as np
 from coffea import processor
 
 from knunu.mva.bdt import COPY_OF, KFoldBDT
-from knunu.mva.corrections import corrected_inputs, nominal_mc
+from knunu.mva.corrections import corrected_inputs, dataset_norm, nominal_mc
 from knunu.mva.eta import EtaTransform
 from knunu.mva.train import MODEL_FILES, bdt2_features, bdtc_weight
 from knunu.processors.reuse import ENTRIES, entry_sums, flat_bins, groups
@@ -369,7 +369,8 @@ class ITAProcessor(processor.ProcessorABC):
         cols = raw = dict(sel.columns)
         weight = cols["__weight__"].astype(np.float64)
         if not is_data:
-            weight, cols = nominal_mc(cols, self.cfg["corrections"], corrected_inputs)
+            norm = dataset_norm(self.cfg, dataset)
+            weight, cols = nominal_mc(cols, self.cfg["corrections"], corrected_inputs, norm)
         nominal = self._scores(models, cols, continuum)
         p, eta, bdtc = self._eta_weight(models, nominal)
         in_sr = p & (eta > SR_ETA)
@@ -445,7 +446,7 @@ class ITAProcessor(processor.ProcessorABC):
                 shared, p, eta, q2, w_nom, {"ita_reuse": fit, "ita_loose_reuse": loose}
             )
         if not is_data:
-            for variation in self._variations(models, columns, nominal, weight, sample, passed):
+            for variation in self._variations(models, columns, nominal, weight, dataset, passed):
                 fill(*variation)
         return fit, loose, reuse
 
@@ -455,7 +456,7 @@ class ITAProcessor(processor.ProcessorABC):
         columns: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
         nominal: Scores,
         weight: np.ndarray,
-        sample: str,
+        dataset: str,
         passed: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         """Every systematic variation's (name, eta, q2rec, weight) of the events passing BDT1.
@@ -465,10 +466,11 @@ class ITAProcessor(processor.ProcessorABC):
         shifted inputs and the varied corrections, re-scored.
         """
         cols = columns[1]
+        sample, _ = dataset_kind(dataset)
         p, eta, bdtc = passed
         w_nom = weight * bdtc
         q2 = cols["K_q2rec"]
-        ctx = Context(sample, bdtc)
+        ctx = Context.of(sample, bdtc, self.cfg, dataset)
         for name, factors in WEIGHT_VARIATIONS.items():
             up, down = factors(cols, ctx)
             for label, f in (("up", up), ("down", down)):

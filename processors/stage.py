@@ -22,6 +22,7 @@ from typing import Any
 import uproot
 
 from knunu.errors import InputError
+from knunu.mva.corrections import with_d_to_kl
 from knunu.mva.train import OFFRES_MC, bdt2_features, lumi_scale
 from knunu.processors import hta
 from knunu.processors import run as runner
@@ -136,7 +137,11 @@ def make_histograms(
     _require(catalogue, datasets)
     doc: dict[str, Any] = {}
     hta_output: dict[str, Any] = {}
-    cfg = dict(cfg)
+    # the MC's B(D -> K_L X) correction keeps each dataset's number of events (the catalogue's
+    # bookkeeping; knunu.mva.corrections.d_to_kl_norm)
+    cfg = with_d_to_kl(cfg, catalogue.datasets)
+    if hta_cfg is not None:
+        hta_cfg = with_d_to_kl(hta_cfg, catalogue.datasets)
     models = str(Path(models).resolve())
     with_models = _with_fingerprint(options, models)  # the model files hashed once
     if hta_cfg is not None:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from knunu.mva.corrections import EnergyShift, HTAShift
+from knunu.mva.corrections import D_TO_KL_SUMS, EnergyShift, HTAShift, d_to_kl_norm
 from knunu.simulation.signal import form_factor_weight
 
 Columns = Mapping[str, np.ndarray]
@@ -48,12 +49,26 @@ class Context:
 
     sample: str
     bdtc: np.ndarray  # the continuum correction of each event (1 where not applied)
+    #: the dataset's generated weights by K_L from D decays, and the nominal B(D -> K_L X)
+    #: scale (:func:`~knunu.mva.corrections.d_to_kl_norm`)
+    d_to_kl_sums: tuple[float, ...] = ()
+    d_to_kl_scale: float = 1.0
+
+    @classmethod
+    def of(cls, sample: str, bdtc: np.ndarray, cfg: Mapping[str, Any], dataset: str) -> Context:
+        """The context of one dataset's chunk (``cfg``: the analysis section)."""
+        sums = tuple(cfg.get(D_TO_KL_SUMS, {}).get(dataset, ()))
+        return cls(sample, bdtc, sums, float(cfg["corrections"]["d_to_kl_scale"]))
 
 
 def _d_to_kl(size: float) -> Callable[[Columns, Context], tuple[np.ndarray, np.ndarray]]:
+    # B(D -> K_L X) moved at a fixed number of B decays, as the nominal correction
     def factors(cols: Columns, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         n = cols["mcDtoKL"]
-        return (1 + size) ** n, (1 - size) ** n
+        nominal = d_to_kl_norm(ctx.d_to_kl_sums, ctx.d_to_kl_scale)
+        up = d_to_kl_norm(ctx.d_to_kl_sums, ctx.d_to_kl_scale * (1 + size))
+        down = d_to_kl_norm(ctx.d_to_kl_sums, ctx.d_to_kl_scale * (1 - size))
+        return (1 + size) ** n * nominal / up, (1 - size) ** n * nominal / down
 
     return factors
 

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -268,6 +268,10 @@ class FileRecord:
     adler32: str = ""  # of the written file, verified before processing
     layout: str = "event"  # basf2's event- or candidate-based trees
     copies: int = 0  # entries that are detector copies of an event written (Targeting.copies)
+    #: MC: the sum of the generated events' weights by their number of K_L from D decays
+    #: (``mcDtoKL`` = 0, 1, ...), so that a correction of B(D -> K_L X) can keep the number
+    #: of events it is applied to (:func:`knunu.mva.corrections.d_to_kl_norm`)
+    d_to_kl_sum_weights: tuple[float, ...] = ()
 
 
 # ---------------------------------------------------------------------------- generation
@@ -752,7 +756,15 @@ def produce_file(task: FileTask, detector: DetectorConfig | None = None) -> File
         nature=task.weight is not None,
         layout=task.layout,
         adler32=adler32(task.path),
+        d_to_kl_sum_weights=() if task.data else _by_d_to_kl(batch),
     )
+
+
+def _by_d_to_kl(batch: GeneratedEvents) -> tuple[float, ...]:
+    """The generated events' summed MC weights by their number of K_L from D decays."""
+    weight = batch.truth["weight"]
+    n = batch.truth.get("mcDtoKL", np.zeros(len(weight), np.int64))
+    return tuple(np.bincount(np.asarray(n, np.int64), weights=weight).tolist())
 
 
 def _ita_tree(task: FileTask, seen: DetectorEvents, header: dict[str, np.ndarray]) -> Tree:
@@ -903,6 +915,10 @@ def write_catalogue(
         entry["files"].append({**record, "path": os.path.relpath(Path(rec.path).resolve(), here)})
         for key in ("generated", "sum_weights", "entries_ita", "entries_hta", "events", "copies"):
             entry[key] += getattr(rec, key)
+        if not rec.data:
+            entry["d_to_kl_sum_weights"] = _padded_sum(
+                entry.get("d_to_kl_sum_weights", []), rec.d_to_kl_sum_weights
+            )
     for name, entry in out.items():
         if entry["data"]:
             entry["luminosity_fb"] = data_luminosity.get(name)
@@ -912,6 +928,16 @@ def write_catalogue(
         entry["cross_section_nb"] = sample_cross_section_nb(sample)
         entry["luminosity_fb"] = luminosity_fb(sample, entry["sum_weights"])
     return write_json(path, {"datasets": out})
+
+
+def _padded_sum(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Element-wise sum of two lists of different lengths.
+
+    >>> _padded_sum([1.0, 2.0], [3.0])
+    [4.0, 2.0]
+    """
+    n = max(len(a), len(b))
+    return [(a[i] if i < len(a) else 0.0) + (b[i] if i < len(b) else 0.0) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------- planning

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import uproot
 
-from knunu.mva.corrections import HTAShift, KLongLoss, corrected_hta_inputs, event_uniform
+from knunu.mva.corrections import (
+    HTAShift,
+    KLongLoss,
+    corrected_hta_inputs,
+    d_to_kl_norm,
+    event_uniform,
+    nominal_mc,
+)
+from knunu.processors.variations import WEIGHT_VARIATIONS, Context
 from knunu.simulation.detector import DetectorConfig
-from knunu.simulation.production import FileTask, Nature, produce_file
+from knunu.simulation.production import FileTask, Nature, generate_events, produce_file
 
 
 def _columns(n: int, seed: int = 2) -> dict[str, np.ndarray]:
@@ -180,3 +188,43 @@ def test_kl_efficiency_variation_without_a_correction_stays_physical():
     down = corrected_inputs(cols, moved.corrections(nominal, -1.0))
     assert np.all(np.isfinite(down["E_miss"]))
     assert np.all(down["mcKLclusters"] >= 0)
+
+
+def _pairs(libraries: str, data: bool, n: int = 40000) -> dict[str, np.ndarray]:
+    nature = Nature(d_to_kl_scale=1.3) if data else Nature()
+    task = FileTask("charged", n, 9, "unused.root", data=data, libraries=libraries, nature=nature)
+    return generate_events(task, np.random.default_rng(9)).truth
+
+
+def test_the_d_to_kl_correction_keeps_the_number_of_b_decays(libraries):
+    """B(D -> K_L X) x1.3 is a change of branching fractions: nature (accept-reject at a fixed
+    number of B decays) and the corrected MC agree on how many events there are and on the
+    share that holds a K_L from a D; the correction without its norm made 1.16x the events."""
+    mc, nature = _pairs(libraries, data=False), _pairs(libraries, data=True)
+    n, w = mc["mcDtoKL"], mc["weight"]
+    sums = np.bincount(n, weights=w)
+    norm = d_to_kl_norm(sums, 1.3)
+    assert 1.10 < norm < 1.25  # what the correction added: a quarter of B decays hold one
+    weight, _ = nominal_mc(
+        {"__weight__": w, "mcDtoKL": n}, {"d_to_kl_scale": 1.3}, lambda c, _: c, norm
+    )
+    assert weight.sum() == pytest.approx(w.sum(), rel=1e-12)
+    share_mc = weight[n > 0].sum() / weight.sum()
+    share_nature = np.mean(nature["mcDtoKL"] > 0)
+    error = np.hypot(np.sqrt(share_nature * (1 - share_nature) / len(nature["mcDtoKL"])), 0.004)
+    # nature scales a B with a D -> K_L decay by 1.3, the MC each K_L from a D: they differ
+    # only for the 2 % of B decays with two
+    assert abs(share_mc - share_nature) < 3 * error + 0.01
+    assert share_nature > 1.15 * np.mean(n > 0)  # and nature does have more of them
+
+
+def test_the_d_to_kl_variation_moves_the_share_not_the_number():
+    n = np.array([0, 0, 0, 1, 1, 2])
+    sums = np.bincount(n).astype(float)
+    ctx = Context("charged", np.ones(len(n)), tuple(sums), 1.3)
+    nominal = 1.3**n / d_to_kl_norm(sums, 1.3)
+    up, down = WEIGHT_VARIATIONS["d_to_kl"]({"mcDtoKL": n}, ctx)
+    for f in (up, down):
+        assert (nominal * f).sum() == pytest.approx(len(n), rel=1e-12)
+    assert up[n == 2][0] > up[n == 1][0] > 1 > up[n == 0][0]
+    assert down[n == 2][0] < down[n == 1][0] < 1 < down[n == 0][0]

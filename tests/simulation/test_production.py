@@ -67,6 +67,22 @@ def test_every_generated_event_is_accounted_for(produced):
                 assert set(ita["mcProcess"].array(library="np").tolist()) <= {code}
 
 
+def test_the_catalogue_counts_generated_weight_by_k_long_from_d(produced):
+    tasks, records, datasets = produced
+    for task, rec in zip(tasks, records, strict=True):
+        sums = rec.d_to_kl_sum_weights
+        if task.data:
+            assert sums == ()
+            continue
+        assert sum(sums) == pytest.approx(rec.sum_weights, rel=1e-12)
+        with uproot.open(task.path) as f:  # the written events hold no count it does not
+            n = f["ita"]["mcDtoKL"].array(library="np")
+        assert n.max(initial=0) < len(sums)
+    assert len(datasets["charged"]["d_to_kl_sum_weights"]) > 1  # B decays make them
+    assert datasets["ccbar"]["d_to_kl_sum_weights"] == [pytest.approx(300.0)]  # no truth: 0
+    assert "d_to_kl_sum_weights" not in datasets["data_on"]
+
+
 def test_truth_branches(produced):
     tasks, _, _ = produced
     with uproot.open(tasks[0].path) as f:
