@@ -56,9 +56,9 @@ def d_to_kl_norm(sum_weights: Sequence[float], scale: float) -> float:
     decays stays. Per event, ``scale`` per K_L from a D over this mean does that (for the
     dataset as a whole; with independent B decays, for each B). Without it the correction
     adds events: 8 % of the signal MC at 1.3 (24 % of the other B's decays hold a K_L from a
-    D), which the signal template and the eta calibration then carried, and nature, which
-    scales B(D -> K_L X) at a fixed number of B decays, does not (the J/psi K+ embedding's
-    data/MC was 0.90-0.96, the injection slopes 0.90-0.98).
+    D), 17 % of B+B- and 20 % of B0B0bar, which the templates and the eta calibration then
+    carried, and nature, which scales B(D -> K_L X) at a fixed number of B decays, does not
+    (the J/psi K+ embedding's data/MC was 0.90-0.96 in every run until stop 55).
 
     Args:
         sum_weights: The generated events' summed weights by their ``mcDtoKL`` (0, 1, ...;
