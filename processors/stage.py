@@ -137,14 +137,11 @@ def make_histograms(
     _require(catalogue, datasets)
     doc: dict[str, Any] = {}
     hta_output: dict[str, Any] = {}
-    # the MC's B(D -> K_L X) correction keeps each dataset's number of events (the catalogue's
-    # bookkeeping; knunu.mva.corrections.d_to_kl_norm)
-    cfg = with_d_to_kl(cfg, catalogue.datasets)
-    if hta_cfg is not None:
-        hta_cfg = with_d_to_kl(hta_cfg, catalogue.datasets)
+    cfg = with_d_to_kl(cfg, catalogue.datasets)  # B(D -> K_L X) keeps the number of events
     models = str(Path(models).resolve())
     with_models = _with_fingerprint(options, models)  # the model files hashed once
     if hta_cfg is not None:
+        hta_cfg = with_d_to_kl(hta_cfg, catalogue.datasets)
         hta_output, doc["hta"] = _hta_run(catalogue, models, hta_cfg, client, with_models)
         cfg["overlap"] = _write_overlap(out_file.with_name("overlap.json"), hta_output, doc["hta"])
     overlap_file = [cfg["overlap"]] if cfg.get("overlap") else []
