@@ -57,7 +57,7 @@ LOOSE_EDGES = np.linspace(0.5, 1.0, 51)
 #: Fewer effective loose events than this: the sample's template stays as filled.
 MIN_EFFECTIVE = 5.0
 #: A q2rec bin with fewer effective loose events takes the eta shape of all q2rec bins.
-MIN_COLUMN = 3.0
+MIN_COLUMN = 25.0
 #: The principal components of the replicas kept: those that make this fraction of their
 #: summed variance.
 COMPONENTS_FRACTION = 0.9999
