@@ -13,6 +13,7 @@ from knunu.fits.validation import (
     asimov_sigma,
     injection,
     line_fit,
+    nominal_point,
     poi_range,
     projection,
     resonance_factors,
@@ -134,8 +135,57 @@ def test_line_fit_recovers_a_known_line_and_its_errors():
 def test_poi_range_keeps_every_bin_positive():
     spec = _spec(signal=(2.0, 5.0, 9.0), background=(60.0, 30.0, 4.5))
     lower, upper = poi_range(spec)
-    assert (lower, upper) == (-0.25, 30.0)
-    assert np.all(np.array([60.0, 30.0, 4.5]) + lower * np.array([2.0, 5.0, 9.0]) > 0)
+    assert (lower, upper) == (pytest.approx(-0.475), 30.0)
+    yields = np.array([60.0, 30.0, 4.5]) + lower * np.array([2.0, 5.0, 9.0])
+    # the purest bin keeps 5 % of its background: the edge of the domain, not half-way to it
+    assert yields == pytest.approx([59.05, 27.625, 0.225])
+
+
+_MU = {"name": "mu", "type": "normfactor", "data": None}
+
+
+def _two_channels():
+    """A large channel that sets sigma(mu) and a thin pure one that sets the lower bound.
+
+    The measurement's combined model: the ITA's thousands of background events per bin make
+    sigma(mu), the HTA's purest bins (a few background events, S/B ~ 0.3) end the domain.
+    """
+
+    def channel(name, signal, background):
+        samples = [
+            {"name": "signal", "data": signal, "modifiers": [_MU]},
+            {"name": "bkg", "data": background, "modifiers": []},
+        ]
+        return {"name": name, "samples": samples}
+
+    channels = [
+        channel("big", [10.0, 10.0], [1000.0, 1000.0]),
+        channel("thin", [0.6, 0.6], [2.22, 2.22]),
+    ]
+    observed = [{"name": "big", "data": [1010.0, 1010.0]}, {"name": "thin", "data": [2.82, 2.82]}]
+    return {
+        "channels": channels,
+        "observations": observed,
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
+
+
+def test_the_lower_bound_does_not_clip_the_fitted_mu_at_mu_0():
+    """A bound half-way to the domain's edge stopped 9 % of these toys (27 % of the
+    measurement config's at stop 55), lifting the mean of the fitted mu at mu = 0 and
+    flattening the injection slope (0.952 +- 0.024)."""
+    spec = _two_channels()
+    lower, _ = poi_range(spec)
+    assert lower == pytest.approx(-0.95 * 2.22 / 0.6)
+    lh = _lh(with_poi_bounds(spec, poi_range(spec)))
+    assert asimov_sigma(lh, 0.0) == pytest.approx(1.38, abs=0.01)  # the edge is 2.5 sigma away
+    x0 = nominal_point(lh, 0.0)
+    fits = lh.fit_many(lh.sample(x0, 2000, 3), init=x0)
+    assert not fits.failed
+    mu = fits.x[:, lh.poi]
+    assert np.mean(np.isclose(mu, lower, atol=1e-3)) < 0.02
+    assert abs(mu.mean()) < 3 * mu.std() / np.sqrt(len(mu))
 
 
 def test_a_split_half_with_events_and_no_mc_in_a_channel_counts_them_left_out(tmp_path):
