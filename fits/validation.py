@@ -192,6 +192,22 @@ class Injection(NamedTuple):
     chi2: float
     ndf: int
     failed: int  # fits that did not converge (left out, counted)
+    #: per mu_true, the fits that stopped on the POI's lower bound (a clipped lower tail
+    #: lifts the mean: :data:`KEEP_AT_BOUND`)
+    at_bound: tuple[int, ...] = ()
+
+
+def at_bound_text(at_bound: Sequence[int]) -> str:
+    """The injection's fits on the lower bound of mu, for a report line ('' when none).
+
+    >>> at_bound_text([15, 18, 3, 1, 0])
+    ', fits on the lower bound of mu: 15 / 18 / 3 / 1 / 0 per injected mu'
+    >>> at_bound_text([0, 0])
+    ''
+    """
+    if not any(at_bound):
+        return ""
+    return f", fits on the lower bound of mu: {' / '.join(map(str, at_bound))} per injected mu"
 
 
 def line_fit(
@@ -224,7 +240,8 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
         FitError: more than :data:`~knunu.fits.infer.MAX_FAILED_TOY_FRACTION` of the fits at
             one mu fail to converge.
     """
-    means, errors, widths, failed = [], [], [], 0
+    means, errors, widths, at_bound, failed = [], [], [], [], 0
+    lower = lh.bounds[lh.poi][0]
     for k, mu in enumerate(mus):
         x0 = nominal_point(lh, mu)
         fits = lh.fit_many(lh.sample(x0, toys, seed + k), init=x0)
@@ -235,6 +252,7 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
         if toys - len(fitted) > MAX_FAILED_TOY_FRACTION * toys:
             raise FitError(f"signal injection at mu = {mu:g}: {toys - len(fitted)} fits failed")
         values = np.asarray(fitted)
+        at_bound.append(int(np.sum(values <= lower + 1e-6 * max(1.0, abs(lower)))))
         means.append(float(values.mean()))
         widths.append(float(values.std(ddof=1)))
         errors.append(widths[-1] / math.sqrt(len(values)))
@@ -252,6 +270,7 @@ def injection(lh: Likelihood, mus: Sequence[float], toys: int, seed: int) -> Inj
         chi2,
         len(mus) - 2,
         failed,
+        tuple(at_bound),
     )
 
 

@@ -947,6 +947,8 @@ def _breakdown_lines(summary: dict[str, Any]) -> list[str]:
 
 def _template_lines(summary: dict[str, Any]) -> list[str]:
     """The factorisation's closure, bins merged for want of MC, and the signal injection."""
+    from knunu.fits.validation import at_bound_text
+
     lines = []
     factorised = summary.get("factorised") or {}
     if factorised:
@@ -975,7 +977,7 @@ def _template_lines(summary: dict[str, Any]) -> list[str]:
             f"{', '.join(f'{m:g}' for m in inj['mu_true'])}, {summary['injection_toys']} "
             f"toys each): slope {inj['slope']:.3f} +- {inj['slope_error']:.3f}, intercept "
             f"{inj['intercept']:+.3f} +- {inj['intercept_error']:.3f}, chi2/ndf "
-            f"{inj['chi2']:.1f}/{inj['ndf']}"
+            f"{inj['chi2']:.1f}/{inj['ndf']}" + at_bound_text(inj.get("at_bound", ()))
         )
     elif "error" in inj:
         lines.append(f"signal injection: FAILED ({inj['error']})")

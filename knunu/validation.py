@@ -44,6 +44,7 @@ from knunu.fits.validation import (
     Efficiency,
     SplitFit,
     SplitPair,
+    at_bound_text,
     composition,
     efficiencies,
     embedding,
@@ -158,6 +159,7 @@ def _projection(
         f"{inj.slope_error:.3f}, intercept {inj.intercept:+.3f} +- {inj.intercept_error:.3f}, "
         f"chi2/ndf {inj.chi2:.1f}/{inj.ndf}"
         + (f", {inj.failed} failed fits left out" if inj.failed else "")
+        + at_bound_text(inj.at_bound)
     )
     return lines
 

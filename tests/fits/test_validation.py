@@ -282,3 +282,16 @@ def test_the_published_templates_have_equal_signal_in_each_eta_bin():
     for name in ("charged", "mixed", "ccbar", "ssbar", "uubar"):
         rows = shapes[name].sum(axis=1)
         assert np.all(np.diff(rows) < 0), name
+
+
+def test_the_injection_counts_its_fits_on_the_lower_bound():
+    """Half-way to the edge (the bound until stop 56) clips the fitted mu at mu = 0.
+
+    sigma(mu) is 1.38 and the bound -1.75, so a Gaussian would put 10 % of the fits below it.
+    """
+    spec = _two_channels()
+    lower = 0.5 * poi_range(spec)[0] / 0.95
+    inj = injection(_lh(with_poi_bounds(spec, (lower, 30.0))), [0.0, 10.0], toys=300, seed=3)
+    assert inj.failed == 0
+    assert 0.05 < inj.at_bound[0] / 300 < 0.15
+    assert inj.at_bound[1] == 0
