@@ -10,6 +10,7 @@ import pytest
 
 from knunu.fits.infer import Likelihood
 from knunu.fits.validation import (
+    KEEP_AT_BOUND,
     asimov_sigma,
     injection,
     line_fit,
@@ -177,7 +178,7 @@ def test_the_lower_bound_does_not_clip_the_fitted_mu_at_mu_0():
     flattening the injection slope (0.952 +- 0.024)."""
     spec = _two_channels()
     lower, _ = poi_range(spec)
-    assert lower == pytest.approx(-0.95 * 2.22 / 0.6)
+    assert lower == pytest.approx(-(1 - KEEP_AT_BOUND) * 2.22 / 0.6)
     lh = _lh(with_poi_bounds(spec, poi_range(spec)))
     assert asimov_sigma(lh, 0.0) == pytest.approx(1.38, abs=0.01)  # the edge is 2.5 sigma away
     x0 = nominal_point(lh, 0.0)
@@ -290,7 +291,7 @@ def test_the_injection_counts_its_fits_on_the_lower_bound():
     sigma(mu) is 1.38 and the bound -1.75, so a Gaussian would put 10 % of the fits below it.
     """
     spec = _two_channels()
-    lower = 0.5 * poi_range(spec)[0] / 0.95
+    lower = 0.5 * poi_range(spec)[0] / (1 - KEEP_AT_BOUND)
     inj = injection(_lh(with_poi_bounds(spec, (lower, 30.0))), [0.0, 10.0], toys=300, seed=3)
     assert inj.failed == 0
     assert 0.05 < inj.at_bound[0] / 300 < 0.15
